@@ -1,0 +1,387 @@
+"""Local infrastructure without Docker: an Apache Kafka broker and a PostgreSQL server.
+
+Kafka's jars are assembled from Maven Central (``kafka/pom.xml``) and run with the installed
+Java; PostgreSQL comes from the machine's packages and runs as the ``postgres`` user when this
+runs as root.  Everything lives under ``.local/`` (or ``COMPLAINTS_LOCAL_DIR``); a second start
+reuses what the first fetched and formatted.  Start is idempotent, readiness is awaited.
+
+    python deploy/local/infra.py up|down|status|env
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import glob
+import hashlib
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent.parent
+KAFKA_VERSION = "4.4.0"
+SERVICES = ("intake", "resolution", "followup", "learning")
+
+
+class InfraError(RuntimeError):
+    """Infrastructure that cannot start; the message says why in one line."""
+
+
+def _env_int(name: str, default: int) -> int:
+    raw = os.environ.get(name)
+    if not raw:
+        return default
+    try:
+        return int(raw)
+    except ValueError:
+        raise InfraError(f"{name}={raw!r} is not a port number") from None
+
+
+def _port_open(port: int, host: str = "127.0.0.1") -> bool:
+    with socket.socket() as s:
+        s.settimeout(0.5)
+        return s.connect_ex((host, port)) == 0
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _tail(path: Path, lines: int = 15) -> str:
+    if not path.exists():
+        return "(no log)"
+    return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+
+
+@dataclass
+class Kafka:
+    home: Path
+    port: int
+    controller_port: int
+
+    @property
+    def bootstrap(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    @property
+    def lib(self) -> Path:
+        return self.home / "lib"
+
+    @property
+    def pid_file(self) -> Path:
+        return self.home / "kafka.pid"
+
+    @property
+    def log_file(self) -> Path:
+        return self.home / "server.log"
+
+    def pid(self) -> int | None:
+        try:
+            pid = int(self.pid_file.read_text().strip())
+        except (FileNotFoundError, ValueError):
+            return None
+        return pid if _pid_alive(pid) else None
+
+    def running(self) -> bool:
+        return self.pid() is not None and _port_open(self.port)
+
+    def fetch(self) -> None:
+        """Copy the broker's runtime classpath from Maven Central (once)."""
+        marker = self.lib / f".complete-{KAFKA_VERSION}"
+        if marker.exists():
+            return
+        if shutil.which("mvn") is None:
+            raise InfraError("mvn not found: install Maven (it fetches Kafka's jars)")
+        print(f"fetching Apache Kafka {KAFKA_VERSION} jars from Maven Central ...", flush=True)
+        if self.lib.exists():
+            shutil.rmtree(self.lib)
+        self.lib.mkdir(parents=True)
+        result = subprocess.run(
+            ["mvn", "-B", "-q", "-f", str(HERE / "kafka" / "pom.xml"),
+             f"-Dkafka.version={KAFKA_VERSION}", "dependency:copy-dependencies",
+             "-DincludeScope=runtime", f"-DoutputDirectory={self.lib}"],
+            capture_output=True, text=True, check=False,
+        )
+        if result.returncode != 0:
+            raise InfraError("fetching Kafka jars failed: "
+                             + (result.stdout + result.stderr).strip()[-800:])
+        marker.touch()
+
+    def _write_config(self) -> Path:
+        data = self.home / "data"
+        config = self.home / "server.properties"
+        config.write_text("\n".join([
+            "process.roles=broker,controller",
+            "node.id=1",
+            f"controller.quorum.voters=1@127.0.0.1:{self.controller_port}",
+            f"listeners=PLAINTEXT://127.0.0.1:{self.port},"
+            f"CONTROLLER://127.0.0.1:{self.controller_port}",
+            f"advertised.listeners=PLAINTEXT://127.0.0.1:{self.port}",
+            "controller.listener.names=CONTROLLER",
+            "listener.security.protocol.map=PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT",
+            "inter.broker.listener.name=PLAINTEXT",
+            f"log.dirs={data}",
+            "num.partitions=3",
+            "offsets.topic.replication.factor=1",
+            "offsets.topic.num.partitions=10",
+            "transaction.state.log.replication.factor=1",
+            "transaction.state.log.min.isr=1",
+            "share.coordinator.state.topic.replication.factor=1",
+            "share.coordinator.state.topic.min.isr=1",
+            "group.initial.rebalance.delay.ms=0",
+            "auto.create.topics.enable=false",
+            "",
+        ]))
+        if not (data / "meta.properties").exists():
+            cluster_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode()[:22]
+            result = subprocess.run(
+                ["java", "-cp", f"{self.lib}/*", "kafka.tools.StorageTool", "format",
+                 "-t", cluster_id, "-c", str(config), "--ignore-formatted"],
+                capture_output=True, text=True, check=False,
+            )
+            if result.returncode != 0:
+                raise InfraError("formatting Kafka storage failed: "
+                                 + (result.stdout + result.stderr).strip()[-800:])
+        return config
+
+    def start(self, timeout: float = 120.0) -> bool:
+        """Start the broker unless it runs; wait until it serves. True if this call started it."""
+        if self.running():
+            return False
+        if shutil.which("java") is None:
+            raise InfraError("java not found: install a Java 17+ runtime to run Kafka")
+        for port in (self.port, self.controller_port):
+            if _port_open(port):
+                raise InfraError(f"port {port} is in use by another process; stop it or set "
+                                 "COMPLAINTS_LOCAL_KAFKA_PORT / _CONTROLLER_PORT")
+        self.home.mkdir(parents=True, exist_ok=True)
+        self.fetch()
+        config = self._write_config()
+        log = self.log_file.open("w")
+        proc = subprocess.Popen(
+            ["java", "-Xms256m", "-Xmx512m", "-XX:+UseG1GC", "-Djava.awt.headless=true",
+             "-cp", f"{self.lib}/*", "kafka.Kafka", str(config)],
+            stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+            start_new_session=True,
+        )
+        self.pid_file.write_text(str(proc.pid))
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if proc.poll() is not None:
+                raise InfraError(f"Kafka exited with {proc.returncode}:\n{_tail(self.log_file)}")
+            if "Kafka Server started" in self.log_file.read_text(errors="replace") and \
+                    _port_open(self.port):
+                return True
+            time.sleep(0.2)
+        self.stop()
+        raise InfraError(f"Kafka did not start within {timeout:.0f}s:\n{_tail(self.log_file)}")
+
+    def stop(self, timeout: float = 30.0) -> bool:
+        pid = self.pid()
+        if pid is None:
+            self.pid_file.unlink(missing_ok=True)
+            return False
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(pid, signal.SIGTERM)
+        deadline = time.monotonic() + timeout
+        while _pid_alive(pid) and time.monotonic() < deadline:
+            with contextlib.suppress(ChildProcessError):
+                os.waitpid(pid, os.WNOHANG)
+            time.sleep(0.1)
+        if _pid_alive(pid):
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(pid, signal.SIGKILL)
+        self.pid_file.unlink(missing_ok=True)
+        return True
+
+
+def _pg_bindir() -> Path:
+    found = sorted(glob.glob("/usr/lib/postgresql/*/bin/pg_ctl"), reverse=True)
+    if found:
+        return Path(found[0]).parent
+    which = shutil.which("pg_ctl")
+    if which:
+        return Path(which).parent
+    raise InfraError("PostgreSQL server binaries not found: install them "
+                     "(Debian: apt-get install postgresql-15)")
+
+
+@dataclass
+class Postgres:
+    home: Path
+    port: int
+
+    @property
+    def url(self) -> str:
+        return f"postgresql://postgres@127.0.0.1:{self.port}"
+
+    @property
+    def data(self) -> Path:
+        return self.home / "data"
+
+    @property
+    def log_file(self) -> Path:
+        return self.home / "server.log"
+
+    def _as_owner(self, cmd: list[str]) -> list[str]:
+        if os.geteuid() == 0:
+            return ["runuser", "-u", "postgres", "--", *cmd]
+        return cmd
+
+    def _run(self, cmd: list[str], what: str) -> subprocess.CompletedProcess[str]:
+        result = subprocess.run(self._as_owner(cmd), capture_output=True, text=True, check=False,
+                                cwd="/")
+        if result.returncode != 0:
+            raise InfraError(f"{what} failed: " + (result.stdout + result.stderr).strip()[-800:])
+        return result
+
+    def running(self) -> bool:
+        if not (self.data / "PG_VERSION").exists():
+            return False
+        result = subprocess.run(self._as_owner([str(_pg_bindir() / "pg_ctl"), "status", "-D",
+                                                str(self.data)]),
+                                capture_output=True, text=True, check=False, cwd="/")
+        return result.returncode == 0
+
+    def _prepare_home(self) -> None:
+        self.home.mkdir(parents=True, exist_ok=True)
+        if os.geteuid() == 0:
+            shutil.chown(self.home, "postgres", "postgres")
+            probe = subprocess.run(["runuser", "-u", "postgres", "--", "test", "-w",
+                                    str(self.home)], check=False)
+            if probe.returncode != 0:
+                raise InfraError(f"the postgres user cannot write {self.home}")
+
+    def start(self, timeout: int = 60) -> bool:
+        """Start the server unless it runs (initdb on first use). True if this call started it."""
+        bindir = _pg_bindir()
+        if self.running():
+            return False
+        if _port_open(self.port):
+            raise InfraError(f"port {self.port} is in use by another process; stop it or set "
+                             "COMPLAINTS_LOCAL_POSTGRES_PORT")
+        self._prepare_home()
+        if not (self.data / "PG_VERSION").exists():
+            self._run([str(bindir / "initdb"), "-D", str(self.data), "-U", "postgres",
+                       "--auth=trust", "-E", "UTF8", "--no-locale"], "initdb")
+        options = (f"-c listen_addresses=127.0.0.1 -p {self.port} -k {self.data} "
+                   "-c max_connections=300 -c shared_buffers=128MB")
+        self._run([str(bindir / "pg_ctl"), "start", "-D", str(self.data), "-l",
+                   str(self.log_file), "-w", "-t", str(timeout), "-o", options],
+                  f"starting PostgreSQL (log: {self.log_file})")
+        return True
+
+    def stop(self) -> bool:
+        if not self.running():
+            return False
+        self._run([str(_pg_bindir() / "pg_ctl"), "stop", "-D", str(self.data), "-m", "fast",
+                   "-w"], "stopping PostgreSQL")
+        return True
+
+    def ensure_databases(self, names: list[str]) -> None:
+        psql = [str(_pg_bindir() / "psql"), "-h", "127.0.0.1", "-p", str(self.port),
+                "-U", "postgres", "-d", "postgres", "-tAq", "-v", "ON_ERROR_STOP=1"]
+        existing = set(self._run([*psql, "-c", "SELECT datname FROM pg_database"],
+                                 "listing databases").stdout.split())
+        for name in names:
+            if name not in existing:
+                self._run([*psql, "-c", f'CREATE DATABASE "{name}"'], f"creating {name}")
+
+
+def _postgres_home(local: Path) -> Path:
+    """Where the data directory goes: under ``local`` unless the postgres user cannot reach it."""
+    home = local / "postgres"
+    if os.geteuid() != 0:
+        return home
+    parent = local
+    while not parent.exists():
+        parent = parent.parent
+    reach = subprocess.run(["runuser", "-u", "postgres", "--", "test", "-x", str(parent)],
+                           check=False, capture_output=True)
+    if reach.returncode == 0:
+        return home
+    digest = hashlib.sha1(str(local).encode()).hexdigest()[:10]
+    return Path("/var/lib/postgresql") / f"complaints-{digest}"
+
+
+@dataclass
+class LocalInfra:
+    kafka: Kafka
+    postgres: Postgres
+
+    @classmethod
+    def from_env(cls) -> LocalInfra:
+        local = Path(os.environ.get("COMPLAINTS_LOCAL_DIR", ROOT / ".local")).resolve()
+        local.mkdir(parents=True, exist_ok=True)
+        os.chmod(local, 0o755)
+        return cls(
+            Kafka(local / "kafka", _env_int("COMPLAINTS_LOCAL_KAFKA_PORT", 9092),
+                  _env_int("COMPLAINTS_LOCAL_KAFKA_CONTROLLER_PORT", 9093)),
+            Postgres(_postgres_home(local), _env_int("COMPLAINTS_LOCAL_POSTGRES_PORT", 55432)),
+        )
+
+    def up(self, databases: list[str] | None = None) -> dict[str, bool]:
+        """Start both (each unless it runs); return which ones this call started."""
+        started = {"postgres": self.postgres.start()}
+        try:
+            self.postgres.ensure_databases(databases or [f"complaints_{s}" for s in SERVICES])
+            started["kafka"] = self.kafka.start()
+        except BaseException:
+            if started["postgres"]:
+                self.postgres.stop()
+            raise
+        return started
+
+    def down(self, only: dict[str, bool] | None = None) -> None:
+        if only is None or only.get("kafka"):
+            self.kafka.stop()
+        if only is None or only.get("postgres"):
+            self.postgres.stop()
+
+    def describe(self) -> str:
+        return (f"Kafka      {self.kafka.bootstrap}  ({'running' if self.kafka.running() else 'stopped'};"
+                f" log {self.kafka.log_file})\n"
+                f"PostgreSQL {self.postgres.url}  "
+                f"({'running' if self.postgres.running() else 'stopped'}; log {self.postgres.log_file})")
+
+
+def main(argv: list[str]) -> int:
+    command = argv[1] if len(argv) > 1 else "status"
+    try:
+        infra = LocalInfra.from_env()
+        if command == "up":
+            infra.up()
+            print(infra.describe())
+        elif command == "down":
+            infra.down()
+            print(infra.describe())
+        elif command == "status":
+            print(infra.describe())
+        elif command == "env":
+            print(f"export COMPLAINTS_KAFKA_BOOTSTRAP={infra.kafka.bootstrap}")
+            print(f"export COMPLAINTS_DATABASE_URL={infra.postgres.url}/postgres")
+        else:
+            print(f"usage: {argv[0]} up|down|status|env", file=sys.stderr)
+            return 2
+    except InfraError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv))

@@ -1,0 +1,1 @@
+"""Followup: satisfaction checks after resolution, and reopening when the customer is unhappy."""

@@ -1,0 +1,1 @@
+"""Intake: records complaints from every channel and acknowledges them at once."""

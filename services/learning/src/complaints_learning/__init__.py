@@ -1,0 +1,1 @@
+"""Learning: recurring root causes become problems with corrective actions."""

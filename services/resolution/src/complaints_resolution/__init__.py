@@ -1,0 +1,1 @@
+"""Resolution: runs the case from acknowledgement to a customer-approved solution."""

@@ -1,0 +1,218 @@
+"""The idempotent consumer: inbox, handler and projections in one transaction, then the offset.
+
+For each record: the inbox row ``(consumer, event_id)``, the handler's new events (through the
+event store, so also their outbox rows) and its projection rows are written in one database
+transaction; the Kafka offset is committed only after that.  A redelivered event finds its
+inbox row and has no second effect.  Transient failures (database or broker unreachable, a
+concurrent writer) are retried with backoff and block the partition; anything else is a poison
+event: it goes to the dead-letter topic with the error and its origin in headers, and the
+partition moves on.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import asyncpg
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
+from aiokafka.errors import CommitFailedError, KafkaError
+
+from complaints_shared.envelope import Event, MalformedEvent, decode_headers, from_kafka_record
+from complaints_shared.errors import ConcurrencyConflict
+from complaints_shared.metrics import ServiceMetrics
+from complaints_shared.telemetry import CONSUMER, Telemetry, extract_context
+from complaints_shared.telemetry import messaging_attributes as attrs
+
+log = logging.getLogger(__name__)
+
+DLQ_TOPIC = "complaints.dlq.v1"
+
+Handler = Callable[[asyncpg.Connection, Event], Awaitable[None]]
+
+TRANSIENT_ERRORS: tuple[type[BaseException], ...] = (
+    OSError,
+    TimeoutError,
+    ConnectionError,
+    ConcurrencyConflict,
+    asyncpg.PostgresConnectionError,
+    asyncpg.InterfaceError,
+    asyncpg.SerializationError,
+    asyncpg.DeadlockDetectedError,
+    asyncpg.TooManyConnectionsError,
+    asyncpg.CannotConnectNowError,
+    KafkaError,
+)
+
+
+@dataclass(frozen=True, slots=True)
+class Subscription:
+    """A consumer group: the topics it reads and a handler per event type it cares about.
+
+    Events of other types are acknowledged without effect.
+    """
+
+    name: str
+    topics: tuple[str, ...]
+    handlers: Mapping[str, Handler]
+
+
+@dataclass(slots=True)
+class RetryPolicy:
+    initial_delay: float = 0.1
+    max_delay: float = 10.0
+    factor: float = 2.0
+
+    def delays(self) -> Any:
+        delay = self.initial_delay
+        while True:
+            yield delay
+            delay = min(delay * self.factor, self.max_delay)
+
+
+@dataclass
+class ConsumerRunner:
+    subscription: Subscription
+    bootstrap: str
+    pool: asyncpg.Pool
+    producer: AIOKafkaProducer
+    telemetry: Telemetry
+    metrics: ServiceMetrics | None = None
+    dlq_topic: str = DLQ_TOPIC
+    retry: RetryPolicy = field(default_factory=RetryPolicy)
+    max_poll_records: int = 200
+    assigned: bool = False
+
+    async def run(self) -> None:
+        """Consume forever; restarts the Kafka consumer with backoff after broker failures."""
+        delays = self.retry.delays()
+        while True:
+            try:
+                await self._consume()
+            except asyncio.CancelledError:
+                raise
+            except KafkaError as exc:
+                log.warning("consumer %s: broker error (%s); restarting",
+                            self.subscription.name, type(exc).__name__)
+            await asyncio.sleep(next(delays))
+
+    async def _consume(self) -> None:
+        consumer = AIOKafkaConsumer(
+            *self.subscription.topics,
+            bootstrap_servers=self.bootstrap,
+            group_id=self.subscription.name,
+            enable_auto_commit=False,
+            auto_offset_reset="earliest",
+            isolation_level="read_committed",
+            max_poll_records=self.max_poll_records,
+        )
+        await consumer.start()
+        try:
+            while True:
+                batch = await consumer.getmany(timeout_ms=500)
+                self.assigned = bool(consumer.assignment())
+                for tp, records in batch.items():
+                    for record in records:
+                        await self.handle_record(record)
+                    await self._commit(consumer, tp, records[-1].offset + 1)
+        finally:
+            self.assigned = False
+            with contextlib.suppress(Exception):
+                await asyncio.shield(consumer.stop())
+
+    async def _commit(self, consumer: AIOKafkaConsumer, tp: TopicPartition, offset: int) -> None:
+        try:
+            await consumer.commit({tp: offset})
+        except CommitFailedError:
+            # The partition moved to another member during a rebalance; it will redeliver
+            # from the last committed offset and the inbox makes that harmless.
+            log.info("consumer %s: commit for %s lost to a rebalance", self.subscription.name, tp)
+
+    async def handle_record(self, record: ConsumerRecord) -> None:
+        """Process one record to completion: handled once, ignored, or dead-lettered."""
+        name = self.subscription.name
+        try:
+            event = from_kafka_record(record.value, record.headers)
+        except MalformedEvent as exc:
+            await self._dead_letter(record, exc)
+            return
+        handler = self.subscription.handlers.get(event.type)
+        if handler is None:
+            self._count("ignored")
+            return
+        headers = decode_headers(record.headers)
+        span_attrs = attrs("process", record.topic, event)
+        span_attrs["messaging.consumer.group.name"] = name
+        span_attrs["messaging.destination.partition.id"] = str(record.partition)
+        span_attrs["messaging.kafka.offset"] = record.offset
+        with self.telemetry.tracer.start_as_current_span(
+            f"{record.topic} process",
+            context=extract_context(headers),
+            kind=CONSUMER,
+            attributes=span_attrs,
+        ) as span:
+            delays = self.retry.delays()
+            while True:
+                try:
+                    outcome = await self._apply(handler, event)
+                except TRANSIENT_ERRORS as exc:
+                    delay = next(delays)
+                    log.warning("consumer %s: transient %s on event %s; retrying in %.1fs",
+                                name, type(exc).__name__, event.event_id, delay)
+                    if self.metrics is not None:
+                        self.metrics.consumer_retries.labels(name).inc()
+                    await asyncio.sleep(delay)
+                    continue
+                except Exception as exc:
+                    span.record_exception(exc)
+                    span.set_attribute("complaints.outcome", "dead_lettered")
+                    await self._dead_letter(record, exc)
+                    return
+                span.set_attribute("complaints.outcome", outcome)
+                self._count(outcome)
+                return
+
+    async def _apply(self, handler: Handler, event: Event) -> str:
+        async with self.pool.acquire() as conn, conn.transaction():
+            fresh = await conn.fetchval(
+                "INSERT INTO inbox (consumer, event_id, event_type) VALUES ($1, $2, $3)"
+                " ON CONFLICT DO NOTHING RETURNING true",
+                self.subscription.name,
+                event.event_id,
+                event.type,
+            )
+            if not fresh:
+                return "duplicate"
+            await handler(conn, event)
+        return "processed"
+
+    async def _dead_letter(self, record: ConsumerRecord, exc: BaseException) -> None:
+        """Park a record on the dead-letter topic (acknowledged by the broker) with its story."""
+        log.error("consumer %s: dead-lettering %s[%d]@%d: %s", self.subscription.name,
+                  record.topic, record.partition, record.offset, type(exc).__name__)
+        headers = list(record.headers or ()) + [
+            ("dlq_error_type", type(exc).__name__.encode()),
+            ("dlq_error_message", str(exc)[:1000].encode()),
+            ("dlq_origin_topic", record.topic.encode()),
+            ("dlq_origin_partition", str(record.partition).encode()),
+            ("dlq_origin_offset", str(record.offset).encode()),
+            ("dlq_consumer", self.subscription.name.encode()),
+        ]
+        delays = self.retry.delays()
+        while True:
+            try:
+                await self.producer.send_and_wait(
+                    self.dlq_topic, record.value, key=record.key, headers=headers
+                )
+                break
+            except KafkaError:
+                await asyncio.sleep(next(delays))
+        self._count("dead_lettered")
+
+    def _count(self, outcome: str) -> None:
+        if self.metrics is not None:
+            self.metrics.consumed.labels(self.subscription.name, outcome).inc()

@@ -1,0 +1,16 @@
+"""Database pools."""
+
+from __future__ import annotations
+
+import asyncpg
+
+from complaints_shared.eventstore import init_connection
+
+
+async def create_pool(dsn: str, *, min_size: int = 1, max_size: int = 10) -> asyncpg.Pool:
+    """An asyncpg pool whose connections speak JSON natively."""
+    pool = await asyncpg.create_pool(
+        dsn, min_size=min_size, max_size=max_size, init=init_connection
+    )
+    assert pool is not None
+    return pool

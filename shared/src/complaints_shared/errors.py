@@ -1,0 +1,55 @@
+"""Errors that cross layers: domain and storage raise them, the HTTP layer maps them."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from uuid import UUID
+
+
+class ConcurrencyConflict(Exception):
+    """Another writer appended to the stream first; the caller must reload and decide again."""
+
+    def __init__(self, stream_id: UUID, expected_version: int, actual_version: int | None = None):
+        self.stream_id = stream_id
+        self.expected_version = expected_version
+        self.actual_version = actual_version
+        super().__init__(
+            f"stream {stream_id} is not at version {expected_version}"
+            + (f" (it is at {actual_version})" if actual_version is not None else "")
+        )
+
+
+class NotFound(Exception):
+    """The addressed resource does not exist."""
+
+    def __init__(self, what: str, ident: object):
+        self.what = what
+        self.ident = ident
+        super().__init__(f"{what} {ident} not found")
+
+
+class CommandRejected(Exception):
+    """A command that the aggregate's current state does not allow."""
+
+    def __init__(self, state: str, command: str, allowed: Sequence[str]):
+        self.state = state
+        self.command = command
+        self.allowed = list(allowed)
+        super().__init__(
+            f"'{command}' is not allowed in state '{state}'; allowed: "
+            + (", ".join(self.allowed) or "none")
+        )
+
+
+class PoisonEvent(Exception):
+    """An event a handler can never process: it goes to the dead-letter topic."""
+
+
+class InputRejected(Exception):
+    """A well-formed request whose content the domain refuses (answered 422, nothing changes)."""
+
+    def __init__(self, field: str, message: str, **details: object):
+        self.field = field
+        self.message = message
+        self.details = details
+        super().__init__(f"{field}: {message}")

@@ -1,0 +1,100 @@
+"""RFC 9457 problem details for every error answer."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel, ConfigDict
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from complaints_shared.errors import CommandRejected, ConcurrencyConflict, InputRejected, NotFound
+
+PROBLEM_JSON = "application/problem+json"
+TYPE_BASE = "urn:complaints:problem:"
+
+
+class Problem(BaseModel):
+    """An RFC 9457 problem; extension members are allowed."""
+
+    model_config = ConfigDict(extra="allow")
+
+    type: str = "about:blank"
+    title: str
+    status: int
+    detail: str | None = None
+    instance: str | None = None
+
+
+def problem(
+    status: int, title: str, detail: str | None = None, *, slug: str | None = None,
+    instance: str | None = None, headers: dict[str, str] | None = None, **extensions: Any,
+) -> JSONResponse:
+    body = Problem(
+        type=f"{TYPE_BASE}{slug}" if slug else "about:blank",
+        title=title, status=status, detail=detail, instance=instance, **extensions,
+    )
+    return JSONResponse(
+        body.model_dump(exclude_none=True), status_code=status, media_type=PROBLEM_JSON,
+        headers=headers,
+    )
+
+
+PROBLEM_RESPONSES: dict[int | str, dict[str, Any]] = {
+    code: {"model": Problem, "content": {PROBLEM_JSON: {}}, "description": text}
+    for code, text in {
+        404: "Not found", 409: "Conflict", 422: "Invalid input",
+    }.items()
+}
+
+
+def _field(loc: tuple[int | str, ...]) -> str:
+    return ".".join(str(p) for p in loc)
+
+
+def install_problem_handlers(app: FastAPI) -> None:
+    """Answer every error as problem+json."""
+
+    @app.exception_handler(RequestValidationError)
+    async def _invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
+        errors = [
+            {"field": _field(tuple(e["loc"])), "message": e["msg"], "type": e["type"]}
+            for e in exc.errors()
+        ]
+        fields = ", ".join(sorted({e["field"] for e in errors}))
+        return problem(422, "Invalid request", f"invalid fields: {fields}", slug="validation",
+                       instance=request.url.path, errors=errors)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        from http import HTTPStatus
+
+        title = HTTPStatus(exc.status_code).phrase
+        detail = exc.detail if isinstance(exc.detail, str) and exc.detail != title else None
+        return problem(exc.status_code, title, detail, instance=request.url.path,
+                       headers=dict(exc.headers or {}))
+
+    @app.exception_handler(NotFound)
+    async def _not_found(request: Request, exc: NotFound) -> JSONResponse:
+        return problem(404, f"{exc.what.capitalize()} not found", str(exc), slug="not-found",
+                       instance=request.url.path)
+
+    @app.exception_handler(ConcurrencyConflict)
+    async def _conflict(request: Request, exc: ConcurrencyConflict) -> JSONResponse:
+        return problem(409, "Concurrent modification",
+                       "another request changed this resource first; reload and try again",
+                       slug="concurrency-conflict", instance=request.url.path)
+
+    @app.exception_handler(CommandRejected)
+    async def _rejected(request: Request, exc: CommandRejected) -> JSONResponse:
+        return problem(409, "Command not allowed in this state", str(exc),
+                       slug="invalid-state", instance=request.url.path, state=exc.state,
+                       command=exc.command, allowed_commands=exc.allowed)
+
+    @app.exception_handler(InputRejected)
+    async def _input_rejected(request: Request, exc: InputRejected) -> JSONResponse:
+        return problem(422, "Invalid request", f"invalid fields: {exc.field}", slug="validation",
+                       instance=request.url.path,
+                       errors=[{"field": exc.field, "message": exc.message, **exc.details}])

@@ -1,0 +1,210 @@
+"""The service base: an app factory whose lifespan owns the pool, producer, relay and consumers."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator, Callable, Sequence
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from typing import Annotated, Any
+
+import asyncpg
+from aiokafka import AIOKafkaProducer
+from fastapi import APIRouter, Depends, FastAPI, Request, Response
+from fastapi.responses import JSONResponse
+from opentelemetry.instrumentation.fastapi import FastAPIInstrumentor
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from complaints_shared.consumer import ConsumerRunner, Subscription
+from complaints_shared.db import create_pool
+from complaints_shared.eventstore import Clock, EventStore, utc_now
+from complaints_shared.metrics import ServiceMetrics
+from complaints_shared.schema import migrate, package_migrations, shared_migrations
+from complaints_shared.outbox import OutboxRelay
+from complaints_shared.policy import Policy, load_policy
+from complaints_shared.problems import install_problem_handlers, problem
+from complaints_shared.settings import ServiceSettings
+from complaints_shared.telemetry import Telemetry, setup_telemetry
+from complaints_shared.topics import Topics, ensure_topics
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Runtime:
+    """What request handlers and event handlers of one service share."""
+
+    service: str
+    settings: ServiceSettings
+    policy: Policy
+    pool: asyncpg.Pool
+    store: EventStore
+    producer: AIOKafkaProducer
+    topics: Topics
+    telemetry: Telemetry
+    metrics: ServiceMetrics
+    clock: Clock
+
+
+@dataclass(frozen=True)
+class ServiceSpec:
+    """What makes one service: its name, own topic, schema, routes and subscriptions."""
+
+    name: str
+    title: str
+    description: str
+    default_port: int
+    package: str
+    own_topic: Callable[[Topics], str]
+    routers: Sequence[APIRouter] = ()
+    subscriptions: Callable[[Runtime], list[Subscription]] = lambda _: []
+    openapi_tags: list[dict[str, Any]] = field(default_factory=list)
+
+
+def get_runtime(request: Request) -> Runtime:
+    runtime: Runtime = request.app.state.runtime
+    return runtime
+
+
+RuntimeDep = Annotated[Runtime, Depends(get_runtime)]
+
+
+@dataclass
+class _Background:
+    relay: OutboxRelay
+    consumers: list[ConsumerRunner]
+    tasks: list[asyncio.Task[None]]
+
+
+def create_app(
+    spec: ServiceSpec,
+    settings: ServiceSettings | None = None,
+    *,
+    telemetry: Telemetry | None = None,
+    clock: Clock = utc_now,
+) -> FastAPI:
+    """Build one service's FastAPI app; nothing connects until the lifespan starts."""
+    settings = settings or ServiceSettings()
+    telemetry = telemetry or setup_telemetry(spec.name)
+    policy = load_policy(settings.policy)  # validated now: a bad file stops the start
+    topics = Topics(settings.topic_prefix)
+    metrics = ServiceMetrics()
+    dsn = settings.dsn_for(spec.name)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        pool = await create_pool(dsn)
+        try:
+            async with pool.acquire() as conn:
+                await migrate(conn, shared_migrations() + package_migrations(spec.package, spec.name))
+            await ensure_topics(settings.kafka_bootstrap, topics.all(), settings.topic_partitions,
+                                settings.topic_replication_factor)
+            producer = AIOKafkaProducer(
+                bootstrap_servers=settings.kafka_bootstrap,
+                acks="all",
+                enable_idempotence=True,
+                linger_ms=5,
+                client_id=f"complaints-{spec.name}",
+            )
+            await producer.start()
+        except BaseException:
+            await pool.close()
+            raise
+        store = EventStore(source=f"/complaints/{spec.name}", topic=spec.own_topic(topics),
+                           clock=clock)
+        runtime = Runtime(spec.name, settings, policy, pool, store, producer, topics, telemetry,
+                          metrics, clock)
+        relay = OutboxRelay(dsn=dsn, pool=pool, producer=producer, source=store.source,
+                            telemetry=telemetry, metrics=metrics)
+        consumers = [
+            ConsumerRunner(sub, settings.kafka_bootstrap, pool, producer, telemetry, metrics,
+                           dlq_topic=topics.dlq)
+            for sub in spec.subscriptions(runtime)
+        ]
+        tasks = [asyncio.create_task(relay.run(), name=f"{spec.name}-outbox-relay")] + [
+            asyncio.create_task(c.run(), name=f"consumer-{c.subscription.name}")
+            for c in consumers
+        ]
+        app.state.runtime = runtime
+        app.state.background = _Background(relay, consumers, tasks)
+        log.info("%s ready: database %s, kafka %s, topic %s", spec.name,
+                 dsn.rsplit("/", 1)[-1], settings.kafka_bootstrap, store.topic)
+        try:
+            yield
+        finally:
+            for t in tasks:
+                t.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            await producer.stop()
+            await pool.close()
+            telemetry.provider.force_flush()
+
+    app = FastAPI(title=spec.title, description=spec.description, version="0.1.0",
+                  lifespan=lifespan, openapi_tags=spec.openapi_tags)
+    install_problem_handlers(app)
+    app.include_router(_operations_router())
+    for router in spec.routers:
+        app.include_router(router)
+    FastAPIInstrumentor.instrument_app(
+        app, tracer_provider=telemetry.provider, excluded_urls="health/.*,metrics"
+    )
+    return app
+
+
+def _operations_router() -> APIRouter:
+    router = APIRouter(tags=["operations"])
+
+    @router.get("/health/live", summary="The process is up")
+    async def live() -> dict[str, str]:
+        return {"status": "ok"}
+
+    @router.get("/health/ready", summary="Database and Kafka reachable, relay and consumers running")
+    async def ready(request: Request) -> Response:
+        runtime: Runtime = request.app.state.runtime
+        background: _Background = request.app.state.background
+        checks = {
+            "database": await _check(_ping_database(runtime.pool)),
+            "kafka": await _check(runtime.producer.client.fetch_all_metadata()),
+            "background": "ok" if all(not t.done() for t in background.tasks) else "stopped",
+        }
+        if all(v == "ok" for v in checks.values()):
+            return JSONResponse({"status": "ok", "checks": checks})
+        return problem(503, "Not ready", "a dependency is unavailable", slug="not-ready",
+                       checks=checks)
+
+    @router.get("/metrics", summary="Prometheus metrics")
+    async def metrics(request: Request) -> Response:
+        runtime: Runtime = request.app.state.runtime
+        return Response(generate_latest(runtime.metrics.registry), media_type=CONTENT_TYPE_LATEST)
+
+    return router
+
+
+async def _ping_database(pool: asyncpg.Pool) -> None:
+    async with pool.acquire(timeout=2) as conn:
+        await conn.fetchval("SELECT 1")
+
+
+async def _check(awaitable: Any) -> str:
+    try:
+        await asyncio.wait_for(awaitable, timeout=3)
+    except Exception as exc:
+        return f"unavailable: {type(exc).__name__}"
+    return "ok"
+
+
+def run_service(spec: ServiceSpec) -> None:
+    """Entry point of a service process: settings from the environment, uvicorn in front."""
+    import uvicorn
+
+    settings = ServiceSettings()
+    logging.basicConfig(
+        level=settings.log_level.upper(),
+        format=f"%(asctime)s %(levelname)s {spec.name} %(name)s: %(message)s",
+    )
+    app = create_app(spec, settings)
+    with contextlib.suppress(KeyboardInterrupt):
+        uvicorn.run(app, host=settings.host, port=settings.port or spec.default_port,
+                    log_level=settings.log_level.lower(), access_log=False)

@@ -1,0 +1,51 @@
+"""Service settings: environment variables prefixed ``COMPLAINTS_``, validated at start."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+LOCAL_POSTGRES = "postgresql://postgres@127.0.0.1:55432"
+
+
+class ServiceSettings(BaseSettings):
+    """What one service process needs to know about its surroundings."""
+
+    model_config = SettingsConfigDict(env_prefix="COMPLAINTS_", extra="ignore")
+
+    kafka_bootstrap: str = Field(
+        "127.0.0.1:9092", min_length=1, description="Kafka bootstrap servers, comma-separated"
+    )
+    database_url: str | None = Field(
+        None,
+        description="PostgreSQL DSN of this service's own database; default: the local"
+        " server's complaints_<service> database",
+    )
+    host: str = "127.0.0.1"
+    port: int | None = Field(None, ge=1, le=65535, description="HTTP port; default per service")
+    policy: Path | None = Field(None, description="TOML policy file; default: built-in policy")
+    topic_prefix: str = Field(
+        "", pattern=r"^[A-Za-z0-9._-]*$", description="Prefix for every topic (shared clusters)"
+    )
+    topic_partitions: int = Field(3, ge=1, le=1000)
+    topic_replication_factor: int = Field(1, ge=1, le=10)
+    log_level: str = "INFO"
+
+    @field_validator("database_url")
+    @classmethod
+    def _postgres_only(cls, v: str | None) -> str | None:
+        if v is not None and not v.startswith(("postgresql://", "postgres://")):
+            raise ValueError("must be a postgresql:// DSN")
+        return v
+
+    @field_validator("policy")
+    @classmethod
+    def _policy_exists(cls, v: Path | None) -> Path | None:
+        if v is not None and not v.is_file():
+            raise ValueError(f"policy file {v} does not exist")
+        return v
+
+    def dsn_for(self, service: str) -> str:
+        return self.database_url or f"{LOCAL_POSTGRES}/complaints_{service}"

@@ -1,0 +1,64 @@
+"""Topic names of the public contract, and their creation."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.errors import TopicAlreadyExistsError
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class Topics:
+    prefix: str = ""
+
+    def _name(self, base: str) -> str:
+        return f"{self.prefix}{base}"
+
+    @property
+    def intake(self) -> str:
+        return self._name("complaints.intake.v1")
+
+    @property
+    def resolution(self) -> str:
+        return self._name("complaints.resolution.v1")
+
+    @property
+    def followup(self) -> str:
+        return self._name("complaints.followup.v1")
+
+    @property
+    def learning(self) -> str:
+        return self._name("complaints.learning.v1")
+
+    @property
+    def dlq(self) -> str:
+        return self._name("complaints.dlq.v1")
+
+    def all(self) -> list[str]:
+        return [self.intake, self.resolution, self.followup, self.learning, self.dlq]
+
+
+async def ensure_topics(
+    bootstrap: str, names: list[str], partitions: int, replication_factor: int = 1
+) -> list[str]:
+    """Create the topics that do not exist yet; return the ones created."""
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    await admin.start()
+    try:
+        existing = set(await admin.list_topics())
+        missing = [n for n in names if n not in existing]
+        if missing:
+            try:
+                await admin.create_topics(
+                    [NewTopic(n, partitions, replication_factor) for n in missing]
+                )
+            except TopicAlreadyExistsError:
+                pass  # another service created it in the meantime
+            log.info("created topics %s", ", ".join(missing))
+        return missing
+    finally:
+        await admin.close()
