@@ -1,0 +1,186 @@
+"""The inbox consumer on the real broker: one effect per event, poison to the DLQ, retries."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime
+
+import asyncpg
+import pytest
+from aiokafka import AIOKafkaProducer
+
+from complaints_shared.consumer import ConsumerRunner, RetryPolicy, Subscription
+from complaints_shared.envelope import Event, decode_headers, to_kafka_record
+from complaints_shared.errors import PoisonEvent
+from complaints_shared.metrics import ServiceMetrics
+from complaints_shared.telemetry import setup_telemetry
+from complaints_shared.topics import ensure_topics
+from tests.support import eventually, migrated_pool, read_topic
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture
+async def pool(database: str) -> AsyncIterator[asyncpg.Pool]:
+    pool = await migrated_pool(database)
+    async with pool.acquire() as conn:
+        await conn.execute("CREATE TABLE effects (event_id uuid, n int)")
+    yield pool
+    await pool.close()
+
+
+@pytest.fixture
+async def topics(infrastructure, topic_prefix: str) -> tuple[str, str]:
+    names = (f"{topic_prefix}in", f"{topic_prefix}dlq")
+    await ensure_topics(infrastructure.kafka_bootstrap, list(names), 1)
+    return names
+
+
+@pytest.fixture
+async def producer(infrastructure) -> AsyncIterator[AIOKafkaProducer]:
+    p = AIOKafkaProducer(bootstrap_servers=infrastructure.kafka_bootstrap, acks="all",
+                         enable_idempotence=True)
+    await p.start()
+    yield p
+    await p.stop()
+
+
+def event(n: int, type_: str = "Counted", stream: uuid.UUID | None = None) -> Event:
+    return Event(event_id=uuid.uuid4(), type=type_, stream_id=stream or uuid.uuid4(), version=1,
+                 occurred_at=datetime.now(UTC), source="/complaints/test", data={"n": n})
+
+
+async def send(producer: AIOKafkaProducer, topic: str, e: Event) -> None:
+    r = to_kafka_record(e)
+    await producer.send_and_wait(topic, r.value, key=r.key, headers=r.headers)
+
+
+class Running:
+    def __init__(self, runner: ConsumerRunner) -> None:
+        self.runner = runner
+        self.task: asyncio.Task[None] | None = None
+
+    async def __aenter__(self) -> ConsumerRunner:
+        self.task = asyncio.create_task(self.runner.run())
+        return self.runner
+
+    async def __aexit__(self, *exc: object) -> None:
+        assert self.task is not None
+        self.task.cancel()
+        await asyncio.gather(self.task, return_exceptions=True)
+
+
+def runner_for(infrastructure, pool, producer, topics, handlers, metrics, name) -> ConsumerRunner:
+    return ConsumerRunner(
+        Subscription(name, (topics[0],), handlers), infrastructure.kafka_bootstrap, pool,
+        producer, setup_telemetry("test"), metrics, dlq_topic=topics[1],
+        retry=RetryPolicy(initial_delay=0.05, max_delay=0.2),
+    )
+
+
+def outcome(metrics: ServiceMetrics, name: str, what: str) -> float:
+    return metrics.consumed.labels(name, what)._value.get()
+
+
+async def record_effect(conn: asyncpg.Connection, e: Event) -> None:
+    await conn.execute("INSERT INTO effects VALUES ($1, $2)", e.event_id, e.data["n"])
+
+
+async def test_a_redelivered_event_has_one_effect_also_after_a_restart(
+    infrastructure, pool, producer, topics, topic_prefix
+):
+    name = f"{topic_prefix}g"
+    once, twice = event(1), event(2)
+    for e in (once, twice, twice):
+        await send(producer, topics[0], e)
+    metrics = ServiceMetrics()
+    async with Running(runner_for(infrastructure, pool, producer, topics,
+                                  {"Counted": record_effect}, metrics, name)):
+        await eventually(lambda: asyncio.sleep(0, outcome(metrics, name, "duplicate") == 1),
+                         what="the duplicate to be recognised")
+    # restarted, the same consumer gets the first event delivered once more
+    await send(producer, topics[0], once)
+    metrics2 = ServiceMetrics()
+    async with Running(runner_for(infrastructure, pool, producer, topics,
+                                  {"Counted": record_effect}, metrics2, name)):
+        await eventually(lambda: asyncio.sleep(0, outcome(metrics2, name, "duplicate") == 1),
+                         what="the redelivery after the restart to be recognised")
+    rows = await pool.fetch("SELECT n, count(*) AS c FROM effects GROUP BY n ORDER BY n")
+    assert [(r["n"], r["c"]) for r in rows] == [(1, 1), (2, 1)]
+    assert outcome(metrics2, name, "processed") == 0
+
+
+async def test_poison_events_go_to_the_dlq_and_the_partition_keeps_moving(
+    infrastructure, pool, producer, topics, topic_prefix
+):
+    name = f"{topic_prefix}g"
+
+    async def picky(conn: asyncpg.Connection, e: Event) -> None:
+        if e.data["n"] == 13:
+            raise PoisonEvent("unlucky number")
+        await record_effect(conn, e)
+
+    await producer.send_and_wait(topics[0], b"{not json", key=b"k",
+                                 headers=[("ce_id", b"x")])  # malformed
+    bad = event(13)
+    await send(producer, topics[0], bad)  # the handler refuses it
+    good = event(7)
+    await send(producer, topics[0], good)
+    metrics = ServiceMetrics()
+    async with Running(runner_for(infrastructure, pool, producer, topics,
+                                  {"Counted": picky}, metrics, name)):
+        await eventually(lambda: pool.fetchval("SELECT count(*) = 1 FROM effects"),
+                         what="the good event after the poison ones")
+
+    assert [r["n"] for r in await pool.fetch("SELECT n FROM effects")] == [7]
+    dead = await read_topic(infrastructure.kafka_bootstrap, topics[1], count=2)
+    headers = [decode_headers(r.headers) for r in dead]
+    assert [h["dlq_error_type"] for h in headers] == ["MalformedEvent", "PoisonEvent"]
+    assert all(h["dlq_origin_topic"] == topics[0] and h["dlq_consumer"] == name for h in headers)
+    assert [int(h["dlq_origin_offset"]) for h in headers] == [0, 1]
+    assert headers[1]["dlq_error_message"] == "unlucky number"
+    assert headers[1]["ce_id"] == str(bad.event_id)  # the original headers travel along
+    assert dead[1].value == to_kafka_record(bad).value
+    # the failed handler left nothing behind: no inbox row for the poison event
+    assert await pool.fetchval("SELECT count(*) FROM inbox WHERE event_id = $1",
+                               bad.event_id) == 0
+
+
+async def test_transient_errors_are_retried_with_backoff_and_take_effect_once(
+    infrastructure, pool, producer, topics, topic_prefix
+):
+    name = f"{topic_prefix}g"
+    failures = {"left": 3}
+
+    async def flaky(conn: asyncpg.Connection, e: Event) -> None:
+        await record_effect(conn, e)  # written, then rolled back with the failure
+        if failures["left"]:
+            failures["left"] -= 1
+            raise ConnectionResetError("database went away")
+
+    await send(producer, topics[0], event(5))
+    metrics = ServiceMetrics()
+    async with Running(runner_for(infrastructure, pool, producer, topics,
+                                  {"Counted": flaky}, metrics, name)):
+        await eventually(lambda: asyncio.sleep(0, outcome(metrics, name, "processed") == 1),
+                         what="the event to be processed after the retries")
+    assert metrics.consumer_retries.labels(name)._value.get() == 3
+    assert [r["n"] for r in await pool.fetch("SELECT n FROM effects")] == [5]
+    assert outcome(metrics, name, "dead_lettered") == 0
+
+
+async def test_events_without_a_handler_are_acknowledged_without_effect(
+    infrastructure, pool, producer, topics, topic_prefix
+):
+    name = f"{topic_prefix}g"
+    await send(producer, topics[0], event(1, type_="SomethingElse"))
+    await send(producer, topics[0], event(2))
+    metrics = ServiceMetrics()
+    async with Running(runner_for(infrastructure, pool, producer, topics,
+                                  {"Counted": record_effect}, metrics, name)):
+        await eventually(lambda: asyncio.sleep(0, outcome(metrics, name, "processed") == 1),
+                         what="the handled event")
+    assert outcome(metrics, name, "ignored") == 1
+    assert [r["n"] for r in await pool.fetch("SELECT n FROM effects")] == [2]

@@ -1,0 +1,171 @@
+"""The outbox relay on the real broker: order per stream, republish after a crash, wake-up."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import uuid
+from collections import defaultdict
+from collections.abc import AsyncIterator
+
+import asyncpg
+import pytest
+from aiokafka import AIOKafkaProducer
+
+from complaints_shared.consumer import ConsumerRunner, Subscription
+from complaints_shared.envelope import Event, NewEvent, decode_headers, from_kafka_record
+from complaints_shared.errors import ConcurrencyConflict
+from complaints_shared.eventstore import EventStore
+from complaints_shared.metrics import ServiceMetrics
+from complaints_shared.outbox import OutboxRelay
+from complaints_shared.telemetry import setup_telemetry
+from complaints_shared.topics import ensure_topics
+from tests.support import eventually, migrated_pool, read_topic
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture
+async def pool(database: str) -> AsyncIterator[asyncpg.Pool]:
+    pool = await migrated_pool(database)
+    async with pool.acquire() as conn:
+        await conn.execute("CREATE TABLE effects (event_id uuid, n int)")
+    yield pool
+    await pool.close()
+
+
+@pytest.fixture
+async def topic(infrastructure, topic_prefix: str) -> str:
+    name = f"{topic_prefix}complaints.test.v1"
+    await ensure_topics(infrastructure.kafka_bootstrap, [name, f"{topic_prefix}dlq"], 3)
+    return name
+
+
+@pytest.fixture
+async def producer(infrastructure) -> AsyncIterator[AIOKafkaProducer]:
+    p = AIOKafkaProducer(bootstrap_servers=infrastructure.kafka_bootstrap, acks="all",
+                         enable_idempotence=True)
+    await p.start()
+    yield p
+    await p.stop()
+
+
+def make_relay(database: str, pool, producer, **kw) -> OutboxRelay:
+    return OutboxRelay(dsn=database, pool=pool, producer=producer, source="/complaints/test",
+                       telemetry=setup_telemetry("test"), **kw)
+
+
+async def writer(pool, store: EventStore, streams: list[uuid.UUID], appends: int) -> int:
+    """Append to random streams, reloading and retrying on conflicts, as a handler would."""
+    written = 0
+    rng = random.Random()
+    for _ in range(appends):
+        stream = rng.choice(streams)
+        while True:
+            try:
+                async with pool.acquire() as conn, conn.transaction():
+                    v = await store.version(conn, stream)
+                    await store.append(conn, stream, v, [
+                        NewEvent(type="Counted", data={"v": v + i}) for i in range(1, 3)])
+                written += 2
+                break
+            except ConcurrencyConflict:
+                await asyncio.sleep(0)
+    return written
+
+
+async def test_concurrent_writers_arrive_on_kafka_in_version_order_per_stream(
+    infrastructure, database, pool, producer, topic
+):
+    store = EventStore(source="/complaints/test", topic=topic)
+    relay = make_relay(database, pool, producer, batch_size=37)
+    relay_task = asyncio.create_task(relay.run())
+    streams = [uuid.uuid4() for _ in range(6)]
+    try:
+        counts = await asyncio.gather(*(writer(pool, store, streams, 15) for _ in range(8)))
+        total = sum(counts)
+        records = await read_topic(infrastructure.kafka_bootstrap, topic, count=total)
+    finally:
+        relay_task.cancel()
+        await asyncio.gather(relay_task, return_exceptions=True)
+
+    by_stream: dict[uuid.UUID, list[int]] = defaultdict(list)
+    for r in sorted(records, key=lambda r: (r.partition, r.offset)):
+        e = from_kafka_record(r.value, r.headers)
+        assert r.key == str(e.stream_id).encode()
+        by_stream[e.stream_id].append(e.version)
+    for stream, versions in by_stream.items():
+        assert versions == list(range(1, len(versions) + 1)), stream
+        assert len(versions) == await store.version(pool, stream)
+    assert len(records) == total
+    assert await pool.fetchval("SELECT count(*) FROM outbox WHERE sent_at IS NULL") == 0
+    headers = decode_headers(records[0].headers)
+    assert headers["ce_specversion"] == "1.0"
+    assert headers["ce_type"] == "complaints.test.Counted"
+    assert headers["content-type"] == "application/json"
+
+
+async def test_relay_wakes_on_notify_rather_than_polling(
+    infrastructure, database, pool, producer, topic
+):
+    store = EventStore(source="/complaints/test", topic=topic)
+    relay = make_relay(database, pool, producer, idle_poll_seconds=3600)
+    relay_task = asyncio.create_task(relay.run())
+    try:
+        await eventually(lambda: asyncio.sleep(0, relay.is_leader), what="relay leadership")
+        await asyncio.sleep(0.5)  # the relay is now idle, waiting for a notification
+        async with pool.acquire() as conn, conn.transaction():
+            await store.append(conn, uuid.uuid4(), 0, [NewEvent(type="Pinged", data={})])
+        records = await read_topic(infrastructure.kafka_bootstrap, topic, count=1, timeout=20)
+    finally:
+        relay_task.cancel()
+        await asyncio.gather(relay_task, return_exceptions=True)
+    assert from_kafka_record(records[0].value, records[0].headers).type == "Pinged"
+
+
+async def test_relay_crash_between_publish_and_mark_sent_republishes_and_inbox_keeps_one_effect(
+    infrastructure, database, pool, producer, topic, topic_prefix
+):
+    store = EventStore(source="/complaints/test", topic=topic)
+    stream = uuid.uuid4()
+    async with pool.acquire() as conn, conn.transaction():
+        await store.append(conn, stream, 0, [NewEvent(type="Counted", data={"n": n})
+                                             for n in range(1, 4)])
+
+    crashed = make_relay(database, pool, producer)
+    rows = await crashed.fetch_pending()
+    await crashed.publish(rows)  # broker acknowledged ... and the relay dies before mark_sent
+    assert await pool.fetchval("SELECT count(*) FROM outbox WHERE sent_at IS NULL") == 3
+
+    restarted = make_relay(database, pool, producer)
+    assert await restarted.publish_pending() == 3
+    assert await pool.fetchval("SELECT count(*) FROM outbox WHERE sent_at IS NULL") == 0
+
+    records = await read_topic(infrastructure.kafka_bootstrap, topic, count=6)
+    assert len(records) == 6  # every event twice on the wire
+
+    async def count_effect(conn: asyncpg.Connection, event: Event) -> None:
+        await conn.execute("INSERT INTO effects VALUES ($1, $2)", event.event_id, event.data["n"])
+
+    metrics = ServiceMetrics()
+    runner = ConsumerRunner(
+        Subscription(f"{topic_prefix}counter", (topic,), {"Counted": count_effect}),
+        infrastructure.kafka_bootstrap, pool, producer, setup_telemetry("test"), metrics,
+        dlq_topic=f"{topic_prefix}dlq",
+    )
+    task = asyncio.create_task(runner.run())
+    try:
+        await eventually(lambda: asyncio.sleep(0, handled(metrics, runner) == (3, 3)),
+                         what="three events processed and three duplicates recognised")
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+    effects = await pool.fetch("SELECT n FROM effects ORDER BY n")
+    assert [r["n"] for r in effects] == [1, 2, 3]
+
+
+
+def handled(metrics: ServiceMetrics, runner: ConsumerRunner) -> tuple[float, float]:
+    name = runner.subscription.name
+    return (metrics.consumed.labels(name, "processed")._value.get(),
+            metrics.consumed.labels(name, "duplicate")._value.get())

@@ -1,0 +1,176 @@
+"""One complaint through all four services, over HTTP and the real broker, in one trace."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+
+import httpx
+import pytest
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+from complaints_followup.app import SPEC as FOLLOWUP
+from complaints_intake.app import SPEC as INTAKE
+from complaints_learning.app import SPEC as LEARNING
+from complaints_resolution.app import SPEC as RESOLUTION
+from complaints_shared.envelope import decode_headers
+from complaints_shared.service import ServiceSpec, create_app
+from complaints_shared.settings import ServiceSettings
+from complaints_shared.telemetry import setup_telemetry
+from tests.support import RunningServer, eventually, read_topic, serve
+
+pytestmark = pytest.mark.integration
+
+
+@dataclass
+class Platform:
+    servers: dict[str, RunningServer]
+    spans: InMemorySpanExporter
+    prefix: str
+
+    def url(self, service: str) -> str:
+        return self.servers[service].url
+
+
+@pytest.fixture
+async def platform(infrastructure, new_database, topic_prefix) -> AsyncIterator[Platform]:
+    spans = InMemorySpanExporter()
+    servers: dict[str, RunningServer] = {}
+    try:
+        for spec in (INTAKE, RESOLUTION, FOLLOWUP, LEARNING):
+            servers[spec.name] = await serve(app_for(spec, infrastructure, await new_database(),
+                                                     topic_prefix, spans))
+        yield Platform(servers, spans, topic_prefix)
+    finally:
+        await asyncio.gather(*(s.stop() for s in servers.values()))
+
+
+def app_for(spec: ServiceSpec, infrastructure, dsn: str, prefix: str, spans):
+    settings = ServiceSettings(kafka_bootstrap=infrastructure.kafka_bootstrap, database_url=dsn,
+                               topic_prefix=prefix, topic_partitions=3)
+    return create_app(spec, settings, telemetry=setup_telemetry(spec.name, spans))
+
+
+COMPLAINT = {
+    "channel": "web",
+    "customer": {"name": "Ana Souza", "email": "ana@example.org", "language": "pt",
+                 "preferred_channel": "email"},
+    "subject": "Produto em falta",
+    "description": "O produto anunciado não estava disponível na loja.",
+    "category": "product_availability",
+    "severity": "high",
+}
+
+
+async def test_one_complaint_travels_through_all_four_services_in_one_trace(
+    platform: Platform, infrastructure
+):
+    async with httpx.AsyncClient(timeout=10) as http:
+        for service in platform.servers:
+            ready = await http.get(f"{platform.url(service)}/health/ready")
+            assert ready.status_code == 200, (service, ready.text)
+
+        created = await http.post(f"{platform.url('intake')}/complaints", json=COMPLAINT)
+        assert created.status_code == 201, created.text
+        complaint = created.json()
+        cid = complaint["id"]
+        assert created.headers["location"] == f"/complaints/{cid}"
+        assert complaint["status"] == "received"
+        assert (await http.get(f"{platform.url('intake')}/complaints/{cid}")).json() == complaint
+
+        async def case() -> dict | None:
+            r = await http.get(f"{platform.url('resolution')}/cases/{cid}")
+            return r.json() if r.status_code == 200 else None
+
+        opened = await eventually(case, what="the case to open")
+        assert opened["state"] == "opened"
+        assert opened["severity"] == "high"
+        assert opened["allowed_commands"] == ["resolve"]
+
+        resolved = await http.post(f"{platform.url('resolution')}/cases/{cid}/resolve",
+                                   json={"summary": "Reserved one for pick-up",
+                                         "resolved_by": "agent-7"})
+        assert resolved.status_code == 200, resolved.text
+        assert [h["type"] for h in resolved.json()["history"]] == ["CaseOpened", "CaseResolved"]
+
+        again = await http.post(f"{platform.url('resolution')}/cases/{cid}/resolve",
+                                json={"summary": "again", "resolved_by": "agent-7"})
+        assert again.status_code == 409
+        assert again.headers["content-type"] == "application/problem+json"
+        assert again.json()["state"] == "resolved"
+
+        async def checks() -> list | None:
+            r = await http.get(f"{platform.url('followup')}/satisfaction-checks",
+                               params={"complaint_id": cid})
+            return r.json()["items"] or None
+
+        [check] = await eventually(checks, what="the satisfaction check")
+        assert check["status"] == "scheduled"
+        assert check["channel"] == "email" and check["language"] == "pt"
+
+        async def counted() -> dict | None:
+            r = await http.get(f"{platform.url('learning')}/insights/categories")
+            body = r.json()
+            return body if body["total"] == 1 else None
+
+        insight = await eventually(counted, what="learning to count the complaint")
+        assert insight["categories"] == [{"category": "product_availability", "complaints": 1}]
+
+    # what an integrator reading the topic sees
+    [received] = await read_topic(infrastructure.kafka_bootstrap,
+                                  f"{platform.prefix}complaints.intake.v1", count=1)
+    headers = decode_headers(received.headers)
+    assert headers["ce_type"] == "complaints.intake.ComplaintReceived"
+    assert headers["ce_subject"] == cid
+    assert headers["ce_source"] == "/complaints/intake"
+    assert received.key == cid.encode()
+    trace_id = headers["traceparent"].split("-")[1]
+
+    # one trace: the intake request, its publish span, and the handlers in the other three
+    spans = platform.spans.get_finished_spans()
+    request = next(s for s in spans if s.resource.attributes["service.name"] == "intake"
+                   and s.name == "POST /complaints")
+    assert f"{request.context.trace_id:032x}" == trace_id
+    in_trace = [s for s in spans if s.context.trace_id == request.context.trace_id]
+    handlers = {s.resource.attributes["service.name"] for s in in_trace
+                if s.name == f"{platform.prefix}complaints.intake.v1 process"}
+    assert handlers == {"resolution", "followup", "learning"}
+    assert any(s.name == f"{platform.prefix}complaints.intake.v1 publish" for s in in_trace)
+    # resolution's CaseOpened, published from the handler's transaction, stays in the trace
+    assert any(s.name == f"{platform.prefix}complaints.resolution.v1 publish"
+               and s.resource.attributes["service.name"] == "resolution" for s in in_trace)
+    # no customer personal data on any span
+    for s in spans:
+        for value in (s.attributes or {}).values():
+            assert "ana@example.org" not in str(value) and "Ana Souza" not in str(value)
+
+
+async def test_invalid_input_is_a_problem_and_changes_nothing(platform: Platform, infrastructure):
+    async with httpx.AsyncClient(timeout=10) as http:
+        bad = {**COMPLAINT, "channel": "pigeon", "customer": {"email": "not-an-address"}}
+        r = await http.post(f"{platform.url('intake')}/complaints", json=bad)
+        assert r.status_code == 422
+        assert r.headers["content-type"] == "application/problem+json"
+        fields = {e["field"] for e in r.json()["errors"]}
+        assert {"body.channel", "body.customer.email"} <= fields
+
+        r = await http.post(f"{platform.url('intake')}/complaints",
+                            json={**COMPLAINT, "category": "weather"})
+        assert r.status_code == 422
+        [error] = r.json()["errors"]
+        assert error["field"] == "category" and "product_availability" in error["allowed"]
+
+        r = await http.get(f"{platform.url('intake')}/complaints/"
+                           "00000000-0000-0000-0000-000000000000")
+        assert r.status_code == 404 and r.json()["status"] == 404
+        r = await http.get(f"{platform.url('resolution')}/cases/not-a-uuid")
+        assert r.status_code == 422
+
+        # nothing stored, nothing published
+        n = await platform.servers["intake"].app.state.runtime.pool.fetchval(
+            "SELECT count(*) FROM events")
+        assert n == 0
+        counts = await platform.servers["learning"].app.state.runtime.pool.fetchval(
+            "SELECT count(*) FROM complaint_facts")
+        assert counts == 0

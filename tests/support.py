@@ -1,0 +1,102 @@
+"""Helpers for integration tests: polling, reading topics, running services in-process."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+import asyncpg
+import uvicorn
+from aiokafka import AIOKafkaConsumer, ConsumerRecord
+from fastapi import FastAPI
+
+from complaints_shared.db import create_pool
+from complaints_shared.schema import migrate, shared_migrations
+
+T = TypeVar("T")
+
+
+async def eventually(
+    probe: Callable[[], Awaitable[T | None]], *, timeout: float = 30.0, what: str = "condition"
+) -> T:
+    """Poll ``probe`` until it returns something truthy; fail with ``what`` after ``timeout``."""
+    deadline = time.monotonic() + timeout
+    last: Any = None
+    while time.monotonic() < deadline:
+        last = await probe()
+        if last:
+            return last
+        await asyncio.sleep(0.1)
+    raise AssertionError(f"timed out after {timeout}s waiting for {what} (last: {last!r})")
+
+
+async def read_topic(
+    bootstrap: str, topic: str, *, count: int, timeout: float = 30.0
+) -> list[ConsumerRecord]:
+    """Read ``topic`` from the beginning until ``count`` records arrived (or fail)."""
+    consumer = AIOKafkaConsumer(topic, bootstrap_servers=bootstrap, group_id=None,
+                                auto_offset_reset="earliest", enable_auto_commit=False)
+    await consumer.start()
+    records: list[ConsumerRecord] = []
+    try:
+        deadline = time.monotonic() + timeout
+        while len(records) < count and time.monotonic() < deadline:
+            batch = await consumer.getmany(timeout_ms=200)
+            for recs in batch.values():
+                records.extend(recs)
+    finally:
+        await consumer.stop()
+    if len(records) < count:
+        raise AssertionError(f"{topic}: {len(records)} records after {timeout}s, wanted {count}")
+    return records
+
+
+async def migrated_pool(dsn: str) -> asyncpg.Pool:
+    pool = await create_pool(dsn, max_size=20)
+    async with pool.acquire() as conn:
+        await migrate(conn, shared_migrations())
+    return pool
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+@dataclass
+class RunningServer:
+    app: FastAPI
+    port: int
+    server: uvicorn.Server
+    task: asyncio.Task[None]
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    async def stop(self) -> None:
+        self.server.should_exit = True
+        await asyncio.wait_for(self.task, 30)
+
+
+async def serve(app: FastAPI) -> RunningServer:
+    """Run ``app`` under uvicorn on a free loopback port, lifespan included."""
+    port = free_port()
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning",
+                                           lifespan="on"))
+    task = asyncio.create_task(server.serve())
+    deadline = time.monotonic() + 60
+    while not server.started:
+        if task.done():
+            task.result()
+            raise RuntimeError("server stopped during start-up")
+        if time.monotonic() > deadline:
+            raise RuntimeError("server did not start within 60s")
+        await asyncio.sleep(0.05)
+    return RunningServer(app, port, server, task)
