@@ -12,10 +12,9 @@ from typing import Any, TypeVar
 import asyncpg
 import uvicorn
 from aiokafka import AIOKafkaConsumer, ConsumerRecord
-from fastapi import FastAPI
-
 from complaints_shared.db import create_pool
 from complaints_shared.schema import migrate, shared_migrations
+from fastapi import FastAPI
 
 T = TypeVar("T")
 
@@ -38,8 +37,13 @@ async def read_topic(
     bootstrap: str, topic: str, *, count: int, timeout: float = 30.0
 ) -> list[ConsumerRecord]:
     """Read ``topic`` from the beginning until ``count`` records arrived (or fail)."""
-    consumer = AIOKafkaConsumer(topic, bootstrap_servers=bootstrap, group_id=None,
-                                auto_offset_reset="earliest", enable_auto_commit=False)
+    consumer = AIOKafkaConsumer(
+        topic,
+        bootstrap_servers=bootstrap,
+        group_id=None,
+        auto_offset_reset="earliest",
+        enable_auto_commit=False,
+    )
     await consumer.start()
     records: list[ConsumerRecord] = []
     try:
@@ -88,8 +92,9 @@ class RunningServer:
 async def serve(app: FastAPI) -> RunningServer:
     """Run ``app`` under uvicorn on a free loopback port, lifespan included."""
     port = free_port()
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning",
-                                           lifespan="on"))
+    server = uvicorn.Server(
+        uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="on")
+    )
     task = asyncio.create_task(server.serve())
     deadline = time.monotonic() + 60
     while not server.started:

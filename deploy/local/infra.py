@@ -111,51 +111,80 @@ class Kafka:
             shutil.rmtree(self.lib)
         self.lib.mkdir(parents=True)
         result = subprocess.run(
-            ["mvn", "-B", "-q", "-f", str(HERE / "kafka" / "pom.xml"),
-             f"-Dkafka.version={KAFKA_VERSION}", "dependency:copy-dependencies",
-             "-DincludeScope=runtime", f"-DoutputDirectory={self.lib}"],
-            capture_output=True, text=True, check=False,
+            [
+                "mvn",
+                "-B",
+                "-q",
+                "-f",
+                str(HERE / "kafka" / "pom.xml"),
+                f"-Dkafka.version={KAFKA_VERSION}",
+                "dependency:copy-dependencies",
+                "-DincludeScope=runtime",
+                f"-DoutputDirectory={self.lib}",
+            ],
+            capture_output=True,
+            text=True,
+            check=False,
         )
         if result.returncode != 0:
-            raise InfraError("fetching Kafka jars failed: "
-                             + (result.stdout + result.stderr).strip()[-800:])
+            raise InfraError(
+                "fetching Kafka jars failed: " + (result.stdout + result.stderr).strip()[-800:]
+            )
         marker.touch()
 
     def _write_config(self) -> Path:
         data = self.home / "data"
         config = self.home / "server.properties"
-        config.write_text("\n".join([
-            "process.roles=broker,controller",
-            "node.id=1",
-            f"controller.quorum.voters=1@127.0.0.1:{self.controller_port}",
-            f"listeners=PLAINTEXT://127.0.0.1:{self.port},"
-            f"CONTROLLER://127.0.0.1:{self.controller_port}",
-            f"advertised.listeners=PLAINTEXT://127.0.0.1:{self.port}",
-            "controller.listener.names=CONTROLLER",
-            "listener.security.protocol.map=PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT",
-            "inter.broker.listener.name=PLAINTEXT",
-            f"log.dirs={data}",
-            "num.partitions=3",
-            "offsets.topic.replication.factor=1",
-            "offsets.topic.num.partitions=10",
-            "transaction.state.log.replication.factor=1",
-            "transaction.state.log.min.isr=1",
-            "share.coordinator.state.topic.replication.factor=1",
-            "share.coordinator.state.topic.min.isr=1",
-            "group.initial.rebalance.delay.ms=0",
-            "auto.create.topics.enable=false",
-            "",
-        ]))
+        config.write_text(
+            "\n".join(
+                [
+                    "process.roles=broker,controller",
+                    "node.id=1",
+                    f"controller.quorum.voters=1@127.0.0.1:{self.controller_port}",
+                    f"listeners=PLAINTEXT://127.0.0.1:{self.port},"
+                    f"CONTROLLER://127.0.0.1:{self.controller_port}",
+                    f"advertised.listeners=PLAINTEXT://127.0.0.1:{self.port}",
+                    "controller.listener.names=CONTROLLER",
+                    "listener.security.protocol.map=PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT",
+                    "inter.broker.listener.name=PLAINTEXT",
+                    f"log.dirs={data}",
+                    "num.partitions=3",
+                    "offsets.topic.replication.factor=1",
+                    "offsets.topic.num.partitions=10",
+                    "transaction.state.log.replication.factor=1",
+                    "transaction.state.log.min.isr=1",
+                    "share.coordinator.state.topic.replication.factor=1",
+                    "share.coordinator.state.topic.min.isr=1",
+                    "group.initial.rebalance.delay.ms=0",
+                    "auto.create.topics.enable=false",
+                    "",
+                ]
+            )
+        )
         if not (data / "meta.properties").exists():
             cluster_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode()[:22]
             result = subprocess.run(
-                ["java", "-cp", f"{self.lib}/*", "kafka.tools.StorageTool", "format",
-                 "-t", cluster_id, "-c", str(config), "--ignore-formatted"],
-                capture_output=True, text=True, check=False,
+                [
+                    "java",
+                    "-cp",
+                    f"{self.lib}/*",
+                    "kafka.tools.StorageTool",
+                    "format",
+                    "-t",
+                    cluster_id,
+                    "-c",
+                    str(config),
+                    "--ignore-formatted",
+                ],
+                capture_output=True,
+                text=True,
+                check=False,
             )
             if result.returncode != 0:
-                raise InfraError("formatting Kafka storage failed: "
-                                 + (result.stdout + result.stderr).strip()[-800:])
+                raise InfraError(
+                    "formatting Kafka storage failed: "
+                    + (result.stdout + result.stderr).strip()[-800:]
+                )
         return config
 
     def start(self, timeout: float = 120.0) -> bool:
@@ -166,16 +195,29 @@ class Kafka:
             raise InfraError("java not found: install a Java 17+ runtime to run Kafka")
         for port in (self.port, self.controller_port):
             if _port_open(port):
-                raise InfraError(f"port {port} is in use by another process; stop it or set "
-                                 "COMPLAINTS_LOCAL_KAFKA_PORT / _CONTROLLER_PORT")
+                raise InfraError(
+                    f"port {port} is in use by another process; stop it or set "
+                    "COMPLAINTS_LOCAL_KAFKA_PORT / _CONTROLLER_PORT"
+                )
         self.home.mkdir(parents=True, exist_ok=True)
         self.fetch()
         config = self._write_config()
         log = self.log_file.open("w")
         proc = subprocess.Popen(
-            ["java", "-Xms256m", "-Xmx512m", "-XX:+UseG1GC", "-Djava.awt.headless=true",
-             "-cp", f"{self.lib}/*", "kafka.Kafka", str(config)],
-            stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+            [
+                "java",
+                "-Xms256m",
+                "-Xmx512m",
+                "-XX:+UseG1GC",
+                "-Djava.awt.headless=true",
+                "-cp",
+                f"{self.lib}/*",
+                "kafka.Kafka",
+                str(config),
+            ],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
             start_new_session=True,
         )
         self.pid_file.write_text(str(proc.pid))
@@ -183,8 +225,9 @@ class Kafka:
         while time.monotonic() < deadline:
             if proc.poll() is not None:
                 raise InfraError(f"Kafka exited with {proc.returncode}:\n{_tail(self.log_file)}")
-            if "Kafka Server started" in self.log_file.read_text(errors="replace") and \
-                    _port_open(self.port):
+            if "Kafka Server started" in self.log_file.read_text(errors="replace") and _port_open(
+                self.port
+            ):
                 return True
             time.sleep(0.2)
         self.stop()
@@ -216,8 +259,9 @@ def _pg_bindir() -> Path:
     which = shutil.which("pg_ctl")
     if which:
         return Path(which).parent
-    raise InfraError("PostgreSQL server binaries not found: install them "
-                     "(Debian: apt-get install postgresql-15)")
+    raise InfraError(
+        "PostgreSQL server binaries not found: install them (Debian: apt-get install postgresql-15)"
+    )
 
 
 @dataclass
@@ -243,8 +287,9 @@ class Postgres:
         return cmd
 
     def _run(self, cmd: list[str], what: str) -> subprocess.CompletedProcess[str]:
-        result = subprocess.run(self._as_owner(cmd), capture_output=True, text=True, check=False,
-                                cwd="/")
+        result = subprocess.run(
+            self._as_owner(cmd), capture_output=True, text=True, check=False, cwd="/"
+        )
         if result.returncode != 0:
             raise InfraError(f"{what} failed: " + (result.stdout + result.stderr).strip()[-800:])
         return result
@@ -252,17 +297,22 @@ class Postgres:
     def running(self) -> bool:
         if not (self.data / "PG_VERSION").exists():
             return False
-        result = subprocess.run(self._as_owner([str(_pg_bindir() / "pg_ctl"), "status", "-D",
-                                                str(self.data)]),
-                                capture_output=True, text=True, check=False, cwd="/")
+        result = subprocess.run(
+            self._as_owner([str(_pg_bindir() / "pg_ctl"), "status", "-D", str(self.data)]),
+            capture_output=True,
+            text=True,
+            check=False,
+            cwd="/",
+        )
         return result.returncode == 0
 
     def _prepare_home(self) -> None:
         self.home.mkdir(parents=True, exist_ok=True)
         if os.geteuid() == 0:
             shutil.chown(self.home, "postgres", "postgres")
-            probe = subprocess.run(["runuser", "-u", "postgres", "--", "test", "-w",
-                                    str(self.home)], check=False)
+            probe = subprocess.run(
+                ["runuser", "-u", "postgres", "--", "test", "-w", str(self.home)], check=False
+            )
             if probe.returncode != 0:
                 raise InfraError(f"the postgres user cannot write {self.home}")
 
@@ -272,31 +322,77 @@ class Postgres:
         if self.running():
             return False
         if _port_open(self.port):
-            raise InfraError(f"port {self.port} is in use by another process; stop it or set "
-                             "COMPLAINTS_LOCAL_POSTGRES_PORT")
+            raise InfraError(
+                f"port {self.port} is in use by another process; stop it or set "
+                "COMPLAINTS_LOCAL_POSTGRES_PORT"
+            )
         self._prepare_home()
         if not (self.data / "PG_VERSION").exists():
-            self._run([str(bindir / "initdb"), "-D", str(self.data), "-U", "postgres",
-                       "--auth=trust", "-E", "UTF8", "--no-locale"], "initdb")
-        options = (f"-c listen_addresses=127.0.0.1 -p {self.port} -k {self.data} "
-                   "-c max_connections=300 -c shared_buffers=128MB")
-        self._run([str(bindir / "pg_ctl"), "start", "-D", str(self.data), "-l",
-                   str(self.log_file), "-w", "-t", str(timeout), "-o", options],
-                  f"starting PostgreSQL (log: {self.log_file})")
+            self._run(
+                [
+                    str(bindir / "initdb"),
+                    "-D",
+                    str(self.data),
+                    "-U",
+                    "postgres",
+                    "--auth=trust",
+                    "-E",
+                    "UTF8",
+                    "--no-locale",
+                ],
+                "initdb",
+            )
+        options = (
+            f"-c listen_addresses=127.0.0.1 -p {self.port} -k {self.data} "
+            "-c max_connections=300 -c shared_buffers=128MB"
+        )
+        self._run(
+            [
+                str(bindir / "pg_ctl"),
+                "start",
+                "-D",
+                str(self.data),
+                "-l",
+                str(self.log_file),
+                "-w",
+                "-t",
+                str(timeout),
+                "-o",
+                options,
+            ],
+            f"starting PostgreSQL (log: {self.log_file})",
+        )
         return True
 
     def stop(self) -> bool:
         if not self.running():
             return False
-        self._run([str(_pg_bindir() / "pg_ctl"), "stop", "-D", str(self.data), "-m", "fast",
-                   "-w"], "stopping PostgreSQL")
+        self._run(
+            [str(_pg_bindir() / "pg_ctl"), "stop", "-D", str(self.data), "-m", "fast", "-w"],
+            "stopping PostgreSQL",
+        )
         return True
 
     def ensure_databases(self, names: list[str]) -> None:
-        psql = [str(_pg_bindir() / "psql"), "-h", "127.0.0.1", "-p", str(self.port),
-                "-U", "postgres", "-d", "postgres", "-tAq", "-v", "ON_ERROR_STOP=1"]
-        existing = set(self._run([*psql, "-c", "SELECT datname FROM pg_database"],
-                                 "listing databases").stdout.split())
+        psql = [
+            str(_pg_bindir() / "psql"),
+            "-h",
+            "127.0.0.1",
+            "-p",
+            str(self.port),
+            "-U",
+            "postgres",
+            "-d",
+            "postgres",
+            "-tAq",
+            "-v",
+            "ON_ERROR_STOP=1",
+        ]
+        existing = set(
+            self._run(
+                [*psql, "-c", "SELECT datname FROM pg_database"], "listing databases"
+            ).stdout.split()
+        )
         for name in names:
             if name not in existing:
                 self._run([*psql, "-c", f'CREATE DATABASE "{name}"'], f"creating {name}")
@@ -310,8 +406,11 @@ def _postgres_home(local: Path) -> Path:
     parent = local
     while not parent.exists():
         parent = parent.parent
-    reach = subprocess.run(["runuser", "-u", "postgres", "--", "test", "-x", str(parent)],
-                           check=False, capture_output=True)
+    reach = subprocess.run(
+        ["runuser", "-u", "postgres", "--", "test", "-x", str(parent)],
+        check=False,
+        capture_output=True,
+    )
     if reach.returncode == 0:
         return home
     digest = hashlib.sha1(str(local).encode()).hexdigest()[:10]
@@ -329,8 +428,11 @@ class LocalInfra:
         local.mkdir(parents=True, exist_ok=True)
         os.chmod(local, 0o755)
         return cls(
-            Kafka(local / "kafka", _env_int("COMPLAINTS_LOCAL_KAFKA_PORT", 9092),
-                  _env_int("COMPLAINTS_LOCAL_KAFKA_CONTROLLER_PORT", 9093)),
+            Kafka(
+                local / "kafka",
+                _env_int("COMPLAINTS_LOCAL_KAFKA_PORT", 9092),
+                _env_int("COMPLAINTS_LOCAL_KAFKA_CONTROLLER_PORT", 9093),
+            ),
             Postgres(_postgres_home(local), _env_int("COMPLAINTS_LOCAL_POSTGRES_PORT", 55432)),
         )
 
@@ -353,10 +455,15 @@ class LocalInfra:
             self.postgres.stop()
 
     def describe(self) -> str:
-        return (f"Kafka      {self.kafka.bootstrap}  ({'running' if self.kafka.running() else 'stopped'};"
-                f" log {self.kafka.log_file})\n"
-                f"PostgreSQL {self.postgres.url}  "
-                f"({'running' if self.postgres.running() else 'stopped'}; log {self.postgres.log_file})")
+        def state(running: bool) -> str:
+            return "running" if running else "stopped"
+
+        return (
+            f"Kafka      {self.kafka.bootstrap}  ({state(self.kafka.running())};"
+            f" log {self.kafka.log_file})\n"
+            f"PostgreSQL {self.postgres.url}  ({state(self.postgres.running())};"
+            f" log {self.postgres.log_file})"
+        )
 
 
 def main(argv: list[str]) -> int:

@@ -10,13 +10,13 @@ from datetime import UTC, datetime
 import asyncpg
 import pytest
 from aiokafka import AIOKafkaProducer
-
 from complaints_shared.consumer import ConsumerRunner, RetryPolicy, Subscription
 from complaints_shared.envelope import Event, decode_headers, to_kafka_record
 from complaints_shared.errors import PoisonEvent
 from complaints_shared.metrics import ServiceMetrics
 from complaints_shared.telemetry import setup_telemetry
 from complaints_shared.topics import ensure_topics
+
 from tests.support import eventually, migrated_pool, read_topic
 
 pytestmark = pytest.mark.integration
@@ -40,16 +40,24 @@ async def topics(infrastructure, topic_prefix: str) -> tuple[str, str]:
 
 @pytest.fixture
 async def producer(infrastructure) -> AsyncIterator[AIOKafkaProducer]:
-    p = AIOKafkaProducer(bootstrap_servers=infrastructure.kafka_bootstrap, acks="all",
-                         enable_idempotence=True)
+    p = AIOKafkaProducer(
+        bootstrap_servers=infrastructure.kafka_bootstrap, acks="all", enable_idempotence=True
+    )
     await p.start()
     yield p
     await p.stop()
 
 
 def event(n: int, type_: str = "Counted", stream: uuid.UUID | None = None) -> Event:
-    return Event(event_id=uuid.uuid4(), type=type_, stream_id=stream or uuid.uuid4(), version=1,
-                 occurred_at=datetime.now(UTC), source="/complaints/test", data={"n": n})
+    return Event(
+        event_id=uuid.uuid4(),
+        type=type_,
+        stream_id=stream or uuid.uuid4(),
+        version=1,
+        occurred_at=datetime.now(UTC),
+        source="/complaints/test",
+        data={"n": n},
+    )
 
 
 async def send(producer: AIOKafkaProducer, topic: str, e: Event) -> None:
@@ -74,8 +82,13 @@ class Running:
 
 def runner_for(infrastructure, pool, producer, topics, handlers, metrics, name) -> ConsumerRunner:
     return ConsumerRunner(
-        Subscription(name, (topics[0],), handlers), infrastructure.kafka_bootstrap, pool,
-        producer, setup_telemetry("test"), metrics, dlq_topic=topics[1],
+        Subscription(name, (topics[0],), handlers),
+        infrastructure.kafka_bootstrap,
+        pool,
+        producer,
+        setup_telemetry("test"),
+        metrics,
+        dlq_topic=topics[1],
         retry=RetryPolicy(initial_delay=0.05, max_delay=0.2),
     )
 
@@ -96,17 +109,27 @@ async def test_a_redelivered_event_has_one_effect_also_after_a_restart(
     for e in (once, twice, twice):
         await send(producer, topics[0], e)
     metrics = ServiceMetrics()
-    async with Running(runner_for(infrastructure, pool, producer, topics,
-                                  {"Counted": record_effect}, metrics, name)):
-        await eventually(lambda: asyncio.sleep(0, outcome(metrics, name, "duplicate") == 1),
-                         what="the duplicate to be recognised")
+    async with Running(
+        runner_for(
+            infrastructure, pool, producer, topics, {"Counted": record_effect}, metrics, name
+        )
+    ):
+        await eventually(
+            lambda: asyncio.sleep(0, outcome(metrics, name, "duplicate") == 1),
+            what="the duplicate to be recognised",
+        )
     # restarted, the same consumer gets the first event delivered once more
     await send(producer, topics[0], once)
     metrics2 = ServiceMetrics()
-    async with Running(runner_for(infrastructure, pool, producer, topics,
-                                  {"Counted": record_effect}, metrics2, name)):
-        await eventually(lambda: asyncio.sleep(0, outcome(metrics2, name, "duplicate") == 1),
-                         what="the redelivery after the restart to be recognised")
+    async with Running(
+        runner_for(
+            infrastructure, pool, producer, topics, {"Counted": record_effect}, metrics2, name
+        )
+    ):
+        await eventually(
+            lambda: asyncio.sleep(0, outcome(metrics2, name, "duplicate") == 1),
+            what="the redelivery after the restart to be recognised",
+        )
     rows = await pool.fetch("SELECT n, count(*) AS c FROM effects GROUP BY n ORDER BY n")
     assert [(r["n"], r["c"]) for r in rows] == [(1, 1), (2, 1)]
     assert outcome(metrics2, name, "processed") == 0
@@ -122,17 +145,21 @@ async def test_poison_events_go_to_the_dlq_and_the_partition_keeps_moving(
             raise PoisonEvent("unlucky number")
         await record_effect(conn, e)
 
-    await producer.send_and_wait(topics[0], b"{not json", key=b"k",
-                                 headers=[("ce_id", b"x")])  # malformed
+    await producer.send_and_wait(
+        topics[0], b"{not json", key=b"k", headers=[("ce_id", b"x")]
+    )  # malformed
     bad = event(13)
     await send(producer, topics[0], bad)  # the handler refuses it
     good = event(7)
     await send(producer, topics[0], good)
     metrics = ServiceMetrics()
-    async with Running(runner_for(infrastructure, pool, producer, topics,
-                                  {"Counted": picky}, metrics, name)):
-        await eventually(lambda: pool.fetchval("SELECT count(*) = 1 FROM effects"),
-                         what="the good event after the poison ones")
+    async with Running(
+        runner_for(infrastructure, pool, producer, topics, {"Counted": picky}, metrics, name)
+    ):
+        await eventually(
+            lambda: pool.fetchval("SELECT count(*) = 1 FROM effects"),
+            what="the good event after the poison ones",
+        )
 
     assert [r["n"] for r in await pool.fetch("SELECT n FROM effects")] == [7]
     dead = await read_topic(infrastructure.kafka_bootstrap, topics[1], count=2)
@@ -144,8 +171,7 @@ async def test_poison_events_go_to_the_dlq_and_the_partition_keeps_moving(
     assert headers[1]["ce_id"] == str(bad.event_id)  # the original headers travel along
     assert dead[1].value == to_kafka_record(bad).value
     # the failed handler left nothing behind: no inbox row for the poison event
-    assert await pool.fetchval("SELECT count(*) FROM inbox WHERE event_id = $1",
-                               bad.event_id) == 0
+    assert await pool.fetchval("SELECT count(*) FROM inbox WHERE event_id = $1", bad.event_id) == 0
 
 
 async def test_transient_errors_are_retried_with_backoff_and_take_effect_once(
@@ -162,10 +188,13 @@ async def test_transient_errors_are_retried_with_backoff_and_take_effect_once(
 
     await send(producer, topics[0], event(5))
     metrics = ServiceMetrics()
-    async with Running(runner_for(infrastructure, pool, producer, topics,
-                                  {"Counted": flaky}, metrics, name)):
-        await eventually(lambda: asyncio.sleep(0, outcome(metrics, name, "processed") == 1),
-                         what="the event to be processed after the retries")
+    async with Running(
+        runner_for(infrastructure, pool, producer, topics, {"Counted": flaky}, metrics, name)
+    ):
+        await eventually(
+            lambda: asyncio.sleep(0, outcome(metrics, name, "processed") == 1),
+            what="the event to be processed after the retries",
+        )
     assert metrics.consumer_retries.labels(name)._value.get() == 3
     assert [r["n"] for r in await pool.fetch("SELECT n FROM effects")] == [5]
     assert outcome(metrics, name, "dead_lettered") == 0
@@ -178,9 +207,14 @@ async def test_events_without_a_handler_are_acknowledged_without_effect(
     await send(producer, topics[0], event(1, type_="SomethingElse"))
     await send(producer, topics[0], event(2))
     metrics = ServiceMetrics()
-    async with Running(runner_for(infrastructure, pool, producer, topics,
-                                  {"Counted": record_effect}, metrics, name)):
-        await eventually(lambda: asyncio.sleep(0, outcome(metrics, name, "processed") == 1),
-                         what="the handled event")
+    async with Running(
+        runner_for(
+            infrastructure, pool, producer, topics, {"Counted": record_effect}, metrics, name
+        )
+    ):
+        await eventually(
+            lambda: asyncio.sleep(0, outcome(metrics, name, "processed") == 1),
+            what="the handled event",
+        )
     assert outcome(metrics, name, "ignored") == 1
     assert [r["n"] for r in await pool.fetch("SELECT n FROM effects")] == [2]

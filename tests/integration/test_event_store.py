@@ -8,10 +8,10 @@ from collections.abc import AsyncIterator
 
 import asyncpg
 import pytest
-
 from complaints_shared.envelope import NewEvent
 from complaints_shared.errors import ConcurrencyConflict
 from complaints_shared.eventstore import EventStore
+
 from tests.support import migrated_pool
 
 pytestmark = pytest.mark.integration
@@ -33,8 +33,9 @@ def ev(n: int) -> NewEvent:
     return NewEvent(type="Happened", data={"n": n, "text": "açaí, árvíztűrő, ñandú"})
 
 
-async def append(pool: asyncpg.Pool, store: EventStore, stream: uuid.UUID, expected: int,
-                 events: list[NewEvent]) -> None:
+async def append(
+    pool: asyncpg.Pool, store: EventStore, stream: uuid.UUID, expected: int, events: list[NewEvent]
+) -> None:
     async with pool.acquire() as conn, conn.transaction():
         await store.append(conn, stream, expected, events)
 
@@ -60,9 +61,12 @@ async def test_append_queues_every_event_in_the_outbox_of_the_same_transaction(p
     await append(pool, store, stream, 0, [ev(1), ev(2)])
     rows = await pool.fetch(
         "SELECT o.topic, o.sent_at, e.version FROM outbox o JOIN events e USING (event_id)"
-        " ORDER BY o.position")
+        " ORDER BY o.position"
+    )
     assert [(r["topic"], r["sent_at"], r["version"]) for r in rows] == [
-        ("complaints.test.v1", None, 1), ("complaints.test.v1", None, 2)]
+        ("complaints.test.v1", None, 1),
+        ("complaints.test.v1", None, 2),
+    ]
 
 
 async def test_stale_expected_version_is_a_conflict_and_changes_nothing(pool, store):
@@ -91,7 +95,8 @@ async def test_two_concurrent_appends_at_the_same_version_exactly_one_wins(pool,
         assert winner in ([1], [2, 3])
         queued = await pool.fetchval(
             "SELECT count(*) FROM outbox o JOIN events e USING (event_id) WHERE e.stream_id=$1",
-            stream)
+            stream,
+        )
         assert queued == 1 + len(winner)
 
 

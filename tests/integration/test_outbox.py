@@ -11,7 +11,6 @@ from collections.abc import AsyncIterator
 import asyncpg
 import pytest
 from aiokafka import AIOKafkaProducer
-
 from complaints_shared.consumer import ConsumerRunner, Subscription
 from complaints_shared.envelope import Event, NewEvent, decode_headers, from_kafka_record
 from complaints_shared.errors import ConcurrencyConflict
@@ -20,6 +19,7 @@ from complaints_shared.metrics import ServiceMetrics
 from complaints_shared.outbox import OutboxRelay
 from complaints_shared.telemetry import setup_telemetry
 from complaints_shared.topics import ensure_topics
+
 from tests.support import eventually, migrated_pool, read_topic
 
 pytestmark = pytest.mark.integration
@@ -43,16 +43,23 @@ async def topic(infrastructure, topic_prefix: str) -> str:
 
 @pytest.fixture
 async def producer(infrastructure) -> AsyncIterator[AIOKafkaProducer]:
-    p = AIOKafkaProducer(bootstrap_servers=infrastructure.kafka_bootstrap, acks="all",
-                         enable_idempotence=True)
+    p = AIOKafkaProducer(
+        bootstrap_servers=infrastructure.kafka_bootstrap, acks="all", enable_idempotence=True
+    )
     await p.start()
     yield p
     await p.stop()
 
 
 def make_relay(database: str, pool, producer, **kw) -> OutboxRelay:
-    return OutboxRelay(dsn=database, pool=pool, producer=producer, source="/complaints/test",
-                       telemetry=setup_telemetry("test"), **kw)
+    return OutboxRelay(
+        dsn=database,
+        pool=pool,
+        producer=producer,
+        source="/complaints/test",
+        telemetry=setup_telemetry("test"),
+        **kw,
+    )
 
 
 async def writer(pool, store: EventStore, streams: list[uuid.UUID], appends: int) -> int:
@@ -65,8 +72,12 @@ async def writer(pool, store: EventStore, streams: list[uuid.UUID], appends: int
             try:
                 async with pool.acquire() as conn, conn.transaction():
                     v = await store.version(conn, stream)
-                    await store.append(conn, stream, v, [
-                        NewEvent(type="Counted", data={"v": v + i}) for i in range(1, 3)])
+                    await store.append(
+                        conn,
+                        stream,
+                        v,
+                        [NewEvent(type="Counted", data={"v": v + i}) for i in range(1, 3)],
+                    )
                 written += 2
                 break
             except ConcurrencyConflict:
@@ -129,8 +140,9 @@ async def test_relay_crash_between_publish_and_mark_sent_republishes_and_inbox_k
     store = EventStore(source="/complaints/test", topic=topic)
     stream = uuid.uuid4()
     async with pool.acquire() as conn, conn.transaction():
-        await store.append(conn, stream, 0, [NewEvent(type="Counted", data={"n": n})
-                                             for n in range(1, 4)])
+        await store.append(
+            conn, stream, 0, [NewEvent(type="Counted", data={"n": n}) for n in range(1, 4)]
+        )
 
     crashed = make_relay(database, pool, producer)
     rows = await crashed.fetch_pending()
@@ -150,13 +162,19 @@ async def test_relay_crash_between_publish_and_mark_sent_republishes_and_inbox_k
     metrics = ServiceMetrics()
     runner = ConsumerRunner(
         Subscription(f"{topic_prefix}counter", (topic,), {"Counted": count_effect}),
-        infrastructure.kafka_bootstrap, pool, producer, setup_telemetry("test"), metrics,
+        infrastructure.kafka_bootstrap,
+        pool,
+        producer,
+        setup_telemetry("test"),
+        metrics,
         dlq_topic=f"{topic_prefix}dlq",
     )
     task = asyncio.create_task(runner.run())
     try:
-        await eventually(lambda: asyncio.sleep(0, handled(metrics, runner) == (3, 3)),
-                         what="three events processed and three duplicates recognised")
+        await eventually(
+            lambda: asyncio.sleep(0, handled(metrics, runner) == (3, 3)),
+            what="three events processed and three duplicates recognised",
+        )
     finally:
         task.cancel()
         await asyncio.gather(task, return_exceptions=True)
@@ -164,8 +182,9 @@ async def test_relay_crash_between_publish_and_mark_sent_republishes_and_inbox_k
     assert [r["n"] for r in effects] == [1, 2, 3]
 
 
-
 def handled(metrics: ServiceMetrics, runner: ConsumerRunner) -> tuple[float, float]:
     name = runner.subscription.name
-    return (metrics.consumed.labels(name, "processed")._value.get(),
-            metrics.consumed.labels(name, "duplicate")._value.get())
+    return (
+        metrics.consumed.labels(name, "processed")._value.get(),
+        metrics.consumed.labels(name, "duplicate")._value.get(),
+    )

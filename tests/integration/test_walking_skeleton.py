@@ -8,8 +8,6 @@ from dataclasses import dataclass
 
 import httpx
 import pytest
-from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
-
 from complaints_followup.app import SPEC as FOLLOWUP
 from complaints_intake.app import SPEC as INTAKE
 from complaints_learning.app import SPEC as LEARNING
@@ -18,6 +16,8 @@ from complaints_shared.envelope import decode_headers
 from complaints_shared.service import ServiceSpec, create_app
 from complaints_shared.settings import ServiceSettings
 from complaints_shared.telemetry import setup_telemetry
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
 from tests.support import RunningServer, eventually, read_topic, serve
 
 pytestmark = pytest.mark.integration
@@ -39,23 +39,32 @@ async def platform(infrastructure, new_database, topic_prefix) -> AsyncIterator[
     servers: dict[str, RunningServer] = {}
     try:
         for spec in (INTAKE, RESOLUTION, FOLLOWUP, LEARNING):
-            servers[spec.name] = await serve(app_for(spec, infrastructure, await new_database(),
-                                                     topic_prefix, spans))
+            servers[spec.name] = await serve(
+                app_for(spec, infrastructure, await new_database(), topic_prefix, spans)
+            )
         yield Platform(servers, spans, topic_prefix)
     finally:
         await asyncio.gather(*(s.stop() for s in servers.values()))
 
 
 def app_for(spec: ServiceSpec, infrastructure, dsn: str, prefix: str, spans):
-    settings = ServiceSettings(kafka_bootstrap=infrastructure.kafka_bootstrap, database_url=dsn,
-                               topic_prefix=prefix, topic_partitions=3)
+    settings = ServiceSettings(
+        kafka_bootstrap=infrastructure.kafka_bootstrap,
+        database_url=dsn,
+        topic_prefix=prefix,
+        topic_partitions=3,
+    )
     return create_app(spec, settings, telemetry=setup_telemetry(spec.name, spans))
 
 
 COMPLAINT = {
     "channel": "web",
-    "customer": {"name": "Ana Souza", "email": "ana@example.org", "language": "pt",
-                 "preferred_channel": "email"},
+    "customer": {
+        "name": "Ana Souza",
+        "email": "ana@example.org",
+        "language": "pt",
+        "preferred_channel": "email",
+    },
     "subject": "Produto em falta",
     "description": "O produto anunciado não estava disponível na loja.",
     "category": "product_availability",
@@ -88,21 +97,25 @@ async def test_one_complaint_travels_through_all_four_services_in_one_trace(
         assert opened["severity"] == "high"
         assert opened["allowed_commands"] == ["resolve"]
 
-        resolved = await http.post(f"{platform.url('resolution')}/cases/{cid}/resolve",
-                                   json={"summary": "Reserved one for pick-up",
-                                         "resolved_by": "agent-7"})
+        resolved = await http.post(
+            f"{platform.url('resolution')}/cases/{cid}/resolve",
+            json={"summary": "Reserved one for pick-up", "resolved_by": "agent-7"},
+        )
         assert resolved.status_code == 200, resolved.text
         assert [h["type"] for h in resolved.json()["history"]] == ["CaseOpened", "CaseResolved"]
 
-        again = await http.post(f"{platform.url('resolution')}/cases/{cid}/resolve",
-                                json={"summary": "again", "resolved_by": "agent-7"})
+        again = await http.post(
+            f"{platform.url('resolution')}/cases/{cid}/resolve",
+            json={"summary": "again", "resolved_by": "agent-7"},
+        )
         assert again.status_code == 409
         assert again.headers["content-type"] == "application/problem+json"
         assert again.json()["state"] == "resolved"
 
         async def checks() -> list | None:
-            r = await http.get(f"{platform.url('followup')}/satisfaction-checks",
-                               params={"complaint_id": cid})
+            r = await http.get(
+                f"{platform.url('followup')}/satisfaction-checks", params={"complaint_id": cid}
+            )
             return r.json()["items"] or None
 
         [check] = await eventually(checks, what="the satisfaction check")
@@ -118,8 +131,9 @@ async def test_one_complaint_travels_through_all_four_services_in_one_trace(
         assert insight["categories"] == [{"category": "product_availability", "complaints": 1}]
 
     # what an integrator reading the topic sees
-    [received] = await read_topic(infrastructure.kafka_bootstrap,
-                                  f"{platform.prefix}complaints.intake.v1", count=1)
+    [received] = await read_topic(
+        infrastructure.kafka_bootstrap, f"{platform.prefix}complaints.intake.v1", count=1
+    )
     headers = decode_headers(received.headers)
     assert headers["ce_type"] == "complaints.intake.ComplaintReceived"
     assert headers["ce_subject"] == cid
@@ -129,17 +143,26 @@ async def test_one_complaint_travels_through_all_four_services_in_one_trace(
 
     # one trace: the intake request, its publish span, and the handlers in the other three
     spans = platform.spans.get_finished_spans()
-    request = next(s for s in spans if s.resource.attributes["service.name"] == "intake"
-                   and s.name == "POST /complaints")
+    request = next(
+        s
+        for s in spans
+        if s.resource.attributes["service.name"] == "intake" and s.name == "POST /complaints"
+    )
     assert f"{request.context.trace_id:032x}" == trace_id
     in_trace = [s for s in spans if s.context.trace_id == request.context.trace_id]
-    handlers = {s.resource.attributes["service.name"] for s in in_trace
-                if s.name == f"{platform.prefix}complaints.intake.v1 process"}
+    handlers = {
+        s.resource.attributes["service.name"]
+        for s in in_trace
+        if s.name == f"{platform.prefix}complaints.intake.v1 process"
+    }
     assert handlers == {"resolution", "followup", "learning"}
     assert any(s.name == f"{platform.prefix}complaints.intake.v1 publish" for s in in_trace)
     # resolution's CaseOpened, published from the handler's transaction, stays in the trace
-    assert any(s.name == f"{platform.prefix}complaints.resolution.v1 publish"
-               and s.resource.attributes["service.name"] == "resolution" for s in in_trace)
+    assert any(
+        s.name == f"{platform.prefix}complaints.resolution.v1 publish"
+        and s.resource.attributes["service.name"] == "resolution"
+        for s in in_trace
+    )
     # no customer personal data on any span
     for s in spans:
         for value in (s.attributes or {}).values():
@@ -155,22 +178,26 @@ async def test_invalid_input_is_a_problem_and_changes_nothing(platform: Platform
         fields = {e["field"] for e in r.json()["errors"]}
         assert {"body.channel", "body.customer.email"} <= fields
 
-        r = await http.post(f"{platform.url('intake')}/complaints",
-                            json={**COMPLAINT, "category": "weather"})
+        r = await http.post(
+            f"{platform.url('intake')}/complaints", json={**COMPLAINT, "category": "weather"}
+        )
         assert r.status_code == 422
         [error] = r.json()["errors"]
         assert error["field"] == "category" and "product_availability" in error["allowed"]
 
-        r = await http.get(f"{platform.url('intake')}/complaints/"
-                           "00000000-0000-0000-0000-000000000000")
+        r = await http.get(
+            f"{platform.url('intake')}/complaints/00000000-0000-0000-0000-000000000000"
+        )
         assert r.status_code == 404 and r.json()["status"] == 404
         r = await http.get(f"{platform.url('resolution')}/cases/not-a-uuid")
         assert r.status_code == 422
 
         # nothing stored, nothing published
         n = await platform.servers["intake"].app.state.runtime.pool.fetchval(
-            "SELECT count(*) FROM events")
+            "SELECT count(*) FROM events"
+        )
         assert n == 0
         counts = await platform.servers["learning"].app.state.runtime.pool.fetchval(
-            "SELECT count(*) FROM complaint_facts")
+            "SELECT count(*) FROM complaint_facts"
+        )
         assert counts == 0

@@ -96,8 +96,11 @@ class ConsumerRunner:
             except asyncio.CancelledError:
                 raise
             except KafkaError as exc:
-                log.warning("consumer %s: broker error (%s); restarting",
-                            self.subscription.name, type(exc).__name__)
+                log.warning(
+                    "consumer %s: broker error (%s); restarting",
+                    self.subscription.name,
+                    type(exc).__name__,
+                )
             await asyncio.sleep(next(delays))
 
     async def _consume(self) -> None:
@@ -161,8 +164,13 @@ class ConsumerRunner:
                     outcome = await self._apply(handler, event)
                 except TRANSIENT_ERRORS as exc:
                     delay = next(delays)
-                    log.warning("consumer %s: transient %s on event %s; retrying in %.1fs",
-                                name, type(exc).__name__, event.event_id, delay)
+                    log.warning(
+                        "consumer %s: transient %s on event %s; retrying in %.1fs",
+                        name,
+                        type(exc).__name__,
+                        event.event_id,
+                        delay,
+                    )
                     if self.metrics is not None:
                         self.metrics.consumer_retries.labels(name).inc()
                     await asyncio.sleep(delay)
@@ -192,9 +200,16 @@ class ConsumerRunner:
 
     async def _dead_letter(self, record: ConsumerRecord, exc: BaseException) -> None:
         """Park a record on the dead-letter topic (acknowledged by the broker) with its story."""
-        log.error("consumer %s: dead-lettering %s[%d]@%d: %s", self.subscription.name,
-                  record.topic, record.partition, record.offset, type(exc).__name__)
-        headers = list(record.headers or ()) + [
+        log.error(
+            "consumer %s: dead-lettering %s[%d]@%d: %s",
+            self.subscription.name,
+            record.topic,
+            record.partition,
+            record.offset,
+            type(exc).__name__,
+        )
+        headers = [
+            *(record.headers or ()),
             ("dlq_error_type", type(exc).__name__.encode()),
             ("dlq_error_message", str(exc)[:1000].encode()),
             ("dlq_origin_topic", record.topic.encode()),

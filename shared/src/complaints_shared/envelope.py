@@ -76,7 +76,9 @@ def to_kafka_record(event: Event, trace_headers: Mapping[str, str] | None = None
     headers.extend((k, v) for k, v in (trace_headers or {}).items())
     return KafkaRecord(
         key=str(event.stream_id).encode(),
-        value=json.dumps(event.data, separators=(",", ":"), default=str).encode(),
+        value=json.dumps(
+            event.data, separators=(",", ":"), ensure_ascii=False, default=str
+        ).encode(),
         headers=[(k, v.encode()) for k, v in headers],
     )
 

@@ -121,9 +121,7 @@ class EventStore:
         )
         return int(v)
 
-    async def load(
-        self, conn: asyncpg.Connection | asyncpg.Pool, stream_id: UUID
-    ) -> list[Event]:
+    async def load(self, conn: asyncpg.Connection | asyncpg.Pool, stream_id: UUID) -> list[Event]:
         """All events of a stream, in version order."""
         rows = await conn.fetch(
             "SELECT stream_id, version, event_id, type, occurred_at, data FROM events"

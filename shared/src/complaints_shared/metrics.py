@@ -27,7 +27,8 @@ class ServiceMetrics:
         )
         self.consumed = Counter(
             "complaints_consumer_events",
-            "Events handled by a consumer, by outcome (processed, duplicate, ignored, dead_lettered)",
+            "Events handled by a consumer, by outcome"
+            " (processed, duplicate, ignored, dead_lettered)",
             ["consumer", "outcome"],
             registry=self.registry,
         )

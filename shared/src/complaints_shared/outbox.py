@@ -73,8 +73,9 @@ class OutboxRelay:
             except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
                 log.warning("outbox relay: database unavailable (%s); retrying", type(exc).__name__)
             except Exception as exc:  # a broker error: nothing was marked sent, so retry
-                log.warning("outbox relay: publish failed (%s: %s); retrying",
-                            type(exc).__name__, exc)
+                log.warning(
+                    "outbox relay: publish failed (%s: %s); retrying", type(exc).__name__, exc
+                )
             self.is_leader = False
             await asyncio.sleep(backoff)
             backoff = min(backoff * 2, 10.0)
@@ -122,8 +123,12 @@ class OutboxRelay:
                 pending = await conn.fetchval("SELECT count(*) FROM outbox WHERE sent_at IS NULL")
                 self._metrics.outbox_pending.set(pending)
         return [
-            PendingRow(r["position"], r["topic"], dict(r["trace_context"] or {}),
-                       row_to_event(r, self._source))
+            PendingRow(
+                r["position"],
+                r["topic"],
+                dict(r["trace_context"] or {}),
+                row_to_event(r, self._source),
+            )
             for r in records
         ]
 
@@ -164,4 +169,3 @@ class OutboxRelay:
             await conn.execute(
                 "UPDATE outbox SET sent_at = now() WHERE position = ANY($1::bigint[])", positions
             )
-

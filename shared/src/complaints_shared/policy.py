@@ -37,8 +37,16 @@ def _default_sla() -> dict[str, SlaTarget]:
 
 class IntakePolicy(_Section):
     categories: tuple[str, ...] = (
-        "product_availability", "cleanliness", "staff_treatment", "pricing_error",
-        "waiting_time", "product_defect", "delivery", "billing", "policy", "other",
+        "product_availability",
+        "cleanliness",
+        "staff_treatment",
+        "pricing_error",
+        "waiting_time",
+        "product_defect",
+        "delivery",
+        "billing",
+        "policy",
+        "other",
     )
 
 

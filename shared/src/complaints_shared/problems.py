@@ -29,15 +29,27 @@ class Problem(BaseModel):
 
 
 def problem(
-    status: int, title: str, detail: str | None = None, *, slug: str | None = None,
-    instance: str | None = None, headers: dict[str, str] | None = None, **extensions: Any,
+    status: int,
+    title: str,
+    detail: str | None = None,
+    *,
+    slug: str | None = None,
+    instance: str | None = None,
+    headers: dict[str, str] | None = None,
+    **extensions: Any,
 ) -> JSONResponse:
     body = Problem(
         type=f"{TYPE_BASE}{slug}" if slug else "about:blank",
-        title=title, status=status, detail=detail, instance=instance, **extensions,
+        title=title,
+        status=status,
+        detail=detail,
+        instance=instance,
+        **extensions,
     )
     return JSONResponse(
-        body.model_dump(exclude_none=True), status_code=status, media_type=PROBLEM_JSON,
+        body.model_dump(exclude_none=True),
+        status_code=status,
+        media_type=PROBLEM_JSON,
         headers=headers,
     )
 
@@ -45,7 +57,9 @@ def problem(
 PROBLEM_RESPONSES: dict[int | str, dict[str, Any]] = {
     code: {"model": Problem, "content": {PROBLEM_JSON: {}}, "description": text}
     for code, text in {
-        404: "Not found", 409: "Conflict", 422: "Invalid input",
+        404: "Not found",
+        409: "Conflict",
+        422: "Invalid input",
     }.items()
 }
 
@@ -64,8 +78,14 @@ def install_problem_handlers(app: FastAPI) -> None:
             for e in exc.errors()
         ]
         fields = ", ".join(sorted({e["field"] for e in errors}))
-        return problem(422, "Invalid request", f"invalid fields: {fields}", slug="validation",
-                       instance=request.url.path, errors=errors)
+        return problem(
+            422,
+            "Invalid request",
+            f"invalid fields: {fields}",
+            slug="validation",
+            instance=request.url.path,
+            errors=errors,
+        )
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
@@ -73,28 +93,54 @@ def install_problem_handlers(app: FastAPI) -> None:
 
         title = HTTPStatus(exc.status_code).phrase
         detail = exc.detail if isinstance(exc.detail, str) and exc.detail != title else None
-        return problem(exc.status_code, title, detail, instance=request.url.path,
-                       headers=dict(exc.headers or {}))
+        return problem(
+            exc.status_code,
+            title,
+            detail,
+            instance=request.url.path,
+            headers=dict(exc.headers or {}),
+        )
 
     @app.exception_handler(NotFound)
     async def _not_found(request: Request, exc: NotFound) -> JSONResponse:
-        return problem(404, f"{exc.what.capitalize()} not found", str(exc), slug="not-found",
-                       instance=request.url.path)
+        return problem(
+            404,
+            f"{exc.what.capitalize()} not found",
+            str(exc),
+            slug="not-found",
+            instance=request.url.path,
+        )
 
     @app.exception_handler(ConcurrencyConflict)
     async def _conflict(request: Request, exc: ConcurrencyConflict) -> JSONResponse:
-        return problem(409, "Concurrent modification",
-                       "another request changed this resource first; reload and try again",
-                       slug="concurrency-conflict", instance=request.url.path)
+        return problem(
+            409,
+            "Concurrent modification",
+            "another request changed this resource first; reload and try again",
+            slug="concurrency-conflict",
+            instance=request.url.path,
+        )
 
     @app.exception_handler(CommandRejected)
     async def _rejected(request: Request, exc: CommandRejected) -> JSONResponse:
-        return problem(409, "Command not allowed in this state", str(exc),
-                       slug="invalid-state", instance=request.url.path, state=exc.state,
-                       command=exc.command, allowed_commands=exc.allowed)
+        return problem(
+            409,
+            "Command not allowed in this state",
+            str(exc),
+            slug="invalid-state",
+            instance=request.url.path,
+            state=exc.state,
+            command=exc.command,
+            allowed_commands=exc.allowed,
+        )
 
     @app.exception_handler(InputRejected)
     async def _input_rejected(request: Request, exc: InputRejected) -> JSONResponse:
-        return problem(422, "Invalid request", f"invalid fields: {exc.field}", slug="validation",
-                       instance=request.url.path,
-                       errors=[{"field": exc.field, "message": exc.message, **exc.details}])
+        return problem(
+            422,
+            "Invalid request",
+            f"invalid fields: {exc.field}",
+            slug="validation",
+            instance=request.url.path,
+            errors=[{"field": exc.field, "message": exc.message, **exc.details}],
+        )

@@ -22,9 +22,7 @@ class Migration:
 def package_migrations(package: str, prefix: str) -> list[Migration]:
     """The ``NNN_*.sql`` files of a package's ``migrations`` folder, in name order."""
     folder = resources.files(package).joinpath("migrations")
-    files = sorted(
-        (f for f in folder.iterdir() if f.name.endswith(".sql")), key=lambda f: f.name
-    )
+    files = sorted((f for f in folder.iterdir() if f.name.endswith(".sql")), key=lambda f: f.name)
     return [Migration(f"{prefix}/{f.name}", f.read_text(encoding="utf-8")) for f in files]
 
 

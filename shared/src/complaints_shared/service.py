@@ -21,10 +21,10 @@ from complaints_shared.consumer import ConsumerRunner, Subscription
 from complaints_shared.db import create_pool
 from complaints_shared.eventstore import Clock, EventStore, utc_now
 from complaints_shared.metrics import ServiceMetrics
-from complaints_shared.schema import migrate, package_migrations, shared_migrations
 from complaints_shared.outbox import OutboxRelay
 from complaints_shared.policy import Policy, load_policy
 from complaints_shared.problems import install_problem_handlers, problem
+from complaints_shared.schema import migrate, package_migrations, shared_migrations
 from complaints_shared.settings import ServiceSettings
 from complaints_shared.telemetry import Telemetry, setup_telemetry
 from complaints_shared.topics import Topics, ensure_topics
@@ -98,9 +98,15 @@ def create_app(
         pool = await create_pool(dsn)
         try:
             async with pool.acquire() as conn:
-                await migrate(conn, shared_migrations() + package_migrations(spec.package, spec.name))
-            await ensure_topics(settings.kafka_bootstrap, topics.all(), settings.topic_partitions,
-                                settings.topic_replication_factor)
+                await migrate(
+                    conn, shared_migrations() + package_migrations(spec.package, spec.name)
+                )
+            await ensure_topics(
+                settings.kafka_bootstrap,
+                topics.all(),
+                settings.topic_partitions,
+                settings.topic_replication_factor,
+            )
             producer = AIOKafkaProducer(
                 bootstrap_servers=settings.kafka_bootstrap,
                 acks="all",
@@ -112,25 +118,44 @@ def create_app(
         except BaseException:
             await pool.close()
             raise
-        store = EventStore(source=f"/complaints/{spec.name}", topic=spec.own_topic(topics),
-                           clock=clock)
-        runtime = Runtime(spec.name, settings, policy, pool, store, producer, topics, telemetry,
-                          metrics, clock)
-        relay = OutboxRelay(dsn=dsn, pool=pool, producer=producer, source=store.source,
-                            telemetry=telemetry, metrics=metrics)
+        store = EventStore(
+            source=f"/complaints/{spec.name}", topic=spec.own_topic(topics), clock=clock
+        )
+        runtime = Runtime(
+            spec.name, settings, policy, pool, store, producer, topics, telemetry, metrics, clock
+        )
+        relay = OutboxRelay(
+            dsn=dsn,
+            pool=pool,
+            producer=producer,
+            source=store.source,
+            telemetry=telemetry,
+            metrics=metrics,
+        )
         consumers = [
-            ConsumerRunner(sub, settings.kafka_bootstrap, pool, producer, telemetry, metrics,
-                           dlq_topic=topics.dlq)
+            ConsumerRunner(
+                sub,
+                settings.kafka_bootstrap,
+                pool,
+                producer,
+                telemetry,
+                metrics,
+                dlq_topic=topics.dlq,
+            )
             for sub in spec.subscriptions(runtime)
         ]
         tasks = [asyncio.create_task(relay.run(), name=f"{spec.name}-outbox-relay")] + [
-            asyncio.create_task(c.run(), name=f"consumer-{c.subscription.name}")
-            for c in consumers
+            asyncio.create_task(c.run(), name=f"consumer-{c.subscription.name}") for c in consumers
         ]
         app.state.runtime = runtime
         app.state.background = _Background(relay, consumers, tasks)
-        log.info("%s ready: database %s, kafka %s, topic %s", spec.name,
-                 dsn.rsplit("/", 1)[-1], settings.kafka_bootstrap, store.topic)
+        log.info(
+            "%s ready: database %s, kafka %s, topic %s",
+            spec.name,
+            dsn.rsplit("/", 1)[-1],
+            settings.kafka_bootstrap,
+            store.topic,
+        )
         try:
             yield
         finally:
@@ -141,8 +166,13 @@ def create_app(
             await pool.close()
             telemetry.provider.force_flush()
 
-    app = FastAPI(title=spec.title, description=spec.description, version="0.1.0",
-                  lifespan=lifespan, openapi_tags=spec.openapi_tags)
+    app = FastAPI(
+        title=spec.title,
+        description=spec.description,
+        version="0.1.0",
+        lifespan=lifespan,
+        openapi_tags=spec.openapi_tags,
+    )
     install_problem_handlers(app)
     app.include_router(_operations_router())
     for router in spec.routers:
@@ -160,7 +190,9 @@ def _operations_router() -> APIRouter:
     async def live() -> dict[str, str]:
         return {"status": "ok"}
 
-    @router.get("/health/ready", summary="Database and Kafka reachable, relay and consumers running")
+    @router.get(
+        "/health/ready", summary="Database and Kafka reachable, relay and consumers running"
+    )
     async def ready(request: Request) -> Response:
         runtime: Runtime = request.app.state.runtime
         background: _Background = request.app.state.background
@@ -171,8 +203,9 @@ def _operations_router() -> APIRouter:
         }
         if all(v == "ok" for v in checks.values()):
             return JSONResponse({"status": "ok", "checks": checks})
-        return problem(503, "Not ready", "a dependency is unavailable", slug="not-ready",
-                       checks=checks)
+        return problem(
+            503, "Not ready", "a dependency is unavailable", slug="not-ready", checks=checks
+        )
 
     @router.get("/metrics", summary="Prometheus metrics")
     async def metrics(request: Request) -> Response:
@@ -206,5 +239,10 @@ def run_service(spec: ServiceSpec) -> None:
     )
     app = create_app(spec, settings)
     with contextlib.suppress(KeyboardInterrupt):
-        uvicorn.run(app, host=settings.host, port=settings.port or spec.default_port,
-                    log_level=settings.log_level.lower(), access_log=False)
+        uvicorn.run(
+            app,
+            host=settings.host,
+            port=settings.port or spec.default_port,
+            log_level=settings.log_level.lower(),
+            access_log=False,
+        )

@@ -1,5 +1,6 @@
-from complaints_followup.app import SPEC
 from complaints_shared.service import run_service
+
+from complaints_followup.app import SPEC
 
 
 def main() -> None:

@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 from datetime import datetime
+from typing import Annotated
 from uuid import UUID
-
-from fastapi import APIRouter, Query
-from pydantic import BaseModel
 
 from complaints_shared.problems import PROBLEM_RESPONSES
 from complaints_shared.service import RuntimeDep
+from fastapi import APIRouter, Query
+from pydantic import BaseModel
 
 router = APIRouter(
     prefix="/satisfaction-checks", tags=["satisfaction checks"], responses=PROBLEM_RESPONSES
@@ -33,12 +33,16 @@ class SatisfactionCheckList(BaseModel):
 
 @router.get("", summary="Satisfaction checks, optionally of one complaint")
 async def list_checks(
-    rt: RuntimeDep, complaint_id: UUID | None = Query(None), limit: int = Query(50, ge=1, le=500)
+    rt: RuntimeDep,
+    complaint_id: Annotated[UUID | None, Query()] = None,
+    limit: Annotated[int, Query(ge=1, le=500)] = 50,
 ) -> SatisfactionCheckList:
     rows = await rt.pool.fetch(
         "SELECT * FROM satisfaction_checks WHERE ($1::uuid IS NULL OR complaint_id = $1)"
         " ORDER BY scheduled_at, check_id LIMIT $2",
-        complaint_id, limit,
+        complaint_id,
+        limit,
     )
-    return SatisfactionCheckList(items=[SatisfactionCheckPublic.model_validate(dict(r))
-                                        for r in rows])
+    return SatisfactionCheckList(
+        items=[SatisfactionCheckPublic.model_validate(dict(r)) for r in rows]
+    )

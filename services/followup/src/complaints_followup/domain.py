@@ -19,12 +19,17 @@ def schedule_check(
 ) -> list[NewEvent]:
     """One satisfaction check per resolution, due after the policy's delay."""
     due = resolved_at + policy.followup.satisfaction_check_delay
-    return [NewEvent(type="SatisfactionCheckScheduled", data={
-        "check_id": str(uuid4()),
-        "complaint_id": str(complaint_id),
-        "resolution_version": resolved_version,
-        "channel": channel or "email",
-        "language": language or "en",
-        "due_at": due.isoformat(),
-        "expires_at": (due + policy.followup.response_period).isoformat(),
-    })]
+    return [
+        NewEvent(
+            type="SatisfactionCheckScheduled",
+            data={
+                "check_id": str(uuid4()),
+                "complaint_id": str(complaint_id),
+                "resolution_version": resolved_version,
+                "channel": channel or "email",
+                "language": language or "en",
+                "due_at": due.isoformat(),
+                "expires_at": (due + policy.followup.response_period).isoformat(),
+            },
+        )
+    ]

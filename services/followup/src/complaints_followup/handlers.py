@@ -5,11 +5,11 @@ from __future__ import annotations
 from datetime import datetime
 
 import asyncpg
-
-from complaints_followup.domain import schedule_check
 from complaints_shared.consumer import Subscription
 from complaints_shared.envelope import Event
 from complaints_shared.service import Runtime
+
+from complaints_followup.domain import schedule_check
 
 
 def subscriptions(rt: Runtime) -> list[Subscription]:
@@ -30,8 +30,11 @@ def subscriptions(rt: Runtime) -> list[Subscription]:
         )
         version = await rt.store.version(conn, event.stream_id)
         new = schedule_check(
-            event.stream_id, event.version, event.occurred_at,
-            contact["channel"] if contact else None, contact["language"] if contact else None,
+            event.stream_id,
+            event.version,
+            event.occurred_at,
+            contact["channel"] if contact else None,
+            contact["language"] if contact else None,
             rt.policy,
         )
         for e in await rt.store.append(conn, event.stream_id, version, new):
@@ -39,16 +42,22 @@ def subscriptions(rt: Runtime) -> list[Subscription]:
                 "INSERT INTO satisfaction_checks (check_id, complaint_id, status, channel,"
                 " language, due_at, expires_at, scheduled_at)"
                 " VALUES ($1, $2, 'scheduled', $3, $4, $5, $6, $7)",
-                e.data["check_id"], e.stream_id, e.data["channel"], e.data["language"],
+                e.data["check_id"],
+                e.stream_id,
+                e.data["channel"],
+                e.data["language"],
                 datetime.fromisoformat(e.data["due_at"]),
-                datetime.fromisoformat(e.data["expires_at"]), e.occurred_at,
+                datetime.fromisoformat(e.data["expires_at"]),
+                e.occurred_at,
             )
 
-    return [Subscription(
-        name=f"{rt.topics.prefix}complaints-followup",
-        topics=(rt.topics.intake, rt.topics.resolution),
-        handlers={
-            "ComplaintReceived": on_complaint_received,
-            "CaseResolved": on_case_resolved,
-        },
-    )]
+    return [
+        Subscription(
+            name=f"{rt.topics.prefix}complaints-followup",
+            topics=(rt.topics.intake, rt.topics.resolution),
+            handlers={
+                "ComplaintReceived": on_complaint_received,
+                "CaseResolved": on_case_resolved,
+            },
+        )
+    ]

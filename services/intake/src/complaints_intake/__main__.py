@@ -1,5 +1,6 @@
-from complaints_intake.app import SPEC
 from complaints_shared.service import run_service
+
+from complaints_intake.app import SPEC
 
 
 def main() -> None:

@@ -5,14 +5,14 @@ from __future__ import annotations
 from datetime import datetime
 from uuid import UUID, uuid4
 
+from complaints_shared.errors import NotFound
+from complaints_shared.problems import PROBLEM_RESPONSES
+from complaints_shared.service import RuntimeDep
 from fastapi import APIRouter, Response
 from pydantic import BaseModel
 
 from complaints_intake.domain import ComplaintCreate, receive
 from complaints_intake.projection import project
-from complaints_shared.errors import NotFound
-from complaints_shared.problems import PROBLEM_RESPONSES
-from complaints_shared.service import RuntimeDep
 
 router = APIRouter(prefix="/complaints", tags=["complaints"], responses=PROBLEM_RESPONSES)
 

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-from complaints_intake.api import router
 from complaints_shared.service import ServiceSpec
+
+from complaints_intake.api import router
 
 SPEC = ServiceSpec(
     name="intake",

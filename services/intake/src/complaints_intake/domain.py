@@ -5,11 +5,10 @@ from __future__ import annotations
 from enum import StrEnum
 from typing import Self
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
-
 from complaints_shared.envelope import NewEvent
 from complaints_shared.errors import InputRejected
 from complaints_shared.policy import Policy
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 
 class Channel(StrEnum):
@@ -63,8 +62,9 @@ def receive(complaint: ComplaintCreate, policy: Policy) -> list[NewEvent]:
     """Decide to record a complaint: one ``ComplaintReceived``."""
     category = complaint.category or "other"
     if category not in policy.intake.categories:
-        raise InputRejected("category", f"unknown category {category!r}",
-                            allowed=list(policy.intake.categories))
-    data = complaint.model_dump(mode="json")
+        raise InputRejected(
+            "category", f"unknown category {category!r}", allowed=list(policy.intake.categories)
+        )
+    data = complaint.model_dump(mode="json", exclude_none=True)
     data["category"] = category
     return [NewEvent(type="ComplaintReceived", data=data)]

@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 from datetime import datetime
-
-from fastapi import APIRouter, Query
-from pydantic import BaseModel
+from typing import Annotated
 
 from complaints_shared.problems import PROBLEM_RESPONSES
 from complaints_shared.service import RuntimeDep
+from fastapi import APIRouter, Query
+from pydantic import BaseModel
 
 router = APIRouter(prefix="/insights", tags=["insights"], responses=PROBLEM_RESPONSES)
 
@@ -28,16 +28,21 @@ class CategoryInsight(BaseModel):
 @router.get("/categories", summary="Complaints per category, most frequent first")
 async def categories(
     rt: RuntimeDep,
-    period_from: datetime | None = Query(None, alias="from"),
-    period_to: datetime | None = Query(None, alias="to"),
+    period_from: Annotated[datetime | None, Query(alias="from")] = None,
+    period_to: Annotated[datetime | None, Query(alias="to")] = None,
 ) -> CategoryInsight:
     rows = await rt.pool.fetch(
         "SELECT category, count(*) AS complaints FROM complaint_facts"
         " WHERE ($1::timestamptz IS NULL OR received_at >= $1)"
         "   AND ($2::timestamptz IS NULL OR received_at < $2)"
         " GROUP BY category ORDER BY complaints DESC, category",
-        period_from, period_to,
+        period_from,
+        period_to,
     )
     counts = [CategoryCount(category=r["category"], complaints=r["complaints"]) for r in rows]
-    return CategoryInsight(period_from=period_from, period_to=period_to,
-                           total=sum(c.complaints for c in counts), categories=counts)
+    return CategoryInsight(
+        period_from=period_from,
+        period_to=period_to,
+        total=sum(c.complaints for c in counts),
+        categories=counts,
+    )

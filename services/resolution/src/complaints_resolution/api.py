@@ -6,13 +6,13 @@ from datetime import datetime
 from typing import Any
 from uuid import UUID
 
+from complaints_shared.errors import NotFound
+from complaints_shared.problems import PROBLEM_RESPONSES
+from complaints_shared.service import RuntimeDep
 from fastapi import APIRouter
 from pydantic import BaseModel
 
 from complaints_resolution.domain import ALLOWED_COMMANDS, Case, ResolveCase, fold, resolve
-from complaints_shared.errors import NotFound
-from complaints_shared.problems import PROBLEM_RESPONSES
-from complaints_shared.service import RuntimeDep
 
 router = APIRouter(prefix="/cases", tags=["cases"], responses=PROBLEM_RESPONSES)
 
@@ -41,16 +41,23 @@ async def _load(rt: RuntimeDep, complaint_id: UUID) -> tuple[Case, list[HistoryE
     case = fold(events)
     if case is None:
         raise NotFound("case", complaint_id)
-    return case, [HistoryEntry(version=e.version, type=e.type, occurred_at=e.occurred_at)
-                  for e in events]
+    return case, [
+        HistoryEntry(version=e.version, type=e.type, occurred_at=e.occurred_at) for e in events
+    ]
 
 
 def _public(case: Case, history: list[HistoryEntry]) -> CasePublic:
     return CasePublic(
-        complaint_id=case.complaint_id, state=case.state.value, version=case.version,
-        severity=case.severity, category=case.category, opened_at=case.opened_at,
-        resolved_at=case.resolved_at, resolution=case.resolution,
-        allowed_commands=list(ALLOWED_COMMANDS[case.state]), history=history,
+        complaint_id=case.complaint_id,
+        state=case.state.value,
+        version=case.version,
+        severity=case.severity,
+        category=case.category,
+        opened_at=case.opened_at,
+        resolved_at=case.resolved_at,
+        resolution=case.resolution,
+        allowed_commands=list(ALLOWED_COMMANDS[case.state]),
+        history=history,
     )
 
 

@@ -9,10 +9,9 @@ from enum import StrEnum
 from typing import Any
 from uuid import UUID
 
-from pydantic import BaseModel, ConfigDict, Field
-
 from complaints_shared.envelope import Event, NewEvent
 from complaints_shared.errors import CommandRejected
+from pydantic import BaseModel, ConfigDict, Field
 
 
 class CaseState(StrEnum):
@@ -43,13 +42,21 @@ def evolve(case: Case | None, event: Event) -> Case | None:
     match event.type:
         case "CaseOpened":
             return Case(
-                complaint_id=event.stream_id, state=CaseState.opened, version=event.version,
-                severity=event.data["severity"], category=event.data["category"],
+                complaint_id=event.stream_id,
+                state=CaseState.opened,
+                version=event.version,
+                severity=event.data["severity"],
+                category=event.data["category"],
                 opened_at=event.occurred_at,
             )
         case "CaseResolved" if case is not None:
-            return replace(case, state=CaseState.resolved, version=event.version,
-                           resolved_at=event.occurred_at, resolution=event.data)
+            return replace(
+                case,
+                state=CaseState.resolved,
+                version=event.version,
+                resolved_at=event.occurred_at,
+                resolution=event.data,
+            )
     return None if case is None else replace(case, version=event.version)
 
 
@@ -62,12 +69,17 @@ def fold(events: Iterable[Event]) -> Case | None:
 
 def open_case(complaint: Event) -> list[NewEvent]:
     """A new case for a received complaint."""
-    return [NewEvent(type="CaseOpened", data={
-        "complaint_id": str(complaint.stream_id),
-        "severity": complaint.data.get("severity", "medium"),
-        "category": complaint.data.get("category", "other"),
-        "received_at": complaint.occurred_at.isoformat(),
-    })]
+    return [
+        NewEvent(
+            type="CaseOpened",
+            data={
+                "complaint_id": str(complaint.stream_id),
+                "severity": complaint.data.get("severity", "medium"),
+                "category": complaint.data.get("category", "other"),
+                "received_at": complaint.occurred_at.isoformat(),
+            },
+        )
+    ]
 
 
 class ResolveCase(BaseModel):
@@ -79,13 +91,18 @@ class ResolveCase(BaseModel):
 
 def resolve(case: Case, command: ResolveCase) -> list[NewEvent]:
     _require(case, "resolve")
-    return [NewEvent(type="CaseResolved", data={
-        "complaint_id": str(case.complaint_id),
-        "summary": command.summary,
-        "resolved_by": command.resolved_by,
-        "category": case.category,
-        "severity": case.severity,
-    })]
+    return [
+        NewEvent(
+            type="CaseResolved",
+            data={
+                "complaint_id": str(case.complaint_id),
+                "summary": command.summary,
+                "resolved_by": command.resolved_by,
+                "category": case.category,
+                "severity": case.severity,
+            },
+        )
+    ]
 
 
 def _require(case: Case, command: str) -> None:

@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import asyncpg
-
-from complaints_resolution.domain import open_case
 from complaints_shared.consumer import Subscription
 from complaints_shared.envelope import Event
 from complaints_shared.service import Runtime
+
+from complaints_resolution.domain import open_case
 
 
 def subscriptions(rt: Runtime) -> list[Subscription]:
@@ -16,8 +16,10 @@ def subscriptions(rt: Runtime) -> list[Subscription]:
             return  # the case exists already
         await rt.store.append(conn, event.stream_id, 0, open_case(event))
 
-    return [Subscription(
-        name=f"{rt.topics.prefix}complaints-resolution",
-        topics=(rt.topics.intake,),
-        handlers={"ComplaintReceived": on_complaint_received},
-    )]
+    return [
+        Subscription(
+            name=f"{rt.topics.prefix}complaints-resolution",
+            topics=(rt.topics.intake,),
+            handlers={"ComplaintReceived": on_complaint_received},
+        )
+    ]

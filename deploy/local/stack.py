@@ -1,0 +1,161 @@
+"""Run the whole platform in the foreground: Kafka, PostgreSQL and the four services.
+
+Uses the servers named by ``COMPLAINTS_KAFKA_BOOTSTRAP`` / ``COMPLAINTS_DATABASE_URL`` when
+set (the database part of the URL is replaced by each service's own database), else starts the
+local ones.  Ctrl-C (or SIGTERM) stops the services, then whatever infrastructure this started.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from infra import SERVICES, InfraError, LocalInfra
+
+PORTS = {"intake": 8001, "resolution": 8002, "followup": 8003, "learning": 8004}
+
+
+def _server_url(database_url: str) -> str:
+    scheme, rest = database_url.split("://", 1)
+    return f"{scheme}://{rest.split('/', 1)[0]}"
+
+
+def _pump(name: str, stream: object) -> None:
+    width = max(len(s) for s in SERVICES)
+    for line in iter(stream.readline, ""):  # type: ignore[attr-defined]
+        sys.stdout.write(f"{name:<{width}} | {line}")
+        sys.stdout.flush()
+
+
+def _ready(url: str) -> bool:
+    try:
+        with urllib.request.urlopen(url, timeout=2) as r:
+            return bool(r.status == 200)
+    except (urllib.error.URLError, OSError):
+        return False
+
+
+def _ensure_databases(server_url: str) -> None:
+    import asyncio
+
+    import asyncpg
+
+    async def create() -> None:
+        conn = await asyncpg.connect(f"{server_url}/postgres")
+        try:
+            existing = {r["datname"] for r in await conn.fetch("SELECT datname FROM pg_database")}
+            for s in SERVICES:
+                if f"complaints_{s}" not in existing:
+                    await conn.execute(f'CREATE DATABASE "complaints_{s}"')
+        finally:
+            await conn.close()
+
+    asyncio.run(create())
+
+
+def run() -> int:
+    infra = LocalInfra.from_env()
+    started: dict[str, bool] = {}
+    kafka = os.environ.get("COMPLAINTS_KAFKA_BOOTSTRAP")
+    database = os.environ.get("COMPLAINTS_DATABASE_URL")
+    procs: dict[str, subprocess.Popen[str]] = {}
+    stopping = threading.Event()
+
+    def on_signal(signum: int, _frame: object) -> None:
+        stopping.set()
+
+    signal.signal(signal.SIGINT, on_signal)
+    signal.signal(signal.SIGTERM, on_signal)
+    try:
+        if database:
+            server = _server_url(database)
+            _ensure_databases(server)
+        else:
+            started["postgres"] = infra.postgres.start()
+            infra.postgres.ensure_databases([f"complaints_{s}" for s in SERVICES])
+            server = infra.postgres.url
+        if not kafka:
+            started["kafka"] = infra.kafka.start()
+            kafka = infra.kafka.bootstrap
+
+        for name in SERVICES:
+            env = {
+                **os.environ,
+                "COMPLAINTS_KAFKA_BOOTSTRAP": kafka,
+                "COMPLAINTS_DATABASE_URL": f"{server}/complaints_{name}",
+                "COMPLAINTS_PORT": _port(name),
+                "OTEL_SERVICE_NAME": os.environ.get("OTEL_SERVICE_NAME", name),
+                "PYTHONUNBUFFERED": "1",
+            }
+            proc = subprocess.Popen(
+                [sys.executable, "-m", f"complaints_{name}"],
+                env=env,
+                text=True,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                start_new_session=True,
+            )
+            procs[name] = proc
+            threading.Thread(target=_pump, args=(name, proc.stdout), daemon=True).start()
+
+        urls = {n: f"http://127.0.0.1:{_port(n)}" for n in SERVICES}
+        deadline = time.monotonic() + 120
+        waiting = set(SERVICES)
+        while waiting and not stopping.is_set():
+            for name in list(waiting):
+                if procs[name].poll() is not None:
+                    raise InfraError(f"{name} exited with {procs[name].returncode} during start")
+                if _ready(f"{urls[name]}/health/ready"):
+                    waiting.discard(name)
+            if time.monotonic() > deadline:
+                raise InfraError(f"not ready after 120s: {', '.join(sorted(waiting))}")
+            time.sleep(0.2)
+        if not stopping.is_set():
+            policy = os.environ.get("COMPLAINTS_POLICY", "built-in default policy")
+            print("\nThe complaint platform is running (Ctrl-C stops everything):")
+            for name in SERVICES:
+                print(f"  {name:<10} {urls[name]}   (API docs: {urls[name]}/docs)")
+            print(f"  Kafka      {kafka}")
+            print(f"  PostgreSQL {server}  (databases complaints_<service>)")
+            print(f"  policy     {policy}\n", flush=True)
+        while not stopping.is_set():
+            for name, proc in procs.items():
+                if proc.poll() is not None:
+                    raise InfraError(f"{name} exited with {proc.returncode}")
+            stopping.wait(0.5)
+        return 0
+    except InfraError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    finally:
+        print("stopping ...", flush=True)
+        for proc in procs.values():
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
+        for name, proc in procs.items():
+            try:
+                proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                print(f"{name} did not stop in time; killing it", file=sys.stderr)
+                proc.kill()
+                proc.wait()
+        infra.down(started)
+        print("stopped.", flush=True)
+
+
+def _port(name: str) -> str:
+    return os.environ.get(f"COMPLAINTS_{name.upper()}_PORT", str(PORTS[name]))
+
+
+if __name__ == "__main__":
+    sys.exit(run())
