@@ -8,12 +8,6 @@ from prometheus_client import CollectorRegistry, Counter, Gauge
 class ServiceMetrics:
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
-        self.events_appended = Counter(
-            "complaints_events_appended",
-            "Events appended to the event store",
-            ["type"],
-            registry=self.registry,
-        )
         self.outbox_published = Counter(
             "complaints_outbox_published",
             "Outbox events acknowledged by the broker",
