@@ -1,0 +1,187 @@
+"""Benchmarks of the event path, each against a raw-client baseline in the same run.
+
+    ./dev bench [--events N]
+
+1. publish: N events through append (one transaction each) + outbox relay until all are
+   acknowledged, against the same N records sent straight with an ``acks=all`` producer.
+2. consume: N events through the inbox consumer (inbox row + projection row per event, then
+   offset commit), against reading the same N records with a bare consumer.
+
+Figures are ratios against the baseline, as the machine is shared and noisy.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+import time
+import uuid
+from pathlib import Path
+
+import asyncpg
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "deploy" / "local"))
+
+from infra import LocalInfra  # noqa: E402
+
+from complaints_shared.consumer import ConsumerRunner, Subscription  # noqa: E402
+from complaints_shared.db import create_pool  # noqa: E402
+from complaints_shared.envelope import Event, NewEvent, to_kafka_record  # noqa: E402
+from complaints_shared.eventstore import EventStore  # noqa: E402
+from complaints_shared.metrics import ServiceMetrics  # noqa: E402
+from complaints_shared.outbox import OutboxRelay  # noqa: E402
+from complaints_shared.schema import migrate, shared_migrations  # noqa: E402
+from complaints_shared.telemetry import setup_telemetry  # noqa: E402
+from complaints_shared.topics import ensure_topics  # noqa: E402
+
+DATA = {"subject": "Fila de espera", "description": "x" * 400, "severity": "medium"}
+
+
+async def bench(n: int, bootstrap: str, server: str) -> None:
+    db = f"bench_{uuid.uuid4().hex[:8]}"
+    admin = await asyncpg.connect(f"{server}/postgres")
+    await admin.execute(f'CREATE DATABASE "{db}"')
+    dsn = f"{server}/{db}"
+    prefix = f"bench{uuid.uuid4().hex[:6]}."
+    raw_topic, outbox_topic = f"{prefix}raw", f"{prefix}outbox"
+    await ensure_topics(bootstrap, [raw_topic, outbox_topic, f"{prefix}dlq"], 3)
+    pool = await create_pool(dsn, max_size=10)
+    async with pool.acquire() as conn:
+        await migrate(conn, shared_migrations())
+        await conn.execute("CREATE TABLE projection (id uuid PRIMARY KEY, subject text)")
+    producer = AIOKafkaProducer(
+        bootstrap_servers=bootstrap, acks="all", enable_idempotence=True, linger_ms=5
+    )
+    await producer.start()
+    telemetry = setup_telemetry("bench")
+    try:
+        # 1. publish -------------------------------------------------------------------
+        events = [
+            Event(
+                event_id=uuid.uuid4(),
+                type="Measured",
+                stream_id=uuid.uuid4(),
+                version=1,
+                occurred_at=time_now(),
+                source="/complaints/bench",
+                data=DATA,
+            )
+            for _ in range(n)
+        ]
+        t0 = time.perf_counter()
+        acks = []
+        for e in events:
+            r = to_kafka_record(e)
+            acks.append(await producer.send(raw_topic, r.value, key=r.key, headers=r.headers))
+        await asyncio.gather(*acks)
+        raw_publish = time.perf_counter() - t0
+
+        store = EventStore(source="/complaints/bench", topic=outbox_topic)
+        relay = OutboxRelay(
+            dsn=dsn, pool=pool, producer=producer, source=store.source, telemetry=telemetry
+        )
+        relay_task = asyncio.create_task(relay.run())
+        while not relay.is_leader:
+            await asyncio.sleep(0.01)
+        t0 = time.perf_counter()
+        sem = asyncio.Semaphore(8)
+
+        async def append_one() -> None:
+            async with sem, pool.acquire() as conn, conn.transaction():
+                await store.append(conn, uuid.uuid4(), 0, [NewEvent(type="Measured", data=DATA)])
+
+        await asyncio.gather(*(append_one() for _ in range(n)))
+        appended = time.perf_counter() - t0
+        while await pool.fetchval("SELECT count(*) FROM outbox WHERE sent_at IS NULL"):
+            await asyncio.sleep(0.005)
+        outbox_publish = time.perf_counter() - t0
+        relay_task.cancel()
+        await asyncio.gather(relay_task, return_exceptions=True)
+
+        # 2. consume -------------------------------------------------------------------
+        bare = AIOKafkaConsumer(
+            raw_topic,
+            bootstrap_servers=bootstrap,
+            group_id=f"{prefix}bare",
+            auto_offset_reset="earliest",
+            enable_auto_commit=False,
+        )
+        await bare.start()
+        t0 = time.perf_counter()
+        seen = 0
+        while seen < n:
+            for recs in (await bare.getmany(timeout_ms=200)).values():
+                seen += len(recs)
+        await bare.commit()
+        raw_consume = time.perf_counter() - t0
+        await bare.stop()
+
+        async def project(conn: asyncpg.Connection, e: Event) -> None:
+            await conn.execute(
+                "INSERT INTO projection VALUES ($1, $2)", e.event_id, e.data["subject"]
+            )
+
+        metrics = ServiceMetrics()
+        runner = ConsumerRunner(
+            Subscription(f"{prefix}inbox", (raw_topic,), {"Measured": project}),
+            bootstrap,
+            pool,
+            producer,
+            telemetry,
+            metrics,
+            dlq_topic=f"{prefix}dlq",
+        )
+        t0 = time.perf_counter()
+        task = asyncio.create_task(runner.run())
+        while metrics.consumed.labels(f"{prefix}inbox", "processed")._value.get() < n:
+            await asyncio.sleep(0.005)
+        inbox_consume = time.perf_counter() - t0
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+    finally:
+        await producer.stop()
+        await pool.close()
+        await admin.execute(f'DROP DATABASE "{db}" WITH (FORCE)')
+        await admin.close()
+
+    def rate(seconds: float) -> str:
+        return f"{n / seconds:9.0f} events/s"
+
+    print(f"events: {n}")
+    print(f"publish  baseline  raw producer, acks=all        {rate(raw_publish)}")
+    print(
+        f"publish  outbox    append (8 writers) -> relay   {rate(outbox_publish)}"
+        f"   ratio {outbox_publish / raw_publish:5.2f}x baseline time"
+        f"   (appends alone {rate(appended)})"
+    )
+    print(f"consume  baseline  bare consumer                 {rate(raw_consume)}")
+    print(
+        f"consume  inbox     inbox + projection + commit   {rate(inbox_consume)}"
+        f"   ratio {inbox_consume / raw_consume:5.2f}x baseline time"
+        " (includes the group join)"
+    )
+
+
+def time_now():  # type: ignore[no-untyped-def]
+    from datetime import UTC, datetime
+
+    return datetime.now(UTC)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--events", type=int, default=5000)
+    args = parser.parse_args()
+    infra = LocalInfra.from_env()
+    started = infra.up()
+    try:
+        asyncio.run(bench(args.events, infra.kafka.bootstrap, infra.postgres.url))
+    finally:
+        infra.down(started)
+
+
+if __name__ == "__main__":
+    main()
