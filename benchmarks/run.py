@@ -25,8 +25,6 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "deploy" / "local"))
 
-from infra import LocalInfra  # noqa: E402
-
 from complaints_shared.consumer import ConsumerRunner, Subscription  # noqa: E402
 from complaints_shared.db import create_pool  # noqa: E402
 from complaints_shared.envelope import Event, NewEvent, to_kafka_record  # noqa: E402
@@ -36,6 +34,7 @@ from complaints_shared.outbox import OutboxRelay  # noqa: E402
 from complaints_shared.schema import migrate, shared_migrations  # noqa: E402
 from complaints_shared.telemetry import setup_telemetry  # noqa: E402
 from complaints_shared.topics import ensure_topics  # noqa: E402
+from infra import LocalInfra  # noqa: E402
 
 DATA = {"subject": "Fila de espera", "description": "x" * 400, "severity": "medium"}
 
