@@ -7,11 +7,15 @@ ISO 8601 (``PT4H``, ``P3D``, ``PT5S``).
 from __future__ import annotations
 
 import tomllib
-from datetime import timedelta
+from datetime import date, datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
 
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
 from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from complaints_shared.business_time import WEEKDAYS, BusinessCalendar, parse_hours
 
 SEVERITIES = ("low", "medium", "high", "critical")
 
@@ -48,6 +52,58 @@ class IntakePolicy(_Section):
         "policy",
         "other",
     )
+    languages: tuple[str, ...] = ("en", "pt", "es", "hu")
+    default_language: str = "en"
+    repeat_window: timedelta = timedelta(days=30)
+    repeat_threshold: int = Field(3, ge=2, description="complaints in the window that alert")
+    duplicate_window: timedelta = timedelta(days=7)
+    duplicate_similarity: float = Field(0.85, gt=0, le=1)
+    negative_wording_threshold: int = Field(2, ge=1)
+    max_attachments: int = Field(10, ge=0, le=100)
+
+    @model_validator(mode="after")
+    def _consistent(self) -> IntakePolicy:
+        if self.default_language not in self.languages:
+            raise ValueError(f"default_language {self.default_language!r} not in languages")
+        if "other" not in self.categories:
+            raise ValueError("categories must include 'other'")
+        return self
+
+
+def _default_hours() -> dict[str, str]:
+    return {d: ("09:00-17:00" if d not in ("sat", "sun") else "") for d in WEEKDAYS}
+
+
+class CalendarPolicy(_Section):
+    """Opening hours that SLA clocks count in; ``always_open`` makes every hour count."""
+
+    timezone: str = "UTC"
+    always_open: bool = False
+    hours: dict[str, str] = Field(default_factory=_default_hours)
+    holidays: tuple[date, ...] = ()
+
+    @model_validator(mode="after")
+    def _valid(self) -> CalendarPolicy:
+        try:
+            ZoneInfo(self.timezone)
+        except (ZoneInfoNotFoundError, ValueError) as exc:
+            raise ValueError(f"unknown timezone {self.timezone!r}") from exc
+        unknown = set(self.hours) - set(WEEKDAYS)
+        if unknown:
+            raise ValueError(f"unknown weekdays {sorted(unknown)}; use {', '.join(WEEKDAYS)}")
+        week = [parse_hours(self.hours.get(d, "")) for d in WEEKDAYS]
+        if not self.always_open and not any(week):
+            raise ValueError("the calendar has no opening hours: set some or always_open")
+        return self
+
+    def business_calendar(self) -> BusinessCalendar:
+        if self.always_open:
+            return BusinessCalendar.twenty_four_seven()
+        return BusinessCalendar(
+            ZoneInfo(self.timezone),
+            tuple(parse_hours(self.hours.get(d, "")) for d in WEEKDAYS),
+            frozenset(self.holidays),
+        )
 
 
 class FollowupPolicy(_Section):
@@ -68,9 +124,16 @@ class CompensationPolicy(_Section):
 class Policy(_Section):
     sla: dict[str, SlaTarget] = Field(default_factory=_default_sla)
     intake: IntakePolicy = IntakePolicy()
+    calendar: CalendarPolicy = CalendarPolicy()
     followup: FollowupPolicy = FollowupPolicy()
     learning: LearningPolicy = LearningPolicy()
     compensation: CompensationPolicy = CompensationPolicy()
+
+    def first_response_due(self, received_at: datetime, severity: str) -> datetime:
+        """When the first response is due, counted in business time."""
+        return self.calendar.business_calendar().add(
+            received_at, self.sla[severity].first_response
+        )
 
     @model_validator(mode="after")
     def _every_severity_has_targets(self) -> Policy:
