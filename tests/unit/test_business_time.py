@@ -6,15 +6,15 @@ from datetime import UTC, date, datetime, timedelta
 from zoneinfo import ZoneInfo
 
 import pytest
+from complaints_shared.business_time import BusinessCalendar, parse_hours
 from hypothesis import given
 from hypothesis import strategies as st
 
-from complaints_shared.business_time import BusinessCalendar, parse_hours
-
 LISBON = ZoneInfo("Europe/Lisbon")
 WEEKDAY = parse_hours("09:00-12:30, 14:00-18:00")  # 7.5 h a day
-CAL = BusinessCalendar(LISBON, (WEEKDAY,) * 5 + (parse_hours("10:00-13:00"), ()),
-                       frozenset({date(2026, 12, 25)}))
+CAL = BusinessCalendar(
+    LISBON, (WEEKDAY,) * 5 + (parse_hours("10:00-13:00"), ()), frozenset({date(2026, 12, 25)})
+)
 H = timedelta(hours=1)
 
 
@@ -76,8 +76,9 @@ def test_bad_opening_hours_are_refused(spec):
 
 
 @given(
-    start=st.datetimes(min_value=datetime(2026, 1, 1), max_value=datetime(2027, 12, 31),
-                       timezones=st.just(UTC)),
+    start=st.datetimes(
+        min_value=datetime(2026, 1, 1), max_value=datetime(2027, 12, 31), timezones=st.just(UTC)
+    ),
     minutes=st.integers(min_value=0, max_value=60 * 200),
 )
 def test_add_and_elapsed_agree(start, minutes):

@@ -53,12 +53,16 @@ TRANSIENT_ERRORS: tuple[type[BaseException], ...] = (
 class Subscription:
     """A consumer group: the topics it reads and a handler per event type it cares about.
 
-    Events of other types are acknowledged without effect.
+    Events of other types go to ``fallback``, or are acknowledged without effect.
     """
 
     name: str
     topics: tuple[str, ...]
     handlers: Mapping[str, Handler]
+    fallback: Handler | None = None  # for every other event type, if given
+
+    def handler_for(self, event_type: str) -> Handler | None:
+        return self.handlers.get(event_type, self.fallback)
 
 
 @dataclass(slots=True)
@@ -143,7 +147,7 @@ class ConsumerRunner:
         except MalformedEvent as exc:
             await self._dead_letter(record, exc)
             return
-        handler = self.subscription.handlers.get(event.type)
+        handler = self.subscription.handler_for(event.type)
         if handler is None:
             self._count("ignored")
             return

@@ -10,7 +10,6 @@ import tomllib
 from datetime import date, datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
-
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
@@ -131,9 +130,7 @@ class Policy(_Section):
 
     def first_response_due(self, received_at: datetime, severity: str) -> datetime:
         """When the first response is due, counted in business time."""
-        return self.calendar.business_calendar().add(
-            received_at, self.sla[severity].first_response
-        )
+        return self.calendar.business_calendar().add(received_at, self.sla[severity].first_response)
 
     @model_validator(mode="after")
     def _every_severity_has_targets(self) -> Policy:

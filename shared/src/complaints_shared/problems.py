@@ -70,6 +70,7 @@ def _field(loc: tuple[int | str, ...]) -> str:
 
 def install_problem_handlers(app: FastAPI) -> None:
     """Answer every error as problem+json."""
+    from complaints_shared.limits import BodyTooLarge
 
     @app.exception_handler(RequestValidationError)
     async def _invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
@@ -132,6 +133,16 @@ def install_problem_handlers(app: FastAPI) -> None:
             state=exc.state,
             command=exc.command,
             allowed_commands=exc.allowed,
+        )
+
+    @app.exception_handler(BodyTooLarge)
+    async def _too_large(request: Request, exc: BodyTooLarge) -> JSONResponse:
+        return problem(
+            413,
+            "Request body too large",
+            str(exc),
+            slug="body-too-large",
+            instance=request.url.path,
         )
 
     @app.exception_handler(InputRejected)

@@ -20,6 +20,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from complaints_shared.consumer import ConsumerRunner, Subscription
 from complaints_shared.db import create_pool
 from complaints_shared.eventstore import Clock, EventStore, utc_now
+from complaints_shared.limits import BodySizeLimit
 from complaints_shared.metrics import ServiceMetrics
 from complaints_shared.outbox import OutboxRelay
 from complaints_shared.policy import Policy, load_policy
@@ -46,6 +47,7 @@ class Runtime:
     telemetry: Telemetry
     metrics: ServiceMetrics
     clock: Clock
+    resources: Any = None  # what the service prepared at start (templates, rules, ...)
 
 
 @dataclass(frozen=True)
@@ -60,6 +62,7 @@ class ServiceSpec:
     own_topic: Callable[[Topics], str]
     routers: Sequence[APIRouter] = ()
     subscriptions: Callable[[Runtime], list[Subscription]] = lambda _: []
+    prepare: Callable[[ServiceSettings, Policy], Any] | None = None  # validated at start
     openapi_tags: list[dict[str, Any]] = field(default_factory=list)
 
 
@@ -89,6 +92,7 @@ def create_app(
     settings = settings or ServiceSettings()
     telemetry = telemetry or setup_telemetry(spec.name)
     policy = load_policy(settings.policy)  # validated now: a bad file stops the start
+    resources = spec.prepare(settings, policy) if spec.prepare else None
     topics = Topics(settings.topic_prefix)
     metrics = ServiceMetrics()
     dsn = settings.dsn_for(spec.name)
@@ -122,7 +126,17 @@ def create_app(
             source=f"/complaints/{spec.name}", topic=spec.own_topic(topics), clock=clock
         )
         runtime = Runtime(
-            spec.name, settings, policy, pool, store, producer, topics, telemetry, metrics, clock
+            spec.name,
+            settings,
+            policy,
+            pool,
+            store,
+            producer,
+            topics,
+            telemetry,
+            metrics,
+            clock,
+            resources,
         )
         relay = OutboxRelay(
             dsn=dsn,
@@ -174,6 +188,7 @@ def create_app(
         openapi_tags=spec.openapi_tags,
     )
     install_problem_handlers(app)
+    app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
     app.include_router(_operations_router())
     for router in spec.routers:
         app.include_router(router)

@@ -32,6 +32,10 @@ class ServiceSettings(BaseSettings):
     topic_partitions: int = Field(3, ge=1, le=1000)
     topic_replication_factor: int = Field(1, ge=1, le=10)
     log_level: str = "INFO"
+    max_body_bytes: int = Field(256 * 1024, ge=1024, description="larger bodies get 413")
+    templates_dir: Path | None = Field(
+        None, description="folder whose message templates and rule files replace the built-in"
+    )
 
     @field_validator("database_url")
     @classmethod

@@ -2,52 +2,388 @@
 
 from __future__ import annotations
 
+import base64
+import hashlib
+import json
 from datetime import datetime
+from typing import Annotated, Any, Literal
 from uuid import UUID, uuid4
 
-from complaints_shared.errors import NotFound
-from complaints_shared.problems import PROBLEM_RESPONSES
-from complaints_shared.service import RuntimeDep
-from fastapi import APIRouter, Response
+import asyncpg
+from complaints_shared.errors import InputRejected, NotFound
+from complaints_shared.problems import PROBLEM_RESPONSES, problem
+from complaints_shared.service import Runtime, RuntimeDep
+from fastapi import APIRouter, Depends, Header, Query, Response
+from fastapi.responses import JSONResponse
 from pydantic import BaseModel
+from rapidfuzz import fuzz
 
-from complaints_intake.domain import ComplaintCreate, receive
+from complaints_intake.domain import (
+    ComplaintCreate,
+    DetailsCreate,
+    History,
+    Status,
+    WithdrawCreate,
+    add_details,
+    allowed_commands,
+    receive,
+    withdraw,
+)
+from complaints_intake.language import detect_language
 from complaints_intake.projection import project
+from complaints_intake.resources import IntakeResources
+from complaints_intake.text import normalise
 
 router = APIRouter(prefix="/complaints", tags=["complaints"], responses=PROBLEM_RESPONSES)
+
+IdempotencyKey = Annotated[
+    str | None,
+    Header(
+        alias="Idempotency-Key",
+        min_length=1,
+        max_length=255,
+        description="retrying with the same key returns the first answer",
+    ),
+]
+
+
+class Acknowledgement(BaseModel):
+    channel: str
+    language: str
+    first_response_due: datetime
+    message: dict[str, str]
 
 
 class ComplaintPublic(BaseModel):
     id: UUID
+    reference: str
+    status: str
+    channel: str
+    reply_channel: str
+    category: str
+    category_suggested: bool
+    severity: str
+    severity_suggested: bool
+    language: str
+    language_detected: bool
+    subject: str
+    description: str
+    customer: dict[str, Any]
+    product: str | None = None
+    order_reference: str | None = None
+    desired_outcome: str | None = None
+    safety_incident: bool
+    public_post: dict[str, Any] | None = None
+    attachments: list[dict[str, Any]]
+    possible_duplicate_of: UUID | None = None
+    alerts: list[str]
+    acknowledgement: Acknowledgement | None
+    details: list[dict[str, Any]]
+    withdrawal: dict[str, Any] | None = None
+    allowed_commands: list[str]
+    received_at: datetime
+    updated_at: datetime
+    version: int
+
+
+class ComplaintSummary(BaseModel):
+    id: UUID
+    reference: str
     status: str
     channel: str
     category: str
     severity: str
     subject: str
+    alerts: list[str]
+    possible_duplicate_of: UUID | None
     received_at: datetime
-    version: int
 
 
-async def _read(rt: RuntimeDep, complaint_id: UUID) -> ComplaintPublic:
-    row = await rt.pool.fetchrow("SELECT * FROM complaints WHERE id = $1", complaint_id)
+class ComplaintPage(BaseModel):
+    items: list[ComplaintSummary]
+    next_cursor: str | None
+
+
+class TimelineEntry(BaseModel):
+    event_id: UUID
+    service: str
+    type: str
+    occurred_at: datetime
+    summary: str
+
+
+class Timeline(BaseModel):
+    complaint_id: UUID
+    entries: list[TimelineEntry]
+
+
+def resources(rt: RuntimeDep) -> IntakeResources:
+    res: IntakeResources = rt.resources
+    return res
+
+
+ResourcesDep = Annotated[IntakeResources, Depends(resources)]
+
+
+def _public(row: asyncpg.Record) -> ComplaintPublic:
+    r = row["received"]
+    status = Status(row["status"])
+    return ComplaintPublic(
+        id=row["id"],
+        reference=row["reference"],
+        status=row["status"],
+        channel=row["channel"],
+        reply_channel=r["reply_channel"],
+        category=row["category"],
+        category_suggested=r["category_suggested"],
+        severity=row["severity"],
+        severity_suggested=r["severity_suggested"],
+        language=row["language"],
+        language_detected=r["language_detected"],
+        subject=row["subject"],
+        description=row["description"],
+        customer=r["customer"],
+        product=r.get("product"),
+        order_reference=r.get("order_reference"),
+        desired_outcome=r.get("desired_outcome"),
+        safety_incident=r.get("safety_incident", False),
+        public_post=r.get("public_post"),
+        attachments=r.get("attachments", []),
+        possible_duplicate_of=row["possible_duplicate_of"],
+        alerts=list(row["alerts"]),
+        acknowledgement=row["acknowledgement"],
+        details=row["details"],
+        withdrawal=row["withdrawal"],
+        allowed_commands=allowed_commands(status),
+        received_at=row["received_at"],
+        updated_at=row["updated_at"],
+        version=row["version"],
+    )
+
+
+async def _row(
+    conn: asyncpg.Connection | asyncpg.Pool, complaint_id: UUID, lock: bool = False
+) -> asyncpg.Record:
+    row = await conn.fetchrow(
+        "SELECT * FROM complaints WHERE id = $1" + (" FOR UPDATE" if lock else ""), complaint_id
+    )
     if row is None:
         raise NotFound("complaint", complaint_id)
-    return ComplaintPublic.model_validate(dict(row))
+    return row
 
 
-@router.post("", status_code=201, summary="Record a complaint")
+def _fingerprint(body: ComplaintCreate) -> str:
+    canonical = json.dumps(body.model_dump(mode="json"), sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+async def _history(
+    conn: asyncpg.Connection, rt: Runtime, body: ComplaintCreate, customer_key: str, now: datetime
+) -> History:
+    ip = rt.policy.intake
+    recent = await conn.fetchval(
+        "SELECT count(*) FROM complaints WHERE customer_key = $1 AND received_at >= $2",
+        customer_key,
+        now - ip.repeat_window,
+    )
+    candidates = await conn.fetch(
+        "SELECT id, subject, description FROM complaints WHERE customer_key = $1"
+        " AND received_at >= $2 AND status <> 'withdrawn' ORDER BY received_at DESC LIMIT 50",
+        customer_key,
+        now - ip.duplicate_window,
+    )
+    text = normalise(body.text)
+    best: tuple[float, UUID | None] = (0.0, None)
+    for c in candidates:
+        score = fuzz.token_sort_ratio(text, normalise(f"{c['subject']}\n{c['description']}"))
+        if score / 100 >= ip.duplicate_similarity and score > best[0]:
+            best = (score, c["id"])
+    return History(recent_count=int(recent), duplicate_of=best[1])
+
+
+@router.post(
+    "",
+    status_code=201,
+    summary="Record a complaint and acknowledge it at once",
+    responses={413: PROBLEM_RESPONSES[422] | {"description": "Body too large"}},
+)
 async def submit_complaint(
-    body: ComplaintCreate, rt: RuntimeDep, response: Response
+    body: ComplaintCreate,
+    rt: RuntimeDep,
+    res: ResourcesDep,
+    response: Response,
+    idempotency_key: IdempotencyKey = None,
 ) -> ComplaintPublic:
-    complaint_id = uuid4()
-    new_events = receive(body, rt.policy)
+    fingerprint = _fingerprint(body)
+    detection = (
+        detect_language(body.text, rt.policy.intake.languages)
+        if body.customer.language is None
+        else None
+    )
+    customer_key = body.customer.key()
     async with rt.pool.acquire() as conn, conn.transaction():
-        recorded = await rt.store.append(conn, complaint_id, 0, new_events)
-        await project(conn, recorded)
+        if idempotency_key is not None:
+            # a concurrent request with the same key waits here until this one commits
+            fresh = await conn.fetchval(
+                "INSERT INTO idempotency_keys (key, request_hash) VALUES ($1, $2)"
+                " ON CONFLICT DO NOTHING RETURNING true",
+                idempotency_key,
+                fingerprint,
+            )
+            if not fresh:
+                return await _replay(conn, idempotency_key, fingerprint)  # type: ignore[return-value]
+        now = rt.clock()
+        history = await _history(conn, rt, body, customer_key, now)
+        seq = await conn.fetchval("SELECT nextval('complaint_reference_seq')")
+        complaint_id = uuid4()
+        decision = receive(
+            body,
+            reference=f"CMP-{now:%Y}-{seq:06d}",
+            received_at=now,
+            history=history,
+            detection=detection,
+            policy=rt.policy,
+            rules=res.rules,
+            templates=res.templates,
+        )
+        recorded = await rt.store.append(conn, complaint_id, 0, decision.events)
+        await project(conn, recorded, customer_key)
+        public = _public(await _row(conn, complaint_id))
+        if idempotency_key is not None:
+            await conn.execute(
+                "UPDATE idempotency_keys SET status_code = 201, response = $2 WHERE key = $1",
+                idempotency_key,
+                public.model_dump(mode="json"),
+            )
     response.headers["Location"] = f"/complaints/{complaint_id}"
-    return await _read(rt, complaint_id)
+    return public
 
 
-@router.get("/{complaint_id}", summary="One complaint")
+async def _replay(conn: asyncpg.Connection, key: str, fingerprint: str) -> Response:
+    row = await conn.fetchrow(
+        "SELECT request_hash, status_code, response FROM idempotency_keys WHERE key = $1", key
+    )
+    if row is None or row["response"] is None:  # pragma: no cover - the first one committed
+        return problem(409, "Request in progress", "retry shortly", slug="idempotency-in-progress")
+    if row["request_hash"] != fingerprint:
+        return problem(
+            422,
+            "Idempotency-Key reused",
+            "this key was used with a different request body",
+            slug="idempotency-key-reused",
+            errors=[{"field": "header.Idempotency-Key", "message": "used for another request"}],
+        )
+    body = row["response"]
+    return JSONResponse(
+        body,
+        status_code=row["status_code"],
+        headers={"Location": f"/complaints/{body['id']}", "Idempotent-Replayed": "true"},
+    )
+
+
+@router.get("", summary="Complaints, newest first, filtered and cursor-paginated")
+async def list_complaints(
+    rt: RuntimeDep,
+    status: Annotated[Literal["received", "withdrawn"] | None, Query()] = None,
+    channel: Annotated[str | None, Query(max_length=20)] = None,
+    category: Annotated[str | None, Query(max_length=60)] = None,
+    severity: Annotated[Literal["low", "medium", "high", "critical"] | None, Query()] = None,
+    customer: Annotated[
+        str | None, Query(max_length=254, description="customer id or e-mail")
+    ] = None,
+    received_from: Annotated[datetime | None, Query()] = None,
+    received_to: Annotated[datetime | None, Query()] = None,
+    limit: Annotated[int, Query(ge=1, le=200)] = 50,
+    cursor: Annotated[str | None, Query(max_length=100)] = None,
+) -> ComplaintPage:
+    after = _decode_cursor(cursor) if cursor else None
+    keys = None
+    if customer is not None:
+        keys = [
+            hashlib.sha256(f"id:{customer}".encode()).hexdigest(),
+            hashlib.sha256(f"email:{customer.casefold()}".encode()).hexdigest(),
+        ]
+    rows = await rt.pool.fetch(
+        "SELECT id, seq, reference, status, channel, category, severity, subject, alerts,"
+        " possible_duplicate_of, received_at FROM complaints"
+        " WHERE ($1::text IS NULL OR status = $1) AND ($2::text IS NULL OR channel = $2)"
+        "   AND ($3::text IS NULL OR category = $3) AND ($4::text IS NULL OR severity = $4)"
+        "   AND ($5::text[] IS NULL OR customer_key = ANY($5))"
+        "   AND ($6::timestamptz IS NULL OR received_at >= $6)"
+        "   AND ($7::timestamptz IS NULL OR received_at < $7)"
+        "   AND ($8::bigint IS NULL OR seq < $8)"
+        " ORDER BY seq DESC LIMIT $9",
+        status,
+        channel,
+        category,
+        severity,
+        keys,
+        received_from,
+        received_to,
+        after,
+        limit + 1,
+    )
+    page = rows[:limit]
+    next_cursor = _encode_cursor(page[-1]["seq"]) if len(rows) > limit else None
+    return ComplaintPage(
+        items=[
+            ComplaintSummary.model_validate({k: r[k] for k in r.keys() if k != "seq"}) for r in page
+        ],
+        next_cursor=next_cursor,
+    )
+
+
+def _encode_cursor(seq: int) -> str:
+    return base64.urlsafe_b64encode(f"s{seq}".encode()).decode().rstrip("=")
+
+
+def _decode_cursor(cursor: str) -> int:
+    try:
+        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
+        if not raw.startswith("s"):
+            raise ValueError
+        return int(raw[1:])
+    except (ValueError, UnicodeDecodeError):
+        raise InputRejected("query.cursor", "not a cursor this API returned") from None
+
+
+@router.get("/{complaint_id}", summary="One complaint, with its acknowledgement and details")
 async def get_complaint(complaint_id: UUID, rt: RuntimeDep) -> ComplaintPublic:
-    return await _read(rt, complaint_id)
+    return _public(await _row(rt.pool, complaint_id))
+
+
+@router.get(
+    "/{complaint_id}/timeline",
+    summary="Everything that happened to the complaint, across all four services",
+)
+async def get_timeline(complaint_id: UUID, rt: RuntimeDep) -> Timeline:
+    await _row(rt.pool, complaint_id)
+    rows = await rt.pool.fetch(
+        "SELECT event_id, service, type, occurred_at, summary FROM timeline"
+        " WHERE complaint_id = $1 ORDER BY occurred_at, position",
+        complaint_id,
+    )
+    return Timeline(
+        complaint_id=complaint_id, entries=[TimelineEntry.model_validate(dict(r)) for r in rows]
+    )
+
+
+@router.post("/{complaint_id}/details", summary="Add notes, answers or attachment references")
+async def post_details(complaint_id: UUID, body: DetailsCreate, rt: RuntimeDep) -> ComplaintPublic:
+    return await _command(rt, complaint_id, lambda status: add_details(status, body))
+
+
+@router.post("/{complaint_id}/withdraw", summary="The customer withdraws the complaint")
+async def post_withdraw(
+    complaint_id: UUID, body: WithdrawCreate, rt: RuntimeDep
+) -> ComplaintPublic:
+    return await _command(rt, complaint_id, lambda status: withdraw(status, body))
+
+
+async def _command(rt: Runtime, complaint_id: UUID, decide: Any) -> ComplaintPublic:
+    row = await _row(rt.pool, complaint_id)
+    new_events = decide(Status(row["status"]))
+    async with rt.pool.acquire() as conn, conn.transaction():
+        recorded = await rt.store.append(conn, complaint_id, row["version"], new_events)
+        await project(conn, recorded)
+        return _public(await _row(conn, complaint_id))

@@ -5,13 +5,18 @@ from __future__ import annotations
 from complaints_shared.service import ServiceSpec
 
 from complaints_intake.api import router
+from complaints_intake.handlers import subscriptions
+from complaints_intake.resources import prepare
 
 SPEC = ServiceSpec(
     name="intake",
     title="Complaint intake",
-    description="Records complaints from every channel and acknowledges them at once.",
+    description="Records complaints from every channel and acknowledges them at once: thanks,"
+    " apology, reference number, what happens next and by when, in the customer's language.",
     default_port=8001,
     package="complaints_intake",
     own_topic=lambda t: t.intake,
     routers=[router],
+    subscriptions=subscriptions,
+    prepare=prepare,
 )

@@ -1,0 +1,75 @@
+"""Services running in-process over real HTTP, each with its own database and topic prefix."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+from complaints_followup.app import SPEC as FOLLOWUP
+from complaints_intake.app import SPEC as INTAKE
+from complaints_learning.app import SPEC as LEARNING
+from complaints_resolution.app import SPEC as RESOLUTION
+from complaints_shared.eventstore import Clock, utc_now
+from complaints_shared.service import ServiceSpec, create_app
+from complaints_shared.settings import ServiceSettings
+from complaints_shared.telemetry import setup_telemetry
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+from tests.support import RunningServer, serve
+
+SPECS = {s.name: s for s in (INTAKE, RESOLUTION, FOLLOWUP, LEARNING)}
+
+
+@dataclass
+class Platform:
+    servers: dict[str, RunningServer]
+    spans: InMemorySpanExporter
+    prefix: str
+
+    def url(self, service: str) -> str:
+        return self.servers[service].url
+
+    def pool(self, service: str):  # type: ignore[no-untyped-def]
+        return self.servers[service].app.state.runtime.pool
+
+
+StartPlatform = Callable[..., Awaitable[Platform]]
+
+
+@pytest.fixture
+async def start_platform(
+    infrastructure, new_database, topic_prefix
+) -> AsyncIterator[StartPlatform]:
+    """Start some or all services: ``await start_platform("intake", policy=path, clock=f)``."""
+    started: list[RunningServer] = []
+
+    async def start(
+        *names: str, policy: Path | None = None, clock: Clock = utc_now, **settings: object
+    ) -> Platform:
+        spans = InMemorySpanExporter()
+        servers: dict[str, RunningServer] = {}
+        for name in names or tuple(SPECS):
+            spec: ServiceSpec = SPECS[name]
+            config = ServiceSettings(
+                kafka_bootstrap=infrastructure.kafka_bootstrap,
+                database_url=await new_database(),
+                topic_prefix=topic_prefix,
+                topic_partitions=3,
+                policy=policy,
+                **settings,
+            )
+            app = create_app(spec, config, telemetry=setup_telemetry(name, spans), clock=clock)
+            servers[name] = await serve(app)
+            started.append(servers[name])
+        return Platform(servers, spans, topic_prefix)
+
+    yield start
+    await asyncio.gather(*(s.stop() for s in started))
+
+
+@pytest.fixture
+async def platform(start_platform: StartPlatform) -> Platform:
+    return await start_platform()
