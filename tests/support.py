@@ -12,9 +12,10 @@ from typing import Any, TypeVar
 import asyncpg
 import uvicorn
 from aiokafka import AIOKafkaConsumer, ConsumerRecord
+from fastapi import FastAPI
+
 from complaints_shared.db import create_pool
 from complaints_shared.schema import migrate, shared_migrations
-from fastapi import FastAPI
 
 T = TypeVar("T")
 

@@ -8,6 +8,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
 from complaints_followup.app import SPEC as FOLLOWUP
 from complaints_intake.app import SPEC as INTAKE
 from complaints_learning.app import SPEC as LEARNING
@@ -16,8 +18,6 @@ from complaints_shared.eventstore import Clock, utc_now
 from complaints_shared.service import ServiceSpec, create_app
 from complaints_shared.settings import ServiceSettings
 from complaints_shared.telemetry import setup_telemetry
-from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
-
 from tests.support import RunningServer, serve
 
 SPECS = {s.name: s for s in (INTAKE, RESOLUTION, FOLLOWUP, LEARNING)}

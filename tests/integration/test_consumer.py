@@ -10,13 +10,13 @@ from datetime import UTC, datetime
 import asyncpg
 import pytest
 from aiokafka import AIOKafkaProducer
+
 from complaints_shared.consumer import ConsumerRunner, RetryPolicy, Subscription
 from complaints_shared.envelope import Event, decode_headers, to_kafka_record
 from complaints_shared.errors import PoisonEvent
 from complaints_shared.metrics import ServiceMetrics
 from complaints_shared.telemetry import setup_telemetry
 from complaints_shared.topics import ensure_topics
-
 from tests.support import eventually, migrated_pool, read_topic
 
 pytestmark = pytest.mark.integration

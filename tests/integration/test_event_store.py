@@ -8,10 +8,10 @@ from collections.abc import AsyncIterator
 
 import asyncpg
 import pytest
+
 from complaints_shared.envelope import NewEvent
 from complaints_shared.errors import ConcurrencyConflict
 from complaints_shared.eventstore import EventStore
-
 from tests.support import migrated_pool
 
 pytestmark = pytest.mark.integration

@@ -11,6 +11,7 @@ from collections.abc import AsyncIterator
 import asyncpg
 import pytest
 from aiokafka import AIOKafkaProducer
+
 from complaints_shared.consumer import ConsumerRunner, Subscription
 from complaints_shared.envelope import Event, NewEvent, decode_headers, from_kafka_record
 from complaints_shared.errors import ConcurrencyConflict
@@ -19,7 +20,6 @@ from complaints_shared.metrics import ServiceMetrics
 from complaints_shared.outbox import OutboxRelay
 from complaints_shared.telemetry import setup_telemetry
 from complaints_shared.topics import ensure_topics
-
 from tests.support import eventually, migrated_pool, read_topic
 
 pytestmark = pytest.mark.integration

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import httpx
 import pytest
-from complaints_shared.envelope import decode_headers
 
+from complaints_shared.envelope import decode_headers
+from tests.integration.conftest import Platform
 from tests.support import eventually, read_topic
 
 pytestmark = pytest.mark.integration

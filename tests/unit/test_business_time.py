@@ -6,9 +6,10 @@ from datetime import UTC, date, datetime, timedelta
 from zoneinfo import ZoneInfo
 
 import pytest
-from complaints_shared.business_time import BusinessCalendar, parse_hours
 from hypothesis import given
 from hypothesis import strategies as st
+
+from complaints_shared.business_time import BusinessCalendar, parse_hours
 
 LISBON = ZoneInfo("Europe/Lisbon")
 WEEKDAY = parse_hours("09:00-12:30, 14:00-18:00")  # 7.5 h a day

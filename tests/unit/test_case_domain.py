@@ -6,6 +6,7 @@ import uuid
 from datetime import UTC, datetime
 
 import pytest
+
 from complaints_resolution.domain import CaseState, ResolveCase, fold, open_case, resolve
 from complaints_shared.envelope import Event, NewEvent
 from complaints_shared.errors import CommandRejected

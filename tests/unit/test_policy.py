@@ -6,6 +6,7 @@ from datetime import timedelta
 from pathlib import Path
 
 import pytest
+
 from complaints_shared.policy import Policy, load_policy
 
 ROOT = Path(__file__).resolve().parents[2]

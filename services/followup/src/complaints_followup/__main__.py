@@ -1,6 +1,5 @@
-from complaints_shared.service import run_service
-
 from complaints_followup.app import SPEC
+from complaints_shared.service import run_service
 
 
 def main() -> None:

@@ -6,10 +6,11 @@ from datetime import datetime
 from typing import Annotated
 from uuid import UUID
 
-from complaints_shared.problems import PROBLEM_RESPONSES
-from complaints_shared.service import RuntimeDep
 from fastapi import APIRouter, Query
 from pydantic import BaseModel
+
+from complaints_shared.problems import PROBLEM_RESPONSES
+from complaints_shared.service import RuntimeDep
 
 router = APIRouter(
     prefix="/satisfaction-checks", tags=["satisfaction checks"], responses=PROBLEM_RESPONSES

@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-from complaints_shared.service import ServiceSpec
-
 from complaints_followup.api import router
 from complaints_followup.handlers import subscriptions
+from complaints_shared.service import ServiceSpec
 
 SPEC = ServiceSpec(
     name="followup",

@@ -5,11 +5,11 @@ from __future__ import annotations
 from datetime import datetime
 
 import asyncpg
+
+from complaints_followup.domain import schedule_check
 from complaints_shared.consumer import Subscription
 from complaints_shared.envelope import Event
 from complaints_shared.service import Runtime
-
-from complaints_followup.domain import schedule_check
 
 
 def subscriptions(rt: Runtime) -> list[Subscription]:

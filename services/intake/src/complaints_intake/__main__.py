@@ -1,6 +1,5 @@
-from complaints_shared.service import run_service
-
 from complaints_intake.app import SPEC
+from complaints_shared.service import run_service
 
 
 def main() -> None:

@@ -10,9 +10,6 @@ from typing import Annotated, Any, Literal
 from uuid import UUID, uuid4
 
 import asyncpg
-from complaints_shared.errors import InputRejected, NotFound
-from complaints_shared.problems import PROBLEM_RESPONSES, problem
-from complaints_shared.service import Runtime, RuntimeDep
 from fastapi import APIRouter, Depends, Header, Query, Response
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel
@@ -33,6 +30,9 @@ from complaints_intake.language import detect_language
 from complaints_intake.projection import project
 from complaints_intake.resources import IntakeResources
 from complaints_intake.text import normalise
+from complaints_shared.errors import InputRejected, NotFound
+from complaints_shared.problems import PROBLEM_RESPONSES, problem
+from complaints_shared.service import Runtime, RuntimeDep
 
 router = APIRouter(prefix="/complaints", tags=["complaints"], responses=PROBLEM_RESPONSES)
 
@@ -327,7 +327,8 @@ async def list_complaints(
     next_cursor = _encode_cursor(page[-1]["seq"]) if len(rows) > limit else None
     return ComplaintPage(
         items=[
-            ComplaintSummary.model_validate({k: r[k] for k in r.keys() if k != "seq"}) for r in page
+            ComplaintSummary.model_validate({k: v for k, v in r.items() if k != "seq"})
+            for r in page
         ],
         next_cursor=next_cursor,
     )

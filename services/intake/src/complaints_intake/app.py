@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-from complaints_shared.service import ServiceSpec
-
 from complaints_intake.api import router
 from complaints_intake.handlers import subscriptions
 from complaints_intake.resources import prepare
+from complaints_shared.service import ServiceSpec
 
 SPEC = ServiceSpec(
     name="intake",

@@ -9,15 +9,15 @@ from enum import StrEnum
 from typing import Annotated, Any, Self
 from uuid import UUID
 
-from complaints_shared.envelope import NewEvent
-from complaints_shared.errors import CommandRejected, InputRejected
-from complaints_shared.policy import Policy
 from pydantic import AnyHttpUrl, BaseModel, ConfigDict, Field, StringConstraints, model_validator
 
 from complaints_intake.acknowledgement import Template, render
 from complaints_intake.language import MIN_CONFIDENCE, Detection
 from complaints_intake.rules import IntakeRules
 from complaints_intake.text import normalise
+from complaints_shared.envelope import NewEvent
+from complaints_shared.errors import CommandRejected, InputRejected
+from complaints_shared.policy import Policy
 
 Text = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1)]
 

@@ -5,11 +5,11 @@ from __future__ import annotations
 from uuid import UUID
 
 import asyncpg
+
+from complaints_intake.projection import record_timeline
 from complaints_shared.consumer import Subscription
 from complaints_shared.envelope import Event
 from complaints_shared.service import Runtime
-
-from complaints_intake.projection import record_timeline
 
 
 def _complaint_id(event: Event) -> UUID:

@@ -5,9 +5,9 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import asyncpg
-from complaints_shared.envelope import Event
 
 from complaints_intake.timeline import summarise
+from complaints_shared.envelope import Event
 
 
 async def record_timeline(

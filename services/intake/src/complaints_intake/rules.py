@@ -53,7 +53,7 @@ class IntakeRules:
     def suggest_category(self, text: str) -> tuple[str, list[str]]:
         """The category with most keyword matches (ties: policy order), else ``other``."""
         norm = normalise(text)
-        best, best_hits = "other", []
+        best, best_hits = "other", list[str]()
         for category, lexicon in self.categories.items():
             hits = lexicon.matches(norm)
             if len(hits) > len(best_hits):

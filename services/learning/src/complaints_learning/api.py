@@ -5,10 +5,11 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Annotated
 
-from complaints_shared.problems import PROBLEM_RESPONSES
-from complaints_shared.service import RuntimeDep
 from fastapi import APIRouter, Query
 from pydantic import BaseModel
+
+from complaints_shared.problems import PROBLEM_RESPONSES
+from complaints_shared.service import RuntimeDep
 
 router = APIRouter(prefix="/insights", tags=["insights"], responses=PROBLEM_RESPONSES)
 

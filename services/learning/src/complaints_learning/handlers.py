@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncpg
+
 from complaints_shared.consumer import Subscription
 from complaints_shared.envelope import Event
 from complaints_shared.service import Runtime

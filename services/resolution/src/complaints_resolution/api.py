@@ -6,13 +6,13 @@ from datetime import datetime
 from typing import Any
 from uuid import UUID
 
-from complaints_shared.errors import NotFound
-from complaints_shared.problems import PROBLEM_RESPONSES
-from complaints_shared.service import RuntimeDep
 from fastapi import APIRouter
 from pydantic import BaseModel
 
 from complaints_resolution.domain import ALLOWED_COMMANDS, Case, ResolveCase, fold, resolve
+from complaints_shared.errors import NotFound
+from complaints_shared.problems import PROBLEM_RESPONSES
+from complaints_shared.service import RuntimeDep
 
 router = APIRouter(prefix="/cases", tags=["cases"], responses=PROBLEM_RESPONSES)
 

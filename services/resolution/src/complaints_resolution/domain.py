@@ -9,9 +9,10 @@ from enum import StrEnum
 from typing import Any
 from uuid import UUID
 
+from pydantic import BaseModel, ConfigDict, Field
+
 from complaints_shared.envelope import Event, NewEvent
 from complaints_shared.errors import CommandRejected
-from pydantic import BaseModel, ConfigDict, Field
 
 
 class CaseState(StrEnum):

@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import asyncpg
+
+from complaints_resolution.domain import open_case
 from complaints_shared.consumer import Subscription
 from complaints_shared.envelope import Event
 from complaints_shared.service import Runtime
-
-from complaints_resolution.domain import open_case
 
 
 def subscriptions(rt: Runtime) -> list[Subscription]:
