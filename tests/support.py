@@ -106,3 +106,20 @@ async def serve(app: FastAPI) -> RunningServer:
             raise RuntimeError("server did not start within 60s")
         await asyncio.sleep(0.05)
     return RunningServer(app, port, server, task)
+
+
+async def topic_size(bootstrap: str, topic: str) -> int:
+    """How many records a topic holds (sum of end offsets)."""
+    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, group_id=None)
+    await consumer.start()
+    try:
+        from aiokafka import TopicPartition
+
+        parts = consumer.partitions_for_topic(topic) or set()
+        if not parts:
+            await consumer._client.force_metadata_update()
+            parts = consumer.partitions_for_topic(topic) or set()
+        ends = await consumer.end_offsets([TopicPartition(topic, p) for p in parts])
+        return sum(ends.values())
+    finally:
+        await consumer.stop()

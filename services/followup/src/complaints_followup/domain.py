@@ -33,3 +33,11 @@ def schedule_check(
             },
         )
     ]
+
+
+def cancel_checks(check_ids: list[UUID], reason: str) -> list[NewEvent]:
+    """Scheduled checks that must not go out (the case reopened, the complaint was withdrawn)."""
+    return [
+        NewEvent(type="SatisfactionCheckCancelled", data={"check_id": str(c), "reason": reason})
+        for c in check_ids
+    ]

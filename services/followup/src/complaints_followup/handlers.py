@@ -6,7 +6,7 @@ from datetime import datetime
 
 import asyncpg
 
-from complaints_followup.domain import schedule_check
+from complaints_followup.domain import cancel_checks, schedule_check
 from complaints_shared.consumer import Subscription
 from complaints_shared.envelope import Event
 from complaints_shared.service import Runtime
@@ -23,11 +23,34 @@ def subscriptions(rt: Runtime) -> list[Subscription]:
             customer.get("language"),
         )
 
-    async def on_case_resolved(conn: asyncpg.Connection, event: Event) -> None:
-        contact = await conn.fetchrow(
-            "SELECT channel, language FROM contact_preferences WHERE complaint_id = $1",
+    async def on_complaint_withdrawn(conn: asyncpg.Connection, event: Event) -> None:
+        await conn.execute(
+            "INSERT INTO contact_preferences (complaint_id, withdrawn) VALUES ($1, true)"
+            " ON CONFLICT (complaint_id) DO UPDATE SET withdrawn = true",
             event.stream_id,
         )
+        pending = await conn.fetch(
+            "SELECT check_id FROM satisfaction_checks WHERE complaint_id = $1"
+            " AND status = 'scheduled' ORDER BY scheduled_at",
+            event.stream_id,
+        )
+        if not pending:
+            return
+        version = await rt.store.version(conn, event.stream_id)
+        new = cancel_checks([r["check_id"] for r in pending], "withdrawn")
+        for e in await rt.store.append(conn, event.stream_id, version, new):
+            await conn.execute(
+                "UPDATE satisfaction_checks SET status = 'cancelled' WHERE check_id = $1",
+                e.data["check_id"],
+            )
+
+    async def on_case_resolved(conn: asyncpg.Connection, event: Event) -> None:
+        contact = await conn.fetchrow(
+            "SELECT channel, language, withdrawn FROM contact_preferences WHERE complaint_id = $1",
+            event.stream_id,
+        )
+        if contact is not None and contact["withdrawn"]:
+            return  # no survey for a withdrawn complaint
         version = await rt.store.version(conn, event.stream_id)
         new = schedule_check(
             event.stream_id,
@@ -58,6 +81,7 @@ def subscriptions(rt: Runtime) -> list[Subscription]:
             handlers={
                 "ComplaintReceived": on_complaint_received,
                 "CaseResolved": on_case_resolved,
+                "ComplaintWithdrawn": on_complaint_withdrawn,
             },
         )
     ]

@@ -18,11 +18,13 @@ from complaints_shared.errors import CommandRejected
 class CaseState(StrEnum):
     opened = "opened"
     resolved = "resolved"
+    closed = "closed"
 
 
 ALLOWED_COMMANDS: dict[CaseState, tuple[str, ...]] = {
     CaseState.opened: ("resolve",),
     CaseState.resolved: (),
+    CaseState.closed: (),
 }
 
 
@@ -50,6 +52,8 @@ def evolve(case: Case | None, event: Event) -> Case | None:
                 category=event.data["category"],
                 opened_at=event.occurred_at,
             )
+        case "CaseClosed" if case is not None:
+            return replace(case, state=CaseState.closed, version=event.version)
         case "CaseResolved" if case is not None:
             return replace(
                 case,
@@ -110,3 +114,19 @@ def _require(case: Case, command: str) -> None:
     allowed = ALLOWED_COMMANDS[case.state]
     if command not in allowed:
         raise CommandRejected(case.state.value, command, allowed)
+
+
+def close_withdrawn(case: Case | None, withdrawal: Event) -> list[NewEvent]:
+    """A withdrawn complaint's case closes (nothing to do when it is closed already)."""
+    if case is None or case.state is CaseState.closed:
+        return []
+    return [
+        NewEvent(
+            type="CaseClosed",
+            data={
+                "complaint_id": str(case.complaint_id),
+                "reason": "withdrawn",
+                "customer_reason": withdrawal.data.get("reason"),
+            },
+        )
+    ]

@@ -1,0 +1,1 @@
+ALTER TABLE contact_preferences ADD COLUMN withdrawn boolean NOT NULL DEFAULT false;

@@ -1,0 +1,516 @@
+"""Intake through HTTP and the real broker: channels, acknowledgement, alerts, idempotency."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from complaints_shared.envelope import from_kafka_record
+from tests.integration.conftest import Platform, StartPlatform
+from tests.support import eventually, read_topic, topic_size
+
+pytestmark = pytest.mark.integration
+
+SEEDS = Path(__file__).resolve().parents[3] / "shared" / "seeds"
+
+
+def complaint(**over: Any) -> dict[str, Any]:
+    body: dict[str, Any] = {
+        "channel": "web",
+        "customer": {
+            "id": "c-1",
+            "name": "Ana Souza",
+            "email": "ana@example.org",
+            "language": "en",
+        },
+        "subject": "Shelf price differs",
+        "description": "The shelf said 2.99 but I paid 3.49 at the till.",
+        "category": "pricing_error",
+        "severity": "low",
+    }
+    for k, v in over.items():
+        if v is None:
+            body.pop(k, None)
+        else:
+            body[k] = v
+    return body
+
+
+@pytest.fixture
+async def intake(start_platform: StartPlatform) -> Platform:
+    return await start_platform("intake")
+
+
+@pytest.fixture
+async def http() -> httpx.AsyncClient:
+    async with httpx.AsyncClient(timeout=30) as client:
+        yield client
+
+
+async def intake_events(p: Platform, count: int) -> list:
+    records = await read_topic(
+        p.servers["intake"].app.state.runtime.settings.kafka_bootstrap,
+        f"{p.prefix}complaints.intake.v1",
+        count=count,
+    )
+    return [from_kafka_record(r.value, r.headers) for r in records]
+
+
+CONTACT = {
+    "in_person": {},
+    "web": {},
+    "chat": {},
+    "social": {},
+    "phone": {"phone": "+351 912 345 678"},
+    "email": {"email": "eva@example.hu"},
+    "letter": {"postal_address": "Rua Augusta 10, 1100-053 Lisboa"},
+}
+
+
+@pytest.mark.parametrize("channel", list(CONTACT))
+async def test_every_channel_is_recorded_and_acknowledged_on_it(intake, http, channel):
+    body = complaint(
+        channel=channel, customer={"name": "Eva", "language": "en", **CONTACT[channel]}
+    )
+    r = await http.post(f"{intake.url('intake')}/complaints", json=body)
+    assert r.status_code == 201, r.text
+    c = r.json()
+    assert c["channel"] == channel and c["reply_channel"] == channel
+    assert c["acknowledgement"]["channel"] == channel
+    assert c["reference"].startswith("CMP-") and c["status"] == "received"
+    assert (await http.get(f"{intake.url('intake')}{r.headers['location']}")).json() == c
+
+
+async def test_the_reply_goes_to_the_preferred_channel(intake, http):
+    body = complaint(
+        channel="phone",
+        customer={
+            "name": "Eva",
+            "phone": "+36 30 123 4567",
+            "email": "eva@example.hu",
+            "preferred_channel": "email",
+            "language": "hu",
+        },
+    )
+    c = (await http.post(f"{intake.url('intake')}/complaints", json=body)).json()
+    assert c["reply_channel"] == "email" and c["acknowledgement"]["channel"] == "email"
+    assert "e-mailben" in c["acknowledgement"]["message"]["body"]
+
+
+ACK_PHRASES = {
+    "en": ("We have received your complaint", "Thank you", "We are sorry", "by e-mail"),
+    "pt": ("Recebemos a sua reclamação", "Obrigado", "Pedimos desculpa", "por e-mail"),
+    "es": ("Hemos recibido su reclamación", "Gracias", "Lamentamos", "por correo electrónico"),
+    "hu": ("Megkaptuk panaszát", "Köszönjük", "Elnézést kérünk", "e-mailben"),
+}
+
+
+@pytest.mark.parametrize("language", list(ACK_PHRASES))
+async def test_acknowledgement_follows_tactics_in_the_customers_language(intake, http, language):
+    body = complaint(
+        customer={
+            "name": "Ana",
+            "email": "ana@example.org",
+            "preferred_channel": "email",
+            "language": language,
+        },
+        severity="high",
+    )
+    c = (await http.post(f"{intake.url('intake')}/complaints", json=body)).json()
+    ack = c["acknowledgement"]
+    subject_phrase, thanks, sorry, channel_phrase = ACK_PHRASES[language]
+    assert ack["language"] == language and not c["language_detected"]
+    assert ack["message"]["subject"].startswith(subject_phrase)
+    assert c["reference"] in ack["message"]["subject"]
+    text = ack["message"]["body"]
+    assert thanks in text and sorry in text and channel_phrase in text and c["reference"] in text
+    assert "Ana" in text
+    # by when: the high-severity first-response target in business time (built-in: 8 h)
+    assert ack["first_response_due"] > c["received_at"]
+    assert ack["first_response_due"][:4] in text  # the year of the due date is spelled out
+    events = await intake_events(intake, 2)
+    assert [e.type for e in events] == ["ComplaintReceived", "ComplaintAcknowledged"]
+    assert events[1].data["message"] == ack["message"]
+
+
+@pytest.mark.parametrize(
+    ("seed", "expected"),
+    [("000", "pt"), ("001", "hu"), ("002", "pt"), ("003", "es"), ("004", "pt")],
+)
+async def test_language_is_detected_from_the_text(intake, http, seed, expected):
+    [path] = SEEDS.glob(f"{seed}_*.txt")
+    text = " ".join(path.read_text(encoding="utf-8").split())
+    body = complaint(
+        customer={"name": "Ana", "email": "ana@example.org"},
+        subject=text[:120],
+        description=text[:4000],
+    )
+    c = (await http.post(f"{intake.url('intake')}/complaints", json=body)).json()
+    assert c["language"] == expected and c["language_detected"] is True
+    assert c["acknowledgement"]["language"] == expected
+
+
+async def test_category_and_severity_are_suggested_and_marked(intake, http):
+    r = await http.post(
+        f"{intake.url('intake')}/complaints",
+        json=complaint(
+            category=None,
+            severity=None,
+            subject="Máquina avariada",
+            description="A máquina de café chegou partida e não funciona.",
+        ),
+    )
+    c = r.json()
+    assert (c["category"], c["category_suggested"]) == ("product_defect", True)
+    assert (c["severity"], c["severity_suggested"]) == ("medium", True)
+    c = (
+        await http.post(
+            f"{intake.url('intake')}/complaints",
+            json=complaint(
+                category=None,
+                severity=None,
+                safety_incident=True,
+                subject="Chão molhado",
+                description="Escorreguei num chão molhado sem aviso.",
+            ),
+        )
+    ).json()
+    assert (c["severity"], c["severity_suggested"]) == ("critical", True)
+    c = (await http.post(f"{intake.url('intake')}/complaints", json=complaint())).json()
+    assert (c["category_suggested"], c["severity_suggested"]) == (False, False)
+
+
+async def test_every_alert_reason(intake, http):
+    url = f"{intake.url('intake')}/complaints"
+    calm = (await http.post(url, json=complaint())).json()
+    assert calm["alerts"] == []
+    cases = {
+        "critical_severity": complaint(severity="critical", customer={"id": "c-2", "name": "B"}),
+        "safety_incident": complaint(safety_incident=True, customer={"id": "c-3", "name": "C"}),
+        "public_post": complaint(
+            public_post={
+                "url": "https://social.example/p/1",
+                "platform": "x",
+                "audience_size": 12000,
+            },
+            customer={"id": "c-4", "name": "D"},
+        ),
+        "negative_wording": complaint(
+            description="Péssimo serviço, uma vergonha! Nunca mais.",
+            customer={"id": "c-5", "name": "E"},
+        ),
+    }
+    for reason, body in cases.items():
+        c = (await http.post(url, json=body)).json()
+        assert reason in c["alerts"], (reason, c["alerts"])
+    # the third complaint of one customer within the window (policy: 3 in P30D)
+    for i in range(2):
+        c = (
+            await http.post(
+                url,
+                json=complaint(
+                    subject=f"Another thing {i}",
+                    description=f"Different matter number {i}",
+                    customer={"id": "c-9", "name": "R"},
+                ),
+            )
+        ).json()
+        assert "repeat_complainant" not in c["alerts"]
+    c = (
+        await http.post(
+            url,
+            json=complaint(
+                subject="Third", description="Yet another one", customer={"id": "c-9", "name": "R"}
+            ),
+        )
+    ).json()
+    assert "repeat_complainant" in c["alerts"]
+    events = await intake_events(intake, 2 * 8 + 5)
+    raised = [e for e in events if e.type == "ComplaintAlertRaised"]
+    assert {r for e in raised for r in e.data["reasons"]} == {
+        "critical_severity",
+        "safety_incident",
+        "public_post",
+        "negative_wording",
+        "repeat_complainant",
+    }
+    assert (
+        next(e for e in raised if "public_post" in e.data["reasons"]).data["details"][
+            "audience_size"
+        ]
+        == 12000
+    )
+
+
+async def test_ten_parallel_retries_with_one_key_create_one_complaint(intake, http):
+    url = f"{intake.url('intake')}/complaints"
+    headers = {"Idempotency-Key": "retry-7f3a"}
+    answers = await asyncio.gather(
+        *(http.post(url, json=complaint(), headers=headers) for _ in range(10))
+    )
+    assert {a.status_code for a in answers} == {201}
+    assert len({a.json()["id"] for a in answers}) == 1
+    assert sum(a.headers.get("idempotent-replayed") == "true" for a in answers) == 9
+    assert await intake.pool("intake").fetchval("SELECT count(*) FROM complaints") == 1
+    assert (
+        await intake.pool("intake").fetchval(
+            "SELECT count(*) FROM events WHERE type = 'ComplaintReceived'"
+        )
+        == 1
+    )
+    await asyncio.sleep(1)
+    bootstrap = intake.servers["intake"].app.state.runtime.settings.kafka_bootstrap
+    assert await topic_size(bootstrap, f"{intake.prefix}complaints.intake.v1") == 2
+    reused = await http.post(url, json=complaint(subject="Other"), headers=headers)
+    assert reused.status_code == 422
+    assert reused.json()["errors"][0]["field"] == "header.Idempotency-Key"
+
+
+async def test_a_probable_duplicate_is_accepted_and_marked(intake, http):
+    url = f"{intake.url('intake')}/complaints"
+    first = (await http.post(url, json=complaint())).json()
+    again = (
+        await http.post(
+            url, json=complaint(description="The shelf said 2.99 but I paid 3.49 at the till!!")
+        )
+    ).json()
+    other_customer = (
+        await http.post(url, json=complaint(customer={"id": "c-77", "name": "Zé"}))
+    ).json()
+    different = (
+        await http.post(
+            url, json=complaint(subject="Rude cashier", description="The cashier shouted at me.")
+        )
+    ).json()
+    assert again["possible_duplicate_of"] == first["id"] and again["status"] == "received"
+    assert other_customer["possible_duplicate_of"] is None
+    assert different["possible_duplicate_of"] is None
+
+
+async def test_details_and_withdrawal(intake, http):
+    base = intake.url("intake")
+    c = (await http.post(f"{base}/complaints", json=complaint())).json()
+    r = await http.post(
+        f"{base}/complaints/{c['id']}/details",
+        json={
+            "note": "Receipt photo attached",
+            "added_by": "agent-3",
+            "answers": [{"question": "Which store?", "answer": "Baixa"}],
+            "attachments": [{"ref": "https://files.example/r/1.jpg", "media_type": "image/jpeg"}],
+        },
+    )
+    assert r.status_code == 200, r.text
+    assert r.json()["details"][0]["answers"][0]["answer"] == "Baixa"
+    r = await http.post(f"{base}/complaints/{c['id']}/withdraw", json={"reason": "sorted"})
+    assert r.status_code == 200 and r.json()["status"] == "withdrawn"
+    assert r.json()["allowed_commands"] == []
+    for path, body in (("withdraw", {}), ("details", {"note": "late"})):
+        again = await http.post(f"{base}/complaints/{c['id']}/{path}", json=body)
+        assert again.status_code == 409
+        assert again.json()["state"] == "withdrawn" and again.json()["allowed_commands"] == []
+    events = await intake_events(intake, 4)
+    assert [e.type for e in events][2:] == ["ComplaintDetailsAdded", "ComplaintWithdrawn"]
+
+
+async def test_list_filters_and_stable_pagination(intake, http):
+    url = f"{intake.url('intake')}/complaints"
+    made = []
+    for i, (channel, category, severity) in enumerate(
+        [
+            ("web", "pricing_error", "low"),
+            ("phone", "cleanliness", "high"),
+            ("web", "cleanliness", "medium"),
+            ("chat", "delivery", "low"),
+            ("web", "billing", "critical"),
+            ("social", "cleanliness", "low"),
+            ("in_person", "waiting_time", "medium"),
+        ]
+    ):
+        contact = {"phone": "+351 900 000 000"} if channel == "phone" else {}
+        made.append(
+            (
+                await http.post(
+                    url,
+                    json=complaint(
+                        channel=channel,
+                        category=category,
+                        severity=severity,
+                        subject=f"Complaint number {i}",
+                        description=f"Distinct description {i} " * 3,
+                        customer={"id": f"cust-{i % 3}", "name": "N", **contact},
+                    ),
+                )
+            ).json()
+        )
+
+    async def ids(**params: Any) -> list[str]:
+        r = await http.get(url, params=params)
+        assert r.status_code == 200, r.text
+        return [c["id"] for c in r.json()["items"]]
+
+    assert await ids(category="cleanliness") == [made[5]["id"], made[2]["id"], made[1]["id"]]
+    assert await ids(severity="low", channel="web") == [made[0]["id"]]
+    assert await ids(customer="cust-1") == [made[4]["id"], made[1]["id"]]
+    assert await ids(received_from=made[6]["received_at"]) == [made[6]["id"]]
+    assert await ids(received_to=made[1]["received_at"]) == [made[0]["id"]]
+    await http.post(f"{url}/{made[3]['id']}/withdraw", json={})
+    assert await ids(status="withdrawn") == [made[3]["id"]]
+
+    seen: list[str] = []
+    page = (await http.get(url, params={"limit": 3})).json()
+    while True:
+        seen += [c["id"] for c in page["items"]]
+        # complaints arriving meanwhile must not shift the pages
+        await http.post(url, json=complaint(subject="meanwhile", customer={"id": "x", "name": "X"}))
+        if not page["next_cursor"]:
+            break
+        page = (await http.get(url, params={"limit": 3, "cursor": page["next_cursor"]})).json()
+    assert seen == [c["id"] for c in reversed(made)]
+
+
+async def test_timeline_holds_events_of_all_services_in_order(start_platform, http):
+    p = await start_platform()
+    c = (await http.post(f"{p.url('intake')}/complaints", json=complaint())).json()
+    await eventually(lambda: _ok(http, f"{p.url('resolution')}/cases/{c['id']}"), what="the case")
+    await http.post(
+        f"{p.url('resolution')}/cases/{c['id']}/resolve",
+        json={"summary": "Refunded the difference", "resolved_by": "agent-1"},
+    )
+
+    async def timeline() -> list | None:
+        r = await http.get(f"{p.url('intake')}/complaints/{c['id']}/timeline")
+        entries = r.json()["entries"]
+        return entries if len(entries) >= 5 else None
+
+    entries = await eventually(timeline, what="five timeline entries")
+    assert [(e["service"], e["type"]) for e in entries] == [
+        ("intake", "ComplaintReceived"),
+        ("intake", "ComplaintAcknowledged"),
+        ("resolution", "CaseOpened"),
+        ("resolution", "CaseResolved"),
+        ("followup", "SatisfactionCheckScheduled"),
+    ]
+    assert [e["occurred_at"] for e in entries] == sorted(e["occurred_at"] for e in entries)
+    assert entries[3]["summary"] == "Case resolved: Refunded the difference"
+    assert entries[0]["summary"].startswith(f"Complaint {c['reference']} received via web")
+
+
+async def _ok(http: httpx.AsyncClient, url: str) -> bool:
+    return (await http.get(url)).status_code == 200
+
+
+async def test_bad_input_is_refused_and_changes_nothing(intake, http):
+    url = f"{intake.url('intake')}/complaints"
+
+    async def refused(body: Any, status: int = 422, **kw: Any) -> dict:
+        r = (
+            await http.post(url, json=body, **kw)
+            if "content" not in kw
+            else await http.post(url, **kw)
+        )
+        assert r.status_code == status, r.text
+        assert r.headers["content-type"] == "application/problem+json"
+        return r.json()
+
+    def fields(problem: dict) -> set[str]:
+        return {e["field"] for e in problem["errors"]}
+
+    assert "body.channel" in fields(await refused(complaint(channel=None)))
+    assert "body.channel" in fields(await refused(complaint(channel="pigeon")))
+    assert "body.customer.email" in fields(
+        await refused(complaint(customer={"name": "A", "email": "nope"}))
+    )
+    assert "body.customer" in fields(await refused(complaint(customer={"language": "en"})))
+    assert "body.description" in fields(await refused(complaint(description="x" * 5001)))
+    assert "body.subject" in fields(await refused(complaint(subject="   ")))
+    assert "body.severity" in fields(await refused(complaint(severity="apocalyptic")))
+    assert "body.public_post.url" in fields(
+        await refused(complaint(public_post={"url": "not a url"}))
+    )
+    assert "body.surprise" in fields(await refused(complaint(surprise=1)))
+    many = [{"ref": f"att-{i}"} for i in range(11)]
+    assert fields(await refused(complaint(attachments=many))) == {"body.attachments"}
+    unknown = await refused(complaint(category="weather"))
+    assert unknown["errors"][0]["field"] == "body.category"
+    assert "cleanliness" in unknown["errors"][0]["allowed"]
+    assert fields(
+        await refused(complaint(customer={"name": "A", "preferred_channel": "email"}))
+    ) == {"body.customer.email"}
+    await refused(None, content=b'{"channel": "web",', headers={"content-type": "application/json"})
+    too_big = await refused(
+        None,
+        413,
+        content=b"{" + b" " * 300_000 + b"}",
+        headers={"content-type": "application/json"},
+    )
+    assert too_big["status"] == 413
+    bad_cursor = await http.get(url, params={"cursor": "garbage!"})
+    assert bad_cursor.status_code == 422
+    missing = "00000000-0000-0000-0000-000000000000"
+    for method, path, body in (
+        ("GET", missing, None),
+        ("GET", f"{missing}/timeline", None),
+        ("POST", f"{missing}/withdraw", {}),
+        ("POST", f"{missing}/details", {"note": "x"}),
+    ):
+        r = await http.request(method, f"{url}/{path}", json=body)
+        assert r.status_code == 404, (path, r.text)
+        assert r.headers["content-type"] == "application/problem+json"
+
+    pool = intake.pool("intake")
+    assert await pool.fetchval("SELECT count(*) FROM events") == 0
+    assert await pool.fetchval("SELECT count(*) FROM outbox") == 0
+    assert await pool.fetchval("SELECT count(*) FROM complaints") == 0
+    bootstrap = intake.servers["intake"].app.state.runtime.settings.kafka_bootstrap
+    assert await topic_size(bootstrap, f"{intake.prefix}complaints.intake.v1") == 0
+
+
+async def test_withdrawal_closes_the_case_and_stops_the_survey(start_platform, http):
+    p = await start_platform()
+    intake, resolution, followup = (p.url(s) for s in ("intake", "resolution", "followup"))
+    # withdrawn before resolution: the case closes, resolving it is refused
+    early = (await http.post(f"{intake}/complaints", json=complaint())).json()
+    await eventually(lambda: _ok(http, f"{resolution}/cases/{early['id']}"), what="the case")
+    await http.post(f"{intake}/complaints/{early['id']}/withdraw", json={"reason": "solved"})
+
+    async def state(cid: str) -> str | None:
+        r = await http.get(f"{resolution}/cases/{cid}")
+        return r.json()["state"] if r.json()["state"] == "closed" else None
+
+    await eventually(lambda: state(early["id"]), what="the case to close")
+    r = await http.post(
+        f"{resolution}/cases/{early['id']}/resolve", json={"summary": "x", "resolved_by": "a"}
+    )
+    assert r.status_code == 409 and r.json()["state"] == "closed"
+
+    # withdrawn after resolution: the scheduled satisfaction check is cancelled
+    late = (
+        await http.post(
+            f"{intake}/complaints",
+            json=complaint(customer={"id": "c-8", "name": "L", "email": "l@example.org"}),
+        )
+    ).json()
+    await eventually(lambda: _ok(http, f"{resolution}/cases/{late['id']}"), what="the case")
+    await http.post(
+        f"{resolution}/cases/{late['id']}/resolve", json={"summary": "Refunded", "resolved_by": "a"}
+    )
+
+    async def check_status() -> str | None:
+        r = await http.get(f"{followup}/satisfaction-checks", params={"complaint_id": late["id"]})
+        items = r.json()["items"]
+        return items[0]["status"] if items else None
+
+    assert await eventually(check_status, what="the check") == "scheduled"
+    await http.post(f"{intake}/complaints/{late['id']}/withdraw", json={})
+
+    async def cancelled() -> bool:
+        return await check_status() == "cancelled"
+
+    await eventually(cancelled, what="the check to be cancelled")
+    # and the early one never got a check at all
+    r = await http.get(f"{followup}/satisfaction-checks", params={"complaint_id": early["id"]})
+    assert r.json()["items"] == []
