@@ -1,0 +1,141 @@
+"""Intake's pure rules: matching, suggestions, alert reasons, the receive decision."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import UTC, datetime
+
+import pytest
+
+from complaints_intake.acknowledgement import load_templates
+from complaints_intake.domain import ComplaintCreate, History, receive
+from complaints_intake.language import Detection
+from complaints_intake.rules import IntakeRules
+from complaints_intake.text import Lexicon, normalise
+from complaints_intake.timeline import summarise
+from complaints_shared.envelope import Event
+from complaints_shared.errors import InputRejected
+from complaints_shared.policy import Policy
+
+POLICY = Policy()
+RULES = IntakeRules.load(POLICY.intake.categories)
+TEMPLATES = load_templates(POLICY.intake.languages)
+NOW = datetime(2026, 11, 23, 10, 0, tzinfo=UTC)  # a Monday
+
+
+def test_normalise_and_lexicon_ignore_case_accents_and_endings():
+    assert normalise("  Péssimo   ATENDIMENTO ") == "pessimo atendimento"
+    lex = Lexicon.of(["suj*", "nao funciona", "bill"])
+    assert lex.matches(normalise("O chão estava SUJÍSSIMO e a máquina não funciona")) == [
+        "sujissimo",
+        "nao funciona",
+    ]
+    assert lex.matches("billing and bills") == []  # no star: whole words only
+
+
+@pytest.mark.parametrize(
+    ("text", "category"),
+    [
+        ("The shelf price was different, I was overcharged", "pricing_error"),
+        ("O produto estava esgotado e indisponível", "product_availability"),
+        ("El baño estaba sucio y con mal olor", "cleanliness"),
+        ("Egy órát vártam a sorban", "waiting_time"),
+        ("A csomag nem érkezett meg, a futár nem jött", "delivery"),
+        ("Nothing in particular to say", "other"),
+    ],
+)
+def test_category_suggestion_across_languages(text, category):
+    assert RULES.suggest_category(text)[0] == category
+
+
+def test_negative_wording_scores():
+    assert RULES.negative_wording("Thanks, all fine").score == 0
+    assert RULES.negative_wording("Terrible service").score == 1
+    assert RULES.negative_wording("Isto é uma vergonha").score == 2
+    shouting = RULES.negative_wording("I WANT MY MONEY BACK RIGHT NOW PLEASE!!!")
+    assert shouting.score == 2 and "(shouting)" in shouting.terms
+
+
+def decide(**over):  # type: ignore[no-untyped-def]
+    body = {
+        "channel": "web",
+        "customer": {"name": "Ana"},
+        "subject": "Preço",
+        "description": "O preço na prateleira era outro.",
+        **over,
+    }
+    return receive(
+        ComplaintCreate.model_validate(body),
+        reference="CMP-2026-000001",
+        received_at=NOW,
+        history=History(0, None),
+        detection=Detection("pt", 0.99),
+        policy=POLICY,
+        rules=RULES,
+        templates=TEMPLATES,
+    )
+
+
+def test_receive_detects_language_suggests_and_acknowledges():
+    d = decide()
+    received, ack = d.events[0].data, d.events[1].data
+    assert [e.type for e in d.events] == ["ComplaintReceived", "ComplaintAcknowledged"]
+    assert received["language"] == "pt" and received["language_detected"] is True
+    assert received["category"] == "pricing_error" and received["category_suggested"] is True
+    # medium: 24 business hours (Mon-Fri 09-17, UTC) from Monday 10:00 → Thursday 10:00
+    assert ack["first_response_due"] == "2026-11-26T10:00:00+00:00"
+    assert ack["channel"] == "web" and "CMP-2026-000001" in ack["message"]["body"]
+
+
+def test_receive_falls_back_to_the_default_language_when_unsure():
+    d = receive(
+        ComplaintCreate.model_validate(
+            {"channel": "web", "customer": {"name": "A"}, "subject": "x", "description": "y"}
+        ),
+        reference="R",
+        received_at=NOW,
+        history=History(0, None),
+        detection=Detection("hu", 0.3),
+        policy=POLICY,
+        rules=RULES,
+        templates=TEMPLATES,
+    )
+    assert d.language == "en"
+
+
+def test_replying_by_email_needs_an_address():
+    with pytest.raises(InputRejected) as err:
+        decide(customer={"name": "Ana", "preferred_channel": "email"})
+    assert err.value.field == "body.customer.email"
+
+
+def test_repeat_complainant_counts_this_complaint():
+    d = receive(
+        ComplaintCreate.model_validate(
+            {"channel": "web", "customer": {"id": "9"}, "subject": "x", "description": "y"}
+        ),
+        reference="R",
+        received_at=NOW,
+        history=History(recent_count=2, duplicate_of=None),
+        detection=None,
+        policy=POLICY,
+        rules=RULES,
+        templates=TEMPLATES,
+    )
+    assert d.alerts == ["repeat_complainant"]
+    assert d.events[-1].data["details"]["complaints_in_window"] == 3
+
+
+def test_timeline_summaries_read_like_sentences():
+    e = Event(
+        event_id=uuid.uuid4(),
+        type="CaseEscalated",
+        stream_id=uuid.uuid4(),
+        version=3,
+        occurred_at=NOW,
+        source="/complaints/resolution",
+        data={"level": "team_lead"},
+    )
+    assert summarise(e) == "Escalated to team lead"
+    unknown = e.model_copy(update={"type": "SomethingNewHappened", "data": {}})
+    assert summarise(unknown) == "Something new happened"
