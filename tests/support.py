@@ -123,3 +123,72 @@ async def topic_size(bootstrap: str, topic: str) -> int:
         return sum(ends.values())
     finally:
         await consumer.stop()
+
+
+AGENT = {"id": "agent-7", "name": "Rita Lopes", "contact": "+351 210 000 007"}
+
+
+async def drive_to_agreed(
+    http: Any, resolution_url: str, complaint_id: str, deadline: str = "2099-01-01T12:00:00+00:00"
+) -> dict[str, Any]:
+    """Assign, identify the cause, propose and agree a solution over HTTP."""
+    base = f"{resolution_url}/cases/{complaint_id}"
+    steps = [
+        ("assign", {"owner": AGENT, "assigned_by": "lead-1"}),
+        (
+            "cause",
+            {
+                "what_happened": "The shelf label was old",
+                "what_should_have_happened": "Labels change with prices",
+                "what_went_wrong": "The label run was skipped",
+                "root_cause": "process",
+                "responsible": "us",
+                "identified_by": "agent-7",
+            },
+        ),
+        (
+            "proposals",
+            {
+                "options": [
+                    {
+                        "remedy": "refund",
+                        "description": "Refund the difference",
+                        "amount": "0.50",
+                        "currency": "EUR",
+                    },
+                    {"remedy": "apology", "description": "A written apology"},
+                ],
+                "proposed_by": "agent-7",
+            },
+        ),
+        (
+            "agreement",
+            {
+                "option_id": 1,
+                "agreed_outcome": "The difference is refunded",
+                "indicators": ["refund visible on the card statement"],
+                "deadline": deadline,
+                "recorded_by": "agent-7",
+            },
+        ),
+    ]
+    case: dict[str, Any] = {}
+    for path, body in steps:
+        r = await http.post(f"{base}/{path}", json=body)
+        assert r.status_code == 200, (path, r.text)
+        case = r.json()
+    return case
+
+
+async def resolve_case(
+    http: Any, resolution_url: str, complaint_id: str, summary: str = "Refunded the difference"
+) -> dict[str, Any]:
+    """Drive a case from opened to resolved over HTTP."""
+    await drive_to_agreed(http, resolution_url, complaint_id)
+    r = await http.post(
+        f"{resolution_url}/cases/{complaint_id}/resolve",
+        json={"summary": summary, "resolved_by": "agent-7"},
+    )
+    assert r.status_code == 200, r.text
+    result: dict[str, Any] = r.json()
+    return result

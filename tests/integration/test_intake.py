@@ -11,7 +11,7 @@ import pytest
 
 from complaints_shared.envelope import from_kafka_record
 from tests.integration.conftest import Platform, StartPlatform
-from tests.support import eventually, read_topic, topic_size
+from tests.support import eventually, read_topic, resolve_case, topic_size
 
 pytestmark = pytest.mark.integration
 
@@ -376,26 +376,28 @@ async def test_timeline_holds_events_of_all_services_in_order(start_platform, ht
     p = await start_platform()
     c = (await http.post(f"{p.url('intake')}/complaints", json=complaint())).json()
     await eventually(lambda: _ok(http, f"{p.url('resolution')}/cases/{c['id']}"), what="the case")
-    await http.post(
-        f"{p.url('resolution')}/cases/{c['id']}/resolve",
-        json={"summary": "Refunded the difference", "resolved_by": "agent-1"},
-    )
+    await resolve_case(http, p.url("resolution"), c["id"])
 
     async def timeline() -> list | None:
         r = await http.get(f"{p.url('intake')}/complaints/{c['id']}/timeline")
         entries = r.json()["entries"]
-        return entries if len(entries) >= 5 else None
+        return entries if len(entries) >= 9 else None
 
-    entries = await eventually(timeline, what="five timeline entries")
+    entries = await eventually(timeline, what="nine timeline entries")
     assert [(e["service"], e["type"]) for e in entries] == [
         ("intake", "ComplaintReceived"),
         ("intake", "ComplaintAcknowledged"),
         ("resolution", "CaseOpened"),
+        ("resolution", "CaseAssigned"),
+        ("resolution", "CauseIdentified"),
+        ("resolution", "SolutionProposed"),
+        ("resolution", "SolutionAgreed"),
         ("resolution", "CaseResolved"),
         ("followup", "SatisfactionCheckScheduled"),
     ]
     assert [e["occurred_at"] for e in entries] == sorted(e["occurred_at"] for e in entries)
-    assert entries[3]["summary"] == "Case resolved: Refunded the difference"
+    assert entries[3]["summary"] == "Case assigned to Rita Lopes"
+    assert entries[7]["summary"] == "Case resolved: Refunded the difference"
     assert entries[0]["summary"].startswith(f"Complaint {c['reference']} received via web")
 
 
@@ -495,9 +497,7 @@ async def test_withdrawal_closes_the_case_and_stops_the_survey(start_platform, h
         )
     ).json()
     await eventually(lambda: _ok(http, f"{resolution}/cases/{late['id']}"), what="the case")
-    await http.post(
-        f"{resolution}/cases/{late['id']}/resolve", json={"summary": "Refunded", "resolved_by": "a"}
-    )
+    await resolve_case(http, resolution, late["id"])
 
     async def check_status() -> str | None:
         r = await http.get(f"{followup}/satisfaction-checks", params={"complaint_id": late["id"]})

@@ -7,7 +7,7 @@ import pytest
 
 from complaints_shared.envelope import decode_headers
 from tests.integration.conftest import Platform
-from tests.support import eventually, read_topic
+from tests.support import eventually, read_topic, resolve_case
 
 pytestmark = pytest.mark.integration
 
@@ -50,14 +50,24 @@ async def test_one_complaint_travels_through_all_four_services_in_one_trace(
         opened = await eventually(case, what="the case to open")
         assert opened["state"] == "opened"
         assert opened["severity"] == "high"
-        assert opened["allowed_commands"] == ["resolve"]
-
-        resolved = await http.post(
+        assert opened["allowed_commands"] == ["assign"]
+        early = await http.post(
             f"{platform.url('resolution')}/cases/{cid}/resolve",
-            json={"summary": "Reserved one for pick-up", "resolved_by": "agent-7"},
+            json={"summary": "too early", "resolved_by": "agent-7"},
         )
-        assert resolved.status_code == 200, resolved.text
-        assert [h["type"] for h in resolved.json()["history"]] == ["CaseOpened", "CaseResolved"]
+        assert early.status_code == 409 and early.json()["allowed_commands"] == ["assign"]
+
+        resolved = await resolve_case(
+            http, platform.url("resolution"), cid, "Reserved one for pick-up"
+        )
+        assert [h["type"] for h in resolved["history"]] == [
+            "CaseOpened",
+            "CaseAssigned",
+            "CauseIdentified",
+            "SolutionProposed",
+            "SolutionAgreed",
+            "CaseResolved",
+        ]
 
         again = await http.post(
             f"{platform.url('resolution')}/cases/{cid}/resolve",

@@ -53,3 +53,7 @@ class InputRejected(Exception):
         self.message = message
         self.details = details
         super().__init__(f"{field}: {message}")
+
+
+class Forbidden(Exception):
+    """The actor may not do this (authority, four-eyes rule): answered 403."""

@@ -116,8 +116,35 @@ class LearningPolicy(_Section):
 
 
 class CompensationPolicy(_Section):
-    currency: str = "EUR"
-    agent_limit: Decimal = Decimal("50")
+    currency: str = Field("EUR", pattern=r"^[A-Z]{3}$")
+    agent_limit: Decimal = Field(Decimal("50"), ge=0)
+    supervisor_limit: Decimal = Field(Decimal("500"), ge=0)
+
+    @model_validator(mode="after")
+    def _ordered(self) -> CompensationPolicy:
+        if self.supervisor_limit < self.agent_limit:
+            raise ValueError("supervisor_limit must not be below agent_limit")
+        return self
+
+
+class ResolutionPolicy(_Section):
+    root_causes: tuple[str, ...] = (
+        "process",
+        "product_defect",
+        "staff_behaviour",
+        "policy",
+        "supplier",
+        "communication",
+        "pricing_system",
+        "capacity",
+        "customer_error",
+        "unknown",
+    )
+    warning_ratio: float = Field(0.8, gt=0, lt=1, description="warn when this share is used")
+    manager_after: timedelta = Field(
+        timedelta(hours=8), description="business time after a breach: to the manager"
+    )
+    timer_poll: timedelta = Field(timedelta(seconds=1), description="how often timers are checked")
 
 
 class Policy(_Section):
@@ -127,6 +154,7 @@ class Policy(_Section):
     followup: FollowupPolicy = FollowupPolicy()
     learning: LearningPolicy = LearningPolicy()
     compensation: CompensationPolicy = CompensationPolicy()
+    resolution: ResolutionPolicy = ResolutionPolicy()
 
     def first_response_due(self, received_at: datetime, severity: str) -> datetime:
         """When the first response is due, counted in business time."""

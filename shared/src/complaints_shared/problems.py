@@ -10,7 +10,13 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from complaints_shared.errors import CommandRejected, ConcurrencyConflict, InputRejected, NotFound
+from complaints_shared.errors import (
+    CommandRejected,
+    ConcurrencyConflict,
+    Forbidden,
+    InputRejected,
+    NotFound,
+)
 
 PROBLEM_JSON = "application/problem+json"
 TYPE_BASE = "urn:complaints:problem:"
@@ -155,3 +161,7 @@ def install_problem_handlers(app: FastAPI) -> None:
             instance=request.url.path,
             errors=[{"field": exc.field, "message": exc.message, **exc.details}],
         )
+
+    @app.exception_handler(Forbidden)
+    async def _forbidden(request: Request, exc: Forbidden) -> JSONResponse:
+        return problem(403, "Not allowed", str(exc), slug="forbidden", instance=request.url.path)

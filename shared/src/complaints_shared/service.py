@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Coroutine, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Annotated, Any
@@ -63,6 +63,7 @@ class ServiceSpec:
     routers: Sequence[APIRouter] = ()
     subscriptions: Callable[[Runtime], list[Subscription]] = lambda _: []
     prepare: Callable[[ServiceSettings, Policy], Any] | None = None  # validated at start
+    background: Callable[[Runtime], list[Coroutine[Any, Any, None]]] = lambda _: []
     openapi_tags: list[dict[str, Any]] = field(default_factory=list)
 
 
@@ -160,6 +161,10 @@ def create_app(
         ]
         tasks = [asyncio.create_task(relay.run(), name=f"{spec.name}-outbox-relay")] + [
             asyncio.create_task(c.run(), name=f"consumer-{c.subscription.name}") for c in consumers
+        ]
+        tasks += [
+            asyncio.create_task(job, name=f"{spec.name}-background-{n}")
+            for n, job in enumerate(spec.background(runtime))
         ]
         app.state.runtime = runtime
         app.state.background = _Background(relay, consumers, tasks)

@@ -1,75 +1,450 @@
-"""HTTP resource: cases and their commands."""
+"""HTTP resource: cases, their commands and the worklist."""
 
 from __future__ import annotations
 
-from datetime import datetime
-from typing import Any
+import base64
+from collections.abc import Callable
+from datetime import datetime, timedelta
+from typing import Annotated, Any
 from uuid import UUID
 
-from fastapi import APIRouter
+from fastapi import APIRouter, Header, Query
 from pydantic import BaseModel
 
-from complaints_resolution.domain import ALLOWED_COMMANDS, Case, ResolveCase, fold, resolve
-from complaints_shared.errors import NotFound
+from complaints_resolution import commands as cmd
+from complaints_resolution.domain import ALLOWED_COMMANDS, Case
+from complaints_resolution.sla import Clock, first_response_clock, open_deadlines, resolution_clock
+from complaints_resolution.store import change, load_case
+from complaints_shared.envelope import NewEvent
+from complaints_shared.errors import InputRejected, NotFound
 from complaints_shared.problems import PROBLEM_RESPONSES
-from complaints_shared.service import RuntimeDep
+from complaints_shared.service import Runtime, RuntimeDep
 
-router = APIRouter(prefix="/cases", tags=["cases"], responses=PROBLEM_RESPONSES)
+router = APIRouter(
+    prefix="/cases",
+    tags=["cases"],
+    responses={
+        **PROBLEM_RESPONSES,
+        403: PROBLEM_RESPONSES[409] | {"description": "Not allowed (authority, four-eyes rule)"},
+    },
+)
+
+IfMatch = Annotated[
+    int | None,
+    Header(alias="If-Match", description="the case version you saw: a newer one answers 409"),
+]
 
 
-class HistoryEntry(BaseModel):
-    version: int
-    type: str
-    occurred_at: datetime
+class ClockPublic(BaseModel):
+    due_at: datetime | None
+    met_at: datetime | None
+    paused: bool
+    breached: bool
+    remaining_business_seconds: float | None
+
+
+class DeadlinePublic(BaseModel):
+    deadline: str
+    ref: str
+    due_at: datetime
+    overdue: bool
 
 
 class CasePublic(BaseModel):
     complaint_id: UUID
+    reference: str
     state: str
     version: int
     severity: str
     category: str
-    opened_at: datetime
-    resolved_at: datetime | None
+    owner: dict[str, Any] | None
+    owner_history: list[dict[str, Any]]
+    cause: dict[str, Any] | None
+    proposals: list[dict[str, Any]]
+    rejections: list[dict[str, Any]]
+    agreed_solution: dict[str, Any] | None
+    actions: list[dict[str, Any]]
+    compensation: list[dict[str, Any]]
+    escalation_level: str | None
+    reopen_count: int
     resolution: dict[str, Any] | None
+    sla: dict[str, ClockPublic]
+    open_deadlines: list[DeadlinePublic]
     allowed_commands: list[str]
-    history: list[HistoryEntry]
+    history: list[dict[str, Any]]
 
 
-async def _load(rt: RuntimeDep, complaint_id: UUID) -> tuple[Case, list[HistoryEntry]]:
-    events = await rt.store.load(rt.pool, complaint_id)
-    case = fold(events)
-    if case is None:
-        raise NotFound("case", complaint_id)
-    return case, [
-        HistoryEntry(version=e.version, type=e.type, occurred_at=e.occurred_at) for e in events
-    ]
+class CaseSummary(BaseModel):
+    complaint_id: UUID
+    reference: str
+    state: str
+    severity: str
+    category: str
+    owner_id: str | None
+    escalation_level: str | None
+    next_deadline_at: datetime | None
+    overdue: bool
+    version: int
 
 
-def _public(case: Case, history: list[HistoryEntry]) -> CasePublic:
+class CasePage(BaseModel):
+    items: list[CaseSummary]
+    next_cursor: str | None
+
+
+def _clock(c: Clock) -> ClockPublic:
+    return ClockPublic(
+        due_at=c.due_at,
+        met_at=c.met_at,
+        paused=c.paused,
+        breached=c.breached,
+        remaining_business_seconds=c.remaining.total_seconds() if c.remaining is not None else None,
+    )
+
+
+def _public(case: Case, history: list[dict[str, Any]], rt: Runtime) -> CasePublic:
+    now = rt.clock()
     return CasePublic(
         complaint_id=case.complaint_id,
+        reference=case.reference,
         state=case.state.value,
         version=case.version,
         severity=case.severity,
         category=case.category,
-        opened_at=case.opened_at,
-        resolved_at=case.resolved_at,
+        owner=case.owner,
+        owner_history=list(case.owners),
+        cause=case.cause,
+        proposals=list(case.proposals),
+        rejections=list(case.rejections),
+        agreed_solution=case.agreed,
+        actions=[
+            {
+                "action_id": a.action_id,
+                "description": a.description,
+                "owner": a.owner,
+                "due_at": a.due_at,
+                "completed_at": a.completed_at,
+                "outcome": a.outcome,
+            }
+            for a in case.actions
+        ],
+        compensation=[
+            {
+                "request_id": x.request_id,
+                "amount": str(x.amount),
+                "currency": x.currency,
+                "reason": x.reason,
+                "requested_by": x.requested_by,
+                "status": x.status,
+                "decided_by": x.decided_by,
+            }
+            for x in case.compensations
+        ],
+        escalation_level=case.escalation_level,
+        reopen_count=case.reopen_count,
         resolution=case.resolution,
-        allowed_commands=list(ALLOWED_COMMANDS[case.state]),
+        sla={
+            "first_response": _clock(first_response_clock(case, rt.policy, now)),
+            "resolution": _clock(resolution_clock(case, rt.policy, now)),
+        },
+        open_deadlines=[
+            DeadlinePublic(deadline=d.deadline, ref=d.ref, due_at=d.due_at, overdue=d.due_at < now)
+            for d in sorted(open_deadlines(case, rt.policy, now), key=lambda d: d.due_at)
+        ],
+        allowed_commands=ALLOWED_COMMANDS[case.state],
         history=history,
     )
 
 
-@router.get("/{complaint_id}", summary="One case: state, history and the commands allowed now")
-async def get_case(complaint_id: UUID, rt: RuntimeDep) -> CasePublic:
-    return _public(*await _load(rt, complaint_id))
+async def _view(rt: Runtime, complaint_id: UUID) -> CasePublic:
+    case, events = await load_case(rt.pool, rt, complaint_id)
+    history = [
+        {
+            "version": e.version,
+            "type": e.type,
+            "occurred_at": e.occurred_at,
+            **({"by": by} if (by := _actor(e.data)) else {}),
+        }
+        for e in events
+    ]
+    return _public(case, history, rt)
 
 
-@router.post("/{complaint_id}/resolve", summary="Resolve the case")
-async def resolve_case(complaint_id: UUID, body: ResolveCase, rt: RuntimeDep) -> CasePublic:
-    case, _ = await _load(rt, complaint_id)
-    new_events = resolve(case, body)
+def _actor(data: dict[str, Any]) -> str | None:
+    for key in (
+        "assigned_by",
+        "requested_by",
+        "received_by",
+        "identified_by",
+        "proposed_by",
+        "recorded_by",
+        "completed_by",
+        "decided_by",
+        "resolved_by",
+        "closed_by",
+        "reopened_by",
+    ):
+        if data.get(key):
+            return str(data[key])
+    return None
+
+
+async def _run(
+    rt: Runtime,
+    complaint_id: UUID,
+    if_match: int | None,
+    decide: Callable[[Case, datetime], list[NewEvent]],
+) -> CasePublic:
+    def checked(case: Case | None, now: datetime) -> list[NewEvent]:
+        if case is None:
+            raise NotFound("case", complaint_id)
+        return decide(case, now)
+
     async with rt.pool.acquire() as conn, conn.transaction():
-        await rt.store.append(conn, complaint_id, case.version, new_events)
-    return _public(*await _load(rt, complaint_id))
+        await change(conn, rt, complaint_id, checked, expected_version=if_match)
+    return await _view(rt, complaint_id)
+
+
+def _cmd(
+    fn: Callable[..., list[NewEvent]], body: Any, rt: Runtime
+) -> Callable[[Case, datetime], list[NewEvent]]:
+    return lambda case, now: fn(case, body, now, rt.policy)
+
+
+@router.get("/{complaint_id}", summary="One case: state, owner, cause, solution, actions, SLA")
+async def get_case(complaint_id: UUID, rt: RuntimeDep) -> CasePublic:
+    return await _view(rt, complaint_id)
+
+
+@router.post("/{complaint_id}/assign", summary="Name the owner who will put this right")
+async def assign(
+    complaint_id: UUID, body: cmd.AssignCase, rt: RuntimeDep, if_match: IfMatch = None
+) -> CasePublic:
+    return await _run(rt, complaint_id, if_match, _cmd(cmd.assign, body, rt))
+
+
+@router.post(
+    "/{complaint_id}/clarification-requests",
+    summary="Ask the customer (pauses the resolution clock)",
+)
+async def request_clarification(
+    complaint_id: UUID, body: cmd.RequestClarification, rt: RuntimeDep, if_match: IfMatch = None
+) -> CasePublic:
+    return await _run(rt, complaint_id, if_match, _cmd(cmd.request_clarification, body, rt))
+
+
+@router.post("/{complaint_id}/clarifications", summary="The customer's answer (clock resumes)")
+async def receive_clarification(
+    complaint_id: UUID, body: cmd.ReceiveClarification, rt: RuntimeDep, if_match: IfMatch = None
+) -> CasePublic:
+    return await _run(rt, complaint_id, if_match, _cmd(cmd.receive_clarification, body, rt))
+
+
+@router.post("/{complaint_id}/cause", summary="What happened, what should have, what went wrong")
+async def identify_cause(
+    complaint_id: UUID, body: cmd.IdentifyCause, rt: RuntimeDep, if_match: IfMatch = None
+) -> CasePublic:
+    return await _run(rt, complaint_id, if_match, _cmd(cmd.identify_cause, body, rt))
+
+
+@router.post("/{complaint_id}/proposals", summary="Offer one or more remedies")
+async def propose_solution(
+    complaint_id: UUID, body: cmd.ProposeSolution, rt: RuntimeDep, if_match: IfMatch = None
+) -> CasePublic:
+    return await _run(rt, complaint_id, if_match, _cmd(cmd.propose_solution, body, rt))
+
+
+@router.post(
+    "/{complaint_id}/agreement",
+    summary="The customer approved an option: outcome, indicators and deadline",
+)
+async def agree_solution(
+    complaint_id: UUID, body: cmd.AgreeSolution, rt: RuntimeDep, if_match: IfMatch = None
+) -> CasePublic:
+    return await _run(rt, complaint_id, if_match, _cmd(cmd.agree_solution, body, rt))
+
+
+@router.post("/{complaint_id}/rejection", summary="The customer rejected the proposal")
+async def reject_solution(
+    complaint_id: UUID, body: cmd.RejectSolution, rt: RuntimeDep, if_match: IfMatch = None
+) -> CasePublic:
+    return await _run(rt, complaint_id, if_match, _cmd(cmd.reject_solution, body, rt))
+
+
+@router.post("/{complaint_id}/actions", summary="Plan an action of the agreed solution")
+async def plan_action(
+    complaint_id: UUID, body: cmd.PlanAction, rt: RuntimeDep, if_match: IfMatch = None
+) -> CasePublic:
+    return await _run(rt, complaint_id, if_match, _cmd(cmd.plan_action, body, rt))
+
+
+class ActionCompletion(BaseModel):
+    model_config = cmd.CompleteAction.model_config
+    outcome: cmd.Text | None = None
+    completed_by: cmd.Name
+
+
+@router.post("/{complaint_id}/actions/{action_id}/complete", summary="An action is done")
+async def complete_action(
+    complaint_id: UUID,
+    action_id: str,
+    body: ActionCompletion,
+    rt: RuntimeDep,
+    if_match: IfMatch = None,
+) -> CasePublic:
+    command = cmd.CompleteAction(action_id=action_id, **body.model_dump())
+    return await _run(rt, complaint_id, if_match, _cmd(cmd.complete_action, command, rt))
+
+
+@router.post(
+    "/{complaint_id}/compensation-requests",
+    summary="Ask for compensation (approved at once within the agent's limit)",
+)
+async def request_compensation(
+    complaint_id: UUID, body: cmd.RequestCompensation, rt: RuntimeDep, if_match: IfMatch = None
+) -> CasePublic:
+    return await _run(rt, complaint_id, if_match, _cmd(cmd.request_compensation, body, rt))
+
+
+class CompensationDecision(BaseModel):
+    model_config = cmd.DecideCompensation.model_config
+    decided_by: cmd.Name
+    role: cmd.Role
+    note: cmd.Text | None = None
+
+
+@router.post(
+    "/{complaint_id}/compensation-requests/{request_id}/approve",
+    summary="A supervisor (or manager) approves; never the requester",
+)
+async def approve_compensation(
+    complaint_id: UUID,
+    request_id: str,
+    body: CompensationDecision,
+    rt: RuntimeDep,
+    if_match: IfMatch = None,
+) -> CasePublic:
+    command = cmd.DecideCompensation(request_id=request_id, **body.model_dump())
+    return await _run(
+        rt,
+        complaint_id,
+        if_match,
+        lambda case, now: cmd.decide_compensation(case, command, True, now, rt.policy),
+    )
+
+
+@router.post(
+    "/{complaint_id}/compensation-requests/{request_id}/decline",
+    summary="A supervisor (or manager) declines; never the requester",
+)
+async def decline_compensation(
+    complaint_id: UUID,
+    request_id: str,
+    body: CompensationDecision,
+    rt: RuntimeDep,
+    if_match: IfMatch = None,
+) -> CasePublic:
+    command = cmd.DecideCompensation(request_id=request_id, **body.model_dump())
+    return await _run(
+        rt,
+        complaint_id,
+        if_match,
+        lambda case, now: cmd.decide_compensation(case, command, False, now, rt.policy),
+    )
+
+
+@router.post(
+    "/{complaint_id}/resolve",
+    summary="Resolve: the agreed solution's actions are done (or a supervisor overrides)",
+)
+async def resolve(
+    complaint_id: UUID, body: cmd.ResolveCase, rt: RuntimeDep, if_match: IfMatch = None
+) -> CasePublic:
+    return await _run(rt, complaint_id, if_match, _cmd(cmd.resolve, body, rt))
+
+
+@router.post("/{complaint_id}/close", summary="Close a resolved case")
+async def close(
+    complaint_id: UUID, body: cmd.CloseCase, rt: RuntimeDep, if_match: IfMatch = None
+) -> CasePublic:
+    return await _run(rt, complaint_id, if_match, _cmd(cmd.close, body, rt))
+
+
+@router.post("/{complaint_id}/reopen", summary="Reopen a resolved or closed case, with a reason")
+async def reopen(
+    complaint_id: UUID, body: cmd.ReopenCase, rt: RuntimeDep, if_match: IfMatch = None
+) -> CasePublic:
+    return await _run(rt, complaint_id, if_match, _cmd(cmd.reopen, body, rt))
+
+
+@router.get("", summary="The worklist: cases sorted by their nearest deadline")
+async def list_cases(
+    rt: RuntimeDep,
+    owner: Annotated[str | None, Query(max_length=100)] = None,
+    state: Annotated[str | None, Query(max_length=30)] = None,
+    severity: Annotated[str | None, Query(max_length=10)] = None,
+    overdue: Annotated[bool | None, Query(description="only cases past a deadline")] = None,
+    breach_within: Annotated[
+        timedelta | None,
+        Query(description="ISO 8601 duration: deadlines within it (overdue included)"),
+    ] = None,
+    limit: Annotated[int, Query(ge=1, le=200)] = 50,
+    cursor: Annotated[str | None, Query(max_length=200)] = None,
+) -> CasePage:
+    now = rt.clock()
+    after_at, after_id = _decode(cursor) if cursor else (None, None)
+    rows = await rt.pool.fetch(
+        "SELECT * FROM cases WHERE ($1::text IS NULL OR owner_id = $1)"
+        " AND ($2::text IS NULL OR state = $2) AND ($3::text IS NULL OR severity = $3)"
+        " AND ($4::boolean IS NULL OR (next_deadline_at IS NOT NULL"
+        "      AND next_deadline_at < $5) = $4)"
+        " AND ($6::timestamptz IS NULL OR next_deadline_at < $6)"
+        " AND ($7::text IS NULL OR (coalesce(next_deadline_at, 'infinity'), complaint_id)"
+        "      > ($7::text::timestamptz, $8))"
+        " ORDER BY coalesce(next_deadline_at, 'infinity'), complaint_id LIMIT $9",
+        owner,
+        state,
+        severity,
+        overdue,
+        now,
+        now + breach_within if breach_within is not None else None,
+        after_at,
+        after_id,
+        limit + 1,
+    )
+    page = rows[:limit]
+    items = [
+        CaseSummary(
+            complaint_id=r["complaint_id"],
+            reference=r["reference"],
+            state=r["state"],
+            severity=r["severity"],
+            category=r["category"],
+            owner_id=r["owner_id"],
+            escalation_level=r["escalation_level"],
+            next_deadline_at=r["next_deadline_at"],
+            overdue=r["next_deadline_at"] is not None and r["next_deadline_at"] < now,
+            version=r["version"],
+        )
+        for r in page
+    ]
+    last = page[-1] if len(rows) > limit else None
+    return CasePage(
+        items=items,
+        next_cursor=_encode(last["next_deadline_at"], last["complaint_id"]) if last else None,
+    )
+
+
+def _encode(at: datetime | None, complaint_id: UUID) -> str:
+    key = at.isoformat() if at is not None else "infinity"
+    return base64.urlsafe_b64encode(f"{key}|{complaint_id}".encode()).decode()
+
+
+def _decode(cursor: str) -> tuple[str, UUID]:
+    try:
+        at, cid = base64.urlsafe_b64decode(cursor.encode()).decode().split("|")
+        if at != "infinity":
+            datetime.fromisoformat(at)
+        return at, UUID(cid)
+    except (ValueError, UnicodeDecodeError):
+        raise InputRejected("query.cursor", "not a cursor this API returned") from None

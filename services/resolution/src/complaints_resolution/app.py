@@ -4,15 +4,21 @@ from __future__ import annotations
 
 from complaints_resolution.api import router
 from complaints_resolution.handlers import subscriptions
+from complaints_resolution.resources import prepare
+from complaints_resolution.timers import run_timers
 from complaints_shared.service import ServiceSpec
 
 SPEC = ServiceSpec(
     name="resolution",
     title="Complaint resolution",
-    description="Runs each complaint's case: owner, cause, agreed solution, actions, SLA clocks.",
+    description="Runs each complaint's case: a named owner, clarification, cause, solutions the"
+    " customer approves, actions with deadlines, SLA clocks in business hours, escalation and"
+    " compensation authority.",
     default_port=8002,
     package="complaints_resolution",
     own_topic=lambda t: t.resolution,
     routers=[router],
     subscriptions=subscriptions,
+    prepare=prepare,
+    background=lambda rt: [run_timers(rt)],
 )

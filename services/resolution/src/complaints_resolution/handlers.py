@@ -2,34 +2,43 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import asyncpg
 
-from complaints_resolution.domain import close_withdrawn, fold, open_case
-from complaints_shared.consumer import Subscription
-from complaints_shared.envelope import Event
+from complaints_resolution.domain import (
+    Case,
+    close_withdrawn,
+    details_as_clarification,
+    open_case,
+    reopen_requested,
+)
+from complaints_resolution.store import change
+from complaints_shared.consumer import Handler, Subscription
+from complaints_shared.envelope import Event, NewEvent
 from complaints_shared.service import Runtime
 
 
 def subscriptions(rt: Runtime) -> list[Subscription]:
-    async def on_complaint_received(conn: asyncpg.Connection, event: Event) -> None:
-        if await rt.store.version(conn, event.stream_id) > 0:
-            return  # the case exists already
-        await rt.store.append(conn, event.stream_id, 0, open_case(event))
+    def handler(decide: Callable[[Case | None, Event], list[NewEvent]]) -> Handler:
+        async def handle(conn: asyncpg.Connection, event: Event) -> None:
+            await change(conn, rt, event.stream_id, lambda case, _now: decide(case, event))
 
-    async def on_complaint_withdrawn(conn: asyncpg.Connection, event: Event) -> None:
-        events = await rt.store.load(conn, event.stream_id)
-        case = fold(events)
-        new = close_withdrawn(case, event)
-        if new:
-            await rt.store.append(conn, event.stream_id, len(events), new)
+        return handle
 
+    def opening(case: Case | None, event: Event) -> list[NewEvent]:
+        return open_case(event) if case is None else []
+
+    t = rt.topics
     return [
         Subscription(
-            name=f"{rt.topics.prefix}complaints-resolution",
-            topics=(rt.topics.intake,),
+            name=f"{t.prefix}complaints-resolution",
+            topics=(t.intake, t.followup),
             handlers={
-                "ComplaintReceived": on_complaint_received,
-                "ComplaintWithdrawn": on_complaint_withdrawn,
+                "ComplaintReceived": handler(opening),
+                "ComplaintWithdrawn": handler(close_withdrawn),
+                "ComplaintDetailsAdded": handler(details_as_clarification),
+                "ReopenRequested": handler(reopen_requested),
             },
         )
     ]

@@ -1,0 +1,410 @@
+"""Agent commands on a case and the decisions they lead to (no I/O)."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from decimal import Decimal
+from enum import StrEnum
+from typing import Annotated, Any, Literal, Self
+
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, StringConstraints, model_validator
+
+from complaints_resolution.domain import Case, check_action, new_id, require
+from complaints_shared.envelope import NewEvent
+from complaints_shared.errors import CommandRejected, Forbidden, InputRejected
+from complaints_shared.policy import Policy
+
+Text = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=2000)]
+Name = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=100)]
+Currency = Annotated[str, StringConstraints(pattern=r"^[A-Z]{3}$")]
+Role = Literal["agent", "supervisor", "manager"]
+
+
+class Remedy(StrEnum):
+    repair = "repair"
+    replacement = "replacement"
+    refund = "refund"
+    repeat_performance = "repeat_performance"
+    price_reduction = "price_reduction"
+    apology = "apology"
+    goodwill_gesture = "goodwill_gesture"
+    explanation = "explanation"
+
+
+MONEY_REMEDIES = (Remedy.refund, Remedy.price_reduction, Remedy.goodwill_gesture)
+
+
+class _Command(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class Owner(_Command):
+    id: Name
+    name: Name
+    contact: Annotated[
+        str, StringConstraints(strip_whitespace=True, min_length=3, max_length=254)
+    ] = Field(description="phone number or e-mail address the customer can reach the owner on")
+    team: Name | None = None
+
+
+class AssignCase(_Command):
+    owner: Owner
+    assigned_by: Name
+
+
+class RequestClarification(_Command):
+    questions: list[Text] = Field(min_length=1, max_length=10)
+    requested_by: Name
+
+
+class ReceiveClarification(_Command):
+    answer: Text
+    received_by: Name
+
+
+class IdentifyCause(_Command):
+    what_happened: Text
+    what_should_have_happened: Text
+    what_went_wrong: Text
+    root_cause: Name = Field(description="a code of the policy's root-cause taxonomy")
+    responsible: Literal["us", "customer", "third_party"]
+    identified_by: Name
+
+
+class SolutionOption(_Command):
+    remedy: Remedy
+    description: Text
+    amount: Decimal | None = Field(None, gt=0, max_digits=12, decimal_places=2)
+    currency: Currency | None = None
+
+    @model_validator(mode="after")
+    def _money(self) -> Self:
+        if self.remedy in MONEY_REMEDIES and (self.amount is None or self.currency is None):
+            raise ValueError(f"a {self.remedy.value} needs an amount and a currency")
+        if (self.amount is None) != (self.currency is None):
+            raise ValueError("give amount and currency together")
+        return self
+
+
+class ProposeSolution(_Command):
+    options: list[SolutionOption] = Field(min_length=1, max_length=5)
+    proposed_by: Name
+
+
+class AgreeSolution(_Command):
+    option_id: int = Field(ge=1, description="the chosen option of the latest proposal")
+    agreed_outcome: Text = Field(description="what the customer will have, in their words")
+    indicators: list[Text] = Field(
+        min_length=1, max_length=10, description="how both sides will know it was delivered"
+    )
+    deadline: AwareDatetime
+    recorded_by: Name
+
+
+class RejectSolution(_Command):
+    reason: Text
+    recorded_by: Name
+
+
+class PlanAction(_Command):
+    description: Text
+    owner: Name
+    due_at: AwareDatetime
+
+
+class CompleteAction(_Command):
+    action_id: Name
+    outcome: Text | None = None
+    completed_by: Name
+
+
+class RequestCompensation(_Command):
+    amount: Decimal = Field(gt=0, max_digits=12, decimal_places=2)
+    currency: Currency
+    reason: Text
+    requested_by: Name
+
+
+class DecideCompensation(_Command):
+    request_id: Name
+    decided_by: Name
+    role: Role
+    note: Text | None = None
+
+
+class Override(_Command):
+    by: Name
+    role: Role
+    reason: Text
+
+
+class ResolveCase(_Command):
+    summary: Text = Field(description="what was done, for the customer and the record")
+    resolved_by: Name
+    override: Override | None = Field(
+        None, description="a supervisor's decision to resolve with actions still open"
+    )
+
+
+class CloseCase(_Command):
+    closed_by: Name
+    reason: Text | None = None
+
+
+class ReopenCase(_Command):
+    reason: Text
+    reopened_by: Name
+
+
+def _future(value: datetime, now: datetime, field: str) -> None:
+    if value <= now:
+        raise InputRejected(field, "must be in the future")
+
+
+def assign(case: Case, c: AssignCase, now: datetime, policy: Policy) -> list[NewEvent]:
+    require(case, "assign")
+    return [
+        NewEvent(
+            type="CaseAssigned",
+            data={
+                "owner": c.owner.model_dump(exclude_none=True),
+                "assigned_by": c.assigned_by,
+                "previous_owner": case.owner["id"] if case.owner else None,
+            },
+        )
+    ]
+
+
+def request_clarification(
+    case: Case, c: RequestClarification, now: datetime, policy: Policy
+) -> list[NewEvent]:
+    require(case, "request_clarification")
+    return [NewEvent(type="ClarificationRequested", data=c.model_dump())]
+
+
+def receive_clarification(
+    case: Case, c: ReceiveClarification, now: datetime, policy: Policy
+) -> list[NewEvent]:
+    require(case, "receive_clarification")
+    return [NewEvent(type="ClarificationReceived", data=c.model_dump())]
+
+
+def identify_cause(case: Case, c: IdentifyCause, now: datetime, policy: Policy) -> list[NewEvent]:
+    require(case, "identify_cause")
+    if c.root_cause not in policy.resolution.root_causes:
+        raise InputRejected(
+            "body.root_cause",
+            f"unknown root cause {c.root_cause!r}",
+            allowed=list(policy.resolution.root_causes),
+        )
+    return [NewEvent(type="CauseIdentified", data={**c.model_dump(), "category": case.category})]
+
+
+def propose_solution(
+    case: Case, c: ProposeSolution, now: datetime, policy: Policy
+) -> list[NewEvent]:
+    require(case, "propose_solution")
+    options = [
+        {"option_id": i, **o.model_dump(mode="json", exclude_none=True)}
+        for i, o in enumerate(c.options, start=1)
+    ]
+    return [
+        NewEvent(
+            type="SolutionProposed",
+            data={"proposal_id": new_id(), "options": options, "proposed_by": c.proposed_by},
+        )
+    ]
+
+
+def agree_solution(case: Case, c: AgreeSolution, now: datetime, policy: Policy) -> list[NewEvent]:
+    require(case, "agree_solution")
+    proposal = case.proposals[-1]
+    option = next((o for o in proposal["options"] if o["option_id"] == c.option_id), None)
+    if option is None:
+        count = len(proposal["options"])
+        raise InputRejected("body.option_id", f"the proposal has options 1..{count}")
+    _future(c.deadline, now, "body.deadline")
+    return [
+        NewEvent(
+            type="SolutionAgreed",
+            data={
+                "proposal_id": proposal["proposal_id"],
+                "option": option,
+                "agreed_outcome": c.agreed_outcome,
+                "indicators": c.indicators,
+                "deadline": c.deadline.isoformat(),
+                "recorded_by": c.recorded_by,
+            },
+        )
+    ]
+
+
+def reject_solution(case: Case, c: RejectSolution, now: datetime, policy: Policy) -> list[NewEvent]:
+    require(case, "reject_solution")
+    return [
+        NewEvent(
+            type="SolutionRejected",
+            data={"proposal_id": case.proposals[-1]["proposal_id"], **c.model_dump()},
+        )
+    ]
+
+
+def plan_action(case: Case, c: PlanAction, now: datetime, policy: Policy) -> list[NewEvent]:
+    require(case, "plan_action")
+    _future(c.due_at, now, "body.due_at")
+    return [
+        NewEvent(
+            type="ActionPlanned",
+            data={
+                "action_id": new_id(),
+                "description": c.description,
+                "owner": c.owner,
+                "due_at": c.due_at.isoformat(),
+            },
+        )
+    ]
+
+
+def complete_action(case: Case, c: CompleteAction, now: datetime, policy: Policy) -> list[NewEvent]:
+    require(case, "complete_action")
+    action = check_action(case, c.action_id)
+    if action.completed_at is not None:
+        raise CommandRejected(case.state.value, "complete_action", ["(the action is done)"])
+    return [NewEvent(type="ActionCompleted", data=c.model_dump(exclude_none=True))]
+
+
+def request_compensation(
+    case: Case, c: RequestCompensation, now: datetime, policy: Policy
+) -> list[NewEvent]:
+    require(case, "request_compensation")
+    cp = policy.compensation
+    if c.currency != cp.currency:
+        raise InputRejected("body.currency", f"compensation is decided in {cp.currency}")
+    request_id = new_id()
+    events = [
+        NewEvent(
+            type="CompensationRequested",
+            data={
+                "request_id": request_id,
+                "amount": str(c.amount),
+                "currency": c.currency,
+                "reason": c.reason,
+                "requested_by": c.requested_by,
+                "needs": "none"
+                if c.amount <= cp.agent_limit
+                else "supervisor"
+                if c.amount <= cp.supervisor_limit
+                else "manager",
+            },
+        )
+    ]
+    if c.amount <= cp.agent_limit:
+        events.append(
+            NewEvent(
+                type="CompensationApproved",
+                data={
+                    "request_id": request_id,
+                    "decided_by": None,
+                    "within_agent_limit": True,
+                    "amount": str(c.amount),
+                    "currency": c.currency,
+                },
+            )
+        )
+    return events
+
+
+def decide_compensation(
+    case: Case, c: DecideCompensation, approve: bool, now: datetime, policy: Policy
+) -> list[NewEvent]:
+    command = "approve_compensation" if approve else "decline_compensation"
+    require(case, command)
+    request = case.compensation(c.request_id)
+    if request is None:
+        raise InputRejected("body.request_id", f"no compensation request {c.request_id!r}")
+    if request.status != "pending":
+        raise CommandRejected(f"compensation {request.status}", command, [])
+    if c.decided_by == request.requested_by:
+        raise Forbidden("nobody decides on their own compensation request")
+    needed = "supervisor" if request.amount <= policy.compensation.supervisor_limit else "manager"
+    if c.role == "agent" or (needed == "manager" and c.role != "manager"):
+        raise Forbidden(f"a compensation of {request.amount} {request.currency} needs a {needed}")
+    return [
+        NewEvent(
+            type="CompensationApproved" if approve else "CompensationDeclined",
+            data={
+                "request_id": c.request_id,
+                "decided_by": c.decided_by,
+                "role": c.role,
+                "note": c.note,
+                "amount": str(request.amount),
+                "currency": request.currency,
+            },
+        )
+    ]
+
+
+def resolve(case: Case, c: ResolveCase, now: datetime, policy: Policy) -> list[NewEvent]:
+    require(case, "resolve")
+    open_actions = [a.action_id for a in case.actions if a.completed_at is None]
+    pending = [x.request_id for x in case.compensations if x.status == "pending"]
+    if (open_actions or pending) and c.override is None:
+        raise CommandRejected(
+            case.state.value,
+            "resolve",
+            [
+                f"complete actions {', '.join(open_actions)}"
+                if open_actions
+                else f"decide compensation {', '.join(pending)}",
+                "resolve with a supervisor override",
+            ],
+        )
+    if c.override is not None and c.override.role == "agent":
+        raise Forbidden("only a supervisor or manager can override open actions")
+    data: dict[str, Any] = {
+        "complaint_id": str(case.complaint_id),
+        "summary": c.summary,
+        "resolved_by": c.resolved_by,
+        "category": case.category,
+        "severity": case.severity,
+        "root_cause": (case.cause or {}).get("root_cause"),
+        "remedy": ((case.agreed or {}).get("option") or {}).get("remedy"),
+        "compensation_awarded": [
+            {"amount": str(x.amount), "currency": x.currency}
+            for x in case.compensations
+            if x.status == "approved"
+        ],
+        "reopen_count": case.reopen_count,
+    }
+    if c.override is not None:
+        data["override"] = {
+            **c.override.model_dump(),
+            "open_actions": open_actions,
+            "pending_compensation": pending,
+        }
+    return [NewEvent(type="CaseResolved", data=data)]
+
+
+def close(case: Case, c: CloseCase, now: datetime, policy: Policy) -> list[NewEvent]:
+    require(case, "close")
+    return [
+        NewEvent(
+            type="CaseClosed",
+            data={"complaint_id": str(case.complaint_id), **c.model_dump(exclude_none=True)},
+        )
+    ]
+
+
+def reopen(case: Case, c: ReopenCase, now: datetime, policy: Policy) -> list[NewEvent]:
+    require(case, "reopen")
+    return [
+        NewEvent(
+            type="CaseReopened",
+            data={
+                "complaint_id": str(case.complaint_id),
+                "reason": c.reason,
+                "requested_by": "agent",
+                "reopened_by": c.reopened_by,
+            },
+        )
+    ]
