@@ -192,3 +192,16 @@ async def resolve_case(
     assert r.status_code == 200, r.text
     result: dict[str, Any] = r.json()
     return result
+
+
+class ManualClock:
+    """A clock the test moves: ``clock()`` is now, ``clock.advance(delta)`` moves it."""
+
+    def __init__(self, start: Any) -> None:
+        self.now = start
+
+    def __call__(self) -> Any:
+        return self.now
+
+    def advance(self, delta: Any) -> None:
+        self.now = self.now + delta

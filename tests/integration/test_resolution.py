@@ -1,0 +1,385 @@
+"""Resolution on the real broker and database: lifecycle, SLA timers, concurrency, authority."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from aiokafka import AIOKafkaProducer
+
+from complaints_shared.envelope import Event, from_kafka_record, to_kafka_record
+from complaints_shared.service import create_app
+from complaints_shared.settings import ServiceSettings
+from complaints_shared.telemetry import setup_telemetry
+from tests.integration.conftest import SPECS, Platform, StartPlatform
+from tests.support import (
+    AGENT,
+    ManualClock,
+    drive_to_agreed,
+    eventually,
+    read_topic,
+    resolve_case,
+    serve,
+)
+
+pytestmark = pytest.mark.integration
+
+MONDAY_9 = datetime(2026, 11, 23, 9, 0, tzinfo=UTC)
+H = timedelta(hours=1)
+
+
+@pytest.fixture
+def fast_timers(tmp_path: Path) -> Path:
+    p = tmp_path / "policy.toml"
+    p.write_text('[resolution]\ntimer_poll = "PT0.05S"\nmanager_after = "PT4H"\n')
+    return p
+
+
+@pytest.fixture
+async def http() -> httpx.AsyncClient:
+    async with httpx.AsyncClient(timeout=30) as client:
+        yield client
+
+
+async def new_case(p: Platform, http: httpx.AsyncClient, **over: Any) -> str:
+    body = {
+        "channel": "email",
+        "subject": "Cobro duplicado",
+        "description": "Me han cobrado dos veces la misma factura.",
+        "customer": {"name": "Lucía", "email": "lucia@example.es", "language": "es"},
+        "category": "billing",
+        "severity": "high",
+        **over,
+    }
+    r = await http.post(f"{p.url('intake')}/complaints", json=body)
+    assert r.status_code == 201, r.text
+    cid = r.json()["id"]
+
+    async def opened() -> bool:
+        return (await http.get(f"{p.url('resolution')}/cases/{cid}")).status_code == 200
+
+    await eventually(opened, what="the case to open")
+    return cid
+
+
+async def resolution_events(p: Platform, cid: str, count: int) -> list[Event]:
+    bootstrap = p.servers["resolution"].app.state.runtime.settings.kafka_bootstrap
+    records = await read_topic(bootstrap, f"{p.prefix}complaints.resolution.v1", count=count)
+    return [
+        e
+        for e in (from_kafka_record(r.value, r.headers) for r in records)
+        if str(e.stream_id) == cid
+    ]
+
+
+async def test_a_whole_lifecycle_keeps_the_customer_informed_in_their_language(
+    start_platform: StartPlatform, http
+):
+    p = await start_platform("intake", "resolution")
+    cid = await new_case(p, http)
+    base = f"{p.url('resolution')}/cases/{cid}"
+    r = await http.post(
+        f"{base}/clarification-requests",
+        json={"questions": ["¿Fecha del cargo?"], "requested_by": "a"},
+    )
+    assert r.status_code == 409 and r.json()["allowed_commands"] == ["assign"]
+    await http.post(f"{base}/assign", json={"owner": AGENT, "assigned_by": "lead"})
+    r = await http.post(
+        f"{base}/clarification-requests",
+        json={"questions": ["¿Fecha del cargo?"], "requested_by": "agent-7"},
+    )
+    assert r.json()["state"] == "awaiting_customer"
+    assert r.json()["sla"]["resolution"]["paused"] is True
+    # the customer answers through intake: the clarification is received, the clock resumes
+    await http.post(
+        f"{p.url('intake')}/complaints/{cid}/details", json={"note": "El 3 de noviembre"}
+    )
+
+    async def investigating() -> dict | None:
+        case = (await http.get(base)).json()
+        return case if case["state"] == "investigating" else None
+
+    case = await eventually(investigating, what="the clarification to arrive")
+    assert case["sla"]["resolution"]["paused"] is False
+    case = await drive_to_agreed(http, p.url("resolution"), cid)
+    r = await http.post(
+        f"{base}/actions",
+        json={
+            "description": "Devolver el cargo duplicado",
+            "owner": "finance",
+            "due_at": (datetime.now(UTC) + timedelta(days=2)).isoformat(),
+        },
+    )
+    action = r.json()["actions"][0]["action_id"]
+    blocked = await http.post(f"{base}/resolve", json={"summary": "x", "resolved_by": "agent-7"})
+    assert blocked.status_code == 409
+    await http.post(
+        f"{base}/actions/{action}/complete", json={"outcome": "refunded", "completed_by": "fin-2"}
+    )
+    r = await http.post(
+        f"{base}/resolve", json={"summary": "Hemos devuelto el cargo", "resolved_by": "agent-7"}
+    )
+    assert r.status_code == 200 and r.json()["state"] == "resolved"
+    assert r.json()["sla"]["resolution"]["met_at"] is not None
+
+    events = await resolution_events(p, cid, 11)  # the helper reassigns: two CaseAssigned
+    visible = {e.type: e.data["customer_message"] for e in events if "customer_message" in e.data}
+    assert set(visible) == {
+        "CaseAssigned",
+        "ClarificationRequested",
+        "SolutionProposed",
+        "SolutionAgreed",
+        "CaseResolved",
+    }
+    assert all(m["language"] == "es" and m["channel"] == "email" for m in visible.values())
+    assert "Rita Lopes" in visible["CaseAssigned"]["body"]
+    assert AGENT["contact"] in visible["CaseAssigned"]["body"]
+    assert "¿Fecha del cargo?" in visible["ClarificationRequested"]["body"]
+    assert "0,50" in visible["SolutionProposed"]["body"]  # money in the customer's locale
+    assert "refund visible on the card statement" in visible["SolutionAgreed"]["body"]
+    assert "2099" in visible["SolutionAgreed"]["body"]
+    assert "Hemos devuelto el cargo" in visible["CaseResolved"]["body"]
+    assert [e.type for e in events].count("ClarificationReceived") == 1
+
+
+async def test_two_agents_at_once_one_gets_409_and_the_stream_stays_whole(
+    start_platform: StartPlatform, http
+):
+    p = await start_platform("intake", "resolution")
+    cid = await new_case(p, http)
+    base = f"{p.url('resolution')}/cases/{cid}"
+    version = (await http.get(base)).json()["version"]
+    owners = [{**AGENT, "id": f"agent-{i}", "name": f"Agent {i}"} for i in range(2)]
+    answers = await asyncio.gather(
+        *(
+            http.post(
+                f"{base}/assign",
+                json={"owner": o, "assigned_by": "lead"},
+                headers={"If-Match": str(version)},
+            )
+            for o in owners
+        )
+    )
+    assert sorted(a.status_code for a in answers) == [200, 409]
+    loser = next(a for a in answers if a.status_code == 409)
+    assert loser.headers["content-type"] == "application/problem+json"
+    # without If-Match, racing writers never corrupt the stream: each append is whole
+    answers = await asyncio.gather(
+        *(
+            http.post(f"{base}/assign", json={"owner": owners[i % 2], "assigned_by": "lead"})
+            for i in range(10)
+        )
+    )
+    assert {a.status_code for a in answers} <= {200, 409}
+    case = (await http.get(base)).json()
+    assert [h["version"] for h in case["history"]] == list(range(1, case["version"] + 1))
+    assert len(case["owner_history"]) == 1 + sum(a.status_code == 200 for a in answers)
+
+
+async def test_compensation_limits_and_self_approval(start_platform: StartPlatform, http):
+    p = await start_platform("intake", "resolution")
+    cid = await new_case(p, http)
+    base = f"{p.url('resolution')}/cases/{cid}"
+    await drive_to_agreed(http, p.url("resolution"), cid)
+
+    async def ask(amount: str) -> dict:
+        r = await http.post(
+            f"{base}/compensation-requests",
+            json={
+                "amount": amount,
+                "currency": "EUR",
+                "reason": "trouble",
+                "requested_by": "agent-7",
+            },
+        )
+        assert r.status_code == 200, r.text
+        return r.json()["compensation"][-1]
+
+    assert (await ask("25.00"))["status"] == "approved"
+    pending = await ask("200.00")
+    assert pending["status"] == "pending"
+    url = f"{base}/compensation-requests/{pending['request_id']}"
+    own = await http.post(f"{url}/approve", json={"decided_by": "agent-7", "role": "supervisor"})
+    assert own.status_code == 403 and "own" in own.json()["detail"]
+    agent = await http.post(f"{url}/approve", json={"decided_by": "agent-8", "role": "agent"})
+    assert agent.status_code == 403
+    ok = await http.post(f"{url}/approve", json={"decided_by": "sup-1", "role": "supervisor"})
+    assert ok.status_code == 200 and ok.json()["compensation"][-1]["status"] == "approved"
+    twice = await http.post(f"{url}/decline", json={"decided_by": "sup-2", "role": "supervisor"})
+    assert twice.status_code == 409
+    bad = await http.post(
+        f"{base}/compensation-requests",
+        json={"amount": "-3", "currency": "EUR", "reason": "x", "requested_by": "a"},
+    )
+    assert bad.status_code == 422 and bad.json()["errors"][0]["field"] == "body.amount"
+
+
+async def test_breach_escalates_through_durable_timers_also_after_a_restart(
+    start_platform: StartPlatform, http, fast_timers, infrastructure, new_database, topic_prefix
+):
+    clock = ManualClock(MONDAY_9)
+    p = await start_platform("intake", policy=fast_timers, clock=clock)
+    # resolution runs on a database of its own that outlives its first process
+    dsn = await new_database()
+    settings = ServiceSettings(
+        kafka_bootstrap=infrastructure.kafka_bootstrap,
+        database_url=dsn,
+        topic_prefix=topic_prefix,
+        policy=fast_timers,
+    )
+
+    async def start_resolution():  # type: ignore[no-untyped-def]
+        app = create_app(
+            SPECS["resolution"], settings, telemetry=setup_telemetry("resolution"), clock=clock
+        )
+        server = await serve(app)
+        p.servers["resolution"] = server
+        return server
+
+    server = await start_resolution()
+    cid = await new_case(p, http, severity="critical")  # first response due in 2 business h
+    base = f"{p.url('resolution')}/cases/{cid}"
+    case = (await http.get(base)).json()
+    assert case["sla"]["first_response"]["due_at"] == "2026-11-23T11:00:00Z"
+
+    async def level(expected: str | None) -> dict | None:
+        c = (await http.get(f"{p.url('resolution')}/cases/{cid}")).json()
+        return c if c["escalation_level"] == expected else None
+
+    clock.advance(1.7 * H)  # past the warning (80 %)
+    await asyncio.sleep(0.3)
+    assert (await http.get(base)).json()["escalation_level"] is None
+    clock.advance(0.4 * H)  # past the breach
+    case = await eventually(lambda: level("team_lead"), what="escalation to the team lead")
+    assert case["sla"]["first_response"]["breached"] is True
+    worklist = (await http.get(f"{p.url('resolution')}/cases", params={"overdue": "true"})).json()
+    assert [c["complaint_id"] for c in worklist["items"]] == [cid]
+
+    await server.stop()  # the service goes down; the timers stay in PostgreSQL
+    clock.advance(4 * H)  # past manager_after (4 business hours after the breach)
+    await start_resolution()
+    await eventually(lambda: level("manager"), what="escalation to the manager after restart")
+
+    events = await resolution_events(p, cid, 5)
+    assert [e.type for e in events] == [
+        "CaseOpened",
+        "DeadlineApproaching",
+        "DeadlineBreached",
+        "CaseEscalated",
+        "CaseEscalated",
+    ]
+    assert [e.data["level"] for e in events if e.type == "CaseEscalated"] == [
+        "team_lead",
+        "manager",
+    ]
+    assert events[2].data["deadline"] == "first_response"
+
+
+async def test_reopen_by_an_agent_and_by_followups_request(start_platform: StartPlatform, http):
+    p = await start_platform("intake", "resolution")
+    cid = await new_case(p, http)
+    base = f"{p.url('resolution')}/cases/{cid}"
+    await resolve_case(http, p.url("resolution"), cid)
+    no_reason = await http.post(f"{base}/reopen", json={"reopened_by": "agent-7"})
+    assert no_reason.status_code == 422
+    r = await http.post(
+        f"{base}/reopen", json={"reason": "refund bounced", "reopened_by": "agent-7"}
+    )
+    assert r.status_code == 200 and r.json()["state"] == "investigating"
+    assert r.json()["reopen_count"] == 1 and r.json()["sla"]["resolution"]["met_at"] is None
+    await http.post(
+        f"{base}/cause",
+        json={
+            "what_happened": "a",
+            "what_should_have_happened": "b",
+            "what_went_wrong": "c",
+            "root_cause": "process",
+            "responsible": "us",
+            "identified_by": "agent-7",
+        },
+    )
+    await http.post(
+        f"{base}/proposals",
+        json={"options": [{"remedy": "apology", "description": "sorry"}], "proposed_by": "agent-7"},
+    )
+    await http.post(
+        f"{base}/agreement",
+        json={
+            "option_id": 1,
+            "agreed_outcome": "apology",
+            "indicators": ["letter sent"],
+            "deadline": "2099-01-01T00:00:00Z",
+            "recorded_by": "agent-7",
+        },
+    )
+    await http.post(f"{base}/resolve", json={"summary": "apologised", "resolved_by": "agent-7"})
+
+    # an unhappy customer, as followup reports it on its topic
+    bootstrap = p.servers["resolution"].app.state.runtime.settings.kafka_bootstrap
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all")
+    await producer.start()
+    try:
+        request = Event(
+            event_id=uuid.uuid4(),
+            type="ReopenRequested",
+            stream_id=uuid.UUID(cid),
+            version=3,
+            occurred_at=datetime.now(UTC),
+            source="/complaints/followup",
+            data={"reason": "score 1 of 5"},
+        )
+        rec = to_kafka_record(request)
+        for _ in range(2):  # delivered twice: one effect
+            await producer.send_and_wait(
+                f"{p.prefix}complaints.followup.v1", rec.value, key=rec.key, headers=rec.headers
+            )
+    finally:
+        await producer.stop()
+
+    async def reopened() -> dict | None:
+        c = (await http.get(base)).json()
+        return c if c["reopen_count"] == 2 else None
+
+    case = await eventually(reopened, what="the case to reopen from followup's request")
+    assert case["state"] == "investigating"
+    await asyncio.sleep(0.5)
+    assert [h["type"] for h in (await http.get(base)).json()["history"]].count("CaseReopened") == 2
+
+
+async def test_worklist_sorted_by_nearest_deadline_with_filters(
+    start_platform: StartPlatform, http
+):
+    p = await start_platform("intake", "resolution")
+    low = await new_case(p, http, severity="low", customer={"name": "A", "email": "a@x.es"})
+    critical = await new_case(
+        p, http, severity="critical", customer={"name": "B", "email": "b@x.es"}
+    )
+    medium = await new_case(p, http, severity="medium", customer={"name": "C", "email": "c@x.es"})
+    await http.post(
+        f"{p.url('resolution')}/cases/{medium}/assign", json={"owner": AGENT, "assigned_by": "lead"}
+    )
+    url = f"{p.url('resolution')}/cases"
+    items = (await http.get(url)).json()["items"]
+    assert [c["complaint_id"] for c in items][:1] == [critical]
+    dues = [c["next_deadline_at"] for c in items]
+    assert dues == sorted(dues)
+    mine = (await http.get(url, params={"owner": "agent-7"})).json()["items"]
+    assert [c["complaint_id"] for c in mine] == [medium]
+    assert [
+        c["complaint_id"] for c in (await http.get(url, params={"severity": "low"})).json()["items"]
+    ] == [low]
+    soon = (await http.get(url, params={"breach_within": "PT1S"})).json()["items"]
+    assert soon == []
+    page1 = (await http.get(url, params={"limit": 2})).json()
+    page2 = (await http.get(url, params={"limit": 2, "cursor": page1["next_cursor"]})).json()
+    assert [c["complaint_id"] for c in page1["items"] + page2["items"]] == [
+        c["complaint_id"] for c in items
+    ]
+    assert page2["next_cursor"] is None
+    bad = await http.get(url, params={"breach_within": "soon"})
+    assert bad.status_code == 422
