@@ -56,6 +56,27 @@ SUMMARIES: dict[str, Summary] = {
     ),
     "DeadlineBreached": lambda d: f"Deadline breached: {d.get('deadline', '?')!s}",
     "CaseEscalated": lambda d: f"Escalated to {str(d.get('level', '?')).replace('_', ' ')}",
+    "ClarificationRequested": lambda d: "Customer asked: " + "; ".join(d.get("questions", [])),
+    "ClarificationReceived": lambda d: "Customer answered the clarification",
+    "SolutionProposed": lambda d: (
+        "Solution proposed: " + _list(o.get("remedy") for o in d.get("options", []))
+    ),
+    "SolutionAgreed": lambda d: (
+        f"Solution agreed: {d.get('agreed_outcome', '?')} by {d.get('deadline', '?')}"
+    ),
+    "SolutionRejected": lambda d: f"Solution rejected: {d.get('reason', '?')}",
+    "ActionPlanned": lambda d: (
+        f"Action planned: {d.get('description', '?')} (due {d.get('due_at', '?')})"
+    ),
+    "ActionCompleted": lambda d: "Action completed",
+    "CompensationRequested": lambda d: (
+        f"Compensation requested: {d.get('amount')} {d.get('currency')}"
+    ),
+    "CompensationApproved": lambda d: (
+        f"Compensation approved: {d.get('amount')} {d.get('currency')}"
+    ),
+    "CompensationDeclined": lambda d: "Compensation declined",
+    "DeadlineApproaching": lambda d: f"Deadline approaching: {str(d.get('deadline', '?'))}",
     "SatisfactionCheckScheduled": lambda d: (
         f"Satisfaction check scheduled for {d.get('due_at', '?')} by {d.get('channel', '?')}"
     ),
