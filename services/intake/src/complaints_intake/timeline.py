@@ -76,7 +76,7 @@ SUMMARIES: dict[str, Summary] = {
         f"Compensation approved: {d.get('amount')} {d.get('currency')}"
     ),
     "CompensationDeclined": lambda d: "Compensation declined",
-    "DeadlineApproaching": lambda d: f"Deadline approaching: {str(d.get('deadline', '?'))}",
+    "DeadlineApproaching": lambda d: f"Deadline approaching: {d.get('deadline', '?')!s}",
     "SatisfactionCheckScheduled": lambda d: (
         f"Satisfaction check scheduled for {d.get('due_at', '?')} by {d.get('channel', '?')}"
     ),
