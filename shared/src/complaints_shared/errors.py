@@ -57,3 +57,7 @@ class InputRejected(Exception):
 
 class Forbidden(Exception):
     """The actor may not do this (authority, four-eyes rule): answered 403."""
+
+
+class Gone(Exception):
+    """The resource existed but is no longer usable (expired, cancelled): answered 410."""

@@ -108,6 +108,19 @@ class CalendarPolicy(_Section):
 class FollowupPolicy(_Section):
     satisfaction_check_delay: timedelta = timedelta(days=3)
     response_period: timedelta = timedelta(days=14)
+    reminder_after: timedelta = Field(
+        timedelta(days=7), description="after sending; must be within the period"
+    )
+    delivery_max_attempts: int = Field(8, ge=1, le=50)
+    delivery_retry: timedelta = Field(timedelta(seconds=30), description="first retry delay")
+    delivery_retry_max: timedelta = timedelta(hours=1)
+    timer_poll: timedelta = timedelta(seconds=1)
+
+    @model_validator(mode="after")
+    def _reminder_before_expiry(self) -> FollowupPolicy:
+        if self.reminder_after >= self.response_period:
+            raise ValueError("reminder_after must be shorter than response_period")
+        return self
 
 
 class LearningPolicy(_Section):

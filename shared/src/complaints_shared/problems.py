@@ -14,6 +14,7 @@ from complaints_shared.errors import (
     CommandRejected,
     ConcurrencyConflict,
     Forbidden,
+    Gone,
     InputRejected,
     NotFound,
 )
@@ -165,3 +166,7 @@ def install_problem_handlers(app: FastAPI) -> None:
     @app.exception_handler(Forbidden)
     async def _forbidden(request: Request, exc: Forbidden) -> JSONResponse:
         return problem(403, "Not allowed", str(exc), slug="forbidden", instance=request.url.path)
+
+    @app.exception_handler(Gone)
+    async def _gone(request: Request, exc: Gone) -> JSONResponse:
+        return problem(410, "Gone", str(exc), slug="gone", instance=request.url.path)

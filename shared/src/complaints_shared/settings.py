@@ -33,6 +33,19 @@ class ServiceSettings(BaseSettings):
     topic_replication_factor: int = Field(1, ge=1, le=10)
     log_level: str = "INFO"
     max_body_bytes: int = Field(256 * 1024, ge=1024, description="larger bodies get 413")
+    smtp_host: str | None = Field(None, description="SMTP server for e-mail to customers")
+    smtp_port: int = Field(25, ge=1, le=65535)
+    smtp_username: str | None = None
+    smtp_password: str | None = None
+    smtp_starttls: bool = False
+    smtp_from: str = "Customer Care <care@complaints.local>"
+    webhook_url: str | None = Field(
+        None, description="gateway for SMS, phone, chat, social, web and letter messages"
+    )
+    public_url: str = Field("http://127.0.0.1:8003", description="base of survey links")
+    survey_secret: str | None = Field(
+        None, min_length=16, description="signs survey tokens; default: kept in the database"
+    )
     templates_dir: Path | None = Field(
         None, description="folder whose message templates and rule files replace the built-in"
     )

@@ -2,17 +2,23 @@
 
 from __future__ import annotations
 
-from complaints_followup.api import router
+from complaints_followup.api import checks, satisfaction, surveys
 from complaints_followup.handlers import subscriptions
+from complaints_followup.resources import prepare
+from complaints_followup.worker import run_followup
 from complaints_shared.service import ServiceSpec
 
 SPEC = ServiceSpec(
     name="followup",
     title="Complaint follow-up",
-    description="Schedules satisfaction checks after resolution; reopens unhappy customers' cases.",
+    description="Delivers every message to the customer, checks a few days after resolution"
+    " that they are happy (a signed survey link, no login), measures CSS and reopens the case"
+    " when they are not.",
     default_port=8003,
     package="complaints_followup",
     own_topic=lambda t: t.followup,
-    routers=[router],
+    routers=[checks, surveys, satisfaction],
     subscriptions=subscriptions,
+    prepare=prepare,
+    background=lambda rt: [run_followup(rt)],
 )

@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-from datetime import datetime
-
 import asyncpg
 
-from complaints_followup.domain import cancel_checks, schedule_check
+from complaints_followup.domain import cancel_open_checks, schedule_check
+from complaints_followup.store import change, contact_row, enqueue
 from complaints_shared.consumer import Subscription
 from complaints_shared.envelope import Event
 from complaints_shared.service import Runtime
@@ -14,14 +13,81 @@ from complaints_shared.service import Runtime
 
 def subscriptions(rt: Runtime) -> list[Subscription]:
     async def on_complaint_received(conn: asyncpg.Connection, event: Event) -> None:
-        customer = event.data.get("customer") or {}
+        c = contact_row(event)
         await conn.execute(
-            "INSERT INTO contact_preferences (complaint_id, channel, language)"
-            " VALUES ($1, $2, $3) ON CONFLICT (complaint_id) DO NOTHING",
-            event.stream_id,
-            customer.get("preferred_channel") or event.data.get("channel"),
-            customer.get("language"),
+            "INSERT INTO contact_preferences (complaint_id, channel, language, reference, name,"
+            " email, phone, postal_address, consent_to_other_channel, category,"
+            " received_channel) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)"
+            " ON CONFLICT (complaint_id) DO UPDATE SET channel = $2, language = $3,"
+            " reference = $4, name = $5, email = $6, phone = $7, postal_address = $8,"
+            " consent_to_other_channel = $9, category = $10, received_channel = $11",
+            c["complaint_id"],
+            c["channel"],
+            c["language"],
+            c["reference"],
+            c["name"],
+            c["email"],
+            c["phone"],
+            c["postal_address"],
+            c["consent"],
+            c["category"],
+            c["received_channel"],
         )
+
+    async def on_acknowledged(conn: asyncpg.Connection, event: Event) -> None:
+        d = event.data
+        await enqueue(
+            conn,
+            rt,
+            complaint_id=event.stream_id,
+            kind="message",
+            ref=str(event.event_id),
+            source_type=event.type,
+            channel=d["channel"],
+            language=d["language"],
+            subject=d["message"]["subject"],
+            body=d["message"]["body"],
+        )
+
+    async def on_customer_message(conn: asyncpg.Connection, event: Event) -> None:
+        message = event.data.get("customer_message")
+        if message:
+            await enqueue(
+                conn,
+                rt,
+                complaint_id=event.stream_id,
+                kind="message",
+                ref=str(event.event_id),
+                source_type=event.type,
+                channel=message["channel"],
+                language=message["language"],
+                subject=message["subject"],
+                body=message["body"],
+            )
+
+    async def on_case_resolved(conn: asyncpg.Connection, event: Event) -> None:
+        await on_customer_message(conn, event)
+        contact = await conn.fetchrow(
+            "SELECT channel, language, withdrawn FROM contact_preferences WHERE complaint_id = $1",
+            event.stream_id,
+        )
+        if contact is not None and contact["withdrawn"]:
+            return  # no survey for a withdrawn complaint
+        await change(
+            conn,
+            rt,
+            event.stream_id,
+            lambda s: schedule_check(
+                s,
+                event,
+                contact["channel"] if contact else None,
+                contact["language"] if contact else None,
+                rt.policy,
+            ),
+        )
+
+    async def on_case_reopened(conn: asyncpg.Connection, event: Event) -> None:
+        await change(conn, rt, event.stream_id, lambda s: cancel_open_checks(s, "reopened"))
 
     async def on_complaint_withdrawn(conn: asyncpg.Connection, event: Event) -> None:
         await conn.execute(
@@ -29,59 +95,20 @@ def subscriptions(rt: Runtime) -> list[Subscription]:
             " ON CONFLICT (complaint_id) DO UPDATE SET withdrawn = true",
             event.stream_id,
         )
-        pending = await conn.fetch(
-            "SELECT check_id FROM satisfaction_checks WHERE complaint_id = $1"
-            " AND status = 'scheduled' ORDER BY scheduled_at",
-            event.stream_id,
-        )
-        if not pending:
-            return
-        version = await rt.store.version(conn, event.stream_id)
-        new = cancel_checks([r["check_id"] for r in pending], "withdrawn")
-        for e in await rt.store.append(conn, event.stream_id, version, new):
-            await conn.execute(
-                "UPDATE satisfaction_checks SET status = 'cancelled' WHERE check_id = $1",
-                e.data["check_id"],
-            )
+        await change(conn, rt, event.stream_id, lambda s: cancel_open_checks(s, "withdrawn"))
 
-    async def on_case_resolved(conn: asyncpg.Connection, event: Event) -> None:
-        contact = await conn.fetchrow(
-            "SELECT channel, language, withdrawn FROM contact_preferences WHERE complaint_id = $1",
-            event.stream_id,
-        )
-        if contact is not None and contact["withdrawn"]:
-            return  # no survey for a withdrawn complaint
-        version = await rt.store.version(conn, event.stream_id)
-        new = schedule_check(
-            event.stream_id,
-            event.version,
-            event.occurred_at,
-            contact["channel"] if contact else None,
-            contact["language"] if contact else None,
-            rt.policy,
-        )
-        for e in await rt.store.append(conn, event.stream_id, version, new):
-            await conn.execute(
-                "INSERT INTO satisfaction_checks (check_id, complaint_id, status, channel,"
-                " language, due_at, expires_at, scheduled_at)"
-                " VALUES ($1, $2, 'scheduled', $3, $4, $5, $6, $7)",
-                e.data["check_id"],
-                e.stream_id,
-                e.data["channel"],
-                e.data["language"],
-                datetime.fromisoformat(e.data["due_at"]),
-                datetime.fromisoformat(e.data["expires_at"]),
-                e.occurred_at,
-            )
-
+    t = rt.topics
     return [
         Subscription(
-            name=f"{rt.topics.prefix}complaints-followup",
-            topics=(rt.topics.intake, rt.topics.resolution),
+            name=f"{t.prefix}complaints-followup",
+            topics=(t.intake, t.resolution),
             handlers={
                 "ComplaintReceived": on_complaint_received,
-                "CaseResolved": on_case_resolved,
+                "ComplaintAcknowledged": on_acknowledged,
                 "ComplaintWithdrawn": on_complaint_withdrawn,
+                "CaseResolved": on_case_resolved,
+                "CaseReopened": on_case_reopened,
             },
+            fallback=on_customer_message,  # CaseAssigned, ClarificationRequested, Solution…
         )
     ]

@@ -1,0 +1,110 @@
+"""The notification port and its adapters: SMTP for e-mail, a webhook for other channels."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from email.message import EmailMessage
+from email.utils import make_msgid
+from typing import Protocol
+
+import aiosmtplib
+import httpx
+
+from complaints_shared.settings import ServiceSettings
+
+
+class DeliveryFailed(Exception):
+    """The message was not handed over; it may be retried."""
+
+
+class Undeliverable(DeliveryFailed):
+    """No way to reach the customer on that channel: retrying will not help."""
+
+
+@dataclass(frozen=True)
+class Outbound:
+    delivery_id: str
+    channel: str
+    to: str
+    subject: str
+    body: str
+    language: str
+
+
+class Notifier(Protocol):
+    async def send(self, message: Outbound) -> None: ...
+
+
+class SmtpNotifier:
+    def __init__(self, settings: ServiceSettings) -> None:
+        self.settings = settings
+
+    async def send(self, message: Outbound) -> None:
+        s = self.settings
+        if not s.smtp_host:
+            raise Undeliverable("no SMTP server configured (COMPLAINTS_SMTP_HOST)")
+        mail = EmailMessage()
+        mail["From"] = s.smtp_from
+        mail["To"] = message.to
+        mail["Subject"] = message.subject
+        mail["Message-ID"] = make_msgid(idstring=message.delivery_id, domain="complaints.local")
+        mail["Content-Language"] = message.language
+        mail.set_content(message.body)
+        try:
+            await aiosmtplib.send(
+                mail,
+                hostname=s.smtp_host,
+                port=s.smtp_port,
+                username=s.smtp_username,
+                password=s.smtp_password,
+                start_tls=s.smtp_starttls,
+                timeout=15,
+            )
+        except aiosmtplib.SMTPRecipientsRefused as exc:
+            raise Undeliverable(f"recipient refused: {exc}") from exc
+        except (aiosmtplib.SMTPException, OSError) as exc:
+            raise DeliveryFailed(f"{type(exc).__name__}: {exc}") from exc
+
+
+class WebhookNotifier:
+    """POSTs the message as JSON to a gateway (SMS, phone call list, chat, social, post)."""
+
+    def __init__(self, url: str | None) -> None:
+        self.url = url
+
+    async def send(self, message: Outbound) -> None:
+        if not self.url:
+            raise Undeliverable(
+                f"no gateway for the {message.channel} channel (COMPLAINTS_WEBHOOK_URL)"
+            )
+        try:
+            async with httpx.AsyncClient(timeout=15) as client:
+                r = await client.post(
+                    self.url,
+                    json={
+                        "id": message.delivery_id,
+                        "channel": message.channel,
+                        "to": message.to,
+                        "subject": message.subject,
+                        "body": message.body,
+                        "language": message.language,
+                    },
+                    headers={"Idempotency-Key": message.delivery_id},
+                )
+        except httpx.HTTPError as exc:
+            raise DeliveryFailed(f"{type(exc).__name__}: {exc}") from exc
+        if r.status_code >= 500 or r.status_code == 429:
+            raise DeliveryFailed(f"gateway answered {r.status_code}")
+        if r.status_code >= 400:
+            raise Undeliverable(f"gateway refused: {r.status_code}")
+
+
+class ChannelRouter:
+    """E-mail goes over SMTP, every other channel to the webhook gateway."""
+
+    def __init__(self, email: Notifier, other: Notifier) -> None:
+        self.email = email
+        self.other = other
+
+    async def send(self, message: Outbound) -> None:
+        await (self.email if message.channel == "email" else self.other).send(message)
