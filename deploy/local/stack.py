@@ -86,15 +86,20 @@ def run() -> int:
         if not kafka:
             started["kafka"] = infra.kafka.start()
             kafka = infra.kafka.bootstrap
+        mail_env, maildir = {}, None
+        if not os.environ.get("COMPLAINTS_SMTP_HOST"):
+            maildir, smtp_port = _start_mail_catcher(infra, procs)
+            mail_env = {"COMPLAINTS_SMTP_HOST": "127.0.0.1", "COMPLAINTS_SMTP_PORT": smtp_port}
 
         for name in SERVICES:
-            env = {
+            env: dict[str, str] = {
                 **os.environ,
                 "COMPLAINTS_KAFKA_BOOTSTRAP": kafka,
                 "COMPLAINTS_DATABASE_URL": f"{server}/complaints_{name}",
                 "COMPLAINTS_PORT": _port(name),
                 "OTEL_SERVICE_NAME": os.environ.get("OTEL_SERVICE_NAME", name),
                 "PYTHONUNBUFFERED": "1",
+                **mail_env,
             }
             proc = subprocess.Popen(
                 [sys.executable, "-m", f"complaints_{name}"],
@@ -127,7 +132,13 @@ def run() -> int:
                 print(f"  {name:<10} {urls[name]}   (API docs: {urls[name]}/docs)")
             print(f"  Kafka      {kafka}")
             print(f"  PostgreSQL {server}  (databases complaints_<service>)")
-            print(f"  policy     {policy}\n", flush=True)
+            print(f"  policy     {policy}")
+            if maildir:
+                print(
+                    f"  mail       {maildir}  (Maildir: every message customers would"
+                    " receive; e.g. ls new/)"
+                )
+            print(flush=True)
         while not stopping.is_set():
             for name, proc in procs.items():
                 if proc.poll() is not None:
@@ -151,6 +162,36 @@ def run() -> int:
                 proc.wait()
         infra.down(started)
         print("stopped.", flush=True)
+
+
+def _start_mail_catcher(
+    infra: LocalInfra, procs: dict[str, subprocess.Popen[str]]
+) -> tuple[Path, str]:
+    """A local SMTP server that keeps every message in a Maildir under the local data dir."""
+    port = os.environ.get("COMPLAINTS_LOCAL_SMTP_PORT", "8025")
+    maildir = infra.kafka.home.parent / "mail"
+    maildir.mkdir(parents=True, exist_ok=True)
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "aiosmtpd",
+            "-n",
+            "-l",
+            f"127.0.0.1:{port}",
+            "-c",
+            "aiosmtpd.handlers.Mailbox",
+            str(maildir),
+        ],
+        text=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        stdin=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    procs["mail"] = proc
+    threading.Thread(target=_pump, args=("mail", proc.stdout), daemon=True).start()
+    return maildir, port
 
 
 def _port(name: str) -> str:

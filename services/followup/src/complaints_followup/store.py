@@ -11,6 +11,7 @@ import asyncpg
 
 from complaints_followup.domain import Followup, fold
 from complaints_shared.envelope import Event, NewEvent
+from complaints_shared.errors import ConcurrencyConflict
 from complaints_shared.service import Runtime
 
 
@@ -85,15 +86,25 @@ async def change(
     rt: Runtime,
     complaint_id: UUID,
     decide: Callable[[Followup], list[NewEvent]],
+    attempts: int = 5,
 ) -> list[Event]:
-    """Load the complaint's followup stream, decide, append and project (caller's transaction)."""
-    events = await rt.store.load(conn, complaint_id)
-    new = decide(fold(events))
-    if not new:
-        return []
-    recorded = await rt.store.append(conn, complaint_id, len(events), new)
-    await project(conn, rt, recorded)
-    return recorded
+    """Load the complaint's followup stream, decide, append and project, in a savepoint of the
+    caller's transaction.  When another writer appended first, decide again on the new state
+    (the decision sees what happened meanwhile: this is no blind retry)."""
+    for attempt in range(attempts):
+        try:
+            async with conn.transaction():
+                events = await rt.store.load(conn, complaint_id)
+                new = decide(fold(events))
+                if not new:
+                    return []
+                recorded = await rt.store.append(conn, complaint_id, len(events), new)
+                await project(conn, rt, recorded)
+                return recorded
+        except ConcurrencyConflict:
+            if attempt == attempts - 1:
+                raise
+    raise AssertionError("unreachable")
 
 
 ADDRESS = {"email": "email", "phone": "phone", "letter": "postal_address"}

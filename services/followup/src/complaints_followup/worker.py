@@ -186,6 +186,8 @@ async def run_followup(rt: Runtime) -> None:
             await deliver_due(rt)
         except asyncio.CancelledError:
             raise
-        except (OSError, ConnectionError) as exc:
+        except (OSError, ConnectionError, asyncpg.PostgresConnectionError) as exc:
             log.warning("followup worker: database unavailable (%s)", type(exc).__name__)
+        except Exception:  # keep the worker alive: the same work is retried next round
+            log.exception("followup worker: round failed; retrying")
         await asyncio.sleep(interval)

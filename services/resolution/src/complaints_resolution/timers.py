@@ -64,4 +64,6 @@ async def run_timers(rt: Runtime) -> None:
             raise
         except (OSError, ConnectionError) as exc:
             log.warning("timer runner: database unavailable (%s); retrying", type(exc).__name__)
+        except Exception:  # keep the runner alive: due timers are retried next round
+            log.exception("timer runner: round failed; retrying")
         await asyncio.sleep(interval)

@@ -1,0 +1,365 @@
+"""Follow-up on the real broker, database and SMTP server, with a controlled clock."""
+
+from __future__ import annotations
+
+import asyncio
+import re
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from email import message_from_bytes
+from email.message import EmailMessage
+from email.policy import default
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from aiosmtpd.controller import Controller
+
+from complaints_shared.envelope import from_kafka_record
+from tests.integration.conftest import Platform, StartPlatform
+from tests.support import ManualClock, eventually, free_port, read_topic, resolve_case
+
+pytestmark = pytest.mark.integration
+
+START = datetime(2026, 11, 23, 9, 0, tzinfo=UTC)
+DAY = timedelta(days=1)
+
+
+class Inbox:
+    """An SMTP handler that keeps what it accepts, and refuses the next ``fail`` messages."""
+
+    def __init__(self) -> None:
+        self.messages: list[EmailMessage] = []
+        self.fail = 0
+        self.refused = 0
+
+    async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
+        if self.fail:
+            self.fail -= 1
+            self.refused += 1
+            return "451 4.3.0 Try again later"
+        self.messages.append(message_from_bytes(envelope.content, policy=default))  # type: ignore[arg-type]
+        return "250 OK"
+
+    def to(self, address: str) -> list[EmailMessage]:
+        return [m for m in self.messages if m["To"] == address]
+
+
+@pytest.fixture
+def smtp() -> Iterator[tuple[Inbox, int]]:
+    inbox, port = Inbox(), free_port()
+    controller = Controller(inbox, hostname="127.0.0.1", port=port)
+    controller.start()
+    yield inbox, port
+    controller.stop()
+
+
+@pytest.fixture
+def policy(tmp_path: Path) -> Path:
+    p = tmp_path / "policy.toml"
+    p.write_text("""
+[calendar]
+always_open = true
+[followup]
+satisfaction_check_delay = "P3D"
+response_period = "P14D"
+reminder_after = "P7D"
+delivery_retry = "PT10S"
+timer_poll = "PT0.05S"
+[resolution]
+timer_poll = "PT0.05S"
+""")
+    return p
+
+
+@pytest.fixture
+async def http() -> httpx.AsyncClient:
+    async with httpx.AsyncClient(timeout=30) as client:
+        yield client
+
+
+@pytest.fixture
+async def loop(start_platform: StartPlatform, smtp, policy):  # type: ignore[no-untyped-def]
+    clock = ManualClock(START)
+    inbox, port = smtp
+    p = await start_platform(
+        "intake",
+        "resolution",
+        "followup",
+        policy=policy,
+        clock=clock,
+        smtp_host="127.0.0.1",
+        smtp_port=port,
+        public_url="https://care.example/s",
+    )
+    return p, clock, inbox
+
+
+async def mail(inbox: Inbox, address: str, subject_part: str) -> EmailMessage:
+    async def arrived() -> EmailMessage | None:
+        return next((m for m in inbox.to(address) if subject_part in m["Subject"]), None)
+
+    return await eventually(arrived, what=f"an e-mail about {subject_part!r}")
+
+
+def token_of(message: EmailMessage) -> str:
+    body = message.get_content()
+    match = re.search(r"https://care\.example/s/surveys/(\S+)", body)
+    assert match, body
+    return match.group(1)
+
+
+async def submit(p: Platform, http: httpx.AsyncClient, email: str, language: str = "pt") -> str:
+    r = await http.post(
+        f"{p.url('intake')}/complaints",
+        json={
+            "channel": "web",
+            "subject": "Produto avariado",
+            "description": "A torradeira deixou de funcionar ao fim de dois dias.",
+            "customer": {
+                "name": "Ana",
+                "email": email,
+                "preferred_channel": "email",
+                "language": language,
+            },
+            "category": "product_defect",
+            "severity": "medium",
+        },
+    )
+    assert r.status_code == 201, r.text
+    cid = r.json()["id"]
+
+    async def opened() -> bool:
+        return (await http.get(f"{p.url('resolution')}/cases/{cid}")).status_code == 200
+
+    await eventually(opened, what="the case")
+    return cid
+
+
+async def followup_events(p: Platform, count: int) -> list:
+    bootstrap = p.servers["followup"].app.state.runtime.settings.kafka_bootstrap
+    records = await read_topic(bootstrap, f"{p.prefix}complaints.followup.v1", count=count)
+    return [from_kafka_record(r.value, r.headers) for r in records]
+
+
+async def test_resolve_mail_survey_low_score_reopens_the_case(loop, http):
+    p, clock, inbox = loop
+    cid = await submit(p, http, "ana@example.pt")
+    ack = await mail(inbox, "ana@example.pt", "Recebemos a sua reclamação")
+    assert "Obrigado" in ack.get_content()
+    await resolve_case(http, p.url("resolution"), cid, "Enviámos uma torradeira nova")
+    for subject in (
+        "vai resolver a situação",
+        "o que lhe podemos oferecer",
+        "o que ficou acordado",
+        "foi resolvida",
+    ):
+        await mail(inbox, "ana@example.pt", subject)
+    checks = f"{p.url('followup')}/satisfaction-checks"
+
+    async def scheduled() -> dict | None:
+        items = (await http.get(checks, params={"complaint_id": cid})).json()["items"]
+        return items[0] if items else None
+
+    check = await scheduled() or await eventually(scheduled, what="the check")
+    assert check["status"] == "scheduled"
+    assert check["due_at"] == "2026-11-26T09:00:00Z"
+    await asyncio.sleep(0.3)
+    assert not [m for m in inbox.messages if "Como correu" in m["Subject"]]  # not before
+
+    clock.advance(3 * DAY + timedelta(minutes=1))
+    survey_mail = await mail(inbox, "ana@example.pt", "Como correu?")
+    token = token_of(survey_mail)
+    survey = (await http.get(f"{p.url('followup')}/surveys/{token}")).json()
+    assert survey["language"] == "pt" and survey["reference"].startswith("CMP-")
+    assert [q["id"] for q in survey["questions"]] == ["score", "solved", "comment", "nps"]
+    assert "grau de satisfação" in survey["questions"][0]["text"]
+
+    bad = await http.post(f"{p.url('followup')}/surveys/{token}", json={"score": 9, "solved": True})
+    assert bad.status_code == 422
+    r = await http.post(
+        f"{p.url('followup')}/surveys/{token}",
+        json={"score": 2, "solved": False, "comment": "Continua avariada", "nps": 3},
+    )
+    assert r.status_code == 201 and r.json() == {"status": "recorded", "reopen_requested": True}
+    again = await http.post(
+        f"{p.url('followup')}/surveys/{token}", json={"score": 5, "solved": True}
+    )
+    assert again.status_code == 409
+    assert (await http.get(f"{p.url('followup')}/surveys/{token}")).status_code == 409
+
+    async def reopened() -> dict | None:
+        case = (await http.get(f"{p.url('resolution')}/cases/{cid}")).json()
+        return case if case["reopen_count"] == 1 else None
+
+    case = await eventually(reopened, what="resolution to reopen the case")
+    assert case["state"] == "investigating"
+
+    css = (await http.get(f"{p.url('followup')}/satisfaction")).json()
+    assert (css["answers"], css["checks_sent"], css["css"], css["average_score"]) == (
+        1,
+        1,
+        0.0,
+        2.0,
+    )
+    assert css["nps"] == -100.0 and css["scores"]["2"] == 1 and css["response_rate"] == 100.0
+    rebuilt = (await http.post(f"{p.url('followup')}/satisfaction/rebuild")).json()
+    assert rebuilt == {"answers": 1}
+    assert (await http.get(f"{p.url('followup')}/satisfaction")).json() == css
+
+    types = [e.type for e in await followup_events(p, 9)]
+    assert types.count("NextStepsConfirmed") == 1
+    assert {
+        "SatisfactionCheckScheduled",
+        "SatisfactionCheckSent",
+        "SatisfactionRecorded",
+        "ReopenRequested",
+        "CustomerMessageSent",
+    } <= set(types)
+
+
+async def test_reminder_then_expiry_then_gone(loop, http):
+    p, clock, inbox = loop
+    cid = await submit(p, http, "eva@example.hu", language="hu")
+    await resolve_case(http, p.url("resolution"), cid)
+    await mail(inbox, "eva@example.hu", "panaszát rendeztük")
+    clock.advance(3 * DAY + timedelta(minutes=1))
+    token = token_of(await mail(inbox, "eva@example.hu", "Elégedett volt?"))
+    clock.advance(7 * DAY)
+    reminder = await mail(inbox, "eva@example.hu", "Emlékeztető")
+    assert token_of(reminder) == token
+    assert len([m for m in inbox.to("eva@example.hu") if "Emlékeztető" in m["Subject"]]) == 1
+    clock.advance(7 * DAY)
+
+    async def expired() -> bool:
+        items = (
+            await http.get(f"{p.url('followup')}/satisfaction-checks", params={"complaint_id": cid})
+        ).json()["items"]
+        return items[0]["status"] == "expired"
+
+    await eventually(expired, what="the check to expire")
+    gone = await http.get(f"{p.url('followup')}/surveys/{token}")
+    assert gone.status_code == 410 and gone.headers["content-type"] == "application/problem+json"
+    late = await http.post(
+        f"{p.url('followup')}/surveys/{token}", json={"score": 5, "solved": True}
+    )
+    assert late.status_code == 410
+
+
+async def test_tampered_or_unknown_tokens_are_404(loop, http):
+    p, clock, inbox = loop
+    cid = await submit(p, http, "luis@example.es", language="es")
+    await resolve_case(http, p.url("resolution"), cid)
+    clock.advance(3 * DAY + timedelta(minutes=1))
+    token = token_of(await mail(inbox, "luis@example.es", "¿Qué tal lo hicimos?"))
+    head, sig = token.split(".")
+    flipped = head[:-2] + ("A" if head[-2] != "A" else "B") + head[-1]
+    for bad in (f"{flipped}.{sig}", f"{head}.{sig[:-3]}abc", "nonsense", f"{head}."):
+        r = await http.get(f"{p.url('followup')}/surveys/{bad}")
+        assert r.status_code == 404, bad
+        assert r.headers["content-type"] == "application/problem+json"
+    assert (await http.get(f"{p.url('followup')}/surveys/{token}")).status_code == 200
+
+
+async def test_a_reopened_case_cancels_its_check_and_a_new_resolution_gets_a_new_one(loop, http):
+    p, clock, inbox = loop
+    cid = await submit(p, http, "rui@example.pt")
+    await resolve_case(http, p.url("resolution"), cid)
+    checks = f"{p.url('followup')}/satisfaction-checks"
+
+    async def statuses(n: int) -> list[str] | None:
+        items = (await http.get(checks, params={"complaint_id": cid})).json()["items"]
+        return [i["status"] for i in items] if len(items) == n else None
+
+    await eventually(lambda: statuses(1), what="the first check")
+    await http.post(
+        f"{p.url('resolution')}/cases/{cid}/reopen",
+        json={"reason": "it broke again", "reopened_by": "agent-7"},
+    )
+
+    async def cancelled() -> bool:
+        return await statuses(1) == ["cancelled"]
+
+    await eventually(cancelled, what="the check to be cancelled")
+    clock.advance(3 * DAY + timedelta(minutes=1))
+    await asyncio.sleep(0.5)
+    assert not [m for m in inbox.to("rui@example.pt") if "Como correu" in m["Subject"]]
+    base = f"{p.url('resolution')}/cases/{cid}"
+    for path, body in (
+        (
+            "cause",
+            {
+                "what_happened": "a",
+                "what_should_have_happened": "b",
+                "what_went_wrong": "c",
+                "root_cause": "product_defect",
+                "responsible": "us",
+                "identified_by": "agent-7",
+            },
+        ),
+        (
+            "proposals",
+            {
+                "options": [{"remedy": "replacement", "description": "new one"}],
+                "proposed_by": "agent-7",
+            },
+        ),
+        (
+            "agreement",
+            {
+                "option_id": 1,
+                "agreed_outcome": "a new toaster",
+                "indicators": ["delivered"],
+                "deadline": "2099-01-01T00:00:00Z",
+                "recorded_by": "agent-7",
+            },
+        ),
+        ("resolve", {"summary": "replaced", "resolved_by": "agent-7"}),
+    ):
+        r = await http.post(f"{base}/{path}", json=body)
+        assert r.status_code == 200, (path, r.text)
+    await eventually(lambda: statuses(2), what="a second check for the second resolution")
+    assert await statuses(2) == ["cancelled", "scheduled"]
+
+
+async def test_delivery_failures_are_retried_and_sent_is_recorded_only_after_hand_over(loop, http):
+    p, clock, inbox = loop
+    cid = await submit(p, http, "joana@example.pt")
+    await mail(inbox, "joana@example.pt", "Recebemos")
+    await resolve_case(http, p.url("resolution"), cid)
+    await mail(inbox, "joana@example.pt", "foi resolvida")
+    inbox.fail = 2
+    clock.advance(3 * DAY + timedelta(minutes=1))
+
+    def refused(n: int):  # type: ignore[no-untyped-def]
+        async def probe() -> bool:
+            return inbox.refused == n
+
+        return probe
+
+    await eventually(refused(1), what="the first refused attempt")
+    await asyncio.sleep(0.3)
+    assert inbox.refused == 1  # no retry before the backoff has passed
+    clock.advance(timedelta(seconds=11))  # first retry after 10 s
+    await eventually(refused(2), what="the second refused attempt")
+    pool = p.pool("followup")
+    row = await pool.fetchrow(
+        "SELECT status, attempts, last_error FROM deliveries WHERE kind = 'check'"
+    )
+    assert row["status"] == "pending" and row["attempts"] >= 1 and "451" in row["last_error"]
+    assert (
+        await pool.fetchval("SELECT count(*) FROM events WHERE type = 'SatisfactionCheckSent'") == 0
+    )
+    clock.advance(timedelta(seconds=21))  # second retry after 20 s
+    await mail(inbox, "joana@example.pt", "Como correu?")
+
+    async def sent_recorded() -> bool:
+        return (
+            await pool.fetchval("SELECT count(*) FROM events WHERE type = 'SatisfactionCheckSent'")
+            == 1
+        )
+
+    await eventually(sent_recorded, what="SatisfactionCheckSent after the hand-over")
+    row = await pool.fetchrow("SELECT status, attempts FROM deliveries WHERE kind = 'check'")
+    assert (row["status"], row["attempts"]) == ("sent", 3)
