@@ -45,7 +45,7 @@ def _env_int(name: str, default: int) -> int:
         raise InfraError(f"{name}={raw!r} is not a port number") from None
 
 
-def _port_open(port: int, host: str = "127.0.0.1") -> bool:
+def port_open(port: int, host: str = "127.0.0.1") -> bool:
     with socket.socket() as s:
         s.settimeout(0.5)
         return s.connect_ex((host, port)) == 0
@@ -97,7 +97,7 @@ class Kafka:
         return pid if _pid_alive(pid) else None
 
     def running(self) -> bool:
-        return self.pid() is not None and _port_open(self.port)
+        return self.pid() is not None and port_open(self.port)
 
     def fetch(self) -> None:
         """Copy the broker's runtime classpath from Maven Central (once)."""
@@ -194,7 +194,7 @@ class Kafka:
         if shutil.which("java") is None:
             raise InfraError("java not found: install a Java 17+ runtime to run Kafka")
         for port in (self.port, self.controller_port):
-            if _port_open(port):
+            if port_open(port):
                 raise InfraError(
                     f"port {port} is in use by another process; stop it or set "
                     "COMPLAINTS_LOCAL_KAFKA_PORT / _CONTROLLER_PORT"
@@ -225,7 +225,7 @@ class Kafka:
         while time.monotonic() < deadline:
             if proc.poll() is not None:
                 raise InfraError(f"Kafka exited with {proc.returncode}:\n{_tail(self.log_file)}")
-            if "Kafka Server started" in self.log_file.read_text(errors="replace") and _port_open(
+            if "Kafka Server started" in self.log_file.read_text(errors="replace") and port_open(
                 self.port
             ):
                 return True
@@ -321,7 +321,7 @@ class Postgres:
         bindir = _pg_bindir()
         if self.running():
             return False
-        if _port_open(self.port):
+        if port_open(self.port):
             raise InfraError(
                 f"port {self.port} is in use by another process; stop it or set "
                 "COMPLAINTS_LOCAL_POSTGRES_PORT"

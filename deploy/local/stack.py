@@ -7,6 +7,7 @@ local ones.  Ctrl-C (or SIGTERM) stops the services, then whatever infrastructur
 
 from __future__ import annotations
 
+import mailbox
 import os
 import signal
 import subprocess
@@ -19,7 +20,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from infra import SERVICES, InfraError, LocalInfra
+from infra import SERVICES, InfraError, LocalInfra, port_open
 
 PORTS = {"intake": 8001, "resolution": 8002, "followup": 8003, "learning": 8004}
 
@@ -76,6 +77,15 @@ def run() -> int:
     signal.signal(signal.SIGINT, on_signal)
     signal.signal(signal.SIGTERM, on_signal)
     try:
+        busy = [f"{_port(n)} ({n})" for n in SERVICES if port_open(int(_port(n)))]
+        if not os.environ.get("COMPLAINTS_SMTP_HOST") and port_open(int(_smtp_port())):
+            busy.append(f"{_smtp_port()} (mail catcher)")
+        if busy:
+            raise InfraError(
+                f"port {', '.join(busy)} in use: is the platform running already?"
+                " Stop it, or set COMPLAINTS_<SERVICE>_PORT /"
+                " COMPLAINTS_LOCAL_SMTP_PORT"
+            )
         if database:
             server = _server_url(database)
             _ensure_databases(server)
@@ -168,9 +178,9 @@ def _start_mail_catcher(
     infra: LocalInfra, procs: dict[str, subprocess.Popen[str]]
 ) -> tuple[Path, str]:
     """A local SMTP server that keeps every message in a Maildir under the local data dir."""
-    port = os.environ.get("COMPLAINTS_LOCAL_SMTP_PORT", "8025")
+    port = _smtp_port()
     maildir = infra.kafka.home.parent / "mail"
-    maildir.mkdir(parents=True, exist_ok=True)
+    mailbox.Maildir(maildir, create=True)  # tmp/, new/, cur/
     proc = subprocess.Popen(
         [
             sys.executable,
@@ -192,6 +202,10 @@ def _start_mail_catcher(
     procs["mail"] = proc
     threading.Thread(target=_pump, args=("mail", proc.stdout), daemon=True).start()
     return maildir, port
+
+
+def _smtp_port() -> str:
+    return os.environ.get("COMPLAINTS_LOCAL_SMTP_PORT", "8025")
 
 
 def _port(name: str) -> str:

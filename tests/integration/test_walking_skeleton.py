@@ -32,8 +32,12 @@ async def test_one_complaint_travels_through_all_four_services_in_one_trace(
 ):
     async with httpx.AsyncClient(timeout=10) as http:
         for service in platform.servers:
-            ready = await http.get(f"{platform.url(service)}/health/ready")
-            assert ready.status_code == 200, (service, ready.text)
+
+            async def ready(service: str = service) -> bool:
+                r = await http.get(f"{platform.url(service)}/health/ready")
+                return r.status_code == 200
+
+            await eventually(ready, what=f"{service} to be ready")
 
         created = await http.post(f"{platform.url('intake')}/complaints", json=COMPLAINT)
         assert created.status_code == 201, created.text

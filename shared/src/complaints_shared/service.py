@@ -211,7 +211,8 @@ def _operations_router() -> APIRouter:
         return {"status": "ok"}
 
     @router.get(
-        "/health/ready", summary="Database and Kafka reachable, relay and consumers running"
+        "/health/ready",
+        summary="Database and Kafka reachable, relay running, consumers assigned partitions",
     )
     async def ready(request: Request) -> Response:
         runtime: Runtime = request.app.state.runtime
@@ -220,6 +221,9 @@ def _operations_router() -> APIRouter:
             "database": await _check(_ping_database(runtime.pool)),
             "kafka": await _check(runtime.producer.client.fetch_all_metadata()),
             "background": "ok" if all(not t.done() for t in background.tasks) else "stopped",
+            "consumers": "ok"
+            if all(c.assigned for c in background.consumers)
+            else "joining their consumer groups",
         }
         if all(v == "ok" for v in checks.values()):
             return JSONResponse({"status": "ok", "checks": checks})

@@ -49,7 +49,7 @@ class SmtpNotifier:
         mail["Subject"] = message.subject
         mail["Message-ID"] = make_msgid(idstring=message.delivery_id, domain="complaints.local")
         mail["Content-Language"] = message.language
-        mail.set_content(message.body)
+        mail.set_content(message.body, cte="8bit")  # readable as stored: links stay whole
         try:
             await aiosmtplib.send(
                 mail,
