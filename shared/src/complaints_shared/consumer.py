@@ -90,6 +90,12 @@ class ConsumerRunner:
     retry: RetryPolicy = field(default_factory=RetryPolicy)
     max_poll_records: int = 200
     assigned: bool = False
+    _rewind: bool = False
+
+    def rewind(self) -> None:
+        """Replay every assigned partition from offset 0 (after the caller cleared its inbox
+        and projections), so the projections are rebuilt from the topics."""
+        self._rewind = True
 
     async def run(self) -> None:
         """Consume forever; restarts the Kafka consumer with backoff after broker failures."""
@@ -120,6 +126,9 @@ class ConsumerRunner:
         await consumer.start()
         try:
             while True:
+                if self._rewind and consumer.assignment():
+                    await consumer.seek_to_beginning(*consumer.assignment())
+                    self._rewind = False
                 batch = await consumer.getmany(timeout_ms=500)
                 self.assigned = bool(consumer.assignment())
                 for tp, records in batch.items():

@@ -2,17 +2,21 @@
 
 from __future__ import annotations
 
-from complaints_learning.api import router
+from complaints_learning.api import complaints, insights, operations, problems
 from complaints_learning.handlers import subscriptions
+from complaints_learning.worker import run_verification
 from complaints_shared.service import ServiceSpec
 
 SPEC = ServiceSpec(
     name="learning",
     title="Complaint learning",
-    description="Turns recurring root causes into problems with corrective actions; insights.",
+    description="Turns recurring root causes into problems with corrective actions, catches a"
+    " recurrence after a fix, suggests similar complaints across languages, and reports"
+    " insights — so that each complaint happens only once.",
     default_port=8004,
     package="complaints_learning",
     own_topic=lambda t: t.learning,
-    routers=[router],
+    routers=[problems, complaints, insights, operations],
     subscriptions=subscriptions,
+    background=lambda rt: [run_verification(rt)],
 )

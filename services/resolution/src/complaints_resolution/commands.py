@@ -197,7 +197,18 @@ def identify_cause(case: Case, c: IdentifyCause, now: datetime, policy: Policy) 
             f"unknown root cause {c.root_cause!r}",
             allowed=list(policy.resolution.root_causes),
         )
-    return [NewEvent(type="CauseIdentified", data={**c.model_dump(), "category": case.category})]
+    return [
+        NewEvent(
+            type="CauseIdentified",
+            data={
+                **c.model_dump(),
+                "complaint_id": str(case.complaint_id),
+                "category": case.category,
+                "product": case.product,
+                "safety_incident": case.safety_incident,
+            },
+        )
+    ]
 
 
 def propose_solution(

@@ -111,6 +111,8 @@ class Case:
     reply_channel: str
     customer_name: str | None
     received_at: datetime
+    product: str | None = None
+    safety_incident: bool = False
     owner: dict[str, Any] | None = None
     owners: tuple[dict[str, Any], ...] = ()
     cause: dict[str, Any] | None = None
@@ -159,6 +161,8 @@ def evolve(case: Case | None, e: Event) -> Case | None:
             language=d.get("language", "en"),
             reply_channel=d.get("reply_channel", "email"),
             customer_name=d.get("customer_name"),
+            product=d.get("product"),
+            safety_incident=bool(d.get("safety_incident")),
             received_at=_dt(d["received_at"]) if d.get("received_at") else at,
             clock_started_at=_dt(d["received_at"]) if d.get("received_at") else at,
         )
@@ -277,6 +281,8 @@ def open_case(complaint: Event) -> list[NewEvent]:
                 "language": d.get("language", "en"),
                 "reply_channel": d.get("reply_channel") or d.get("channel", "email"),
                 "customer_name": (d.get("customer") or {}).get("name"),
+                "product": d.get("product"),
+                "safety_incident": bool(d.get("safety_incident")),
                 "received_at": complaint.occurred_at.isoformat(),
             },
         )

@@ -1,0 +1,264 @@
+"""Problems: recurring root causes across complaints, their corrective actions, and whether
+the fix held (no I/O).  A problem's identity is its signature, so deciding twice on the same
+complaint changes nothing: replaying the topics rebuilds the same answers."""
+
+from __future__ import annotations
+
+import unicodedata
+import uuid
+from collections.abc import Iterable
+from dataclasses import dataclass, replace
+from datetime import datetime
+from enum import StrEnum
+from typing import Annotated
+
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, StringConstraints
+
+from complaints_shared.envelope import Event, NewEvent
+from complaints_shared.errors import CommandRejected, InputRejected
+from complaints_shared.policy import Policy
+
+NAMESPACE = uuid.UUID("6f1d4c1e-2b7a-4f55-9a51-6c6561726e21")
+
+
+class CorrectiveType(StrEnum):
+    improve_procedure = "improve_procedure"
+    eliminate_defect = "eliminate_defect"
+    improve_staff_behaviour = "improve_staff_behaviour"
+    raise_standard = "raise_standard"
+    change_policy = "change_policy"
+    refocus_on_customer_needs = "refocus_on_customer_needs"
+
+
+def normalise(value: str | None) -> str:
+    """``"  Torradeira X-200 "`` → ``"torradeira x-200"``; nothing → ``"-"``."""
+    if not value or not value.strip():
+        return "-"
+    text = unicodedata.normalize("NFKD", value.casefold())
+    return " ".join("".join(c for c in text if not unicodedata.combining(c)).split())
+
+
+@dataclass(frozen=True)
+class Signature:
+    root_cause: str
+    category: str
+    product: str
+
+    @classmethod
+    def of(cls, root_cause: str, category: str | None, product: str | None) -> Signature:
+        return cls(normalise(root_cause), normalise(category), normalise(product))
+
+    @property
+    def key(self) -> str:
+        return f"{self.root_cause}|{self.category}|{self.product}"
+
+    @property
+    def problem_id(self) -> uuid.UUID:
+        return uuid.uuid5(NAMESPACE, self.key)
+
+
+@dataclass(frozen=True)
+class Action:
+    action_id: str
+    type: str
+    owner: str
+    due_at: datetime
+    completed_at: datetime | None = None
+
+
+@dataclass(frozen=True)
+class Problem:
+    problem_id: uuid.UUID
+    signature: Signature
+    complaints: tuple[str, ...]
+    actions: tuple[Action, ...] = ()
+    fixed_at: datetime | None = None  # when the last planned action was completed
+    resolved_at: datetime | None = None
+    recurrences_after_fix: int = 0
+    version: int = 0
+
+    @property
+    def status(self) -> str:
+        if self.resolved_at is not None:
+            return "resolved"
+        if self.fixed_at is not None:
+            return "fixed"
+        return "fixing" if self.actions else "open"
+
+
+def evolve(p: Problem | None, e: Event) -> Problem | None:
+    d = e.data
+    if e.type == "ProblemOpened":
+        s = d["signature"]
+        return Problem(
+            e.stream_id,
+            Signature(s["root_cause"], s["category"], s["product"]),
+            tuple(d["complaint_ids"]),
+            version=e.version,
+        )
+    if p is None:
+        return None
+    p = replace(p, version=e.version)
+    match e.type:
+        case "RecurrenceDetected":
+            return replace(p, complaints=(*p.complaints, d["complaint_id"]))
+        case "RecurrenceAfterFix":
+            return replace(
+                p,
+                complaints=(*p.complaints, d["complaint_id"]),
+                fixed_at=None,
+                resolved_at=None,
+                recurrences_after_fix=p.recurrences_after_fix + 1,
+            )
+        case "CorrectiveActionPlanned":
+            action = Action(
+                d["action_id"], d["type"], d["owner"], datetime.fromisoformat(d["due_at"])
+            )
+            return replace(p, actions=(*p.actions, action), fixed_at=None)
+        case "CorrectiveActionCompleted":
+            actions = tuple(
+                replace(a, completed_at=e.occurred_at) if a.action_id == d["action_id"] else a
+                for a in p.actions
+            )
+            done = all(a.completed_at for a in actions)
+            return replace(p, actions=actions, fixed_at=e.occurred_at if done else None)
+        case "ProblemResolved":
+            return replace(p, resolved_at=e.occurred_at)
+    return p
+
+
+def fold(events: Iterable[Event]) -> Problem | None:
+    p: Problem | None = None
+    for e in events:
+        p = evolve(p, e)
+    return p
+
+
+def occurrence(
+    problem: Problem | None,
+    signature: Signature,
+    complaint_id: str,
+    in_window: list[str],
+    safety: bool,
+) -> list[NewEvent]:
+    """A complaint with this root-cause signature: open the problem at the second occurrence in
+    the window (the first for a safety incident), count recurrences, catch a failed fix."""
+    if problem is not None:
+        if complaint_id in problem.complaints:
+            return []
+        count = len(problem.complaints) + 1
+        if problem.fixed_at is not None or problem.resolved_at is not None:
+            return [
+                NewEvent(
+                    type="RecurrenceAfterFix",
+                    data={
+                        "problem_id": str(problem.problem_id),
+                        "complaint_id": complaint_id,
+                        "occurrences": count,
+                        "fixed_at": (
+                            problem.fixed_at or problem.resolved_at or datetime.min
+                        ).isoformat(),
+                        "signature": signature.__dict__,
+                    },
+                )
+            ]
+        return [
+            NewEvent(
+                type="RecurrenceDetected",
+                data={
+                    "problem_id": str(problem.problem_id),
+                    "complaint_id": complaint_id,
+                    "occurrences": count,
+                    "signature": signature.__dict__,
+                },
+            )
+        ]
+    complaints = list(dict.fromkeys([*in_window, complaint_id]))
+    if len(complaints) >= 2 or safety:
+        return [
+            NewEvent(
+                type="ProblemOpened",
+                data={
+                    "problem_id": str(signature.problem_id),
+                    "signature": signature.__dict__,
+                    "complaint_ids": complaints,
+                    "occurrences": len(complaints),
+                    "reason": "safety incident" if safety and len(complaints) < 2 else "recurring",
+                },
+            )
+        ]
+    return []
+
+
+class CorrectiveActionCreate(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    type: CorrectiveType
+    description: Annotated[
+        str, StringConstraints(strip_whitespace=True, min_length=1, max_length=2000)
+    ]
+    owner: Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=100)]
+    due_at: AwareDatetime
+
+
+class CorrectiveActionCompletion(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    completed_by: Annotated[
+        str, StringConstraints(strip_whitespace=True, min_length=1, max_length=100)
+    ]
+    outcome: str | None = Field(None, max_length=2000)
+
+
+def plan_action(p: Problem, c: CorrectiveActionCreate, now: datetime) -> list[NewEvent]:
+    if p.status == "resolved":
+        raise CommandRejected("resolved", "plan corrective action", [])
+    if c.due_at <= now:
+        raise InputRejected("body.due_at", "must be in the future")
+    return [
+        NewEvent(
+            type="CorrectiveActionPlanned",
+            data={
+                "problem_id": str(p.problem_id),
+                "action_id": uuid.uuid4().hex[:12],
+                **c.model_dump(mode="json"),
+            },
+        )
+    ]
+
+
+def complete_action(p: Problem, action_id: str, c: CorrectiveActionCompletion) -> list[NewEvent]:
+    action = next((a for a in p.actions if a.action_id == action_id), None)
+    if action is None:
+        raise InputRejected("path.action_id", f"no corrective action {action_id!r}")
+    if action.completed_at is not None:
+        raise CommandRejected("completed", "complete corrective action", [])
+    return [
+        NewEvent(
+            type="CorrectiveActionCompleted",
+            data={
+                "problem_id": str(p.problem_id),
+                "action_id": action_id,
+                **c.model_dump(exclude_none=True),
+            },
+        )
+    ]
+
+
+def verify(p: Problem, now: datetime, policy: Policy) -> list[NewEvent]:
+    """A fixed problem with no recurrence for the verification window is resolved."""
+    if p.fixed_at is None or p.resolved_at is not None:
+        return []
+    if now < p.fixed_at + policy.learning.verification_window:
+        return []
+    return [
+        NewEvent(
+            type="ProblemResolved",
+            data={
+                "problem_id": str(p.problem_id),
+                "fixed_at": p.fixed_at.isoformat(),
+                "verification_window": policy.learning.verification_window.total_seconds(),
+                "occurrences": len(p.complaints),
+            },
+        )
+    ]

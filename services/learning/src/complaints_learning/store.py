@@ -1,0 +1,77 @@
+"""Learning's problem streams and their read model."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from uuid import UUID
+
+import asyncpg
+
+from complaints_learning.domain import Problem, fold
+from complaints_shared.envelope import Event, NewEvent
+from complaints_shared.errors import NotFound
+from complaints_shared.service import Runtime
+
+
+async def project(conn: asyncpg.Connection, events: Sequence[Event], problem: Problem) -> None:
+    """Refresh the problem's row and link its complaints."""
+    opened = next((e.occurred_at for e in events if e.type == "ProblemOpened"), None)
+    last = max(e.occurred_at for e in events)
+    s = problem.signature
+    await conn.execute(
+        "INSERT INTO problems (problem_id, signature, root_cause, category, product, status,"
+        " occurrences, recurrences_after_fix, opened_at, fixed_at, resolved_at,"
+        " last_occurrence_at, version) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11,"
+        " $12, $13) ON CONFLICT (problem_id) DO UPDATE SET status = $6, occurrences = $7,"
+        " recurrences_after_fix = $8, fixed_at = $10, resolved_at = $11,"
+        " last_occurrence_at = CASE WHEN $14 THEN $12 ELSE problems.last_occurrence_at END,"
+        " version = $13",
+        problem.problem_id,
+        f"{s.root_cause}|{s.category}|{s.product}",
+        s.root_cause,
+        s.category,
+        s.product,
+        problem.status,
+        len(problem.complaints),
+        problem.recurrences_after_fix,
+        opened or last,
+        problem.fixed_at,
+        problem.resolved_at,
+        last,
+        problem.version,
+        any(
+            e.type in ("ProblemOpened", "RecurrenceDetected", "RecurrenceAfterFix") for e in events
+        ),
+    )
+    await conn.execute(
+        "UPDATE complaint_facts SET problem_id = $1 WHERE complaint_id = ANY($2::uuid[])",
+        problem.problem_id,
+        [UUID(c) for c in problem.complaints],
+    )
+
+
+async def change(
+    conn: asyncpg.Connection,
+    rt: Runtime,
+    problem_id: UUID,
+    decide: Callable[[Problem | None], list[NewEvent]],
+) -> Problem | None:
+    events = await rt.store.load(conn, problem_id)
+    new = decide(fold(events))
+    if not new:
+        return fold(events)
+    recorded = await rt.store.append(conn, problem_id, len(events), new)
+    problem = fold(events + recorded)
+    assert problem is not None
+    await project(conn, recorded, problem)
+    return problem
+
+
+async def load_problem(
+    conn: asyncpg.Connection | asyncpg.Pool, rt: Runtime, problem_id: UUID
+) -> tuple[Problem, list[Event]]:
+    events = await rt.store.load(conn, problem_id)
+    problem = fold(events)
+    if problem is None:
+        raise NotFound("problem", problem_id)
+    return problem, events
