@@ -1,0 +1,468 @@
+"""Learning on the real broker: problems, recurrence after a fix, similarity, insights, replay."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import httpx
+import pytest
+from aiokafka import AIOKafkaProducer
+
+from complaints_shared.envelope import Event, from_kafka_record, to_kafka_record
+from tests.integration.conftest import Platform, StartPlatform
+from tests.support import AGENT, ManualClock, eventually, read_topic, topic_size
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture
+async def http() -> httpx.AsyncClient:
+    async with httpx.AsyncClient(timeout=30) as client:
+        yield client
+
+
+def bootstrap(p: Platform) -> str:
+    return next(iter(p.servers.values())).app.state.runtime.settings.kafka_bootstrap
+
+
+async def learning_events(p: Platform, count: int) -> list[Event]:
+    records = await read_topic(bootstrap(p), f"{p.prefix}complaints.learning.v1", count=count)
+    return [from_kafka_record(r.value, r.headers) for r in records]
+
+
+async def complain(
+    p: Platform,
+    http: httpx.AsyncClient,
+    subject: str,
+    description: str,
+    language: str,
+    product: str = "Torradeira T-100",
+) -> str:
+    r = await http.post(
+        f"{p.url('intake')}/complaints",
+        json={
+            "channel": "web",
+            "subject": subject,
+            "description": description,
+            **({"product": product} if product else {}),
+            "category": "product_defect",
+            "severity": "medium",
+            "customer": {"name": "X", "id": uuid.uuid4().hex, "language": language},
+        },
+    )
+    assert r.status_code == 201, r.text
+    cid = r.json()["id"]
+
+    async def opened() -> bool:
+        return (await http.get(f"{p.url('resolution')}/cases/{cid}")).status_code == 200
+
+    await eventually(opened, what="the case")
+    return cid
+
+
+async def identify(
+    p: Platform, http: httpx.AsyncClient, cid: str, root: str = "product_defect"
+) -> None:
+    base = f"{p.url('resolution')}/cases/{cid}"
+    await http.post(f"{base}/assign", json={"owner": AGENT, "assigned_by": "lead"})
+    r = await http.post(
+        f"{base}/cause",
+        json={
+            "what_happened": "the heating element failed",
+            "what_should_have_happened": "it heats",
+            "what_went_wrong": "a faulty batch",
+            "root_cause": root,
+            "responsible": "third_party",
+            "identified_by": "agent-7",
+        },
+    )
+    assert r.status_code == 200, r.text
+
+
+TEXTS = [
+    ("Torradeira avariada", "A torradeira T-100 deixou de aquecer ao fim de dois dias.", "pt"),
+    ("Tostadora rota", "La tostadora T-100 dejó de calentar a los dos días.", "es"),
+    ("Broken toaster", "The T-100 toaster stopped heating after two days.", "en"),
+    ("Hibás kenyérpirító", "A T-100 kenyérpirító két nap után nem melegít.", "hu"),
+]
+
+
+async def test_recurring_cause_becomes_a_problem_and_a_recurrence_after_the_fix_is_caught(
+    start_platform: StartPlatform, http
+):
+    p = await start_platform("intake", "resolution", "learning")
+    learning = p.url("learning")
+    ids = []
+    for subject, text, lang in TEXTS[:3]:
+        cid = await complain(p, http, subject, text, lang)
+        await identify(p, http, cid)
+        ids.append(cid)
+
+    async def problem_with(n: int) -> dict | None:
+        items = (await http.get(f"{learning}/problems")).json()
+        return items[0] if items and items[0]["occurrences"] == n else None
+
+    summary = await eventually(lambda: problem_with(3), what="a problem with three occurrences")
+    assert (summary["root_cause"], summary["category"], summary["product"]) == (
+        "product_defect",
+        "product_defect",
+        "torradeira t-100",
+    )
+    pid = summary["problem_id"]
+    problem = (await http.get(f"{learning}/problems/{pid}")).json()
+    assert problem["complaints"] == ids
+    assert [h["type"] for h in problem["history"]] == ["ProblemOpened", "RecurrenceDetected"]
+
+    bad = await http.post(
+        f"{learning}/problems/{pid}/corrective-actions",
+        json={"type": "pray", "description": "x", "owner": "q", "due_at": "2099-01-01T00:00:00Z"},
+    )
+    assert bad.status_code == 422
+    r = await http.post(
+        f"{learning}/problems/{pid}/corrective-actions",
+        json={
+            "type": "eliminate_defect",
+            "description": "Replace the thermostat supplier",
+            "owner": "quality-lead",
+            "due_at": "2099-01-01T00:00:00Z",
+        },
+    )
+    assert r.status_code == 200 and r.json()["status"] == "fixing"
+    action = r.json()["corrective_actions"][0]["action_id"]
+    r = await http.post(
+        f"{learning}/problems/{pid}/corrective-actions/{action}/complete",
+        json={"completed_by": "quality-lead"},
+    )
+    assert r.status_code == 200 and r.json()["status"] == "fixed"
+
+    fourth = await complain(p, http, *TEXTS[3])
+    await identify(p, http, fourth)
+    after = await eventually(lambda: problem_with(4), what="the fourth occurrence")
+    assert after["recurrences_after_fix"] == 1 and after["status"] == "fixing"
+    events = await learning_events(p, 5)
+    assert [e.type for e in events] == [
+        "ProblemOpened",
+        "RecurrenceDetected",
+        "CorrectiveActionPlanned",
+        "CorrectiveActionCompleted",
+        "RecurrenceAfterFix",
+    ]
+    assert events[0].data["occurrences"] == 2 and events[1].data["occurrences"] == 3
+    assert events[4].data["complaint_id"] == fourth
+    rate = (await http.get(f"{learning}/insights/recurrence")).json()
+    assert rate == {
+        "problems": 1,
+        "problems_fixed": 1,
+        "recurred_after_fix": 1,
+        "recurrence_after_fix_rate": 100.0,
+        "resolved": 0,
+    }
+
+    # a new complaint with no cause yet: similar complaints across languages, and the problem
+    for subject, text, lang in (
+        ("Funcionário mal educado", "O funcionário da caixa gritou comigo na loja.", "pt"),
+        ("Cobro duplicado", "Me han cobrado dos veces la misma factura del mes.", "es"),
+        ("Long queue", "I waited for an hour at the till, only one cashier.", "en"),
+    ):
+        await complain(p, http, subject, text, lang, product=None)
+    new = await complain(
+        p, http, "Tostadora T-100 no calienta", "Mi tostadora T-100 ya no calienta nada.", "es"
+    )
+
+    async def similar() -> dict | None:
+        r = await http.get(f"{learning}/complaints/{new}/similar")
+        return r.json() if r.status_code == 200 else None
+
+    found = await eventually(similar, what="similar complaints")
+    assert found["cause_known"] is False
+    top = [c["complaint_id"] for c in found["complaints"]]
+    assert top[0] == ids[1]  # the Spanish one first
+    assert set(top[:4]) == {*ids, fourth}  # every language of the same story ranks above
+    assert found["problems"][0]["problem_id"] == pid
+    missing = await http.get(f"{learning}/complaints/{uuid.uuid4()}/similar")
+    assert missing.status_code == 404
+
+
+# ---- a fixed data set, published as the other services would ------------------------------
+
+T = datetime(2026, 11, 2, 10, 0, tzinfo=UTC)  # Monday of ISO week 45
+H = timedelta(hours=1)
+C = [uuid.UUID(int=i) for i in range(1, 6)]
+
+
+def ev(type_: str, stream: uuid.UUID, at: datetime, source: str, **data: Any) -> Event:
+    return Event(
+        event_id=uuid.uuid4(),
+        type=type_,
+        stream_id=stream,
+        version=1,
+        occurred_at=at,
+        source=f"/complaints/{source}",
+        data=data,
+    )
+
+
+def data_set() -> list[tuple[str, Event]]:
+    received = [
+        (C[0], "billing", T),
+        (C[1], "billing", T + 24 * H),
+        (C[2], "cleanliness", T + 8 * 24 * H),
+        (C[3], "policy", T + 9 * 24 * H),
+        (C[4], "billing", T + 10 * 24 * H),
+    ]
+    out = [
+        (
+            "intake",
+            ev(
+                "ComplaintReceived",
+                c,
+                at,
+                "intake",
+                category=cat,
+                channel="web",
+                severity="medium",
+                product="Fatura" if cat == "billing" else None,
+                subject=f"s{i}",
+                description=f"d{i}",
+            ),
+        )
+        for i, (c, cat, at) in enumerate(received)
+    ]
+    causes = [
+        (C[0], "pricing_system", "billing", 2),
+        (C[1], "pricing_system", "billing", 2),
+        (C[2], "process", "cleanliness", 1),
+        (C[3], "policy", "policy", 1),
+        (C[4], "pricing_system", "billing", 2),
+    ]
+    at_of = {c: at for c, _, at in received}
+    out += [
+        (
+            "resolution",
+            ev(
+                "CauseIdentified",
+                c,
+                at_of[c] + h * H,
+                "resolution",
+                root_cause=root,
+                category=cat,
+                responsible="us",
+                product="Fatura" if cat == "billing" else None,
+            ),
+        )
+        for c, root, cat, h in causes
+    ]
+    out += [
+        ("resolution", ev("CaseResolved", c, at_of[c] + h * H, "resolution", summary="ok"))
+        for c, h in ((C[0], 10), (C[1], 24), (C[2], 2), (C[3], 48))
+    ]
+    out += [
+        (
+            "resolution",
+            ev("DeadlineBreached", C[3], at_of[C[3]] + 40 * H, "resolution", deadline="resolution"),
+        ),
+        (
+            "resolution",
+            ev(
+                "DeadlineBreached",
+                C[1],
+                at_of[C[1]] + 9 * H,
+                "resolution",
+                deadline="first_response",
+            ),
+        ),
+    ]
+    out += [
+        (
+            "followup",
+            ev(
+                "SatisfactionRecorded",
+                c,
+                at_of[c] + 72 * H,
+                "followup",
+                check_id=str(uuid.uuid4()),
+                score=s,
+                solved=s > 2,
+            ),
+        )
+        for c, s in ((C[0], 5), (C[1], 2), (C[2], 4))
+    ]
+    return out
+
+
+async def publish(p: Platform, events: list[tuple[str, Event]]) -> None:
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap(p), acks="all", enable_idempotence=True)
+    await producer.start()
+    try:
+        for topic, e in events:
+            r = to_kafka_record(e)
+            await producer.send_and_wait(
+                f"{p.prefix}complaints.{topic}.v1", r.value, key=r.key, headers=r.headers
+            )
+    finally:
+        await producer.stop()
+
+
+EXPECTED = {
+    "/insights/top": {
+        "causes": [
+            {"key": "pricing_system", "complaints": 3},
+            {"key": "policy", "complaints": 1},
+            {"key": "process", "complaints": 1},
+        ],
+        "categories": [
+            {"key": "billing", "complaints": 3},
+            {"key": "cleanliness", "complaints": 1},
+            {"key": "policy", "complaints": 1},
+        ],
+    },
+    "/insights/trends": [
+        {"week": "2026-W45", "complaints": 2, "categories": {"billing": 2}},
+        {
+            "week": "2026-W46",
+            "complaints": 3,
+            "categories": {"billing": 1, "cleanliness": 1, "policy": 1},
+        },
+    ],
+    "/insights/satisfaction": [
+        {"category": "billing", "answers": 2, "css": 50.0, "average_score": 3.5},
+        {"category": "cleanliness", "answers": 1, "css": 100.0, "average_score": 4.0},
+    ],
+    "/insights/sla": {
+        "resolved": 4,
+        "resolution_compliance": 75.0,
+        "complaints": 5,
+        "first_response_compliance": 80.0,
+    },
+    "/insights/resolution-time": {"resolved": 4, "mean_hours": 21.0, "p90_hours": 40.8},
+    "/insights/policy": {
+        "complaints_with_cause": 5,
+        "caused_by_policy": 1,
+        "share": 20.0,
+        "categories": [{"key": "policy", "complaints": 1}],
+    },
+    "/insights/recurrence": {
+        "problems": 1,
+        "problems_fixed": 0,
+        "recurred_after_fix": 0,
+        "recurrence_after_fix_rate": None,
+        "resolved": 0,
+    },
+}
+
+
+async def answers(http: httpx.AsyncClient, learning: str) -> dict[str, Any]:
+    out = {path: (await http.get(f"{learning}{path}")).json() for path in EXPECTED}
+    out["/insights/estimates"] = (await http.get(f"{learning}/insights/estimates")).json()
+    out["/insights/categories"] = (await http.get(f"{learning}/insights/categories")).json()
+    problems = (await http.get(f"{learning}/problems")).json()
+    out["/problems"] = problems
+    out["problem"] = (await http.get(f"{learning}/problems/{problems[0]['problem_id']}")).json()
+    return out
+
+
+async def test_insights_match_hand_computed_numbers_and_replay_gives_identical_answers(
+    start_platform: StartPlatform, http
+):
+    p = await start_platform("learning")
+    learning = p.url("learning")
+    await publish(p, data_set())
+
+    async def all_in() -> bool:
+        facts = await p.pool("learning").fetchval(
+            "SELECT count(*) FROM inbox WHERE consumer LIKE '%complaints-learning'"
+        )
+        return facts == len(data_set())
+
+    await eventually(all_in, what="every event processed")
+    first = await answers(http, learning)
+    for path, expected in EXPECTED.items():
+        assert first[path] == expected, path
+    assert first["/insights/estimates"]["silent_unhappy_customers"] == {"low": 125, "high": 250}
+    assert first["/insights/estimates"]["word_of_mouth_reach"] == {"low": 1125, "high": 2500}
+    assert first["/insights/estimates"]["label"] == "estimate"
+    assert first["/problems"][0]["occurrences"] == 3
+    week46 = (
+        await http.get(f"{learning}/insights/top", params={"from": (T + 7 * 24 * H).isoformat()})
+    ).json()
+    assert week46["causes"] == [  # a tie: by name
+        {"key": "policy", "complaints": 1},
+        {"key": "pricing_system", "complaints": 1},
+        {"key": "process", "complaints": 1},
+    ]
+    own_events = await topic_size(bootstrap(p), f"{p.prefix}complaints.learning.v1")
+
+    r = await http.post(f"{learning}/admin/rebuild")
+    assert r.status_code == 200 and r.json() == {"problems": 1, "replaying": True}
+    await eventually(all_in, what="the replay from offset 0")
+    await asyncio.sleep(0.5)
+    assert await answers(http, learning) == first
+    assert await topic_size(bootstrap(p), f"{p.prefix}complaints.learning.v1") == own_events
+
+
+async def test_a_fix_without_recurrence_for_the_verification_window_resolves_the_problem(
+    start_platform: StartPlatform, http, tmp_path
+):
+    policy = tmp_path / "policy.toml"
+    policy.write_text(
+        '[learning]\nverification_window = "P30D"\n[resolution]\ntimer_poll = "PT0.05S"\n'
+    )
+    clock = ManualClock(T + 24 * H)
+    p = await start_platform("learning", policy=policy, clock=clock)
+    learning = p.url("learning")
+    safety = uuid.UUID(int=99)
+    await publish(
+        p,
+        [
+            (
+                "resolution",
+                ev(
+                    "CauseIdentified",
+                    safety,
+                    T,
+                    "resolution",
+                    root_cause="process",
+                    category="cleanliness",
+                    product="Loja Baixa",
+                    safety_incident=True,
+                ),
+            )
+        ],
+    )
+
+    async def problem() -> dict | None:
+        items = (await http.get(f"{learning}/problems")).json()
+        return items[0] if items else None
+
+    opened = await eventually(problem, what="a problem at the first safety incident")
+    assert opened["occurrences"] == 1
+    pid = opened["problem_id"]
+    r = await http.post(
+        f"{learning}/problems/{pid}/corrective-actions",
+        json={
+            "type": "improve_procedure",
+            "description": "Wet-floor signs at every mop",
+            "owner": "store-ops",
+            "due_at": (T + 10 * 24 * H).isoformat(),
+        },
+    )
+    action = r.json()["corrective_actions"][0]["action_id"]
+    await http.post(
+        f"{learning}/problems/{pid}/corrective-actions/{action}/complete",
+        json={"completed_by": "store-ops"},
+    )
+    clock.advance(timedelta(days=29))
+    await asyncio.sleep(0.4)
+    assert (await http.get(f"{learning}/problems/{pid}")).json()["status"] == "fixed"
+    clock.advance(timedelta(days=2))
+
+    async def resolved() -> bool:
+        return (await http.get(f"{learning}/problems/{pid}")).json()["status"] == "resolved"
+
+    await eventually(resolved, what="ProblemResolved after the verification window")
+    events = await learning_events(p, 4)
+    assert events[-1].type == "ProblemResolved"
+    assert (await http.get(f"{learning}/insights/recurrence")).json()["resolved"] == 1
