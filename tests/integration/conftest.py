@@ -7,7 +7,9 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+import asyncpg
 import pytest
+from aiokafka import AIOKafkaProducer
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
 from complaints_followup.app import SPEC as FOLLOWUP
@@ -18,7 +20,7 @@ from complaints_shared.eventstore import Clock, utc_now
 from complaints_shared.service import ServiceSpec, create_app
 from complaints_shared.settings import ServiceSettings
 from complaints_shared.telemetry import setup_telemetry
-from tests.support import RunningServer, serve
+from tests.support import RunningServer, migrated_pool, serve
 
 SPECS = {s.name: s for s in (INTAKE, RESOLUTION, FOLLOWUP, LEARNING)}
 
@@ -73,3 +75,23 @@ async def start_platform(
 @pytest.fixture
 async def platform(start_platform: StartPlatform) -> Platform:
     return await start_platform()
+
+
+@pytest.fixture
+async def pool(database: str) -> AsyncIterator[asyncpg.Pool]:
+    """A pool on a fresh database with the event store schema and an ``effects`` table."""
+    pool = await migrated_pool(database)
+    async with pool.acquire() as conn:
+        await conn.execute("CREATE TABLE effects (event_id uuid, n int)")
+    yield pool
+    await pool.close()
+
+
+@pytest.fixture
+async def producer(infrastructure) -> AsyncIterator[AIOKafkaProducer]:  # type: ignore[no-untyped-def]
+    p = AIOKafkaProducer(
+        bootstrap_servers=infrastructure.kafka_bootstrap, acks="all", enable_idempotence=True
+    )
+    await p.start()
+    yield p
+    await p.stop()

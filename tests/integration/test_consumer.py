@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 
 import asyncpg
@@ -17,18 +16,9 @@ from complaints_shared.errors import PoisonEvent
 from complaints_shared.metrics import ServiceMetrics
 from complaints_shared.telemetry import setup_telemetry
 from complaints_shared.topics import ensure_topics
-from tests.support import eventually, migrated_pool, read_topic
+from tests.support import eventually, read_topic
 
 pytestmark = pytest.mark.integration
-
-
-@pytest.fixture
-async def pool(database: str) -> AsyncIterator[asyncpg.Pool]:
-    pool = await migrated_pool(database)
-    async with pool.acquire() as conn:
-        await conn.execute("CREATE TABLE effects (event_id uuid, n int)")
-    yield pool
-    await pool.close()
 
 
 @pytest.fixture
@@ -36,16 +26,6 @@ async def topics(infrastructure, topic_prefix: str) -> tuple[str, str]:
     names = (f"{topic_prefix}in", f"{topic_prefix}dlq")
     await ensure_topics(infrastructure.kafka_bootstrap, list(names), 1)
     return names
-
-
-@pytest.fixture
-async def producer(infrastructure) -> AsyncIterator[AIOKafkaProducer]:
-    p = AIOKafkaProducer(
-        bootstrap_servers=infrastructure.kafka_bootstrap, acks="all", enable_idempotence=True
-    )
-    await p.start()
-    yield p
-    await p.stop()
 
 
 def event(n: int, type_: str = "Counted", stream: uuid.UUID | None = None) -> Event:

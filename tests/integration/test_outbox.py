@@ -6,11 +6,9 @@ import asyncio
 import random
 import uuid
 from collections import defaultdict
-from collections.abc import AsyncIterator
 
 import asyncpg
 import pytest
-from aiokafka import AIOKafkaProducer
 
 from complaints_shared.consumer import ConsumerRunner, Subscription
 from complaints_shared.envelope import Event, NewEvent, decode_headers, from_kafka_record
@@ -20,18 +18,9 @@ from complaints_shared.metrics import ServiceMetrics
 from complaints_shared.outbox import OutboxRelay
 from complaints_shared.telemetry import setup_telemetry
 from complaints_shared.topics import ensure_topics
-from tests.support import eventually, migrated_pool, read_topic
+from tests.support import eventually, read_topic
 
 pytestmark = pytest.mark.integration
-
-
-@pytest.fixture
-async def pool(database: str) -> AsyncIterator[asyncpg.Pool]:
-    pool = await migrated_pool(database)
-    async with pool.acquire() as conn:
-        await conn.execute("CREATE TABLE effects (event_id uuid, n int)")
-    yield pool
-    await pool.close()
 
 
 @pytest.fixture
@@ -39,16 +28,6 @@ async def topic(infrastructure, topic_prefix: str) -> str:
     name = f"{topic_prefix}complaints.test.v1"
     await ensure_topics(infrastructure.kafka_bootstrap, [name, f"{topic_prefix}dlq"], 3)
     return name
-
-
-@pytest.fixture
-async def producer(infrastructure) -> AsyncIterator[AIOKafkaProducer]:
-    p = AIOKafkaProducer(
-        bootstrap_servers=infrastructure.kafka_bootstrap, acks="all", enable_idempotence=True
-    )
-    await p.start()
-    yield p
-    await p.stop()
 
 
 def make_relay(database: str, pool, producer, **kw) -> OutboxRelay:

@@ -34,8 +34,7 @@ def subscriptions(rt: Runtime) -> list[Subscription]:
             c["received_channel"],
         )
 
-    async def on_acknowledged(conn: asyncpg.Connection, event: Event) -> None:
-        d = event.data
+    async def deliver(conn: asyncpg.Connection, event: Event, message: dict[str, str]) -> None:
         await enqueue(
             conn,
             rt,
@@ -43,27 +42,21 @@ def subscriptions(rt: Runtime) -> list[Subscription]:
             kind="message",
             ref=str(event.event_id),
             source_type=event.type,
-            channel=d["channel"],
-            language=d["language"],
-            subject=d["message"]["subject"],
-            body=d["message"]["body"],
+            channel=message["channel"],
+            language=message["language"],
+            subject=message["subject"],
+            body=message["body"],
+        )
+
+    async def on_acknowledged(conn: asyncpg.Connection, event: Event) -> None:
+        d = event.data
+        await deliver(
+            conn, event, {**d["message"], "channel": d["channel"], "language": d["language"]}
         )
 
     async def on_customer_message(conn: asyncpg.Connection, event: Event) -> None:
-        message = event.data.get("customer_message")
-        if message:
-            await enqueue(
-                conn,
-                rt,
-                complaint_id=event.stream_id,
-                kind="message",
-                ref=str(event.event_id),
-                source_type=event.type,
-                channel=message["channel"],
-                language=message["language"],
-                subject=message["subject"],
-                body=message["body"],
-            )
+        if message := event.data.get("customer_message"):
+            await deliver(conn, event, message)
 
     async def on_case_resolved(conn: asyncpg.Connection, event: Event) -> None:
         await on_customer_message(conn, event)

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import tomllib
 from datetime import datetime
-from importlib import resources
 from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo
 
 from babel.dates import format_date
+
+from complaints_shared.datafiles import read_data_file
 
 
 def load_texts(
@@ -18,13 +19,7 @@ def load_texts(
     out: dict[str, dict[str, Any]] = {}
     for lang in languages:
         name = f"followup.{lang}.toml"
-        if override_dir is not None and (override_dir / name).is_file():
-            text = (override_dir / name).read_text("utf-8")
-        else:
-            res = resources.files("complaints_followup").joinpath("templates", name)
-            if not res.is_file():
-                raise ValueError(f"no follow-up templates for {lang!r} ({name})")
-            text = res.read_text("utf-8")
+        text = read_data_file("complaints_followup", "templates", name, override_dir)
         raw = tomllib.loads(text)
         for section, keys in (
             ("check", {"subject", "body"}),

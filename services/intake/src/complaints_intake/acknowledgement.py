@@ -6,11 +6,12 @@ import string
 import tomllib
 from dataclasses import dataclass
 from datetime import datetime
-from importlib import resources
 from pathlib import Path
 from zoneinfo import ZoneInfo
 
 from babel.dates import format_date
+
+from complaints_shared.datafiles import read_data_file
 
 PLACEHOLDERS = frozenset(
     {"greeting", "customer_name", "reference", "subject", "due", "channel_phrase"}
@@ -38,23 +39,17 @@ def _fields(text: str) -> set[str]:
     return {f for _, f, _, _ in string.Formatter().parse(text) if f}
 
 
-def _read(language: str, override_dir: Path | None) -> str:
-    name = f"acknowledgement.{language}.toml"
-    if override_dir is not None and (override_dir / name).is_file():
-        return (override_dir / name).read_text("utf-8")
-    res = resources.files("complaints_intake").joinpath("templates", name)
-    if not res.is_file():
-        raise ValueError(f"no acknowledgement template for language {language!r} ({name})")
-    return res.read_text("utf-8")
-
-
 def load_templates(
     languages: tuple[str, ...], override_dir: Path | None = None
 ) -> dict[str, Template]:
     """Every language's template, checked now so that a broken file stops the start."""
     out: dict[str, Template] = {}
     for lang in languages:
-        raw = tomllib.loads(_read(lang, override_dir))
+        raw = tomllib.loads(
+            read_data_file(
+                "complaints_intake", "templates", f"acknowledgement.{lang}.toml", override_dir
+            )
+        )
         try:
             t = Template(
                 lang,

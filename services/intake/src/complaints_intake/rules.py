@@ -4,23 +4,18 @@ from __future__ import annotations
 
 import tomllib
 from dataclasses import dataclass
-from importlib import resources
 from pathlib import Path
 from typing import Any
 
 from complaints_intake.text import Lexicon, normalise
+from complaints_shared.datafiles import read_data_file
 
 SHOUTING_RATIO = 0.6
 SHOUTING_MIN_LETTERS = 20
 
 
 def _load(name: str, override_dir: Path | None) -> dict[str, Any]:
-    if override_dir is not None and (override_dir / name).is_file():
-        with (override_dir / name).open("rb") as f:
-            return tomllib.load(f)
-    return tomllib.loads(
-        resources.files("complaints_intake").joinpath("rules", name).read_text("utf-8")
-    )
+    return tomllib.loads(read_data_file("complaints_intake", "rules", name, override_dir))
 
 
 @dataclass(frozen=True)

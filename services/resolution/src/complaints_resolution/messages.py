@@ -5,7 +5,6 @@ from __future__ import annotations
 import tomllib
 from dataclasses import dataclass
 from datetime import datetime
-from importlib import resources
 from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo
@@ -14,6 +13,7 @@ from babel.dates import format_date
 from babel.numbers import format_currency
 
 from complaints_resolution.domain import Case
+from complaints_shared.datafiles import read_data_file
 from complaints_shared.envelope import NewEvent
 
 STEPS = {
@@ -47,13 +47,7 @@ class Messages:
         out: dict[str, dict[str, Any]] = {}
         for lang in languages:
             name = f"messages.{lang}.toml"
-            if override_dir is not None and (override_dir / name).is_file():
-                text = (override_dir / name).read_text("utf-8")
-            else:
-                res = resources.files("complaints_resolution").joinpath("templates", name)
-                if not res.is_file():
-                    raise ValueError(f"no customer message templates for {lang!r} ({name})")
-                text = res.read_text("utf-8")
+            text = read_data_file("complaints_resolution", "templates", name, override_dir)
             raw = tomllib.loads(text)
             for step in STEPS.values():
                 if not {"subject", "body"} <= set(raw.get(step, {})):
