@@ -1,8 +1,9 @@
 """The idempotent consumer: inbox, handler and projections in one transaction, then the offset.
 
 For each record: the inbox row ``(consumer, event_id)``, the handler's new events (through the
-event store, so also their outbox rows) and its projection rows are written in one database
-transaction; the Kafka offset is committed only after that.  A redelivered event finds its
+event store, so also their outbox rows) and its projection rows are written in the database
+transaction of the record's poll batch (a savepoint each); the Kafka offset is committed only
+after that transaction.  A redelivered event finds its
 inbox row and has no second effect.  Transient failures (database or broker unreachable, a
 concurrent writer) are retried with backoff and block the partition; anything else is a poison
 event: it goes to the dead-letter topic with the error and its origin in headers, and the
@@ -132,8 +133,7 @@ class ConsumerRunner:
                 batch = await consumer.getmany(timeout_ms=500)
                 self.assigned = bool(consumer.assignment())
                 for tp, records in batch.items():
-                    for record in records:
-                        await self.handle_record(record)
+                    await self.handle_batch(records)
                     await self._commit(consumer, tp, records[-1].offset + 1)
         finally:
             self.assigned = False
@@ -150,65 +150,92 @@ class ConsumerRunner:
 
     async def handle_record(self, record: ConsumerRecord) -> None:
         """Process one record to completion: handled once, ignored, or dead-lettered."""
-        name = self.subscription.name
-        try:
-            event = from_kafka_record(record.value, record.headers)
-        except MalformedEvent as exc:
-            await self._dead_letter(record, exc)
+        await self.handle_batch([record])
+
+    async def handle_batch(self, records: list[ConsumerRecord]) -> None:
+        """Process one partition's records in one database transaction, a savepoint each.
+
+        A poison record rolls back only its savepoint and is dead-lettered after the commit; a
+        transient failure rolls the whole batch back and retries it after a backoff (nothing of
+        it was committed, so nothing takes effect twice).
+        """
+        delays = self.retry.delays()
+        while True:
+            try:
+                outcomes, poison = await self._apply_batch(records)
+            except TRANSIENT_ERRORS as exc:
+                delay = next(delays)
+                log.warning(
+                    "consumer %s: transient %s; retrying %d records in %.1fs",
+                    self.subscription.name,
+                    type(exc).__name__,
+                    len(records),
+                    delay,
+                )
+                if self.metrics is not None:
+                    self.metrics.consumer_retries.labels(self.subscription.name).inc()
+                await asyncio.sleep(delay)
+                continue
+            for record, error in poison:
+                await self._dead_letter(record, error)
+            for outcome in outcomes:
+                self._count(outcome)
             return
-        handler = self.subscription.handler_for(event.type)
-        if handler is None:
-            self._count("ignored")
-            return
-        headers = decode_headers(record.headers)
+
+    async def _apply_batch(
+        self, records: list[ConsumerRecord]
+    ) -> tuple[list[str], list[tuple[ConsumerRecord, BaseException]]]:
+        outcomes: list[str] = []
+        poison: list[tuple[ConsumerRecord, BaseException]] = []
+        async with self.pool.acquire() as conn, conn.transaction():
+            for record in records:
+                try:
+                    event = from_kafka_record(record.value, record.headers)
+                except MalformedEvent as exc:
+                    poison.append((record, exc))
+                    continue
+                handler = self.subscription.handler_for(event.type)
+                if handler is None:
+                    outcomes.append("ignored")
+                    continue
+                with self._span(record, event) as span:
+                    try:
+                        async with conn.transaction():  # a savepoint per record
+                            outcome = await self._apply(conn, handler, event)
+                    except TRANSIENT_ERRORS:
+                        raise
+                    except Exception as exc:
+                        span.record_exception(exc)
+                        span.set_attribute("complaints.outcome", "dead_lettered")
+                        poison.append((record, exc))
+                        continue
+                    span.set_attribute("complaints.outcome", outcome)
+                    outcomes.append(outcome)
+        return outcomes, poison
+
+    def _span(self, record: ConsumerRecord, event: Event) -> Any:
         span_attrs = attrs("process", record.topic, event)
-        span_attrs["messaging.consumer.group.name"] = name
+        span_attrs["messaging.consumer.group.name"] = self.subscription.name
         span_attrs["messaging.destination.partition.id"] = str(record.partition)
         span_attrs["messaging.kafka.offset"] = record.offset
-        with self.telemetry.tracer.start_as_current_span(
+        return self.telemetry.tracer.start_as_current_span(
             f"{record.topic} process",
-            context=extract_context(headers),
+            context=extract_context(decode_headers(record.headers)),
             kind=CONSUMER,
             attributes=span_attrs,
-        ) as span:
-            delays = self.retry.delays()
-            while True:
-                try:
-                    outcome = await self._apply(handler, event)
-                except TRANSIENT_ERRORS as exc:
-                    delay = next(delays)
-                    log.warning(
-                        "consumer %s: transient %s on event %s; retrying in %.1fs",
-                        name,
-                        type(exc).__name__,
-                        event.event_id,
-                        delay,
-                    )
-                    if self.metrics is not None:
-                        self.metrics.consumer_retries.labels(name).inc()
-                    await asyncio.sleep(delay)
-                    continue
-                except Exception as exc:
-                    span.record_exception(exc)
-                    span.set_attribute("complaints.outcome", "dead_lettered")
-                    await self._dead_letter(record, exc)
-                    return
-                span.set_attribute("complaints.outcome", outcome)
-                self._count(outcome)
-                return
+        )
 
-    async def _apply(self, handler: Handler, event: Event) -> str:
-        async with self.pool.acquire() as conn, conn.transaction():
-            fresh = await conn.fetchval(
-                "INSERT INTO inbox (consumer, event_id, event_type) VALUES ($1, $2, $3)"
-                " ON CONFLICT DO NOTHING RETURNING true",
-                self.subscription.name,
-                event.event_id,
-                event.type,
-            )
-            if not fresh:
-                return "duplicate"
-            await handler(conn, event)
+    async def _apply(self, conn: asyncpg.Connection, handler: Handler, event: Event) -> str:
+        fresh = await conn.fetchval(
+            "INSERT INTO inbox (consumer, event_id, event_type) VALUES ($1, $2, $3)"
+            " ON CONFLICT DO NOTHING RETURNING true",
+            self.subscription.name,
+            event.event_id,
+            event.type,
+        )
+        if not fresh:
+            return "duplicate"
+        await handler(conn, event)
         return "processed"
 
     async def _dead_letter(self, record: ConsumerRecord, exc: BaseException) -> None:
