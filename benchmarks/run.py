@@ -163,7 +163,7 @@ async def bench(n: int, bootstrap: str, server: str) -> None:
     print(
         f"consume  inbox     inbox + projection + commit   {rate(inbox_consume)}"
         f"   ratio {inbox_consume / raw_consume:5.2f}x baseline time"
-        " (includes the group join)"
+        " (from partition assignment on)"
     )
 
 

@@ -2,8 +2,8 @@
 
 For each record: the inbox row ``(consumer, event_id)``, the handler's new events (through the
 event store, so also their outbox rows) and its projection rows are written in the database
-transaction of the record's poll batch (a savepoint each); the Kafka offset is committed only
-after that transaction.  A redelivered event finds its
+transaction of the record's poll batch; the Kafka offset is committed only after that
+transaction.  A redelivered event finds its
 inbox row and has no second effect.  Transient failures (database or broker unreachable, a
 concurrent writer) are retried with backoff and block the partition; anything else is a poison
 event: it goes to the dead-letter topic with the error and its origin in headers, and the
@@ -48,6 +48,13 @@ TRANSIENT_ERRORS: tuple[type[BaseException], ...] = (
     asyncpg.CannotConnectNowError,
     KafkaError,
 )
+
+
+class _Poisoned(Exception):
+    def __init__(self, record: ConsumerRecord, error: BaseException) -> None:
+        super().__init__(str(error))
+        self.record = record
+        self.error = error
 
 
 @dataclass(frozen=True, slots=True)
@@ -153,65 +160,65 @@ class ConsumerRunner:
         await self.handle_batch([record])
 
     async def handle_batch(self, records: list[ConsumerRecord]) -> None:
-        """Process one partition's records in one database transaction, a savepoint each.
+        """Process one partition's records in one database transaction.
 
-        A poison record rolls back only its savepoint and is dead-lettered after the commit; a
-        transient failure rolls the whole batch back and retries it after a backoff (nothing of
-        it was committed, so nothing takes effect twice).
+        A poison record rolls the batch back; it is set aside for the dead-letter topic and the
+        others run again (nothing was committed, so nothing takes effect twice).  A transient
+        failure rolls the batch back and retries it after a backoff.
         """
         delays = self.retry.delays()
+        pending = list(records)
+        poison: list[tuple[ConsumerRecord, BaseException]] = []
         while True:
             try:
-                outcomes, poison = await self._apply_batch(records)
+                outcomes = await self._apply_batch(pending)
+            except _Poisoned as p:
+                poison.append((p.record, p.error))
+                pending.remove(p.record)
+                continue
             except TRANSIENT_ERRORS as exc:
                 delay = next(delays)
                 log.warning(
                     "consumer %s: transient %s; retrying %d records in %.1fs",
                     self.subscription.name,
                     type(exc).__name__,
-                    len(records),
+                    len(pending),
                     delay,
                 )
                 if self.metrics is not None:
                     self.metrics.consumer_retries.labels(self.subscription.name).inc()
                 await asyncio.sleep(delay)
                 continue
-            for record, error in poison:
+            for record, error in sorted(poison, key=lambda pe: pe[0].offset):
                 await self._dead_letter(record, error)
             for outcome in outcomes:
                 self._count(outcome)
             return
 
-    async def _apply_batch(
-        self, records: list[ConsumerRecord]
-    ) -> tuple[list[str], list[tuple[ConsumerRecord, BaseException]]]:
+    async def _apply_batch(self, records: list[ConsumerRecord]) -> list[str]:
         outcomes: list[str] = []
-        poison: list[tuple[ConsumerRecord, BaseException]] = []
         async with self.pool.acquire() as conn, conn.transaction():
             for record in records:
                 try:
                     event = from_kafka_record(record.value, record.headers)
                 except MalformedEvent as exc:
-                    poison.append((record, exc))
-                    continue
+                    raise _Poisoned(record, exc) from exc
                 handler = self.subscription.handler_for(event.type)
                 if handler is None:
                     outcomes.append("ignored")
                     continue
                 with self._span(record, event) as span:
                     try:
-                        async with conn.transaction():  # a savepoint per record
-                            outcome = await self._apply(conn, handler, event)
+                        outcome = await self._apply(conn, handler, event)
                     except TRANSIENT_ERRORS:
                         raise
                     except Exception as exc:
                         span.record_exception(exc)
                         span.set_attribute("complaints.outcome", "dead_lettered")
-                        poison.append((record, exc))
-                        continue
+                        raise _Poisoned(record, exc) from exc
                     span.set_attribute("complaints.outcome", outcome)
                     outcomes.append(outcome)
-        return outcomes, poison
+        return outcomes
 
     def _span(self, record: ConsumerRecord, event: Event) -> Any:
         span_attrs = attrs("process", record.topic, event)
