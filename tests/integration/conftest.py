@@ -59,9 +59,8 @@ async def start_platform(
                 kafka_bootstrap=infrastructure.kafka_bootstrap,
                 database_url=await new_database(),
                 topic_prefix=topic_prefix,
-                topic_partitions=3,
                 policy=policy,
-                **settings,
+                **{"topic_partitions": 3, **settings},
             )
             app = create_app(spec, config, telemetry=setup_telemetry(name, spans), clock=clock)
             servers[name] = await serve(app)

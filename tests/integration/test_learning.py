@@ -466,3 +466,24 @@ async def test_a_fix_without_recurrence_for_the_verification_window_resolves_the
     events = await learning_events(p, 4)
     assert events[-1].type == "ProblemResolved"
     assert (await http.get(f"{learning}/insights/recurrence")).json()["resolved"] == 1
+
+
+async def test_answers_do_not_depend_on_the_order_events_arrive_in(
+    start_platform: StartPlatform, http
+):
+    p = await start_platform("learning", topic_partitions=1)  # processed exactly in this order:
+    events = data_set()
+    await publish(p, list(reversed(events)))  # later causes first, results before receipts
+
+    async def all_in() -> bool:
+        n = await p.pool("learning").fetchval(
+            "SELECT count(*) FROM inbox WHERE consumer LIKE '%complaints-learning'"
+        )
+        return n == len(events)
+
+    await eventually(all_in, what="every event processed")
+    got = await answers(http, p.url("learning"))
+    for path, expected in EXPECTED.items():
+        assert got[path] == expected, path
+    assert got["/problems"][0]["occurrences"] == 3
+    assert sorted(got["problem"]["complaints"]) == sorted(str(c) for c in (C[0], C[1], C[4]))

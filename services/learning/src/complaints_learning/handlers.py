@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from datetime import datetime
-
 import asyncpg
 
 from complaints_learning.domain import Signature, occurrence
@@ -63,13 +61,15 @@ def subscriptions(rt: Runtime) -> list[Subscription]:
             e.stream_id,
             e.occurred_at,
         )
-        window_start: datetime = e.occurred_at - rt.policy.learning.recurrence_window
+        # occurrences within the window on either side: topics and partitions may deliver a
+        # later complaint's cause first, and the outcome must not depend on that order
+        window = rt.policy.learning.recurrence_window
         earlier = await conn.fetch(
             "SELECT complaint_id FROM occurrences WHERE signature = $1 AND occurred_at >= $2"
             " AND occurred_at <= $3 ORDER BY occurred_at, complaint_id",
             signature.key,
-            window_start,
-            e.occurred_at,
+            e.occurred_at - window,
+            e.occurred_at + window,
         )
         in_window = [str(r["complaint_id"]) for r in earlier]
         problem = await change(
