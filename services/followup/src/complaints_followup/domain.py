@@ -7,7 +7,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import Annotated, Any
-from uuid import UUID, uuid4
+from uuid import uuid4
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 
@@ -201,7 +201,3 @@ def record_answer(
             )
         )
     return events
-
-
-def complaint_of(event: Event) -> UUID:
-    return event.stream_id
