@@ -205,3 +205,13 @@ class ManualClock:
 
     def advance(self, delta: Any) -> None:
         self.now = self.now + delta
+
+
+async def await_case(http: Any, resolution_url: str, complaint_id: str) -> None:
+    """Wait until resolution has opened the complaint's case (from ComplaintReceived)."""
+
+    async def opened() -> bool:
+        r = await http.get(f"{resolution_url}/cases/{complaint_id}")
+        return bool(r.status_code == 200)
+
+    await eventually(opened, what="the case to open")

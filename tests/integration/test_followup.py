@@ -18,7 +18,7 @@ from aiosmtpd.controller import Controller
 
 from complaints_shared.envelope import from_kafka_record
 from tests.integration.conftest import Platform, StartPlatform
-from tests.support import ManualClock, eventually, free_port, read_topic, resolve_case
+from tests.support import ManualClock, await_case, eventually, free_port, read_topic, resolve_case
 
 pytestmark = pytest.mark.integration
 
@@ -130,10 +130,7 @@ async def submit(p: Platform, http: httpx.AsyncClient, email: str, language: str
     assert r.status_code == 201, r.text
     cid = r.json()["id"]
 
-    async def opened() -> bool:
-        return (await http.get(f"{p.url('resolution')}/cases/{cid}")).status_code == 200
-
-    await eventually(opened, what="the case")
+    await await_case(http, p.url("resolution"), cid)
     return cid
 
 

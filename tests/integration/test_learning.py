@@ -13,7 +13,7 @@ from aiokafka import AIOKafkaProducer
 
 from complaints_shared.envelope import Event, from_kafka_record, to_kafka_record
 from tests.integration.conftest import Platform, StartPlatform
-from tests.support import AGENT, ManualClock, eventually, read_topic, topic_size
+from tests.support import AGENT, ManualClock, await_case, eventually, read_topic, topic_size
 
 pytestmark = pytest.mark.integration
 
@@ -56,10 +56,7 @@ async def complain(
     assert r.status_code == 201, r.text
     cid = r.json()["id"]
 
-    async def opened() -> bool:
-        return (await http.get(f"{p.url('resolution')}/cases/{cid}")).status_code == 200
-
-    await eventually(opened, what="the case")
+    await await_case(http, p.url("resolution"), cid)
     return cid
 
 

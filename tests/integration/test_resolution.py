@@ -20,6 +20,7 @@ from tests.integration.conftest import SPECS, Platform, StartPlatform
 from tests.support import (
     AGENT,
     ManualClock,
+    await_case,
     drive_to_agreed,
     eventually,
     read_topic,
@@ -60,10 +61,7 @@ async def new_case(p: Platform, http: httpx.AsyncClient, **over: Any) -> str:
     assert r.status_code == 201, r.text
     cid = r.json()["id"]
 
-    async def opened() -> bool:
-        return (await http.get(f"{p.url('resolution')}/cases/{cid}")).status_code == 200
-
-    await eventually(opened, what="the case to open")
+    await await_case(http, p.url("resolution"), cid)
     return cid
 
 
