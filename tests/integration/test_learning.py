@@ -290,6 +290,18 @@ def data_set() -> list[tuple[str, Event]]:
     return out
 
 
+def processed(p: Platform, count: int):  # type: ignore[no-untyped-def]
+    """A probe: learning's consumer has handled ``count`` events."""
+
+    async def probe() -> bool:
+        n = await p.pool("learning").fetchval(
+            "SELECT count(*) FROM inbox WHERE consumer LIKE '%complaints-learning'"
+        )
+        return bool(n == count)
+
+    return probe
+
+
 async def publish(p: Platform, events: list[tuple[str, Event]]) -> None:
     producer = AIOKafkaProducer(bootstrap_servers=bootstrap(p), acks="all", enable_idempotence=True)
     await producer.start()
@@ -368,13 +380,7 @@ async def test_insights_match_hand_computed_numbers_and_replay_gives_identical_a
     learning = p.url("learning")
     await publish(p, data_set())
 
-    async def all_in() -> bool:
-        facts = await p.pool("learning").fetchval(
-            "SELECT count(*) FROM inbox WHERE consumer LIKE '%complaints-learning'"
-        )
-        return facts == len(data_set())
-
-    await eventually(all_in, what="every event processed")
+    await eventually(processed(p, len(data_set())), what="every event processed")
     first = await answers(http, learning)
     for path, expected in EXPECTED.items():
         assert first[path] == expected, path
@@ -394,7 +400,7 @@ async def test_insights_match_hand_computed_numbers_and_replay_gives_identical_a
 
     r = await http.post(f"{learning}/admin/rebuild")
     assert r.status_code == 200 and r.json() == {"problems": 1, "replaying": True}
-    await eventually(all_in, what="the replay from offset 0")
+    await eventually(processed(p, len(data_set())), what="the replay from offset 0")
     await asyncio.sleep(0.5)
     assert await answers(http, learning) == first
     assert await topic_size(bootstrap(p), f"{p.prefix}complaints.learning.v1") == own_events
@@ -472,13 +478,7 @@ async def test_answers_do_not_depend_on_the_order_events_arrive_in(
     events = data_set()
     await publish(p, list(reversed(events)))  # later causes first, results before receipts
 
-    async def all_in() -> bool:
-        n = await p.pool("learning").fetchval(
-            "SELECT count(*) FROM inbox WHERE consumer LIKE '%complaints-learning'"
-        )
-        return n == len(events)
-
-    await eventually(all_in, what="every event processed")
+    await eventually(processed(p, len(events)), what="every event processed")
     got = await answers(http, p.url("learning"))
     for path, expected in EXPECTED.items():
         assert got[path] == expected, path

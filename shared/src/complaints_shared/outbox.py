@@ -120,7 +120,12 @@ class OutboxRelay:
                 self._batch_size,
             )
             if self._metrics is not None:
-                pending = await conn.fetchval("SELECT count(*) FROM outbox WHERE sent_at IS NULL")
+                # a short batch holds every unsent row: count only when there may be more
+                pending = len(records)
+                if pending >= self._batch_size:
+                    pending = await conn.fetchval(
+                        "SELECT count(*) FROM outbox WHERE sent_at IS NULL"
+                    )
                 self._metrics.outbox_pending.set(pending)
         return [
             PendingRow(
