@@ -17,14 +17,21 @@ import contextlib
 import logging
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 import asyncpg
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
 from aiokafka.errors import CommitFailedError, KafkaError
 
-from complaints_shared.envelope import Event, MalformedEvent, decode_headers, from_kafka_record
+from complaints_shared.envelope import (
+    Event,
+    MalformedEvent,
+    decode_headers,
+    event_type_of,
+    from_kafka_record,
+)
 from complaints_shared.errors import ConcurrencyConflict
+from complaints_shared.events import DomainEvent
 from complaints_shared.metrics import ServiceMetrics
 from complaints_shared.telemetry import CONSUMER, Telemetry, extract_context
 from complaints_shared.telemetry import messaging_attributes as attrs
@@ -33,7 +40,15 @@ log = logging.getLogger(__name__)
 
 DLQ_TOPIC = "complaints.dlq.v1"
 
-Handler = Callable[[asyncpg.Connection, Event], Awaitable[None]]
+Handler = Callable[[asyncpg.Connection, Event[Any]], Awaitable[None]]
+E = TypeVar("E", bound=DomainEvent)
+
+
+def on(
+    model: type[E], handler: Callable[[asyncpg.Connection, Event[E]], Awaitable[None]]
+) -> tuple[str, Handler]:
+    """A typed handler entry for :class:`Subscription`: ``dict([on(CaseResolved, fn), ...])``."""
+    return model.event_name(), handler
 
 TRANSIENT_ERRORS: tuple[type[BaseException], ...] = (
     OSError,
@@ -61,7 +76,8 @@ class _Poisoned(Exception):
 class Subscription:
     """A consumer group: the topics it reads and a handler per event type it cares about.
 
-    Events of other types go to ``fallback``, or are acknowledged without effect.
+    Events of other types go to ``fallback``, or are acknowledged without effect (and without
+    being parsed: an event type this code does not know is no error).
     """
 
     name: str
@@ -200,13 +216,15 @@ class ConsumerRunner:
         async with self.pool.acquire() as conn, conn.transaction():
             for record in records:
                 try:
+                    handler = self.subscription.handler_for(
+                        event_type_of(decode_headers(record.headers))
+                    )
+                    if handler is None:
+                        outcomes.append("ignored")
+                        continue
                     event = from_kafka_record(record.value, record.headers)
                 except MalformedEvent as exc:
                     raise _Poisoned(record, exc) from exc
-                handler = self.subscription.handler_for(event.type)
-                if handler is None:
-                    outcomes.append("ignored")
-                    continue
                 with self._span(record, event) as span:
                     try:
                         outcome = await self._apply(conn, handler, event)
@@ -220,7 +238,7 @@ class ConsumerRunner:
                     outcomes.append(outcome)
         return outcomes
 
-    def _span(self, record: ConsumerRecord, event: Event) -> Any:
+    def _span(self, record: ConsumerRecord, event: Event[Any]) -> Any:
         span_attrs = attrs("process", record.topic, event)
         span_attrs["messaging.consumer.group.name"] = self.subscription.name
         span_attrs["messaging.destination.partition.id"] = str(record.partition)
@@ -232,7 +250,7 @@ class ConsumerRunner:
             attributes=span_attrs,
         )
 
-    async def _apply(self, conn: asyncpg.Connection, handler: Handler, event: Event) -> str:
+    async def _apply(self, conn: asyncpg.Connection, handler: Handler, event: Event[Any]) -> str:
         fresh = await conn.fetchval(
             "INSERT INTO inbox (consumer, event_id, event_type) VALUES ($1, $2, $3)"
             " ON CONFLICT DO NOTHING RETURNING true",

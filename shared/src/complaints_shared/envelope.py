@@ -1,48 +1,54 @@
-"""The event envelope and its CloudEvents 1.0 binary-mode mapping onto Kafka records."""
+"""The recorded event (envelope + typed payload) and its CloudEvents 1.0 binary-mode mapping
+onto Kafka records.
+
+A payload is a :class:`~complaints_shared.events.DomainEvent` model; it becomes JSON only here
+and in the event store (serialisation), and is read back through the event registry.
+"""
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import Any, Generic, TypeVar
 from uuid import UUID
 
-from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, ValidationError
+import orjson
+from pydantic import ValidationError
+
+from complaints_shared.events import REGISTRY, DomainEvent
 
 SPEC_VERSION = "1.0"
 CONTENT_TYPE = "application/json"
 TYPE_PREFIX = "complaints"
 
-
-class NewEvent(BaseModel):
-    """An event a decision produced, before the store gives it an id, a stream and a version."""
-
-    model_config = ConfigDict(frozen=True)
-
-    type: str = Field(min_length=1, pattern=r"^[A-Z][A-Za-z]+$")
-    data: dict[str, Any]
+P = TypeVar("P", bound=DomainEvent, covariant=True)
 
 
-class Event(BaseModel):
-    """A recorded event: one fact about one stream (a complaint), at one version."""
-
-    model_config = ConfigDict(frozen=True)
+@dataclass(frozen=True, slots=True)
+class Event(Generic[P]):
+    """A recorded event: one fact (``payload``) about one stream, at one version."""
 
     event_id: UUID
-    type: str
     stream_id: UUID
-    version: int = Field(ge=1)
-    occurred_at: AwareDatetime
+    version: int
+    occurred_at: datetime
     source: str
-    data: dict[str, Any]
+    payload: P
+
+    @property
+    def type(self) -> str:
+        """The event's name: its model's class name (``CaseResolved``)."""
+        return self.payload.name
+
+    @property
+    def service(self) -> str:
+        return self.source.rstrip("/").rsplit("/", 1)[-1]
 
     @property
     def ce_type(self) -> str:
         """The CloudEvents type: ``complaints.<service>.<EventName>``."""
-        service = self.source.rstrip("/").rsplit("/", 1)[-1]
-        return f"{TYPE_PREFIX}.{service}.{self.type}"
+        return f"{TYPE_PREFIX}.{self.service}.{self.type}"
 
 
 class MalformedEvent(ValueError):
@@ -58,10 +64,16 @@ class KafkaRecord:
     headers: list[tuple[str, bytes]]
 
 
-def to_kafka_record(event: Event, trace_headers: Mapping[str, str] | None = None) -> KafkaRecord:
+def dumps(payload: DomainEvent) -> bytes:
+    """The payload's JSON bytes (as stored and as published)."""
+    return orjson.dumps(payload.to_json())
+
+
+def to_kafka_record(event: Event[Any], trace_headers: Mapping[str, str] | None = None) -> KafkaRecord:
     """Map an event onto a CloudEvents binary-mode Kafka record.
 
-    The key is the stream (complaint) id, so one complaint's events keep their order.
+    The key is the stream id (the complaint; the problem on the learning topic), so one
+    stream's events keep their order.
     """
     headers = [
         ("ce_specversion", SPEC_VERSION),
@@ -76,9 +88,7 @@ def to_kafka_record(event: Event, trace_headers: Mapping[str, str] | None = None
     headers.extend((k, v) for k, v in (trace_headers or {}).items())
     return KafkaRecord(
         key=str(event.stream_id).encode(),
-        value=json.dumps(
-            event.data, separators=(",", ":"), ensure_ascii=False, default=str
-        ).encode(),
+        value=dumps(event.payload),
         headers=[(k, v.encode()) for k, v in headers],
     )
 
@@ -94,8 +104,17 @@ def decode_headers(headers: Sequence[tuple[str, bytes]] | None) -> dict[str, str
     return out
 
 
-def from_kafka_record(value: bytes | None, headers: Sequence[tuple[str, bytes]] | None) -> Event:
-    """Read an event back from a CloudEvents binary-mode Kafka record."""
+def event_type_of(headers: Mapping[str, str]) -> str:
+    """The event name of a record's decoded headers (``""`` when there is none)."""
+    return headers.get("ce_type", "").rsplit(".", 1)[-1]
+
+
+def from_kafka_record(value: bytes | None, headers: Sequence[tuple[str, bytes]] | None) -> Event[Any]:
+    """Read an event back from a CloudEvents binary-mode Kafka record.
+
+    A type this code does not know reads as an ``UnknownEvent`` payload; a known type whose
+    data does not fit its model raises :class:`MalformedEvent`.
+    """
     h = decode_headers(headers)
     missing = [n for n in ("ce_id", "ce_type", "ce_source", "ce_subject", "ce_time") if n not in h]
     if missing:
@@ -103,20 +122,36 @@ def from_kafka_record(value: bytes | None, headers: Sequence[tuple[str, bytes]] 
     if h.get("ce_specversion") != SPEC_VERSION:
         raise MalformedEvent(f"unsupported ce_specversion {h.get('ce_specversion')!r}")
     try:
-        data = json.loads(value or b"")
-    except (ValueError, UnicodeDecodeError) as exc:
+        data = orjson.loads(value or b"")
+    except orjson.JSONDecodeError as exc:
         raise MalformedEvent(f"value is not JSON: {exc}") from exc
     if not isinstance(data, dict):
         raise MalformedEvent("value is not a JSON object")
     try:
         return Event(
             event_id=UUID(h["ce_id"]),
-            type=h["ce_type"].rsplit(".", 1)[-1],
             stream_id=UUID(h["ce_subject"]),
             version=int(h.get("ce_sequence", "1")),
-            occurred_at=datetime.fromisoformat(h["ce_time"]),
+            occurred_at=_aware(datetime.fromisoformat(h["ce_time"])),
             source=h["ce_source"],
-            data=data,
+            payload=REGISTRY.parse(event_type_of(h), data),
         )
-    except (ValueError, ValidationError) as exc:
+    except ValidationError as exc:
+        raise MalformedEvent(
+            f"{event_type_of(h)} does not match its schema: {_errors(exc)}"
+        ) from exc
+    except ValueError as exc:
         raise MalformedEvent(f"invalid CloudEvents attributes: {exc}") from exc
+
+
+def _aware(at: datetime) -> datetime:
+    if at.tzinfo is None:
+        raise ValueError("ce_time has no time zone")
+    return at
+
+
+def _errors(exc: ValidationError) -> str:
+    """Where the payload is wrong, without echoing the values (they may be personal data)."""
+    return "; ".join(
+        f"{'.'.join(str(p) for p in e['loc']) or '(root)'}: {e['type']}" for e in exc.errors()
+    )[:500]

@@ -1,23 +1,29 @@
-"""Event store on PostgreSQL with a transactional outbox.
+"""Event stores: append to and load streams of one service's events.
 
-``append`` writes the events and queues them for publishing in the caller's transaction, so a
-committed event is always published and an uncommitted one never is.  The primary key
-``(stream_id, version)`` is the optimistic concurrency check.
+Two implementations pass the same contract tests (``tests/contract``):
+
+- :class:`PostgresEventStore`: ``append`` writes the events and queues them in the outbox in the
+  caller's transaction, in one statement, so a committed event is always published and an
+  uncommitted one never is.  The primary key ``(stream_id, version)`` is the optimistic
+  concurrency check; a conflict raises :class:`ConcurrencyConflict` and leaves the caller's
+  transaction usable (nothing of the failed append remains), so the caller may decide again.
+- :class:`InMemoryEventStore`: the same semantics in a dict, for fast domain tests.
 """
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, Protocol
 from uuid import UUID, uuid4
 
 import asyncpg
+import orjson
 from opentelemetry import propagate
 
-from complaints_shared.envelope import Event, NewEvent
+from complaints_shared.envelope import Event
 from complaints_shared.errors import ConcurrencyConflict
+from complaints_shared.events import REGISTRY, DomainEvent
 
 OUTBOX_CHANNEL = "complaints_outbox"
 
@@ -35,21 +41,74 @@ def current_trace_context() -> dict[str, str]:
     return carrier
 
 
-def row_to_event(row: asyncpg.Record, source: str) -> Event:
+class EventRecorder(Protocol):
+    """What a repository needs of an event store.  ``conn`` is the caller's transaction (a
+    PostgreSQL connection; ignored by the in-memory store)."""
+
+    source: str
+    topic: str
+    clock: Clock
+
+    async def append(
+        self, conn: Any, stream_id: UUID, expected_version: int, events: Sequence[DomainEvent]
+    ) -> list[Event[DomainEvent]]: ...
+
+    async def load(self, conn: Any, stream_id: UUID) -> list[Event[DomainEvent]]: ...
+
+    async def version(self, conn: Any, stream_id: UUID) -> int: ...
+
+
+def row_to_event(row: asyncpg.Record, source: str) -> Event[DomainEvent]:
     data = row["data"]
     return Event(
         event_id=row["event_id"],
-        type=row["type"],
         stream_id=row["stream_id"],
         version=row["version"],
         occurred_at=row["occurred_at"],
         source=source,
-        data=json.loads(data) if isinstance(data, str) else data,
+        payload=REGISTRY.parse(row["type"], orjson.loads(data) if isinstance(data, str) else data),
     )
 
 
-class EventStore:
-    """Append to and load streams of one service's events; queue them for ``topic``."""
+def _new_events(
+    source: str, stream_id: UUID, expected_version: int, events: Sequence[DomainEvent], now: datetime
+) -> list[Event[DomainEvent]]:
+    return [
+        Event(
+            event_id=uuid4(),
+            stream_id=stream_id,
+            version=expected_version + i,
+            occurred_at=now,
+            source=source,
+            payload=e,
+        )
+        for i, e in enumerate(events, start=1)
+    ]
+
+
+_APPEND = """
+WITH current AS (
+    SELECT coalesce(max(version), 0) AS version FROM events WHERE stream_id = $1
+), inserted AS (
+    INSERT INTO events (stream_id, version, event_id, type, occurred_at, data)
+    SELECT $1, x.version, x.event_id, x.type, $5, x.data::jsonb
+      FROM unnest($2::int[], $3::uuid[], $4::text[], $6::text[]) AS x(version, event_id, type, data)
+     WHERE (SELECT version FROM current) = $7
+    ON CONFLICT DO NOTHING
+    RETURNING event_id
+), queued AS (
+    INSERT INTO outbox (event_id, topic, trace_context)
+    SELECT event_id, $8, $9::jsonb FROM inserted
+    RETURNING event_id
+), wake AS (
+    SELECT pg_notify($10, '')
+)
+SELECT (SELECT count(*) FROM queued) AS appended, (SELECT count(*) FROM wake) AS woken
+"""
+
+
+class PostgresEventStore:
+    """One service's event streams in PostgreSQL, queued for ``topic`` through the outbox."""
 
     def __init__(self, *, source: str, topic: str, clock: Clock = utc_now) -> None:
         self.source = source
@@ -61,57 +120,39 @@ class EventStore:
         conn: asyncpg.Connection,
         stream_id: UUID,
         expected_version: int,
-        events: Sequence[NewEvent],
-    ) -> list[Event]:
-        """Append ``events`` after ``expected_version``, inside the caller's transaction.
+        events: Sequence[DomainEvent],
+    ) -> list[Event[DomainEvent]]:
+        """Append ``events`` after ``expected_version``, inside the caller's transaction (one
+        round trip: events, outbox rows and the relay's wake-up).
 
-        Raises :class:`ConcurrencyConflict` when the stream is not at ``expected_version``
-        (another writer came first); the caller's transaction is then unusable and rolls back.
+        Raises :class:`ConcurrencyConflict` (with the stream's version) when the stream is not
+        at ``expected_version``; the failed append leaves nothing behind.
         """
         if not conn.is_in_transaction():
-            raise RuntimeError("EventStore.append must run inside a transaction")
+            raise RuntimeError("PostgresEventStore.append must run inside a transaction")
         if not events:
             return []
-        current = await self.version(conn, stream_id)
-        if current != expected_version:
-            raise ConcurrencyConflict(stream_id, expected_version, current)
-        now = self.clock()
-        recorded = [
-            Event(
-                event_id=uuid4(),
-                type=e.type,
-                stream_id=stream_id,
-                version=expected_version + i,
-                occurred_at=now,
-                source=self.source,
-                data=e.data,
-            )
-            for i, e in enumerate(events, start=1)
-        ]
-        trace_context = json.dumps(current_trace_context())
-        try:
-            await conn.executemany(
-                "INSERT INTO events (stream_id, version, event_id, type, occurred_at, data)"
-                " VALUES ($1, $2, $3, $4, $5, $6::text::jsonb)",
-                [
-                    (
-                        e.stream_id,
-                        e.version,
-                        e.event_id,
-                        e.type,
-                        e.occurred_at,
-                        json.dumps(e.data, default=str),
-                    )
-                    for e in recorded
-                ],
-            )
-        except asyncpg.UniqueViolationError as exc:
-            raise ConcurrencyConflict(stream_id, expected_version) from exc
-        await conn.executemany(
-            "INSERT INTO outbox (event_id, topic, trace_context) VALUES ($1, $2, $3::text::jsonb)",
-            [(e.event_id, self.topic, trace_context) for e in recorded],
+        recorded = _new_events(self.source, stream_id, expected_version, events, self.clock())
+        row = await conn.fetchrow(
+            _APPEND,
+            stream_id,
+            [e.version for e in recorded],
+            [e.event_id for e in recorded],
+            [e.type for e in recorded],
+            recorded[0].occurred_at,
+            [orjson.dumps(e.payload.to_json()).decode() for e in recorded],
+            expected_version,
+            self.topic,
+            orjson.dumps(current_trace_context()).decode(),
+            OUTBOX_CHANNEL,
         )
-        await conn.execute("SELECT pg_notify($1, '')", OUTBOX_CHANNEL)
+        if row["appended"] != len(recorded):
+            if row["appended"]:  # a writer took some of the versions meanwhile: undo ours
+                ours = [e.event_id for e in recorded]
+                await conn.execute("DELETE FROM outbox WHERE event_id = ANY($1::uuid[])", ours)
+                await conn.execute("DELETE FROM events WHERE event_id = ANY($1::uuid[])", ours)
+            actual = await self.version(conn, stream_id)
+            raise ConcurrencyConflict(stream_id, expected_version, actual)
         return recorded
 
     async def version(self, conn: asyncpg.Connection | asyncpg.Pool, stream_id: UUID) -> int:
@@ -121,7 +162,9 @@ class EventStore:
         )
         return int(v)
 
-    async def load(self, conn: asyncpg.Connection | asyncpg.Pool, stream_id: UUID) -> list[Event]:
+    async def load(
+        self, conn: asyncpg.Connection | asyncpg.Pool, stream_id: UUID
+    ) -> list[Event[DomainEvent]]:
         """All events of a stream, in version order."""
         rows = await conn.fetch(
             "SELECT stream_id, version, event_id, type, occurred_at, data FROM events"
@@ -130,12 +173,67 @@ class EventStore:
         )
         return [row_to_event(r, self.source) for r in rows]
 
+    async def load_all(
+        self, conn: asyncpg.Connection | asyncpg.Pool, types: Sequence[str] | None = None
+    ) -> list[Event[DomainEvent]]:
+        """Every event (of ``types``, if given), by stream and version: for rebuilds."""
+        rows = await conn.fetch(
+            "SELECT stream_id, version, event_id, type, occurred_at, data FROM events"
+            " WHERE $1::text[] IS NULL OR type = ANY($1) ORDER BY stream_id, version",
+            list(types) if types is not None else None,
+        )
+        return [row_to_event(r, self.source) for r in rows]
 
-def _dumps(value: Any) -> str:
-    return json.dumps(value, default=str)
+
+class InMemoryEventStore:
+    """The event store contract in memory: for domain tests without I/O.  ``queued`` lists
+    what the outbox would publish, in append order."""
+
+    def __init__(self, *, source: str = "/complaints/test", topic: str = "test", clock: Clock = utc_now) -> None:
+        self.source = source
+        self.topic = topic
+        self.clock = clock
+        self.streams: dict[UUID, list[Event[DomainEvent]]] = {}
+        self.queued: list[Event[DomainEvent]] = []
+
+    async def append(
+        self, conn: Any, stream_id: UUID, expected_version: int, events: Sequence[DomainEvent]
+    ) -> list[Event[DomainEvent]]:
+        if not events:
+            return []
+        stream = self.streams.setdefault(stream_id, [])
+        if len(stream) != expected_version:
+            raise ConcurrencyConflict(stream_id, expected_version, len(stream))
+        recorded = _new_events(self.source, stream_id, expected_version, events, self.clock())
+        # stored as it would travel: a payload that cannot round-trip fails here, as in PostgreSQL
+        recorded = [
+            Event(
+                e.event_id,
+                e.stream_id,
+                e.version,
+                e.occurred_at,
+                e.source,
+                REGISTRY.parse(e.type, orjson.loads(orjson.dumps(e.payload.to_json()))),
+            )
+            for e in recorded
+        ]
+        stream.extend(recorded)
+        self.queued.extend(recorded)
+        return recorded
+
+    async def version(self, conn: Any, stream_id: UUID) -> int:
+        return len(self.streams.get(stream_id, ()))
+
+    async def load(self, conn: Any, stream_id: UUID) -> list[Event[DomainEvent]]:
+        return list(self.streams.get(stream_id, ()))
 
 
 async def init_connection(conn: asyncpg.Connection) -> None:
     """Connection set-up: json/jsonb values travel as Python objects."""
     for name in ("json", "jsonb"):
-        await conn.set_type_codec(name, encoder=_dumps, decoder=json.loads, schema="pg_catalog")
+        await conn.set_type_codec(
+            name,
+            encoder=lambda v: orjson.dumps(v, default=str).decode(),
+            decoder=orjson.loads,
+            schema="pg_catalog",
+        )

@@ -20,6 +20,7 @@ import asyncpg
 from aiokafka import AIOKafkaProducer
 
 from complaints_shared.envelope import Event, to_kafka_record
+from complaints_shared.events import DomainEvent
 from complaints_shared.eventstore import OUTBOX_CHANNEL, row_to_event
 from complaints_shared.metrics import ServiceMetrics
 from complaints_shared.telemetry import PRODUCER, Telemetry, extract_context, inject_context
@@ -35,7 +36,7 @@ class PendingRow:
     position: int
     topic: str
     trace_context: dict[str, str]
-    event: Event
+    event: Event[DomainEvent]
 
 
 class OutboxRelay:

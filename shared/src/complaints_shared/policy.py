@@ -9,6 +9,7 @@ from __future__ import annotations
 import tomllib
 from datetime import date, datetime, timedelta
 from decimal import Decimal
+from typing import Literal
 from pathlib import Path
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
@@ -138,6 +139,18 @@ class CompensationPolicy(_Section):
         if self.supervisor_limit < self.agent_limit:
             raise ValueError("supervisor_limit must not be below agent_limit")
         return self
+
+    def authority_for(self, amount: Decimal) -> Literal["none", "supervisor", "manager"]:
+        """Who must approve a compensation of ``amount``: nobody within the agent's limit."""
+        if amount <= self.agent_limit:
+            return "none"
+        return "supervisor" if amount <= self.supervisor_limit else "manager"
+
+    def may_approve(self, role: str, amount: Decimal) -> bool:
+        """Whether ``role`` has the authority for ``amount`` (the four-eyes rule is separate)."""
+        rank = {"agent": 0, "supervisor": 1, "manager": 2}
+        needed = {"none": 0, "supervisor": 1, "manager": 2}[self.authority_for(amount)]
+        return rank.get(role, -1) >= max(needed, 1)
 
 
 class ResolutionPolicy(_Section):

@@ -19,7 +19,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from complaints_shared.consumer import ConsumerRunner, Subscription
 from complaints_shared.db import create_pool
-from complaints_shared.eventstore import Clock, EventStore, utc_now
+from complaints_shared.eventstore import Clock, PostgresEventStore, utc_now
 from complaints_shared.limits import BodySizeLimit
 from complaints_shared.metrics import ServiceMetrics
 from complaints_shared.outbox import OutboxRelay
@@ -41,7 +41,7 @@ class Runtime:
     settings: ServiceSettings
     policy: Policy
     pool: asyncpg.Pool
-    store: EventStore
+    store: PostgresEventStore
     producer: AIOKafkaProducer
     topics: Topics
     telemetry: Telemetry
@@ -123,7 +123,7 @@ def create_app(
         except BaseException:
             await pool.close()
             raise
-        store = EventStore(
+        store = PostgresEventStore(
             source=f"/complaints/{spec.name}", topic=spec.own_topic(topics), clock=clock
         )
         runtime = Runtime(

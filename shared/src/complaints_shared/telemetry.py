@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Any
 
 from opentelemetry import propagate, trace
 from opentelemetry.context import Context
@@ -64,7 +65,7 @@ def inject_context(span: Span) -> dict[str, str]:
 
 
 def messaging_attributes(
-    operation: str, topic: str, event: Event | None = None
+    operation: str, topic: str, event: Event[Any] | None = None
 ) -> dict[str, str | int]:
     """Messaging semantic-convention attributes for a Kafka operation on ``topic``."""
     attrs: dict[str, str | int] = {

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from complaints_followup.api import checks, satisfaction, surveys
+from complaints_followup.api import ROUTERS
 from complaints_followup.handlers import subscriptions
 from complaints_followup.resources import prepare
 from complaints_followup.worker import run_followup
@@ -17,7 +17,7 @@ SPEC = ServiceSpec(
     default_port=8003,
     package="complaints_followup",
     own_topic=lambda t: t.followup,
-    routers=[checks, surveys, satisfaction],
+    routers=ROUTERS,
     subscriptions=subscriptions,
     prepare=prepare,
     background=lambda rt: [run_followup(rt)],

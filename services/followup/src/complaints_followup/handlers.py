@@ -2,17 +2,25 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import asyncpg
 
 from complaints_followup.domain import cancel_open_checks, schedule_check
-from complaints_followup.store import change, contact_row, enqueue
-from complaints_shared.consumer import Subscription
+from complaints_followup.projection import checks, contact_row, enqueue
+from complaints_shared.consumer import Subscription, on
 from complaints_shared.envelope import Event
+from complaints_shared.events import intake as it
+from complaints_shared.events import resolution as rs
 from complaints_shared.service import Runtime
 
 
 def subscriptions(rt: Runtime) -> list[Subscription]:
-    async def on_complaint_received(conn: asyncpg.Connection, event: Event) -> None:
+    repository = checks(rt)
+
+    async def on_complaint_received(
+        conn: asyncpg.Connection, event: Event[it.ComplaintReceived]
+    ) -> None:
         c = contact_row(event)
         await conn.execute(
             "INSERT INTO contact_preferences (complaint_id, channel, language, reference, name,"
@@ -34,7 +42,9 @@ def subscriptions(rt: Runtime) -> list[Subscription]:
             c["received_channel"],
         )
 
-    async def deliver(conn: asyncpg.Connection, event: Event, message: dict[str, str]) -> None:
+    async def deliver(
+        conn: asyncpg.Connection, event: Event[Any], message: rs.CustomerMessage
+    ) -> None:
         await enqueue(
             conn,
             rt,
@@ -42,23 +52,27 @@ def subscriptions(rt: Runtime) -> list[Subscription]:
             kind="message",
             ref=str(event.event_id),
             source_type=event.type,
-            channel=message["channel"],
-            language=message["language"],
-            subject=message["subject"],
-            body=message["body"],
+            channel=message.channel.value,
+            language=message.language,
+            subject=message.subject,
+            body=message.body,
         )
 
-    async def on_acknowledged(conn: asyncpg.Connection, event: Event) -> None:
-        d = event.data
-        await deliver(
-            conn, event, {**d["message"], "channel": d["channel"], "language": d["language"]}
+    async def on_acknowledged(
+        conn: asyncpg.Connection, event: Event[it.ComplaintAcknowledged]
+    ) -> None:
+        p = event.payload
+        message = rs.CustomerMessage(
+            channel=p.channel, language=p.language, subject=p.message.subject, body=p.message.body
         )
+        await deliver(conn, event, message)
 
-    async def on_customer_message(conn: asyncpg.Connection, event: Event) -> None:
-        if message := event.data.get("customer_message"):
-            await deliver(conn, event, message)
+    async def on_customer_message(conn: asyncpg.Connection, event: Event[Any]) -> None:
+        p = event.payload
+        if isinstance(p, rs.CustomerVisible) and p.customer_message is not None:
+            await deliver(conn, event, p.customer_message)
 
-    async def on_case_resolved(conn: asyncpg.Connection, event: Event) -> None:
+    async def on_case_resolved(conn: asyncpg.Connection, event: Event[rs.CaseResolved]) -> None:
         await on_customer_message(conn, event)
         contact = await conn.fetchrow(
             "SELECT channel, language, withdrawn FROM contact_preferences WHERE complaint_id = $1",
@@ -66,9 +80,8 @@ def subscriptions(rt: Runtime) -> list[Subscription]:
         )
         if contact is not None and contact["withdrawn"]:
             return  # no survey for a withdrawn complaint
-        await change(
+        await repository.execute(
             conn,
-            rt,
             event.stream_id,
             lambda s: schedule_check(
                 s,
@@ -79,29 +92,35 @@ def subscriptions(rt: Runtime) -> list[Subscription]:
             ),
         )
 
-    async def on_case_reopened(conn: asyncpg.Connection, event: Event) -> None:
-        await change(conn, rt, event.stream_id, lambda s: cancel_open_checks(s, "reopened"))
+    async def on_case_reopened(conn: asyncpg.Connection, event: Event[rs.CaseReopened]) -> None:
+        await repository.execute(conn, event.stream_id, lambda s: cancel_open_checks(s, "reopened"))
 
-    async def on_complaint_withdrawn(conn: asyncpg.Connection, event: Event) -> None:
+    async def on_complaint_withdrawn(
+        conn: asyncpg.Connection, event: Event[it.ComplaintWithdrawn]
+    ) -> None:
         await conn.execute(
             "INSERT INTO contact_preferences (complaint_id, withdrawn) VALUES ($1, true)"
             " ON CONFLICT (complaint_id) DO UPDATE SET withdrawn = true",
             event.stream_id,
         )
-        await change(conn, rt, event.stream_id, lambda s: cancel_open_checks(s, "withdrawn"))
+        await repository.execute(
+            conn, event.stream_id, lambda s: cancel_open_checks(s, "withdrawn")
+        )
 
     t = rt.topics
     return [
         Subscription(
             name=f"{t.prefix}complaints-followup",
             topics=(t.intake, t.resolution),
-            handlers={
-                "ComplaintReceived": on_complaint_received,
-                "ComplaintAcknowledged": on_acknowledged,
-                "ComplaintWithdrawn": on_complaint_withdrawn,
-                "CaseResolved": on_case_resolved,
-                "CaseReopened": on_case_reopened,
-            },
+            handlers=dict(
+                [
+                    on(it.ComplaintReceived, on_complaint_received),
+                    on(it.ComplaintAcknowledged, on_acknowledged),
+                    on(it.ComplaintWithdrawn, on_complaint_withdrawn),
+                    on(rs.CaseResolved, on_case_resolved),
+                    on(rs.CaseReopened, on_case_reopened),
+                ]
+            ),
             fallback=on_customer_message,  # CaseAssigned, ClarificationRequested, Solution…
         )
     ]

@@ -8,18 +8,23 @@ import asyncio
 import logging
 from datetime import datetime, timedelta
 from functools import partial
+from typing import Any
+from uuid import UUID
 
 import asyncpg
 
 from complaints_followup.domain import Followup, expire, sent
+from complaints_followup.messages import render
 from complaints_followup.notify import DeliveryFailed, Outbound, Undeliverable
+from complaints_followup.projection import address, checks, enqueue
 from complaints_followup.resources import FollowupResources
-from complaints_followup.store import address, change, enqueue
-from complaints_followup.texts import render, when
 from complaints_followup.tokens import sign
-from complaints_shared.envelope import NewEvent
 from complaints_shared.errors import ConcurrencyConflict
+from complaints_shared.events import DomainEvent
+from complaints_shared.events import followup as ev
+from complaints_shared.events.resolution import SolutionAgreed
 from complaints_shared.service import Runtime
+from complaints_shared.vocabulary import Channel, format_when
 
 log = logging.getLogger(__name__)
 
@@ -54,7 +59,7 @@ async def queue_checks_and_reminders(rt: Runtime) -> None:
             name=r["name"],
             reference=r["reference"] or "",
             link=survey_link(rt, token),
-            expires=when(r["expires_at"], r["language"], rt.policy.calendar.timezone),
+            expires=format_when(r["expires_at"], r["language"], rt.policy.calendar.timezone),
         )
         async with rt.pool.acquire() as conn, conn.transaction():
             await enqueue(
@@ -81,11 +86,8 @@ async def expire_checks(rt: Runtime) -> None:
     for r in rows:
         try:
             async with rt.pool.acquire() as conn, conn.transaction():
-                await change(
-                    conn,
-                    rt,
-                    r["complaint_id"],
-                    partial(_expire, check_id=str(r["check_id"]), now=now),
+                await checks(rt).execute(
+                    conn, r["complaint_id"], partial(_expire, check_id=r["check_id"], now=now)
                 )
         except ConcurrencyConflict:
             continue  # an answer came in meanwhile; the next round decides again
@@ -152,28 +154,30 @@ async def deliver_due(rt: Runtime) -> int:
                 d["id"],
                 now,
             )
-            await change(conn, rt, d["complaint_id"], partial(_delivered, d=d, channel=channel))
+            await checks(rt).execute(
+                conn, d["complaint_id"], partial(_delivered, d=d, channel=channel)
+            )
             handed += 1
     return handed
 
 
-def _expire(state: Followup, *, check_id: str, now: datetime) -> list[NewEvent]:
+def _expire(state: Followup, *, check_id: UUID, now: datetime) -> list[DomainEvent]:
     return expire(state, check_id, now)
 
 
-def _delivered(state: Followup, *, d: asyncpg.Record, channel: str) -> list[NewEvent]:
+def _delivered(state: Followup, *, d: asyncpg.Record, channel: str) -> list[DomainEvent]:
     """The event that records a successful hand-over."""
     if d["kind"] in ("check", "reminder"):
-        return sent(state, d["ref"], d["kind"] == "reminder", channel)
-    data = {
+        return sent(state, UUID(d["ref"]), d["kind"] == "reminder", channel)
+    common: dict[str, Any] = {
         "source_event_id": d["ref"],
         "source_type": d["source_type"],
-        "channel": channel,
-        "delivery_id": str(d["id"]),
+        "channel": Channel(channel),
+        "delivery_id": d["id"],
     }
-    if d["source_type"] == "SolutionAgreed":
-        return [NewEvent(type="NextStepsConfirmed", data={**data, "subject": d["subject"]})]
-    return [NewEvent(type="CustomerMessageSent", data=data)]
+    if d["source_type"] == SolutionAgreed.event_name():
+        return [ev.NextStepsConfirmed(**common, subject=d["subject"])]
+    return [ev.CustomerMessageSent(**common)]
 
 
 async def run_followup(rt: Runtime) -> None:

@@ -6,6 +6,7 @@ import base64
 import hashlib
 import json
 from datetime import datetime
+from collections.abc import Callable
 from typing import Annotated, Any, Literal
 from uuid import UUID, uuid4
 
@@ -13,23 +14,26 @@ import asyncpg
 from fastapi import APIRouter, Depends, Header, Query, Response
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel
-from rapidfuzz import fuzz
 
 from complaints_intake.domain import (
+    Complaint,
     ComplaintCreate,
     DetailsCreate,
+    Earlier,
     History,
     Status,
     WithdrawCreate,
     add_details,
     allowed_commands,
+    customer_key,
+    customer_keys_matching,
     receive,
     withdraw,
 )
 from complaints_intake.language import detect_language
-from complaints_intake.projection import project
+from complaints_intake.projection import complaints
 from complaints_intake.resources import IntakeResources
-from complaints_intake.text import normalise
+from complaints_shared.events import DomainEvent
 from complaints_shared.errors import InputRejected, NotFound
 from complaints_shared.problems import PROBLEM_RESPONSES, problem
 from complaints_shared.service import Runtime, RuntimeDep
@@ -178,27 +182,26 @@ def _fingerprint(body: ComplaintCreate) -> str:
 
 
 async def _history(
-    conn: asyncpg.Connection, rt: Runtime, body: ComplaintCreate, customer_key: str, now: datetime
+    conn: asyncpg.Connection, rt: Runtime, body: ComplaintCreate, key: str, now: datetime
 ) -> History:
     ip = rt.policy.intake
     recent = await conn.fetchval(
         "SELECT count(*) FROM complaints WHERE customer_key = $1 AND received_at >= $2",
-        customer_key,
+        key,
         now - ip.repeat_window,
     )
     candidates = await conn.fetch(
         "SELECT id, subject, description FROM complaints WHERE customer_key = $1"
         " AND received_at >= $2 AND status <> 'withdrawn' ORDER BY received_at DESC LIMIT 50",
-        customer_key,
+        key,
         now - ip.duplicate_window,
     )
-    text = normalise(body.text)
-    best: tuple[float, UUID | None] = (0.0, None)
-    for c in candidates:
-        score = fuzz.token_sort_ratio(text, normalise(f"{c['subject']}\n{c['description']}"))
-        if score / 100 >= ip.duplicate_similarity and score > best[0]:
-            best = (score, c["id"])
-    return History(recent_count=int(recent), duplicate_of=best[1])
+    return History.of(
+        int(recent),
+        [Earlier(c["id"], c["subject"], c["description"]) for c in candidates],
+        body.text,
+        ip.duplicate_similarity,
+    )
 
 
 @router.post(
@@ -220,7 +223,7 @@ async def submit_complaint(
         if body.customer.language is None
         else None
     )
-    customer_key = body.customer.key()
+    key = customer_key(body.customer)
     async with rt.pool.acquire() as conn, conn.transaction():
         if idempotency_key is not None:
             # a concurrent request with the same key waits here until this one commits
@@ -233,7 +236,7 @@ async def submit_complaint(
             if not fresh:
                 return await _replay(conn, idempotency_key, fingerprint)  # type: ignore[return-value]
         now = rt.clock()
-        history = await _history(conn, rt, body, customer_key, now)
+        history = await _history(conn, rt, body, key, now)
         seq = await conn.fetchval("SELECT nextval('complaint_reference_seq')")
         complaint_id = uuid4()
         decision = receive(
@@ -246,8 +249,9 @@ async def submit_complaint(
             rules=res.rules,
             templates=res.templates,
         )
-        recorded = await rt.store.append(conn, complaint_id, 0, decision.events)
-        await project(conn, recorded, customer_key)
+        await complaints(rt).execute(
+            conn, complaint_id, lambda _: decision.events, expected_version=0, redecide=False
+        )
         public = _public(await _row(conn, complaint_id))
         if idempotency_key is not None:
             await conn.execute(
@@ -297,12 +301,7 @@ async def list_complaints(
     cursor: Annotated[str | None, Query(max_length=100)] = None,
 ) -> ComplaintPage:
     after = _decode_cursor(cursor) if cursor else None
-    keys = None
-    if customer is not None:
-        keys = [
-            hashlib.sha256(f"id:{customer}".encode()).hexdigest(),
-            hashlib.sha256(f"email:{customer.casefold()}".encode()).hexdigest(),
-        ]
+    keys = customer_keys_matching(customer) if customer is not None else None
     rows = await rt.pool.fetch(
         "SELECT id, seq, reference, status, channel, category, severity, subject, alerts,"
         " possible_duplicate_of, received_at FROM complaints"
@@ -371,20 +370,24 @@ async def get_timeline(complaint_id: UUID, rt: RuntimeDep) -> Timeline:
 
 @router.post("/{complaint_id}/details", summary="Add notes, answers or attachment references")
 async def post_details(complaint_id: UUID, body: DetailsCreate, rt: RuntimeDep) -> ComplaintPublic:
-    return await _command(rt, complaint_id, lambda status: add_details(status, body))
+    return await _command(rt, complaint_id, lambda state: add_details(state, body))
 
 
 @router.post("/{complaint_id}/withdraw", summary="The customer withdraws the complaint")
 async def post_withdraw(
     complaint_id: UUID, body: WithdrawCreate, rt: RuntimeDep
 ) -> ComplaintPublic:
-    return await _command(rt, complaint_id, lambda status: withdraw(status, body))
+    return await _command(rt, complaint_id, lambda state: withdraw(state, body))
 
 
-async def _command(rt: Runtime, complaint_id: UUID, decide: Any) -> ComplaintPublic:
-    row = await _row(rt.pool, complaint_id)
-    new_events = decide(Status(row["status"]))
+async def _command(
+    rt: Runtime, complaint_id: UUID, decide: Callable[[Complaint], list[DomainEvent]]
+) -> ComplaintPublic:
+    def checked(state: Complaint | None) -> list[DomainEvent]:
+        if state is None:
+            raise NotFound("complaint", complaint_id)
+        return decide(state)
+
     async with rt.pool.acquire() as conn, conn.transaction():
-        recorded = await rt.store.append(conn, complaint_id, row["version"], new_events)
-        await project(conn, recorded)
+        await complaints(rt).execute(conn, complaint_id, checked, redecide=False)
         return _public(await _row(conn, complaint_id))

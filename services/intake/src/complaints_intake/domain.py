@@ -3,40 +3,27 @@
 from __future__ import annotations
 
 import hashlib
-from dataclasses import dataclass
+from collections.abc import Iterable
+from dataclasses import dataclass, replace
 from datetime import datetime
 from enum import StrEnum
-from typing import Annotated, Any, Self
+from typing import Annotated, Protocol, Self
 from uuid import UUID
 
 from pydantic import AnyHttpUrl, BaseModel, ConfigDict, Field, StringConstraints, model_validator
+from rapidfuzz import fuzz
 
-from complaints_intake.acknowledgement import Template, render
 from complaints_intake.language import MIN_CONFIDENCE, Detection
+from complaints_intake.messages import Template, render
 from complaints_intake.rules import IntakeRules
-from complaints_intake.text import normalise
-from complaints_shared.envelope import NewEvent
+from complaints_shared.envelope import Event
 from complaints_shared.errors import CommandRejected, InputRejected
+from complaints_shared.events import DomainEvent
+from complaints_shared.events import intake as ev
 from complaints_shared.policy import Policy
+from complaints_shared.vocabulary import CONTACT_FIELD, Channel, Severity, normalise
 
 Text = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1)]
-
-
-class Channel(StrEnum):
-    in_person = "in_person"
-    phone = "phone"
-    email = "email"
-    letter = "letter"
-    web = "web"
-    chat = "chat"
-    social = "social"
-
-
-class Severity(StrEnum):
-    low = "low"
-    medium = "medium"
-    high = "high"
-    critical = "critical"
 
 
 class DesiredOutcome(StrEnum):
@@ -78,16 +65,7 @@ class Customer(_Input):
         return self
 
     def key(self) -> str:
-        """A stable pseudonymous key of the customer, for repeat and duplicate detection."""
-        if self.id:
-            basis = f"id:{self.id}"
-        elif self.email:
-            basis = f"email:{self.email.casefold()}"
-        elif self.phone:
-            basis = "phone:" + "".join(c for c in self.phone if c.isdigit())
-        else:
-            basis = f"name:{normalise(self.name or '')}"
-        return hashlib.sha256(basis.encode()).hexdigest()
+        return customer_key(self)
 
 
 class PublicPost(_Input):
@@ -155,6 +133,47 @@ class WithdrawCreate(_Input):
     reason: Annotated[Text, Field(max_length=1000)] | None = None
 
 
+class CustomerLike(Protocol):
+    @property
+    def id(self) -> str | None: ...
+    @property
+    def name(self) -> str | None: ...
+    @property
+    def email(self) -> str | None: ...
+    @property
+    def phone(self) -> str | None: ...
+
+
+def _hash(basis: str) -> str:
+    return hashlib.sha256(basis.encode()).hexdigest()
+
+
+def customer_key(customer: CustomerLike) -> str:
+    """A stable pseudonymous key of the customer, for repeat and duplicate detection: their id,
+    else e-mail address, else phone digits, else normalised name."""
+    if customer.id:
+        return _hash(f"id:{customer.id}")
+    if customer.email:
+        return _hash(f"email:{customer.email.casefold()}")
+    if customer.phone:
+        return _hash("phone:" + "".join(c for c in customer.phone if c.isdigit()))
+    return _hash(f"name:{normalise(customer.name or '')}")
+
+
+def customer_keys_matching(search: str) -> list[str]:
+    """The keys a list filter ``customer=<id or e-mail>`` selects."""
+    return [_hash(f"id:{search}"), _hash(f"email:{search.casefold()}")]
+
+
+@dataclass(frozen=True)
+class Earlier:
+    """One of the customer's earlier complaints within the duplicate window."""
+
+    complaint_id: UUID
+    subject: str
+    description: str
+
+
 @dataclass(frozen=True)
 class History:
     """What intake knows about the customer's earlier complaints (read before deciding)."""
@@ -162,24 +181,60 @@ class History:
     recent_count: int  # within the policy's repeat window, this one excluded
     duplicate_of: UUID | None
 
+    @classmethod
+    def of(
+        cls, recent_count: int, candidates: list[Earlier], text: str, similarity: float
+    ) -> History:
+        """The history, with the most similar earlier complaint (``similarity`` of 0..1 or
+        more on normalised words, in any order) as the probable duplicate."""
+        return cls(recent_count, probable_duplicate(text, candidates, similarity))
+
+
+def probable_duplicate(text: str, candidates: list[Earlier], similarity: float) -> UUID | None:
+    norm = normalise(text)
+    best: tuple[float, UUID | None] = (0.0, None)
+    for c in candidates:
+        score = fuzz.token_sort_ratio(norm, normalise(f"{c.subject}\n{c.description}"))
+        if score / 100 >= similarity and score > best[0]:
+            best = (score, c.complaint_id)
+    return best[1]
+
+
+@dataclass(frozen=True)
+class Complaint:
+    """Intake's aggregate: what a command on a recorded complaint needs."""
+
+    complaint_id: UUID
+    status: Status
+    version: int
+
+
+def evolve(state: Complaint | None, e: Event[DomainEvent]) -> Complaint | None:
+    if isinstance(e.payload, ev.ComplaintReceived):
+        return Complaint(e.stream_id, Status.received, e.version)
+    if state is None:
+        return None
+    status = Status.withdrawn if isinstance(e.payload, ev.ComplaintWithdrawn) else state.status
+    return replace(state, status=status, version=e.version)
+
+
+def fold(events: Iterable[Event[DomainEvent]]) -> Complaint | None:
+    state: Complaint | None = None
+    for e in events:
+        state = evolve(state, e)
+    return state
+
 
 @dataclass(frozen=True)
 class Received:
     """The decision on a submission: the events, plus what the answer shows."""
 
-    events: list[NewEvent]
+    events: list[DomainEvent]
     reference: str
     category: str
     severity: Severity
     language: str
     alerts: list[str]
-
-
-CONTACT_FOR_CHANNEL = {
-    Channel.email: "email",
-    Channel.phone: "phone",
-    Channel.letter: "postal_address",
-}
 
 
 def receive(
@@ -203,7 +258,7 @@ def receive(
     if len(complaint.attachments) > ip.max_attachments:
         raise InputRejected("body.attachments", f"at most {ip.max_attachments} attachments")
     reply = complaint.reply_channel()
-    contact = CONTACT_FOR_CHANNEL.get(reply)
+    contact = CONTACT_FIELD.get(reply)
     if contact and not getattr(complaint.customer, contact):
         raise InputRejected(
             f"body.customer.{contact}", f"needed to reply on the {reply.value} channel"
@@ -237,20 +292,22 @@ def receive(
             severity = Severity.medium
 
     due = policy.first_response_due(received_at, severity.value)
-    data: dict[str, Any] = complaint.model_dump(mode="json", exclude_none=True)
-    data.update(
-        reference=reference,
-        category=category,
-        category_suggested=category_suggested,
-        severity=severity.value,
-        severity_suggested=severity_suggested,
-        language=language,
-        language_detected=language_detected,
-        reply_channel=reply.value,
-        first_response_due=due.isoformat(),
+    received = ev.ComplaintReceived.model_validate(
+        {
+            **complaint.model_dump(mode="json"),
+            "reference": reference,
+            "received_at": received_at,
+            "category": category,
+            "category_suggested": category_suggested,
+            "severity": severity,
+            "severity_suggested": severity_suggested,
+            "language": language,
+            "language_detected": language_detected,
+            "reply_channel": reply,
+            "first_response_due": due,
+            "possible_duplicate_of": history.duplicate_of,
+        }
     )
-    if history.duplicate_of is not None:
-        data["possible_duplicate_of"] = str(history.duplicate_of)
     message = render(
         template,
         customer_name=complaint.customer.name,
@@ -260,67 +317,55 @@ def receive(
         timezone=policy.calendar.timezone,
         reply_channel=reply.value,
     )
-    events = [
-        NewEvent(type="ComplaintReceived", data=data),
-        NewEvent(
-            type="ComplaintAcknowledged",
-            data={
-                "reference": reference,
-                "channel": reply.value,
-                "language": template.language,
-                "first_response_due": due.isoformat(),
-                "message": {"subject": message.subject, "body": message.body},
-            },
+    events: list[DomainEvent] = [
+        received,
+        ev.ComplaintAcknowledged(
+            reference=reference,
+            channel=reply,
+            language=template.language,
+            first_response_due=due,
+            message=ev.Message(subject=message.subject, body=message.body),
         ),
     ]
 
     reasons: list[str] = []
-    details: dict[str, Any] = {}
+    details = ev.AlertDetails()
     if severity is Severity.critical:
         reasons.append("critical_severity")
     if complaint.safety_incident:
         reasons.append("safety_incident")
     if complaint.public_post is not None:
         reasons.append("public_post")
-        details["audience_size"] = complaint.public_post.audience_size
+        details = details.model_copy(update={"audience_size": complaint.public_post.audience_size})
     if history.recent_count + 1 >= ip.repeat_threshold:
         reasons.append("repeat_complainant")
-        details["complaints_in_window"] = history.recent_count + 1
+        details = details.model_copy(update={"complaints_in_window": history.recent_count + 1})
     if negative.score >= ip.negative_wording_threshold:
         reasons.append("negative_wording")
-        details["negative_wording_score"] = negative.score
+        details = details.model_copy(update={"negative_wording_score": negative.score})
     if reasons:
         events.append(
-            NewEvent(
-                type="ComplaintAlertRaised",
-                data={
-                    "reference": reference,
-                    "reasons": reasons,
-                    "severity": severity.value,
-                    "category": category,
-                    "details": details,
-                },
+            ev.ComplaintAlertRaised(
+                reference=reference,
+                reasons=tuple(reasons),
+                severity=severity,
+                category=category,
+                details=details,
             )
         )
     return Received(events, reference, category, severity, template.language, reasons)
 
 
-def add_details(status: Status, details: DetailsCreate) -> list[NewEvent]:
-    if status is not Status.received:
-        raise CommandRejected(status.value, "add details", allowed_commands(status))
-    return [
-        NewEvent(
-            type="ComplaintDetailsAdded", data=details.model_dump(mode="json", exclude_none=True)
-        )
-    ]
+def add_details(state: Complaint, details: DetailsCreate) -> list[DomainEvent]:
+    if state.status is not Status.received:
+        raise CommandRejected(state.status.value, "add details", allowed_commands(state.status))
+    return [ev.ComplaintDetailsAdded.model_validate(details.model_dump(mode="json"))]
 
 
-def withdraw(status: Status, command: WithdrawCreate) -> list[NewEvent]:
-    if status is not Status.received:
-        raise CommandRejected(status.value, "withdraw", allowed_commands(status))
-    return [
-        NewEvent(type="ComplaintWithdrawn", data=command.model_dump(mode="json", exclude_none=True))
-    ]
+def withdraw(state: Complaint, command: WithdrawCreate) -> list[DomainEvent]:
+    if state.status is not Status.received:
+        raise CommandRejected(state.status.value, "withdraw", allowed_commands(state.status))
+    return [ev.ComplaintWithdrawn(reason=command.reason)]
 
 
 def allowed_commands(status: Status) -> list[str]:

@@ -2,30 +2,22 @@
 
 from __future__ import annotations
 
-from uuid import UUID
+from typing import Any
 
 import asyncpg
 
 from complaints_intake.projection import record_timeline
+from complaints_intake.timeline import complaint_of
 from complaints_shared.consumer import Subscription
 from complaints_shared.envelope import Event
 from complaints_shared.service import Runtime
 
 
-def _complaint_id(event: Event) -> UUID:
-    ref = event.data.get("complaint_id")
-    try:
-        return UUID(str(ref)) if ref else event.stream_id
-    except ValueError:
-        return event.stream_id
-
-
 def subscriptions(rt: Runtime) -> list[Subscription]:
-    async def on_any(conn: asyncpg.Connection, event: Event) -> None:
-        complaint_id = _complaint_id(event)
+    async def on_any(conn: asyncpg.Connection, event: Event[Any]) -> None:
+        complaint_id = complaint_of(event)
         if await conn.fetchval("SELECT true FROM complaints WHERE id = $1", complaint_id):
-            service = event.source.rstrip("/").rsplit("/", 1)[-1]
-            await record_timeline(conn, service, complaint_id, event)
+            await record_timeline(conn, complaint_id, event)
 
     t = rt.topics
     return [

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from complaints_intake.acknowledgement import Template, load_templates
+from complaints_intake.messages import Template, load_templates
 from complaints_intake.language import warm_up
 from complaints_intake.rules import IntakeRules
 from complaints_shared.policy import Policy

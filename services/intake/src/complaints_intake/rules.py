@@ -7,7 +7,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from complaints_intake.text import Lexicon, normalise
+from complaints_intake.text import Lexicon
+from complaints_shared.vocabulary import normalise
 from complaints_shared.datafiles import read_data_file
 
 SHOUTING_RATIO = 0.6

@@ -1,20 +1,12 @@
-"""Text normalisation and lexicon matching that ignore case and accents."""
+"""Lexicon matching that ignores case and accents (normalisation is the shared vocabulary's)."""
 
 from __future__ import annotations
 
 import re
-import unicodedata
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-_SPACE = re.compile(r"\s+")
-
-
-def normalise(text: str) -> str:
-    """Lower case, no accents, single spaces: ``"Péssimo  Dia"`` → ``"pessimo dia"``."""
-    decomposed = unicodedata.normalize("NFKD", text.casefold())
-    stripped = "".join(c for c in decomposed if not unicodedata.combining(c))
-    return _SPACE.sub(" ", stripped).strip()
+from complaints_shared.vocabulary import normalise
 
 
 @dataclass(frozen=True)

@@ -12,10 +12,12 @@ from fastapi import APIRouter, Header, Query
 from pydantic import BaseModel
 
 from complaints_resolution import commands as cmd
-from complaints_resolution.domain import ALLOWED_COMMANDS, Case
+from complaints_resolution.domain import ALLOWED_COMMANDS, Case, actor
+from complaints_resolution.messages import telling
+from complaints_resolution.projection import cases, load_case
+from complaints_resolution.resources import ResolutionResources
 from complaints_resolution.sla import Clock, first_response_clock, open_deadlines, resolution_clock
-from complaints_resolution.store import change, load_case
-from complaints_shared.envelope import NewEvent
+from complaints_shared.events import DomainEvent
 from complaints_shared.errors import InputRejected, NotFound
 from complaints_shared.problems import PROBLEM_RESPONSES
 from complaints_shared.service import Runtime, RuntimeDep
@@ -111,12 +113,15 @@ def _public(case: Case, history: list[dict[str, Any]], rt: Runtime) -> CasePubli
         version=case.version,
         severity=case.severity,
         category=case.category,
-        owner=case.owner,
-        owner_history=list(case.owners),
-        cause=case.cause,
-        proposals=list(case.proposals),
-        rejections=list(case.rejections),
-        agreed_solution=case.agreed,
+        owner=case.owner.model_dump(mode="json") if case.owner else None,
+        owner_history=[
+            {**a.owner.model_dump(mode="json"), "assigned_at": a.assigned_at, "by": a.by}
+            for a in case.owners
+        ],
+        cause=_dump(case.cause),
+        proposals=[_dump(p) for p in case.proposals],
+        rejections=[_dump(r) for r in case.rejections],
+        agreed_solution=_dump(case.agreed),
         actions=[
             {
                 "action_id": a.action_id,
@@ -142,7 +147,7 @@ def _public(case: Case, history: list[dict[str, Any]], rt: Runtime) -> CasePubli
         ],
         escalation_level=case.escalation_level,
         reopen_count=case.reopen_count,
-        resolution=case.resolution,
+        resolution=_dump(case.resolution),
         sla={
             "first_response": _clock(first_response_clock(case, rt.policy, now)),
             "resolution": _clock(resolution_clock(case, rt.policy, now)),
@@ -156,58 +161,52 @@ def _public(case: Case, history: list[dict[str, Any]], rt: Runtime) -> CasePubli
     )
 
 
+def _dump(payload: DomainEvent | None) -> dict[str, Any] | None:
+    return payload.model_dump(mode="json", exclude_none=True) if payload is not None else None
+
+
 async def _view(rt: Runtime, complaint_id: UUID) -> CasePublic:
-    case, events = await load_case(rt.pool, rt, complaint_id)
+    case, loaded = await load_case(rt.pool, rt, complaint_id)
     history = [
         {
             "version": e.version,
             "type": e.type,
             "occurred_at": e.occurred_at,
-            **({"by": by} if (by := _actor(e.data)) else {}),
+            **({"by": by} if (by := actor(e.payload)) else {}),
         }
-        for e in events
+        for e in loaded.events
     ]
     return _public(case, history, rt)
-
-
-def _actor(data: dict[str, Any]) -> str | None:
-    for key in (
-        "assigned_by",
-        "requested_by",
-        "received_by",
-        "identified_by",
-        "proposed_by",
-        "recorded_by",
-        "completed_by",
-        "decided_by",
-        "resolved_by",
-        "closed_by",
-        "reopened_by",
-    ):
-        if data.get(key):
-            return str(data[key])
-    return None
 
 
 async def _run(
     rt: Runtime,
     complaint_id: UUID,
     if_match: int | None,
-    decide: Callable[[Case, datetime], list[NewEvent]],
+    decide: Callable[[Case, datetime], list[DomainEvent]],
 ) -> CasePublic:
-    def checked(case: Case | None, now: datetime) -> list[NewEvent]:
+    res: ResolutionResources = rt.resources
+    now = rt.clock()
+
+    def checked(case: Case | None) -> list[DomainEvent]:
         if case is None:
             raise NotFound("case", complaint_id)
         return decide(case, now)
 
     async with rt.pool.acquire() as conn, conn.transaction():
-        await change(conn, rt, complaint_id, checked, expected_version=if_match)
+        await cases(rt).execute(
+            conn,
+            complaint_id,
+            telling(checked, res.messages, rt.policy.calendar.timezone),
+            expected_version=if_match,
+            redecide=False,
+        )
     return await _view(rt, complaint_id)
 
 
 def _cmd(
-    fn: Callable[..., list[NewEvent]], body: Any, rt: Runtime
-) -> Callable[[Case, datetime], list[NewEvent]]:
+    fn: Callable[..., list[DomainEvent]], body: Any, rt: Runtime
+) -> Callable[[Case, datetime], list[DomainEvent]]:
     return lambda case, now: fn(case, body, now, rt.policy)
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from complaints_resolution.api import router
 from complaints_resolution.handlers import subscriptions
 from complaints_resolution.resources import prepare
-from complaints_resolution.timers import run_timers
+from complaints_resolution.worker import run_timers
 from complaints_shared.service import ServiceSpec
 
 SPEC = ServiceSpec(

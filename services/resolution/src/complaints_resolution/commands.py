@@ -4,34 +4,21 @@ from __future__ import annotations
 
 from datetime import datetime
 from decimal import Decimal
-from enum import StrEnum
-from typing import Annotated, Any, Literal, Self
+from typing import Annotated, Literal, Self
 
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, StringConstraints, model_validator
 
 from complaints_resolution.domain import Case, check_action, new_id, require
-from complaints_shared.envelope import NewEvent
 from complaints_shared.errors import CommandRejected, Forbidden, InputRejected
+from complaints_shared.events import DomainEvent
+from complaints_shared.events import resolution as ev
 from complaints_shared.policy import Policy
+from complaints_shared.vocabulary import MONEY_REMEDIES, Remedy, Severity
 
 Text = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=2000)]
 Name = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=100)]
 Currency = Annotated[str, StringConstraints(pattern=r"^[A-Z]{3}$")]
 Role = Literal["agent", "supervisor", "manager"]
-
-
-class Remedy(StrEnum):
-    repair = "repair"
-    replacement = "replacement"
-    refund = "refund"
-    repeat_performance = "repeat_performance"
-    price_reduction = "price_reduction"
-    apology = "apology"
-    goodwill_gesture = "goodwill_gesture"
-    explanation = "explanation"
-
-
-MONEY_REMEDIES = (Remedy.refund, Remedy.price_reduction, Remedy.goodwill_gesture)
 
 
 class _Command(BaseModel):
@@ -161,35 +148,32 @@ def _future(value: datetime, now: datetime, field: str) -> None:
         raise InputRejected(field, "must be in the future")
 
 
-def assign(case: Case, c: AssignCase, now: datetime, policy: Policy) -> list[NewEvent]:
+def assign(case: Case, c: AssignCase, now: datetime, policy: Policy) -> list[DomainEvent]:
     require(case, "assign")
     return [
-        NewEvent(
-            type="CaseAssigned",
-            data={
-                "owner": c.owner.model_dump(exclude_none=True),
-                "assigned_by": c.assigned_by,
-                "previous_owner": case.owner["id"] if case.owner else None,
-            },
+        ev.CaseAssigned(
+            owner=ev.Owner(**c.owner.model_dump()),
+            assigned_by=c.assigned_by,
+            previous_owner=case.owner.id if case.owner else None,
         )
     ]
 
 
 def request_clarification(
     case: Case, c: RequestClarification, now: datetime, policy: Policy
-) -> list[NewEvent]:
+) -> list[DomainEvent]:
     require(case, "request_clarification")
-    return [NewEvent(type="ClarificationRequested", data=c.model_dump())]
+    return [ev.ClarificationRequested(questions=tuple(c.questions), requested_by=c.requested_by)]
 
 
 def receive_clarification(
     case: Case, c: ReceiveClarification, now: datetime, policy: Policy
-) -> list[NewEvent]:
+) -> list[DomainEvent]:
     require(case, "receive_clarification")
-    return [NewEvent(type="ClarificationReceived", data=c.model_dump())]
+    return [ev.ClarificationReceived(answer=c.answer, received_by=c.received_by)]
 
 
-def identify_cause(case: Case, c: IdentifyCause, now: datetime, policy: Policy) -> list[NewEvent]:
+def identify_cause(case: Case, c: IdentifyCause, now: datetime, policy: Policy) -> list[DomainEvent]:
     require(case, "identify_cause")
     if c.root_cause not in policy.resolution.root_causes:
         raise InputRejected(
@@ -198,128 +182,110 @@ def identify_cause(case: Case, c: IdentifyCause, now: datetime, policy: Policy) 
             allowed=list(policy.resolution.root_causes),
         )
     return [
-        NewEvent(
-            type="CauseIdentified",
-            data={
-                **c.model_dump(),
-                "complaint_id": str(case.complaint_id),
-                "category": case.category,
-                "product": case.product,
-                "safety_incident": case.safety_incident,
-            },
+        ev.CauseIdentified(
+            **c.model_dump(),
+            complaint_id=case.complaint_id,
+            category=case.category,
+            product=case.product,
+            safety_incident=case.safety_incident,
         )
     ]
 
 
 def propose_solution(
     case: Case, c: ProposeSolution, now: datetime, policy: Policy
-) -> list[NewEvent]:
+) -> list[DomainEvent]:
     require(case, "propose_solution")
-    options = [
-        {"option_id": i, **o.model_dump(mode="json", exclude_none=True)}
-        for i, o in enumerate(c.options, start=1)
-    ]
     return [
-        NewEvent(
-            type="SolutionProposed",
-            data={"proposal_id": new_id(), "options": options, "proposed_by": c.proposed_by},
+        ev.SolutionProposed(
+            proposal_id=new_id(),
+            options=tuple(
+                ev.SolutionOption(option_id=i, **o.model_dump())
+                for i, o in enumerate(c.options, start=1)
+            ),
+            proposed_by=c.proposed_by,
         )
     ]
 
 
-def agree_solution(case: Case, c: AgreeSolution, now: datetime, policy: Policy) -> list[NewEvent]:
+def agree_solution(case: Case, c: AgreeSolution, now: datetime, policy: Policy) -> list[DomainEvent]:
     require(case, "agree_solution")
     proposal = case.proposals[-1]
-    option = next((o for o in proposal["options"] if o["option_id"] == c.option_id), None)
+    option = next((o for o in proposal.options if o.option_id == c.option_id), None)
     if option is None:
-        count = len(proposal["options"])
-        raise InputRejected("body.option_id", f"the proposal has options 1..{count}")
+        raise InputRejected("body.option_id", f"the proposal has options 1..{len(proposal.options)}")
     _future(c.deadline, now, "body.deadline")
     return [
-        NewEvent(
-            type="SolutionAgreed",
-            data={
-                "proposal_id": proposal["proposal_id"],
-                "option": option,
-                "agreed_outcome": c.agreed_outcome,
-                "indicators": c.indicators,
-                "deadline": c.deadline.isoformat(),
-                "recorded_by": c.recorded_by,
-            },
+        ev.SolutionAgreed(
+            proposal_id=proposal.proposal_id,
+            option=option,
+            agreed_outcome=c.agreed_outcome,
+            indicators=tuple(c.indicators),
+            deadline=c.deadline,
+            recorded_by=c.recorded_by,
         )
     ]
 
 
-def reject_solution(case: Case, c: RejectSolution, now: datetime, policy: Policy) -> list[NewEvent]:
+def reject_solution(
+    case: Case, c: RejectSolution, now: datetime, policy: Policy
+) -> list[DomainEvent]:
     require(case, "reject_solution")
     return [
-        NewEvent(
-            type="SolutionRejected",
-            data={"proposal_id": case.proposals[-1]["proposal_id"], **c.model_dump()},
+        ev.SolutionRejected(
+            proposal_id=case.proposals[-1].proposal_id, reason=c.reason, recorded_by=c.recorded_by
         )
     ]
 
 
-def plan_action(case: Case, c: PlanAction, now: datetime, policy: Policy) -> list[NewEvent]:
+def plan_action(case: Case, c: PlanAction, now: datetime, policy: Policy) -> list[DomainEvent]:
     require(case, "plan_action")
     _future(c.due_at, now, "body.due_at")
     return [
-        NewEvent(
-            type="ActionPlanned",
-            data={
-                "action_id": new_id(),
-                "description": c.description,
-                "owner": c.owner,
-                "due_at": c.due_at.isoformat(),
-            },
+        ev.ActionPlanned(
+            action_id=new_id(), description=c.description, owner=c.owner, due_at=c.due_at
         )
     ]
 
 
-def complete_action(case: Case, c: CompleteAction, now: datetime, policy: Policy) -> list[NewEvent]:
+def complete_action(
+    case: Case, c: CompleteAction, now: datetime, policy: Policy
+) -> list[DomainEvent]:
     require(case, "complete_action")
     action = check_action(case, c.action_id)
     if action.completed_at is not None:
         raise CommandRejected(case.state.value, "complete_action", ["(the action is done)"])
-    return [NewEvent(type="ActionCompleted", data=c.model_dump(exclude_none=True))]
+    return [
+        ev.ActionCompleted(action_id=c.action_id, completed_by=c.completed_by, outcome=c.outcome)
+    ]
 
 
 def request_compensation(
     case: Case, c: RequestCompensation, now: datetime, policy: Policy
-) -> list[NewEvent]:
+) -> list[DomainEvent]:
     require(case, "request_compensation")
     cp = policy.compensation
     if c.currency != cp.currency:
         raise InputRejected("body.currency", f"compensation is decided in {cp.currency}")
     request_id = new_id()
-    events = [
-        NewEvent(
-            type="CompensationRequested",
-            data={
-                "request_id": request_id,
-                "amount": str(c.amount),
-                "currency": c.currency,
-                "reason": c.reason,
-                "requested_by": c.requested_by,
-                "needs": "none"
-                if c.amount <= cp.agent_limit
-                else "supervisor"
-                if c.amount <= cp.supervisor_limit
-                else "manager",
-            },
+    needs = cp.authority_for(c.amount)
+    events: list[DomainEvent] = [
+        ev.CompensationRequested(
+            request_id=request_id,
+            amount=c.amount,
+            currency=c.currency,
+            reason=c.reason,
+            requested_by=c.requested_by,
+            needs=needs,
         )
     ]
-    if c.amount <= cp.agent_limit:
+    if needs == "none":
         events.append(
-            NewEvent(
-                type="CompensationApproved",
-                data={
-                    "request_id": request_id,
-                    "decided_by": None,
-                    "within_agent_limit": True,
-                    "amount": str(c.amount),
-                    "currency": c.currency,
-                },
+            ev.CompensationApproved(
+                request_id=request_id,
+                amount=c.amount,
+                currency=c.currency,
+                within_agent_limit=True,
             )
         )
     return events
@@ -327,7 +293,7 @@ def request_compensation(
 
 def decide_compensation(
     case: Case, c: DecideCompensation, approve: bool, now: datetime, policy: Policy
-) -> list[NewEvent]:
+) -> list[DomainEvent]:
     command = "approve_compensation" if approve else "decline_compensation"
     require(case, command)
     request = case.compensation(c.request_id)
@@ -337,25 +303,26 @@ def decide_compensation(
         raise CommandRejected(f"compensation {request.status}", command, [])
     if c.decided_by == request.requested_by:
         raise Forbidden("nobody decides on their own compensation request")
-    needed = "supervisor" if request.amount <= policy.compensation.supervisor_limit else "manager"
-    if c.role == "agent" or (needed == "manager" and c.role != "manager"):
-        raise Forbidden(f"a compensation of {request.amount} {request.currency} needs a {needed}")
+    if not policy.compensation.may_approve(c.role, request.amount):
+        needed = policy.compensation.authority_for(request.amount)
+        raise Forbidden(
+            f"a compensation of {request.amount} {request.currency} needs a"
+            f" {'supervisor' if needed == 'none' else needed}"
+        )
+    decision = ev.CompensationApproved if approve else ev.CompensationDeclined
     return [
-        NewEvent(
-            type="CompensationApproved" if approve else "CompensationDeclined",
-            data={
-                "request_id": c.request_id,
-                "decided_by": c.decided_by,
-                "role": c.role,
-                "note": c.note,
-                "amount": str(request.amount),
-                "currency": request.currency,
-            },
+        decision(
+            request_id=c.request_id,
+            decided_by=c.decided_by,
+            role=c.role,
+            note=c.note,
+            amount=request.amount,
+            currency=request.currency,
         )
     ]
 
 
-def resolve(case: Case, c: ResolveCase, now: datetime, policy: Policy) -> list[NewEvent]:
+def resolve(case: Case, c: ResolveCase, now: datetime, policy: Policy) -> list[DomainEvent]:
     require(case, "resolve")
     open_actions = [a.action_id for a in case.actions if a.completed_at is None]
     pending = [x.request_id for x in case.compensations if x.status == "pending"]
@@ -372,50 +339,44 @@ def resolve(case: Case, c: ResolveCase, now: datetime, policy: Policy) -> list[N
         )
     if c.override is not None and c.override.role == "agent":
         raise Forbidden("only a supervisor or manager can override open actions")
-    data: dict[str, Any] = {
-        "complaint_id": str(case.complaint_id),
-        "summary": c.summary,
-        "resolved_by": c.resolved_by,
-        "category": case.category,
-        "severity": case.severity,
-        "root_cause": (case.cause or {}).get("root_cause"),
-        "remedy": ((case.agreed or {}).get("option") or {}).get("remedy"),
-        "compensation_awarded": [
-            {"amount": str(x.amount), "currency": x.currency}
-            for x in case.compensations
-            if x.status == "approved"
-        ],
-        "reopen_count": case.reopen_count,
-    }
-    if c.override is not None:
-        data["override"] = {
-            **c.override.model_dump(),
-            "open_actions": open_actions,
-            "pending_compensation": pending,
-        }
-    return [NewEvent(type="CaseResolved", data=data)]
-
-
-def close(case: Case, c: CloseCase, now: datetime, policy: Policy) -> list[NewEvent]:
-    require(case, "close")
     return [
-        NewEvent(
-            type="CaseClosed",
-            data={"complaint_id": str(case.complaint_id), **c.model_dump(exclude_none=True)},
+        ev.CaseResolved(
+            complaint_id=case.complaint_id,
+            summary=c.summary,
+            resolved_by=c.resolved_by,
+            category=case.category,
+            severity=Severity(case.severity),
+            root_cause=case.cause.root_cause if case.cause else None,
+            remedy=case.agreed.option.remedy if case.agreed else None,
+            compensation_awarded=tuple(
+                ev.Money(amount=x.amount, currency=x.currency)
+                for x in case.compensations
+                if x.status == "approved"
+            ),
+            reopen_count=case.reopen_count,
+            override=ev.Override(
+                **c.override.model_dump(),
+                open_actions=tuple(open_actions),
+                pending_compensation=tuple(pending),
+            )
+            if c.override is not None
+            else None,
         )
     ]
 
 
-def reopen(case: Case, c: ReopenCase, now: datetime, policy: Policy) -> list[NewEvent]:
+def close(case: Case, c: CloseCase, now: datetime, policy: Policy) -> list[DomainEvent]:
+    require(case, "close")
+    return [ev.CaseClosed(complaint_id=case.complaint_id, reason=c.reason, closed_by=c.closed_by)]
+
+
+def reopen(case: Case, c: ReopenCase, now: datetime, policy: Policy) -> list[DomainEvent]:
     require(case, "reopen")
     return [
-        NewEvent(
-            type="CaseReopened",
-            data={
-                "complaint_id": str(case.complaint_id),
-                "reason": c.reason,
-                "requested_by": "agent",
-                "reopened_by": c.reopened_by,
-            },
+        ev.CaseReopened(
+            complaint_id=case.complaint_id,
+            reason=c.reason,
+            requested_by="agent",
+            reopened_by=c.reopened_by,
         )
     ]

@@ -11,11 +11,18 @@ from dataclasses import dataclass, field, replace
 from datetime import datetime
 from decimal import Decimal
 from enum import StrEnum
-from typing import Any
 from uuid import UUID, uuid4
 
-from complaints_shared.envelope import Event, NewEvent
+from complaints_shared.envelope import Event
 from complaints_shared.errors import CommandRejected, InputRejected
+from complaints_shared.events import DomainEvent
+from complaints_shared.events import resolution as ev
+from complaints_shared.events.followup import ReopenRequested
+from complaints_shared.events.intake import (
+    ComplaintDetailsAdded,
+    ComplaintReceived,
+    ComplaintWithdrawn,
+)
 
 
 class CaseState(StrEnum):
@@ -67,14 +74,14 @@ ALLOWED: dict[str, tuple[CaseState, ...]] = {
 ALLOWED_COMMANDS: dict[CaseState, list[str]] = {
     state: [c for c, states in ALLOWED.items() if state in states] for state in CaseState
 }
-CUSTOMER_VISIBLE = (
-    "CaseAssigned",
-    "ClarificationRequested",
-    "SolutionProposed",
-    "SolutionAgreed",
-    "CaseResolved",
-)
-FIRST_RESPONSE_EVENTS = ("CaseAssigned", "ClarificationRequested", "SolutionProposed")
+FIRST_RESPONSE_EVENTS = (ev.CaseAssigned, ev.ClarificationRequested, ev.SolutionProposed)
+
+
+@dataclass(frozen=True)
+class Assignment:
+    owner: ev.Owner
+    assigned_at: datetime
+    by: str | None
 
 
 @dataclass(frozen=True)
@@ -113,12 +120,12 @@ class Case:
     received_at: datetime
     product: str | None = None
     safety_incident: bool = False
-    owner: dict[str, Any] | None = None
-    owners: tuple[dict[str, Any], ...] = ()
-    cause: dict[str, Any] | None = None
-    proposals: tuple[dict[str, Any], ...] = ()
-    rejections: tuple[dict[str, Any], ...] = ()
-    agreed: dict[str, Any] | None = None
+    owner: ev.Owner | None = None
+    owners: tuple[Assignment, ...] = ()
+    cause: ev.CauseIdentified | None = None
+    proposals: tuple[ev.SolutionProposed, ...] = ()
+    rejections: tuple[ev.SolutionRejected, ...] = ()
+    agreed: ev.SolutionAgreed | None = None
     actions: tuple[Action, ...] = ()
     compensations: tuple[Compensation, ...] = ()
     first_response_at: datetime | None = None
@@ -126,7 +133,7 @@ class Case:
     pauses: tuple[tuple[datetime, datetime | None], ...] = ()
     resume_state: CaseState | None = None
     resolved_at: datetime | None = None
-    resolution: dict[str, Any] | None = None
+    resolution: ev.CaseResolved | None = None
     closed_at: datetime | None = None
     reopen_count: int = 0
     escalation_level: str | None = None
@@ -143,95 +150,84 @@ class Case:
         return next((c for c in self.compensations if c.request_id == request_id), None)
 
 
-def _dt(value: str) -> datetime:
-    return datetime.fromisoformat(value)
-
-
-def evolve(case: Case | None, e: Event) -> Case | None:
+def evolve(case: Case | None, e: Event[DomainEvent]) -> Case | None:
     """The case after event ``e``."""
-    d, at = e.data, e.occurred_at
-    if e.type == "CaseOpened":
+    p, at = e.payload, e.occurred_at
+    if isinstance(p, ev.CaseOpened):
         return Case(
             complaint_id=e.stream_id,
             state=S.opened,
             version=e.version,
-            severity=d["severity"],
-            category=d["category"],
-            reference=d.get("reference", ""),
-            language=d.get("language", "en"),
-            reply_channel=d.get("reply_channel", "email"),
-            customer_name=d.get("customer_name"),
-            product=d.get("product"),
-            safety_incident=bool(d.get("safety_incident")),
-            received_at=_dt(d["received_at"]) if d.get("received_at") else at,
-            clock_started_at=_dt(d["received_at"]) if d.get("received_at") else at,
+            severity=p.severity.value,
+            category=p.category,
+            reference=p.reference,
+            language=p.language,
+            reply_channel=p.reply_channel.value,
+            customer_name=p.customer_name,
+            product=p.product,
+            safety_incident=p.safety_incident,
+            received_at=p.received_at,
+            clock_started_at=p.received_at,
         )
     if case is None:
         return None
     c = replace(case, version=e.version)
-    if e.type in FIRST_RESPONSE_EVENTS and c.first_response_at is None:
+    if isinstance(p, FIRST_RESPONSE_EVENTS) and c.first_response_at is None:
         c = replace(c, first_response_at=at)
-    match e.type:
-        case "CaseAssigned":
-            entry = {**d["owner"], "assigned_at": at.isoformat(), "by": d.get("assigned_by")}
+    match p:
+        case ev.CaseAssigned():
             state = S.assigned if c.state is S.opened else c.state
-            c = replace(c, owner=d["owner"], owners=(*c.owners, entry), state=state)
-        case "ClarificationRequested":
+            entry = Assignment(p.owner, at, p.assigned_by)
+            c = replace(c, owner=p.owner, owners=(*c.owners, entry), state=state)
+        case ev.ClarificationRequested():
             c = replace(
                 c, state=S.awaiting_customer, resume_state=c.state, pauses=(*c.pauses, (at, None))
             )
-        case "ClarificationReceived":
+        case ev.ClarificationReceived():
             back = c.resume_state if c.resume_state not in (None, S.assigned) else S.investigating
             pauses = (*c.pauses[:-1], (c.pauses[-1][0], at)) if c.paused else c.pauses
             c = replace(c, state=back or S.investigating, resume_state=None, pauses=pauses)
-        case "CauseIdentified":
-            c = replace(c, state=S.cause_identified, cause=d)
-        case "SolutionProposed":
-            c = replace(c, state=S.solution_proposed, proposals=(*c.proposals, d))
-        case "SolutionRejected":
-            c = replace(c, state=S.cause_identified, rejections=(*c.rejections, d))
-        case "SolutionAgreed":
-            c = replace(c, state=S.solution_agreed, agreed=d)
-        case "ActionPlanned":
-            action = Action(d["action_id"], d["description"], d["owner"], _dt(d["due_at"]))
+        case ev.CauseIdentified():
+            c = replace(c, state=S.cause_identified, cause=p)
+        case ev.SolutionProposed():
+            c = replace(c, state=S.solution_proposed, proposals=(*c.proposals, p))
+        case ev.SolutionRejected():
+            c = replace(c, state=S.cause_identified, rejections=(*c.rejections, p))
+        case ev.SolutionAgreed():
+            c = replace(c, state=S.solution_agreed, agreed=p)
+        case ev.ActionPlanned():
+            action = Action(p.action_id, p.description, p.owner, p.due_at)
             c = replace(c, state=S.actions_in_progress, actions=(*c.actions, action))
-        case "ActionCompleted":
+        case ev.ActionCompleted():
             c = replace(
                 c,
                 actions=tuple(
-                    replace(a, completed_at=at, outcome=d.get("outcome"))
-                    if a.action_id == d["action_id"]
+                    replace(a, completed_at=at, outcome=p.outcome)
+                    if a.action_id == p.action_id
                     else a
                     for a in c.actions
                 ),
             )
-        case "CompensationRequested":
-            comp = Compensation(
-                d["request_id"], Decimal(d["amount"]), d["currency"], d["reason"], d["requested_by"]
-            )
+        case ev.CompensationRequested():
+            comp = Compensation(p.request_id, p.amount, p.currency, p.reason, p.requested_by)
             c = replace(c, compensations=(*c.compensations, comp))
-        case "CompensationApproved" | "CompensationDeclined":
-            status = "approved" if e.type == "CompensationApproved" else "declined"
+        case ev.CompensationApproved() | ev.CompensationDeclined():
+            status = "approved" if isinstance(p, ev.CompensationApproved) else "declined"
             c = replace(
                 c,
                 compensations=tuple(
-                    replace(
-                        x,
-                        status=status,
-                        decided_by=d.get("decided_by"),
-                        decision_note=d.get("note"),
-                    )
-                    if x.request_id == d["request_id"]
+                    replace(x, status=status, decided_by=p.decided_by, decision_note=p.note)
+                    if x.request_id == p.request_id
                     else x
                     for x in c.compensations
                 ),
             )
-        case "CaseResolved":
-            c = replace(c, state=S.resolved, resolved_at=at, resolution=d)
-        case "CaseClosed":
+        case ev.CaseResolved():
+            c = replace(c, state=S.resolved, resolved_at=at, resolution=p)
+        case ev.CaseClosed():
             pauses = (*c.pauses[:-1], (c.pauses[-1][0], at)) if c.paused else c.pauses
             c = replace(c, state=S.closed, closed_at=at, pauses=pauses)
-        case "CaseReopened":
+        case ev.CaseReopened():
             c = replace(
                 c,
                 state=S.investigating if c.owner else S.opened,
@@ -244,18 +240,18 @@ def evolve(case: Case | None, e: Event) -> Case | None:
                 pauses=(),
                 escalation_level=None,
             )
-        case "DeadlineApproaching" | "DeadlineBreached":
-            c = replace(c, fired=c.fired | {d["timer"]})
-        case "CaseEscalated":
+        case ev.DeadlineApproaching() | ev.DeadlineBreached():
+            c = replace(c, fired=c.fired | {p.timer})
+        case ev.CaseEscalated():
             c = replace(
                 c,
-                escalation_level=d["level"],
-                fired=c.fired | ({d["timer"]} if d.get("timer") else set()),
+                escalation_level=p.level,
+                fired=c.fired | ({p.timer} if p.timer else set()),
             )
     return c
 
 
-def fold(events: Iterable[Event]) -> Case | None:
+def fold(events: Iterable[Event[DomainEvent]]) -> Case | None:
     case: Case | None = None
     for e in events:
         case = evolve(case, e)
@@ -267,78 +263,98 @@ def require(case: Case, command: str) -> None:
         raise CommandRejected(case.state.value, command, ALLOWED_COMMANDS[case.state])
 
 
-def open_case(complaint: Event) -> list[NewEvent]:
+def open_case(case: Case | None, complaint: Event[ComplaintReceived]) -> list[DomainEvent]:
     """A new case for a received complaint, carrying what customer messages need."""
-    d = complaint.data
+    if case is not None:
+        return []
+    c = complaint.payload
     return [
-        NewEvent(
-            type="CaseOpened",
-            data={
-                "complaint_id": str(complaint.stream_id),
-                "reference": d.get("reference", ""),
-                "severity": d.get("severity", "medium"),
-                "category": d.get("category", "other"),
-                "language": d.get("language", "en"),
-                "reply_channel": d.get("reply_channel") or d.get("channel", "email"),
-                "customer_name": (d.get("customer") or {}).get("name"),
-                "product": d.get("product"),
-                "safety_incident": bool(d.get("safety_incident")),
-                "received_at": complaint.occurred_at.isoformat(),
-            },
+        ev.CaseOpened(
+            complaint_id=complaint.stream_id,
+            reference=c.reference,
+            severity=c.severity,
+            category=c.category,
+            language=c.language,
+            reply_channel=c.reply_channel,
+            customer_name=c.customer.name,
+            product=c.product,
+            safety_incident=c.safety_incident,
+            received_at=c.received_at,
         )
     ]
 
 
-def close_withdrawn(case: Case | None, withdrawal: Event) -> list[NewEvent]:
+def close_withdrawn(case: Case | None, withdrawal: Event[ComplaintWithdrawn]) -> list[DomainEvent]:
     """A withdrawn complaint's case closes (nothing to do when it is closed already)."""
     if case is None or case.state is S.closed:
         return []
     return [
-        NewEvent(
-            type="CaseClosed",
-            data={
-                "complaint_id": str(case.complaint_id),
-                "reason": "withdrawn",
-                "customer_reason": withdrawal.data.get("reason"),
-            },
+        ev.CaseClosed(
+            complaint_id=case.complaint_id,
+            reason="withdrawn",
+            customer_reason=withdrawal.payload.reason,
         )
     ]
 
 
-def reopen_requested(case: Case | None, request: Event) -> list[NewEvent]:
+def reopen_requested(case: Case | None, request: Event[ReopenRequested]) -> list[DomainEvent]:
     """Followup's ``ReopenRequested``: an unhappy customer reopens a resolved or closed case."""
     if case is None or case.state not in (S.resolved, S.closed):
         return []
     return [
-        NewEvent(
-            type="CaseReopened",
-            data={
-                "complaint_id": str(case.complaint_id),
-                "reason": request.data.get("reason", "the customer is not satisfied"),
-                "requested_by": "customer",
-                "source_event": str(request.event_id),
-            },
+        ev.CaseReopened(
+            complaint_id=case.complaint_id,
+            reason=request.payload.reason,
+            requested_by="customer",
+            source_event=request.event_id,
         )
     ]
 
 
-def details_as_clarification(case: Case | None, details: Event) -> list[NewEvent]:
+def details_as_clarification(
+    case: Case | None, details: Event[ComplaintDetailsAdded]
+) -> list[DomainEvent]:
     """Details the customer added while we waited on them answer the clarification."""
-    if case is None or case.state is not S.awaiting_customer or details.data.get("added_by"):
+    d = details.payload
+    if case is None or case.state is not S.awaiting_customer or d.added_by:
         return []
     return [
-        NewEvent(
-            type="ClarificationReceived",
-            data={
-                "complaint_id": str(case.complaint_id),
-                "answer": details.data.get("note")
-                or "; ".join(
-                    f"{a['question']}: {a['answer']}" for a in details.data.get("answers", [])
-                ),
-                "received_by": "customer",
-            },
+        ev.ClarificationReceived(
+            complaint_id=case.complaint_id,
+            answer=d.note or "; ".join(f"{a.question}: {a.answer}" for a in d.answers),
+            received_by="customer",
         )
     ]
+
+
+def actor(p: DomainEvent) -> str | None:
+    """Who took the step an event records (for the case history), if a person did."""
+    match p:
+        case ev.CaseAssigned():
+            return p.assigned_by
+        case ev.ClarificationRequested():
+            return p.requested_by
+        case ev.ClarificationReceived():
+            return p.received_by
+        case ev.CauseIdentified():
+            return p.identified_by
+        case ev.SolutionProposed():
+            return p.proposed_by
+        case ev.SolutionAgreed() | ev.SolutionRejected():
+            return p.recorded_by
+        case ev.ActionCompleted():
+            return p.completed_by
+        case ev.CompensationRequested():
+            return p.requested_by
+        case ev.CompensationApproved() | ev.CompensationDeclined():
+            return p.decided_by
+        case ev.CaseResolved():
+            return p.resolved_by
+        case ev.CaseClosed():
+            return p.closed_by
+        case ev.CaseReopened():
+            return p.reopened_by or p.requested_by
+    return None
 
 
 def new_id() -> str:

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import asyncpg
 
@@ -13,32 +14,51 @@ from complaints_resolution.domain import (
     open_case,
     reopen_requested,
 )
-from complaints_resolution.store import change
-from complaints_shared.consumer import Handler, Subscription
-from complaints_shared.envelope import Event, NewEvent
+from complaints_resolution.messages import telling
+from complaints_resolution.projection import cases
+from complaints_resolution.resources import ResolutionResources
+from complaints_shared.consumer import Handler, Subscription, on
+from complaints_shared.envelope import Event
+from complaints_shared.events import DomainEvent
+from complaints_shared.events.followup import ReopenRequested
+from complaints_shared.events.intake import (
+    ComplaintDetailsAdded,
+    ComplaintReceived,
+    ComplaintWithdrawn,
+)
 from complaints_shared.service import Runtime
 
 
 def subscriptions(rt: Runtime) -> list[Subscription]:
-    def handler(decide: Callable[[Case | None, Event], list[NewEvent]]) -> Handler:
-        async def handle(conn: asyncpg.Connection, event: Event) -> None:
-            await change(conn, rt, event.stream_id, lambda case, _now: decide(case, event))
+    res: ResolutionResources = rt.resources
+    repository = cases(rt)
+
+    def handler(decide: Callable[[Case | None, Any], Sequence[DomainEvent]]) -> Handler:
+        async def handle(conn: asyncpg.Connection, event: Event[Any]) -> None:
+            await repository.execute(
+                conn,
+                event.stream_id,
+                telling(
+                    lambda case: decide(case, event),
+                    res.messages,
+                    rt.policy.calendar.timezone,
+                ),
+            )
 
         return handle
-
-    def opening(case: Case | None, event: Event) -> list[NewEvent]:
-        return open_case(event) if case is None else []
 
     t = rt.topics
     return [
         Subscription(
             name=f"{t.prefix}complaints-resolution",
             topics=(t.intake, t.followup),
-            handlers={
-                "ComplaintReceived": handler(opening),
-                "ComplaintWithdrawn": handler(close_withdrawn),
-                "ComplaintDetailsAdded": handler(details_as_clarification),
-                "ReopenRequested": handler(reopen_requested),
-            },
+            handlers=dict(
+                [
+                    on(ComplaintReceived, handler(open_case)),
+                    on(ComplaintWithdrawn, handler(close_withdrawn)),
+                    on(ComplaintDetailsAdded, handler(details_as_clarification)),
+                    on(ReopenRequested, handler(reopen_requested)),
+                ]
+            ),
         )
     ]

@@ -10,11 +10,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any
-
 from complaints_resolution.domain import Case, S
 from complaints_shared.business_time import BusinessCalendar
-from complaints_shared.envelope import NewEvent
+from complaints_shared.events import DomainEvent
+from complaints_shared.events import resolution as ev
 from complaints_shared.policy import Policy
 
 ACTIVE_FOR_RESOLUTION = tuple(s for s in S if s not in (S.resolved, S.closed))
@@ -116,7 +115,7 @@ def open_deadlines(case: Case, policy: Policy, now: datetime) -> list[OpenDeadli
                 OpenDeadline(
                     "agreed_deadline",
                     str(case.reopen_count),
-                    datetime.fromisoformat(case.agreed["deadline"]),
+                    case.agreed.deadline,
                 )
             )
     return out
@@ -160,48 +159,51 @@ def next_deadline(case: Case, policy: Policy, now: datetime) -> datetime | None:
     return min((d.due_at for d in open_deadlines(case, policy, now)), default=None)
 
 
-def on_timer(case: Case, key: str, policy: Policy, now: datetime) -> list[NewEvent]:
+def on_timer(case: Case, key: str, policy: Policy, now: datetime) -> list[DomainEvent]:
     """What a due timer means for the case now: a warning, a breach with escalation, or
     nothing (the deadline was met, moved, or already handled)."""
     timer = next((t for t in deadlines(case, policy, now) if t.key == key), None)
     if timer is None or timer.due_at > now:
         return []
-    data: dict[str, Any] = {
-        "complaint_id": str(case.complaint_id),
-        "deadline": timer.deadline,
-        "ref": timer.ref,
-        "due_at": timer.deadline_at.isoformat(),
-        "timer": timer.key,
-    }
+    deadline: ev.Deadline = timer.deadline  # type: ignore[assignment]
+    owner = case.owner.id if case.owner else None
     if timer.kind == "warning":
-        return [NewEvent(type="DeadlineApproaching", data=data)]
-    if timer.kind == "breach":
-        level = "manager" if case.escalation_level == "team_lead" else "team_lead"
         return [
-            NewEvent(type="DeadlineBreached", data={**data, "breached_at": now.isoformat()}),
-            NewEvent(
-                type="CaseEscalated",
-                data={
-                    "complaint_id": str(case.complaint_id),
-                    "level": level,
-                    "reason": f"{timer.deadline} deadline breached",
-                    "deadline": timer.deadline,
-                    "ref": timer.ref,
-                    "owner": (case.owner or {}).get("id"),
-                },
+            ev.DeadlineApproaching(
+                complaint_id=case.complaint_id,
+                deadline=deadline,
+                ref=timer.ref,
+                due_at=timer.deadline_at,
+                timer=timer.key,
+            )
+        ]
+    if timer.kind == "breach":
+        return [
+            ev.DeadlineBreached(
+                complaint_id=case.complaint_id,
+                deadline=deadline,
+                ref=timer.ref,
+                due_at=timer.deadline_at,
+                timer=timer.key,
+                breached_at=now,
+            ),
+            ev.CaseEscalated(
+                complaint_id=case.complaint_id,
+                level="manager" if case.escalation_level == "team_lead" else "team_lead",
+                reason=f"{timer.deadline} deadline breached",
+                deadline=deadline,
+                ref=timer.ref,
+                owner=owner,
             ),
         ]
     return [
-        NewEvent(
-            type="CaseEscalated",
-            data={
-                "complaint_id": str(case.complaint_id),
-                "level": "manager",
-                "reason": f"{timer.deadline} deadline still not met",
-                "deadline": timer.deadline,
-                "ref": timer.ref,
-                "owner": (case.owner or {}).get("id"),
-                "timer": timer.key,
-            },
+        ev.CaseEscalated(
+            complaint_id=case.complaint_id,
+            level="manager",
+            reason=f"{timer.deadline} deadline still not met",
+            deadline=deadline,
+            ref=timer.ref,
+            owner=owner,
+            timer=timer.key,
         )
     ]

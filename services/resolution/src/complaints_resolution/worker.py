@@ -1,16 +1,17 @@
-"""The timer runner: fires due SLA timers from PostgreSQL (durable across restarts)."""
+"""The timer worker: fires due SLA timers from PostgreSQL (durable across restarts)."""
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from datetime import datetime
 
 from complaints_resolution.domain import Case
+from complaints_resolution.messages import telling
+from complaints_resolution.projection import cases
+from complaints_resolution.resources import ResolutionResources
 from complaints_resolution.sla import on_timer
-from complaints_resolution.store import change
-from complaints_shared.envelope import NewEvent
 from complaints_shared.errors import ConcurrencyConflict
+from complaints_shared.events import DomainEvent
 from complaints_shared.service import Runtime
 
 log = logging.getLogger(__name__)
@@ -19,6 +20,8 @@ log = logging.getLogger(__name__)
 async def fire_due(rt: Runtime, limit: int = 100) -> int:
     """Fire the timers due by the service clock; return how many changed a case."""
     now = rt.clock()
+    res: ResolutionResources = rt.resources
+    repository = cases(rt)
     due = await rt.pool.fetch(
         "SELECT complaint_id, key FROM timers WHERE due_at <= $1 ORDER BY due_at LIMIT $2",
         now,
@@ -38,17 +41,21 @@ async def fire_due(rt: Runtime, limit: int = 100) -> int:
                     continue  # another instance has it
                 key: str = row["key"]
 
-                def decide(case: Case | None, at: datetime, key: str = key) -> list[NewEvent]:
-                    return on_timer(case, key, rt.policy, at) if case else []
+                def decide(case: Case | None, key: str = key) -> list[DomainEvent]:
+                    return on_timer(case, key, rt.policy, now) if case else []
 
-                _, recorded = await change(conn, rt, row["complaint_id"], decide)
-                if not recorded:  # stale: the deadline moved or was met
+                saved = await repository.execute(
+                    conn,
+                    row["complaint_id"],
+                    telling(decide, res.messages, rt.policy.calendar.timezone),
+                )
+                if not saved.recorded:  # stale: the deadline moved or was met
                     await conn.execute(
                         "DELETE FROM timers WHERE complaint_id = $1 AND key = $2",
                         row["complaint_id"],
                         row["key"],
                     )
-                fired += bool(recorded)
+                fired += bool(saved.recorded)
         except ConcurrencyConflict:
             continue  # an agent changed the case meanwhile; the next round decides again
     return fired

@@ -1,22 +1,19 @@
-"""The acknowledgement message, rendered from editable per-language templates."""
+"""Messages to the customer: the acknowledgement, rendered from editable per-language
+templates."""
 
 from __future__ import annotations
 
 import string
-import tomllib
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
-from zoneinfo import ZoneInfo
 
-from babel.dates import format_date
-
-from complaints_shared.datafiles import read_data_file
+from complaints_shared.templates import load_language_templates
+from complaints_shared.vocabulary import Channel, format_when
 
 PLACEHOLDERS = frozenset(
     {"greeting", "customer_name", "reference", "subject", "due", "channel_phrase"}
 )
-CHANNELS = ("in_person", "phone", "email", "letter", "web", "chat", "social")
 
 
 @dataclass(frozen=True)
@@ -43,39 +40,32 @@ def load_templates(
     languages: tuple[str, ...], override_dir: Path | None = None
 ) -> dict[str, Template]:
     """Every language's template, checked now so that a broken file stops the start."""
+    raw_by_language = load_language_templates(
+        "complaints_intake",
+        "acknowledgement",
+        languages,
+        {
+            "": ("subject", "greeting", "greeting_anonymous", "body"),
+            "channel_phrase": tuple(Channel),
+        },
+        override_dir,
+    )
     out: dict[str, Template] = {}
-    for lang in languages:
-        raw = tomllib.loads(
-            read_data_file(
-                "complaints_intake", "templates", f"acknowledgement.{lang}.toml", override_dir
-            )
+    for lang, raw in raw_by_language.items():
+        t = Template(
+            lang,
+            raw["subject"],
+            raw["greeting"],
+            raw["greeting_anonymous"],
+            raw["body"].strip("\n"),
+            dict(raw["channel_phrase"]),
         )
-        try:
-            t = Template(
-                lang,
-                raw["subject"],
-                raw["greeting"],
-                raw["greeting_anonymous"],
-                raw["body"].strip("\n"),
-                dict(raw["channel_phrase"]),
-            )
-        except KeyError as exc:
-            raise ValueError(f"acknowledgement.{lang}.toml lacks {exc}") from exc
         for part in (t.subject, t.greeting, t.greeting_anonymous, t.body):
             unknown = _fields(part) - PLACEHOLDERS
             if unknown:
                 raise ValueError(f"acknowledgement.{lang}.toml: unknown placeholders {unknown}")
-        missing = set(CHANNELS) - set(t.channel_phrase)
-        if missing:
-            raise ValueError(f"acknowledgement.{lang}.toml: channel_phrase lacks {missing}")
         out[lang] = t
     return out
-
-
-def format_due(due: datetime, language: str, timezone: str) -> str:
-    local = due.astimezone(ZoneInfo(timezone))
-    day = format_date(local, format="long", locale=language)
-    return f"{day} {local:%H:%M} ({local.tzname()})"
 
 
 def render(
@@ -92,7 +82,7 @@ def render(
         "customer_name": customer_name or "",
         "reference": reference,
         "subject": subject,
-        "due": format_due(due, template.language, timezone),
+        "due": format_when(due, template.language, timezone, zone_name=True),
         "channel_phrase": template.channel_phrase[reply_channel],
     }
     greeting = template.greeting if customer_name else template.greeting_anonymous

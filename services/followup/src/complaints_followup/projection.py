@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
 from uuid import UUID, uuid4
@@ -10,104 +10,95 @@ from uuid import UUID, uuid4
 import asyncpg
 
 from complaints_followup.domain import Followup, fold
-from complaints_shared.envelope import Event, NewEvent
-from complaints_shared.errors import ConcurrencyConflict
+from complaints_shared.envelope import Event
+from complaints_shared.events import DomainEvent
+from complaints_shared.events import followup as ev
+from complaints_shared.events.intake import ComplaintReceived
+from complaints_shared.repository import Repository
 from complaints_shared.service import Runtime
+from complaints_shared.vocabulary import CONTACT_FIELD
 
 
-async def project(conn: asyncpg.Connection, rt: Runtime, events: Sequence[Event]) -> None:
+def checks(rt: Runtime) -> Repository[Followup]:
+    """The repository of each complaint's satisfaction checks."""
+
+    async def project_checks(
+        conn: asyncpg.Connection, _: Followup, recorded: Sequence[Event[DomainEvent]]
+    ) -> None:
+        await project(conn, rt, recorded)
+
+    return Repository(rt.store, fold, project_checks)
+
+
+async def project(
+    conn: asyncpg.Connection, rt: Runtime, events: Sequence[Event[DomainEvent]]
+) -> None:
     for e in events:
-        d = e.data
-        match e.type:
-            case "SatisfactionCheckScheduled":
+        p = e.payload
+        match p:
+            case ev.SatisfactionCheckScheduled():
                 await conn.execute(
                     "INSERT INTO satisfaction_checks (check_id, complaint_id, status, channel,"
                     " language, due_at, expires_at, scheduled_at, category)"
                     " VALUES ($1, $2, 'scheduled', $3, $4, $5, $6, $7,"
                     " (SELECT category FROM contact_preferences WHERE complaint_id = $2))",
-                    UUID(d["check_id"]),
+                    p.check_id,
                     e.stream_id,
-                    d["channel"],
-                    d["language"],
-                    datetime.fromisoformat(d["due_at"]),
-                    datetime.fromisoformat(d["expires_at"]),
+                    p.channel.value,
+                    p.language,
+                    p.due_at,
+                    p.expires_at,
                     e.occurred_at,
                 )
-            case "SatisfactionCheckSent" if d.get("reminder"):
+            case ev.SatisfactionCheckSent() if p.reminder:
                 await conn.execute(
                     "UPDATE satisfaction_checks SET reminded_at = $2 WHERE check_id = $1",
-                    UUID(d["check_id"]),
+                    p.check_id,
                     e.occurred_at,
                 )
-            case "SatisfactionCheckSent":
+            case ev.SatisfactionCheckSent():
                 await conn.execute(
                     "UPDATE satisfaction_checks SET status = 'sent', sent_at = $2,"
                     " reminder_at = $3 WHERE check_id = $1",
-                    UUID(d["check_id"]),
+                    p.check_id,
                     e.occurred_at,
                     e.occurred_at + rt.policy.followup.reminder_after,
                 )
-            case "SatisfactionRecorded":
+            case ev.SatisfactionRecorded():
                 await conn.execute(
                     "UPDATE satisfaction_checks SET status = 'answered',"
                     " answered_at = $2 WHERE check_id = $1",
-                    UUID(d["check_id"]),
+                    p.check_id,
                     e.occurred_at,
                 )
-                await record_answer_row(conn, e)
-            case "SatisfactionCheckExpired" | "SatisfactionCheckCancelled":
-                status = "expired" if e.type == "SatisfactionCheckExpired" else "cancelled"
+                await record_answer_row(conn, e.stream_id, e.occurred_at, p)
+            case ev.SatisfactionCheckExpired() | ev.SatisfactionCheckCancelled():
+                status = "expired" if isinstance(p, ev.SatisfactionCheckExpired) else "cancelled"
                 await conn.execute(
                     "UPDATE satisfaction_checks SET status = $2 WHERE check_id = $1",
-                    UUID(d["check_id"]),
+                    p.check_id,
                     status,
                 )
 
 
-async def record_answer_row(conn: asyncpg.Connection, e: Event) -> None:
-    d = e.data
+async def record_answer_row(
+    conn: asyncpg.Connection, complaint_id: UUID, at: datetime, p: ev.SatisfactionRecorded
+) -> None:
     await conn.execute(
         "INSERT INTO satisfaction_answers (check_id, complaint_id, score, solved, nps,"
         " category, channel, answered_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)"
         " ON CONFLICT (check_id) DO NOTHING",
-        UUID(d["check_id"]),
-        e.stream_id,
-        d["score"],
-        d["solved"],
-        d.get("nps"),
-        d.get("category"),
-        d.get("channel"),
-        e.occurred_at,
+        p.check_id,
+        complaint_id,
+        p.score,
+        p.solved,
+        p.nps,
+        p.category,
+        p.channel.value if p.channel else None,
+        at,
     )
 
 
-async def change(
-    conn: asyncpg.Connection,
-    rt: Runtime,
-    complaint_id: UUID,
-    decide: Callable[[Followup], list[NewEvent]],
-    attempts: int = 5,
-) -> list[Event]:
-    """Load the complaint's followup stream, decide, append and project, in a savepoint of the
-    caller's transaction.  When another writer appended first, decide again on the new state
-    (the decision sees what happened meanwhile: this is no blind retry)."""
-    for attempt in range(attempts):
-        try:
-            async with conn.transaction():
-                events = await rt.store.load(conn, complaint_id)
-                new = decide(fold(events))
-                if not new:
-                    return []
-                recorded = await rt.store.append(conn, complaint_id, len(events), new)
-                await project(conn, rt, recorded)
-                return recorded
-        except ConcurrencyConflict:
-            if attempt == attempts - 1:
-                raise
-    raise AssertionError("unreachable")
-
-
-ADDRESS = {"email": "email", "phone": "phone", "letter": "postal_address"}
 
 
 async def enqueue(
@@ -150,7 +141,7 @@ async def address(
     )
     if c is None:
         return None
-    field = ADDRESS.get(channel)
+    field = CONTACT_FIELD.get(channel)
     if field is None:  # chat, social, web, in person: the gateway knows the customer by reference
         return channel, str(c["reference"] or complaint_id)
     if c[field]:
@@ -160,19 +151,19 @@ async def address(
     return None
 
 
-def contact_row(event: Event) -> dict[str, Any]:
-    d = event.data
-    customer = d.get("customer") or {}
+def contact_row(event: Event[ComplaintReceived]) -> dict[str, Any]:
+    d = event.payload
+    c = d.customer
     return {
         "complaint_id": event.stream_id,
-        "channel": d.get("reply_channel") or customer.get("preferred_channel") or d.get("channel"),
-        "language": d.get("language") or customer.get("language"),
-        "reference": d.get("reference"),
-        "name": customer.get("name"),
-        "email": customer.get("email"),
-        "phone": customer.get("phone"),
-        "postal_address": customer.get("postal_address"),
-        "consent": bool(customer.get("consent_to_other_channel")),
-        "category": d.get("category"),
-        "received_channel": d.get("channel"),
+        "channel": d.reply_channel.value,
+        "language": d.language,
+        "reference": d.reference,
+        "name": c.name,
+        "email": c.email,
+        "phone": c.phone,
+        "postal_address": c.postal_address,
+        "consent": c.consent_to_other_channel,
+        "category": d.category,
+        "received_channel": d.channel.value,
     }

@@ -1,0 +1,68 @@
+"""Resolution's read models, kept in the appending transaction: the worklist row of each case
+and its durable timers (every deadline the case has now, derived from its state by
+:func:`complaints_resolution.sla.deadlines`)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import datetime
+from uuid import UUID
+
+import asyncpg
+
+from complaints_resolution.domain import Case, fold
+from complaints_resolution.sla import deadlines, next_deadline
+from complaints_shared.envelope import Event
+from complaints_shared.errors import NotFound
+from complaints_shared.events import DomainEvent
+from complaints_shared.policy import Policy
+from complaints_shared.repository import Loaded, Repository
+from complaints_shared.service import Runtime
+
+
+def cases(rt: Runtime) -> Repository[Case | None]:
+    """The case repository: fold, and project the worklist row and timers."""
+
+    async def project(
+        conn: asyncpg.Connection, case: Case | None, recorded: Sequence[Event[DomainEvent]]
+    ) -> None:
+        if case is not None:
+            await save(conn, rt.policy, case, rt.clock())
+
+    return Repository(rt.store, fold, project)
+
+
+async def save(conn: asyncpg.Connection, policy: Policy, case: Case, now: datetime) -> None:
+    """Refresh the worklist row and replace the case's timers (in the caller's transaction)."""
+    await conn.execute(
+        "INSERT INTO cases (complaint_id, reference, state, severity, category, owner_id,"
+        " escalation_level, next_deadline_at, received_at, updated_at, version)"
+        " VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)"
+        " ON CONFLICT (complaint_id) DO UPDATE SET state = $3, owner_id = $6,"
+        " escalation_level = $7, next_deadline_at = $8, updated_at = $10, version = $11",
+        case.complaint_id,
+        case.reference,
+        case.state.value,
+        case.severity,
+        case.category,
+        case.owner.id if case.owner else None,
+        case.escalation_level,
+        next_deadline(case, policy, now),
+        case.received_at,
+        now,
+        case.version,
+    )
+    await conn.execute("DELETE FROM timers WHERE complaint_id = $1", case.complaint_id)
+    await conn.executemany(
+        "INSERT INTO timers (complaint_id, key, due_at) VALUES ($1, $2, $3)",
+        [(case.complaint_id, t.key, t.due_at) for t in deadlines(case, policy, now)],
+    )
+
+
+async def load_case(
+    conn: asyncpg.Connection | asyncpg.Pool, rt: Runtime, complaint_id: UUID
+) -> tuple[Case, Loaded[Case | None]]:
+    loaded = await cases(rt).load(conn, complaint_id)
+    if loaded.state is None:
+        raise NotFound("case", complaint_id)
+    return loaded.state, loaded

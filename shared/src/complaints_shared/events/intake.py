@@ -1,0 +1,119 @@
+"""Events of the intake service, on ``complaints.intake.v1`` (stream = the complaint)."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from uuid import UUID
+
+from complaints_shared.events.base import REGISTRY, DomainEvent, Payload, Personal, PersonalOrNone
+from complaints_shared.vocabulary import Channel, Severity
+
+event = REGISTRY.register("intake")
+
+
+class Customer(Payload):
+    id: PersonalOrNone = None
+    name: PersonalOrNone = None
+    email: PersonalOrNone = None
+    phone: PersonalOrNone = None
+    postal_address: PersonalOrNone = None
+    preferred_channel: Channel | None = None
+    language: str | None = None
+    consent_to_other_channel: bool = False
+
+
+class PublicPost(Payload):
+    url: Personal
+    platform: str | None = None
+    audience_size: int | None = None
+
+
+class Attachment(Payload):
+    ref: Personal
+    name: PersonalOrNone = None
+    media_type: str | None = None
+
+
+class QuestionAnswer(Payload):
+    question: str
+    answer: Personal
+
+
+class Message(Payload):
+    """A message to the customer, ready to deliver."""
+
+    subject: Personal
+    body: Personal
+
+
+@event
+class ComplaintReceived(DomainEvent):
+    """A complaint, as voiced on any channel, with what intake suggested."""
+
+    reference: str
+    received_at: datetime
+    channel: Channel
+    reply_channel: Channel
+    customer: Customer
+    subject: Personal
+    description: Personal
+    category: str
+    category_suggested: bool = False
+    severity: Severity
+    severity_suggested: bool = False
+    language: str
+    language_detected: bool = False
+    first_response_due: datetime
+    product: str | None = None
+    order_reference: str | None = None
+    safety_incident: bool = False
+    public_post: PublicPost | None = None
+    desired_outcome: str | None = None
+    attachments: tuple[Attachment, ...] = ()
+    possible_duplicate_of: UUID | None = None
+
+    @property
+    def text(self) -> str:
+        return f"{self.subject}\n{self.description}"
+
+
+@event
+class ComplaintAcknowledged(DomainEvent):
+    """The acknowledgement: thanks, apology, reference, and when the first response is due."""
+
+    reference: str
+    channel: Channel
+    language: str
+    first_response_due: datetime
+    message: Message
+
+
+class AlertDetails(Payload):
+    audience_size: int | None = None
+    complaints_in_window: int | None = None
+    negative_wording_score: int | None = None
+
+
+@event
+class ComplaintAlertRaised(DomainEvent):
+    reference: str
+    reasons: tuple[str, ...]
+    severity: Severity
+    category: str
+    details: AlertDetails = AlertDetails()
+
+
+@event
+class ComplaintDetailsAdded(DomainEvent):
+    """Information collected after the complaint was received (by an agent, or the customer
+    when ``added_by`` is absent)."""
+
+    note: PersonalOrNone = None
+    answers: tuple[QuestionAnswer, ...] = ()
+    attachments: tuple[Attachment, ...] = ()
+    added_by: str | None = None
+
+
+@event
+class ComplaintWithdrawn(DomainEvent):
+    reason: PersonalOrNone = None

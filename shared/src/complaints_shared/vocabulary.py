@@ -1,0 +1,86 @@
+"""The platform's shared vocabulary: channels, severities, remedies, the contact field each
+channel replies on, text normalisation, "satisfied", and how dates are shown to customers.
+
+Every service speaks these words; each is defined here and nowhere else.
+"""
+
+from __future__ import annotations
+
+import re
+import unicodedata
+from datetime import datetime
+from enum import StrEnum
+from zoneinfo import ZoneInfo
+
+from babel.dates import format_date
+
+
+class Channel(StrEnum):
+    in_person = "in_person"
+    phone = "phone"
+    email = "email"
+    letter = "letter"
+    web = "web"
+    chat = "chat"
+    social = "social"
+
+
+class Severity(StrEnum):
+    low = "low"
+    medium = "medium"
+    high = "high"
+    critical = "critical"
+
+
+class Remedy(StrEnum):
+    """What a solution offers (UK Consumer Rights Act remedies, and the softer ones)."""
+
+    repair = "repair"
+    replacement = "replacement"
+    refund = "refund"
+    repeat_performance = "repeat_performance"
+    price_reduction = "price_reduction"
+    apology = "apology"
+    goodwill_gesture = "goodwill_gesture"
+    explanation = "explanation"
+
+
+MONEY_REMEDIES = frozenset({Remedy.refund, Remedy.price_reduction, Remedy.goodwill_gesture})
+
+CONTACT_FIELD: dict[str, str] = {
+    Channel.email: "email",
+    Channel.phone: "phone",
+    Channel.letter: "postal_address",
+}
+"""The customer field a reply on the channel goes to; other channels reach the customer through
+the gateway, by the complaint's reference."""
+
+SATISFIED_MIN_SCORE = 4
+"""CSS counts answers scoring 4 or 5 of 5 as satisfied."""
+
+REOPEN_MAX_SCORE = 2
+"""An answer scoring 2 or less (or saying the problem is not solved) reopens the case."""
+
+
+def satisfied(score: int) -> bool:
+    return score >= SATISFIED_MIN_SCORE
+
+
+_SPACE = re.compile(r"\s+")
+
+
+def normalise(text: str | None) -> str:
+    """Lower case, no accents, single spaces: ``"Péssimo  Dia"`` → ``"pessimo dia"``."""
+    if not text:
+        return ""
+    decomposed = unicodedata.normalize("NFKD", text.casefold())
+    stripped = "".join(c for c in decomposed if not unicodedata.combining(c))
+    return _SPACE.sub(" ", stripped).strip()
+
+
+def format_when(at: datetime, language: str, timezone: str, *, zone_name: bool = False) -> str:
+    """A date and time as a customer of ``language`` reads it, in the business time zone:
+    ``"12 de março de 2026 14:30"`` (with ``zone_name``: ``"… 14:30 (WET)"``)."""
+    local = at.astimezone(ZoneInfo(timezone))
+    text = f"{format_date(local, format='long', locale=language)} {local:%H:%M}"
+    return f"{text} ({local.tzname()})" if zone_name else text
