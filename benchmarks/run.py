@@ -27,8 +27,9 @@ sys.path.insert(0, str(ROOT / "deploy" / "local"))
 
 from complaints_shared.consumer import ConsumerRunner, Subscription  # noqa: E402
 from complaints_shared.db import create_pool  # noqa: E402
-from complaints_shared.envelope import Event, NewEvent, to_kafka_record  # noqa: E402
-from complaints_shared.eventstore import EventStore  # noqa: E402
+from complaints_shared.envelope import Event, to_kafka_record  # noqa: E402
+from complaints_shared.events.intake import ComplaintWithdrawn  # noqa: E402
+from complaints_shared.eventstore import PostgresEventStore  # noqa: E402
 from complaints_shared.metrics import ServiceMetrics  # noqa: E402
 from complaints_shared.outbox import OutboxRelay  # noqa: E402
 from complaints_shared.schema import migrate, shared_migrations  # noqa: E402
@@ -36,7 +37,7 @@ from complaints_shared.telemetry import setup_telemetry  # noqa: E402
 from complaints_shared.topics import ensure_topics  # noqa: E402
 from infra import LocalInfra  # noqa: E402
 
-DATA = {"subject": "Fila de espera", "description": "x" * 400, "severity": "medium"}
+PAYLOAD = ComplaintWithdrawn(reason="Fila de espera " + "x" * 400)
 
 
 async def bench(n: int, bootstrap: str, server: str) -> None:
@@ -61,12 +62,11 @@ async def bench(n: int, bootstrap: str, server: str) -> None:
         events = [
             Event(
                 event_id=uuid.uuid4(),
-                type="Measured",
                 stream_id=uuid.uuid4(),
                 version=1,
                 occurred_at=time_now(),
                 source="/complaints/bench",
-                data=DATA,
+                payload=PAYLOAD,
             )
             for _ in range(n)
         ]
@@ -78,7 +78,7 @@ async def bench(n: int, bootstrap: str, server: str) -> None:
         await asyncio.gather(*acks)
         raw_publish = time.perf_counter() - t0
 
-        store = EventStore(source="/complaints/bench", topic=outbox_topic)
+        store = PostgresEventStore(source="/complaints/bench", topic=outbox_topic)
         relay = OutboxRelay(
             dsn=dsn, pool=pool, producer=producer, source=store.source, telemetry=telemetry
         )
@@ -90,7 +90,7 @@ async def bench(n: int, bootstrap: str, server: str) -> None:
 
         async def append_one() -> None:
             async with sem, pool.acquire() as conn, conn.transaction():
-                await store.append(conn, uuid.uuid4(), 0, [NewEvent(type="Measured", data=DATA)])
+                await store.append(conn, uuid.uuid4(), 0, [PAYLOAD])
 
         await asyncio.gather(*(append_one() for _ in range(n)))
         appended = time.perf_counter() - t0
@@ -119,14 +119,14 @@ async def bench(n: int, bootstrap: str, server: str) -> None:
         raw_consume = time.perf_counter() - t0
         await bare.stop()
 
-        async def project(conn: asyncpg.Connection, e: Event) -> None:
+        async def project(conn: asyncpg.Connection, e: Event[ComplaintWithdrawn]) -> None:
             await conn.execute(
-                "INSERT INTO projection VALUES ($1, $2)", e.event_id, e.data["subject"]
+                "INSERT INTO projection VALUES ($1, $2)", e.event_id, (e.payload.reason or "")[:20]
             )
 
         metrics = ServiceMetrics()
         runner = ConsumerRunner(
-            Subscription(f"{prefix}inbox", (raw_topic,), {"Measured": project}),
+            Subscription(f"{prefix}inbox", (raw_topic,), {"ComplaintWithdrawn": project}),
             bootstrap,
             pool,
             producer,

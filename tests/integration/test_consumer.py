@@ -16,6 +16,7 @@ from complaints_shared.errors import PoisonEvent
 from complaints_shared.metrics import ServiceMetrics
 from complaints_shared.telemetry import setup_telemetry
 from complaints_shared.topics import ensure_topics
+from tests.events import Counted, SomethingElse
 from tests.support import eventually, read_topic
 
 pytestmark = pytest.mark.integration
@@ -28,19 +29,20 @@ async def topics(infrastructure, topic_prefix: str) -> tuple[str, str]:
     return names
 
 
-def event(n: int, type_: str = "Counted", stream: uuid.UUID | None = None) -> Event:
+def event(
+    n: int, type_: type[Counted | SomethingElse] = Counted, stream: uuid.UUID | None = None
+) -> Event[Counted | SomethingElse]:
     return Event(
         event_id=uuid.uuid4(),
-        type=type_,
         stream_id=stream or uuid.uuid4(),
         version=1,
         occurred_at=datetime.now(UTC),
         source="/complaints/test",
-        data={"n": n},
+        payload=type_(n=n),
     )
 
 
-async def send(producer: AIOKafkaProducer, topic: str, e: Event) -> None:
+async def send(producer: AIOKafkaProducer, topic: str, e: Event[Counted]) -> None:
     r = to_kafka_record(e)
     await producer.send_and_wait(topic, r.value, key=r.key, headers=r.headers)
 
@@ -77,8 +79,8 @@ def outcome(metrics: ServiceMetrics, name: str, what: str) -> float:
     return metrics.consumed.labels(name, what)._value.get()
 
 
-async def record_effect(conn: asyncpg.Connection, e: Event) -> None:
-    await conn.execute("INSERT INTO effects VALUES ($1, $2)", e.event_id, e.data["n"])
+async def record_effect(conn: asyncpg.Connection, e: Event[Counted]) -> None:
+    await conn.execute("INSERT INTO effects VALUES ($1, $2)", e.event_id, e.payload.n)
 
 
 async def test_a_redelivered_event_has_one_effect_also_after_a_restart(
@@ -120,8 +122,8 @@ async def test_poison_events_go_to_the_dlq_and_the_partition_keeps_moving(
 ):
     name = f"{topic_prefix}g"
 
-    async def picky(conn: asyncpg.Connection, e: Event) -> None:
-        if e.data["n"] == 13:
+    async def picky(conn: asyncpg.Connection, e: Event[Counted]) -> None:
+        if e.payload.n == 13:
             raise PoisonEvent("unlucky number")
         await record_effect(conn, e)
 
@@ -160,7 +162,7 @@ async def test_transient_errors_are_retried_with_backoff_and_take_effect_once(
     name = f"{topic_prefix}g"
     failures = {"left": 3}
 
-    async def flaky(conn: asyncpg.Connection, e: Event) -> None:
+    async def flaky(conn: asyncpg.Connection, e: Event[Counted]) -> None:
         await record_effect(conn, e)  # written, then rolled back with the failure
         if failures["left"]:
             failures["left"] -= 1
@@ -184,7 +186,7 @@ async def test_events_without_a_handler_are_acknowledged_without_effect(
     infrastructure, pool, producer, topics, topic_prefix
 ):
     name = f"{topic_prefix}g"
-    await send(producer, topics[0], event(1, type_="SomethingElse"))
+    await send(producer, topics[0], event(1, type_=SomethingElse))
     await send(producer, topics[0], event(2))
     metrics = ServiceMetrics()
     async with Running(

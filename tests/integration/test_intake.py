@@ -10,6 +10,7 @@ import httpx
 import pytest
 
 from complaints_shared.envelope import from_kafka_record
+from complaints_shared.events.intake import ComplaintAcknowledged, ComplaintAlertRaised
 from tests.integration.conftest import Platform, StartPlatform
 from tests.support import eventually, read_topic, resolve_case, topic_size
 
@@ -134,7 +135,8 @@ async def test_acknowledgement_follows_tactics_in_the_customers_language(intake,
     assert ack["first_response_due"][:4] in text  # the year of the due date is spelled out
     events = await intake_events(intake, 2)
     assert [e.type for e in events] == ["ComplaintReceived", "ComplaintAcknowledged"]
-    assert events[1].data["message"] == ack["message"]
+    assert isinstance(events[1].payload, ComplaintAcknowledged)
+    assert events[1].payload.message.model_dump() == ack["message"]
 
 
 @pytest.mark.parametrize(
@@ -231,19 +233,15 @@ async def test_every_alert_reason(intake, http):
     assert "repeat_complainant" in c["alerts"]
     events = await intake_events(intake, 2 * 8 + 5)
     raised = [e for e in events if e.type == "ComplaintAlertRaised"]
-    assert {r for e in raised for r in e.data["reasons"]} == {
+    alerts = [e.payload for e in raised if isinstance(e.payload, ComplaintAlertRaised)]
+    assert {r for a in alerts for r in a.reasons} == {
         "critical_severity",
         "safety_incident",
         "public_post",
         "negative_wording",
         "repeat_complainant",
     }
-    assert (
-        next(e for e in raised if "public_post" in e.data["reasons"]).data["details"][
-            "audience_size"
-        ]
-        == 12000
-    )
+    assert next(a for a in alerts if "public_post" in a.reasons).details.audience_size == 12000
 
 
 async def test_ten_parallel_retries_with_one_key_create_one_complaint(intake, http):

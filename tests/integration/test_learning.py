@@ -12,6 +12,11 @@ import pytest
 from aiokafka import AIOKafkaProducer
 
 from complaints_shared.envelope import Event, from_kafka_record, to_kafka_record
+from complaints_shared.events import DomainEvent
+from complaints_shared.events import followup as fu
+from complaints_shared.events import intake as it
+from complaints_shared.events import learning as le
+from complaints_shared.events import resolution as rs
 from tests.integration.conftest import Platform, StartPlatform
 from tests.support import AGENT, ManualClock, await_case, eventually, read_topic, topic_size
 
@@ -147,8 +152,10 @@ async def test_recurring_cause_becomes_a_problem_and_a_recurrence_after_the_fix_
         "CorrectiveActionCompleted",
         "RecurrenceAfterFix",
     ]
-    assert events[0].data["occurrences"] == 2 and events[1].data["occurrences"] == 3
-    assert events[4].data["complaint_id"] == fourth
+    opened, recurred, after_fix = events[0].payload, events[1].payload, events[4].payload
+    assert isinstance(opened, le.ProblemOpened) and opened.occurrences == 2
+    assert isinstance(recurred, le.RecurrenceDetected) and recurred.occurrences == 3
+    assert isinstance(after_fix, le.RecurrenceAfterFix) and str(after_fix.complaint_id) == fourth
     rate = (await http.get(f"{learning}/insights/recurrence")).json()
     assert rate == {
         "problems": 1,
@@ -190,19 +197,55 @@ H = timedelta(hours=1)
 C = [uuid.UUID(int=i) for i in range(1, 6)]
 
 
-def ev(type_: str, stream: uuid.UUID, at: datetime, source: str, **data: Any) -> Event:
+def ev(payload: DomainEvent, stream: uuid.UUID, at: datetime, source: str) -> Event[Any]:
     return Event(
         event_id=uuid.uuid4(),
-        type=type_,
         stream_id=stream,
         version=1,
         occurred_at=at,
         source=f"/complaints/{source}",
-        data=data,
+        payload=payload,
     )
 
 
-def data_set() -> list[tuple[str, Event]]:
+def received_event(i: int, category: str, at: datetime) -> it.ComplaintReceived:
+    return it.ComplaintReceived(
+        reference=f"CMP-{i}",
+        received_at=at,
+        channel="web",
+        reply_channel="web",
+        customer=it.Customer(id=f"c{i}"),
+        subject=f"s{i}",
+        description=f"d{i}",
+        category=category,
+        severity="medium",
+        language="pt",
+        first_response_due=at + 8 * H,
+        product="Fatura" if category == "billing" else None,
+    )
+
+
+def cause_event(c: uuid.UUID, root: str, category: str) -> rs.CauseIdentified:
+    return rs.CauseIdentified(
+        complaint_id=c,
+        what_happened="x",
+        what_should_have_happened="y",
+        what_went_wrong="z",
+        root_cause=root,
+        responsible="us",
+        identified_by="a1",
+        category=category,
+        product="Fatura" if category == "billing" else None,
+    )
+
+
+def breach_event(c: uuid.UUID, deadline: Any, at: datetime) -> rs.DeadlineBreached:
+    return rs.DeadlineBreached(
+        complaint_id=c, deadline=deadline, ref="0", due_at=at, timer="t", breached_at=at
+    )
+
+
+def data_set() -> list[tuple[str, Event[Any]]]:
     received = [
         (C[0], "billing", T),
         (C[1], "billing", T + 24 * H),
@@ -211,21 +254,7 @@ def data_set() -> list[tuple[str, Event]]:
         (C[4], "billing", T + 10 * 24 * H),
     ]
     out = [
-        (
-            "intake",
-            ev(
-                "ComplaintReceived",
-                c,
-                at,
-                "intake",
-                category=cat,
-                channel="web",
-                severity="medium",
-                product="Fatura" if cat == "billing" else None,
-                subject=f"s{i}",
-                description=f"d{i}",
-            ),
-        )
+        ("intake", ev(received_event(i, cat, at), c, at, "intake"))
         for i, (c, cat, at) in enumerate(received)
     ]
     causes = [
@@ -237,38 +266,44 @@ def data_set() -> list[tuple[str, Event]]:
     ]
     at_of = {c: at for c, _, at in received}
     out += [
-        (
-            "resolution",
-            ev(
-                "CauseIdentified",
-                c,
-                at_of[c] + h * H,
-                "resolution",
-                root_cause=root,
-                category=cat,
-                responsible="us",
-                product="Fatura" if cat == "billing" else None,
-            ),
-        )
+        ("resolution", ev(cause_event(c, root, cat), c, at_of[c] + h * H, "resolution"))
         for c, root, cat, h in causes
     ]
     out += [
-        ("resolution", ev("CaseResolved", c, at_of[c] + h * H, "resolution", summary="ok"))
+        (
+            "resolution",
+            ev(
+                rs.CaseResolved(
+                    complaint_id=c,
+                    summary="ok",
+                    resolved_by="a1",
+                    category="billing",
+                    severity="medium",
+                ),
+                c,
+                at_of[c] + h * H,
+                "resolution",
+            ),
+        )
         for c, h in ((C[0], 10), (C[1], 24), (C[2], 2), (C[3], 48))
     ]
     out += [
         (
             "resolution",
-            ev("DeadlineBreached", C[3], at_of[C[3]] + 40 * H, "resolution", deadline="resolution"),
+            ev(
+                breach_event(C[3], "resolution", at_of[C[3]] + 40 * H),
+                C[3],
+                at_of[C[3]] + 40 * H,
+                "resolution",
+            ),
         ),
         (
             "resolution",
             ev(
-                "DeadlineBreached",
+                breach_event(C[1], "first_response", at_of[C[1]] + 9 * H),
                 C[1],
                 at_of[C[1]] + 9 * H,
                 "resolution",
-                deadline="first_response",
             ),
         ),
     ]
@@ -276,13 +311,10 @@ def data_set() -> list[tuple[str, Event]]:
         (
             "followup",
             ev(
-                "SatisfactionRecorded",
+                fu.SatisfactionRecorded(check_id=uuid.uuid4(), score=s, solved=s > 2),
                 c,
                 at_of[c] + 72 * H,
                 "followup",
-                check_id=str(uuid.uuid4()),
-                score=s,
-                solved=s > 2,
             ),
         )
         for c, s in ((C[0], 5), (C[1], 2), (C[2], 4))

@@ -11,13 +11,14 @@ import asyncpg
 import pytest
 
 from complaints_shared.consumer import ConsumerRunner, Subscription
-from complaints_shared.envelope import Event, NewEvent, decode_headers, from_kafka_record
+from complaints_shared.envelope import Event, decode_headers, from_kafka_record
 from complaints_shared.errors import ConcurrencyConflict
-from complaints_shared.eventstore import EventStore
+from complaints_shared.eventstore import PostgresEventStore as EventStore
 from complaints_shared.metrics import ServiceMetrics
 from complaints_shared.outbox import OutboxRelay
 from complaints_shared.telemetry import setup_telemetry
 from complaints_shared.topics import ensure_topics
+from tests.events import Counted, Pinged
 from tests.support import eventually, read_topic
 
 pytestmark = pytest.mark.integration
@@ -55,7 +56,7 @@ async def writer(pool, store: EventStore, streams: list[uuid.UUID], appends: int
                         conn,
                         stream,
                         v,
-                        [NewEvent(type="Counted", data={"v": v + i}) for i in range(1, 3)],
+                        [Counted(n=v + i) for i in range(1, 3)],
                     )
                 written += 2
                 break
@@ -105,7 +106,7 @@ async def test_relay_wakes_on_notify_rather_than_polling(
         await eventually(lambda: asyncio.sleep(0, relay.is_leader), what="relay leadership")
         await asyncio.sleep(0.5)  # the relay is now idle, waiting for a notification
         async with pool.acquire() as conn, conn.transaction():
-            await store.append(conn, uuid.uuid4(), 0, [NewEvent(type="Pinged", data={})])
+            await store.append(conn, uuid.uuid4(), 0, [Pinged()])
         records = await read_topic(infrastructure.kafka_bootstrap, topic, count=1, timeout=20)
     finally:
         relay_task.cancel()
@@ -119,9 +120,7 @@ async def test_relay_crash_between_publish_and_mark_sent_republishes_and_inbox_k
     store = EventStore(source="/complaints/test", topic=topic)
     stream = uuid.uuid4()
     async with pool.acquire() as conn, conn.transaction():
-        await store.append(
-            conn, stream, 0, [NewEvent(type="Counted", data={"n": n}) for n in range(1, 4)]
-        )
+        await store.append(conn, stream, 0, [Counted(n=n) for n in range(1, 4)])
 
     crashed = make_relay(database, pool, producer)
     rows = await crashed.fetch_pending()
@@ -136,7 +135,7 @@ async def test_relay_crash_between_publish_and_mark_sent_republishes_and_inbox_k
     assert len(records) == 6  # every event twice on the wire
 
     async def count_effect(conn: asyncpg.Connection, event: Event) -> None:
-        await conn.execute("INSERT INTO effects VALUES ($1, $2)", event.event_id, event.data["n"])
+        await conn.execute("INSERT INTO effects VALUES ($1, $2)", event.event_id, event.payload.n)
 
     metrics = ServiceMetrics()
     runner = ConsumerRunner(

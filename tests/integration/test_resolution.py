@@ -13,6 +13,8 @@ import pytest
 from aiokafka import AIOKafkaProducer
 
 from complaints_shared.envelope import Event, from_kafka_record, to_kafka_record
+from complaints_shared.events import resolution as rs
+from complaints_shared.events.followup import ReopenRequested
 from complaints_shared.service import create_app
 from complaints_shared.settings import ServiceSettings
 from complaints_shared.telemetry import setup_telemetry
@@ -126,7 +128,11 @@ async def test_a_whole_lifecycle_keeps_the_customer_informed_in_their_language(
     assert r.json()["sla"]["resolution"]["met_at"] is not None
 
     events = await resolution_events(p, cid, 11)  # the helper reassigns: two CaseAssigned
-    visible = {e.type: e.data["customer_message"] for e in events if "customer_message" in e.data}
+    visible = {
+        e.type: e.payload.customer_message.model_dump(mode="json")
+        for e in events
+        if isinstance(e.payload, rs.CustomerVisible) and e.payload.customer_message
+    }
     assert set(visible) == {
         "CaseAssigned",
         "ClarificationRequested",
@@ -271,11 +277,12 @@ async def test_breach_escalates_through_durable_timers_also_after_a_restart(
         "CaseEscalated",
         "CaseEscalated",
     ]
-    assert [e.data["level"] for e in events if e.type == "CaseEscalated"] == [
+    assert [e.payload.level for e in events if isinstance(e.payload, rs.CaseEscalated)] == [
         "team_lead",
         "manager",
     ]
-    assert events[2].data["deadline"] == "first_response"
+    assert isinstance(events[2].payload, rs.DeadlineApproaching)
+    assert events[2].payload.deadline == "first_response"
 
 
 async def test_reopen_by_an_agent_and_by_followups_request(start_platform: StartPlatform, http):
@@ -324,12 +331,13 @@ async def test_reopen_by_an_agent_and_by_followups_request(start_platform: Start
     try:
         request = Event(
             event_id=uuid.uuid4(),
-            type="ReopenRequested",
             stream_id=uuid.UUID(cid),
             version=3,
             occurred_at=datetime.now(UTC),
             source="/complaints/followup",
-            data={"reason": "score 1 of 5"},
+            payload=ReopenRequested(
+                check_id=uuid.uuid4(), reason="score 1 of 5", score=1, solved=False
+            ),
         )
         rec = to_kafka_record(request)
         for _ in range(2):  # delivered twice: one effect

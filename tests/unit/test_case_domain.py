@@ -13,9 +13,13 @@ from hypothesis import strategies as st
 from complaints_resolution import commands as cmd
 from complaints_resolution.domain import ALLOWED, ALLOWED_COMMANDS, Case, S, fold, open_case
 from complaints_resolution.sla import deadlines, on_timer, resolution_clock
-from complaints_shared.envelope import Event, NewEvent
+from complaints_shared.envelope import Event
 from complaints_shared.errors import CommandRejected, Forbidden, InputRejected
+from complaints_shared.events import DomainEvent
+from complaints_shared.events.intake import ComplaintReceived, Customer
+from complaints_shared.events.resolution import CompensationRequested
 from complaints_shared.policy import Policy
+from complaints_shared.vocabulary import Remedy
 
 POLICY = Policy()
 T0 = datetime(2026, 11, 23, 9, 0, tzinfo=UTC)  # Monday, opening time (built-in: 09-17 UTC)
@@ -41,7 +45,7 @@ COMMANDS = {
     "propose_solution": lambda: cmd.ProposeSolution(
         options=[
             cmd.SolutionOption(
-                remedy=cmd.Remedy.refund, description="refund", amount=Decimal("5"), currency="EUR"
+                remedy=Remedy.refund, description="refund", amount=Decimal("5"), currency="EUR"
             )
         ],
         proposed_by="a1",
@@ -86,32 +90,37 @@ class Stream:
         self.now = T0
         received = Event(
             event_id=uuid.uuid4(),
-            type="ComplaintReceived",
             stream_id=self.id,
             version=1,
             occurred_at=T0,
             source="/complaints/intake",
-            data={
-                "severity": severity,
-                "category": "billing",
-                "reference": "CMP-1",
-                "language": "pt",
-            },
+            payload=ComplaintReceived(
+                reference="CMP-1",
+                received_at=T0,
+                channel="email",
+                reply_channel="email",
+                customer=Customer(email="c@x.pt"),
+                subject="s",
+                description="d",
+                category="billing",
+                severity=severity,
+                language="pt",
+                first_response_due=T0,
+            ),
         )
-        self.events: list[Event] = []
-        self.record(open_case(received))
+        self.events: list[Event[DomainEvent]] = []
+        self.record(open_case(None, received))
 
-    def record(self, new: list[NewEvent]) -> None:
+    def record(self, new: list[DomainEvent]) -> None:
         for e in new:
             self.events.append(
                 Event(
                     event_id=uuid.uuid4(),
-                    type=e.type,
                     stream_id=self.id,
                     version=len(self.events) + 1,
                     occurred_at=self.now,
                     source="/complaints/resolution",
-                    data=e.data,
+                    payload=e,
                 )
             )
 
@@ -121,7 +130,7 @@ class Stream:
         assert case is not None
         return case
 
-    def do(self, name: str, command: object = None) -> list[NewEvent]:
+    def do(self, name: str, command: object = None) -> list[DomainEvent]:
         new = DECIDE[name](self.case, command or COMMANDS[name](), self.now, POLICY)
         self.record(new)
         return new
@@ -262,7 +271,8 @@ def test_resolving_needs_the_actions_done_or_a_supervisor_override():
         ),
     )
     assert s.case.state is S.resolved
-    assert s.case.resolution["override"]["open_actions"] == [s.case.actions[0].action_id]
+    assert s.case.resolution is not None and s.case.resolution.override is not None
+    assert s.case.resolution.override.open_actions == (s.case.actions[0].action_id,)
 
 
 def test_compensation_authority():
@@ -275,17 +285,18 @@ def test_compensation_authority():
             amount=Decimal("50"), currency="EUR", reason="r", requested_by="a1"
         ),
     )
-    assert [e.type for e in small] == ["CompensationRequested", "CompensationApproved"]
+    assert [e.name for e in small] == ["CompensationRequested", "CompensationApproved"]
     big = s.do(
         "request_compensation",
         cmd.RequestCompensation(
             amount=Decimal("120"), currency="EUR", reason="r", requested_by="a1"
         ),
     )
-    assert [e.type for e in big] == ["CompensationRequested"]
-    rid = big[0].data["request_id"]
+    assert [e.name for e in big] == ["CompensationRequested"]
+    assert isinstance(big[0], CompensationRequested)
+    rid = big[0].request_id
 
-    def decide(by: str, role: str, approve: bool = True) -> list[NewEvent]:
+    def decide(by: str, role: str, approve: bool = True) -> list[DomainEvent]:
         return cmd.decide_compensation(
             s.case,
             cmd.DecideCompensation(request_id=rid, decided_by=by, role=role),
@@ -308,7 +319,8 @@ def test_compensation_authority():
             amount=Decimal("900"), currency="EUR", reason="r", requested_by="a1"
         ),
     )
-    rid = huge[0].data["request_id"]
+    assert isinstance(huge[0], CompensationRequested)
+    rid = huge[0].request_id
     with pytest.raises(Forbidden, match="needs a manager"):
         decide("sup-1", "supervisor")
     s.record(decide("mgr-1", "manager", approve=False))

@@ -10,22 +10,22 @@ import pytest
 from complaints_shared.envelope import (
     Event,
     MalformedEvent,
-    NewEvent,
     decode_headers,
     from_kafka_record,
     to_kafka_record,
 )
+from complaints_shared.events import UnknownEvent
+from complaints_shared.events.intake import ComplaintWithdrawn
 
 
 def sample(**kw) -> Event:
     base = dict(
         event_id=uuid.uuid4(),
-        type="ComplaintReceived",
         stream_id=uuid.uuid4(),
         version=3,
         occurred_at=datetime(2026, 5, 1, 9, 30, tzinfo=UTC),
         source="/complaints/intake",
-        data={"subject": "Fila de espera", "n": 2},
+        payload=ComplaintWithdrawn(reason="Fila de espera"),
     )
     base.update(kw)
     return Event(**base)
@@ -39,7 +39,7 @@ def test_record_carries_cloudevents_headers_and_the_stream_as_key():
     assert h == {
         "ce_specversion": "1.0",
         "ce_id": str(e.event_id),
-        "ce_type": "complaints.intake.ComplaintReceived",
+        "ce_type": "complaints.intake.ComplaintWithdrawn",
         "ce_source": "/complaints/intake",
         "ce_subject": str(e.stream_id),
         "ce_time": "2026-05-01T09:30:00+00:00",
@@ -47,7 +47,7 @@ def test_record_carries_cloudevents_headers_and_the_stream_as_key():
         "content-type": "application/json",
         "traceparent": "00-" + "a" * 32 + "-" + "b" * 16 + "-01",
     }
-    assert r.value.decode() == '{"subject":"Fila de espera","n":2}'
+    assert r.value.decode() == '{"reason":"Fila de espera"}'
 
 
 def test_round_trip_keeps_every_attribute_also_other_offsets():
@@ -79,10 +79,21 @@ def test_unreadable_records_are_malformed(value, drop, change, reason):
         from_kafka_record(value if value is not None else r.value, headers)
 
 
-def test_new_event_types_are_pascal_case_names():
-    with pytest.raises(ValueError):
-        NewEvent(type="complaint received", data={})
-    assert NewEvent(type="CaseOpened", data={}).type == "CaseOpened"
+def test_a_known_type_whose_data_breaks_its_schema_is_malformed_without_echoing_it():
+    r = to_kafka_record(sample())
+    with pytest.raises(MalformedEvent, match="ComplaintWithdrawn does not match") as caught:
+        from_kafka_record(b'{"reason": ["secret text"]}', r.headers)
+    assert "secret text" not in str(caught.value)
+
+
+def test_an_unknown_type_is_read_as_unknown_not_rejected():
+    r = to_kafka_record(sample())
+    headers = [
+        (k, b"complaints.intake.ComplaintTranslated" if k == "ce_type" else v) for k, v in r.headers
+    ]
+    event = from_kafka_record(b'{"language": "pt"}', headers)
+    assert isinstance(event.payload, UnknownEvent)
+    assert event.type == "ComplaintTranslated"
 
 
 def test_occurred_at_must_be_timezone_aware():

@@ -7,15 +7,22 @@ from datetime import UTC, datetime
 
 import pytest
 
-from complaints_intake.acknowledgement import load_templates
 from complaints_intake.domain import ComplaintCreate, History, receive
 from complaints_intake.language import Detection
+from complaints_intake.messages import load_templates
 from complaints_intake.rules import IntakeRules
-from complaints_intake.text import Lexicon, normalise
+from complaints_intake.text import Lexicon
 from complaints_intake.timeline import summarise
-from complaints_shared.envelope import Event
 from complaints_shared.errors import InputRejected
+from complaints_shared.events import UnknownEvent
+from complaints_shared.events.intake import (
+    ComplaintAcknowledged,
+    ComplaintAlertRaised,
+    ComplaintReceived,
+)
+from complaints_shared.events.resolution import CaseEscalated
 from complaints_shared.policy import Policy
+from complaints_shared.vocabulary import normalise
 
 POLICY = Policy()
 RULES = IntakeRules.load(POLICY.intake.categories)
@@ -78,13 +85,14 @@ def decide(**over):  # type: ignore[no-untyped-def]
 
 def test_receive_detects_language_suggests_and_acknowledges():
     d = decide()
-    received, ack = d.events[0].data, d.events[1].data
-    assert [e.type for e in d.events] == ["ComplaintReceived", "ComplaintAcknowledged"]
-    assert received["language"] == "pt" and received["language_detected"] is True
-    assert received["category"] == "pricing_error" and received["category_suggested"] is True
+    received, ack = d.events[0], d.events[1]
+    assert isinstance(received, ComplaintReceived) and isinstance(ack, ComplaintAcknowledged)
+    assert received.language == "pt" and received.language_detected is True
+    assert received.category == "pricing_error" and received.category_suggested is True
     # medium: 24 business hours (Mon-Fri 09-17, UTC) from Monday 10:00 → Thursday 10:00
-    assert ack["first_response_due"] == "2026-11-26T10:00:00+00:00"
-    assert ack["channel"] == "web" and "CMP-2026-000001" in ack["message"]["body"]
+    assert ack.first_response_due == datetime(2026, 11, 26, 10, 0, tzinfo=UTC)
+    assert ack.first_response_due == received.first_response_due
+    assert ack.channel == "web" and "CMP-2026-000001" in ack.message.body
 
 
 def test_receive_falls_back_to_the_default_language_when_unsure():
@@ -123,19 +131,18 @@ def test_repeat_complainant_counts_this_complaint():
         templates=TEMPLATES,
     )
     assert d.alerts == ["repeat_complainant"]
-    assert d.events[-1].data["details"]["complaints_in_window"] == 3
+    alert = d.events[-1]
+    assert isinstance(alert, ComplaintAlertRaised)
+    assert alert.details.complaints_in_window == 3
 
 
 def test_timeline_summaries_read_like_sentences():
-    e = Event(
-        event_id=uuid.uuid4(),
-        type="CaseEscalated",
-        stream_id=uuid.uuid4(),
-        version=3,
-        occurred_at=NOW,
-        source="/complaints/resolution",
-        data={"level": "team_lead"},
+    e = CaseEscalated(
+        complaint_id=uuid.uuid4(),
+        level="team_lead",
+        reason="resolution deadline breached",
+        deadline="resolution",
+        ref="0",
     )
     assert summarise(e) == "Escalated to team lead"
-    unknown = e.model_copy(update={"type": "SomethingNewHappened", "data": {}})
-    assert summarise(unknown) == "Something new happened"
+    assert summarise(UnknownEvent(type_name="SomethingNewHappened")) == "Something new happened"

@@ -50,6 +50,7 @@ def on(
     """A typed handler entry for :class:`Subscription`: ``dict([on(CaseResolved, fn), ...])``."""
     return model.event_name(), handler
 
+
 TRANSIENT_ERRORS: tuple[type[BaseException], ...] = (
     OSError,
     TimeoutError,

@@ -36,6 +36,12 @@ class Event(Generic[P]):
     source: str
     payload: P
 
+    def __post_init__(self) -> None:
+        if self.occurred_at.tzinfo is None:
+            raise ValueError("occurred_at must carry a time zone")
+        if self.version < 1:
+            raise ValueError("versions start at 1")
+
     @property
     def type(self) -> str:
         """The event's name: its model's class name (``CaseResolved``)."""
@@ -69,7 +75,9 @@ def dumps(payload: DomainEvent) -> bytes:
     return orjson.dumps(payload.to_json())
 
 
-def to_kafka_record(event: Event[Any], trace_headers: Mapping[str, str] | None = None) -> KafkaRecord:
+def to_kafka_record(
+    event: Event[Any], trace_headers: Mapping[str, str] | None = None
+) -> KafkaRecord:
     """Map an event onto a CloudEvents binary-mode Kafka record.
 
     The key is the stream id (the complaint; the problem on the learning topic), so one
@@ -109,7 +117,9 @@ def event_type_of(headers: Mapping[str, str]) -> str:
     return headers.get("ce_type", "").rsplit(".", 1)[-1]
 
 
-def from_kafka_record(value: bytes | None, headers: Sequence[tuple[str, bytes]] | None) -> Event[Any]:
+def from_kafka_record(
+    value: bytes | None, headers: Sequence[tuple[str, bytes]] | None
+) -> Event[Any]:
     """Read an event back from a CloudEvents binary-mode Kafka record.
 
     A type this code does not know reads as an ``UnknownEvent`` payload; a known type whose

@@ -71,7 +71,11 @@ def row_to_event(row: asyncpg.Record, source: str) -> Event[DomainEvent]:
 
 
 def _new_events(
-    source: str, stream_id: UUID, expected_version: int, events: Sequence[DomainEvent], now: datetime
+    source: str,
+    stream_id: UUID,
+    expected_version: int,
+    events: Sequence[DomainEvent],
+    now: datetime,
 ) -> list[Event[DomainEvent]]:
     return [
         Event(
@@ -189,7 +193,9 @@ class InMemoryEventStore:
     """The event store contract in memory: for domain tests without I/O.  ``queued`` lists
     what the outbox would publish, in append order."""
 
-    def __init__(self, *, source: str = "/complaints/test", topic: str = "test", clock: Clock = utc_now) -> None:
+    def __init__(
+        self, *, source: str = "/complaints/test", topic: str = "test", clock: Clock = utc_now
+    ) -> None:
         self.source = source
         self.topic = topic
         self.clock = clock

@@ -9,8 +9,8 @@ from __future__ import annotations
 import tomllib
 from datetime import date, datetime, timedelta
 from decimal import Decimal
-from typing import Literal
 from pathlib import Path
+from typing import Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator

@@ -27,8 +27,8 @@ from uuid import UUID
 
 from complaints_shared.envelope import Event
 from complaints_shared.errors import ConcurrencyConflict
-from complaints_shared.eventstore import EventRecorder
 from complaints_shared.events import DomainEvent
+from complaints_shared.eventstore import EventRecorder
 
 S = TypeVar("S")
 

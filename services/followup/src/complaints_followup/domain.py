@@ -123,7 +123,9 @@ def sent(state: Followup, check_id: UUID, reminder: bool, channel: str) -> list[
     c = state.check(check_id)
     if c is None or c.status not in OPEN or (reminder and c.reminded):
         return []
-    return [ev.SatisfactionCheckSent(check_id=check_id, channel=Channel(channel), reminder=reminder)]
+    return [
+        ev.SatisfactionCheckSent(check_id=check_id, channel=Channel(channel), reminder=reminder)
+    ]
 
 
 def expire(state: Followup, check_id: UUID, now: datetime) -> list[DomainEvent]:

@@ -99,8 +99,6 @@ async def record_answer_row(
     )
 
 
-
-
 async def enqueue(
     conn: asyncpg.Connection,
     rt: Runtime,

@@ -8,8 +8,8 @@ from typing import Any
 
 import asyncpg
 
-from complaints_followup.notify import ChannelRouter, Notifier, SmtpNotifier, WebhookNotifier
 from complaints_followup.messages import load_texts
+from complaints_followup.notify import ChannelRouter, Notifier, SmtpNotifier, WebhookNotifier
 from complaints_shared.policy import Policy
 from complaints_shared.settings import ServiceSettings
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from complaints_intake.api import router
+from complaints_intake.api import ROUTERS
 from complaints_intake.handlers import subscriptions
 from complaints_intake.resources import prepare
 from complaints_shared.service import ServiceSpec
@@ -15,7 +15,7 @@ SPEC = ServiceSpec(
     default_port=8001,
     package="complaints_intake",
     own_topic=lambda t: t.intake,
-    routers=[router],
+    routers=ROUTERS,
     subscriptions=subscriptions,
     prepare=prepare,
 )

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from complaints_intake.messages import Template, load_templates
 from complaints_intake.language import warm_up
+from complaints_intake.messages import Template, load_templates
 from complaints_intake.rules import IntakeRules
 from complaints_shared.policy import Policy
 from complaints_shared.settings import ServiceSettings

@@ -8,8 +8,8 @@ from pathlib import Path
 from typing import Any
 
 from complaints_intake.text import Lexicon
-from complaints_shared.vocabulary import normalise
 from complaints_shared.datafiles import read_data_file
+from complaints_shared.vocabulary import normalise
 
 SHOUTING_RATIO = 0.6
 SHOUTING_MIN_LETTERS = 20

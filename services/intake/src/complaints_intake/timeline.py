@@ -97,9 +97,7 @@ def _summary(p: DomainEvent) -> str | None:
         case rs.CompensationDeclined():
             return "Compensation declined"
         case fu.SatisfactionCheckScheduled():
-            return (
-                f"Satisfaction check scheduled for {p.due_at.isoformat()} by {p.channel.value}"
-            )
+            return f"Satisfaction check scheduled for {p.due_at.isoformat()} by {p.channel.value}"
         case fu.SatisfactionCheckCancelled():
             return "Satisfaction check cancelled" + (f" ({p.reason})" if p.reason else "")
         case fu.SatisfactionRecorded():

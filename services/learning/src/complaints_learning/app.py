@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from complaints_learning.api import complaints, insights, operations, problems
+from complaints_learning.api import ROUTERS
 from complaints_learning.handlers import subscriptions
 from complaints_learning.worker import run_verification
 from complaints_shared.service import ServiceSpec
@@ -16,7 +16,7 @@ SPEC = ServiceSpec(
     default_port=8004,
     package="complaints_learning",
     own_topic=lambda t: t.learning,
-    routers=[problems, complaints, insights, operations],
+    routers=ROUTERS,
     subscriptions=subscriptions,
     background=lambda rt: [run_verification(rt)],
 )

@@ -4,38 +4,27 @@ complaint changes nothing: replaying the topics rebuilds the same answers."""
 
 from __future__ import annotations
 
-import unicodedata
 import uuid
 from collections.abc import Iterable
 from dataclasses import dataclass, replace
 from datetime import datetime
-from enum import StrEnum
 from typing import Annotated
 
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, StringConstraints
 
-from complaints_shared.envelope import Event, NewEvent
+from complaints_shared.envelope import Event
 from complaints_shared.errors import CommandRejected, InputRejected
+from complaints_shared.events import DomainEvent
+from complaints_shared.events import learning as ev
 from complaints_shared.policy import Policy
+from complaints_shared.vocabulary import normalise
 
 NAMESPACE = uuid.UUID("6f1d4c1e-2b7a-4f55-9a51-6c6561726e21")
 
 
-class CorrectiveType(StrEnum):
-    improve_procedure = "improve_procedure"
-    eliminate_defect = "eliminate_defect"
-    improve_staff_behaviour = "improve_staff_behaviour"
-    raise_standard = "raise_standard"
-    change_policy = "change_policy"
-    refocus_on_customer_needs = "refocus_on_customer_needs"
-
-
-def normalise(value: str | None) -> str:
+def normalise_part(value: str | None) -> str:
     """``"  Torradeira X-200 "`` → ``"torradeira x-200"``; nothing → ``"-"``."""
-    if not value or not value.strip():
-        return "-"
-    text = unicodedata.normalize("NFKD", value.casefold())
-    return " ".join("".join(c for c in text if not unicodedata.combining(c)).split())
+    return normalise(value) or "-"
 
 
 @dataclass(frozen=True)
@@ -46,7 +35,7 @@ class Signature:
 
     @classmethod
     def of(cls, root_cause: str, category: str | None, product: str | None) -> Signature:
-        return cls(normalise(root_cause), normalise(category), normalise(product))
+        return cls(normalise_part(root_cause), normalise_part(category), normalise_part(product))
 
     @property
     def key(self) -> str:
@@ -55,6 +44,19 @@ class Signature:
     @property
     def problem_id(self) -> uuid.UUID:
         return uuid.uuid5(NAMESPACE, self.key)
+
+    def to_event(self) -> ev.Signature:
+        return ev.Signature(
+            root_cause=self.root_cause, category=self.category, product=self.product
+        )
+
+
+def recurrence_window(occurred_at: datetime, policy: Policy) -> tuple[datetime, datetime]:
+    """The occurrences that count together with one at ``occurred_at``: within the policy's
+    window on either side (topics and partitions may deliver a later complaint's cause first,
+    and a problem must not depend on that order)."""
+    window = policy.learning.recurrence_window
+    return occurred_at - window, occurred_at + window
 
 
 @dataclass(frozen=True)
@@ -86,52 +88,57 @@ class Problem:
         return "fixing" if self.actions else "open"
 
 
-def evolve(p: Problem | None, e: Event) -> Problem | None:
-    d = e.data
-    if e.type == "ProblemOpened":
-        s = d["signature"]
+def evolve(p: Problem | None, e: Event[DomainEvent]) -> Problem | None:
+    d = e.payload
+    if isinstance(d, ev.ProblemOpened):
+        s = d.signature
         return Problem(
             e.stream_id,
-            Signature(s["root_cause"], s["category"], s["product"]),
-            tuple(d["complaint_ids"]),
+            Signature(s.root_cause, s.category, s.product),
+            tuple(str(c) for c in d.complaint_ids),
             version=e.version,
         )
     if p is None:
         return None
     p = replace(p, version=e.version)
-    match e.type:
-        case "RecurrenceDetected":
-            return replace(p, complaints=(*p.complaints, d["complaint_id"]))
-        case "RecurrenceAfterFix":
+    match d:
+        case ev.RecurrenceDetected():
+            return replace(p, complaints=(*p.complaints, str(d.complaint_id)))
+        case ev.RecurrenceAfterFix():
             return replace(
                 p,
-                complaints=(*p.complaints, d["complaint_id"]),
+                complaints=(*p.complaints, str(d.complaint_id)),
                 fixed_at=None,
                 resolved_at=None,
                 recurrences_after_fix=p.recurrences_after_fix + 1,
             )
-        case "CorrectiveActionPlanned":
-            action = Action(
-                d["action_id"], d["type"], d["owner"], datetime.fromisoformat(d["due_at"])
-            )
+        case ev.CorrectiveActionPlanned():
+            action = Action(d.action_id, d.type, d.owner, d.due_at)
             return replace(p, actions=(*p.actions, action), fixed_at=None)
-        case "CorrectiveActionCompleted":
+        case ev.CorrectiveActionCompleted():
             actions = tuple(
-                replace(a, completed_at=e.occurred_at) if a.action_id == d["action_id"] else a
+                replace(a, completed_at=e.occurred_at) if a.action_id == d.action_id else a
                 for a in p.actions
             )
             done = all(a.completed_at for a in actions)
             return replace(p, actions=actions, fixed_at=e.occurred_at if done else None)
-        case "ProblemResolved":
+        case ev.ProblemResolved():
             return replace(p, resolved_at=e.occurred_at)
     return p
 
 
-def fold(events: Iterable[Event]) -> Problem | None:
+def fold(events: Iterable[Event[DomainEvent]]) -> Problem | None:
     p: Problem | None = None
     for e in events:
         p = evolve(p, e)
     return p
+
+
+def occurrence_of(p: DomainEvent) -> uuid.UUID | None:
+    """The complaint an occurrence event is about."""
+    if isinstance(p, ev.RecurrenceDetected | ev.RecurrenceAfterFix):
+        return p.complaint_id
+    return None
 
 
 def occurrence(
@@ -140,7 +147,7 @@ def occurrence(
     complaint_id: str,
     in_window: list[str],
     safety: bool,
-) -> list[NewEvent]:
+) -> list[DomainEvent]:
     """A complaint with this root-cause signature: open the problem at the second occurrence in
     the window (the first for a safety incident), count recurrences, catch a failed fix."""
     if problem is not None:
@@ -149,42 +156,31 @@ def occurrence(
         count = len(problem.complaints) + 1
         if problem.fixed_at is not None or problem.resolved_at is not None:
             return [
-                NewEvent(
-                    type="RecurrenceAfterFix",
-                    data={
-                        "problem_id": str(problem.problem_id),
-                        "complaint_id": complaint_id,
-                        "occurrences": count,
-                        "fixed_at": (
-                            problem.fixed_at or problem.resolved_at or datetime.min
-                        ).isoformat(),
-                        "signature": signature.__dict__,
-                    },
+                ev.RecurrenceAfterFix(
+                    problem_id=problem.problem_id,
+                    complaint_id=uuid.UUID(complaint_id),
+                    occurrences=count,
+                    fixed_at=problem.fixed_at or problem.resolved_at or datetime.min,
+                    signature=signature.to_event(),
                 )
             ]
         return [
-            NewEvent(
-                type="RecurrenceDetected",
-                data={
-                    "problem_id": str(problem.problem_id),
-                    "complaint_id": complaint_id,
-                    "occurrences": count,
-                    "signature": signature.__dict__,
-                },
+            ev.RecurrenceDetected(
+                problem_id=problem.problem_id,
+                complaint_id=uuid.UUID(complaint_id),
+                occurrences=count,
+                signature=signature.to_event(),
             )
         ]
     complaints = list(dict.fromkeys([*in_window, complaint_id]))
     if len(complaints) >= 2 or safety:
         return [
-            NewEvent(
-                type="ProblemOpened",
-                data={
-                    "problem_id": str(signature.problem_id),
-                    "signature": signature.__dict__,
-                    "complaint_ids": complaints,
-                    "occurrences": len(complaints),
-                    "reason": "safety incident" if safety and len(complaints) < 2 else "recurring",
-                },
+            ev.ProblemOpened(
+                problem_id=signature.problem_id,
+                signature=signature.to_event(),
+                complaint_ids=tuple(uuid.UUID(c) for c in complaints),
+                occurrences=len(complaints),
+                reason="safety incident" if safety and len(complaints) < 2 else "recurring",
             )
         ]
     return []
@@ -193,7 +189,7 @@ def occurrence(
 class CorrectiveActionCreate(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    type: CorrectiveType
+    type: ev.CorrectiveType
     description: Annotated[
         str, StringConstraints(strip_whitespace=True, min_length=1, max_length=2000)
     ]
@@ -210,55 +206,50 @@ class CorrectiveActionCompletion(BaseModel):
     outcome: str | None = Field(None, max_length=2000)
 
 
-def plan_action(p: Problem, c: CorrectiveActionCreate, now: datetime) -> list[NewEvent]:
+def plan_action(p: Problem, c: CorrectiveActionCreate, now: datetime) -> list[DomainEvent]:
     if p.status == "resolved":
         raise CommandRejected("resolved", "plan corrective action", [])
     if c.due_at <= now:
         raise InputRejected("body.due_at", "must be in the future")
     return [
-        NewEvent(
-            type="CorrectiveActionPlanned",
-            data={
-                "problem_id": str(p.problem_id),
-                "action_id": uuid.uuid4().hex[:12],
-                **c.model_dump(mode="json"),
-            },
+        ev.CorrectiveActionPlanned(
+            problem_id=p.problem_id,
+            action_id=uuid.uuid4().hex[:12],
+            type=c.type,
+            description=c.description,
+            owner=c.owner,
+            due_at=c.due_at,
         )
     ]
 
 
-def complete_action(p: Problem, action_id: str, c: CorrectiveActionCompletion) -> list[NewEvent]:
+def complete_action(p: Problem, action_id: str, c: CorrectiveActionCompletion) -> list[DomainEvent]:
     action = next((a for a in p.actions if a.action_id == action_id), None)
     if action is None:
         raise InputRejected("path.action_id", f"no corrective action {action_id!r}")
     if action.completed_at is not None:
         raise CommandRejected("completed", "complete corrective action", [])
     return [
-        NewEvent(
-            type="CorrectiveActionCompleted",
-            data={
-                "problem_id": str(p.problem_id),
-                "action_id": action_id,
-                **c.model_dump(exclude_none=True),
-            },
+        ev.CorrectiveActionCompleted(
+            problem_id=p.problem_id,
+            action_id=action_id,
+            completed_by=c.completed_by,
+            outcome=c.outcome,
         )
     ]
 
 
-def verify(p: Problem, now: datetime, policy: Policy) -> list[NewEvent]:
+def verify(p: Problem, now: datetime, policy: Policy) -> list[DomainEvent]:
     """A fixed problem with no recurrence for the verification window is resolved."""
     if p.fixed_at is None or p.resolved_at is not None:
         return []
     if now < p.fixed_at + policy.learning.verification_window:
         return []
     return [
-        NewEvent(
-            type="ProblemResolved",
-            data={
-                "problem_id": str(p.problem_id),
-                "fixed_at": p.fixed_at.isoformat(),
-                "verification_window": policy.learning.verification_window.total_seconds(),
-                "occurrences": len(p.complaints),
-            },
+        ev.ProblemResolved(
+            problem_id=p.problem_id,
+            fixed_at=p.fixed_at,
+            verification_window_seconds=policy.learning.verification_window.total_seconds(),
+            occurrences=len(p.complaints),
         )
     ]

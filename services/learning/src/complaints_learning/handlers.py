@@ -2,58 +2,64 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import Any
+
 import asyncpg
 
-from complaints_learning.domain import Signature, occurrence
-from complaints_learning.store import change
-from complaints_shared.consumer import Handler, Subscription
+from complaints_learning.domain import Signature, occurrence, recurrence_window
+from complaints_learning.projection import problems
+from complaints_shared.consumer import Handler, Subscription, on
 from complaints_shared.envelope import Event
+from complaints_shared.events import followup as fu
+from complaints_shared.events import intake as it
+from complaints_shared.events import resolution as rs
 from complaints_shared.service import Runtime
 
 FACTS = "INSERT INTO complaint_facts (complaint_id) VALUES ($1) ON CONFLICT DO NOTHING"
 
 
 def subscriptions(rt: Runtime) -> list[Subscription]:
-    def facts(sql: str, *values: object) -> Handler:
-        async def handle(conn: asyncpg.Connection, event: Event) -> None:
+    repository = problems(rt)
+
+    def facts(sql: str, *values: Callable[[Event[Any]], object]) -> Handler:
+        async def handle(conn: asyncpg.Connection, event: Event[Any]) -> None:
             await conn.execute(FACTS, event.stream_id)
-            await conn.execute(
-                sql, event.stream_id, *(v(event) if callable(v) else v for v in values)
-            )
+            await conn.execute(sql, event.stream_id, *(v(event) for v in values))
 
         return handle
 
-    async def on_received(conn: asyncpg.Connection, e: Event) -> None:
-        d = e.data
+    async def on_received(conn: asyncpg.Connection, e: Event[it.ComplaintReceived]) -> None:
+        d = e.payload
         await conn.execute(FACTS, e.stream_id)
         await conn.execute(
             "UPDATE complaint_facts SET category = $2, channel = $3, severity = $4,"
             " received_at = $5, reference = $6, product = $7, safety_incident = $8,"
             " language = $9, text = $10 WHERE complaint_id = $1",
             e.stream_id,
-            d.get("category", "other"),
-            d.get("channel"),
-            d.get("severity"),
+            d.category,
+            d.channel.value,
+            d.severity.value,
             e.occurred_at,
-            d.get("reference"),
-            d.get("product"),
-            bool(d.get("safety_incident")),
-            d.get("language"),
-            f"{d.get('subject', '')}\n{d.get('description', '')}",
+            d.reference,
+            d.product,
+            d.safety_incident,
+            d.language,
+            d.text,
         )
 
-    async def on_cause(conn: asyncpg.Connection, e: Event) -> None:
-        d = e.data
+    async def on_cause(conn: asyncpg.Connection, e: Event[rs.CauseIdentified]) -> None:
+        d = e.payload
         await conn.execute(FACTS, e.stream_id)
         await conn.execute(
             "UPDATE complaint_facts SET root_cause = $2, responsible = $3,"
             " cause_identified_at = $4 WHERE complaint_id = $1",
             e.stream_id,
-            d["root_cause"],
-            d.get("responsible"),
+            d.root_cause,
+            d.responsible,
             e.occurred_at,
         )
-        signature = Signature.of(d["root_cause"], d.get("category"), d.get("product"))
+        signature = Signature.of(d.root_cause, d.category, d.product)
         await conn.execute(
             "INSERT INTO occurrences (signature, complaint_id, occurred_at) VALUES ($1, $2, $3)"
             " ON CONFLICT DO NOTHING",
@@ -61,25 +67,21 @@ def subscriptions(rt: Runtime) -> list[Subscription]:
             e.stream_id,
             e.occurred_at,
         )
-        # occurrences within the window on either side: topics and partitions may deliver a
-        # later complaint's cause first, and the outcome must not depend on that order
-        window = rt.policy.learning.recurrence_window
-        earlier = await conn.fetch(
+        since, until = recurrence_window(e.occurred_at, rt.policy)
+        rows = await conn.fetch(
             "SELECT complaint_id FROM occurrences WHERE signature = $1 AND occurred_at >= $2"
             " AND occurred_at <= $3 ORDER BY occurred_at, complaint_id",
             signature.key,
-            e.occurred_at - window,
-            e.occurred_at + window,
+            since,
+            until,
         )
-        in_window = [str(r["complaint_id"]) for r in earlier]
-        problem = await change(
+        in_window = [str(r["complaint_id"]) for r in rows]
+        saved = await repository.execute(
             conn,
-            rt,
             signature.problem_id,
-            lambda p: occurrence(
-                p, signature, str(e.stream_id), in_window, bool(d.get("safety_incident"))
-            ),
+            lambda p: occurrence(p, signature, str(e.stream_id), in_window, d.safety_incident),
         )
+        problem = saved.state
         if problem is not None and str(e.stream_id) in problem.complaints:
             await conn.execute(
                 "UPDATE complaint_facts SET problem_id = $2 WHERE complaint_id = ANY($1::uuid[])",
@@ -87,33 +89,57 @@ def subscriptions(rt: Runtime) -> list[Subscription]:
                 problem.problem_id,
             )
 
+    def deadline(e: Event[rs.DeadlineBreached]) -> object:
+        return e.payload.deadline
+
+    def score(e: Event[fu.SatisfactionRecorded]) -> object:
+        return e.payload.score
+
+    def solved(e: Event[fu.SatisfactionRecorded]) -> object:
+        return e.payload.solved
+
     t = rt.topics
     return [
         Subscription(
             name=f"{t.prefix}complaints-learning",
             topics=(t.intake, t.resolution, t.followup),
-            handlers={
-                "ComplaintReceived": on_received,
-                "CauseIdentified": on_cause,
-                "CaseResolved": facts(
-                    "UPDATE complaint_facts SET resolved_at = $2 WHERE complaint_id = $1",
-                    lambda e: e.occurred_at,
-                ),
-                "CaseReopened": facts(
-                    "UPDATE complaint_facts SET resolved_at = NULL WHERE complaint_id = $1"
-                ),
-                "DeadlineBreached": facts(
-                    "UPDATE complaint_facts SET"
-                    " resolution_breached = resolution_breached OR $2 = 'resolution',"
-                    " first_response_breached = first_response_breached OR $2 = 'first_response'"
-                    " WHERE complaint_id = $1",
-                    lambda e: e.data.get("deadline"),
-                ),
-                "SatisfactionRecorded": facts(
-                    "UPDATE complaint_facts SET score = $2, solved = $3 WHERE complaint_id = $1",
-                    lambda e: e.data["score"],
-                    lambda e: e.data["solved"],
-                ),
-            },
+            handlers=dict(
+                [
+                    on(it.ComplaintReceived, on_received),
+                    on(rs.CauseIdentified, on_cause),
+                    on(
+                        rs.CaseResolved,
+                        facts(
+                            "UPDATE complaint_facts SET resolved_at = $2 WHERE complaint_id = $1",
+                            lambda e: e.occurred_at,
+                        ),
+                    ),
+                    on(
+                        rs.CaseReopened,
+                        facts(
+                            "UPDATE complaint_facts SET resolved_at = NULL WHERE complaint_id = $1"
+                        ),
+                    ),
+                    on(
+                        rs.DeadlineBreached,
+                        facts(
+                            "UPDATE complaint_facts SET"
+                            " resolution_breached = resolution_breached OR $2 = 'resolution',"
+                            " first_response_breached = first_response_breached"
+                            " OR $2 = 'first_response' WHERE complaint_id = $1",
+                            deadline,
+                        ),
+                    ),
+                    on(
+                        fu.SatisfactionRecorded,
+                        facts(
+                            "UPDATE complaint_facts SET score = $2, solved = $3"
+                            " WHERE complaint_id = $1",
+                            score,
+                            solved,
+                        ),
+                    ),
+                ]
+            ),
         )
     ]

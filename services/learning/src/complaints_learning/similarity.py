@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from sklearn.feature_extraction.text import TfidfVectorizer
 from sklearn.metrics.pairwise import cosine_similarity
 
-from complaints_learning.domain import normalise
+from complaints_shared.vocabulary import normalise
 
 
 @dataclass(frozen=True)

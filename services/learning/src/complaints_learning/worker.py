@@ -6,7 +6,7 @@ import asyncio
 import logging
 
 from complaints_learning.domain import verify
-from complaints_learning.store import change
+from complaints_learning.projection import problems
 from complaints_shared.errors import ConcurrencyConflict
 from complaints_shared.service import Runtime
 
@@ -23,10 +23,10 @@ async def verify_fixed(rt: Runtime) -> int:
     for row in due:
         try:
             async with rt.pool.acquire() as conn, conn.transaction():
-                p = await change(
-                    conn, rt, row["problem_id"], lambda p: verify(p, now, rt.policy) if p else []
+                saved = await problems(rt).execute(
+                    conn, row["problem_id"], lambda p: verify(p, now, rt.policy) if p else []
                 )
-                resolved += bool(p and p.resolved_at)
+                resolved += bool(saved.state and saved.state.resolved_at)
         except ConcurrencyConflict:
             continue  # a recurrence came in meanwhile: decided next round
     return resolved

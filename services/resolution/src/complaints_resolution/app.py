@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from complaints_resolution.api import router
+from complaints_resolution.api import ROUTERS
 from complaints_resolution.handlers import subscriptions
 from complaints_resolution.resources import prepare
 from complaints_resolution.worker import run_timers
@@ -17,7 +17,7 @@ SPEC = ServiceSpec(
     default_port=8002,
     package="complaints_resolution",
     own_topic=lambda t: t.resolution,
-    routers=[router],
+    routers=ROUTERS,
     subscriptions=subscriptions,
     prepare=prepare,
     background=lambda rt: [run_timers(rt)],

@@ -173,7 +173,9 @@ def receive_clarification(
     return [ev.ClarificationReceived(answer=c.answer, received_by=c.received_by)]
 
 
-def identify_cause(case: Case, c: IdentifyCause, now: datetime, policy: Policy) -> list[DomainEvent]:
+def identify_cause(
+    case: Case, c: IdentifyCause, now: datetime, policy: Policy
+) -> list[DomainEvent]:
     require(case, "identify_cause")
     if c.root_cause not in policy.resolution.root_causes:
         raise InputRejected(
@@ -208,12 +210,16 @@ def propose_solution(
     ]
 
 
-def agree_solution(case: Case, c: AgreeSolution, now: datetime, policy: Policy) -> list[DomainEvent]:
+def agree_solution(
+    case: Case, c: AgreeSolution, now: datetime, policy: Policy
+) -> list[DomainEvent]:
     require(case, "agree_solution")
     proposal = case.proposals[-1]
     option = next((o for o in proposal.options if o.option_id == c.option_id), None)
     if option is None:
-        raise InputRejected("body.option_id", f"the proposal has options 1..{len(proposal.options)}")
+        raise InputRejected(
+            "body.option_id", f"the proposal has options 1..{len(proposal.options)}"
+        )
     _future(c.deadline, now, "body.deadline")
     return [
         ev.SolutionAgreed(

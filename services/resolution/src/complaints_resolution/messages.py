@@ -22,6 +22,8 @@ STEPS = {
     ev.SolutionAgreed.event_name(): "agreement",
     ev.CaseResolved.event_name(): "resolution",
 }
+
+
 @dataclass(frozen=True)
 class Messages:
     by_language: dict[str, dict[str, Any]]

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+
 from complaints_resolution.domain import Case, S
 from complaints_shared.business_time import BusinessCalendar
 from complaints_shared.events import DomainEvent

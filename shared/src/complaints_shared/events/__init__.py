@@ -26,4 +26,5 @@ __all__ = [
     "learning",
     "personal",
     "personal_paths",
+    "resolution",
 ]

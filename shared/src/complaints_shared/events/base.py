@@ -114,7 +114,8 @@ def _is_personal(info: FieldInfo) -> bool:
     if isinstance(extra, dict) and extra.get(PERSONAL_DATA):
         return True
     return any(
-        isinstance(m, FieldInfo) and isinstance(m.json_schema_extra, dict)
+        isinstance(m, FieldInfo)
+        and isinstance(m.json_schema_extra, dict)
         and m.json_schema_extra.get(PERSONAL_DATA)
         for m in info.metadata
     )

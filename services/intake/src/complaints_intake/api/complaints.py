@@ -5,8 +5,8 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
-from datetime import datetime
 from collections.abc import Callable
+from datetime import datetime
 from typing import Annotated, Any, Literal
 from uuid import UUID, uuid4
 
@@ -33,8 +33,8 @@ from complaints_intake.domain import (
 from complaints_intake.language import detect_language
 from complaints_intake.projection import complaints
 from complaints_intake.resources import IntakeResources
-from complaints_shared.events import DomainEvent
 from complaints_shared.errors import InputRejected, NotFound
+from complaints_shared.events import DomainEvent
 from complaints_shared.problems import PROBLEM_RESPONSES, problem
 from complaints_shared.service import Runtime, RuntimeDep
 

@@ -2,20 +2,37 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from uuid import UUID
 
 import asyncpg
 
 from complaints_learning.domain import Problem, fold
-from complaints_shared.envelope import Event, NewEvent
+from complaints_shared.envelope import Event
 from complaints_shared.errors import NotFound
+from complaints_shared.events import DomainEvent
+from complaints_shared.events import learning as ev
+from complaints_shared.repository import Repository
 from complaints_shared.service import Runtime
 
+OCCURRENCES = (ev.ProblemOpened, ev.RecurrenceDetected, ev.RecurrenceAfterFix)
 
-async def project(conn: asyncpg.Connection, events: Sequence[Event], problem: Problem) -> None:
+
+def problems(rt: Runtime) -> Repository[Problem | None]:
+    async def project_problem(
+        conn: asyncpg.Connection, problem: Problem | None, recorded: Sequence[Event[DomainEvent]]
+    ) -> None:
+        if problem is not None:
+            await project(conn, recorded, problem)
+
+    return Repository(rt.store, fold, project_problem)
+
+
+async def project(
+    conn: asyncpg.Connection, events: Sequence[Event[DomainEvent]], problem: Problem
+) -> None:
     """Refresh the problem's row and link its complaints."""
-    opened = next((e.occurred_at for e in events if e.type == "ProblemOpened"), None)
+    opened = next((e.occurred_at for e in events if isinstance(e.payload, ev.ProblemOpened)), None)
     last = max(e.occurred_at for e in events)
     s = problem.signature
     await conn.execute(
@@ -39,9 +56,7 @@ async def project(conn: asyncpg.Connection, events: Sequence[Event], problem: Pr
         problem.resolved_at,
         last,
         problem.version,
-        any(
-            e.type in ("ProblemOpened", "RecurrenceDetected", "RecurrenceAfterFix") for e in events
-        ),
+        any(isinstance(e.payload, OCCURRENCES) for e in events),
     )
     await conn.execute(
         "UPDATE complaint_facts SET problem_id = $1 WHERE complaint_id = ANY($2::uuid[])",
@@ -50,28 +65,10 @@ async def project(conn: asyncpg.Connection, events: Sequence[Event], problem: Pr
     )
 
 
-async def change(
-    conn: asyncpg.Connection,
-    rt: Runtime,
-    problem_id: UUID,
-    decide: Callable[[Problem | None], list[NewEvent]],
-) -> Problem | None:
-    events = await rt.store.load(conn, problem_id)
-    new = decide(fold(events))
-    if not new:
-        return fold(events)
-    recorded = await rt.store.append(conn, problem_id, len(events), new)
-    problem = fold(events + recorded)
-    assert problem is not None
-    await project(conn, recorded, problem)
-    return problem
-
-
 async def load_problem(
     conn: asyncpg.Connection | asyncpg.Pool, rt: Runtime, problem_id: UUID
-) -> tuple[Problem, list[Event]]:
-    events = await rt.store.load(conn, problem_id)
-    problem = fold(events)
-    if problem is None:
+) -> tuple[Problem, list[Event[DomainEvent]]]:
+    loaded = await problems(rt).load(conn, problem_id)
+    if loaded.state is None:
         raise NotFound("problem", problem_id)
-    return problem, events
+    return loaded.state, loaded.events

@@ -17,8 +17,8 @@ from complaints_resolution.messages import telling
 from complaints_resolution.projection import cases, load_case
 from complaints_resolution.resources import ResolutionResources
 from complaints_resolution.sla import Clock, first_response_clock, open_deadlines, resolution_clock
-from complaints_shared.events import DomainEvent
 from complaints_shared.errors import InputRejected, NotFound
+from complaints_shared.events import DomainEvent
 from complaints_shared.problems import PROBLEM_RESPONSES
 from complaints_shared.service import Runtime, RuntimeDep
 

@@ -1,0 +1,5 @@
+"""Intake's HTTP resources, one router module each."""
+
+from complaints_intake.api import complaints
+
+ROUTERS = [complaints.router]

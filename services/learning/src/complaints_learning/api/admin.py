@@ -1,0 +1,42 @@
+"""HTTP resource: operations on learning's read models."""
+
+from __future__ import annotations
+
+from uuid import UUID
+
+from fastapi import APIRouter, Request
+from pydantic import BaseModel
+
+from complaints_learning.domain import fold
+from complaints_learning.projection import project
+from complaints_shared.envelope import Event
+from complaints_shared.events import DomainEvent
+from complaints_shared.service import RuntimeDep
+
+router = APIRouter(prefix="/admin", tags=["operations"])
+
+
+class Rebuild(BaseModel):
+    problems: int
+    replaying: bool
+
+
+@router.post(
+    "/rebuild", summary="Rebuild every projection: reset, and replay the topics from offset 0"
+)
+async def rebuild(request: Request, rt: RuntimeDep) -> Rebuild:
+    background = request.app.state.background
+    async with rt.pool.acquire() as conn, conn.transaction():
+        for c in background.consumers:
+            await conn.execute("DELETE FROM inbox WHERE consumer = $1", c.subscription.name)
+        await conn.execute("TRUNCATE complaint_facts, occurrences, problems")
+        streams: dict[UUID, list[Event[DomainEvent]]] = {}
+        for e in await rt.store.load_all(conn):
+            streams.setdefault(e.stream_id, []).append(e)
+        for events in streams.values():
+            problem = fold(events)
+            if problem is not None:
+                await project(conn, events, problem)
+    for c in background.consumers:
+        c.rewind()
+    return Rebuild(problems=len(streams), replaying=True)

@@ -1,0 +1,254 @@
+"""The event store contract, written once and run against every implementation: in memory
+(fast domain tests) and PostgreSQL (the real server, outbox included).  The repository's
+conflict policy is checked on both as well."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from typing import Any
+
+import pytest
+
+from complaints_shared.envelope import Event
+from complaints_shared.errors import ConcurrencyConflict
+from complaints_shared.events import DomainEvent
+from complaints_shared.eventstore import EventRecorder, InMemoryEventStore, PostgresEventStore
+from complaints_shared.repository import Repository
+from tests.events import Happened
+from tests.support import migrated_pool
+
+TOPIC = "complaints.test.v1"
+
+
+@dataclass
+class Backend:
+    store: EventRecorder
+    transaction: Callable[[], Any]  # async context manager giving the ``conn`` to pass
+    queued: Callable[[], Awaitable[list[tuple[str, int]]]]  # (topic, version) in outbox order
+
+    async def append(self, stream: uuid.UUID, expected: int, events: list[DomainEvent]) -> None:
+        async with self.transaction() as conn:
+            await self.store.append(conn, stream, expected, events)
+
+    async def load(self, stream: uuid.UUID) -> list[Event[DomainEvent]]:
+        async with self.transaction() as conn:
+            return await self.store.load(conn, stream)
+
+
+@pytest.fixture
+async def memory_backend() -> Backend:
+    store = InMemoryEventStore(source="/complaints/test", topic=TOPIC)
+
+    @asynccontextmanager
+    async def no_transaction() -> AsyncIterator[None]:
+        yield None
+
+    async def queued() -> list[tuple[str, int]]:
+        return [(store.topic, e.version) for e in store.queued]
+
+    return Backend(store, no_transaction, queued)
+
+
+@pytest.fixture
+async def postgres_backend(database: str) -> AsyncIterator[Backend]:
+    pool = await migrated_pool(database)
+    store = PostgresEventStore(source="/complaints/test", topic=TOPIC)
+
+    @asynccontextmanager
+    async def transaction() -> AsyncIterator[Any]:
+        async with pool.acquire() as conn, conn.transaction():
+            yield conn
+
+    async def queued() -> list[tuple[str, int]]:
+        rows = await pool.fetch(
+            "SELECT o.topic, e.version FROM outbox o JOIN events e USING (event_id)"
+            " ORDER BY o.position"
+        )
+        return [(r["topic"], r["version"]) for r in rows]
+
+    try:
+        yield Backend(store, transaction, queued)
+    finally:
+        await pool.close()
+
+
+@pytest.fixture(params=["memory", pytest.param("postgres", marks=pytest.mark.integration)])
+def backend(request: pytest.FixtureRequest) -> Backend:
+    found: Backend = request.getfixturevalue(f"{request.param}_backend")
+    return found
+
+
+def ev(n: int) -> Happened:
+    return Happened(n=n, text="açaí, árvíztűrő, ñandú")
+
+
+def ns(events: list[Event[DomainEvent]]) -> list[int]:
+    return [e.payload.n for e in events if isinstance(e.payload, Happened)]
+
+
+async def test_append_then_load_returns_typed_events_in_version_order(backend: Backend):
+    stream = uuid.uuid4()
+    await backend.append(stream, 0, [ev(1), ev(2)])
+    await backend.append(stream, 2, [ev(3)])
+
+    loaded = await backend.load(stream)
+
+    assert [e.version for e in loaded] == [1, 2, 3]
+    assert ns(loaded) == [1, 2, 3]
+    assert all(isinstance(e.payload, Happened) for e in loaded)
+    assert loaded[0].payload == ev(1)  # a payload round-trips through its JSON unchanged
+    assert len({e.event_id for e in loaded}) == 3
+    assert all(e.stream_id == stream and e.occurred_at.tzinfo is not None for e in loaded)
+    async with backend.transaction() as conn:
+        assert await backend.store.version(conn, stream) == 3
+    assert await backend.load(uuid.uuid4()) == []
+
+
+async def test_append_queues_every_event_for_the_topic_in_order(backend: Backend):
+    stream = uuid.uuid4()
+    await backend.append(stream, 0, [ev(1), ev(2)])
+    await backend.append(stream, 2, [ev(3)])
+    assert await backend.queued() == [(TOPIC, 1), (TOPIC, 2), (TOPIC, 3)]
+
+
+async def test_stale_or_future_expected_version_is_a_conflict_and_changes_nothing(
+    backend: Backend,
+):
+    stream = uuid.uuid4()
+    await backend.append(stream, 0, [ev(1)])
+    with pytest.raises(ConcurrencyConflict) as behind:
+        await backend.append(stream, 0, [ev(2)])
+    assert behind.value.actual_version == 1
+    with pytest.raises(ConcurrencyConflict):  # ahead of the stream: no gaps either
+        await backend.append(stream, 5, [ev(2)])
+    assert ns(await backend.load(stream)) == [1]
+    assert await backend.queued() == [(TOPIC, 1)]
+
+
+async def test_a_batch_is_atomic_when_another_writer_took_part_of_its_versions(
+    backend: Backend,
+):
+    stream = uuid.uuid4()
+    await backend.append(stream, 0, [ev(1)])
+    await backend.append(stream, 1, [ev(2)])  # another writer took version 2
+    with pytest.raises(ConcurrencyConflict):
+        await backend.append(stream, 1, [ev(10), ev(11), ev(12)])  # 3 and 4 were free
+    assert ns(await backend.load(stream)) == [1, 2]
+    assert await backend.queued() == [(TOPIC, 1), (TOPIC, 2)]
+
+
+async def test_a_conflict_leaves_the_callers_transaction_usable(backend: Backend):
+    stream = uuid.uuid4()
+    await backend.append(stream, 0, [ev(1), ev(2)])
+    async with backend.transaction() as conn:
+        with pytest.raises(ConcurrencyConflict):
+            await backend.store.append(conn, stream, 1, [ev(10), ev(11)])
+        await backend.store.append(conn, stream, 2, [ev(3)])
+    assert ns(await backend.load(stream)) == [1, 2, 3]
+
+
+async def test_two_concurrent_appends_at_the_same_version_exactly_one_wins(backend: Backend):
+    for _ in range(10):
+        stream = uuid.uuid4()
+        await backend.append(stream, 0, [ev(0)])
+        results = await asyncio.gather(
+            backend.append(stream, 1, [ev(1)]),
+            backend.append(stream, 1, [ev(2), ev(3)]),
+            return_exceptions=True,
+        )
+        assert len([r for r in results if isinstance(r, ConcurrencyConflict)]) == 1, results
+        winner = ns(await backend.load(stream))[1:]
+        assert winner in ([1], [2, 3])
+
+
+# -- the repository's conflict policy, on the same backends ----------------------------------
+
+
+def count(events: Any) -> int:
+    return len(list(events))
+
+
+async def test_a_handler_decision_is_taken_again_on_the_fresh_state(backend: Backend):
+    """Another writer appends between this decision's load and its append: the repository
+    loads again and decides on what is there now (no blind retry, nothing lost)."""
+    stream = uuid.uuid4()
+    await backend.append(stream, 0, [ev(1)])
+    seen: list[int] = []
+
+    async def interfering_store_append(conn: Any, sid: Any, expected: int, events: Any) -> Any:
+        if len(seen) == 1:  # first attempt: somebody else comes first
+            async with backend.transaction() as other:
+                await original(other, stream, expected, [ev(99)])
+        return await original(conn, sid, expected, events)
+
+    original = backend.store.append
+    backend.store.append = interfering_store_append  # type: ignore[method-assign]
+    repository: Repository[int] = Repository(backend.store, count)
+
+    def decide(state: int) -> list[DomainEvent]:
+        seen.append(state)
+        return [ev(state + 1)]
+
+    async with backend.transaction() as conn:
+        saved = await repository.execute(conn, stream, decide)
+    assert seen == [1, 2]
+    assert saved.version == 3 and saved.state == 3
+    assert ns(await backend.load(stream)) == [1, 99, 3]
+
+
+async def test_a_command_with_a_stale_version_is_refused_with_the_current_one(backend: Backend):
+    stream = uuid.uuid4()
+    await backend.append(stream, 0, [ev(1), ev(2)])
+    repository: Repository[int] = Repository(backend.store, count)
+    async with backend.transaction() as conn:
+        with pytest.raises(ConcurrencyConflict) as err:
+            await repository.execute(
+                conn, stream, lambda s: [ev(3)], expected_version=1, redecide=False
+            )
+    assert err.value.expected_version == 1 and err.value.actual_version == 2
+    assert ns(await backend.load(stream)) == [1, 2]
+
+
+async def test_a_command_losing_a_race_is_refused_not_decided_again(backend: Backend):
+    stream = uuid.uuid4()
+    await backend.append(stream, 0, [ev(1)])
+    original = backend.store.append
+    decisions = 0
+
+    async def racing(conn: Any, sid: Any, expected: int, events: Any) -> Any:
+        async with backend.transaction() as other:
+            await original(other, stream, expected, [ev(50)])
+        return await original(conn, sid, expected, events)
+
+    backend.store.append = racing  # type: ignore[method-assign]
+    repository: Repository[int] = Repository(backend.store, count)
+
+    def decide(state: int) -> list[DomainEvent]:
+        nonlocal decisions
+        decisions += 1
+        return [ev(7)]
+
+    async with backend.transaction() as conn:
+        with pytest.raises(ConcurrencyConflict):
+            await repository.execute(conn, stream, decide, redecide=False)
+    assert decisions == 1
+    assert ns(await backend.load(stream)) == [1, 50]
+
+
+async def test_nothing_decided_writes_nothing_and_projects_nothing(backend: Backend):
+    stream = uuid.uuid4()
+    projected: list[int] = []
+
+    async def project(conn: Any, state: int, recorded: Any) -> None:
+        projected.append(state)
+
+    repository: Repository[int] = Repository(backend.store, count, project)
+    async with backend.transaction() as conn:
+        saved = await repository.execute(conn, stream, lambda s: [])
+        assert saved.recorded == [] and saved.version == 0
+        saved = await repository.execute(conn, stream, lambda s: [ev(1), ev(2)])
+    assert projected == [2] and saved.version == 2
