@@ -26,6 +26,7 @@ from aiokafka.errors import CommitFailedError, KafkaError
 from complaints_shared.envelope import (
     Event,
     MalformedEvent,
+    cloudevent_headers,
     decode_headers,
     event_type_of,
     from_kafka_record,
@@ -218,7 +219,7 @@ class ConsumerRunner:
             for record in records:
                 try:
                     handler = self.subscription.handler_for(
-                        event_type_of(decode_headers(record.headers))
+                        event_type_of(cloudevent_headers(record.headers))
                     )
                     if handler is None:
                         outcomes.append("ignored")

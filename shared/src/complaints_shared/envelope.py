@@ -117,6 +117,17 @@ def event_type_of(headers: Mapping[str, str]) -> str:
     return headers.get("ce_type", "").rsplit(".", 1)[-1]
 
 
+def cloudevent_headers(headers: Sequence[tuple[str, bytes]] | None) -> dict[str, str]:
+    """The decoded headers of a record that claims to be a CloudEvent (else MalformedEvent)."""
+    h = decode_headers(headers)
+    missing = [n for n in ("ce_id", "ce_type", "ce_source", "ce_subject", "ce_time") if n not in h]
+    if missing:
+        raise MalformedEvent(f"missing CloudEvents headers: {', '.join(missing)}")
+    if h.get("ce_specversion") != SPEC_VERSION:
+        raise MalformedEvent(f"unsupported ce_specversion {h.get('ce_specversion')!r}")
+    return h
+
+
 def from_kafka_record(
     value: bytes | None, headers: Sequence[tuple[str, bytes]] | None
 ) -> Event[Any]:
@@ -125,12 +136,7 @@ def from_kafka_record(
     A type this code does not know reads as an ``UnknownEvent`` payload; a known type whose
     data does not fit its model raises :class:`MalformedEvent`.
     """
-    h = decode_headers(headers)
-    missing = [n for n in ("ce_id", "ce_type", "ce_source", "ce_subject", "ce_time") if n not in h]
-    if missing:
-        raise MalformedEvent(f"missing CloudEvents headers: {', '.join(missing)}")
-    if h.get("ce_specversion") != SPEC_VERSION:
-        raise MalformedEvent(f"unsupported ce_specversion {h.get('ce_specversion')!r}")
+    h = cloudevent_headers(headers)
     try:
         data = orjson.loads(value or b"")
     except orjson.JSONDecodeError as exc:
