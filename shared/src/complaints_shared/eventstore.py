@@ -102,7 +102,7 @@ WITH current AS (
     RETURNING event_id
 ), queued AS (
     INSERT INTO outbox (event_id, topic, trace_context)
-    SELECT event_id, $8, $9::jsonb FROM inserted
+    SELECT event_id, $8, $9::text::jsonb FROM inserted
     RETURNING event_id
 ), wake AS (
     SELECT pg_notify($10, '')
@@ -147,7 +147,7 @@ class PostgresEventStore:
             [orjson.dumps(e.payload.to_json()).decode() for e in recorded],
             expected_version,
             self.topic,
-            orjson.dumps(current_trace_context()).decode(),
+            orjson.dumps(current_trace_context()).decode(),  # text: see $9::text::jsonb
             OUTBOX_CHANNEL,
         )
         if row["appended"] != len(recorded):

@@ -15,7 +15,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from typing import Annotated, Any, ClassVar, TypeVar
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, model_validator
 from pydantic.fields import FieldInfo
 
 PERSONAL_DATA = "x-personal-data"
@@ -32,10 +32,28 @@ def personal(**kwargs: Any) -> Any:
     return Field(json_schema_extra={PERSONAL_DATA: True}, **kwargs)
 
 
+TOLERANT = {"tolerant": True}
+"""Validation context of reading: unknown fields (a newer producer's) are ignored."""
+
+
 class Payload(BaseModel):
-    """A part of an event (nested object); frozen, tolerant of unknown fields."""
+    """A part of an event (nested object), frozen.  Built in code, an unknown field is an error;
+    read from the store or a topic (:data:`TOLERANT` context), it is ignored."""
 
     model_config = ConfigDict(frozen=True, extra="ignore")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _known_fields(cls, data: Any, info: ValidationInfo) -> Any:
+        if (
+            isinstance(data, dict)
+            and cls.model_config.get("extra") != "allow"
+            and not (info.context or {}).get("tolerant")
+        ):
+            unknown = set(data) - set(cls.model_fields)
+            if unknown:
+                raise ValueError(f"{cls.__name__} has no field(s) {', '.join(sorted(unknown))}")
+        return data
 
 
 class DomainEvent(Payload):
@@ -99,8 +117,8 @@ class Registry:
         :class:`UnknownEvent`.  Raises ``pydantic.ValidationError`` for a bad payload."""
         cls = self._by_name.get(name)
         if cls is None:
-            return UnknownEvent(type_name=name, **data)
-        return cls.model_validate(data)
+            return UnknownEvent.model_validate({**data, "type_name": name}, context=TOLERANT)
+        return cls.model_validate(data, context=TOLERANT)
 
     def __iter__(self) -> Iterator[type[DomainEvent]]:
         return iter(self._by_name.values())

@@ -119,8 +119,8 @@ def _public(case: Case, history: list[dict[str, Any]], rt: Runtime) -> CasePubli
             for a in case.owners
         ],
         cause=_dump(case.cause),
-        proposals=[_dump(p) for p in case.proposals],
-        rejections=[_dump(r) for r in case.rejections],
+        proposals=[p.model_dump(mode="json", exclude_none=True) for p in case.proposals],
+        rejections=[r.model_dump(mode="json", exclude_none=True) for r in case.rejections],
         agreed_solution=_dump(case.agreed),
         actions=[
             {
