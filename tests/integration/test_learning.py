@@ -455,14 +455,12 @@ async def test_a_fix_without_recurrence_for_the_verification_window_resolves_the
             (
                 "resolution",
                 ev(
-                    "CauseIdentified",
+                    cause_event(safety, "process", "cleanliness").model_copy(
+                        update={"product": "Loja Baixa", "safety_incident": True}
+                    ),
                     safety,
                     T,
                     "resolution",
-                    root_cause="process",
-                    category="cleanliness",
-                    product="Loja Baixa",
-                    safety_incident=True,
                 ),
             )
         ],

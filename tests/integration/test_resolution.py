@@ -77,6 +77,22 @@ async def resolution_events(p: Platform, cid: str, count: int) -> list[Event]:
     ]
 
 
+async def test_intake_and_resolution_agree_on_the_first_response_deadline(
+    start_platform: StartPlatform, http, tmp_path: Path
+):
+    """The acknowledgement promises the customer a time; the SLA clock counts to the same one
+    (24/7 and the real clock: every millisecond between two computations would show)."""
+    policy = tmp_path / "policy.toml"
+    policy.write_text("[calendar]\nalways_open = true\n")
+    p = await start_platform("intake", "resolution", policy=policy)
+    cid = await new_case(p, http)
+    complaint = (await http.get(f"{p.url('intake')}/complaints/{cid}")).json()
+    case = (await http.get(f"{p.url('resolution')}/cases/{cid}")).json()
+    promised = datetime.fromisoformat(complaint["acknowledgement"]["first_response_due"])
+    counted = datetime.fromisoformat(case["sla"]["first_response"]["due_at"])
+    assert promised == counted
+
+
 async def test_a_whole_lifecycle_keeps_the_customer_informed_in_their_language(
     start_platform: StartPlatform, http
 ):
@@ -281,7 +297,7 @@ async def test_breach_escalates_through_durable_timers_also_after_a_restart(
         "team_lead",
         "manager",
     ]
-    assert isinstance(events[2].payload, rs.DeadlineApproaching)
+    assert isinstance(events[2].payload, rs.DeadlineApproaching | rs.DeadlineBreached)
     assert events[2].payload.deadline == "first_response"
 
 

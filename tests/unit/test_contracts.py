@@ -124,7 +124,7 @@ def test_event_names_are_unique():
     with pytest.raises(ValueError, match="defined twice"):
 
         @REGISTRY.register("intake")
-        class ComplaintReceived(DomainEvent):  # noqa: F811
+        class ComplaintReceived(DomainEvent):
             pass
 
 
@@ -211,7 +211,8 @@ def test_enum_values_may_be_added_not_removed():
         return changed(lambda s: s["properties"].update(kind={"type": "string", "enum": values}))
 
     assert what(with_enum(["a", "b"]), with_enum(["a", "b", "c"])) == []
-    assert what(with_enum(["a", "b"]), with_enum(["a"])) == ['field kind lost enum values [\'"b"\']']
+    (lost,) = what(with_enum(["a", "b"]), with_enum(["a"]))
+    assert lost.startswith("field kind lost enum values") and '"b"' in lost
 
 
 def test_a_nested_object_follows_the_same_rules():

@@ -4,13 +4,10 @@ from __future__ import annotations
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from complaints_shared.errors import BodyTooLarge
 from complaints_shared.problems import PROBLEM_JSON
 
-
-class BodyTooLarge(Exception):
-    def __init__(self, limit: int) -> None:
-        self.limit = limit
-        super().__init__(f"the request body exceeds {limit} bytes")
+__all__ = ["BodySizeLimit", "BodyTooLarge"]
 
 
 class BodySizeLimit:

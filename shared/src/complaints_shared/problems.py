@@ -11,6 +11,7 @@ from pydantic import BaseModel, ConfigDict
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from complaints_shared.errors import (
+    BodyTooLarge,
     CommandRejected,
     ConcurrencyConflict,
     Forbidden,
@@ -77,7 +78,6 @@ def _field(loc: tuple[int | str, ...]) -> str:
 
 def install_problem_handlers(app: FastAPI) -> None:
     """Answer every error as problem+json."""
-    from complaints_shared.limits import BodyTooLarge
 
     @app.exception_handler(RequestValidationError)
     async def _invalid(request: Request, exc: RequestValidationError) -> JSONResponse:

@@ -18,7 +18,7 @@ from complaints_shared.vocabulary import MONEY_REMEDIES, Remedy, Severity
 Text = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=2000)]
 Name = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=100)]
 Currency = Annotated[str, StringConstraints(pattern=r"^[A-Z]{3}$")]
-Role = Literal["agent", "supervisor", "manager"]
+Role = ev.Role
 
 
 class _Command(BaseModel):

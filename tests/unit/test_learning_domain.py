@@ -1,0 +1,88 @@
+"""Learning's problems without I/O: the repository over the in-memory event store."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import UTC, datetime, timedelta
+
+from complaints_learning.domain import (
+    CorrectiveActionCompletion,
+    CorrectiveActionCreate,
+    Problem,
+    Signature,
+    complete_action,
+    fold,
+    occurrence,
+    plan_action,
+    recurrence_window,
+    verify,
+)
+from complaints_shared.eventstore import InMemoryEventStore
+from complaints_shared.policy import Policy
+from complaints_shared.repository import Repository
+
+T0 = datetime(2026, 11, 23, 9, 0, tzinfo=UTC)
+POLICY = Policy()
+
+
+def test_a_signature_ignores_case_accents_and_spacing():
+    a = Signature.of("Pricing_System", "Faturação", "  Torradeira  X-200 ")
+    b = Signature.of("pricing_system", "faturacao", "torradeira x-200")
+    assert a == b and a.problem_id == b.problem_id
+    assert Signature.of("capacity", None, "").product == "-"
+
+
+def test_the_recurrence_window_counts_on_either_side():
+    since, until = recurrence_window(T0, POLICY)
+    assert T0 - since == until - T0 == POLICY.learning.recurrence_window
+
+
+async def test_a_problem_opens_recurs_is_fixed_verified_and_catches_a_recurrence_after_fix():
+    clock = {"now": T0}
+    store = InMemoryEventStore(source="/complaints/learning", clock=lambda: clock["now"])
+    repo: Repository[Problem | None] = Repository(store, fold)
+    sig = Signature.of("capacity", "waiting_time", None)
+    c = [str(uuid.uuid4()) for _ in range(4)]
+
+    async def occurs(i: int, window: list[str]) -> list[str]:
+        saved = await repo.execute(
+            None, sig.problem_id, lambda p: occurrence(p, sig, c[i], window, False)
+        )
+        return [e.type for e in saved.recorded]
+
+    assert await occurs(0, [c[0]]) == []  # one occurrence is no problem yet
+    assert await occurs(1, [c[0], c[1]]) == ["ProblemOpened"]
+    assert await occurs(1, [c[0], c[1]]) == []  # the same complaint again changes nothing
+    assert await occurs(2, []) == ["RecurrenceDetected"]
+
+    due = T0 + timedelta(days=7)
+    action = CorrectiveActionCreate(
+        type="improve_procedure", description="second till at peak", owner="ops", due_at=due
+    )
+    saved = await repo.execute(None, sig.problem_id, lambda p: plan_action(p, action, T0))
+    assert saved.state is not None and saved.state.status == "fixing"
+    action_id = saved.state.actions[0].action_id
+    done = CorrectiveActionCompletion(completed_by="ops")
+    saved = await repo.execute(None, sig.problem_id, lambda p: complete_action(p, action_id, done))
+    assert saved.state is not None and saved.state.status == "fixed"
+
+    early = await repo.execute(None, sig.problem_id, lambda p: verify(p, T0, POLICY))
+    assert early.recorded == []
+    clock["now"] = T0 + POLICY.learning.verification_window + timedelta(seconds=1)
+    later = clock["now"]
+    verified = await repo.execute(None, sig.problem_id, lambda p: verify(p, later, POLICY))
+    assert verified.state is not None and verified.state.status == "resolved"
+
+    assert await occurs(3, []) == ["RecurrenceAfterFix"]
+    after = (await repo.load(None, sig.problem_id)).state
+    assert after is not None and after.recurrences_after_fix == 1 and after.status == "fixing"
+
+
+async def test_a_safety_incident_opens_a_problem_at_once():
+    store = InMemoryEventStore()
+    repo: Repository[Problem | None] = Repository(store, fold)
+    sig = Signature.of("product_defect", "safety", "charger")
+    c = str(uuid.uuid4())
+    saved = await repo.execute(None, sig.problem_id, lambda p: occurrence(p, sig, c, [c], True))
+    assert [e.type for e in saved.recorded] == ["ProblemOpened"]
+    assert saved.state is not None and saved.state.complaints == (c,)
