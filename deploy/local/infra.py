@@ -1,11 +1,14 @@
-"""Local infrastructure without Docker: an Apache Kafka broker and a PostgreSQL server.
+"""Local infrastructure without Docker: an Apache Kafka broker, a PostgreSQL server and a
+Keycloak identity provider.
 
 Kafka's jars are assembled from Maven Central (``kafka/pom.xml``) and run with the installed
 Java; PostgreSQL comes from the machine's packages and runs as the ``postgres`` user when this
-runs as root.  Everything lives under ``.local/`` (or ``COMPLAINTS_LOCAL_DIR``); a second start
-reuses what the first fetched and formatted.  Start is idempotent, readiness is awaited.
+runs as root; Keycloak is the ``keycloak-quarkus-dist`` zip from Maven Central, run in dev mode
+on 127.0.0.1 with the realm of ``deploy/keycloak``.  Everything lives under ``.local/`` (or
+``COMPLAINTS_LOCAL_DIR``); a second start reuses what the first fetched and formatted.  Start
+is idempotent, readiness is awaited.
 
-    python deploy/local/infra.py up|down|status|env
+    python deploy/local/infra.py up|down|status|env|token <user>
 """
 
 from __future__ import annotations
@@ -14,20 +17,28 @@ import base64
 import contextlib
 import glob
 import hashlib
+import json
 import os
+import secrets
 import shutil
 import signal
 import socket
 import subprocess
 import sys
 import time
+import urllib.error
+import urllib.parse
+import urllib.request
 import uuid
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent.parent
 KAFKA_VERSION = "4.4.0"
+KEYCLOAK_VERSION = "26.4.5"
+REALM = "complaints"
 SERVICES = ("intake", "resolution", "followup", "learning")
 
 
@@ -234,22 +245,221 @@ class Kafka:
         raise InfraError(f"Kafka did not start within {timeout:.0f}s:\n{_tail(self.log_file)}")
 
     def stop(self, timeout: float = 30.0) -> bool:
-        pid = self.pid()
-        if pid is None:
-            self.pid_file.unlink(missing_ok=True)
-            return False
+        return _stop_process(self.pid_file, self.pid(), timeout)
+
+
+def _read_pid(pid_file: Path) -> int | None:
+    try:
+        pid = int(pid_file.read_text().strip())
+    except (OSError, ValueError):
+        return None
+    return pid if _pid_alive(pid) else None
+
+
+def _stop_process(pid_file: Path, pid: int | None, timeout: float) -> bool:
+    """SIGTERM the process group, SIGKILL after ``timeout``; False if nothing ran."""
+    if pid is None:
+        pid_file.unlink(missing_ok=True)
+        return False
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(pid, signal.SIGTERM)
+    deadline = time.monotonic() + timeout
+    while _pid_alive(pid) and time.monotonic() < deadline:
+        with contextlib.suppress(ChildProcessError):
+            os.waitpid(pid, os.WNOHANG)
+        time.sleep(0.1)
+    if _pid_alive(pid):
         with contextlib.suppress(ProcessLookupError):
-            os.killpg(pid, signal.SIGTERM)
+            os.killpg(pid, signal.SIGKILL)
+    pid_file.unlink(missing_ok=True)
+    return True
+
+
+@dataclass
+class Keycloak:
+    """A local Keycloak in dev mode, with the platform's realm imported at every start."""
+
+    home: Path
+    port: int
+    management_port: int
+
+    @property
+    def dist(self) -> Path:
+        return self.home / f"keycloak-{KEYCLOAK_VERSION}"
+
+    @property
+    def pid_file(self) -> Path:
+        return self.home / "keycloak.pid"
+
+    @property
+    def log_file(self) -> Path:
+        return self.home / "server.log"
+
+    @property
+    def secrets_file(self) -> Path:
+        return self.home / "secrets.json"
+
+    @property
+    def issuer(self) -> str:
+        return f"http://127.0.0.1:{self.port}/realms/{REALM}"
+
+    def pid(self) -> int | None:
+        return _read_pid(self.pid_file)
+
+    def running(self) -> bool:
+        return self.pid() is not None and self._realm_served()
+
+    def _realm_served(self) -> bool:
+        try:
+            with urllib.request.urlopen(
+                f"{self.issuer}/.well-known/openid-configuration", timeout=2
+            ) as r:
+                return bool(r.status == 200)
+        except (OSError, ValueError):
+            return False
+
+    def fetch(self) -> None:
+        """The distribution zip from Maven Central, unpacked once."""
+        marker = self.dist / ".complete"
+        if marker.exists():
+            return
+        if shutil.which("mvn") is None:
+            raise InfraError("mvn not found: install Maven (it fetches Keycloak)")
+        print(f"fetching Keycloak {KEYCLOAK_VERSION} from Maven Central ...", flush=True)
+        self.home.mkdir(parents=True, exist_ok=True)
+        result = subprocess.run(
+            [
+                "mvn",
+                "-B",
+                "-q",
+                "dependency:copy",
+                f"-Dartifact=org.keycloak:keycloak-quarkus-dist:{KEYCLOAK_VERSION}:zip",
+                f"-DoutputDirectory={self.home}",
+            ],
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+        archive = self.home / f"keycloak-quarkus-dist-{KEYCLOAK_VERSION}.zip"
+        if result.returncode != 0 or not archive.exists():
+            raise InfraError(
+                "fetching Keycloak failed: " + (result.stdout + result.stderr).strip()[-800:]
+            )
+        if self.dist.exists():
+            shutil.rmtree(self.dist)
+        with zipfile.ZipFile(archive) as z:
+            z.extractall(self.home)
+        for script in (self.dist / "bin").glob("*.sh"):
+            script.chmod(0o755)
+        archive.unlink()
+        marker.touch()
+
+    def secrets(self) -> dict[str, str]:
+        """Per-machine secrets: the service accounts' client secrets and the bootstrap admin."""
+        if self.secrets_file.exists():
+            known: dict[str, str] = json.loads(self.secrets_file.read_text())
+            return known
+        self.home.mkdir(parents=True, exist_ok=True)
+        made = {
+            "CHANNEL_GATEWAY_SECRET": secrets.token_urlsafe(24),
+            "INTEGRATOR_SECRET": secrets.token_urlsafe(24),
+            "ADMIN_PASSWORD": secrets.token_urlsafe(18),
+        }
+        fd = os.open(self.secrets_file, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as f:
+            json.dump(made, f)
+        return made
+
+    def _write_realm(self) -> None:
+        text = (ROOT / "deploy" / "keycloak" / "complaints-realm.json").read_text()
+        for name, value in self.secrets().items():
+            text = text.replace("${" + name + "}", value)
+        target = self.dist / "data" / "import"
+        target.mkdir(parents=True, exist_ok=True)
+        path = target / "complaints-realm.json"
+        path.write_text(text)
+        path.chmod(0o600)
+        # the realm is configuration: a fresh dev database imports it anew at every start
+        shutil.rmtree(self.dist / "data" / "h2", ignore_errors=True)
+
+    def start(self, timeout: float = 180.0) -> bool:
+        """Start Keycloak unless it runs; wait until the realm is served. True if started."""
+        if self.running():
+            return False
+        if shutil.which("java") is None:
+            raise InfraError("java not found: install a Java 17+ runtime to run Keycloak")
+        for port in (self.port, self.management_port):
+            if port_open(port):
+                raise InfraError(
+                    f"port {port} is in use by another process; stop it or set "
+                    "COMPLAINTS_LOCAL_KEYCLOAK_PORT / _MANAGEMENT_PORT"
+                )
+        self.fetch()
+        self._write_realm()
+        env = {
+            **os.environ,
+            "KC_BOOTSTRAP_ADMIN_USERNAME": "admin",
+            "KC_BOOTSTRAP_ADMIN_PASSWORD": self.secrets()["ADMIN_PASSWORD"],
+            "JAVA_OPTS_KC_HEAP": "-Xms128m -Xmx768m",
+        }
+        log = self.log_file.open("w")
+        proc = subprocess.Popen(
+            [
+                str(self.dist / "bin" / "kc.sh"),
+                "start-dev",
+                "--import-realm",
+                "--http-host=127.0.0.1",
+                f"--http-port={self.port}",
+                f"--hostname=http://127.0.0.1:{self.port}",
+                f"--http-management-port={self.management_port}",
+                "--health-enabled=true",
+            ],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            env=env,
+            start_new_session=True,
+        )
+        self.pid_file.write_text(str(proc.pid))
         deadline = time.monotonic() + timeout
-        while _pid_alive(pid) and time.monotonic() < deadline:
-            with contextlib.suppress(ChildProcessError):
-                os.waitpid(pid, os.WNOHANG)
-            time.sleep(0.1)
-        if _pid_alive(pid):
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(pid, signal.SIGKILL)
-        self.pid_file.unlink(missing_ok=True)
-        return True
+        while time.monotonic() < deadline:
+            if proc.poll() is not None:
+                raise InfraError(f"Keycloak exited with {proc.returncode}:\n{_tail(self.log_file)}")
+            if self._realm_served():
+                return True
+            time.sleep(0.5)
+        self.stop()
+        raise InfraError(f"Keycloak did not start within {timeout:.0f}s:\n{_tail(self.log_file)}")
+
+    def stop(self, timeout: float = 30.0) -> bool:
+        return _stop_process(self.pid_file, self.pid(), timeout)
+
+    def token(self, user: str) -> str:
+        """An access token: a demo user's (password grant) or a service account's."""
+        if user in ("channel-gateway", "integrator"):
+            secret = self.secrets()[
+                "CHANNEL_GATEWAY_SECRET" if user == "channel-gateway" else "INTEGRATOR_SECRET"
+            ]
+            form = {"grant_type": "client_credentials", "client_id": user, "client_secret": secret}
+        else:
+            password = f"{user.rstrip('0123456789')}-local-only"
+            form = {
+                "grant_type": "password",
+                "client_id": "complaints-cli",
+                "username": user,
+                "password": password,
+            }
+        request = urllib.request.Request(
+            f"{self.issuer}/protocol/openid-connect/token",
+            data=urllib.parse.urlencode(form).encode(),
+            method="POST",
+        )
+        try:
+            with urllib.request.urlopen(request, timeout=10) as r:
+                token: str = json.loads(r.read())["access_token"]
+                return token
+        except urllib.error.HTTPError as exc:
+            raise InfraError(f"no token for {user!r}: {exc.code} {exc.read()[:200]!r}") from None
 
 
 def _pg_bindir() -> Path:
@@ -421,6 +631,7 @@ def _postgres_home(local: Path) -> Path:
 class LocalInfra:
     kafka: Kafka
     postgres: Postgres
+    keycloak: Keycloak
 
     @classmethod
     def from_env(cls) -> LocalInfra:
@@ -434,21 +645,30 @@ class LocalInfra:
                 _env_int("COMPLAINTS_LOCAL_KAFKA_CONTROLLER_PORT", 9093),
             ),
             Postgres(_postgres_home(local), _env_int("COMPLAINTS_LOCAL_POSTGRES_PORT", 55432)),
+            Keycloak(
+                local / "keycloak",
+                _env_int("COMPLAINTS_LOCAL_KEYCLOAK_PORT", 8090),
+                _env_int("COMPLAINTS_LOCAL_KEYCLOAK_MANAGEMENT_PORT", 8091),
+            ),
         )
 
-    def up(self, databases: list[str] | None = None) -> dict[str, bool]:
-        """Start both (each unless it runs); return which ones this call started."""
+    def up(self, databases: list[str] | None = None, *, identity: bool = True) -> dict[str, bool]:
+        """Start all three (each unless it runs; Keycloak only with ``identity``); return which
+        ones this call started."""
         started = {"postgres": self.postgres.start()}
         try:
             self.postgres.ensure_databases(databases or [f"complaints_{s}" for s in SERVICES])
             started["kafka"] = self.kafka.start()
+            if identity:
+                started["keycloak"] = self.keycloak.start()
         except BaseException:
-            if started["postgres"]:
-                self.postgres.stop()
+            self.down(started)
             raise
         return started
 
     def down(self, only: dict[str, bool] | None = None) -> None:
+        if only is None or only.get("keycloak"):
+            self.keycloak.stop()
         if only is None or only.get("kafka"):
             self.kafka.stop()
         if only is None or only.get("postgres"):
@@ -462,7 +682,9 @@ class LocalInfra:
             f"Kafka      {self.kafka.bootstrap}  ({state(self.kafka.running())};"
             f" log {self.kafka.log_file})\n"
             f"PostgreSQL {self.postgres.url}  ({state(self.postgres.running())};"
-            f" log {self.postgres.log_file})"
+            f" log {self.postgres.log_file})\n"
+            f"Keycloak   {self.keycloak.issuer}  ({state(self.keycloak.running())};"
+            f" log {self.keycloak.log_file})"
         )
 
 
@@ -481,8 +703,16 @@ def main(argv: list[str]) -> int:
         elif command == "env":
             print(f"export COMPLAINTS_KAFKA_BOOTSTRAP={infra.kafka.bootstrap}")
             print(f"export COMPLAINTS_DATABASE_URL={infra.postgres.url}/postgres")
+            print(f"export COMPLAINTS_OIDC_ISSUER={infra.keycloak.issuer}")
+        elif command == "token":
+            if len(argv) < 3:
+                print(f"usage: {argv[0]} token <user or service account>", file=sys.stderr)
+                return 2
+            if not infra.keycloak.running():
+                infra.keycloak.start()
+            print(infra.keycloak.token(argv[2]))
         else:
-            print(f"usage: {argv[0]} up|down|status|env", file=sys.stderr)
+            print(f"usage: {argv[0]} up|down|status|env|token <user>", file=sys.stderr)
             return 2
     except InfraError as exc:
         print(f"error: {exc}", file=sys.stderr)
