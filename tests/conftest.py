@@ -14,6 +14,7 @@ import subprocess
 import sys
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -30,6 +31,8 @@ import infra as local_infra  # noqa: E402
 class Infrastructure:
     kafka_bootstrap: str
     postgres_url: str  # a server URL; tests create their own databases on it
+    oidc_issuer: str  # the local Keycloak with the platform's realm
+    keycloak: local_infra.Keycloak
 
     def dsn(self, database: str) -> str:
         return f"{self.postgres_url.rstrip('/')}/{database}"
@@ -60,6 +63,8 @@ def infrastructure() -> Iterator[Infrastructure]:
     kafka = os.environ.get("COMPLAINTS_KAFKA_BOOTSTRAP")
     database = os.environ.get("COMPLAINTS_DATABASE_URL")
     cleanups = []
+    local = local_infra.LocalInfra.from_env()
+    identity = None
     try:
         if (not kafka or not database) and _docker_available():
             if not kafka:
@@ -74,8 +79,9 @@ def infrastructure() -> Iterator[Infrastructure]:
                 pc = PostgresContainer("postgres:15", driver=None).start()
                 cleanups.append(pc.stop)
                 database = pc.get_connection_url()
+        # the identity provider (always the local realm) starts while the others do
+        identity = ThreadPoolExecutor(1).submit(local.keycloak.start)
         if not kafka or not database:
-            local = local_infra.LocalInfra.from_env()
             if not database:
                 if local.postgres.start():
                     cleanups.append(local.postgres.stop)
@@ -84,13 +90,17 @@ def infrastructure() -> Iterator[Infrastructure]:
                 if local.kafka.start():
                     cleanups.append(local.kafka.stop)
                 kafka = local.kafka.bootstrap
+        if identity.result():
+            cleanups.append(local.keycloak.stop)
     except Exception as exc:
+        if identity is not None and identity.exception() is None and identity.result():
+            cleanups.append(local.keycloak.stop)
         for cleanup in reversed(cleanups):
             cleanup()
         pytest.fail(f"test infrastructure could not start: {exc}", pytrace=False)
     assert kafka and database
     try:
-        yield Infrastructure(kafka, _server_url(database))
+        yield Infrastructure(kafka, _server_url(database), local.keycloak.issuer, local.keycloak)
     finally:
         for cleanup in reversed(cleanups):
             cleanup()

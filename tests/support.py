@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import socket
 import time
+import urllib.parse
+import urllib.request
+import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, TypeVar
@@ -134,7 +138,7 @@ async def drive_to_agreed(
     """Assign, identify the cause, propose and agree a solution over HTTP."""
     base = f"{resolution_url}/cases/{complaint_id}"
     steps = [
-        ("assign", {"owner": AGENT, "assigned_by": "lead-1"}),
+        ("assign", {"owner": AGENT}),
         (
             "cause",
             {
@@ -143,7 +147,6 @@ async def drive_to_agreed(
                 "what_went_wrong": "The label run was skipped",
                 "root_cause": "process",
                 "responsible": "us",
-                "identified_by": "agent-7",
             },
         ),
         (
@@ -158,7 +161,6 @@ async def drive_to_agreed(
                     },
                     {"remedy": "apology", "description": "A written apology"},
                 ],
-                "proposed_by": "agent-7",
             },
         ),
         (
@@ -168,7 +170,6 @@ async def drive_to_agreed(
                 "agreed_outcome": "The difference is refunded",
                 "indicators": ["refund visible on the card statement"],
                 "deadline": deadline,
-                "recorded_by": "agent-7",
             },
         ),
     ]
@@ -187,7 +188,7 @@ async def resolve_case(
     await drive_to_agreed(http, resolution_url, complaint_id)
     r = await http.post(
         f"{resolution_url}/cases/{complaint_id}/resolve",
-        json={"summary": summary, "resolved_by": "agent-7"},
+        json={"summary": summary},
     )
     assert r.status_code == 200, r.text
     result: dict[str, Any] = r.json()
@@ -215,3 +216,106 @@ async def await_case(http: Any, resolution_url: str, complaint_id: str) -> None:
         return bool(r.status_code == 200)
 
     await eventually(opened, what="the case to open")
+
+
+TESTER = "tester"
+TESTER_ROLES = ("manager", "analyst", "quality", "admin")
+
+
+class Tokens:
+    """Access tokens of the local realm's users and service accounts, cached until shortly
+    before they expire.  ``tester`` is a user of the test run's own with every staff role."""
+
+    def __init__(self, keycloak: Any) -> None:
+        self.keycloak = keycloak
+        self._cache: dict[str, tuple[str, float]] = {}
+        self._tester_password = f"t-{uuid.uuid4().hex}"
+        self._tester_ready = False
+
+    async def get(self, user: str = TESTER) -> str:
+        cached = self._cache.get(user)
+        if cached is not None and cached[1] > time.monotonic():
+            return cached[0]
+        if user == TESTER and not self._tester_ready:
+            await asyncio.to_thread(self._ensure_tester)
+        if user == TESTER:
+            token = await asyncio.to_thread(self._password_token, TESTER, self._tester_password)
+        else:
+            token = await asyncio.to_thread(self.keycloak.token, user)
+        self._cache[user] = (token, time.monotonic() + 600)
+        return token
+
+    async def headers(self, user: str = TESTER) -> dict[str, str]:
+        return {"Authorization": f"Bearer {await self.get(user)}"}
+
+    def _password_token(self, user: str, password: str, client: str = "complaints-cli") -> str:
+        form = {"grant_type": "password", "client_id": client, "username": user}
+        form["password"] = password
+        return str(
+            _post_form(f"{self.keycloak.issuer}/protocol/openid-connect/token", form)[
+                "access_token"
+            ]
+        )
+
+    def token_of_client(self, client: str, user: str = "agent") -> str:
+        """A user's token issued to another client (another audience, or a short life)."""
+        return self._password_token(user, f"{user.rstrip('0123456789')}-local-only", client)
+
+    def _ensure_tester(self) -> None:
+        """Create (or reset) the tester through the admin API of the local Keycloak."""
+        base = self.keycloak.issuer.rsplit("/realms/", 1)[0]
+        admin = _post_form(
+            f"{base}/realms/master/protocol/openid-connect/token",
+            {
+                "grant_type": "password",
+                "client_id": "admin-cli",
+                "username": "admin",
+                "password": self.keycloak.secrets()["ADMIN_PASSWORD"],
+            },
+        )["access_token"]
+        api = f"{base}/admin/realms/complaints"
+        found = _request("GET", f"{api}/users?exact=true&username={TESTER}", admin)
+        if found:
+            user_id = found[0]["id"]
+        else:
+            _request(
+                "POST",
+                f"{api}/users",
+                admin,
+                {
+                    "username": TESTER,
+                    "enabled": True,
+                    "email": "tester@complaints.local",
+                    "emailVerified": True,
+                    "firstName": "Test",
+                    "lastName": "Runner",
+                },
+            )
+            user_id = _request("GET", f"{api}/users?exact=true&username={TESTER}", admin)[0]["id"]
+        _request(
+            "PUT",
+            f"{api}/users/{user_id}/reset-password",
+            admin,
+            {"type": "password", "value": self._tester_password, "temporary": False},
+        )
+        roles = [_request("GET", f"{api}/roles/{r}", admin) for r in TESTER_ROLES]
+        _request("POST", f"{api}/users/{user_id}/role-mappings/realm", admin, roles)
+        self._tester_ready = True
+
+
+def _post_form(url: str, form: dict[str, str]) -> Any:
+    request = urllib.request.Request(url, data=urllib.parse.urlencode(form).encode(), method="POST")
+    with urllib.request.urlopen(request, timeout=10) as r:
+        return json.loads(r.read())
+
+
+def _request(method: str, url: str, token: str, body: Any = None) -> Any:
+    request = urllib.request.Request(
+        url,
+        data=json.dumps(body).encode() if body is not None else None,
+        method=method,
+        headers={"Authorization": f"Bearer {token}", "Content-Type": "application/json"},
+    )
+    with urllib.request.urlopen(request, timeout=10) as r:
+        raw = r.read()
+        return json.loads(raw) if raw else None

@@ -1,8 +1,9 @@
-"""Run the whole platform in the foreground: Kafka, PostgreSQL and the four services.
+"""Run the whole platform in the foreground: Kafka, PostgreSQL, Keycloak and the four services.
 
-Uses the servers named by ``COMPLAINTS_KAFKA_BOOTSTRAP`` / ``COMPLAINTS_DATABASE_URL`` when
-set (the database part of the URL is replaced by each service's own database), else starts the
-local ones.  Ctrl-C (or SIGTERM) stops the services, then whatever infrastructure this started.
+Uses the servers named by ``COMPLAINTS_KAFKA_BOOTSTRAP`` / ``COMPLAINTS_DATABASE_URL`` /
+``COMPLAINTS_OIDC_ISSUER`` when set (the database part of the URL is replaced by each service's
+own database), else starts the local ones.  Ctrl-C (or SIGTERM) stops the services, then
+whatever infrastructure this started.
 """
 
 from __future__ import annotations
@@ -68,6 +69,7 @@ def run() -> int:
     started: dict[str, bool] = {}
     kafka = os.environ.get("COMPLAINTS_KAFKA_BOOTSTRAP")
     database = os.environ.get("COMPLAINTS_DATABASE_URL")
+    issuer = os.environ.get("COMPLAINTS_OIDC_ISSUER")
     procs: dict[str, subprocess.Popen[str]] = {}
     stopping = threading.Event()
 
@@ -96,6 +98,9 @@ def run() -> int:
         if not kafka:
             started["kafka"] = infra.kafka.start()
             kafka = infra.kafka.bootstrap
+        if not issuer:
+            started["keycloak"] = infra.keycloak.start()
+            issuer = infra.keycloak.issuer
         mail_env, maildir = {}, None
         if not os.environ.get("COMPLAINTS_SMTP_HOST"):
             maildir, smtp_port = _start_mail_catcher(infra, procs)
@@ -105,6 +110,7 @@ def run() -> int:
             env: dict[str, str] = {
                 **os.environ,
                 "COMPLAINTS_KAFKA_BOOTSTRAP": kafka,
+                "COMPLAINTS_OIDC_ISSUER": issuer,
                 "COMPLAINTS_DATABASE_URL": f"{server}/complaints_{name}",
                 "COMPLAINTS_PORT": _port(name),
                 "OTEL_SERVICE_NAME": os.environ.get("OTEL_SERVICE_NAME", name),
@@ -142,6 +148,7 @@ def run() -> int:
                 print(f"  {name:<10} {urls[name]}   (API docs: {urls[name]}/docs)")
             print(f"  Kafka      {kafka}")
             print(f"  PostgreSQL {server}  (databases complaints_<service>)")
+            print(f"  identity   {issuer}  (a token: ./dev token agent)")
             print(f"  policy     {policy}")
             if maildir:
                 print(

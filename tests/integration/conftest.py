@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import asyncpg
+import httpx
 import pytest
 from aiokafka import AIOKafkaProducer
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
@@ -20,7 +21,7 @@ from complaints_shared.eventstore import Clock, utc_now
 from complaints_shared.service import ServiceSpec, create_app
 from complaints_shared.settings import ServiceSettings
 from complaints_shared.telemetry import setup_telemetry
-from tests.support import RunningServer, migrated_pool, serve
+from tests.support import RunningServer, Tokens, migrated_pool, serve
 
 SPECS = {s.name: s for s in (INTAKE, RESOLUTION, FOLLOWUP, LEARNING)}
 
@@ -57,6 +58,7 @@ async def start_platform(
             spec: ServiceSpec = SPECS[name]
             config = ServiceSettings(
                 kafka_bootstrap=infrastructure.kafka_bootstrap,
+                oidc_issuer=infrastructure.oidc_issuer,
                 database_url=await new_database(),
                 topic_prefix=topic_prefix,
                 policy=policy,
@@ -69,6 +71,21 @@ async def start_platform(
 
     yield start
     await asyncio.gather(*(s.stop() for s in started))
+
+
+@pytest.fixture(scope="session")
+def tokens(infrastructure) -> Tokens:  # type: ignore[no-untyped-def]
+    """Tokens of the local realm: ``await tokens.headers("supervisor")``; by default the test
+    run's own ``tester`` who has every staff role."""
+    return Tokens(infrastructure.keycloak)
+
+
+@pytest.fixture
+async def http(tokens: Tokens) -> AsyncIterator[httpx.AsyncClient]:
+    """An HTTP client that calls as the ``tester`` (every staff role); pass other headers
+    (``await tokens.headers("agent")``) to call as someone else."""
+    async with httpx.AsyncClient(timeout=30, headers=await tokens.headers()) as client:
+        yield client
 
 
 @pytest.fixture

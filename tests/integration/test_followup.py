@@ -74,12 +74,6 @@ timer_poll = "PT0.05S"
 
 
 @pytest.fixture
-async def http() -> httpx.AsyncClient:
-    async with httpx.AsyncClient(timeout=30) as client:
-        yield client
-
-
-@pytest.fixture
 async def loop(start_platform: StartPlatform, smtp, policy):  # type: ignore[no-untyped-def]
     clock = ManualClock(START)
     inbox, port = smtp
@@ -272,7 +266,7 @@ async def test_a_reopened_case_cancels_its_check_and_a_new_resolution_gets_a_new
     await eventually(lambda: statuses(1), what="the first check")
     await http.post(
         f"{p.url('resolution')}/cases/{cid}/reopen",
-        json={"reason": "it broke again", "reopened_by": "agent-7"},
+        json={"reason": "it broke again"},
     )
 
     async def cancelled() -> bool:
@@ -292,14 +286,12 @@ async def test_a_reopened_case_cancels_its_check_and_a_new_resolution_gets_a_new
                 "what_went_wrong": "c",
                 "root_cause": "product_defect",
                 "responsible": "us",
-                "identified_by": "agent-7",
             },
         ),
         (
             "proposals",
             {
                 "options": [{"remedy": "replacement", "description": "new one"}],
-                "proposed_by": "agent-7",
             },
         ),
         (
@@ -309,10 +301,9 @@ async def test_a_reopened_case_cancels_its_check_and_a_new_resolution_gets_a_new
                 "agreed_outcome": "a new toaster",
                 "indicators": ["delivered"],
                 "deadline": "2099-01-01T00:00:00Z",
-                "recorded_by": "agent-7",
             },
         ),
-        ("resolve", {"summary": "replaced", "resolved_by": "agent-7"}),
+        ("resolve", {"summary": "replaced"}),
     ):
         r = await http.post(f"{base}/{path}", json=body)
         assert r.status_code == 200, (path, r.text)

@@ -46,12 +46,6 @@ async def intake(start_platform: StartPlatform) -> Platform:
     return await start_platform("intake")
 
 
-@pytest.fixture
-async def http() -> httpx.AsyncClient:
-    async with httpx.AsyncClient(timeout=30) as client:
-        yield client
-
-
 async def intake_events(p: Platform, count: int) -> list:
     records = await read_topic(
         p.servers["intake"].app.state.runtime.settings.kafka_bootstrap,
@@ -296,7 +290,6 @@ async def test_details_and_withdrawal(intake, http):
         f"{base}/complaints/{c['id']}/details",
         json={
             "note": "Receipt photo attached",
-            "added_by": "agent-3",
             "answers": [{"question": "Which store?", "answer": "Baixa"}],
             "attachments": [{"ref": "https://files.example/r/1.jpg", "media_type": "image/jpeg"}],
         },
@@ -482,9 +475,7 @@ async def test_withdrawal_closes_the_case_and_stops_the_survey(start_platform, h
         return r.json()["state"] if r.json()["state"] == "closed" else None
 
     await eventually(lambda: state(early["id"]), what="the case to close")
-    r = await http.post(
-        f"{resolution}/cases/{early['id']}/resolve", json={"summary": "x", "resolved_by": "a"}
-    )
+    r = await http.post(f"{resolution}/cases/{early['id']}/resolve", json={"summary": "x"})
     assert r.status_code == 409 and r.json()["state"] == "closed"
 
     # withdrawn after resolution: the scheduled satisfaction check is cancelled

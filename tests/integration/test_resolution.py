@@ -43,12 +43,6 @@ def fast_timers(tmp_path: Path) -> Path:
     return p
 
 
-@pytest.fixture
-async def http() -> httpx.AsyncClient:
-    async with httpx.AsyncClient(timeout=30) as client:
-        yield client
-
-
 async def new_case(p: Platform, http: httpx.AsyncClient, **over: Any) -> str:
     body = {
         "channel": "email",
@@ -94,26 +88,28 @@ async def test_intake_and_resolution_agree_on_the_first_response_deadline(
 
 
 async def test_a_whole_lifecycle_keeps_the_customer_informed_in_their_language(
-    start_platform: StartPlatform, http
+    start_platform: StartPlatform, http, tokens
 ):
     p = await start_platform("intake", "resolution")
     cid = await new_case(p, http)
     base = f"{p.url('resolution')}/cases/{cid}"
     r = await http.post(
         f"{base}/clarification-requests",
-        json={"questions": ["¿Fecha del cargo?"], "requested_by": "a"},
+        json={"questions": ["¿Fecha del cargo?"]},
     )
     assert r.status_code == 409 and r.json()["allowed_commands"] == ["assign"]
-    await http.post(f"{base}/assign", json={"owner": AGENT, "assigned_by": "lead"})
+    await http.post(f"{base}/assign", json={"owner": AGENT})
     r = await http.post(
         f"{base}/clarification-requests",
-        json={"questions": ["¿Fecha del cargo?"], "requested_by": "agent-7"},
+        json={"questions": ["¿Fecha del cargo?"]},
     )
     assert r.json()["state"] == "awaiting_customer"
     assert r.json()["sla"]["resolution"]["paused"] is True
     # the customer answers through intake: the clarification is received, the clock resumes
     await http.post(
-        f"{p.url('intake')}/complaints/{cid}/details", json={"note": "El 3 de noviembre"}
+        f"{p.url('intake')}/complaints/{cid}/details",
+        json={"note": "El 3 de noviembre"},
+        headers=await tokens.headers("channel-gateway"),  # the customer, through a channel
     )
 
     async def investigating() -> dict | None:
@@ -132,14 +128,10 @@ async def test_a_whole_lifecycle_keeps_the_customer_informed_in_their_language(
         },
     )
     action = r.json()["actions"][0]["action_id"]
-    blocked = await http.post(f"{base}/resolve", json={"summary": "x", "resolved_by": "agent-7"})
+    blocked = await http.post(f"{base}/resolve", json={"summary": "x"})
     assert blocked.status_code == 409
-    await http.post(
-        f"{base}/actions/{action}/complete", json={"outcome": "refunded", "completed_by": "fin-2"}
-    )
-    r = await http.post(
-        f"{base}/resolve", json={"summary": "Hemos devuelto el cargo", "resolved_by": "agent-7"}
-    )
+    await http.post(f"{base}/actions/{action}/complete", json={"outcome": "refunded"})
+    r = await http.post(f"{base}/resolve", json={"summary": "Hemos devuelto el cargo"})
     assert r.status_code == 200 and r.json()["state"] == "resolved"
     assert r.json()["sla"]["resolution"]["met_at"] is not None
 
@@ -179,7 +171,7 @@ async def test_two_agents_at_once_one_gets_409_and_the_stream_stays_whole(
         *(
             http.post(
                 f"{base}/assign",
-                json={"owner": o, "assigned_by": "lead"},
+                json={"owner": o},
                 headers={"If-Match": str(version)},
             )
             for o in owners
@@ -190,10 +182,7 @@ async def test_two_agents_at_once_one_gets_409_and_the_stream_stays_whole(
     assert loser.headers["content-type"] == "application/problem+json"
     # without If-Match, racing writers never corrupt the stream: each append is whole
     answers = await asyncio.gather(
-        *(
-            http.post(f"{base}/assign", json={"owner": owners[i % 2], "assigned_by": "lead"})
-            for i in range(10)
-        )
+        *(http.post(f"{base}/assign", json={"owner": owners[i % 2]}) for i in range(10))
     )
     assert {a.status_code for a in answers} <= {200, 409}
     case = (await http.get(base)).json()
@@ -201,40 +190,44 @@ async def test_two_agents_at_once_one_gets_409_and_the_stream_stays_whole(
     assert len(case["owner_history"]) == 1 + sum(a.status_code == 200 for a in answers)
 
 
-async def test_compensation_limits_and_self_approval(start_platform: StartPlatform, http):
+async def test_compensation_limits_and_self_approval(start_platform: StartPlatform, http, tokens):
     p = await start_platform("intake", "resolution")
     cid = await new_case(p, http)
     base = f"{p.url('resolution')}/cases/{cid}"
     await drive_to_agreed(http, p.url("resolution"), cid)
 
-    async def ask(amount: str) -> dict:
+    async def ask(amount: str, who: str) -> dict:
         r = await http.post(
             f"{base}/compensation-requests",
-            json={
-                "amount": amount,
-                "currency": "EUR",
-                "reason": "trouble",
-                "requested_by": "agent-7",
-            },
+            json={"amount": amount, "currency": "EUR", "reason": "trouble"},
+            headers=await tokens.headers(who),
         )
         assert r.status_code == 200, r.text
         return r.json()["compensation"][-1]
 
-    assert (await ask("25.00"))["status"] == "approved"
-    pending = await ask("200.00")
+    async def decide(url: str, who: str, body: dict | None = None) -> httpx.Response:
+        return await http.post(url, json=body or {}, headers=await tokens.headers(who))
+
+    assert (await ask("25.00", "agent"))["status"] == "approved"
+    pending = await ask("200.00", "supervisor")  # a supervisor asks: somebody else decides
     assert pending["status"] == "pending"
     url = f"{base}/compensation-requests/{pending['request_id']}"
-    own = await http.post(f"{url}/approve", json={"decided_by": "agent-7", "role": "supervisor"})
+    own = await decide(f"{url}/approve", "supervisor")
     assert own.status_code == 403 and "own" in own.json()["detail"]
-    agent = await http.post(f"{url}/approve", json={"decided_by": "agent-8", "role": "agent"})
-    assert agent.status_code == 403
-    ok = await http.post(f"{url}/approve", json={"decided_by": "sup-1", "role": "supervisor"})
+    agent = await decide(f"{url}/approve", "agent")  # the role in the token decides, not a body
+    assert agent.status_code == 403 and "supervisor" in agent.json()["detail"]
+    forged = await decide(f"{url}/approve", "agent", {"decided_by": "boss", "role": "manager"})
+    assert forged.status_code == 422  # who acts is no longer a field of the request
+    ok = await decide(f"{url}/approve", "manager")
     assert ok.status_code == 200 and ok.json()["compensation"][-1]["status"] == "approved"
-    twice = await http.post(f"{url}/decline", json={"decided_by": "sup-2", "role": "supervisor"})
+    twice = await decide(f"{url}/decline", "manager")
     assert twice.status_code == 409
+    huge = await ask("900.00", "agent")
+    over = await decide(f"{base}/compensation-requests/{huge['request_id']}/approve", "supervisor")
+    assert over.status_code == 403 and "manager" in over.json()["detail"]
     bad = await http.post(
         f"{base}/compensation-requests",
-        json={"amount": "-3", "currency": "EUR", "reason": "x", "requested_by": "a"},
+        json={"amount": "-3", "currency": "EUR", "reason": "x"},
     )
     assert bad.status_code == 422 and bad.json()["errors"][0]["field"] == "body.amount"
 
@@ -248,6 +241,7 @@ async def test_breach_escalates_through_durable_timers_also_after_a_restart(
     dsn = await new_database()
     settings = ServiceSettings(
         kafka_bootstrap=infrastructure.kafka_bootstrap,
+        oidc_issuer=infrastructure.oidc_issuer,
         database_url=dsn,
         topic_prefix=topic_prefix,
         policy=fast_timers,
@@ -306,11 +300,9 @@ async def test_reopen_by_an_agent_and_by_followups_request(start_platform: Start
     cid = await new_case(p, http)
     base = f"{p.url('resolution')}/cases/{cid}"
     await resolve_case(http, p.url("resolution"), cid)
-    no_reason = await http.post(f"{base}/reopen", json={"reopened_by": "agent-7"})
+    no_reason = await http.post(f"{base}/reopen", json={})
     assert no_reason.status_code == 422
-    r = await http.post(
-        f"{base}/reopen", json={"reason": "refund bounced", "reopened_by": "agent-7"}
-    )
+    r = await http.post(f"{base}/reopen", json={"reason": "refund bounced"})
     assert r.status_code == 200 and r.json()["state"] == "investigating"
     assert r.json()["reopen_count"] == 1 and r.json()["sla"]["resolution"]["met_at"] is None
     await http.post(
@@ -321,12 +313,11 @@ async def test_reopen_by_an_agent_and_by_followups_request(start_platform: Start
             "what_went_wrong": "c",
             "root_cause": "process",
             "responsible": "us",
-            "identified_by": "agent-7",
         },
     )
     await http.post(
         f"{base}/proposals",
-        json={"options": [{"remedy": "apology", "description": "sorry"}], "proposed_by": "agent-7"},
+        json={"options": [{"remedy": "apology", "description": "sorry"}]},
     )
     await http.post(
         f"{base}/agreement",
@@ -335,10 +326,9 @@ async def test_reopen_by_an_agent_and_by_followups_request(start_platform: Start
             "agreed_outcome": "apology",
             "indicators": ["letter sent"],
             "deadline": "2099-01-01T00:00:00Z",
-            "recorded_by": "agent-7",
         },
     )
-    await http.post(f"{base}/resolve", json={"summary": "apologised", "resolved_by": "agent-7"})
+    await http.post(f"{base}/resolve", json={"summary": "apologised"})
 
     # an unhappy customer, as followup reports it on its topic
     bootstrap = p.servers["resolution"].app.state.runtime.settings.kafka_bootstrap
@@ -382,9 +372,7 @@ async def test_worklist_sorted_by_nearest_deadline_with_filters(
         p, http, severity="critical", customer={"name": "B", "email": "b@x.es"}
     )
     medium = await new_case(p, http, severity="medium", customer={"name": "C", "email": "c@x.es"})
-    await http.post(
-        f"{p.url('resolution')}/cases/{medium}/assign", json={"owner": AGENT, "assigned_by": "lead"}
-    )
+    await http.post(f"{p.url('resolution')}/cases/{medium}/assign", json={"owner": AGENT})
     url = f"{p.url('resolution')}/cases"
     items = (await http.get(url)).json()["items"]
     assert [c["complaint_id"] for c in items][:1] == [critical]

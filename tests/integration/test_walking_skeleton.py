@@ -28,9 +28,9 @@ COMPLAINT = {
 
 
 async def test_one_complaint_travels_through_all_four_services_in_one_trace(
-    platform: Platform, infrastructure
+    platform: Platform, infrastructure, tokens
 ):
-    async with httpx.AsyncClient(timeout=10) as http:
+    async with httpx.AsyncClient(timeout=10, headers=await tokens.headers()) as http:
         for service in platform.servers:
 
             async def ready(service: str = service) -> bool:
@@ -57,7 +57,7 @@ async def test_one_complaint_travels_through_all_four_services_in_one_trace(
         assert opened["allowed_commands"] == ["assign"]
         early = await http.post(
             f"{platform.url('resolution')}/cases/{cid}/resolve",
-            json={"summary": "too early", "resolved_by": "agent-7"},
+            json={"summary": "too early"},
         )
         assert early.status_code == 409 and early.json()["allowed_commands"] == ["assign"]
 
@@ -75,7 +75,7 @@ async def test_one_complaint_travels_through_all_four_services_in_one_trace(
 
         again = await http.post(
             f"{platform.url('resolution')}/cases/{cid}/resolve",
-            json={"summary": "again", "resolved_by": "agent-7"},
+            json={"summary": "again"},
         )
         assert again.status_code == 409
         assert again.headers["content-type"] == "application/problem+json"
@@ -144,8 +144,10 @@ async def test_one_complaint_travels_through_all_four_services_in_one_trace(
             assert "ana@example.org" not in str(value) and "Ana Souza" not in str(value)
 
 
-async def test_invalid_input_is_a_problem_and_changes_nothing(platform: Platform, infrastructure):
-    async with httpx.AsyncClient(timeout=10) as http:
+async def test_invalid_input_is_a_problem_and_changes_nothing(
+    platform: Platform, infrastructure, tokens
+):
+    async with httpx.AsyncClient(timeout=10, headers=await tokens.headers()) as http:
         bad = {**COMPLAINT, "channel": "pigeon", "customer": {"email": "not-an-address"}}
         r = await http.post(f"{platform.url('intake')}/complaints", json=bad)
         assert r.status_code == 422

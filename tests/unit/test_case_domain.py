@@ -22,25 +22,21 @@ from complaints_shared.policy import Policy
 from complaints_shared.vocabulary import Remedy
 
 POLICY = Policy()
+AGENT = cmd.By("a1", "agent")
 T0 = datetime(2026, 11, 23, 9, 0, tzinfo=UTC)  # Monday, opening time (built-in: 09-17 UTC)
 H = timedelta(hours=1)
 FUTURE = T0 + timedelta(days=30)
 
 COMMANDS = {
-    "assign": lambda: cmd.AssignCase(
-        owner=cmd.Owner(id="a1", name="Ana", contact="a@x.pt"), assigned_by="lead"
-    ),
-    "request_clarification": lambda: cmd.RequestClarification(
-        questions=["Which store?"], requested_by="a1"
-    ),
-    "receive_clarification": lambda: cmd.ReceiveClarification(answer="Baixa", received_by="a1"),
+    "assign": lambda: cmd.AssignCase(owner=cmd.Owner(id="a1", name="Ana", contact="a@x.pt")),
+    "request_clarification": lambda: cmd.RequestClarification(questions=["Which store?"]),
+    "receive_clarification": lambda: cmd.ReceiveClarification(answer="Baixa"),
     "identify_cause": lambda: cmd.IdentifyCause(
         what_happened="x",
         what_should_have_happened="y",
         what_went_wrong="z",
         root_cause="process",
         responsible="us",
-        identified_by="a1",
     ),
     "propose_solution": lambda: cmd.ProposeSolution(
         options=[
@@ -48,23 +44,21 @@ COMMANDS = {
                 remedy=Remedy.refund, description="refund", amount=Decimal("5"), currency="EUR"
             )
         ],
-        proposed_by="a1",
     ),
     "agree_solution": lambda: cmd.AgreeSolution(
         option_id=1,
         agreed_outcome="refunded",
         indicators=["on statement"],
         deadline=FUTURE,
-        recorded_by="a1",
     ),
-    "reject_solution": lambda: cmd.RejectSolution(reason="too little", recorded_by="a1"),
+    "reject_solution": lambda: cmd.RejectSolution(reason="too little"),
     "plan_action": lambda: cmd.PlanAction(description="refund", owner="fin", due_at=FUTURE),
     "request_compensation": lambda: cmd.RequestCompensation(
-        amount=Decimal("20"), currency="EUR", reason="trouble", requested_by="a1"
+        amount=Decimal("20"), currency="EUR", reason="trouble"
     ),
-    "resolve": lambda: cmd.ResolveCase(summary="done", resolved_by="a1"),
-    "close": lambda: cmd.CloseCase(closed_by="a1"),
-    "reopen": lambda: cmd.ReopenCase(reason="not fixed", reopened_by="a1"),
+    "resolve": lambda: cmd.ResolveCase(summary="done"),
+    "close": lambda: cmd.CloseCase(),
+    "reopen": lambda: cmd.ReopenCase(reason="not fixed"),
 }
 DECIDE = {
     "assign": cmd.assign,
@@ -130,8 +124,8 @@ class Stream:
         assert case is not None
         return case
 
-    def do(self, name: str, command: object = None) -> list[DomainEvent]:
-        new = DECIDE[name](self.case, command or COMMANDS[name](), self.now, POLICY)
+    def do(self, name: str, command: object = None, by: cmd.By = AGENT) -> list[DomainEvent]:
+        new = DECIDE[name](self.case, command or COMMANDS[name](), by, self.now, POLICY)
         self.record(new)
         return new
 
@@ -170,7 +164,8 @@ def test_the_main_path_walks_through_every_state():
     s.record(
         cmd.complete_action(
             s.case,
-            cmd.CompleteAction(action_id=action.action_id, completed_by="fin"),
+            cmd.CompleteAction(action_id=action.action_id),
+            AGENT,
             s.now,
             POLICY,
         )
@@ -192,7 +187,7 @@ def states_and_cases() -> dict[S, Case]:
     [action] = s.case.actions
     s.record(
         cmd.complete_action(
-            s.case, cmd.CompleteAction(action_id=action.action_id, completed_by="f"), s.now, POLICY
+            s.case, cmd.CompleteAction(action_id=action.action_id), AGENT, s.now, POLICY
         )
     )
     s.do("resolve")
@@ -211,14 +206,14 @@ def test_every_command_in_every_state_is_done_or_refused_with_the_allowed_ones(s
     case = CASES[state]
     if state in ALLOWED[name]:
         try:
-            new = DECIDE[name](case, COMMANDS[name](), T0, POLICY)
+            new = DECIDE[name](case, COMMANDS[name](), AGENT, T0, POLICY)
         except CommandRejected as exc:  # allowed here, but a rule says not now
             assert name == "resolve" and exc.state == state.value
             return
         assert new, (state, name)
     else:
         with pytest.raises(CommandRejected) as err:
-            DECIDE[name](case, COMMANDS[name](), T0, POLICY)
+            DECIDE[name](case, COMMANDS[name](), AGENT, T0, POLICY)
         assert err.value.state == state.value
         assert err.value.allowed == ALLOWED_COMMANDS[state]
 
@@ -256,23 +251,18 @@ def test_resolving_needs_the_actions_done_or_a_supervisor_override():
     with pytest.raises(Forbidden):
         s.do(
             "resolve",
-            cmd.ResolveCase(
-                summary="x",
-                resolved_by="a1",
-                override=cmd.Override(by="a2", role="agent", reason="hurry"),
-            ),
+            cmd.ResolveCase(summary="x", override=cmd.Override(reason="hurry")),
+            by=cmd.By("a2", "agent"),
         )
     s.do(
         "resolve",
-        cmd.ResolveCase(
-            summary="x",
-            resolved_by="a1",
-            override=cmd.Override(by="sup", role="supervisor", reason="refund done offline"),
-        ),
+        cmd.ResolveCase(summary="x", override=cmd.Override(reason="refund done offline")),
+        by=cmd.By("sup", "supervisor"),
     )
     assert s.case.state is S.resolved
     assert s.case.resolution is not None and s.case.resolution.override is not None
     assert s.case.resolution.override.open_actions == (s.case.actions[0].action_id,)
+    assert (s.case.resolution.override.by, s.case.resolution.override.role) == ("sup", "supervisor")
 
 
 def test_compensation_authority():
@@ -281,26 +271,23 @@ def test_compensation_authority():
         s.do(name)
     small = s.do(
         "request_compensation",
-        cmd.RequestCompensation(
-            amount=Decimal("50"), currency="EUR", reason="r", requested_by="a1"
-        ),
+        cmd.RequestCompensation(amount=Decimal("50"), currency="EUR", reason="r"),
     )
     assert [e.name for e in small] == ["CompensationRequested", "CompensationApproved"]
     big = s.do(
         "request_compensation",
-        cmd.RequestCompensation(
-            amount=Decimal("120"), currency="EUR", reason="r", requested_by="a1"
-        ),
+        cmd.RequestCompensation(amount=Decimal("120"), currency="EUR", reason="r"),
     )
     assert [e.name for e in big] == ["CompensationRequested"]
     assert isinstance(big[0], CompensationRequested)
     rid = big[0].request_id
 
-    def decide(by: str, role: str, approve: bool = True) -> list[DomainEvent]:
+    def decide(by: str, role: cmd.Role, approve: bool = True) -> list[DomainEvent]:
         return cmd.decide_compensation(
             s.case,
-            cmd.DecideCompensation(request_id=rid, decided_by=by, role=role),
+            cmd.DecideCompensation(request_id=rid),
             approve,
+            cmd.By(by, role),
             s.now,
             POLICY,
         )
@@ -315,9 +302,7 @@ def test_compensation_authority():
         decide("sup-2", "supervisor")
     huge = s.do(
         "request_compensation",
-        cmd.RequestCompensation(
-            amount=Decimal("900"), currency="EUR", reason="r", requested_by="a1"
-        ),
+        cmd.RequestCompensation(amount=Decimal("900"), currency="EUR", reason="r"),
     )
     assert isinstance(huge[0], CompensationRequested)
     rid = huge[0].request_id
@@ -328,9 +313,7 @@ def test_compensation_authority():
     with pytest.raises(InputRejected):
         s.do(
             "request_compensation",
-            cmd.RequestCompensation(
-                amount=Decimal("1"), currency="USD", reason="r", requested_by="a1"
-            ),
+            cmd.RequestCompensation(amount=Decimal("1"), currency="USD", reason="r"),
         )
 
 

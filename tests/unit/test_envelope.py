@@ -47,7 +47,7 @@ def test_record_carries_cloudevents_headers_and_the_stream_as_key():
         "content-type": "application/json",
         "traceparent": "00-" + "a" * 32 + "-" + "b" * 16 + "-01",
     }
-    assert r.value.decode() == '{"reason":"Fila de espera"}'
+    assert r.value.decode() == '{"reason":"Fila de espera","withdrawn_by":null}'
 
 
 def test_round_trip_keeps_every_attribute_also_other_offsets():

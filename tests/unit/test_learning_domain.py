@@ -62,8 +62,10 @@ async def test_a_problem_opens_recurs_is_fixed_verified_and_catches_a_recurrence
     saved = await repo.execute(None, sig.problem_id, lambda p: plan_action(p, action, T0))
     assert saved.state is not None and saved.state.status == "fixing"
     action_id = saved.state.actions[0].action_id
-    done = CorrectiveActionCompletion(completed_by="ops")
-    saved = await repo.execute(None, sig.problem_id, lambda p: complete_action(p, action_id, done))
+    done = CorrectiveActionCompletion()
+    saved = await repo.execute(
+        None, sig.problem_id, lambda p: complete_action(p, action_id, done, "ops")
+    )
     assert saved.state is not None and saved.state.status == "fixed"
 
     early = await repo.execute(None, sig.problem_id, lambda p: verify(p, T0, POLICY))

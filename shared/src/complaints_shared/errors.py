@@ -69,3 +69,24 @@ class BodyTooLarge(Exception):
     def __init__(self, limit: int) -> None:
         self.limit = limit
         super().__init__(f"the request body exceeds {limit} bytes")
+
+
+class Unauthenticated(Exception):
+    """No usable bearer token: answered 401 with ``WWW-Authenticate: Bearer``."""
+
+    def __init__(self, reason: str, error: str = "invalid_token") -> None:
+        self.reason = reason
+        self.error = error
+        super().__init__(reason)
+
+    @property
+    def challenge(self) -> str:
+        return f'Bearer realm="complaints", error="{self.error}", error_description="{self.reason}"'
+
+
+class TooManyRequests(Exception):
+    """Too many requests from one client: answered 429 with ``Retry-After``."""
+
+    def __init__(self, reason: str, retry_after: int = 60) -> None:
+        self.retry_after = retry_after
+        super().__init__(reason)

@@ -18,6 +18,8 @@ from complaints_shared.errors import (
     Gone,
     InputRejected,
     NotFound,
+    TooManyRequests,
+    Unauthenticated,
 )
 
 PROBLEM_JSON = "application/problem+json"
@@ -65,6 +67,8 @@ def problem(
 PROBLEM_RESPONSES: dict[int | str, dict[str, Any]] = {
     code: {"model": Problem, "content": {PROBLEM_JSON: {}}, "description": text}
     for code, text in {
+        401: "No valid bearer token (WWW-Authenticate: Bearer)",
+        403: "The token lacks a role this needs, or the actor lacks the authority",
         404: "Not found",
         409: "Conflict",
         422: "Invalid input",
@@ -127,6 +131,30 @@ def install_problem_handlers(app: FastAPI) -> None:
             "another request changed this resource first; reload and try again",
             slug="concurrency-conflict",
             instance=request.url.path,
+            expected_version=exc.expected_version,
+            current_version=exc.actual_version,
+        )
+
+    @app.exception_handler(Unauthenticated)
+    async def _unauthenticated(request: Request, exc: Unauthenticated) -> JSONResponse:
+        return problem(
+            401,
+            "Authentication required",
+            exc.reason,
+            slug="unauthenticated",
+            instance=request.url.path,
+            headers={"WWW-Authenticate": exc.challenge},
+        )
+
+    @app.exception_handler(TooManyRequests)
+    async def _too_many(request: Request, exc: TooManyRequests) -> JSONResponse:
+        return problem(
+            429,
+            "Too many requests",
+            str(exc),
+            slug="too-many-requests",
+            instance=request.url.path,
+            headers={"Retry-After": str(exc.retry_after)},
         )
 
     @app.exception_handler(CommandRejected)

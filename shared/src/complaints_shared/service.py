@@ -13,10 +13,12 @@ from typing import Annotated, Any
 import asyncpg
 from aiokafka import AIOKafkaProducer
 from fastapi import APIRouter, Depends, FastAPI, Request, Response
+from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import JSONResponse
 from opentelemetry.instrumentation.fastapi import FastAPIInstrumentor
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
+from complaints_shared.auth import Access, OidcVerifier, RateLimiter, check_declared, public
 from complaints_shared.consumer import ConsumerRunner, Subscription
 from complaints_shared.db import create_pool
 from complaints_shared.eventstore import Clock, PostgresEventStore, utc_now
@@ -91,6 +93,10 @@ def create_app(
 ) -> FastAPI:
     """Build one service's FastAPI app; nothing connects until the lifespan starts."""
     settings = settings or ServiceSettings()
+    if settings.oidc_issuer is None:
+        raise ValueError(
+            "COMPLAINTS_OIDC_ISSUER is required: the issuer of the access tokens the API accepts"
+        )
     telemetry = telemetry or setup_telemetry(spec.name)
     policy = load_policy(settings.policy)  # validated now: a bad file stops the start
     resources = spec.prepare(settings, policy) if spec.prepare else None
@@ -192,11 +198,26 @@ def create_app(
         lifespan=lifespan,
         openapi_tags=spec.openapi_tags,
     )
+    app.state.access = Access(
+        OidcVerifier(settings.oidc_issuer, settings.oidc_audience, settings.oidc_roles_claim),
+        public_submission=settings.public_submission,
+        limiter=RateLimiter(settings.public_submission_per_minute),
+    )
     install_problem_handlers(app)
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
+    if settings.cors_origins:
+        app.add_middleware(
+            CORSMiddleware,
+            allow_origins=settings.cors_origins,
+            allow_methods=["GET", "POST", "PATCH", "PUT", "DELETE"],
+            allow_headers=["Authorization", "Content-Type", "If-Match", "Idempotency-Key"],
+            expose_headers=["Location", "ETag", "Retry-After", "Idempotent-Replayed"],
+            max_age=600,
+        )
     app.include_router(_operations_router())
     for router in spec.routers:
         app.include_router(router)
+    check_declared(app)
     FastAPIInstrumentor.instrument_app(
         app, tracer_provider=telemetry.provider, excluded_urls="health/.*,metrics"
     )
@@ -206,13 +227,14 @@ def create_app(
 def _operations_router() -> APIRouter:
     router = APIRouter(tags=["operations"])
 
-    @router.get("/health/live", summary="The process is up")
+    @router.get("/health/live", summary="The process is up", **public("probes"))
     async def live() -> dict[str, str]:
         return {"status": "ok"}
 
     @router.get(
         "/health/ready",
         summary="Database and Kafka reachable, relay running, consumers assigned partitions",
+        **public("probes"),
     )
     async def ready(request: Request) -> Response:
         runtime: Runtime = request.app.state.runtime
@@ -231,7 +253,9 @@ def _operations_router() -> APIRouter:
             503, "Not ready", "a dependency is unavailable", slug="not-ready", checks=checks
         )
 
-    @router.get("/metrics", summary="Prometheus metrics")
+    @router.get(
+        "/metrics", summary="Prometheus metrics", **public("scraped on the internal network")
+    )
     async def metrics(request: Request) -> Response:
         runtime: Runtime = request.app.state.runtime
         return Response(generate_latest(runtime.metrics.registry), media_type=CONTENT_TYPE_LATEST)

@@ -49,6 +49,34 @@ class ServiceSettings(BaseSettings):
     templates_dir: Path | None = Field(
         None, description="folder whose message templates and rule files replace the built-in"
     )
+    oidc_issuer: str | None = Field(
+        None,
+        pattern=r"^https?://",
+        description="OpenID Connect issuer whose access tokens the APIs accept (required)",
+    )
+    oidc_audience: str = Field("complaints-api", min_length=1, description="required `aud`")
+    oidc_roles_claim: str = Field(
+        "realm_access.roles",
+        min_length=1,
+        description="dotted path of the roles in the token (Entra ID: `roles`)",
+    )
+    public_submission: bool = Field(
+        False, description="anyone may submit a complaint without a token (rate-limited)"
+    )
+    public_submission_per_minute: int = Field(
+        30, ge=1, description="anonymous submissions per client address and minute"
+    )
+    cors_origins: list[str] = Field(
+        default_factory=list,
+        description="browser origins allowed to call the APIs (JSON list or comma-separated)",
+    )
+
+    @field_validator("cors_origins", mode="before")
+    @classmethod
+    def _origins(cls, v: object) -> object:
+        if isinstance(v, str) and not v.strip().startswith("["):
+            return [o.strip() for o in v.split(",") if o.strip()]
+        return v
 
     @field_validator("database_url")
     @classmethod

@@ -118,9 +118,6 @@ class DetailsCreate(_Input):
     note: Annotated[Text, Field(max_length=5000)] | None = None
     answers: list[QuestionAnswer] = Field(default_factory=list, max_length=50)
     attachments: list[Attachment] = Field(default_factory=list, max_length=100)
-    added_by: Annotated[Text, Field(max_length=100)] | None = Field(
-        None, description="agent id, or absent when the customer added it"
-    )
 
     @model_validator(mode="after")
     def _something(self) -> Self:
@@ -247,6 +244,7 @@ def receive(
     policy: Policy,
     rules: IntakeRules,
     templates: dict[str, Template],
+    submitted_by: str | None = None,
 ) -> Received:
     """Record, acknowledge and (where needed) alert: ``ComplaintReceived``,
     ``ComplaintAcknowledged`` and ``ComplaintAlertRaised``."""
@@ -306,6 +304,7 @@ def receive(
             "reply_channel": reply,
             "first_response_due": due,
             "possible_duplicate_of": history.duplicate_of,
+            "submitted_by": submitted_by,
         }
     )
     message = render(
@@ -356,16 +355,24 @@ def receive(
     return Received(events, reference, category, severity, template.language, reasons)
 
 
-def add_details(state: Complaint, details: DetailsCreate) -> list[DomainEvent]:
+def add_details(
+    state: Complaint, details: DetailsCreate, added_by: str | None
+) -> list[DomainEvent]:
+    """Details from the customer (``added_by`` None: through a channel, which answers a pending
+    clarification) or from an agent (their id)."""
     if state.status is not Status.received:
         raise CommandRejected(state.status.value, "add details", allowed_commands(state.status))
-    return [ev.ComplaintDetailsAdded.model_validate(details.model_dump(mode="json"))]
+    return [
+        ev.ComplaintDetailsAdded.model_validate(
+            {**details.model_dump(mode="json"), "added_by": added_by}
+        )
+    ]
 
 
-def withdraw(state: Complaint, command: WithdrawCreate) -> list[DomainEvent]:
+def withdraw(state: Complaint, command: WithdrawCreate, by: str | None) -> list[DomainEvent]:
     if state.status is not Status.received:
         raise CommandRejected(state.status.value, "withdraw", allowed_commands(state.status))
-    return [ev.ComplaintWithdrawn(reason=command.reason)]
+    return [ev.ComplaintWithdrawn(reason=command.reason, withdrawn_by=by)]
 
 
 def allowed_commands(status: Status) -> list[str]:

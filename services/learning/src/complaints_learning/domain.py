@@ -200,13 +200,12 @@ class CorrectiveActionCreate(BaseModel):
 class CorrectiveActionCompletion(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    completed_by: Annotated[
-        str, StringConstraints(strip_whitespace=True, min_length=1, max_length=100)
-    ]
     outcome: str | None = Field(None, max_length=2000)
 
 
-def plan_action(p: Problem, c: CorrectiveActionCreate, now: datetime) -> list[DomainEvent]:
+def plan_action(
+    p: Problem, c: CorrectiveActionCreate, now: datetime, by: str | None = None
+) -> list[DomainEvent]:
     if p.status == "resolved":
         raise CommandRejected("resolved", "plan corrective action", [])
     if c.due_at <= now:
@@ -219,11 +218,14 @@ def plan_action(p: Problem, c: CorrectiveActionCreate, now: datetime) -> list[Do
             description=c.description,
             owner=c.owner,
             due_at=c.due_at,
+            planned_by=by,
         )
     ]
 
 
-def complete_action(p: Problem, action_id: str, c: CorrectiveActionCompletion) -> list[DomainEvent]:
+def complete_action(
+    p: Problem, action_id: str, c: CorrectiveActionCompletion, by: str
+) -> list[DomainEvent]:
     action = next((a for a in p.actions if a.action_id == action_id), None)
     if action is None:
         raise InputRejected("path.action_id", f"no corrective action {action_id!r}")
@@ -233,7 +235,7 @@ def complete_action(p: Problem, action_id: str, c: CorrectiveActionCompletion) -
         ev.CorrectiveActionCompleted(
             problem_id=p.problem_id,
             action_id=action_id,
-            completed_by=c.completed_by,
+            completed_by=by,
             outcome=c.outcome,
         )
     ]

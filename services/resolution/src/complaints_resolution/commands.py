@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from datetime import datetime
 from decimal import Decimal
 from typing import Annotated, Literal, Self
@@ -25,6 +26,14 @@ class _Command(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
+@dataclass(frozen=True)
+class By:
+    """Who issues a command: the token's subject and their highest case-handling role."""
+
+    id: str
+    role: Role | None
+
+
 class Owner(_Command):
     id: Name
     name: Name
@@ -36,17 +45,14 @@ class Owner(_Command):
 
 class AssignCase(_Command):
     owner: Owner
-    assigned_by: Name
 
 
 class RequestClarification(_Command):
     questions: list[Text] = Field(min_length=1, max_length=10)
-    requested_by: Name
 
 
 class ReceiveClarification(_Command):
     answer: Text
-    received_by: Name
 
 
 class IdentifyCause(_Command):
@@ -55,7 +61,6 @@ class IdentifyCause(_Command):
     what_went_wrong: Text
     root_cause: Name = Field(description="a code of the policy's root-cause taxonomy")
     responsible: Literal["us", "customer", "third_party"]
-    identified_by: Name
 
 
 class SolutionOption(_Command):
@@ -75,7 +80,6 @@ class SolutionOption(_Command):
 
 class ProposeSolution(_Command):
     options: list[SolutionOption] = Field(min_length=1, max_length=5)
-    proposed_by: Name
 
 
 class AgreeSolution(_Command):
@@ -85,12 +89,10 @@ class AgreeSolution(_Command):
         min_length=1, max_length=10, description="how both sides will know it was delivered"
     )
     deadline: AwareDatetime
-    recorded_by: Name
 
 
 class RejectSolution(_Command):
     reason: Text
-    recorded_by: Name
 
 
 class PlanAction(_Command):
@@ -102,45 +104,38 @@ class PlanAction(_Command):
 class CompleteAction(_Command):
     action_id: Name
     outcome: Text | None = None
-    completed_by: Name
 
 
 class RequestCompensation(_Command):
     amount: Decimal = Field(gt=0, max_digits=12, decimal_places=2)
     currency: Currency
     reason: Text
-    requested_by: Name
 
 
 class DecideCompensation(_Command):
     request_id: Name
-    decided_by: Name
-    role: Role
     note: Text | None = None
 
 
 class Override(_Command):
-    by: Name
-    role: Role
+    """A supervisor's decision (the caller's token must carry the role) to resolve anyway."""
+
     reason: Text
 
 
 class ResolveCase(_Command):
     summary: Text = Field(description="what was done, for the customer and the record")
-    resolved_by: Name
     override: Override | None = Field(
         None, description="a supervisor's decision to resolve with actions still open"
     )
 
 
 class CloseCase(_Command):
-    closed_by: Name
     reason: Text | None = None
 
 
 class ReopenCase(_Command):
     reason: Text
-    reopened_by: Name
 
 
 def _future(value: datetime, now: datetime, field: str) -> None:
@@ -148,33 +143,33 @@ def _future(value: datetime, now: datetime, field: str) -> None:
         raise InputRejected(field, "must be in the future")
 
 
-def assign(case: Case, c: AssignCase, now: datetime, policy: Policy) -> list[DomainEvent]:
+def assign(case: Case, c: AssignCase, by: By, now: datetime, policy: Policy) -> list[DomainEvent]:
     require(case, "assign")
     return [
         ev.CaseAssigned(
             owner=ev.Owner(**c.owner.model_dump()),
-            assigned_by=c.assigned_by,
+            assigned_by=by.id,
             previous_owner=case.owner.id if case.owner else None,
         )
     ]
 
 
 def request_clarification(
-    case: Case, c: RequestClarification, now: datetime, policy: Policy
+    case: Case, c: RequestClarification, by: By, now: datetime, policy: Policy
 ) -> list[DomainEvent]:
     require(case, "request_clarification")
-    return [ev.ClarificationRequested(questions=tuple(c.questions), requested_by=c.requested_by)]
+    return [ev.ClarificationRequested(questions=tuple(c.questions), requested_by=by.id)]
 
 
 def receive_clarification(
-    case: Case, c: ReceiveClarification, now: datetime, policy: Policy
+    case: Case, c: ReceiveClarification, by: By, now: datetime, policy: Policy
 ) -> list[DomainEvent]:
     require(case, "receive_clarification")
-    return [ev.ClarificationReceived(answer=c.answer, received_by=c.received_by)]
+    return [ev.ClarificationReceived(answer=c.answer, received_by=by.id)]
 
 
 def identify_cause(
-    case: Case, c: IdentifyCause, now: datetime, policy: Policy
+    case: Case, c: IdentifyCause, by: By, now: datetime, policy: Policy
 ) -> list[DomainEvent]:
     require(case, "identify_cause")
     if c.root_cause not in policy.resolution.root_causes:
@@ -186,6 +181,7 @@ def identify_cause(
     return [
         ev.CauseIdentified(
             **c.model_dump(),
+            identified_by=by.id,
             complaint_id=case.complaint_id,
             category=case.category,
             product=case.product,
@@ -195,7 +191,7 @@ def identify_cause(
 
 
 def propose_solution(
-    case: Case, c: ProposeSolution, now: datetime, policy: Policy
+    case: Case, c: ProposeSolution, by: By, now: datetime, policy: Policy
 ) -> list[DomainEvent]:
     require(case, "propose_solution")
     return [
@@ -205,13 +201,13 @@ def propose_solution(
                 ev.SolutionOption(option_id=i, **o.model_dump())
                 for i, o in enumerate(c.options, start=1)
             ),
-            proposed_by=c.proposed_by,
+            proposed_by=by.id,
         )
     ]
 
 
 def agree_solution(
-    case: Case, c: AgreeSolution, now: datetime, policy: Policy
+    case: Case, c: AgreeSolution, by: By, now: datetime, policy: Policy
 ) -> list[DomainEvent]:
     require(case, "agree_solution")
     proposal = case.proposals[-1]
@@ -228,23 +224,25 @@ def agree_solution(
             agreed_outcome=c.agreed_outcome,
             indicators=tuple(c.indicators),
             deadline=c.deadline,
-            recorded_by=c.recorded_by,
+            recorded_by=by.id,
         )
     ]
 
 
 def reject_solution(
-    case: Case, c: RejectSolution, now: datetime, policy: Policy
+    case: Case, c: RejectSolution, by: By, now: datetime, policy: Policy
 ) -> list[DomainEvent]:
     require(case, "reject_solution")
     return [
         ev.SolutionRejected(
-            proposal_id=case.proposals[-1].proposal_id, reason=c.reason, recorded_by=c.recorded_by
+            proposal_id=case.proposals[-1].proposal_id, reason=c.reason, recorded_by=by.id
         )
     ]
 
 
-def plan_action(case: Case, c: PlanAction, now: datetime, policy: Policy) -> list[DomainEvent]:
+def plan_action(
+    case: Case, c: PlanAction, by: By, now: datetime, policy: Policy
+) -> list[DomainEvent]:
     require(case, "plan_action")
     _future(c.due_at, now, "body.due_at")
     return [
@@ -255,19 +253,17 @@ def plan_action(case: Case, c: PlanAction, now: datetime, policy: Policy) -> lis
 
 
 def complete_action(
-    case: Case, c: CompleteAction, now: datetime, policy: Policy
+    case: Case, c: CompleteAction, by: By, now: datetime, policy: Policy
 ) -> list[DomainEvent]:
     require(case, "complete_action")
     action = check_action(case, c.action_id)
     if action.completed_at is not None:
         raise CommandRejected(case.state.value, "complete_action", ["(the action is done)"])
-    return [
-        ev.ActionCompleted(action_id=c.action_id, completed_by=c.completed_by, outcome=c.outcome)
-    ]
+    return [ev.ActionCompleted(action_id=c.action_id, completed_by=by.id, outcome=c.outcome)]
 
 
 def request_compensation(
-    case: Case, c: RequestCompensation, now: datetime, policy: Policy
+    case: Case, c: RequestCompensation, by: By, now: datetime, policy: Policy
 ) -> list[DomainEvent]:
     require(case, "request_compensation")
     cp = policy.compensation
@@ -281,7 +277,7 @@ def request_compensation(
             amount=c.amount,
             currency=c.currency,
             reason=c.reason,
-            requested_by=c.requested_by,
+            requested_by=by.id,
             needs=needs,
         )
     ]
@@ -298,7 +294,7 @@ def request_compensation(
 
 
 def decide_compensation(
-    case: Case, c: DecideCompensation, approve: bool, now: datetime, policy: Policy
+    case: Case, c: DecideCompensation, approve: bool, by: By, now: datetime, policy: Policy
 ) -> list[DomainEvent]:
     command = "approve_compensation" if approve else "decline_compensation"
     require(case, command)
@@ -307,9 +303,9 @@ def decide_compensation(
         raise InputRejected("body.request_id", f"no compensation request {c.request_id!r}")
     if request.status != "pending":
         raise CommandRejected(f"compensation {request.status}", command, [])
-    if c.decided_by == request.requested_by:
+    if by.id == request.requested_by:
         raise Forbidden("nobody decides on their own compensation request")
-    if not policy.compensation.may_approve(c.role, request.amount):
+    if by.role is None or not policy.compensation.may_approve(by.role, request.amount):
         needed = policy.compensation.authority_for(request.amount)
         raise Forbidden(
             f"a compensation of {request.amount} {request.currency} needs a"
@@ -319,8 +315,8 @@ def decide_compensation(
     return [
         decision(
             request_id=c.request_id,
-            decided_by=c.decided_by,
-            role=c.role,
+            decided_by=by.id,
+            role=by.role,
             note=c.note,
             amount=request.amount,
             currency=request.currency,
@@ -328,7 +324,7 @@ def decide_compensation(
     ]
 
 
-def resolve(case: Case, c: ResolveCase, now: datetime, policy: Policy) -> list[DomainEvent]:
+def resolve(case: Case, c: ResolveCase, by: By, now: datetime, policy: Policy) -> list[DomainEvent]:
     require(case, "resolve")
     open_actions = [a.action_id for a in case.actions if a.completed_at is None]
     pending = [x.request_id for x in case.compensations if x.status == "pending"]
@@ -343,13 +339,13 @@ def resolve(case: Case, c: ResolveCase, now: datetime, policy: Policy) -> list[D
                 "resolve with a supervisor override",
             ],
         )
-    if c.override is not None and c.override.role == "agent":
+    if c.override is not None and by.role not in ("supervisor", "manager"):
         raise Forbidden("only a supervisor or manager can override open actions")
     return [
         ev.CaseResolved(
             complaint_id=case.complaint_id,
             summary=c.summary,
-            resolved_by=c.resolved_by,
+            resolved_by=by.id,
             category=case.category,
             severity=Severity(case.severity),
             root_cause=case.cause.root_cause if case.cause else None,
@@ -361,7 +357,9 @@ def resolve(case: Case, c: ResolveCase, now: datetime, policy: Policy) -> list[D
             ),
             reopen_count=case.reopen_count,
             override=ev.Override(
-                **c.override.model_dump(),
+                by=by.id,
+                role=by.role or "agent",
+                reason=c.override.reason,
                 open_actions=tuple(open_actions),
                 pending_compensation=tuple(pending),
             )
@@ -371,18 +369,18 @@ def resolve(case: Case, c: ResolveCase, now: datetime, policy: Policy) -> list[D
     ]
 
 
-def close(case: Case, c: CloseCase, now: datetime, policy: Policy) -> list[DomainEvent]:
+def close(case: Case, c: CloseCase, by: By, now: datetime, policy: Policy) -> list[DomainEvent]:
     require(case, "close")
-    return [ev.CaseClosed(complaint_id=case.complaint_id, reason=c.reason, closed_by=c.closed_by)]
+    return [ev.CaseClosed(complaint_id=case.complaint_id, reason=c.reason, closed_by=by.id)]
 
 
-def reopen(case: Case, c: ReopenCase, now: datetime, policy: Policy) -> list[DomainEvent]:
+def reopen(case: Case, c: ReopenCase, by: By, now: datetime, policy: Policy) -> list[DomainEvent]:
     require(case, "reopen")
     return [
         ev.CaseReopened(
             complaint_id=case.complaint_id,
             reason=c.reason,
             requested_by="agent",
-            reopened_by=c.reopened_by,
+            reopened_by=by.id,
         )
     ]

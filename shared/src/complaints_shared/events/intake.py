@@ -71,6 +71,8 @@ class ComplaintReceived(DomainEvent):
     desired_outcome: str | None = None
     attachments: tuple[Attachment, ...] = ()
     possible_duplicate_of: UUID | None = None
+    submitted_by: str | None = None
+    """who submitted it: a channel gateway's or an agent's token subject; null: anonymous"""
 
     @property
     def text(self) -> str:
@@ -117,3 +119,5 @@ class ComplaintDetailsAdded(DomainEvent):
 @event
 class ComplaintWithdrawn(DomainEvent):
     reason: PersonalOrNone = None
+    withdrawn_by: str | None = None
+    """the token subject of the channel gateway or agent that recorded it"""

@@ -68,6 +68,7 @@ class CorrectiveActionPlanned(DomainEvent):
     description: str
     owner: str
     due_at: datetime
+    planned_by: str | None = None
 
 
 @event

@@ -9,8 +9,11 @@ from uuid import UUID
 from fastapi import APIRouter, Query
 from pydantic import BaseModel
 
+from complaints_shared.auth import access
 from complaints_shared.problems import PROBLEM_RESPONSES
 from complaints_shared.service import RuntimeDep
+
+READ = access("agent", "integrator")
 
 router = APIRouter(
     prefix="/satisfaction-checks", tags=["satisfaction checks"], responses=PROBLEM_RESPONSES
@@ -36,7 +39,7 @@ class SatisfactionCheckList(BaseModel):
     items: list[SatisfactionCheckPublic]
 
 
-@router.get("", summary="Satisfaction checks, optionally of one complaint")
+@router.get("", summary="Satisfaction checks, optionally of one complaint", **READ)
 async def list_checks(
     rt: RuntimeDep,
     complaint_id: Annotated[UUID | None, Query()] = None,

@@ -9,10 +9,14 @@ from fastapi import APIRouter, Query
 from pydantic import BaseModel
 
 from complaints_followup.projection import record_answer_row
+from complaints_shared.auth import access
 from complaints_shared.events.followup import SatisfactionRecorded
 from complaints_shared.problems import PROBLEM_RESPONSES
 from complaints_shared.service import RuntimeDep
 from complaints_shared.vocabulary import SATISFIED_MIN_SCORE
+
+FIGURES = access("agent", "analyst", "quality", "integrator")
+ADMIN = access("admin")
 
 router = APIRouter(prefix="/satisfaction", tags=["satisfaction"], responses=PROBLEM_RESPONSES)
 
@@ -32,7 +36,9 @@ class Css(BaseModel):
     scores: dict[str, int]
 
 
-@router.get("", summary="Customer Satisfaction Score: % of answers scoring 4-5, and more")
+@router.get(
+    "", summary="Customer Satisfaction Score: % of answers scoring 4-5, and more", **FIGURES
+)
 async def css(
     rt: RuntimeDep,
     period_from: Annotated[datetime | None, Query(alias="from")] = None,
@@ -97,7 +103,10 @@ class Rebuilt(BaseModel):
 
 
 @router.post(
-    "/rebuild", summary="Rebuild the CSS read model from the recorded events", tags=["operations"]
+    "/rebuild",
+    summary="Rebuild the CSS read model from the recorded events",
+    tags=["operations"],
+    **ADMIN,
 )
 async def rebuild(rt: RuntimeDep) -> Rebuilt:
     async with rt.pool.acquire() as conn, conn.transaction():

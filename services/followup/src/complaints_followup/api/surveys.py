@@ -12,10 +12,13 @@ from complaints_followup.domain import SurveyAnswer, record_answer, require_open
 from complaints_followup.projection import checks
 from complaints_followup.resources import FollowupResources
 from complaints_followup.tokens import BadToken, SurveyToken, verify
+from complaints_shared.auth import public
 from complaints_shared.errors import NotFound
 from complaints_shared.events.followup import ReopenRequested
 from complaints_shared.problems import PROBLEM_RESPONSES
 from complaints_shared.service import Runtime, RuntimeDep
+
+SURVEY = public("the signed, expiring, single-use survey token in the path is the credential")
 
 router = APIRouter(
     prefix="/surveys",
@@ -67,7 +70,7 @@ async def _open_check(rt: Runtime, token: str) -> tuple[SurveyToken, Any]:
     return parsed, row
 
 
-@router.get("/{token}", summary="The survey questions, in the customer's language")
+@router.get("/{token}", summary="The survey questions, in the customer's language", **SURVEY)
 async def get_survey(token: str, rt: RuntimeDep) -> Survey:
     _, row = await _open_check(rt, token)
     res: FollowupResources = rt.resources
@@ -92,7 +95,7 @@ async def get_survey(token: str, rt: RuntimeDep) -> Survey:
     )
 
 
-@router.post("/{token}", status_code=201, summary="Answer the survey (once)")
+@router.post("/{token}", status_code=201, summary="Answer the survey (once)", **SURVEY)
 async def answer_survey(token: str, body: SurveyAnswer, rt: RuntimeDep) -> SurveyRecorded:
     parsed, row = await _open_check(rt, token)
     now = rt.clock()

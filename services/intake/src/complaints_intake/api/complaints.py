@@ -33,10 +33,15 @@ from complaints_intake.domain import (
 from complaints_intake.language import detect_language
 from complaints_intake.projection import complaints
 from complaints_intake.resources import IntakeResources
+from complaints_shared.auth import Actor, access
 from complaints_shared.errors import InputRejected, NotFound
 from complaints_shared.events import DomainEvent
 from complaints_shared.problems import PROBLEM_RESPONSES, problem
 from complaints_shared.service import Runtime, RuntimeDep
+
+SUBMIT = access("channel-gateway", "agent", anonymous_setting="public_submission")
+READ = access("agent", "integrator")
+ON_BEHALF = access("channel-gateway", "agent")  # the customer through a channel, or an agent
 
 router = APIRouter(prefix="/complaints", tags=["complaints"], responses=PROBLEM_RESPONSES)
 
@@ -209,12 +214,14 @@ async def _history(
     status_code=201,
     summary="Record a complaint and acknowledge it at once",
     responses={413: PROBLEM_RESPONSES[422] | {"description": "Body too large"}},
+    **SUBMIT,
 )
 async def submit_complaint(
     body: ComplaintCreate,
     rt: RuntimeDep,
     res: ResourcesDep,
     response: Response,
+    actor: Actor,
     idempotency_key: IdempotencyKey = None,
 ) -> ComplaintPublic:
     fingerprint = _fingerprint(body)
@@ -248,6 +255,7 @@ async def submit_complaint(
             policy=rt.policy,
             rules=res.rules,
             templates=res.templates,
+            submitted_by=None if actor.anonymous else actor.subject,
         )
         await complaints(rt).execute(
             conn, complaint_id, lambda _: decision.events, expected_version=0, redecide=False
@@ -285,7 +293,7 @@ async def _replay(conn: asyncpg.Connection, key: str, fingerprint: str) -> Respo
     )
 
 
-@router.get("", summary="Complaints, newest first, filtered and cursor-paginated")
+@router.get("", summary="Complaints, newest first, filtered and cursor-paginated", **READ)
 async def list_complaints(
     rt: RuntimeDep,
     status: Annotated[Literal["received", "withdrawn"] | None, Query()] = None,
@@ -347,7 +355,9 @@ def _decode_cursor(cursor: str) -> int:
         raise InputRejected("query.cursor", "not a cursor this API returned") from None
 
 
-@router.get("/{complaint_id}", summary="One complaint, with its acknowledgement and details")
+@router.get(
+    "/{complaint_id}", summary="One complaint, with its acknowledgement and details", **READ
+)
 async def get_complaint(complaint_id: UUID, rt: RuntimeDep) -> ComplaintPublic:
     return _public(await _row(rt.pool, complaint_id))
 
@@ -355,6 +365,7 @@ async def get_complaint(complaint_id: UUID, rt: RuntimeDep) -> ComplaintPublic:
 @router.get(
     "/{complaint_id}/timeline",
     summary="Everything that happened to the complaint, across all four services",
+    **READ,
 )
 async def get_timeline(complaint_id: UUID, rt: RuntimeDep) -> Timeline:
     await _row(rt.pool, complaint_id)
@@ -368,16 +379,23 @@ async def get_timeline(complaint_id: UUID, rt: RuntimeDep) -> Timeline:
     )
 
 
-@router.post("/{complaint_id}/details", summary="Add notes, answers or attachment references")
-async def post_details(complaint_id: UUID, body: DetailsCreate, rt: RuntimeDep) -> ComplaintPublic:
-    return await _command(rt, complaint_id, lambda state: add_details(state, body))
-
-
-@router.post("/{complaint_id}/withdraw", summary="The customer withdraws the complaint")
-async def post_withdraw(
-    complaint_id: UUID, body: WithdrawCreate, rt: RuntimeDep
+@router.post(
+    "/{complaint_id}/details", summary="Add notes, answers or attachment references", **ON_BEHALF
+)
+async def post_details(
+    complaint_id: UUID, body: DetailsCreate, rt: RuntimeDep, actor: Actor
 ) -> ComplaintPublic:
-    return await _command(rt, complaint_id, lambda state: withdraw(state, body))
+    added_by = None if "channel-gateway" in actor.roles else actor.subject
+    return await _command(rt, complaint_id, lambda state: add_details(state, body, added_by))
+
+
+@router.post(
+    "/{complaint_id}/withdraw", summary="The customer withdraws the complaint", **ON_BEHALF
+)
+async def post_withdraw(
+    complaint_id: UUID, body: WithdrawCreate, rt: RuntimeDep, actor: Actor
+) -> ComplaintPublic:
+    return await _command(rt, complaint_id, lambda state: withdraw(state, body, actor.subject))
 
 
 async def _command(

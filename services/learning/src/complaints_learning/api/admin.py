@@ -9,9 +9,12 @@ from pydantic import BaseModel
 
 from complaints_learning.domain import fold
 from complaints_learning.projection import project
+from complaints_shared.auth import access
 from complaints_shared.envelope import Event
 from complaints_shared.events import DomainEvent
 from complaints_shared.service import RuntimeDep
+
+ADMIN = access("admin")
 
 router = APIRouter(prefix="/admin", tags=["operations"])
 
@@ -22,7 +25,9 @@ class Rebuild(BaseModel):
 
 
 @router.post(
-    "/rebuild", summary="Rebuild every projection: reset, and replay the topics from offset 0"
+    "/rebuild",
+    summary="Rebuild every projection: reset, and replay the topics from offset 0",
+    **ADMIN,
 )
 async def rebuild(request: Request, rt: RuntimeDep) -> Rebuild:
     background = request.app.state.background

@@ -8,9 +8,12 @@ from typing import Annotated
 from fastapi import APIRouter, Query
 from pydantic import BaseModel
 
+from complaints_shared.auth import access
 from complaints_shared.problems import PROBLEM_RESPONSES
 from complaints_shared.service import RuntimeDep
 from complaints_shared.vocabulary import SATISFIED_MIN_SCORE
+
+FIGURES = access("agent", "analyst", "quality", "integrator")
 
 router = APIRouter(prefix="/insights", tags=["insights"], responses=PROBLEM_RESPONSES)
 
@@ -39,7 +42,7 @@ class CategoryInsight(BaseModel):
     categories: list[CategoryCount]
 
 
-@router.get("/categories", summary="Complaints per category, most frequent first")
+@router.get("/categories", summary="Complaints per category, most frequent first", **FIGURES)
 async def categories(
     rt: RuntimeDep, period_from: From = None, period_to: To = None
 ) -> CategoryInsight:
@@ -63,7 +66,7 @@ class Top(BaseModel):
     categories: list[Count]
 
 
-@router.get("/top", summary="The top N root causes and categories (the 'top three')")
+@router.get("/top", summary="The top N root causes and categories (the 'top three')", **FIGURES)
 async def top(
     rt: RuntimeDep,
     period_from: From = None,
@@ -89,7 +92,7 @@ class Week(BaseModel):
     categories: dict[str, int]
 
 
-@router.get("/trends", summary="Complaints per ISO week, and per category")
+@router.get("/trends", summary="Complaints per ISO week, and per category", **FIGURES)
 async def trends(rt: RuntimeDep, period_from: From = None, period_to: To = None) -> list[Week]:
     rows = await rt.pool.fetch(
         "SELECT to_char(received_at AT TIME ZONE 'UTC', 'IYYY-\"W\"IW') AS week, category,"
@@ -113,7 +116,7 @@ class CategorySatisfaction(BaseModel):
     average_score: float
 
 
-@router.get("/satisfaction", summary="CSS (% of answers scoring 4-5) per category")
+@router.get("/satisfaction", summary="CSS (% of answers scoring 4-5) per category", **FIGURES)
 async def satisfaction(
     rt: RuntimeDep, period_from: From = None, period_to: To = None
 ) -> list[CategorySatisfaction]:
@@ -143,7 +146,7 @@ class Sla(BaseModel):
     first_response_compliance: float | None
 
 
-@router.get("/sla", summary="SLA compliance: % met without a breach")
+@router.get("/sla", summary="SLA compliance: % met without a breach", **FIGURES)
 async def sla(rt: RuntimeDep, period_from: From = None, period_to: To = None) -> Sla:
     r = await rt.pool.fetchrow(
         "SELECT count(*) FILTER (WHERE resolved_at IS NOT NULL) AS resolved,"
@@ -167,7 +170,7 @@ class ResolutionTime(BaseModel):
     p90_hours: float | None
 
 
-@router.get("/resolution-time", summary="Mean and 90th percentile time to resolve")
+@router.get("/resolution-time", summary="Mean and 90th percentile time to resolve", **FIGURES)
 async def resolution_time(
     rt: RuntimeDep, period_from: From = None, period_to: To = None
 ) -> ResolutionTime:
@@ -194,7 +197,9 @@ class Recurrence(BaseModel):
     resolved: int
 
 
-@router.get("/recurrence", summary="'Each complaint happens only once': recurrence after fix")
+@router.get(
+    "/recurrence", summary="'Each complaint happens only once': recurrence after fix", **FIGURES
+)
 async def recurrence(rt: RuntimeDep) -> Recurrence:
     r = await rt.pool.fetchrow(
         "SELECT count(*) AS n, count(*) FILTER (WHERE fixed_at IS NOT NULL OR resolved_at"
@@ -220,7 +225,7 @@ class PolicyCaused(BaseModel):
     categories: list[Count]
 
 
-@router.get("/policy", summary="Complaints caused by 'that's our policy' rules")
+@router.get("/policy", summary="Complaints caused by 'that's our policy' rules", **FIGURES)
 async def policy_caused(
     rt: RuntimeDep, period_from: From = None, period_to: To = None
 ) -> PolicyCaused:
@@ -257,7 +262,9 @@ class Estimates(BaseModel):
     basis: list[str]
 
 
-@router.get("/estimates", summary="Estimates from the seeds' rules of thumb (not measured)")
+@router.get(
+    "/estimates", summary="Estimates from the seeds' rules of thumb (not measured)", **FIGURES
+)
 async def estimates(rt: RuntimeDep, period_from: From = None, period_to: To = None) -> Estimates:
     n = await rt.pool.fetchval(
         f"SELECT count(*) FROM complaint_facts WHERE received_at IS NOT NULL AND {PERIOD}",

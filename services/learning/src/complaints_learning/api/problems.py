@@ -19,10 +19,14 @@ from complaints_learning.domain import (
     plan_action,
 )
 from complaints_learning.projection import load_problem, problems
+from complaints_shared.auth import Actor, access
 from complaints_shared.errors import NotFound
 from complaints_shared.events import DomainEvent
 from complaints_shared.problems import PROBLEM_RESPONSES
 from complaints_shared.service import Runtime, RuntimeDep
+
+READ = access("agent", "analyst", "quality", "integrator")
+QUALITY = access("quality")
 
 router = APIRouter(prefix="/problems", tags=["problems"], responses=PROBLEM_RESPONSES)
 
@@ -77,7 +81,7 @@ async def _public(rt: Runtime, problem_id: UUID) -> ProblemPublic:
     )
 
 
-@router.get("", summary="Problems, most recently recurring first")
+@router.get("", summary="Problems, most recently recurring first", **READ)
 async def list_problems(
     rt: RuntimeDep,
     status: Annotated[str | None, Query(max_length=10)] = None,
@@ -94,7 +98,9 @@ async def list_problems(
     ]
 
 
-@router.get("/{problem_id}", summary="A problem: its complaints, corrective actions, history")
+@router.get(
+    "/{problem_id}", summary="A problem: its complaints, corrective actions, history", **READ
+)
 async def get_problem(problem_id: UUID, rt: RuntimeDep) -> ProblemPublic:
     return await _public(rt, problem_id)
 
@@ -113,19 +119,26 @@ async def _run(
 
 
 @router.post(
-    "/{problem_id}/corrective-actions", summary="Plan a corrective action that removes the cause"
+    "/{problem_id}/corrective-actions",
+    summary="Plan a corrective action that removes the cause",
+    **QUALITY,
 )
 async def post_corrective_action(
-    problem_id: UUID, body: CorrectiveActionCreate, rt: RuntimeDep
+    problem_id: UUID, body: CorrectiveActionCreate, rt: RuntimeDep, actor: Actor
 ) -> ProblemPublic:
-    return await _run(rt, problem_id, lambda p: plan_action(p, body, rt.clock()))
+    return await _run(rt, problem_id, lambda p: plan_action(p, body, rt.clock(), actor.subject))
 
 
 @router.post(
     "/{problem_id}/corrective-actions/{action_id}/complete",
     summary="A corrective action is done (all done: the verification window starts)",
+    **QUALITY,
 )
 async def post_completion(
-    problem_id: UUID, action_id: str, body: CorrectiveActionCompletion, rt: RuntimeDep
+    problem_id: UUID,
+    action_id: str,
+    body: CorrectiveActionCompletion,
+    rt: RuntimeDep,
+    actor: Actor,
 ) -> ProblemPublic:
-    return await _run(rt, problem_id, lambda p: complete_action(p, action_id, body))
+    return await _run(rt, problem_id, lambda p: complete_action(p, action_id, body, actor.subject))

@@ -9,9 +9,12 @@ from fastapi import APIRouter, Query
 from pydantic import BaseModel
 
 from complaints_learning.similarity import rank
+from complaints_shared.auth import access
 from complaints_shared.errors import NotFound
 from complaints_shared.problems import PROBLEM_RESPONSES
 from complaints_shared.service import RuntimeDep
+
+READ = access("agent", "analyst", "quality")
 
 router = APIRouter(prefix="/complaints", tags=["similar complaints"], responses=PROBLEM_RESPONSES)
 
@@ -44,6 +47,7 @@ class Similar(BaseModel):
 @router.get(
     "/{complaint_id}/similar",
     summary="Earlier complaints and open problems with similar descriptions",
+    **READ,
 )
 async def similar(
     complaint_id: UUID, rt: RuntimeDep, limit: Annotated[int, Query(ge=1, le=20)] = 5

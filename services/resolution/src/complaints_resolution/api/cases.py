@@ -17,10 +17,15 @@ from complaints_resolution.messages import telling
 from complaints_resolution.projection import cases, load_case
 from complaints_resolution.resources import ResolutionResources
 from complaints_resolution.sla import Clock, first_response_clock, open_deadlines, resolution_clock
+from complaints_shared.auth import Actor, Principal, access
 from complaints_shared.errors import InputRejected, NotFound
 from complaints_shared.events import DomainEvent
 from complaints_shared.problems import PROBLEM_RESPONSES
 from complaints_shared.service import Runtime, RuntimeDep
+
+READ = access("agent", "integrator")
+AGENT = access("agent")  # supervisors and managers are agents too (composite roles)
+SUPERVISOR = access("supervisor")  # managers too; the amount decides who may approve
 
 router = APIRouter(
     prefix="/cases",
@@ -204,123 +209,165 @@ async def _run(
     return await _view(rt, complaint_id)
 
 
+def _by(actor: Principal) -> cmd.By:
+    role = actor.authority()
+    return cmd.By(actor.subject, role if role in ("agent", "supervisor", "manager") else None)  # type: ignore[arg-type]
+
+
 def _cmd(
-    fn: Callable[..., list[DomainEvent]], body: Any, rt: Runtime
+    fn: Callable[..., list[DomainEvent]], body: Any, actor: Principal, rt: Runtime
 ) -> Callable[[Case, datetime], list[DomainEvent]]:
-    return lambda case, now: fn(case, body, now, rt.policy)
+    return lambda case, now: fn(case, body, _by(actor), now, rt.policy)
 
 
-@router.get("/{complaint_id}", summary="One case: state, owner, cause, solution, actions, SLA")
+@router.get(
+    "/{complaint_id}", summary="One case: state, owner, cause, solution, actions, SLA", **READ
+)
 async def get_case(complaint_id: UUID, rt: RuntimeDep) -> CasePublic:
     return await _view(rt, complaint_id)
 
 
-@router.post("/{complaint_id}/assign", summary="Name the owner who will put this right")
+@router.post("/{complaint_id}/assign", summary="Name the owner who will put this right", **AGENT)
 async def assign(
-    complaint_id: UUID, body: cmd.AssignCase, rt: RuntimeDep, if_match: IfMatch = None
+    complaint_id: UUID, body: cmd.AssignCase, rt: RuntimeDep, actor: Actor, if_match: IfMatch = None
 ) -> CasePublic:
-    return await _run(rt, complaint_id, if_match, _cmd(cmd.assign, body, rt))
+    return await _run(rt, complaint_id, if_match, _cmd(cmd.assign, body, actor, rt))
 
 
 @router.post(
     "/{complaint_id}/clarification-requests",
     summary="Ask the customer (pauses the resolution clock)",
+    **AGENT,
 )
 async def request_clarification(
-    complaint_id: UUID, body: cmd.RequestClarification, rt: RuntimeDep, if_match: IfMatch = None
+    complaint_id: UUID,
+    body: cmd.RequestClarification,
+    rt: RuntimeDep,
+    actor: Actor,
+    if_match: IfMatch = None,
 ) -> CasePublic:
-    return await _run(rt, complaint_id, if_match, _cmd(cmd.request_clarification, body, rt))
+    return await _run(rt, complaint_id, if_match, _cmd(cmd.request_clarification, body, actor, rt))
 
 
-@router.post("/{complaint_id}/clarifications", summary="The customer's answer (clock resumes)")
+@router.post(
+    "/{complaint_id}/clarifications", summary="The customer's answer (clock resumes)", **AGENT
+)
 async def receive_clarification(
-    complaint_id: UUID, body: cmd.ReceiveClarification, rt: RuntimeDep, if_match: IfMatch = None
+    complaint_id: UUID,
+    body: cmd.ReceiveClarification,
+    rt: RuntimeDep,
+    actor: Actor,
+    if_match: IfMatch = None,
 ) -> CasePublic:
-    return await _run(rt, complaint_id, if_match, _cmd(cmd.receive_clarification, body, rt))
+    return await _run(rt, complaint_id, if_match, _cmd(cmd.receive_clarification, body, actor, rt))
 
 
-@router.post("/{complaint_id}/cause", summary="What happened, what should have, what went wrong")
+@router.post(
+    "/{complaint_id}/cause", summary="What happened, what should have, what went wrong", **AGENT
+)
 async def identify_cause(
-    complaint_id: UUID, body: cmd.IdentifyCause, rt: RuntimeDep, if_match: IfMatch = None
+    complaint_id: UUID,
+    body: cmd.IdentifyCause,
+    rt: RuntimeDep,
+    actor: Actor,
+    if_match: IfMatch = None,
 ) -> CasePublic:
-    return await _run(rt, complaint_id, if_match, _cmd(cmd.identify_cause, body, rt))
+    return await _run(rt, complaint_id, if_match, _cmd(cmd.identify_cause, body, actor, rt))
 
 
-@router.post("/{complaint_id}/proposals", summary="Offer one or more remedies")
+@router.post("/{complaint_id}/proposals", summary="Offer one or more remedies", **AGENT)
 async def propose_solution(
-    complaint_id: UUID, body: cmd.ProposeSolution, rt: RuntimeDep, if_match: IfMatch = None
+    complaint_id: UUID,
+    body: cmd.ProposeSolution,
+    rt: RuntimeDep,
+    actor: Actor,
+    if_match: IfMatch = None,
 ) -> CasePublic:
-    return await _run(rt, complaint_id, if_match, _cmd(cmd.propose_solution, body, rt))
+    return await _run(rt, complaint_id, if_match, _cmd(cmd.propose_solution, body, actor, rt))
 
 
 @router.post(
     "/{complaint_id}/agreement",
     summary="The customer approved an option: outcome, indicators and deadline",
+    **AGENT,
 )
 async def agree_solution(
-    complaint_id: UUID, body: cmd.AgreeSolution, rt: RuntimeDep, if_match: IfMatch = None
+    complaint_id: UUID,
+    body: cmd.AgreeSolution,
+    rt: RuntimeDep,
+    actor: Actor,
+    if_match: IfMatch = None,
 ) -> CasePublic:
-    return await _run(rt, complaint_id, if_match, _cmd(cmd.agree_solution, body, rt))
+    return await _run(rt, complaint_id, if_match, _cmd(cmd.agree_solution, body, actor, rt))
 
 
-@router.post("/{complaint_id}/rejection", summary="The customer rejected the proposal")
+@router.post("/{complaint_id}/rejection", summary="The customer rejected the proposal", **AGENT)
 async def reject_solution(
-    complaint_id: UUID, body: cmd.RejectSolution, rt: RuntimeDep, if_match: IfMatch = None
+    complaint_id: UUID,
+    body: cmd.RejectSolution,
+    rt: RuntimeDep,
+    actor: Actor,
+    if_match: IfMatch = None,
 ) -> CasePublic:
-    return await _run(rt, complaint_id, if_match, _cmd(cmd.reject_solution, body, rt))
+    return await _run(rt, complaint_id, if_match, _cmd(cmd.reject_solution, body, actor, rt))
 
 
-@router.post("/{complaint_id}/actions", summary="Plan an action of the agreed solution")
+@router.post("/{complaint_id}/actions", summary="Plan an action of the agreed solution", **AGENT)
 async def plan_action(
-    complaint_id: UUID, body: cmd.PlanAction, rt: RuntimeDep, if_match: IfMatch = None
+    complaint_id: UUID, body: cmd.PlanAction, rt: RuntimeDep, actor: Actor, if_match: IfMatch = None
 ) -> CasePublic:
-    return await _run(rt, complaint_id, if_match, _cmd(cmd.plan_action, body, rt))
+    return await _run(rt, complaint_id, if_match, _cmd(cmd.plan_action, body, actor, rt))
 
 
 class ActionCompletion(BaseModel):
     model_config = cmd.CompleteAction.model_config
     outcome: cmd.Text | None = None
-    completed_by: cmd.Name
 
 
-@router.post("/{complaint_id}/actions/{action_id}/complete", summary="An action is done")
+@router.post("/{complaint_id}/actions/{action_id}/complete", summary="An action is done", **AGENT)
 async def complete_action(
     complaint_id: UUID,
     action_id: str,
     body: ActionCompletion,
     rt: RuntimeDep,
+    actor: Actor,
     if_match: IfMatch = None,
 ) -> CasePublic:
     command = cmd.CompleteAction(action_id=action_id, **body.model_dump())
-    return await _run(rt, complaint_id, if_match, _cmd(cmd.complete_action, command, rt))
+    return await _run(rt, complaint_id, if_match, _cmd(cmd.complete_action, command, actor, rt))
 
 
 @router.post(
     "/{complaint_id}/compensation-requests",
     summary="Ask for compensation (approved at once within the agent's limit)",
+    **AGENT,
 )
 async def request_compensation(
-    complaint_id: UUID, body: cmd.RequestCompensation, rt: RuntimeDep, if_match: IfMatch = None
+    complaint_id: UUID,
+    body: cmd.RequestCompensation,
+    rt: RuntimeDep,
+    actor: Actor,
+    if_match: IfMatch = None,
 ) -> CasePublic:
-    return await _run(rt, complaint_id, if_match, _cmd(cmd.request_compensation, body, rt))
+    return await _run(rt, complaint_id, if_match, _cmd(cmd.request_compensation, body, actor, rt))
 
 
 class CompensationDecision(BaseModel):
     model_config = cmd.DecideCompensation.model_config
-    decided_by: cmd.Name
-    role: cmd.Role
     note: cmd.Text | None = None
 
 
 @router.post(
     "/{complaint_id}/compensation-requests/{request_id}/approve",
     summary="A supervisor (or manager) approves; never the requester",
+    **SUPERVISOR,
 )
 async def approve_compensation(
     complaint_id: UUID,
     request_id: str,
     body: CompensationDecision,
     rt: RuntimeDep,
+    actor: Actor,
     if_match: IfMatch = None,
 ) -> CasePublic:
     command = cmd.DecideCompensation(request_id=request_id, **body.model_dump())
@@ -328,19 +375,21 @@ async def approve_compensation(
         rt,
         complaint_id,
         if_match,
-        lambda case, now: cmd.decide_compensation(case, command, True, now, rt.policy),
+        lambda case, now: cmd.decide_compensation(case, command, True, _by(actor), now, rt.policy),
     )
 
 
 @router.post(
     "/{complaint_id}/compensation-requests/{request_id}/decline",
     summary="A supervisor (or manager) declines; never the requester",
+    **SUPERVISOR,
 )
 async def decline_compensation(
     complaint_id: UUID,
     request_id: str,
     body: CompensationDecision,
     rt: RuntimeDep,
+    actor: Actor,
     if_match: IfMatch = None,
 ) -> CasePublic:
     command = cmd.DecideCompensation(request_id=request_id, **body.model_dump())
@@ -348,35 +397,42 @@ async def decline_compensation(
         rt,
         complaint_id,
         if_match,
-        lambda case, now: cmd.decide_compensation(case, command, False, now, rt.policy),
+        lambda case, now: cmd.decide_compensation(case, command, False, _by(actor), now, rt.policy),
     )
 
 
 @router.post(
     "/{complaint_id}/resolve",
     summary="Resolve: the agreed solution's actions are done (or a supervisor overrides)",
+    **AGENT,
 )
 async def resolve(
-    complaint_id: UUID, body: cmd.ResolveCase, rt: RuntimeDep, if_match: IfMatch = None
+    complaint_id: UUID,
+    body: cmd.ResolveCase,
+    rt: RuntimeDep,
+    actor: Actor,
+    if_match: IfMatch = None,
 ) -> CasePublic:
-    return await _run(rt, complaint_id, if_match, _cmd(cmd.resolve, body, rt))
+    return await _run(rt, complaint_id, if_match, _cmd(cmd.resolve, body, actor, rt))
 
 
-@router.post("/{complaint_id}/close", summary="Close a resolved case")
+@router.post("/{complaint_id}/close", summary="Close a resolved case", **AGENT)
 async def close(
-    complaint_id: UUID, body: cmd.CloseCase, rt: RuntimeDep, if_match: IfMatch = None
+    complaint_id: UUID, body: cmd.CloseCase, rt: RuntimeDep, actor: Actor, if_match: IfMatch = None
 ) -> CasePublic:
-    return await _run(rt, complaint_id, if_match, _cmd(cmd.close, body, rt))
+    return await _run(rt, complaint_id, if_match, _cmd(cmd.close, body, actor, rt))
 
 
-@router.post("/{complaint_id}/reopen", summary="Reopen a resolved or closed case, with a reason")
+@router.post(
+    "/{complaint_id}/reopen", summary="Reopen a resolved or closed case, with a reason", **AGENT
+)
 async def reopen(
-    complaint_id: UUID, body: cmd.ReopenCase, rt: RuntimeDep, if_match: IfMatch = None
+    complaint_id: UUID, body: cmd.ReopenCase, rt: RuntimeDep, actor: Actor, if_match: IfMatch = None
 ) -> CasePublic:
-    return await _run(rt, complaint_id, if_match, _cmd(cmd.reopen, body, rt))
+    return await _run(rt, complaint_id, if_match, _cmd(cmd.reopen, body, actor, rt))
 
 
-@router.get("", summary="The worklist: cases sorted by their nearest deadline")
+@router.get("", summary="The worklist: cases sorted by their nearest deadline", **READ)
 async def list_cases(
     rt: RuntimeDep,
     owner: Annotated[str | None, Query(max_length=100)] = None,

@@ -1,0 +1,150 @@
+"""Token validation rules without a network: keys made here, the issuer's documents served by
+an in-process transport.  (The whole path against the real Keycloak is in
+tests/integration/test_access.py.)"""
+
+from __future__ import annotations
+
+import json
+import time
+from typing import Any
+
+import httpx
+import jwt
+import pytest
+from cryptography.hazmat.primitives.asymmetric import rsa
+
+from complaints_shared.auth import OidcVerifier, RateLimiter
+from complaints_shared.errors import Unauthenticated
+
+ISSUER = "https://id.example.test/realms/complaints"
+
+
+def new_key() -> rsa.RSAPrivateKey:
+    return rsa.generate_private_key(public_exponent=65537, key_size=2048)
+
+
+class Issuer:
+    """An issuer's discovery document and JWKS, with keys that can rotate."""
+
+    def __init__(self) -> None:
+        self.keys: dict[str, rsa.RSAPrivateKey] = {"k1": new_key()}
+        self.jwks_fetches = 0
+
+    def jwks(self) -> dict[str, Any]:
+        out = []
+        for kid, key in self.keys.items():
+            jwk = json.loads(jwt.algorithms.RSAAlgorithm.to_jwk(key.public_key()))
+            out.append({**jwk, "kid": kid, "use": "sig", "alg": "RS256"})
+        return {"keys": out}
+
+    def handler(self, request: httpx.Request) -> httpx.Response:
+        if request.url.path.endswith("/.well-known/openid-configuration"):
+            return httpx.Response(200, json={"issuer": ISSUER, "jwks_uri": f"{ISSUER}/certs"})
+        self.jwks_fetches += 1
+        return httpx.Response(200, json=self.jwks())
+
+    def token(self, kid: str = "k1", key: rsa.RSAPrivateKey | None = None, **claims: Any) -> str:
+        now = int(time.time())
+        body = {
+            "iss": ISSUER,
+            "aud": ["complaints-api", "account"],
+            "sub": "user-1",
+            "iat": now,
+            "exp": now + 300,
+            "azp": "complaints-cli",
+            "realm_access": {"roles": ["agent", "offline_access"]},
+            **claims,
+        }
+        body = {k: v for k, v in body.items() if v is not None}
+        return jwt.encode(body, key or self.keys[kid], algorithm="RS256", headers={"kid": kid})
+
+
+@pytest.fixture
+def issuer() -> Issuer:
+    return Issuer()
+
+
+def verifier(issuer: Issuer, **kw: Any) -> OidcVerifier:
+    return OidcVerifier(
+        ISSUER,
+        "complaints-api",
+        transport=httpx.MockTransport(issuer.handler),
+        refetch_interval=0,
+        **kw,
+    )
+
+
+async def test_a_valid_token_gives_the_subject_and_roles(issuer: Issuer):
+    p = await verifier(issuer).verify(issuer.token())
+    assert p.subject == "user-1" and "agent" in p.roles and p.client_id == "complaints-cli"
+    assert p.authority() == "agent"
+
+
+async def test_a_flat_roles_claim_is_a_setting(issuer: Issuer):
+    token = issuer.token(roles=["analyst"], realm_access=None)
+    p = await verifier(issuer, roles_claim="roles").verify(token)
+    assert p.roles == {"analyst"}
+
+
+@pytest.mark.parametrize(
+    ("claims", "reason"),
+    [
+        ({"exp": int(time.time()) - 10}, "expired"),
+        ({"nbf": int(time.time()) + 600}, "not valid yet"),
+        ({"aud": "another-api"}, "another audience"),
+        ({"iss": "https://evil.example.test/realms/complaints"}, "another issuer"),
+        ({"sub": None}, "invalid"),
+    ],
+)
+async def test_claims_that_do_not_hold_are_refused(issuer: Issuer, claims: dict, reason: str):
+    with pytest.raises(Unauthenticated, match=reason):
+        await verifier(issuer).verify(issuer.token(**claims))
+
+
+async def test_a_token_signed_by_another_key_is_refused(issuer: Issuer):
+    forged = issuer.token(key=new_key())  # the issuer's kid, somebody else's key
+    with pytest.raises(Unauthenticated, match="invalid"):
+        await verifier(issuer).verify(forged)
+    unknown = issuer.token(kid="k9", key=new_key())
+    with pytest.raises(Unauthenticated, match="not signed by the issuer"):
+        await verifier(issuer).verify(unknown)
+
+
+async def test_symmetric_and_unsigned_tokens_are_refused(issuer: Issuer):
+    hs = jwt.encode({"sub": "x"}, "secret-secret-secret-secret-32b!", algorithm="HS256")
+    with pytest.raises(Unauthenticated, match="algorithm"):
+        await verifier(issuer).verify(hs)
+    unsigned = jwt.encode({"sub": "x"}, None, algorithm="none")  # type: ignore[arg-type]
+    with pytest.raises(Unauthenticated):
+        await verifier(issuer).verify(unsigned)
+    with pytest.raises(Unauthenticated, match="not a JWT"):
+        await verifier(issuer).verify("not-a-token")
+
+
+async def test_rotated_keys_are_fetched_when_a_new_kid_appears(issuer: Issuer):
+    v = verifier(issuer)
+    await v.verify(issuer.token())
+    fetches = issuer.jwks_fetches
+    await v.verify(issuer.token())  # cached
+    assert issuer.jwks_fetches == fetches
+    issuer.keys = {"k2": new_key()}  # the issuer rotates
+    p = await v.verify(issuer.token(kid="k2"))
+    assert p.subject == "user-1" and issuer.jwks_fetches == fetches + 1
+
+
+async def test_an_unreachable_issuer_is_a_401_not_a_crash():
+    def down(request: httpx.Request) -> httpx.Response:
+        raise httpx.ConnectError("refused")
+
+    v = OidcVerifier(ISSUER, "complaints-api", transport=httpx.MockTransport(down))
+    with pytest.raises(Unauthenticated, match="cannot be reached"):
+        await v.verify(Issuer().token())
+
+
+def test_anonymous_submissions_are_rate_limited_per_address():
+    now = [0.0]
+    limiter = RateLimiter(per_minute=3, clock=lambda: now[0])
+    assert [limiter.allow("a") for _ in range(4)] == [True, True, True, False]
+    assert limiter.allow("b")  # another address has its own bucket
+    now[0] += 20  # one more allowed per 20 s
+    assert limiter.allow("a") and not limiter.allow("a")
