@@ -86,6 +86,8 @@ def infrastructure() -> Iterator[Infrastructure]:
                 if local.postgres.start():
                     cleanups.append(local.postgres.stop)
                 database = local.postgres.url
+                # the local server wants its password (SCRAM) over TCP
+                os.environ.setdefault("PGPASSFILE", str(local.postgres.passfile))
             if not kafka:
                 if local.kafka.start():
                     cleanups.append(local.kafka.stop)

@@ -474,14 +474,40 @@ def _pg_bindir() -> Path:
     )
 
 
+HBA = """# written by deploy/local/infra.py: TCP needs the password (SCRAM); the socket lives in
+# the data directory, which only the server's owner can enter
+local all all trust
+host all all 127.0.0.1/32 scram-sha-256
+host all all ::1/128 scram-sha-256
+"""
+
+
 @dataclass
 class Postgres:
     home: Path
     port: int
+    secrets: Path  # a folder only the developer can read
 
     @property
     def url(self) -> str:
+        """The server, without the password (clients read it from :attr:`passfile`)."""
         return f"postgresql://postgres@127.0.0.1:{self.port}"
+
+    @property
+    def passfile(self) -> Path:
+        """A pgpass file with the ``postgres`` role's password (``PGPASSFILE``)."""
+        return self.secrets / "postgres.pgpass"
+
+    def password(self) -> str:
+        """The password, made once per machine and kept in :attr:`passfile` (mode 0600)."""
+        if self.passfile.exists():
+            return self.passfile.read_text().strip().rsplit(":", 1)[1]
+        self.secrets.mkdir(parents=True, exist_ok=True, mode=0o700)
+        made = secrets.token_urlsafe(24)
+        fd = os.open(self.passfile, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as f:
+            f.write(f"127.0.0.1:{self.port}:*:postgres:{made}\n")
+        return made
 
     @property
     def data(self) -> Path:
@@ -496,9 +522,11 @@ class Postgres:
             return ["runuser", "-u", "postgres", "--", *cmd]
         return cmd
 
-    def _run(self, cmd: list[str], what: str) -> subprocess.CompletedProcess[str]:
+    def _run(
+        self, cmd: list[str], what: str, stdin: str | None = None
+    ) -> subprocess.CompletedProcess[str]:
         result = subprocess.run(
-            self._as_owner(cmd), capture_output=True, text=True, check=False, cwd="/"
+            self._as_owner(cmd), capture_output=True, text=True, check=False, cwd="/", input=stdin
         )
         if result.returncode != 0:
             raise InfraError(f"{what} failed: " + (result.stdout + result.stderr).strip()[-800:])
@@ -545,16 +573,19 @@ class Postgres:
                     str(self.data),
                     "-U",
                     "postgres",
-                    "--auth=trust",
+                    "--auth-local=trust",
+                    "--auth-host=scram-sha-256",
                     "-E",
                     "UTF8",
                     "--no-locale",
                 ],
                 "initdb",
             )
+        self._write_hba()
         options = (
             f"-c listen_addresses=127.0.0.1 -p {self.port} -k {self.data} "
             "-c max_connections=300 -c shared_buffers=128MB"
+            " -c password_encryption=scram-sha-256"
         )
         self._run(
             [
@@ -572,7 +603,36 @@ class Postgres:
             ],
             f"starting PostgreSQL (log: {self.log_file})",
         )
+        self._set_password()
         return True
+
+    def _write_hba(self) -> None:
+        hba = self.data / "pg_hba.conf"
+        if hba.read_text() != HBA:  # also moves a data directory of older versions off trust
+            self._run(["sh", "-c", f"cat > {hba}"], "writing pg_hba.conf", stdin=HBA)
+
+    def _psql_socket(self) -> list[str]:
+        return [
+            str(_pg_bindir() / "psql"),
+            "-h",
+            str(self.data),
+            "-p",
+            str(self.port),
+            "-U",
+            "postgres",
+            "-d",
+            "postgres",
+            "-tAq",
+            "-v",
+            "ON_ERROR_STOP=1",
+        ]
+
+    def _set_password(self) -> None:
+        self._run(
+            [*self._psql_socket(), "-f", "-"],
+            "setting the postgres password",
+            stdin=f"ALTER ROLE postgres PASSWORD '{self.password()}';\n",
+        )
 
     def stop(self) -> bool:
         if not self.running():
@@ -584,20 +644,7 @@ class Postgres:
         return True
 
     def ensure_databases(self, names: list[str]) -> None:
-        psql = [
-            str(_pg_bindir() / "psql"),
-            "-h",
-            "127.0.0.1",
-            "-p",
-            str(self.port),
-            "-U",
-            "postgres",
-            "-d",
-            "postgres",
-            "-tAq",
-            "-v",
-            "ON_ERROR_STOP=1",
-        ]
+        psql = self._psql_socket()
         existing = set(
             self._run(
                 [*psql, "-c", "SELECT datname FROM pg_database"], "listing databases"
@@ -644,7 +691,11 @@ class LocalInfra:
                 _env_int("COMPLAINTS_LOCAL_KAFKA_PORT", 9092),
                 _env_int("COMPLAINTS_LOCAL_KAFKA_CONTROLLER_PORT", 9093),
             ),
-            Postgres(_postgres_home(local), _env_int("COMPLAINTS_LOCAL_POSTGRES_PORT", 55432)),
+            Postgres(
+                _postgres_home(local),
+                _env_int("COMPLAINTS_LOCAL_POSTGRES_PORT", 55432),
+                local / "secrets",
+            ),
             Keycloak(
                 local / "keycloak",
                 _env_int("COMPLAINTS_LOCAL_KEYCLOAK_PORT", 8090),
@@ -703,6 +754,7 @@ def main(argv: list[str]) -> int:
         elif command == "env":
             print(f"export COMPLAINTS_KAFKA_BOOTSTRAP={infra.kafka.bootstrap}")
             print(f"export COMPLAINTS_DATABASE_URL={infra.postgres.url}/postgres")
+            print(f"export PGPASSFILE={infra.postgres.passfile}")
             print(f"export COMPLAINTS_OIDC_ISSUER={infra.keycloak.issuer}")
         elif command == "token":
             if len(argv) < 3:

@@ -95,6 +95,7 @@ def run() -> int:
             started["postgres"] = infra.postgres.start()
             infra.postgres.ensure_databases([f"complaints_{s}" for s in SERVICES])
             server = infra.postgres.url
+            os.environ.setdefault("PGPASSFILE", str(infra.postgres.passfile))
         if not kafka:
             started["kafka"] = infra.kafka.start()
             kafka = infra.kafka.bootstrap

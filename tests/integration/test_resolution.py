@@ -217,7 +217,7 @@ async def test_compensation_limits_and_self_approval(start_platform: StartPlatfo
     agent = await decide(f"{url}/approve", "agent")  # the role in the token decides, not a body
     assert agent.status_code == 403 and "supervisor" in agent.json()["detail"]
     forged = await decide(f"{url}/approve", "agent", {"decided_by": "boss", "role": "manager"})
-    assert forged.status_code == 422  # who acts is no longer a field of the request
+    assert forged.status_code == 403  # a body cannot make an agent a manager
     ok = await decide(f"{url}/approve", "manager")
     assert ok.status_code == 200 and ok.json()["compensation"][-1]["status"] == "approved"
     twice = await decide(f"{url}/decline", "manager")

@@ -7,10 +7,13 @@ import asyncpg
 from complaints_shared.eventstore import init_connection
 
 
-async def create_pool(dsn: str, *, min_size: int = 1, max_size: int = 10) -> asyncpg.Pool:
-    """An asyncpg pool whose connections speak JSON natively."""
+async def create_pool(
+    dsn: str, *, min_size: int = 1, max_size: int = 10, password: str | None = None
+) -> asyncpg.Pool:
+    """An asyncpg pool whose connections speak JSON natively.  The password comes from
+    ``password``, else the DSN, ``PGPASSWORD`` or the ``PGPASSFILE`` (never from the code)."""
     pool = await asyncpg.create_pool(
-        dsn, min_size=min_size, max_size=max_size, init=init_connection
+        dsn, min_size=min_size, max_size=max_size, init=init_connection, password=password
     )
     assert pool is not None
     return pool

@@ -44,6 +44,7 @@ class OutboxRelay:
         self,
         *,
         dsn: str,
+        password: str | None = None,
         pool: asyncpg.Pool,
         producer: AIOKafkaProducer,
         source: str,
@@ -53,6 +54,7 @@ class OutboxRelay:
         idle_poll_seconds: float = 5.0,
     ) -> None:
         self._dsn = dsn
+        self._password = password
         self._pool = pool
         self._producer = producer
         self._source = source
@@ -82,7 +84,7 @@ class OutboxRelay:
             backoff = min(backoff * 2, 10.0)
 
     async def _run_once(self) -> None:
-        conn: asyncpg.Connection = await asyncpg.connect(self._dsn)
+        conn: asyncpg.Connection = await asyncpg.connect(self._dsn, password=self._password)
         try:
             await conn.execute("SELECT pg_advisory_lock($1)", _LEADER_LOCK)
             self.is_leader = True

@@ -106,7 +106,7 @@ def create_app(
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        pool = await create_pool(dsn)
+        pool = await create_pool(dsn, password=settings.database_password())
         try:
             async with pool.acquire() as conn:
                 await migrate(
@@ -147,6 +147,7 @@ def create_app(
         )
         relay = OutboxRelay(
             dsn=dsn,
+            password=settings.database_password(),
             pool=pool,
             producer=producer,
             source=store.source,

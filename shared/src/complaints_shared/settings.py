@@ -23,6 +23,11 @@ class ServiceSettings(BaseSettings):
         description="PostgreSQL DSN of this service's own database; default: the local"
         " server's complaints_<service> database",
     )
+    database_password_file: Path | None = Field(
+        None,
+        description="file holding the database password (e.g. a Docker or Kubernetes secret);"
+        " else the DSN, PGPASSWORD or PGPASSFILE",
+    )
     host: str = "127.0.0.1"
     port: int | None = Field(None, ge=1, le=65535, description="HTTP port; default per service")
     policy: Path | None = Field(None, description="TOML policy file; default: built-in policy")
@@ -91,6 +96,11 @@ class ServiceSettings(BaseSettings):
         if v is not None and not v.is_file():
             raise ValueError(f"policy file {v} does not exist")
         return v
+
+    def database_password(self) -> str | None:
+        if self.database_password_file is None:
+            return None
+        return self.database_password_file.read_text().strip()
 
     def dsn_for(self, service: str) -> str:
         return self.database_url or f"{LOCAL_POSTGRES}/complaints_{service}"
