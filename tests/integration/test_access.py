@@ -16,7 +16,7 @@ import jwt
 import pytest
 from cryptography.hazmat.primitives.asymmetric import rsa
 
-from complaints_shared.contracts import EFFECTIVE_ROLES
+from complaints_shared.auth import EFFECTIVE_ROLES
 from tests.integration.conftest import Platform, StartPlatform
 from tests.support import Tokens
 

@@ -46,6 +46,13 @@ ROLES = (
 """The platform's roles (realm roles in Keycloak). ``supervisor`` includes ``agent`` and
 ``manager`` includes ``supervisor`` in the identity provider, so tokens carry all three."""
 
+EFFECTIVE_ROLES: dict[str, set[str]] = {
+    "agent": {"agent"},
+    "supervisor": {"supervisor", "agent"},
+    "manager": {"manager", "supervisor", "agent"},
+}
+"""The composite roles of the realm: a supervisor is an agent too, a manager a supervisor."""
+
 ALGORITHMS = ["RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384", "ES512"]
 ANONYMOUS = "anonymous"
 X_ROLES = "x-roles"

@@ -29,6 +29,7 @@ import yaml
 from pydantic import BaseModel
 from pydantic.json_schema import JsonSchemaMode, models_json_schema
 
+from complaints_shared.auth import EFFECTIVE_ROLES, ROLES
 from complaints_shared.envelope import TYPE_PREFIX
 from complaints_shared.events import REGISTRY, DomainEvent
 from complaints_shared.topics import Topics
@@ -190,22 +191,7 @@ def generated(extra: Extra | None = None) -> dict[Path, str]:
 
 
 ACCESS_PATH = Path("docs/access.md")
-ROLE_COLUMNS = (
-    "agent",
-    "supervisor",
-    "manager",
-    "analyst",
-    "quality",
-    "admin",
-    "integrator",
-    "channel-gateway",
-)
-EFFECTIVE_ROLES = {
-    "agent": {"agent"},
-    "supervisor": {"supervisor", "agent"},
-    "manager": {"manager", "supervisor", "agent"},
-}
-"""The composite roles of the realm: a supervisor is an agent too, a manager a supervisor."""
+ROLE_COLUMNS = ROLES
 
 
 def access_matrix(openapis: Mapping[str, Mapping[str, Any]]) -> str:
