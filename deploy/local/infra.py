@@ -101,11 +101,7 @@ class Kafka:
         return self.home / "server.log"
 
     def pid(self) -> int | None:
-        try:
-            pid = int(self.pid_file.read_text().strip())
-        except (FileNotFoundError, ValueError):
-            return None
-        return pid if _pid_alive(pid) else None
+        return _read_pid(self.pid_file)
 
     def running(self) -> bool:
         return self.pid() is not None and port_open(self.port)

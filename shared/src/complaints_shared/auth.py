@@ -21,7 +21,7 @@ import logging
 import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 import httpx
 import jwt
@@ -53,6 +53,9 @@ EFFECTIVE_ROLES: dict[str, set[str]] = {
 }
 """The composite roles of the realm: a supervisor is an agent too, a manager a supervisor."""
 
+Authority = Literal["manager", "supervisor", "agent"]
+AUTHORITIES: tuple[Authority, ...] = ("manager", "supervisor", "agent")
+
 ALGORITHMS = ["RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384", "ES512"]
 ANONYMOUS = "anonymous"
 X_ROLES = "x-roles"
@@ -74,9 +77,12 @@ class Principal:
     def has_any(self, roles: Iterable[str]) -> bool:
         return bool(self.roles & set(roles))
 
-    def authority(self) -> str | None:
+    def authority(self) -> Authority | None:
         """The highest case-handling role: ``manager``, ``supervisor``, ``agent`` or none."""
-        return next((r for r in ("manager", "supervisor", "agent") if r in self.roles), None)
+        for role in AUTHORITIES:
+            if role in self.roles:
+                return role
+        return None
 
 
 def _claim(claims: Mapping[str, Any], path: str) -> Any:

@@ -27,9 +27,8 @@ from complaints_shared.envelope import (
     Event,
     MalformedEvent,
     cloudevent_headers,
-    decode_headers,
+    event_from,
     event_type_of,
-    from_kafka_record,
 )
 from complaints_shared.errors import ConcurrencyConflict
 from complaints_shared.events import DomainEvent
@@ -218,16 +217,15 @@ class ConsumerRunner:
         async with self.pool.acquire() as conn, conn.transaction():
             for record in records:
                 try:
-                    handler = self.subscription.handler_for(
-                        event_type_of(cloudevent_headers(record.headers))
-                    )
+                    headers = cloudevent_headers(record.headers)
+                    handler = self.subscription.handler_for(event_type_of(headers))
                     if handler is None:
                         outcomes.append("ignored")
                         continue
-                    event = from_kafka_record(record.value, record.headers)
+                    event = event_from(record.value, headers)
                 except MalformedEvent as exc:
                     raise _Poisoned(record, exc) from exc
-                with self._span(record, event) as span:
+                with self._span(record, event, headers) as span:
                     try:
                         outcome = await self._apply(conn, handler, event)
                     except TRANSIENT_ERRORS:
@@ -240,14 +238,14 @@ class ConsumerRunner:
                     outcomes.append(outcome)
         return outcomes
 
-    def _span(self, record: ConsumerRecord, event: Event[Any]) -> Any:
+    def _span(self, record: ConsumerRecord, event: Event[Any], headers: Mapping[str, str]) -> Any:
         span_attrs = attrs("process", record.topic, event)
         span_attrs["messaging.consumer.group.name"] = self.subscription.name
         span_attrs["messaging.destination.partition.id"] = str(record.partition)
         span_attrs["messaging.kafka.offset"] = record.offset
         return self.telemetry.tracer.start_as_current_span(
             f"{record.topic} process",
-            context=extract_context(decode_headers(record.headers)),
+            context=extract_context(headers),
             kind=CONSUMER,
             attributes=span_attrs,
         )

@@ -136,7 +136,11 @@ def from_kafka_record(
     A type this code does not know reads as an ``UnknownEvent`` payload; a known type whose
     data does not fit its model raises :class:`MalformedEvent`.
     """
-    h = cloudevent_headers(headers)
+    return event_from(value, cloudevent_headers(headers))
+
+
+def event_from(value: bytes | None, h: Mapping[str, str]) -> Event[Any]:
+    """The event of a record whose headers :func:`cloudevent_headers` already read."""
     try:
         data = orjson.loads(value or b"")
     except orjson.JSONDecodeError as exc:

@@ -103,10 +103,11 @@ def create_app(
     topics = Topics(settings.topic_prefix)
     metrics = ServiceMetrics()
     dsn = settings.dsn_for(spec.name)
+    password = settings.database_password()  # read at start: a missing file stops the start
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        pool = await create_pool(dsn, password=settings.database_password())
+        pool = await create_pool(dsn, password=password)
         try:
             async with pool.acquire() as conn:
                 await migrate(
@@ -147,7 +148,7 @@ def create_app(
         )
         relay = OutboxRelay(
             dsn=dsn,
-            password=settings.database_password(),
+            password=password,
             pool=pool,
             producer=producer,
             source=store.source,

@@ -210,8 +210,7 @@ async def _run(
 
 
 def _by(actor: Principal) -> cmd.By:
-    role = actor.authority()
-    return cmd.By(actor.subject, role if role in ("agent", "supervisor", "manager") else None)  # type: ignore[arg-type]
+    return cmd.By(actor.subject, actor.authority())
 
 
 def _cmd(
@@ -357,6 +356,26 @@ class CompensationDecision(BaseModel):
     note: cmd.Text | None = None
 
 
+async def _decide_compensation(
+    rt: Runtime,
+    complaint_id: UUID,
+    request_id: str,
+    body: CompensationDecision,
+    actor: Principal,
+    if_match: int | None,
+    approve: bool,
+) -> CasePublic:
+    command = cmd.DecideCompensation(request_id=request_id, **body.model_dump())
+    return await _run(
+        rt,
+        complaint_id,
+        if_match,
+        lambda case, now: cmd.decide_compensation(
+            case, command, approve, _by(actor), now, rt.policy
+        ),
+    )
+
+
 @router.post(
     "/{complaint_id}/compensation-requests/{request_id}/approve",
     summary="A supervisor (or manager) approves; never the requester",
@@ -370,13 +389,7 @@ async def approve_compensation(
     actor: Actor,
     if_match: IfMatch = None,
 ) -> CasePublic:
-    command = cmd.DecideCompensation(request_id=request_id, **body.model_dump())
-    return await _run(
-        rt,
-        complaint_id,
-        if_match,
-        lambda case, now: cmd.decide_compensation(case, command, True, _by(actor), now, rt.policy),
-    )
+    return await _decide_compensation(rt, complaint_id, request_id, body, actor, if_match, True)
 
 
 @router.post(
@@ -392,13 +405,7 @@ async def decline_compensation(
     actor: Actor,
     if_match: IfMatch = None,
 ) -> CasePublic:
-    command = cmd.DecideCompensation(request_id=request_id, **body.model_dump())
-    return await _run(
-        rt,
-        complaint_id,
-        if_match,
-        lambda case, now: cmd.decide_compensation(case, command, False, _by(actor), now, rt.policy),
-    )
+    return await _decide_compensation(rt, complaint_id, request_id, body, actor, if_match, False)
 
 
 @router.post(
