@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import sys
 import time
 import uuid
@@ -178,7 +179,8 @@ def main() -> None:
     parser.add_argument("--events", type=int, default=5000)
     args = parser.parse_args()
     infra = LocalInfra.from_env()
-    started = infra.up()
+    started = infra.up(identity=False)  # no API calls here: no identity provider needed
+    os.environ.setdefault("PGPASSFILE", str(infra.postgres.passfile))
     try:
         asyncio.run(bench(args.events, infra.kafka.bootstrap, infra.postgres.url))
     finally:
