@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from complaints_shared.events import REGISTRY, DomainEvent
+from complaints_shared.events.base import Payload, Personal, PersonalOrNone
 
 event = REGISTRY.register("test")
 
@@ -26,3 +27,18 @@ class Counted(DomainEvent):
 @event
 class SomethingElse(DomainEvent):
     n: int
+
+
+class Item(Payload):
+    label: str
+    name: PersonalOrNone = None
+
+
+@event
+class Confided(DomainEvent):
+    """An event with personal data: sealed in stores and on topics."""
+
+    n: int
+    secret: Personal
+    note: PersonalOrNone = None
+    items: tuple[Item, ...] = ()

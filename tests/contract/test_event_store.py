@@ -1,6 +1,7 @@
 """The event store contract, written once and run against every implementation: in memory
 (fast domain tests) and PostgreSQL (the real server, outbox included).  The repository's
-conflict policy is checked on both as well."""
+conflict policy, and the sealing of personal data with the keyring (crypto-shredding), are
+checked on both as well."""
 
 from __future__ import annotations
 
@@ -11,14 +12,24 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Any
 
+import orjson
 import pytest
 
 from complaints_shared.envelope import Event
 from complaints_shared.errors import ConcurrencyConflict
 from complaints_shared.events import DomainEvent
 from complaints_shared.eventstore import EventRecorder, InMemoryEventStore, PostgresEventStore
+from complaints_shared.privacy import (
+    ERASED,
+    InMemoryKeyring,
+    Keyring,
+    PostgresKeyring,
+    UnknownDataSubject,
+    load_master_key,
+    new_master_key,
+)
 from complaints_shared.repository import Repository
-from tests.events import Happened
+from tests.events import Confided, Happened, Item
 from tests.support import migrated_pool
 
 TOPIC = "complaints.test.v1"
@@ -29,6 +40,8 @@ class Backend:
     store: EventRecorder
     transaction: Callable[[], Any]  # async context manager giving the ``conn`` to pass
     queued: Callable[[], Awaitable[list[tuple[str, int]]]]  # (topic, version) in outbox order
+    keyring: Keyring
+    stored: Callable[[uuid.UUID], Awaitable[str]]  # a stream's payloads as stored, as text
 
     async def append(self, stream: uuid.UUID, expected: int, events: list[DomainEvent]) -> None:
         async with self.transaction() as conn:
@@ -41,7 +54,8 @@ class Backend:
 
 @pytest.fixture
 async def memory_backend() -> Backend:
-    store = InMemoryEventStore(source="/complaints/test", topic=TOPIC)
+    keyring = InMemoryKeyring()
+    store = InMemoryEventStore(source="/complaints/test", topic=TOPIC, keyring=keyring)
 
     @asynccontextmanager
     async def no_transaction() -> AsyncIterator[None]:
@@ -50,13 +64,18 @@ async def memory_backend() -> Backend:
     async def queued() -> list[tuple[str, int]]:
         return [(store.topic, e.version) for e in store.queued]
 
-    return Backend(store, no_transaction, queued)
+    async def stored(stream: uuid.UUID) -> str:
+        return orjson.dumps(store.stored.get(stream, [])).decode()
+
+    return Backend(store, no_transaction, queued, keyring, stored)
 
 
 @pytest.fixture
 async def postgres_backend(database: str) -> AsyncIterator[Backend]:
     pool = await migrated_pool(database)
-    store = PostgresEventStore(source="/complaints/test", topic=TOPIC)
+    keyring = PostgresKeyring(pool, load_master_key(new_master_key()))
+    await keyring.migrate()
+    store = PostgresEventStore(source="/complaints/test", topic=TOPIC, keyring=keyring)
 
     @asynccontextmanager
     async def transaction() -> AsyncIterator[Any]:
@@ -70,8 +89,14 @@ async def postgres_backend(database: str) -> AsyncIterator[Backend]:
         )
         return [(r["topic"], r["version"]) for r in rows]
 
+    async def stored(stream: uuid.UUID) -> str:
+        rows = await pool.fetch(
+            "SELECT data::text FROM events WHERE stream_id = $1 ORDER BY version", stream
+        )
+        return "\n".join(r["data"] for r in rows)
+
     try:
-        yield Backend(store, transaction, queued)
+        yield Backend(store, transaction, queued, keyring, stored)
     finally:
         await pool.close()
 
@@ -252,3 +277,81 @@ async def test_nothing_decided_writes_nothing_and_projects_nothing(backend: Back
         assert saved.recorded == [] and saved.version == 0
         saved = await repository.execute(conn, stream, lambda s: [ev(1), ev(2)])
     assert projected == [2] and saved.version == 2
+
+
+# Personal data: sealed per customer, erased by destroying the customer's key.
+
+
+def confided(n: int) -> Confided:
+    return Confided(
+        n=n,
+        secret="Eva Kovács, eva@example.hu",
+        note="call after 6pm on +36 30 123 4567",
+        items=(Item(label="receipt", name="Eva's receipt.pdf"), Item(label="photo")),
+    )
+
+
+async def test_personal_values_are_sealed_where_stored_and_open_on_load(backend: Backend):
+    stream = uuid.uuid4()
+    await backend.keyring.register(stream, "customer-1")
+
+    await backend.append(stream, 0, [confided(1), ev(2)])
+
+    raw = await backend.stored(stream)
+    for plain in ("Eva", "eva@example.hu", "36 30 123", "6pm"):
+        assert plain not in raw
+    assert "pii:1:" in raw and '"receipt"' in raw  # non-personal fields stay readable
+    loaded = await backend.load(stream)
+    assert loaded[0].payload == confided(1)
+    assert ns(loaded) == [2]
+
+
+async def test_erasing_the_customer_makes_every_copy_read_as_erased(backend: Backend):
+    ours, theirs = uuid.uuid4(), uuid.uuid4()
+    await backend.keyring.register(ours, "customer-1")
+    await backend.keyring.register(theirs, "customer-2")
+    await backend.append(ours, 0, [confided(1)])
+    await backend.append(theirs, 0, [confided(2)])
+
+    assert await backend.keyring.erase("customer-1") == [ours]
+
+    erased = (await backend.load(ours))[0].payload
+    assert isinstance(erased, Confided)
+    assert (erased.n, erased.secret, erased.note) == (1, ERASED, None)
+    assert erased.items == (Item(label="receipt", name=None), Item(label="photo"))
+    assert (await backend.load(theirs))[0].payload == confided(2)  # others untouched
+    # what arrives after the erasure is not kept either; the stream goes on
+    await backend.append(ours, 1, [confided(3)])
+    later = (await backend.load(ours))[1].payload
+    assert isinstance(later, Confided) and (later.secret, later.note) == (ERASED, None)
+    assert "Eva" not in await backend.stored(ours)
+
+
+async def test_personal_data_of_an_unknown_subject_is_refused(backend: Backend):
+    stream = uuid.uuid4()
+    with pytest.raises(UnknownDataSubject):
+        await backend.append(stream, 0, [confided(1)])
+    assert await backend.load(stream) == []
+    await backend.append(stream, 0, [ev(1)])  # events without personal data need no subject
+    assert ns(await backend.load(stream)) == [1]
+
+
+async def test_keyring_keeps_one_key_per_customer_until_erased(backend: Backend):
+    keyring = backend.keyring
+    first, second, later = uuid.uuid4(), uuid.uuid4(), uuid.uuid4()
+    key = await keyring.register(first, "customer-1")
+    assert await keyring.register(second, "customer-1") == key
+    assert await keyring.register(first, "customer-1") == key  # idempotent
+    assert await keyring.key_for_stream(second) == key
+    assert await keyring.subject_of(second) == "customer-1"
+    assert await keyring.keys([key.key_id, "nope"]) == {key.key_id: key.secret}
+
+    assert await keyring.erase("customer-1") == [first, second]
+    assert await keyring.erase("customer-1") == [first, second]  # idempotent
+    assert await keyring.key_for_stream(first) is None
+    assert await keyring.keys([key.key_id]) == {}
+    # the same customer complaining again after the erasure gets a new key
+    fresh = await keyring.register(later, "customer-1")
+    assert fresh.key_id != key.key_id and await keyring.key_for_stream(first) is None
+    with pytest.raises(UnknownDataSubject):
+        await keyring.key_for_stream(uuid.uuid4())

@@ -24,6 +24,13 @@ from opentelemetry import propagate
 from complaints_shared.envelope import Event
 from complaints_shared.errors import ConcurrencyConflict
 from complaints_shared.events import REGISTRY, DomainEvent
+from complaints_shared.privacy import (
+    Keyring,
+    fields_of,
+    needs_key,
+    open_payloads,
+    seal_payload,
+)
 
 OUTBOX_CHANNEL = "complaints_outbox"
 
@@ -58,16 +65,47 @@ class EventRecorder(Protocol):
     async def version(self, conn: Any, stream_id: UUID) -> int: ...
 
 
-def row_to_event(row: asyncpg.Record, source: str) -> Event[DomainEvent]:
-    data = row["data"]
+def row_to_event(
+    row: asyncpg.Record, source: str, data: dict[str, Any] | None = None
+) -> Event[DomainEvent]:
+    """The event of an ``events`` row (``data``: its payload, opened, if done already)."""
+    if data is None:
+        raw = row["data"]
+        data = orjson.loads(raw) if isinstance(raw, str) else raw
     return Event(
         event_id=row["event_id"],
         stream_id=row["stream_id"],
         version=row["version"],
         occurred_at=row["occurred_at"],
         source=source,
-        payload=REGISTRY.parse(row["type"], orjson.loads(data) if isinstance(data, str) else data),
+        payload=REGISTRY.parse(row["type"], data),
     )
+
+
+async def open_rows(
+    rows: Sequence[asyncpg.Record], source: str, keyring: Keyring | None
+) -> list[Event[DomainEvent]]:
+    """The events of ``events`` rows, their personal values opened with the keyring (those of
+    an erased customer read as erased)."""
+    items = [
+        (r["type"], orjson.loads(r["data"]) if isinstance(r["data"], str) else r["data"])
+        for r in rows
+    ]
+    if keyring is not None:
+        await open_payloads(keyring, items)
+    return [row_to_event(r, source, data) for r, (_, data) in zip(rows, items, strict=True)]
+
+
+async def sealed_json(
+    keyring: Keyring | None, stream_id: UUID, payload: DomainEvent
+) -> dict[str, Any]:
+    """The payload as stored and published: personal values sealed for the stream's customer."""
+    data = payload.to_json()
+    if keyring is not None:
+        return await seal_payload(keyring, stream_id, payload.name, data)
+    if needs_key(data, fields_of(payload.name)):
+        raise RuntimeError(f"{payload.name} holds personal data and this store has no keyring")
+    return data
 
 
 def _new_events(
@@ -114,10 +152,13 @@ SELECT (SELECT count(*) FROM queued) AS appended, (SELECT count(*) FROM wake) AS
 class PostgresEventStore:
     """One service's event streams in PostgreSQL, queued for ``topic`` through the outbox."""
 
-    def __init__(self, *, source: str, topic: str, clock: Clock = utc_now) -> None:
+    def __init__(
+        self, *, source: str, topic: str, clock: Clock = utc_now, keyring: Keyring | None = None
+    ) -> None:
         self.source = source
         self.topic = topic
         self.clock = clock
+        self.keyring = keyring
 
     async def append(
         self,
@@ -144,7 +185,10 @@ class PostgresEventStore:
             [e.event_id for e in recorded],
             [e.type for e in recorded],
             recorded[0].occurred_at,
-            [orjson.dumps(e.payload.to_json()).decode() for e in recorded],
+            [
+                orjson.dumps(await sealed_json(self.keyring, stream_id, e.payload)).decode()
+                for e in recorded
+            ],
             expected_version,
             self.topic,
             orjson.dumps(current_trace_context()).decode(),  # text: see $9::text::jsonb
@@ -175,7 +219,7 @@ class PostgresEventStore:
             " WHERE stream_id = $1 ORDER BY version",
             stream_id,
         )
-        return [row_to_event(r, self.source) for r in rows]
+        return await open_rows(rows, self.source, self.keyring)
 
     async def load_all(
         self, conn: asyncpg.Connection | asyncpg.Pool, types: Sequence[str] | None = None
@@ -186,7 +230,7 @@ class PostgresEventStore:
             " WHERE $1::text[] IS NULL OR type = ANY($1) ORDER BY stream_id, version",
             list(types) if types is not None else None,
         )
-        return [row_to_event(r, self.source) for r in rows]
+        return await open_rows(rows, self.source, self.keyring)
 
 
 class InMemoryEventStore:
@@ -194,11 +238,18 @@ class InMemoryEventStore:
     what the outbox would publish, in append order."""
 
     def __init__(
-        self, *, source: str = "/complaints/test", topic: str = "test", clock: Clock = utc_now
+        self,
+        *,
+        source: str = "/complaints/test",
+        topic: str = "test",
+        clock: Clock = utc_now,
+        keyring: Keyring | None = None,
     ) -> None:
         self.source = source
         self.topic = topic
         self.clock = clock
+        self.keyring = keyring
+        self.stored: dict[UUID, list[dict[str, Any]]] = {}  # payloads as stored (sealed)
         self.streams: dict[UUID, list[Event[DomainEvent]]] = {}
         self.queued: list[Event[DomainEvent]] = []
 
@@ -212,16 +263,21 @@ class InMemoryEventStore:
             raise ConcurrencyConflict(stream_id, expected_version, len(stream))
         recorded = _new_events(self.source, stream_id, expected_version, events, self.clock())
         # stored as it would travel: a payload that cannot round-trip fails here, as in PostgreSQL
+        stored = (
+            [
+                orjson.loads(orjson.dumps(await sealed_json(self.keyring, stream_id, e.payload)))
+                for e in recorded
+            ]
+            if self.keyring is not None
+            else [orjson.loads(orjson.dumps(e.payload.to_json())) for e in recorded]
+        )
+        self.stored.setdefault(stream_id, []).extend(orjson.loads(orjson.dumps(d)) for d in stored)
+        items = [(e.type, d) for e, d in zip(recorded, stored, strict=True)]
+        if self.keyring is not None:
+            await open_payloads(self.keyring, items)
         recorded = [
-            Event(
-                e.event_id,
-                e.stream_id,
-                e.version,
-                e.occurred_at,
-                e.source,
-                REGISTRY.parse(e.type, orjson.loads(orjson.dumps(e.payload.to_json()))),
-            )
-            for e in recorded
+            Event(e.event_id, e.stream_id, e.version, e.occurred_at, e.source, REGISTRY.parse(t, d))
+            for e, (t, d) in zip(recorded, items, strict=True)
         ]
         stream.extend(recorded)
         self.queued.extend(recorded)
@@ -231,7 +287,23 @@ class InMemoryEventStore:
         return len(self.streams.get(stream_id, ()))
 
     async def load(self, conn: Any, stream_id: UUID) -> list[Event[DomainEvent]]:
-        return list(self.streams.get(stream_id, ()))
+        events = self.streams.get(stream_id, [])
+        if self.keyring is None:
+            return list(events)
+        # opened anew each time, as PostgreSQL's rows are: an erased customer reads as erased
+        items = (
+            [
+                (e.type, orjson.loads(orjson.dumps(d)))
+                for e, d in zip(events, self.stored[stream_id], strict=True)
+            ]
+            if events
+            else []
+        )
+        await open_payloads(self.keyring, items)
+        return [
+            Event(e.event_id, e.stream_id, e.version, e.occurred_at, e.source, REGISTRY.parse(t, d))
+            for e, (t, d) in zip(events, items, strict=True)
+        ]
 
 
 async def init_connection(conn: asyncpg.Connection) -> None:

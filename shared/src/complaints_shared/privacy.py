@@ -1,0 +1,413 @@
+"""Personal data: per-customer data keys (crypto-shredding) and the sealing of personal fields.
+
+Invariants:
+
+- A personal field (marked ``x-personal-data`` in the event models) reaches the event store and
+  Kafka only sealed: ``pii:1:<key id>:<base64url(nonce ‖ AES-256-GCM ciphertext)>``, under the
+  data key of the customer the stream belongs to, with the key id and the field's path as
+  associated data (a value moved to another field or key does not open).
+- Data keys live in one place, the **keyring** (its own PostgreSQL database, owned by the
+  privacy officer), wrapped by a master key that only the services' secrets hold.  A service
+  reads keys over its authenticated database connection; no key is ever on a topic.
+- Erasure deletes the customer's keys: every sealed value of theirs, in every copy of every
+  event (event stores, topics, the dead-letter topic, backups), becomes unreadable and reads as
+  ``None`` (optional fields) or ``"erased"`` (required ones).  Events stay valid, so replays
+  and rebuilds keep working and give the same counts.
+- Intake registers a stream's data subject when the complaint arrives.  A later personal value
+  for a stream whose customer was erased is not kept: it is stored as erased.  A personal value
+  for a stream nobody registered is refused (:class:`UnknownDataSubject`).
+"""
+
+from __future__ import annotations
+
+import base64
+import os
+from collections.abc import Callable, Collection, Iterable, Mapping
+from dataclasses import dataclass
+from functools import cache
+from typing import Any, Protocol
+from uuid import UUID
+
+import asyncpg
+from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+from pydantic import BaseModel
+
+from complaints_shared.events.base import REGISTRY, _is_personal, _models_in
+
+ERASED = "erased"
+"""What a required personal field reads as once its customer's key is destroyed."""
+
+SEALED_PREFIX = "pii:1:"
+_NONCE = 12
+
+
+class UnknownDataSubject(LookupError):
+    """Personal data for a stream whose customer the keyring does not know."""
+
+    def __init__(self, stream_id: UUID) -> None:
+        super().__init__(f"no data subject registered for stream {stream_id}")
+        self.stream_id = stream_id
+
+
+@dataclass(frozen=True, slots=True)
+class DataKey:
+    key_id: str
+    secret: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class PersonalField:
+    """A personal string field: its path (a list on the way is walked item by item) and whether
+    it may be null."""
+
+    path: tuple[str, ...]
+    nullable: bool
+
+    @property
+    def dotted(self) -> str:
+        return ".".join(self.path)
+
+
+@cache
+def personal_fields(model: type[BaseModel]) -> tuple[PersonalField, ...]:
+    """Every personal field of ``model``, nested models included."""
+    out: list[PersonalField] = []
+    for name, info in model.model_fields.items():
+        if _is_personal(info):
+            args = getattr(info.annotation, "__args__", None) or (info.annotation,)
+            if not all(a in (str, type(None)) for a in args):
+                raise TypeError(f"{model.__name__}.{name}: personal fields must be strings")
+            out.append(PersonalField((name,), type(None) in args))
+            continue
+        for nested in _models_in(info.annotation):
+            out.extend(PersonalField((name, *f.path), f.nullable) for f in personal_fields(nested))
+    return tuple(out)
+
+
+def fields_of(type_name: str) -> tuple[PersonalField, ...]:
+    model = REGISTRY.get(type_name)
+    return personal_fields(model) if model is not None else ()
+
+
+def _walk(data: Any, path: tuple[str, ...], fn: Callable[[str], Any]) -> None:
+    """Replace, in place, every string value at ``path`` of ``data`` by ``fn(value)``."""
+    if isinstance(data, list):
+        for item in data:
+            _walk(item, path, fn)
+        return
+    if not isinstance(data, dict) or path[0] not in data:
+        return
+    if len(path) == 1:
+        if isinstance(data[path[0]], str):
+            data[path[0]] = fn(data[path[0]])
+        return
+    _walk(data[path[0]], path[1:], fn)
+
+
+def _erased(f: PersonalField) -> str | None:
+    return None if f.nullable else ERASED
+
+
+def is_sealed(value: object) -> bool:
+    return isinstance(value, str) and value.startswith(SEALED_PREFIX)
+
+
+def _aad(key_id: str, f: PersonalField) -> bytes:
+    return f"{key_id}:{f.dotted}".encode()
+
+
+def seal(data: dict[str, Any], fields: Iterable[PersonalField], key: DataKey | None) -> None:
+    """Seal every personal value of ``data`` (in place) under ``key``; with no key (the customer
+    was erased) the values are not kept."""
+
+    for f in fields:
+
+        def one(value: str, f: PersonalField = f) -> str | None:
+            if is_sealed(value):
+                return value
+            if key is None:
+                return _erased(f)
+            nonce = os.urandom(_NONCE)
+            ct = AESGCM(key.secret).encrypt(nonce, value.encode(), _aad(key.key_id, f))
+            return f"{SEALED_PREFIX}{key.key_id}:{base64.urlsafe_b64encode(nonce + ct).decode()}"
+
+        _walk(data, f.path, one)
+
+
+def needs_key(data: dict[str, Any], fields: Iterable[PersonalField]) -> bool:
+    """Whether ``data`` holds a personal value to seal."""
+    found = False
+
+    def see(value: str) -> str:
+        nonlocal found
+        found = found or not is_sealed(value)
+        return value
+
+    for f in fields:
+        _walk(data, f.path, see)
+    return found
+
+
+def sealed_key_ids(data: dict[str, Any], fields: Iterable[PersonalField]) -> set[str]:
+    ids: set[str] = set()
+
+    def see(value: str) -> str:
+        if is_sealed(value):
+            ids.add(value[len(SEALED_PREFIX) :].split(":", 1)[0])
+        return value
+
+    for f in fields:
+        _walk(data, f.path, see)
+    return ids
+
+
+def open_sealed(
+    data: dict[str, Any], fields: Iterable[PersonalField], keys: Mapping[str, bytes]
+) -> None:
+    """Open every sealed value of ``data`` (in place); a value whose key is gone reads as
+    erased.  A value that was never sealed (a foreign producer's) is left as it is."""
+    for f in fields:
+
+        def one(value: str, f: PersonalField = f) -> str | None:
+            if not is_sealed(value):
+                return value
+            key_id, _, blob = value[len(SEALED_PREFIX) :].partition(":")
+            secret = keys.get(key_id)
+            if secret is None:
+                return _erased(f)
+            raw = base64.urlsafe_b64decode(blob)
+            try:
+                return AESGCM(secret).decrypt(raw[:_NONCE], raw[_NONCE:], _aad(key_id, f)).decode()
+            except InvalidTag:
+                return _erased(f)
+
+        _walk(data, f.path, one)
+
+
+def erase_fields(data: dict[str, Any], fields: Iterable[PersonalField]) -> dict[str, Any]:
+    """``data`` (in place, and returned) with every personal value replaced by its erased
+    form: for scrubbing the copies kept in read models."""
+    for f in fields:
+        erased = _erased(f)
+        _walk(data, f.path, lambda _v, erased=erased: erased)  # type: ignore[misc]
+    return data
+
+
+class Keyring(Protocol):
+    """The data keys of customers, and which customer each stream (complaint) belongs to."""
+
+    async def register(self, stream_id: UUID, customer_key: str) -> DataKey: ...
+
+    async def key_for_stream(self, stream_id: UUID) -> DataKey | None:
+        """The stream's live key; ``None`` when its customer was erased; raises
+        :class:`UnknownDataSubject` for a stream never registered."""
+        ...
+
+    async def keys(self, key_ids: Collection[str]) -> dict[str, bytes]:
+        """The live keys among ``key_ids`` (an erased one is absent)."""
+        ...
+
+    async def streams_of(self, customer_key: str) -> list[UUID]: ...
+
+    async def subject_of(self, stream_id: UUID) -> str | None: ...
+
+    async def erase(self, customer_key: str) -> list[UUID]:
+        """Destroy the customer's keys; return their streams.  Idempotent."""
+        ...
+
+
+def _new_key() -> DataKey:
+    return DataKey(base64.urlsafe_b64encode(os.urandom(12)).decode(), AESGCM.generate_key(256))
+
+
+async def seal_payload(
+    keyring: Keyring, stream_id: UUID, type_name: str, data: dict[str, Any]
+) -> dict[str, Any]:
+    """``data`` (an event's JSON payload) with its personal values sealed for the stream's
+    customer (in place, and returned)."""
+    fields = fields_of(type_name)
+    if fields and needs_key(data, fields):
+        seal(data, fields, await keyring.key_for_stream(stream_id))
+    return data
+
+
+async def open_payloads(keyring: Keyring, items: list[tuple[str, dict[str, Any]]]) -> None:
+    """Open the sealed values of several ``(type name, payload)`` pairs in place, fetching the
+    keys they need at once."""
+    wanted: set[str] = set()
+    for type_name, data in items:
+        fields = fields_of(type_name)
+        if fields:
+            wanted |= sealed_key_ids(data, fields)
+    if not wanted:
+        return
+    keys = await keyring.keys(wanted)
+    for type_name, data in items:
+        fields = fields_of(type_name)
+        if fields:
+            open_sealed(data, fields, keys)
+
+
+class InMemoryKeyring:
+    """The keyring contract in memory: for domain tests."""
+
+    def __init__(self) -> None:
+        self._keys: dict[str, DataKey] = {}  # by customer key
+        self._subjects: dict[UUID, tuple[str, str]] = {}  # stream → (customer key, key id)
+        self._live: dict[str, bytes] = {}
+
+    async def register(self, stream_id: UUID, customer_key: str) -> DataKey:
+        key = self._keys.get(customer_key)
+        if key is None:
+            key = self._keys[customer_key] = _new_key()
+            self._live[key.key_id] = key.secret
+        self._subjects.setdefault(stream_id, (customer_key, key.key_id))
+        return key
+
+    async def key_for_stream(self, stream_id: UUID) -> DataKey | None:
+        if stream_id not in self._subjects:
+            raise UnknownDataSubject(stream_id)
+        key_id = self._subjects[stream_id][1]
+        secret = self._live.get(key_id)
+        return DataKey(key_id, secret) if secret is not None else None
+
+    async def keys(self, key_ids: Collection[str]) -> dict[str, bytes]:
+        return {k: self._live[k] for k in key_ids if k in self._live}
+
+    async def streams_of(self, customer_key: str) -> list[UUID]:
+        return [s for s, (c, _) in self._subjects.items() if c == customer_key]
+
+    async def subject_of(self, stream_id: UUID) -> str | None:
+        found = self._subjects.get(stream_id)
+        return found[0] if found else None
+
+    async def erase(self, customer_key: str) -> list[UUID]:
+        key = self._keys.pop(customer_key, None)
+        if key is not None:
+            self._live.pop(key.key_id, None)
+        return await self.streams_of(customer_key)
+
+
+KEYRING_SCHEMA = """
+CREATE TABLE IF NOT EXISTS data_keys (
+    key_id       text        PRIMARY KEY,
+    customer_key text        NOT NULL UNIQUE,   -- pseudonymous
+    wrapped      bytea       NOT NULL,          -- nonce ‖ AES-GCM(master key, data key)
+    created_at   timestamptz NOT NULL DEFAULT now()
+);
+CREATE TABLE IF NOT EXISTS data_subjects (
+    stream_id     uuid        PRIMARY KEY,      -- the complaint
+    customer_key  text        NOT NULL,
+    key_id        text        NOT NULL,         -- stays after erasure: its key does not
+    registered_at timestamptz NOT NULL DEFAULT now()
+);
+CREATE INDEX IF NOT EXISTS data_subjects_customer ON data_subjects (customer_key);
+"""
+
+
+class PostgresKeyring:
+    """The keyring in its own PostgreSQL database; data keys wrapped by ``master_key``."""
+
+    def __init__(self, pool: asyncpg.Pool, master_key: bytes) -> None:
+        if len(master_key) != 32:
+            raise ValueError("the keyring master key must be 32 bytes (256 bits)")
+        self.pool = pool
+        self._master = AESGCM(master_key)
+
+    async def migrate(self) -> None:
+        async with self.pool.acquire() as conn:
+            await conn.execute("SELECT pg_advisory_lock(7365)")
+            try:
+                await conn.execute(KEYRING_SCHEMA)
+            finally:
+                await conn.execute("SELECT pg_advisory_unlock(7365)")
+
+    def _wrap(self, key: DataKey) -> bytes:
+        nonce = os.urandom(_NONCE)
+        return nonce + self._master.encrypt(nonce, key.secret, key.key_id.encode())
+
+    def _unwrap(self, key_id: str, wrapped: bytes) -> bytes:
+        return self._master.decrypt(wrapped[:_NONCE], wrapped[_NONCE:], key_id.encode())
+
+    async def register(self, stream_id: UUID, customer_key: str) -> DataKey:
+        new = _new_key()
+        async with self.pool.acquire() as conn, conn.transaction():
+            await conn.execute(
+                "INSERT INTO data_keys (key_id, customer_key, wrapped) VALUES ($1, $2, $3)"
+                " ON CONFLICT (customer_key) DO NOTHING",
+                new.key_id,
+                customer_key,
+                self._wrap(new),
+            )
+            row = await conn.fetchrow(
+                "SELECT key_id, wrapped FROM data_keys WHERE customer_key = $1", customer_key
+            )
+            await conn.execute(
+                "INSERT INTO data_subjects (stream_id, customer_key, key_id) VALUES ($1, $2, $3)"
+                " ON CONFLICT (stream_id) DO NOTHING",
+                stream_id,
+                customer_key,
+                row["key_id"],
+            )
+        return DataKey(row["key_id"], self._unwrap(row["key_id"], row["wrapped"]))
+
+    async def key_for_stream(self, stream_id: UUID) -> DataKey | None:
+        row = await self.pool.fetchrow(
+            "SELECT s.key_id, k.wrapped FROM data_subjects s"
+            " LEFT JOIN data_keys k ON k.key_id = s.key_id WHERE s.stream_id = $1",
+            stream_id,
+        )
+        if row is None:
+            raise UnknownDataSubject(stream_id)
+        if row["wrapped"] is None:
+            return None
+        return DataKey(row["key_id"], self._unwrap(row["key_id"], row["wrapped"]))
+
+    async def keys(self, key_ids: Collection[str]) -> dict[str, bytes]:
+        rows = await self.pool.fetch(
+            "SELECT key_id, wrapped FROM data_keys WHERE key_id = ANY($1::text[])", list(key_ids)
+        )
+        return {r["key_id"]: self._unwrap(r["key_id"], r["wrapped"]) for r in rows}
+
+    async def streams_of(self, customer_key: str) -> list[UUID]:
+        rows = await self.pool.fetch(
+            "SELECT stream_id FROM data_subjects WHERE customer_key = $1 ORDER BY registered_at",
+            customer_key,
+        )
+        return [r["stream_id"] for r in rows]
+
+    async def subject_of(self, stream_id: UUID) -> str | None:
+        found: str | None = await self.pool.fetchval(
+            "SELECT customer_key FROM data_subjects WHERE stream_id = $1", stream_id
+        )
+        return found
+
+    async def erase(self, customer_key: str) -> list[UUID]:
+        async with self.pool.acquire() as conn:
+            deleted = await conn.execute(
+                "DELETE FROM data_keys WHERE customer_key = $1", customer_key
+            )
+            if deleted != "DELETE 0":
+                # the deleted row's bytes go from the table's pages at once, not at autovacuum
+                await conn.execute("VACUUM data_keys")
+        return await self.streams_of(customer_key)
+
+
+def load_master_key(text: str) -> bytes:
+    """The master key from its secret's text: 32 bytes, base64 (standard or URL-safe)."""
+    raw = text.strip()
+    try:
+        key = base64.urlsafe_b64decode(
+            raw.replace("+", "-").replace("/", "_") + "=" * (-len(raw) % 4)
+        )
+    except ValueError as exc:
+        raise ValueError("the keyring master key is not base64") from exc
+    if len(key) != 32:
+        raise ValueError("the keyring master key must be 32 bytes (base64 of 256 random bits)")
+    return key
+
+
+def new_master_key() -> str:
+    """A fresh master key, as its secret file holds it."""
+    return base64.urlsafe_b64encode(AESGCM.generate_key(256)).decode()
