@@ -19,6 +19,14 @@ from aiokafka import AIOKafkaConsumer, ConsumerRecord
 from fastapi import FastAPI
 
 from complaints_shared.db import create_pool
+from complaints_shared.envelope import (
+    Event,
+    cloudevent_headers,
+    decode_value,
+    event_from_data,
+    event_type_of,
+)
+from complaints_shared.privacy import Keyring, open_payloads
 from complaints_shared.schema import migrate, shared_migrations
 
 T = TypeVar("T")
@@ -62,6 +70,16 @@ async def read_topic(
     if len(records) < count:
         raise AssertionError(f"{topic}: {len(records)} records after {timeout}s, wanted {count}")
     return records
+
+
+async def open_records(keyring: Keyring, records: list[ConsumerRecord]) -> list[Event[Any]]:
+    """The events of topic records, their personal values opened as a service would."""
+    items = []
+    for r in records:
+        h = cloudevent_headers(r.headers)
+        items.append((h, event_type_of(h), decode_value(r.value)))
+    await open_payloads(keyring, [(t, d) for _, t, d in items])
+    return [event_from_data(d, h) for h, _, d in items]
 
 
 async def migrated_pool(dsn: str) -> asyncpg.Pool:

@@ -15,6 +15,7 @@ from complaints_intake.app import SPEC as INTAKE
 from complaints_learning.app import SPEC as LEARNING
 from complaints_resolution.app import SPEC as RESOLUTION
 from complaints_shared import contracts
+from complaints_shared.privacy import new_master_key
 from complaints_shared.service import create_app
 from complaints_shared.settings import ServiceSettings
 from complaints_shared.telemetry import setup_telemetry
@@ -24,7 +25,10 @@ SPECS = (INTAKE, RESOLUTION, FOLLOWUP, LEARNING)
 
 def openapis() -> dict[str, dict[str, Any]]:
     """Each service's OpenAPI document (apps are built, nothing connects)."""
-    settings = ServiceSettings(oidc_issuer="http://127.0.0.1/generating-documents")
+    settings = ServiceSettings(
+        oidc_issuer="http://127.0.0.1/generating-documents",
+        keyring_master_key=new_master_key(),  # type: ignore[arg-type]
+    )
     return {
         spec.name: create_app(spec, settings, telemetry=setup_telemetry(spec.name)).openapi()
         for spec in SPECS

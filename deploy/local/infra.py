@@ -40,6 +40,8 @@ KAFKA_VERSION = "4.4.0"
 KEYCLOAK_VERSION = "26.4.5"
 REALM = "complaints"
 SERVICES = ("intake", "resolution", "followup", "learning")
+DATABASES = [*(f"complaints_{s}" for s in SERVICES), "complaints_keyring"]
+"""One database per service, and the keyring of the customers' data keys."""
 
 
 class InfraError(RuntimeError):
@@ -506,6 +508,19 @@ class Postgres:
         return made
 
     @property
+    def keyring_key_file(self) -> Path:
+        """The keyring's master key (base64 of 32 random bytes), made once per machine."""
+        path = self.secrets / "keyring.key"
+        if not path.exists():
+            self.secrets.mkdir(parents=True, exist_ok=True, mode=0o700)
+            key = base64.urlsafe_b64encode(secrets.token_bytes(32)).decode()
+            with contextlib.suppress(FileExistsError):
+                fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+                with os.fdopen(fd, "w") as f:
+                    f.write(key + "\n")
+        return path
+
+    @property
     def data(self) -> Path:
         return self.home / "data"
 
@@ -704,7 +719,7 @@ class LocalInfra:
         ones this call started."""
         started = {"postgres": self.postgres.start()}
         try:
-            self.postgres.ensure_databases(databases or [f"complaints_{s}" for s in SERVICES])
+            self.postgres.ensure_databases(databases or DATABASES)
             started["kafka"] = self.kafka.start()
             if identity:
                 started["keycloak"] = self.keycloak.start()
@@ -752,6 +767,8 @@ def main(argv: list[str]) -> int:
             print(f"export COMPLAINTS_DATABASE_URL={infra.postgres.url}/postgres")
             print(f"export PGPASSFILE={infra.postgres.passfile}")
             print(f"export COMPLAINTS_OIDC_ISSUER={infra.keycloak.issuer}")
+            print(f"export COMPLAINTS_KEYRING_URL={infra.postgres.url}/complaints_keyring")
+            print(f"export COMPLAINTS_KEYRING_MASTER_KEY_FILE={infra.postgres.keyring_key_file}")
         elif command == "token":
             if len(argv) < 3:
                 print(f"usage: {argv[0]} token <user or service account>", file=sys.stderr)

@@ -21,7 +21,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from infra import SERVICES, InfraError, LocalInfra, port_open
+from infra import DATABASES, SERVICES, InfraError, LocalInfra, port_open
 
 PORTS = {"intake": 8001, "resolution": 8002, "followup": 8003, "learning": 8004}
 
@@ -55,9 +55,9 @@ def _ensure_databases(server_url: str) -> None:
         conn = await asyncpg.connect(f"{server_url}/postgres")
         try:
             existing = {r["datname"] for r in await conn.fetch("SELECT datname FROM pg_database")}
-            for s in SERVICES:
-                if f"complaints_{s}" not in existing:
-                    await conn.execute(f'CREATE DATABASE "complaints_{s}"')
+            for name in DATABASES:
+                if name not in existing:
+                    await conn.execute(f'CREATE DATABASE "{name}"')
         finally:
             await conn.close()
 
@@ -93,7 +93,7 @@ def run() -> int:
             _ensure_databases(server)
         else:
             started["postgres"] = infra.postgres.start()
-            infra.postgres.ensure_databases([f"complaints_{s}" for s in SERVICES])
+            infra.postgres.ensure_databases(DATABASES)
             server = infra.postgres.url
             os.environ.setdefault("PGPASSFILE", str(infra.postgres.passfile))
         if not kafka:
@@ -113,11 +113,19 @@ def run() -> int:
                 "COMPLAINTS_KAFKA_BOOTSTRAP": kafka,
                 "COMPLAINTS_OIDC_ISSUER": issuer,
                 "COMPLAINTS_DATABASE_URL": f"{server}/complaints_{name}",
+                "COMPLAINTS_KEYRING_URL": os.environ.get(
+                    "COMPLAINTS_KEYRING_URL", f"{server}/complaints_keyring"
+                ),
                 "COMPLAINTS_PORT": _port(name),
                 "OTEL_SERVICE_NAME": os.environ.get("OTEL_SERVICE_NAME", name),
                 "PYTHONUNBUFFERED": "1",
                 **mail_env,
             }
+            if not (
+                os.environ.get("COMPLAINTS_KEYRING_MASTER_KEY_FILE")
+                or os.environ.get("COMPLAINTS_KEYRING_MASTER_KEY")
+            ):
+                env["COMPLAINTS_KEYRING_MASTER_KEY_FILE"] = str(infra.postgres.keyring_key_file)
             proc = subprocess.Popen(
                 [sys.executable, "-m", f"complaints_{name}"],
                 env=env,

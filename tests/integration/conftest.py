@@ -6,6 +6,7 @@ import asyncio
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import asyncpg
 import httpx
@@ -17,11 +18,13 @@ from complaints_followup.app import SPEC as FOLLOWUP
 from complaints_intake.app import SPEC as INTAKE
 from complaints_learning.app import SPEC as LEARNING
 from complaints_resolution.app import SPEC as RESOLUTION
+from complaints_shared.envelope import Event
 from complaints_shared.eventstore import Clock, utc_now
+from complaints_shared.privacy import new_master_key
 from complaints_shared.service import ServiceSpec, create_app
 from complaints_shared.settings import ServiceSettings
 from complaints_shared.telemetry import setup_telemetry
-from tests.support import RunningServer, Tokens, migrated_pool, serve
+from tests.support import RunningServer, Tokens, migrated_pool, open_records, read_topic, serve
 
 SPECS = {s.name: s for s in (INTAKE, RESOLUTION, FOLLOWUP, LEARNING)}
 
@@ -31,12 +34,22 @@ class Platform:
     servers: dict[str, RunningServer]
     spans: InMemorySpanExporter
     prefix: str
+    keyring: dict[str, str]  # the keyring settings the services share
 
     def url(self, service: str) -> str:
         return self.servers[service].url
 
     def pool(self, service: str):  # type: ignore[no-untyped-def]
         return self.servers[service].app.state.runtime.pool
+
+    async def topic_events(self, topic: str, count: int) -> list[Event[Any]]:
+        """The first ``count`` events on ``topic`` (``complaints.intake.v1``), opened with the
+        services' keyring."""
+        runtime = next(iter(self.servers.values())).app.state.runtime
+        records = await read_topic(
+            runtime.settings.kafka_bootstrap, f"{self.prefix}{topic}", count=count
+        )
+        return await open_records(runtime.keyring, records)
 
 
 StartPlatform = Callable[..., Awaitable[Platform]]
@@ -54,6 +67,10 @@ async def start_platform(
     ) -> Platform:
         spans = InMemorySpanExporter()
         servers: dict[str, RunningServer] = {}
+        keyring = {
+            "keyring_url": await new_database(),  # one keyring for the services started together
+            "keyring_master_key": new_master_key(),
+        }
         for name in names or tuple(SPECS):
             spec: ServiceSpec = SPECS[name]
             config = ServiceSettings(
@@ -62,12 +79,12 @@ async def start_platform(
                 database_url=await new_database(),
                 topic_prefix=topic_prefix,
                 policy=policy,
-                **{"topic_partitions": 3, **settings},
+                **{"topic_partitions": 3, **keyring, **settings},
             )
             app = create_app(spec, config, telemetry=setup_telemetry(name, spans), clock=clock)
             servers[name] = await serve(app)
             started.append(servers[name])
-        return Platform(servers, spans, topic_prefix)
+        return Platform(servers, spans, topic_prefix, keyring)
 
     yield start
     await asyncio.gather(*(s.stop() for s in started))

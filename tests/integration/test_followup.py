@@ -16,9 +16,8 @@ import httpx
 import pytest
 from aiosmtpd.controller import Controller
 
-from complaints_shared.envelope import from_kafka_record
 from tests.integration.conftest import Platform, StartPlatform
-from tests.support import ManualClock, await_case, eventually, free_port, read_topic, resolve_case
+from tests.support import ManualClock, await_case, eventually, free_port, resolve_case
 
 pytestmark = pytest.mark.integration
 
@@ -129,9 +128,7 @@ async def submit(p: Platform, http: httpx.AsyncClient, email: str, language: str
 
 
 async def followup_events(p: Platform, count: int) -> list:
-    bootstrap = p.servers["followup"].app.state.runtime.settings.kafka_bootstrap
-    records = await read_topic(bootstrap, f"{p.prefix}complaints.followup.v1", count=count)
-    return [from_kafka_record(r.value, r.headers) for r in records]
+    return await p.topic_events("complaints.followup.v1", count)
 
 
 async def test_resolve_mail_survey_low_score_reopens_the_case(loop, http):

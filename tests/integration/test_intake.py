@@ -9,10 +9,9 @@ from typing import Any
 import httpx
 import pytest
 
-from complaints_shared.envelope import from_kafka_record
 from complaints_shared.events.intake import ComplaintAcknowledged, ComplaintAlertRaised
 from tests.integration.conftest import Platform, StartPlatform
-from tests.support import eventually, read_topic, resolve_case, topic_size
+from tests.support import eventually, resolve_case, topic_size
 
 pytestmark = pytest.mark.integration
 
@@ -47,12 +46,7 @@ async def intake(start_platform: StartPlatform) -> Platform:
 
 
 async def intake_events(p: Platform, count: int) -> list:
-    records = await read_topic(
-        p.servers["intake"].app.state.runtime.settings.kafka_bootstrap,
-        f"{p.prefix}complaints.intake.v1",
-        count=count,
-    )
-    return [from_kafka_record(r.value, r.headers) for r in records]
+    return await p.topic_events("complaints.intake.v1", count)
 
 
 CONTACT = {

@@ -12,7 +12,7 @@ import httpx
 import pytest
 from aiokafka import AIOKafkaProducer
 
-from complaints_shared.envelope import Event, from_kafka_record, to_kafka_record
+from complaints_shared.envelope import Event, to_kafka_record
 from complaints_shared.events import resolution as rs
 from complaints_shared.events.followup import ReopenRequested
 from complaints_shared.service import create_app
@@ -25,7 +25,6 @@ from tests.support import (
     await_case,
     drive_to_agreed,
     eventually,
-    read_topic,
     resolve_case,
     serve,
 )
@@ -62,13 +61,8 @@ async def new_case(p: Platform, http: httpx.AsyncClient, **over: Any) -> str:
 
 
 async def resolution_events(p: Platform, cid: str, count: int) -> list[Event]:
-    bootstrap = p.servers["resolution"].app.state.runtime.settings.kafka_bootstrap
-    records = await read_topic(bootstrap, f"{p.prefix}complaints.resolution.v1", count=count)
-    return [
-        e
-        for e in (from_kafka_record(r.value, r.headers) for r in records)
-        if str(e.stream_id) == cid
-    ]
+    events = await p.topic_events("complaints.resolution.v1", count)
+    return [e for e in events if str(e.stream_id) == cid]
 
 
 async def test_intake_and_resolution_agree_on_the_first_response_deadline(
@@ -245,6 +239,7 @@ async def test_breach_escalates_through_durable_timers_also_after_a_restart(
         database_url=dsn,
         topic_prefix=topic_prefix,
         policy=fast_timers,
+        **p.keyring,
     )
 
     async def start_resolution():  # type: ignore[no-untyped-def]

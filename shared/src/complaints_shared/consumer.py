@@ -27,12 +27,14 @@ from complaints_shared.envelope import (
     Event,
     MalformedEvent,
     cloudevent_headers,
-    event_from,
+    decode_value,
+    event_from_data,
     event_type_of,
 )
 from complaints_shared.errors import ConcurrencyConflict
 from complaints_shared.events import DomainEvent
 from complaints_shared.metrics import ServiceMetrics
+from complaints_shared.privacy import Keyring, open_payloads
 from complaints_shared.telemetry import CONSUMER, Telemetry, extract_context
 from complaints_shared.telemetry import messaging_attributes as attrs
 
@@ -114,6 +116,7 @@ class ConsumerRunner:
     dlq_topic: str = DLQ_TOPIC
     retry: RetryPolicy = field(default_factory=RetryPolicy)
     max_poll_records: int = 200
+    keyring: Keyring | None = None  # opens the personal values the handlers read
     assigned: bool = False
     _rewind: bool = False
 
@@ -222,7 +225,11 @@ class ConsumerRunner:
                     if handler is None:
                         outcomes.append("ignored")
                         continue
-                    event = event_from(record.value, headers)
+                    event_type = event_type_of(headers)
+                    data = decode_value(record.value)
+                    if self.keyring is not None:
+                        await open_payloads(self.keyring, [(event_type, data)])
+                    event = event_from_data(data, headers)
                 except MalformedEvent as exc:
                     raise _Poisoned(record, exc) from exc
                 with self._span(record, event, headers) as span:

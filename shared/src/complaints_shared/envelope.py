@@ -141,12 +141,22 @@ def from_kafka_record(
 
 def event_from(value: bytes | None, h: Mapping[str, str]) -> Event[Any]:
     """The event of a record whose headers :func:`cloudevent_headers` already read."""
+    return event_from_data(decode_value(value), h)
+
+
+def decode_value(value: bytes | None) -> dict[str, Any]:
+    """A record's value as a JSON object (else :class:`MalformedEvent`)."""
     try:
         data = orjson.loads(value or b"")
     except orjson.JSONDecodeError as exc:
         raise MalformedEvent(f"value is not JSON: {exc}") from exc
     if not isinstance(data, dict):
         raise MalformedEvent("value is not a JSON object")
+    return data
+
+
+def event_from_data(data: dict[str, Any], h: Mapping[str, str]) -> Event[Any]:
+    """The event of a record's decoded value and headers."""
     try:
         return Event(
             event_id=UUID(h["ce_id"]),

@@ -176,10 +176,10 @@ def open_sealed(
             secret = keys.get(key_id)
             if secret is None:
                 return _erased(f)
-            raw = base64.urlsafe_b64decode(blob)
             try:
+                raw = base64.urlsafe_b64decode(blob)
                 return AESGCM(secret).decrypt(raw[:_NONCE], raw[_NONCE:], _aad(key_id, f)).decode()
-            except InvalidTag:
+            except (InvalidTag, ValueError):  # damaged or moved: unreadable, as if erased
                 return _erased(f)
 
         _walk(data, f.path, one)

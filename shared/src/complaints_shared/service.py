@@ -26,6 +26,7 @@ from complaints_shared.limits import BodySizeLimit
 from complaints_shared.metrics import ServiceMetrics
 from complaints_shared.outbox import OutboxRelay
 from complaints_shared.policy import Policy, load_policy
+from complaints_shared.privacy import PostgresKeyring, load_master_key
 from complaints_shared.problems import install_problem_handlers, problem
 from complaints_shared.schema import migrate, package_migrations, shared_migrations
 from complaints_shared.settings import ServiceSettings
@@ -43,6 +44,7 @@ class Runtime:
     settings: ServiceSettings
     policy: Policy
     pool: asyncpg.Pool
+    keyring: PostgresKeyring
     store: PostgresEventStore
     producer: AIOKafkaProducer
     topics: Topics
@@ -104,11 +106,17 @@ def create_app(
     metrics = ServiceMetrics()
     dsn = settings.dsn_for(spec.name)
     password = settings.database_password()  # read at start: a missing file stops the start
+    master_key = load_master_key(settings.master_key())
+    keyring_dsn = settings.keyring_dsn()
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         pool = await create_pool(dsn, password=password)
+        keyring_pool = None
         try:
+            keyring_pool = await create_pool(keyring_dsn, max_size=5, password=password)
+            keyring = PostgresKeyring(keyring_pool, master_key)
+            await keyring.migrate()
             async with pool.acquire() as conn:
                 await migrate(
                     conn, shared_migrations() + package_migrations(spec.package, spec.name)
@@ -128,16 +136,22 @@ def create_app(
             )
             await producer.start()
         except BaseException:
+            if keyring_pool is not None:
+                await keyring_pool.close()
             await pool.close()
             raise
         store = PostgresEventStore(
-            source=f"/complaints/{spec.name}", topic=spec.own_topic(topics), clock=clock
+            source=f"/complaints/{spec.name}",
+            topic=spec.own_topic(topics),
+            clock=clock,
+            keyring=keyring,
         )
         runtime = Runtime(
             spec.name,
             settings,
             policy,
             pool,
+            keyring,
             store,
             producer,
             topics,
@@ -164,6 +178,7 @@ def create_app(
                 telemetry,
                 metrics,
                 dlq_topic=topics.dlq,
+                keyring=keyring,
             )
             for sub in spec.subscriptions(runtime)
         ]
@@ -190,6 +205,7 @@ def create_app(
                 t.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
             await producer.stop()
+            await keyring_pool.close()
             await pool.close()
             telemetry.provider.force_flush()
 

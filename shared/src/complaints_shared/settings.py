@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pydantic import Field, field_validator
+from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 LOCAL_POSTGRES = "postgresql://postgres@127.0.0.1:55432"
@@ -27,6 +27,19 @@ class ServiceSettings(BaseSettings):
         None,
         description="file holding the database password (e.g. a Docker or Kubernetes secret);"
         " else the DSN, PGPASSWORD or PGPASSFILE",
+    )
+    keyring_url: str | None = Field(
+        None,
+        description="PostgreSQL DSN of the keyring (customers' data keys, owned by the privacy"
+        " officer); default: the local server's complaints_keyring database",
+    )
+    keyring_master_key_file: Path | None = Field(
+        None,
+        description="file holding the master key that wraps the data keys (base64 of 32 random"
+        " bytes); required unless COMPLAINTS_KEYRING_MASTER_KEY is set",
+    )
+    keyring_master_key: SecretStr | None = Field(
+        None, description="the master key itself (prefer the file)"
     )
     host: str = "127.0.0.1"
     port: int | None = Field(None, ge=1, le=65535, description="HTTP port; default per service")
@@ -83,7 +96,7 @@ class ServiceSettings(BaseSettings):
             return [o.strip() for o in v.split(",") if o.strip()]
         return v
 
-    @field_validator("database_url")
+    @field_validator("database_url", "keyring_url")
     @classmethod
     def _postgres_only(cls, v: str | None) -> str | None:
         if v is not None and not v.startswith(("postgresql://", "postgres://")):
@@ -101,6 +114,20 @@ class ServiceSettings(BaseSettings):
         if self.database_password_file is None:
             return None
         return self.database_password_file.read_text().strip()
+
+    def master_key(self) -> str:
+        """The keyring master key's text (read at start: a missing key stops the start)."""
+        if self.keyring_master_key_file is not None:
+            return self.keyring_master_key_file.read_text().strip()
+        if self.keyring_master_key is not None:
+            return self.keyring_master_key.get_secret_value()
+        raise ValueError(
+            "COMPLAINTS_KEYRING_MASTER_KEY_FILE is required: the key that wraps the customers'"
+            " data keys (create one with `./dev keyring-key`)"
+        )
+
+    def keyring_dsn(self) -> str:
+        return self.keyring_url or f"{LOCAL_POSTGRES}/complaints_keyring"
 
     def dsn_for(self, service: str) -> str:
         return self.database_url or f"{LOCAL_POSTGRES}/complaints_{service}"

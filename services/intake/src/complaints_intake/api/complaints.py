@@ -257,6 +257,8 @@ async def submit_complaint(
             templates=res.templates,
             submitted_by=None if actor.anonymous else actor.subject,
         )
+        # the customer's data key seals their personal data from the first event on
+        await rt.keyring.register(complaint_id, key)
         await complaints(rt).execute(
             conn, complaint_id, lambda _: decision.events, expected_version=0, redecide=False
         )
