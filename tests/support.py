@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import mailbox
 import socket
 import time
 import urllib.parse
@@ -11,6 +12,10 @@ import urllib.request
 import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from email import message_from_bytes
+from email.message import EmailMessage
+from email.policy import default
+from pathlib import Path
 from typing import Any, TypeVar
 
 import asyncpg
@@ -237,7 +242,7 @@ async def await_case(http: Any, resolution_url: str, complaint_id: str) -> None:
 
 
 TESTER = "tester"
-TESTER_ROLES = ("manager", "analyst", "quality", "admin")
+TESTER_ROLES = ("manager", "analyst", "quality", "admin", "privacy")
 
 
 class Tokens:
@@ -337,3 +342,27 @@ def _request(method: str, url: str, token: str, body: Any = None) -> Any:
     with urllib.request.urlopen(request, timeout=10) as r:
         raw = r.read()
         return json.loads(raw) if raw else None
+
+
+class Inbox:
+    """An SMTP handler that keeps what it accepts (also in a Maildir spool, when given, as the
+    local mail catcher does), and refuses the next ``fail`` messages."""
+
+    def __init__(self, spool: Path | None = None) -> None:
+        self.messages: list[EmailMessage] = []
+        self.fail = 0
+        self.refused = 0
+        self.spool = mailbox.Maildir(spool, create=True) if spool is not None else None
+
+    async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
+        if self.fail:
+            self.fail -= 1
+            self.refused += 1
+            return "451 4.3.0 Try again later"
+        self.messages.append(message_from_bytes(envelope.content, policy=default))  # type: ignore[arg-type]
+        if self.spool is not None:
+            self.spool.add(envelope.content)
+        return "250 OK"
+
+    def to(self, address: str) -> list[EmailMessage]:
+        return [m for m in self.messages if m["To"] == address]

@@ -8,6 +8,7 @@ whatever infrastructure this started.
 
 from __future__ import annotations
 
+import json
 import mailbox
 import os
 import signal
@@ -105,7 +106,11 @@ def run() -> int:
         mail_env, maildir = {}, None
         if not os.environ.get("COMPLAINTS_SMTP_HOST"):
             maildir, smtp_port = _start_mail_catcher(infra, procs)
-            mail_env = {"COMPLAINTS_SMTP_HOST": "127.0.0.1", "COMPLAINTS_SMTP_PORT": smtp_port}
+            mail_env = {
+                "COMPLAINTS_SMTP_HOST": "127.0.0.1",
+                "COMPLAINTS_SMTP_PORT": smtp_port,
+                "COMPLAINTS_MAIL_SPOOL": str(maildir),  # scrubbed when a customer is erased
+            }
 
         for name in SERVICES:
             env: dict[str, str] = {
@@ -121,6 +126,13 @@ def run() -> int:
                 "PYTHONUNBUFFERED": "1",
                 **mail_env,
             }
+            if name == "intake":  # answers subject access requests for the whole platform
+                env.setdefault(
+                    "COMPLAINTS_PEERS",
+                    json.dumps(
+                        {p: f"http://127.0.0.1:{_port(p)}" for p in SERVICES if p != "intake"}
+                    ),
+                )
             if not (
                 os.environ.get("COMPLAINTS_KEYRING_MASTER_KEY_FILE")
                 or os.environ.get("COMPLAINTS_KEYRING_MASTER_KEY")

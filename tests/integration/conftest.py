@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -12,6 +12,7 @@ import asyncpg
 import httpx
 import pytest
 from aiokafka import AIOKafkaProducer
+from aiosmtpd.controller import Controller
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
 from complaints_followup.app import SPEC as FOLLOWUP
@@ -24,7 +25,16 @@ from complaints_shared.privacy import new_master_key
 from complaints_shared.service import ServiceSpec, create_app
 from complaints_shared.settings import ServiceSettings
 from complaints_shared.telemetry import setup_telemetry
-from tests.support import RunningServer, Tokens, migrated_pool, open_records, read_topic, serve
+from tests.support import (
+    Inbox,
+    RunningServer,
+    Tokens,
+    free_port,
+    migrated_pool,
+    open_records,
+    read_topic,
+    serve,
+)
 
 SPECS = {s.name: s for s in (INTAKE, RESOLUTION, FOLLOWUP, LEARNING)}
 
@@ -71,15 +81,18 @@ async def start_platform(
             "keyring_url": await new_database(),  # one keyring for the services started together
             "keyring_master_key": new_master_key(),
         }
-        for name in names or tuple(SPECS):
+        wanted = names or tuple(SPECS)
+        # intake last: it answers subject access requests for the services started with it
+        for name in sorted(wanted, key=lambda n: n == "intake"):
             spec: ServiceSpec = SPECS[name]
+            peers = {n: srv.url for n, srv in servers.items()} if name == "intake" else {}
             config = ServiceSettings(
                 kafka_bootstrap=infrastructure.kafka_bootstrap,
                 oidc_issuer=infrastructure.oidc_issuer,
                 database_url=await new_database(),
                 topic_prefix=topic_prefix,
                 policy=policy,
-                **{"topic_partitions": 3, **keyring, **settings},
+                **{"topic_partitions": 3, "peers": peers, **keyring, **settings},
             )
             app = create_app(spec, config, telemetry=setup_telemetry(name, spans), clock=clock)
             servers[name] = await serve(app)
@@ -88,6 +101,17 @@ async def start_platform(
 
     yield start
     await asyncio.gather(*(s.stop() for s in started))
+
+
+@pytest.fixture
+def smtp(tmp_path: Path) -> Iterator[tuple[Inbox, int]]:
+    """A real SMTP server on a free port (aiosmtpd); what it accepts is also spooled to the
+    Maildir ``inbox.spool``, as the local mail catcher's."""
+    inbox, port = Inbox(tmp_path / "maildir"), free_port()
+    controller = Controller(inbox, hostname="127.0.0.1", port=port)
+    controller.start()
+    yield inbox, port
+    controller.stop()
 
 
 @pytest.fixture(scope="session")

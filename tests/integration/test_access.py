@@ -22,7 +22,7 @@ from tests.support import Tokens
 
 pytestmark = pytest.mark.integration
 
-USERS = ("agent", "supervisor", "manager", "analyst", "quality", "admin")
+USERS = ("agent", "supervisor", "manager", "analyst", "quality", "admin", "privacy")
 SERVICE_ACCOUNTS = ("integrator", "channel-gateway")
 PARAMS = {
     "complaint_id": str(uuid.UUID(int=0)),

@@ -4,54 +4,20 @@ from __future__ import annotations
 
 import asyncio
 import re
-from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
-from email import message_from_bytes
 from email.message import EmailMessage
-from email.policy import default
 from pathlib import Path
-from typing import Any
 
 import httpx
 import pytest
-from aiosmtpd.controller import Controller
 
 from tests.integration.conftest import Platform, StartPlatform
-from tests.support import ManualClock, await_case, eventually, free_port, resolve_case
+from tests.support import Inbox, ManualClock, await_case, eventually, resolve_case
 
 pytestmark = pytest.mark.integration
 
 START = datetime(2026, 11, 23, 9, 0, tzinfo=UTC)
 DAY = timedelta(days=1)
-
-
-class Inbox:
-    """An SMTP handler that keeps what it accepts, and refuses the next ``fail`` messages."""
-
-    def __init__(self) -> None:
-        self.messages: list[EmailMessage] = []
-        self.fail = 0
-        self.refused = 0
-
-    async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
-        if self.fail:
-            self.fail -= 1
-            self.refused += 1
-            return "451 4.3.0 Try again later"
-        self.messages.append(message_from_bytes(envelope.content, policy=default))  # type: ignore[arg-type]
-        return "250 OK"
-
-    def to(self, address: str) -> list[EmailMessage]:
-        return [m for m in self.messages if m["To"] == address]
-
-
-@pytest.fixture
-def smtp() -> Iterator[tuple[Inbox, int]]:
-    inbox, port = Inbox(), free_port()
-    controller = Controller(inbox, hostname="127.0.0.1", port=port)
-    controller.start()
-    yield inbox, port
-    controller.stop()
 
 
 @pytest.fixture

@@ -40,6 +40,7 @@ ROLES = (
     "analyst",
     "quality",
     "admin",
+    "privacy",
     "integrator",
     "channel-gateway",
 )

@@ -35,7 +35,13 @@ from complaints_shared.errors import ConcurrencyConflict
 from complaints_shared.events import DomainEvent
 from complaints_shared.metrics import ServiceMetrics
 from complaints_shared.privacy import Keyring, open_payloads
-from complaints_shared.telemetry import CONSUMER, Telemetry, extract_context
+from complaints_shared.telemetry import (
+    CONSUMER,
+    Telemetry,
+    extract_context,
+    record_error,
+    safe_message,
+)
 from complaints_shared.telemetry import messaging_attributes as attrs
 
 log = logging.getLogger(__name__)
@@ -238,7 +244,7 @@ class ConsumerRunner:
                     except TRANSIENT_ERRORS:
                         raise
                     except Exception as exc:
-                        span.record_exception(exc)
+                        record_error(span, exc)
                         span.set_attribute("complaints.outcome", "dead_lettered")
                         raise _Poisoned(record, exc) from exc
                     span.set_attribute("complaints.outcome", outcome)
@@ -283,7 +289,7 @@ class ConsumerRunner:
         headers = [
             *(record.headers or ()),
             ("dlq_error_type", type(exc).__name__.encode()),
-            ("dlq_error_message", str(exc)[:1000].encode()),
+            ("dlq_error_message", safe_message(exc).encode()),
             ("dlq_origin_topic", record.topic.encode()),
             ("dlq_origin_partition", str(record.partition).encode()),
             ("dlq_origin_offset", str(record.offset).encode()),

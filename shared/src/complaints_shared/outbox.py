@@ -23,7 +23,13 @@ from complaints_shared.envelope import Event, to_kafka_record
 from complaints_shared.events import DomainEvent
 from complaints_shared.eventstore import OUTBOX_CHANNEL, row_to_event
 from complaints_shared.metrics import ServiceMetrics
-from complaints_shared.telemetry import PRODUCER, Telemetry, extract_context, inject_context
+from complaints_shared.telemetry import (
+    PRODUCER,
+    Telemetry,
+    extract_context,
+    inject_context,
+    record_error,
+)
 from complaints_shared.telemetry import messaging_attributes as attrs
 
 log = logging.getLogger(__name__)
@@ -163,7 +169,7 @@ class OutboxRelay:
             await asyncio.gather(*acks)
         except BaseException as exc:
             for span in spans:
-                span.record_exception(exc)
+                record_error(span, exc)
             raise
         finally:
             for span in spans:

@@ -18,11 +18,13 @@ from fastapi.responses import JSONResponse
 from opentelemetry.instrumentation.fastapi import FastAPIInstrumentor
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
+from complaints_shared import customers
 from complaints_shared.auth import Access, OidcVerifier, RateLimiter, check_declared, public
 from complaints_shared.consumer import ConsumerRunner, Subscription
 from complaints_shared.db import create_pool
 from complaints_shared.eventstore import Clock, PostgresEventStore, utc_now
 from complaints_shared.limits import BodySizeLimit
+from complaints_shared.logs import configure_logging
 from complaints_shared.metrics import ServiceMetrics
 from complaints_shared.outbox import OutboxRelay
 from complaints_shared.policy import Policy, load_policy
@@ -30,7 +32,7 @@ from complaints_shared.privacy import PostgresKeyring, load_master_key
 from complaints_shared.problems import install_problem_handlers, problem
 from complaints_shared.schema import migrate, package_migrations, shared_migrations
 from complaints_shared.settings import ServiceSettings
-from complaints_shared.telemetry import Telemetry, setup_telemetry
+from complaints_shared.telemetry import Telemetry, redacting_request_hook, setup_telemetry
 from complaints_shared.topics import Topics, ensure_topics
 
 log = logging.getLogger(__name__)
@@ -69,6 +71,7 @@ class ServiceSpec:
     prepare: Callable[[ServiceSettings, Policy], Any] | None = None  # validated at start
     background: Callable[[Runtime], list[Coroutine[Any, Any, None]]] = lambda _: []
     openapi_tags: list[dict[str, Any]] = field(default_factory=list)
+    subject_records: customers.Records | None = None  # read-model rows about a customer
 
 
 def get_runtime(request: Request) -> Runtime:
@@ -235,9 +238,13 @@ def create_app(
     app.include_router(_operations_router())
     for router in spec.routers:
         app.include_router(router)
+    app.include_router(customers.router(spec.name, spec.subject_records))
     check_declared(app)
     FastAPIInstrumentor.instrument_app(
-        app, tracer_provider=telemetry.provider, excluded_urls="health/.*,metrics"
+        app,
+        tracer_provider=telemetry.provider,
+        excluded_urls="health/.*,metrics",
+        server_request_hook=redacting_request_hook(app),
     )
     return app
 
@@ -299,10 +306,7 @@ def run_service(spec: ServiceSpec) -> None:
     import uvicorn
 
     settings = ServiceSettings()
-    logging.basicConfig(
-        level=settings.log_level.upper(),
-        format=f"%(asctime)s %(levelname)s {spec.name} %(name)s: %(message)s",
-    )
+    configure_logging(spec.name, settings.log_level, settings.log_format)
     app = create_app(spec, settings)
     with contextlib.suppress(KeyboardInterrupt):
         uvicorn.run(
@@ -310,5 +314,6 @@ def run_service(spec: ServiceSpec) -> None:
             host=settings.host,
             port=settings.port or spec.default_port,
             log_level=settings.log_level.lower(),
+            log_config=None,  # keep the platform's handlers (JSON lines)
             access_log=False,
         )

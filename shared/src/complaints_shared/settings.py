@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal
 
 from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -41,6 +42,11 @@ class ServiceSettings(BaseSettings):
     keyring_master_key: SecretStr | None = Field(
         None, description="the master key itself (prefer the file)"
     )
+    peers: dict[str, str] = Field(
+        default_factory=dict,
+        description="the other services' base URLs by name (JSON), for subject access requests"
+        " answered for the whole platform",
+    )
     host: str = "127.0.0.1"
     port: int | None = Field(None, ge=1, le=65535, description="HTTP port; default per service")
     policy: Path | None = Field(None, description="TOML policy file; default: built-in policy")
@@ -50,6 +56,9 @@ class ServiceSettings(BaseSettings):
     topic_partitions: int = Field(3, ge=1, le=1000)
     topic_replication_factor: int = Field(1, ge=1, le=10)
     log_level: str = "INFO"
+    log_format: Literal["json", "text"] = Field(
+        "json", description="json: one object a line with trace_id and span_id; text: for people"
+    )
     max_body_bytes: int = Field(256 * 1024, ge=1024, description="larger bodies get 413")
     smtp_host: str | None = Field(None, description="SMTP server for e-mail to customers")
     smtp_port: int = Field(25, ge=1, le=65535)
@@ -57,6 +66,11 @@ class ServiceSettings(BaseSettings):
     smtp_password: str | None = None
     smtp_starttls: bool = False
     smtp_from: str = "Customer Care <care@complaints.local>"
+    mail_spool: Path | None = Field(
+        None,
+        description="a local Maildir that keeps copies of sent e-mail (a development mail"
+        " catcher): scrubbed of a customer's messages when they are erased",
+    )
     webhook_url: str | None = Field(
         None, description="gateway for SMS, phone, chat, social, web and letter messages"
     )

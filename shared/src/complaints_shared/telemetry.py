@@ -2,22 +2,25 @@
 
 Each service owns a :class:`Telemetry` (its own tracer provider and service name), so several
 services can run in one process, as the end-to-end tests do.  Spans carry ids, types and
-topics only: no customer personal data.
+topics only: no customer personal data.  HTTP spans show the route template instead of the
+path and the query's names without their values (:func:`redacting_request_hook`).
 """
 
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
+from urllib.parse import parse_qsl
 
 from opentelemetry import propagate, trace
 from opentelemetry.context import Context
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, SimpleSpanProcessor, SpanExporter
-from opentelemetry.trace import Span, SpanKind, Tracer
+from opentelemetry.trace import Span, SpanKind, Status, StatusCode, Tracer
+from starlette.routing import Match
 
 from complaints_shared.envelope import Event
 
@@ -80,6 +83,62 @@ def messaging_attributes(
         attrs["complaints.event.type"] = event.type
         attrs["complaints.event.version"] = event.version
     return attrs
+
+
+def safe_message(exc: BaseException) -> str:
+    """What may be told of an error in telemetry, logs and dead-letter headers: the platform's
+    own messages (written not to hold personal data), else only the error's type (a driver's or
+    a library's message may quote the values it choked on)."""
+    if type(exc).__module__.startswith("complaints_"):
+        return f"{type(exc).__name__}: {exc}"[:1000]
+    return type(exc).__name__
+
+
+def record_error(span: Span, exc: BaseException) -> None:
+    """Mark ``span`` failed with the error's type and safe message (never its raw text)."""
+    span.set_status(Status(StatusCode.ERROR, safe_message(exc)))
+    span.set_attribute("error.type", type(exc).__qualname__)
+    span.add_event("exception", {"exception.type": type(exc).__qualname__})
+
+
+REDACTED = "REDACTED"
+_URL_ATTRIBUTES = ("http.url", "url.full", "http.target", "url.path", "url.query")
+
+
+def redacted_target(routes: Sequence[Any], scope: Mapping[str, Any]) -> tuple[str, str]:
+    """The request's path as its route template (``/surveys/{token}``: no token, no e-mail in
+    a path) and its query with every value redacted (``customer=REDACTED``)."""
+    path = "(unmatched)"
+    for route in routes:
+        match, _ = route.matches(scope)
+        if match == Match.FULL:
+            path = getattr(route, "path", path)
+            break
+    raw = scope.get("query_string") or b""
+    names = [n for n, _ in parse_qsl(raw.decode("latin-1"), keep_blank_values=True)]
+    return path, "&".join(f"{n}={REDACTED}" for n in names)
+
+
+def redacting_request_hook(app: Any) -> Callable[[Span, dict[str, Any]], None]:
+    """A server request hook for the HTTP instrumentation: the URL attributes it recorded
+    (the decoded query string, path tokens) are replaced by their redacted forms."""
+
+    def hook(span: Span, scope: dict[str, Any]) -> None:
+        if not span.is_recording() or scope.get("type") != "http":
+            return
+        path, query = redacted_target(app.routes, scope)
+        target = f"{path}?{query}" if query else path
+        attributes = getattr(span, "attributes", None) or {}
+        for name in _URL_ATTRIBUTES:
+            if name in attributes:
+                value = {"url.path": path, "url.query": query, "http.target": target}.get(name)
+                if value is None:  # a full URL
+                    base = str(attributes[name]).split("://", 1)
+                    host = base[1].split("/", 1)[0] if len(base) == 2 else ""
+                    value = f"{base[0]}://{host}{target}" if host else target
+                span.set_attribute(name, value)
+
+    return hook
 
 
 PRODUCER = SpanKind.PRODUCER

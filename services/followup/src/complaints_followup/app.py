@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from complaints_followup.api import ROUTERS
 from complaints_followup.handlers import subscriptions
+from complaints_followup.projection import subject_records
 from complaints_followup.resources import prepare
 from complaints_followup.worker import run_followup
 from complaints_shared.service import ServiceSpec
@@ -21,4 +22,5 @@ SPEC = ServiceSpec(
     subscriptions=subscriptions,
     prepare=prepare,
     background=lambda rt: [run_followup(rt)],
+    subject_records=subject_records,
 )

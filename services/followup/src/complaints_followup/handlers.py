@@ -7,7 +7,7 @@ from typing import Any
 import asyncpg
 
 from complaints_followup.domain import cancel_open_checks, schedule_check
-from complaints_followup.projection import checks, contact_row, enqueue
+from complaints_followup.projection import checks, contact_row, enqueue, scrub
 from complaints_shared.consumer import Subscription, on
 from complaints_shared.envelope import Event
 from complaints_shared.events import intake as it
@@ -75,11 +75,12 @@ def subscriptions(rt: Runtime) -> list[Subscription]:
     async def on_case_resolved(conn: asyncpg.Connection, event: Event[rs.CaseResolved]) -> None:
         await on_customer_message(conn, event)
         contact = await conn.fetchrow(
-            "SELECT channel, language, withdrawn FROM contact_preferences WHERE complaint_id = $1",
+            "SELECT channel, language, withdrawn, erased FROM contact_preferences"
+            " WHERE complaint_id = $1",
             event.stream_id,
         )
-        if contact is not None and contact["withdrawn"]:
-            return  # no survey for a withdrawn complaint
+        if contact is not None and (contact["withdrawn"] or contact["erased"]):
+            return  # no survey for a withdrawn complaint, or a customer erased
         await repository.execute(
             conn,
             event.stream_id,
@@ -107,6 +108,14 @@ def subscriptions(rt: Runtime) -> list[Subscription]:
             conn, event.stream_id, lambda s: cancel_open_checks(s, "withdrawn")
         )
 
+    async def on_personal_data_erased(
+        conn: asyncpg.Connection, event: Event[it.PersonalDataErased]
+    ) -> None:
+        ids = event.payload.complaint_ids
+        await scrub(conn, ids, rt.settings.mail_spool)
+        for cid in ids:  # no survey for someone erased
+            await repository.execute(conn, cid, lambda s: cancel_open_checks(s, "erased"))
+
     t = rt.topics
     return [
         Subscription(
@@ -119,6 +128,7 @@ def subscriptions(rt: Runtime) -> list[Subscription]:
                     on(it.ComplaintWithdrawn, on_complaint_withdrawn),
                     on(rs.CaseResolved, on_case_resolved),
                     on(rs.CaseReopened, on_case_reopened),
+                    on(it.PersonalDataErased, on_personal_data_erased),
                 ]
             ),
             fallback=on_customer_message,  # CaseAssigned, ClarificationRequested, Solution…

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from email.message import EmailMessage
-from email.utils import make_msgid
 from typing import Protocol
 
 import aiosmtplib
@@ -31,6 +30,12 @@ class Outbound:
     language: str
 
 
+def message_id(delivery_id: object) -> str:
+    """The e-mail's Message-ID: the delivery's, so every copy of one delivery carries the same
+    (receivers de-duplicate) and the spooled copies of a customer can be found."""
+    return f"<{delivery_id}@complaints.local>"
+
+
 class Notifier(Protocol):
     async def send(self, message: Outbound) -> None: ...
 
@@ -47,7 +52,7 @@ class SmtpNotifier:
         mail["From"] = s.smtp_from
         mail["To"] = message.to
         mail["Subject"] = message.subject
-        mail["Message-ID"] = make_msgid(idstring=message.delivery_id, domain="complaints.local")
+        mail["Message-ID"] = message_id(message.delivery_id)
         mail["Content-Language"] = message.language
         mail.set_content(message.body, cte="8bit")  # readable as stored: links stay whole
         try:

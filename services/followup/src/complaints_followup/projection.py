@@ -2,18 +2,23 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Sequence
 from datetime import datetime
+from email.parser import BytesHeaderParser
+from pathlib import Path
 from typing import Any
 from uuid import UUID, uuid4
 
 import asyncpg
 
 from complaints_followup.domain import Followup, fold
+from complaints_followup.notify import message_id
 from complaints_shared.envelope import Event
 from complaints_shared.events import DomainEvent
 from complaints_shared.events import followup as ev
 from complaints_shared.events.intake import ComplaintReceived
+from complaints_shared.privacy import ERASED
 from complaints_shared.repository import Repository
 from complaints_shared.service import Runtime
 from complaints_shared.vocabulary import CONTACT_FIELD
@@ -112,10 +117,12 @@ async def enqueue(
     subject: str,
     body: str,
 ) -> None:
-    """Queue a message for the customer (once per kind and ref)."""
+    """Queue a message for the customer (once per kind and ref; never for an erased one)."""
     await conn.execute(
         "INSERT INTO deliveries (id, complaint_id, kind, ref, source_type, channel, language,"
-        " subject, body, next_attempt_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)"
+        " subject, body, next_attempt_at)"
+        " SELECT $1, $2, $3, $4, $5, $6, $7, $8, $9, $10 WHERE NOT EXISTS"
+        " (SELECT 1 FROM contact_preferences WHERE complaint_id = $2 AND erased)"
         " ON CONFLICT (kind, ref) DO NOTHING",
         uuid4(),
         complaint_id,
@@ -165,3 +172,62 @@ def contact_row(event: Event[ComplaintReceived]) -> dict[str, Any]:
         "category": d.category,
         "received_channel": d.channel.value,
     }
+
+
+async def scrub(
+    conn: asyncpg.Connection, complaint_ids: Sequence[UUID], mail_spool: Path | None
+) -> None:
+    """Erase what followup keeps of these complaints' customer outside its events: contact
+    details, the messages (pending ones are not sent), and their copies in the mail spool."""
+    ids = list(complaint_ids)
+    await conn.execute(
+        "INSERT INTO contact_preferences (complaint_id, erased)"
+        " SELECT unnest($1::uuid[]), true ON CONFLICT (complaint_id) DO UPDATE SET erased = true,"
+        " name = NULL, email = NULL, phone = NULL, postal_address = NULL",
+        ids,
+    )
+    deliveries = await conn.fetch(
+        "UPDATE deliveries SET subject = $2, body = $2, last_error = NULL,"
+        " status = CASE WHEN status = 'pending' THEN 'cancelled' ELSE status END"
+        " WHERE complaint_id = ANY($1::uuid[]) RETURNING id",
+        ids,
+        ERASED,
+    )
+    if mail_spool is not None and deliveries:
+        await asyncio.to_thread(remove_from_spool, mail_spool, {d["id"] for d in deliveries})
+
+
+def remove_from_spool(maildir: Path, delivery_ids: set[UUID]) -> int:
+    """Delete the spooled copies (a local Maildir) of these deliveries; return how many."""
+    wanted = {message_id(d) for d in delivery_ids}
+    removed = 0
+    for folder in ("new", "cur", "tmp"):
+        for path in (maildir / folder).glob("*") if (maildir / folder).is_dir() else ():
+            try:
+                with path.open("rb") as f:
+                    headers = BytesHeaderParser().parse(f)
+            except OSError:
+                continue
+            if (headers.get("Message-ID") or "").strip() in wanted:
+                path.unlink(missing_ok=True)
+                removed += 1
+    return removed
+
+
+async def subject_records(
+    conn: asyncpg.Connection, complaint_ids: list[UUID]
+) -> dict[str, list[dict[str, Any]]]:
+    """What followup's read models keep about these complaints."""
+    out: dict[str, list[dict[str, Any]]] = {}
+    for table, order in (
+        ("contact_preferences", "complaint_id"),
+        ("satisfaction_checks", "scheduled_at"),
+        ("satisfaction_answers", "answered_at"),
+        ("deliveries", "next_attempt_at"),
+    ):
+        found = await conn.fetch(
+            f"SELECT * FROM {table} WHERE complaint_id = ANY($1::uuid[]) ORDER BY {order}",
+            complaint_ids,
+        )
+        out[table] = [dict(r) for r in found]
+    return out

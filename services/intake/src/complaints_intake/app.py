@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from complaints_intake.api import ROUTERS
+from complaints_intake.api.customers import subject_records
 from complaints_intake.handlers import subscriptions
 from complaints_intake.resources import prepare
 from complaints_shared.service import ServiceSpec
@@ -18,4 +19,5 @@ SPEC = ServiceSpec(
     routers=ROUTERS,
     subscriptions=subscriptions,
     prepare=prepare,
+    subject_records=subject_records,
 )

@@ -222,6 +222,25 @@ def fold(events: Iterable[Event[DomainEvent]]) -> Complaint | None:
     return state
 
 
+def erased_complaints(events: Iterable[Event[DomainEvent]]) -> frozenset[UUID]:
+    """A customer's stream folded: the complaints whose personal data was erased."""
+    out: set[UUID] = set()
+    for e in events:
+        if isinstance(e.payload, ev.PersonalDataErased):
+            out.update(e.payload.complaint_ids)
+    return frozenset(out)
+
+
+def erase_personal_data(
+    already: frozenset[UUID], customer_key: str, complaint_ids: Iterable[UUID], by: str
+) -> list[DomainEvent]:
+    """Record the erasure of the complaints not erased yet (a repeated request: nothing)."""
+    new = tuple(c for c in complaint_ids if c not in already)
+    if not new:
+        return []
+    return [ev.PersonalDataErased(customer_key=customer_key, complaint_ids=new, erased_by=by)]
+
+
 @dataclass(frozen=True)
 class Received:
     """The decision on a submission: the events, plus what the answer shows."""

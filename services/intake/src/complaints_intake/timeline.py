@@ -117,3 +117,8 @@ def complaint_of(event: Event[DomainEvent]) -> UUID:
         case le.RecurrenceDetected() | le.RecurrenceAfterFix():
             return event.payload.complaint_id
     return event.stream_id
+
+
+def erased_summary(event_type: str) -> str:
+    """A timeline entry's summary once its customer was erased: the kind of event only."""
+    return _words(event_type)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from complaints_learning.api import ROUTERS
-from complaints_learning.handlers import subscriptions
+from complaints_learning.handlers import subject_records, subscriptions
 from complaints_learning.worker import run_verification
 from complaints_shared.service import ServiceSpec
 
@@ -19,4 +19,5 @@ SPEC = ServiceSpec(
     routers=ROUTERS,
     subscriptions=subscriptions,
     background=lambda rt: [run_verification(rt)],
+    subject_records=subject_records,
 )

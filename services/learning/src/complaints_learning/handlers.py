@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from typing import Any
+from uuid import UUID
 
 import asyncpg
 
@@ -14,6 +15,7 @@ from complaints_shared.envelope import Event
 from complaints_shared.events import followup as fu
 from complaints_shared.events import intake as it
 from complaints_shared.events import resolution as rs
+from complaints_shared.privacy import ERASED
 from complaints_shared.service import Runtime
 
 FACTS = "INSERT INTO complaint_facts (complaint_id) VALUES ($1) ON CONFLICT DO NOTHING"
@@ -45,7 +47,13 @@ def subscriptions(rt: Runtime) -> list[Subscription]:
             d.product,
             d.safety_incident,
             d.language,
-            d.text,
+            None if ERASED in (d.subject, d.description) else d.text,  # nothing left to compare
+        )
+
+    async def on_erased(conn: asyncpg.Connection, e: Event[it.PersonalDataErased]) -> None:
+        await conn.execute(
+            "UPDATE complaint_facts SET text = NULL WHERE complaint_id = ANY($1::uuid[])",
+            list(e.payload.complaint_ids),
         )
 
     async def on_cause(conn: asyncpg.Connection, e: Event[rs.CauseIdentified]) -> None:
@@ -106,6 +114,7 @@ def subscriptions(rt: Runtime) -> list[Subscription]:
             handlers=dict(
                 [
                     on(it.ComplaintReceived, on_received),
+                    on(it.PersonalDataErased, on_erased),
                     on(rs.CauseIdentified, on_cause),
                     on(
                         rs.CaseResolved,
@@ -143,3 +152,19 @@ def subscriptions(rt: Runtime) -> list[Subscription]:
             ),
         )
     ]
+
+
+async def subject_records(
+    conn: asyncpg.Connection, complaint_ids: list[UUID]
+) -> dict[str, list[dict[str, Any]]]:
+    """What learning's read models keep about these complaints."""
+    facts = await conn.fetch(
+        "SELECT * FROM complaint_facts WHERE complaint_id = ANY($1::uuid[])", complaint_ids
+    )
+    occurrences = await conn.fetch(
+        "SELECT * FROM occurrences WHERE complaint_id = ANY($1::uuid[])", complaint_ids
+    )
+    return {
+        "complaint_facts": [dict(r) for r in facts],
+        "occurrences": [dict(r) for r in occurrences],
+    }

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from datetime import datetime
-from uuid import UUID
+from uuid import UUID, uuid5
 
 from complaints_shared.events.base import REGISTRY, DomainEvent, Payload, Personal, PersonalOrNone
 from complaints_shared.vocabulary import Channel, Severity
@@ -121,3 +121,25 @@ class ComplaintWithdrawn(DomainEvent):
     reason: PersonalOrNone = None
     withdrawn_by: str | None = None
     """the token subject of the channel gateway or agent that recorded it"""
+
+
+@event
+class PersonalDataErased(DomainEvent):
+    """A customer's personal data was erased (right to erasure): their data key is destroyed,
+    so every personal field of their events reads as erased; each service scrubs its own copies
+    when it reads this.  The stream is the customer's (:func:`customer_stream`)."""
+
+    customer_key: str
+    """the customer's pseudonymous key"""
+    complaint_ids: tuple[UUID, ...]
+    """the complaints erased by this request"""
+    erased_by: str
+    """the privacy officer's or administrator's token subject"""
+
+
+CUSTOMER_NAMESPACE = UUID("6d0f1c3e-6c7e-4f43-9a55-0c2f8f7a9b10")
+
+
+def customer_stream(customer_key: str) -> UUID:
+    """The stream of events about one customer as a data subject (erasures)."""
+    return uuid5(CUSTOMER_NAMESPACE, customer_key)

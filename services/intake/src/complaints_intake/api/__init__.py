@@ -1,5 +1,5 @@
 """Intake's HTTP resources, one router module each."""
 
-from complaints_intake.api import complaints
+from complaints_intake.api import complaints, customers
 
-ROUTERS = [complaints.router]
+ROUTERS = [complaints.router, customers.router]

@@ -13,7 +13,7 @@ from uuid import UUID, uuid4
 import asyncpg
 from fastapi import APIRouter, Depends, Header, Query, Response
 from fastapi.responses import JSONResponse
-from pydantic import BaseModel
+from pydantic import BaseModel, Field
 
 from complaints_intake.domain import (
     Complaint,
@@ -78,6 +78,9 @@ class ComplaintPublic(BaseModel):
     subject: str
     description: str
     customer: dict[str, Any]
+    customer_key: str = Field(
+        description="the customer's pseudonymous key: for their data (subject access) and erasure"
+    )
     product: str | None = None
     order_reference: str | None = None
     desired_outcome: str | None = None
@@ -152,6 +155,7 @@ def _public(row: asyncpg.Record) -> ComplaintPublic:
         subject=row["subject"],
         description=row["description"],
         customer=r["customer"],
+        customer_key=row["customer_key"],
         product=r.get("product"),
         order_reference=r.get("order_reference"),
         desired_outcome=r.get("desired_outcome"),

@@ -1,0 +1,151 @@
+"""HTTP resource: a customer as a data subject — everything the platform holds about them.
+
+Every service answers ``GET /customers/{customer_key}/data`` for itself: the events of the
+customer's complaints in its event store (personal values opened while the customer's key
+lives) and the rows its read models keep about them.  A service with ``COMPLAINTS_PEERS``
+(intake, in the shipped set-ups) asks the others as well and answers for the whole platform, so
+a subject access request is one call.  Only the privacy officer and administrators may ask.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable
+from typing import Annotated, Any, Literal
+from uuid import UUID
+
+import asyncpg
+import httpx
+from fastapi import APIRouter, Path, Query, Request
+from fastapi.encoders import jsonable_encoder
+from fastapi.responses import JSONResponse, Response
+from pydantic import BaseModel, Field
+
+from complaints_shared.auth import access
+from complaints_shared.errors import NotFound
+from complaints_shared.problems import PROBLEM_RESPONSES, problem
+
+PRIVACY = access("privacy", "admin")
+
+CustomerKey = Annotated[
+    str,
+    Path(
+        pattern=r"^[0-9a-f]{64}$",
+        description="the customer's pseudonymous key (`customer_key` of their complaints)",
+        examples=["9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08"],
+    ),
+]
+
+Records = Callable[[asyncpg.Connection, list[UUID]], Awaitable[dict[str, list[dict[str, Any]]]]]
+"""A service's read-model rows about some complaints, by table."""
+
+
+class ServiceData(BaseModel):
+    events: list[dict[str, Any]] = Field(
+        description="the events of the customer's complaints in this service's store"
+    )
+    records: dict[str, list[dict[str, Any]]] = Field(
+        description="the rows this service's read models keep about them, by table"
+    )
+
+
+class SubjectData(BaseModel):
+    customer_key: str
+    complaint_ids: list[UUID]
+    erased: bool = Field(
+        description="the customer's key was destroyed: personal values read as erased"
+    )
+    services: dict[str, ServiceData]
+
+
+def rows(records: list[asyncpg.Record]) -> list[dict[str, Any]]:
+    return [dict(r) for r in records]
+
+
+def router(service: str, records: Records | None) -> APIRouter:
+    r = APIRouter(
+        prefix="/customers", tags=["customers (personal data)"], responses=PROBLEM_RESPONSES
+    )
+
+    @r.get(
+        "/{customer_key}/data",
+        summary="Everything held about one customer (subject access request)",
+        response_model=SubjectData,
+        responses={503: PROBLEM_RESPONSES[409] | {"description": "another service did not answer"}},
+        **PRIVACY,
+    )
+    async def subject_data(
+        customer_key: CustomerKey,
+        request: Request,
+        scope: Annotated[
+            Literal["platform", "service"],
+            Query(description="`service`: this service's part only"),
+        ] = "platform",
+    ) -> Response:
+        from complaints_shared.service import Runtime  # the runtime module imports this one
+
+        rt: Runtime = request.app.state.runtime
+        ids = await rt.keyring.streams_of(customer_key)
+        if not ids:
+            raise NotFound("customer", customer_key)
+        async with rt.pool.acquire() as conn:
+            events = [e for cid in ids for e in await rt.store.load(conn, cid)]
+            own = ServiceData(
+                events=[
+                    {
+                        "event_id": e.event_id,
+                        "complaint_id": e.stream_id,
+                        "type": e.type,
+                        "occurred_at": e.occurred_at,
+                        "data": e.payload.to_json(),
+                    }
+                    for e in events
+                ],
+                records=await records(conn, ids) if records else {},
+            )
+        services = {service: own}
+        if scope == "platform" and rt.settings.peers:
+            answers = await asyncio.gather(
+                *(
+                    _ask(url, customer_key, request.headers.get("authorization", ""))
+                    for url in rt.settings.peers.values()
+                ),
+                return_exceptions=True,
+            )
+            missing = [
+                name
+                for name, a in zip(rt.settings.peers, answers, strict=True)
+                if not isinstance(a, ServiceData)
+            ]
+            if missing:
+                return problem(
+                    503,
+                    "Service unavailable",
+                    f"{', '.join(missing)} did not answer; ask again shortly",
+                    slug="peer-unavailable",
+                    headers={"Retry-After": "5"},
+                )
+            services.update(
+                (name, a)
+                for name, a in zip(rt.settings.peers, answers, strict=True)
+                if isinstance(a, ServiceData)
+            )
+        erased = await rt.keyring.key_for_stream(ids[0]) is None
+        body = SubjectData(
+            customer_key=customer_key, complaint_ids=ids, erased=erased, services=services
+        )
+        return JSONResponse(jsonable_encoder(body))
+
+    return r
+
+
+async def _ask(base: str, customer_key: str, authorization: str) -> ServiceData:
+    async with httpx.AsyncClient(timeout=10) as client:
+        r = await client.get(
+            f"{base.rstrip('/')}/customers/{customer_key}/data",
+            params={"scope": "service"},
+            headers={"Authorization": authorization},
+        )
+        r.raise_for_status()
+        parts = r.json()["services"]
+        return ServiceData.model_validate(next(iter(parts.values())))
