@@ -30,6 +30,7 @@ PARAMS = {
     "action_id": "a0",
     "request_id": "r0",
     "token": "not-a-survey-token",
+    "customer_key": "0" * 64,
 }
 
 

@@ -90,13 +90,13 @@ def safe_message(exc: BaseException) -> str:
     own messages (written not to hold personal data), else only the error's type (a driver's or
     a library's message may quote the values it choked on)."""
     if type(exc).__module__.startswith("complaints_"):
-        return f"{type(exc).__name__}: {exc}"[:1000]
-    return type(exc).__name__
+        return str(exc)[:1000]
+    return f"{type(exc).__name__} (message withheld: it may quote data)"
 
 
 def record_error(span: Span, exc: BaseException) -> None:
     """Mark ``span`` failed with the error's type and safe message (never its raw text)."""
-    span.set_status(Status(StatusCode.ERROR, safe_message(exc)))
+    span.set_status(Status(StatusCode.ERROR, f"{type(exc).__name__}: {safe_message(exc)}"))
     span.set_attribute("error.type", type(exc).__qualname__)
     span.add_event("exception", {"exception.type": type(exc).__qualname__})
 

@@ -1,0 +1,130 @@
+"""Personal data without I/O: sealing, the personal fields of the models, redacted telemetry
+and structured logs."""
+
+from __future__ import annotations
+
+import logging
+import sys
+
+import orjson
+import pytest
+from fastapi import FastAPI
+from opentelemetry.sdk.trace import TracerProvider
+
+from complaints_shared.events.intake import ComplaintReceived
+from complaints_shared.logs import JsonFormatter
+from complaints_shared.privacy import (
+    ERASED,
+    DataKey,
+    PersonalField,
+    erase_fields,
+    load_master_key,
+    new_master_key,
+    open_sealed,
+    personal_fields,
+    seal,
+)
+from complaints_shared.telemetry import redacted_target, safe_message
+from tests.events import Confided
+
+KEY = DataKey("k1", bytes(range(32)))
+
+
+def test_personal_fields_of_a_model_say_where_they_are_and_whether_they_may_be_null():
+    fields = {f.dotted: f.nullable for f in personal_fields(ComplaintReceived)}
+    assert fields["subject"] is False and fields["description"] is False
+    assert fields["customer.email"] is True and fields["customer.name"] is True
+    assert fields["public_post.url"] is False and fields["attachments.name"] is True
+    assert "customer.language" not in fields and "reference" not in fields
+
+
+def test_a_sealed_value_opens_only_with_its_key_in_its_own_field():
+    fields = personal_fields(Confided)
+    data = {"n": 1, "secret": "Eva", "note": "call her", "items": [{"label": "x", "name": "Eva"}]}
+    seal(data, fields, KEY)
+    assert "Eva" not in orjson.dumps(data).decode() and data["n"] == 1
+    assert data["secret"] != data["items"][0]["name"]  # a fresh nonce per value
+
+    def copy() -> dict:
+        return dict(orjson.loads(orjson.dumps(data)))
+
+    moved = {**copy(), "secret": data["note"]}  # a value copied into another field
+    open_sealed(moved, fields, {KEY.key_id: KEY.secret})
+    assert moved["secret"] == ERASED and moved["note"] == "call her"
+
+    other = copy()
+    open_sealed(other, fields, {KEY.key_id: bytes(32)})  # a wrong key
+    assert (other["secret"], other["note"]) == (ERASED, None)
+
+    gone = copy()
+    open_sealed(gone, fields, {})  # the key was destroyed
+    assert (gone["secret"], gone["note"], gone["items"][0]["name"]) == (ERASED, None, None)
+
+
+def test_values_that_were_never_sealed_pass_through_and_scrubbing_erases_them():
+    fields = personal_fields(Confided)
+    foreign = {"n": 1, "secret": "plain", "note": None}
+    open_sealed(foreign, fields, {})
+    assert foreign["secret"] == "plain"
+    assert erase_fields(foreign, fields) == {"n": 1, "secret": ERASED, "note": None}
+
+
+def test_master_keys_are_32_bytes_of_base64():
+    assert len(load_master_key(new_master_key())) == 32
+    with pytest.raises(ValueError, match="32 bytes"):
+        load_master_key("c2hvcnQ=")
+
+
+def test_http_spans_see_route_templates_and_query_names_only():
+    app = FastAPI()
+
+    @app.get("/surveys/{token}")
+    async def survey(token: str) -> None: ...
+
+    scope = {
+        "type": "http",
+        "method": "GET",
+        "path": "/surveys/secret-token",
+        "query_string": b"customer=eva%40example.hu&limit=5",
+        "root_path": "",
+    }
+    assert redacted_target(app.routes, scope) == (
+        "/surveys/{token}",
+        "customer=REDACTED&limit=REDACTED",
+    )
+    assert redacted_target(app.routes, {**scope, "path": "/nowhere/eva"})[0] == "(unmatched)"
+
+
+def test_log_lines_are_json_with_the_trace_and_no_foreign_error_text():
+    tracer = TracerProvider().get_tracer("test")
+    formatter = JsonFormatter("intake")
+    with tracer.start_as_current_span("work") as span:
+        error = ValueError("Key (email)=(eva@example.hu) already exists")  # a driver's words
+        try:
+            raise error
+        except ValueError:
+            record = logging.LogRecord(
+                "complaints", logging.ERROR, __file__, 1, "round %s failed", ("7",), sys.exc_info()
+            )
+        line = orjson.loads(formatter.format(record))
+    ctx = span.get_span_context()
+    assert line["message"] == "round 7 failed" and line["service"] == "intake"
+    assert line["trace_id"] == format(ctx.trace_id, "032x")
+    assert line["span_id"] == format(ctx.span_id, "016x")
+    assert line["error.type"] == "ValueError" and "eva@" not in str(line)
+    assert "message withheld" in safe_message(ValueError("eva@example.hu"))
+    outside = orjson.loads(formatter.format(logging.LogRecord("x", 20, "", 1, "hi", (), None)))
+    assert "trace_id" not in outside
+
+
+def test_personal_fields_must_be_strings():
+    from pydantic import BaseModel
+
+    from complaints_shared.events.base import personal
+
+    class Bad(BaseModel):
+        age: int = personal(default=0)
+
+    with pytest.raises(TypeError, match="must be strings"):
+        personal_fields(Bad)
+    assert PersonalField(("a", "b"), True).dotted == "a.b"
