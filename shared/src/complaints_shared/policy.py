@@ -173,7 +173,25 @@ class ResolutionPolicy(_Section):
     timer_poll: timedelta = Field(timedelta(seconds=1), description="how often timers are checked")
 
 
+class RetentionPolicy(_Section):
+    """How long operational copies are kept; the events themselves are kept for good (their
+    personal fields are sealed, and erasure destroys the key)."""
+
+    outbox_sent: timedelta = Field(timedelta(days=7), description="outbox rows after publishing")
+    inbox: timedelta = Field(
+        timedelta(days=30),
+        description="inbox rows: longer than any redelivery (a consumer group reset) may reach",
+    )
+    idempotency_keys: timedelta = Field(timedelta(days=7), description="Idempotency-Key answers")
+    deliveries: timedelta = Field(
+        timedelta(days=30), description="customer messages sent, cancelled or given up"
+    )
+    prune_every: timedelta = Field(timedelta(hours=1), description="how often pruning runs")
+    prune_batch: int = Field(1000, ge=1, le=100_000, description="rows a statement deletes")
+
+
 class Policy(_Section):
+    retention: RetentionPolicy = RetentionPolicy()
     sla: dict[str, SlaTarget] = Field(default_factory=_default_sla)
     intake: IntakePolicy = IntakePolicy()
     calendar: CalendarPolicy = CalendarPolicy()

@@ -30,6 +30,8 @@ from complaints_shared.outbox import OutboxRelay
 from complaints_shared.policy import Policy, load_policy
 from complaints_shared.privacy import PostgresKeyring, load_master_key
 from complaints_shared.problems import install_problem_handlers, problem
+from complaints_shared.retention import SHARED as SHARED_RETENTION
+from complaints_shared.retention import Prune, run_pruning
 from complaints_shared.schema import migrate, package_migrations, shared_migrations
 from complaints_shared.settings import ServiceSettings
 from complaints_shared.telemetry import Telemetry, redacting_request_hook, setup_telemetry
@@ -72,6 +74,7 @@ class ServiceSpec:
     background: Callable[[Runtime], list[Coroutine[Any, Any, None]]] = lambda _: []
     openapi_tags: list[dict[str, Any]] = field(default_factory=list)
     subject_records: customers.Records | None = None  # read-model rows about a customer
+    retention: Sequence[Prune] = ()  # the service's own tables pruned after policy periods
 
 
 def get_runtime(request: Request) -> Runtime:
@@ -192,6 +195,12 @@ def create_app(
             asyncio.create_task(job, name=f"{spec.name}-background-{n}")
             for n, job in enumerate(spec.background(runtime))
         ]
+        tasks.append(
+            asyncio.create_task(
+                run_pruning(pool, [*SHARED_RETENTION, *spec.retention], policy.retention, clock),
+                name=f"{spec.name}-pruning",
+            )
+        )
         app.state.runtime = runtime
         app.state.background = _Background(relay, consumers, tasks)
         log.info(

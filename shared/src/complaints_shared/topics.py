@@ -11,6 +11,10 @@ from aiokafka.errors import TopicAlreadyExistsError
 
 log = logging.getLogger(__name__)
 
+RETENTION = {"retention.ms": "-1", "retention.bytes": "-1"}
+"""Every topic keeps its records for good: a rebuild from offset 0 replays all history (lawful:
+personal fields are sealed per customer, and erasure destroys the key)."""
+
 
 @dataclass(frozen=True, slots=True)
 class Topics:
@@ -56,7 +60,10 @@ async def ensure_topics(
             # another service may create them in the meantime
             with contextlib.suppress(TopicAlreadyExistsError):
                 await admin.create_topics(
-                    [NewTopic(n, partitions, replication_factor) for n in missing]
+                    [
+                        NewTopic(n, partitions, replication_factor, topic_configs=RETENTION)
+                        for n in missing
+                    ]
                 )
             log.info("created topics %s", ", ".join(missing))
         return missing

@@ -7,6 +7,7 @@ from complaints_followup.handlers import subscriptions
 from complaints_followup.projection import subject_records
 from complaints_followup.resources import prepare
 from complaints_followup.worker import run_followup
+from complaints_shared.retention import Prune
 from complaints_shared.service import ServiceSpec
 
 SPEC = ServiceSpec(
@@ -23,4 +24,11 @@ SPEC = ServiceSpec(
     prepare=prepare,
     background=lambda rt: [run_followup(rt)],
     subject_records=subject_records,
+    retention=[
+        Prune(
+            "deliveries",
+            "status <> 'pending' AND coalesce(sent_at, next_attempt_at) < $1",
+            lambda r: r.deliveries,
+        )
+    ],
 )

@@ -6,6 +6,7 @@ from complaints_intake.api import ROUTERS
 from complaints_intake.api.customers import subject_records
 from complaints_intake.handlers import subscriptions
 from complaints_intake.resources import prepare
+from complaints_shared.retention import Prune
 from complaints_shared.service import ServiceSpec
 
 SPEC = ServiceSpec(
@@ -20,4 +21,11 @@ SPEC = ServiceSpec(
     subscriptions=subscriptions,
     prepare=prepare,
     subject_records=subject_records,
+    retention=[
+        Prune(
+            "idempotency_keys",
+            "response IS NOT NULL AND created_at < $1",
+            lambda r: r.idempotency_keys,
+        )
+    ],
 )
