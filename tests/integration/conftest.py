@@ -53,7 +53,7 @@ class Platform:
         return self.servers[service].app.state.runtime.pool
 
     async def topic_events(self, topic: str, count: int) -> list[Event[Any]]:
-        """The first ``count`` events on ``topic`` (``complaints.intake.v1``), opened with the
+        """The first ``count`` events on ``topic`` (``complaints.intake.v2``), opened with the
         services' keyring."""
         runtime = next(iter(self.servers.values())).app.state.runtime
         records = await read_topic(

@@ -94,7 +94,7 @@ async def submit(p: Platform, http: httpx.AsyncClient, email: str, language: str
 
 
 async def followup_events(p: Platform, count: int) -> list:
-    return await p.topic_events("complaints.followup.v1", count)
+    return await p.topic_events("complaints.followup.v2", count)
 
 
 async def test_resolve_mail_survey_low_score_reopens_the_case(loop, http):

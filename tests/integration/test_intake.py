@@ -46,7 +46,7 @@ async def intake(start_platform: StartPlatform) -> Platform:
 
 
 async def intake_events(p: Platform, count: int) -> list:
-    return await p.topic_events("complaints.intake.v1", count)
+    return await p.topic_events("complaints.intake.v2", count)
 
 
 CONTACT = {
@@ -250,7 +250,7 @@ async def test_ten_parallel_retries_with_one_key_create_one_complaint(intake, ht
     )
     await asyncio.sleep(1)
     bootstrap = intake.servers["intake"].app.state.runtime.settings.kafka_bootstrap
-    assert await topic_size(bootstrap, f"{intake.prefix}complaints.intake.v1") == 2
+    assert await topic_size(bootstrap, f"{intake.prefix}complaints.intake.v2") == 2
     reused = await http.post(url, json=complaint(subject="Other"), headers=headers)
     assert reused.status_code == 422
     assert reused.json()["errors"][0]["field"] == "header.Idempotency-Key"
@@ -453,7 +453,7 @@ async def test_bad_input_is_refused_and_changes_nothing(intake, http):
     assert await pool.fetchval("SELECT count(*) FROM outbox") == 0
     assert await pool.fetchval("SELECT count(*) FROM complaints") == 0
     bootstrap = intake.servers["intake"].app.state.runtime.settings.kafka_bootstrap
-    assert await topic_size(bootstrap, f"{intake.prefix}complaints.intake.v1") == 0
+    assert await topic_size(bootstrap, f"{intake.prefix}complaints.intake.v2") == 0
 
 
 async def test_withdrawal_closes_the_case_and_stops_the_survey(start_platform, http):

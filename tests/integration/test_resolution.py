@@ -61,7 +61,7 @@ async def new_case(p: Platform, http: httpx.AsyncClient, **over: Any) -> str:
 
 
 async def resolution_events(p: Platform, cid: str, count: int) -> list[Event]:
-    events = await p.topic_events("complaints.resolution.v1", count)
+    events = await p.topic_events("complaints.resolution.v2", count)
     return [e for e in events if str(e.stream_id) == cid]
 
 
@@ -343,7 +343,7 @@ async def test_reopen_by_an_agent_and_by_followups_request(start_platform: Start
         rec = to_kafka_record(request)
         for _ in range(2):  # delivered twice: one effect
             await producer.send_and_wait(
-                f"{p.prefix}complaints.followup.v1", rec.value, key=rec.key, headers=rec.headers
+                f"{p.prefix}complaints.followup.v2", rec.value, key=rec.key, headers=rec.headers
             )
     finally:
         await producer.stop()

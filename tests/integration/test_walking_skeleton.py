@@ -101,7 +101,7 @@ async def test_one_complaint_travels_through_all_four_services_in_one_trace(
 
     # what an integrator reading the topic sees
     records = await read_topic(
-        infrastructure.kafka_bootstrap, f"{platform.prefix}complaints.intake.v1", count=2
+        infrastructure.kafka_bootstrap, f"{platform.prefix}complaints.intake.v2", count=2
     )
     types = [decode_headers(r.headers)["ce_type"] for r in records]
     assert types == [
@@ -128,13 +128,13 @@ async def test_one_complaint_travels_through_all_four_services_in_one_trace(
     handlers = {
         s.resource.attributes["service.name"]
         for s in in_trace
-        if s.name == f"{platform.prefix}complaints.intake.v1 process"
+        if s.name == f"{platform.prefix}complaints.intake.v2 process"
     }
     assert handlers == {"resolution", "followup", "learning"}
-    assert any(s.name == f"{platform.prefix}complaints.intake.v1 publish" for s in in_trace)
+    assert any(s.name == f"{platform.prefix}complaints.intake.v2 publish" for s in in_trace)
     # resolution's CaseOpened, published from the handler's transaction, stays in the trace
     assert any(
-        s.name == f"{platform.prefix}complaints.resolution.v1 publish"
+        s.name == f"{platform.prefix}complaints.resolution.v2 publish"
         and s.resource.attributes["service.name"] == "resolution"
         for s in in_trace
     )

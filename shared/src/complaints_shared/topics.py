@@ -25,15 +25,15 @@ class Topics:
 
     @property
     def intake(self) -> str:
-        return self._name("complaints.intake.v1")
+        return self._name("complaints.intake.v2")
 
     @property
     def resolution(self) -> str:
-        return self._name("complaints.resolution.v1")
+        return self._name("complaints.resolution.v2")
 
     @property
     def followup(self) -> str:
-        return self._name("complaints.followup.v1")
+        return self._name("complaints.followup.v2")
 
     @property
     def learning(self) -> str:

@@ -1,4 +1,4 @@
-"""Events of the followup service, on ``complaints.followup.v1`` (stream = the complaint)."""
+"""Events of the followup service, on ``complaints.followup.v2`` (stream = the complaint)."""
 
 from __future__ import annotations
 

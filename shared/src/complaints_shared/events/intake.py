@@ -1,4 +1,4 @@
-"""Events of the intake service, on ``complaints.intake.v1`` (stream = the complaint)."""
+"""Events of the intake service, on ``complaints.intake.v2`` (stream = the complaint)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Events of the resolution service, on ``complaints.resolution.v1`` (stream = the complaint).
+"""Events of the resolution service, on ``complaints.resolution.v2`` (stream = the complaint).
 
 Customer-visible steps carry ``customer_message``: what the customer is told, in their language
 and on their channel; followup delivers it.
