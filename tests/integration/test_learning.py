@@ -328,13 +328,14 @@ def processed(p: Platform, count: int):  # type: ignore[no-untyped-def]
 
 
 async def publish(p: Platform, events: list[tuple[str, Event]]) -> None:
+    topics = next(iter(p.servers.values())).app.state.runtime.topics
     producer = AIOKafkaProducer(bootstrap_servers=bootstrap(p), acks="all", enable_idempotence=True)
     await producer.start()
     try:
-        for topic, e in events:
+        for service, e in events:
             r = to_kafka_record(e)
             await producer.send_and_wait(
-                f"{p.prefix}complaints.{topic}.v1", r.value, key=r.key, headers=r.headers
+                getattr(topics, service), r.value, key=r.key, headers=r.headers
             )
     finally:
         await producer.stop()

@@ -62,6 +62,24 @@ def rows(records: list[asyncpg.Record]) -> list[dict[str, Any]]:
     return [dict(r) for r in records]
 
 
+def by_complaint(*tables: str) -> Records:
+    """The :data:`Records` of tables keyed by ``complaint_id``: every row of theirs."""
+
+    async def records(
+        conn: asyncpg.Connection, complaint_ids: list[UUID]
+    ) -> dict[str, list[dict[str, Any]]]:
+        return {
+            table: rows(
+                await conn.fetch(
+                    f"SELECT * FROM {table} WHERE complaint_id = ANY($1::uuid[])", complaint_ids
+                )
+            )
+            for table in tables
+        }
+
+    return records
+
+
 def router(service: str, records: Records | None) -> APIRouter:
     r = APIRouter(
         prefix="/customers", tags=["customers (personal data)"], responses=PROBLEM_RESPONSES

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from complaints_followup.api import ROUTERS
 from complaints_followup.handlers import subscriptions
-from complaints_followup.projection import subject_records
 from complaints_followup.resources import prepare
 from complaints_followup.worker import run_followup
+from complaints_shared.customers import by_complaint
 from complaints_shared.retention import Prune
 from complaints_shared.service import ServiceSpec
 
@@ -23,7 +23,9 @@ SPEC = ServiceSpec(
     subscriptions=subscriptions,
     prepare=prepare,
     background=lambda rt: [run_followup(rt)],
-    subject_records=subject_records,
+    subject_records=by_complaint(
+        "contact_preferences", "satisfaction_checks", "satisfaction_answers", "deliveries"
+    ),
     retention=[
         Prune(
             "deliveries",

@@ -212,22 +212,3 @@ def remove_from_spool(maildir: Path, delivery_ids: set[UUID]) -> int:
                 path.unlink(missing_ok=True)
                 removed += 1
     return removed
-
-
-async def subject_records(
-    conn: asyncpg.Connection, complaint_ids: list[UUID]
-) -> dict[str, list[dict[str, Any]]]:
-    """What followup's read models keep about these complaints."""
-    out: dict[str, list[dict[str, Any]]] = {}
-    for table, order in (
-        ("contact_preferences", "complaint_id"),
-        ("satisfaction_checks", "scheduled_at"),
-        ("satisfaction_answers", "answered_at"),
-        ("deliveries", "next_attempt_at"),
-    ):
-        found = await conn.fetch(
-            f"SELECT * FROM {table} WHERE complaint_id = ANY($1::uuid[]) ORDER BY {order}",
-            complaint_ids,
-        )
-        out[table] = [dict(r) for r in found]
-    return out

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 from complaints_learning.api import ROUTERS
-from complaints_learning.handlers import subject_records, subscriptions
+from complaints_learning.handlers import subscriptions
 from complaints_learning.worker import run_verification
+from complaints_shared.customers import by_complaint
 from complaints_shared.service import ServiceSpec
 
 SPEC = ServiceSpec(
@@ -19,5 +20,5 @@ SPEC = ServiceSpec(
     routers=ROUTERS,
     subscriptions=subscriptions,
     background=lambda rt: [run_verification(rt)],
-    subject_records=subject_records,
+    subject_records=by_complaint("complaint_facts", "occurrences"),
 )

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from typing import Any
-from uuid import UUID
 
 import asyncpg
 
@@ -152,19 +151,3 @@ def subscriptions(rt: Runtime) -> list[Subscription]:
             ),
         )
     ]
-
-
-async def subject_records(
-    conn: asyncpg.Connection, complaint_ids: list[UUID]
-) -> dict[str, list[dict[str, Any]]]:
-    """What learning's read models keep about these complaints."""
-    facts = await conn.fetch(
-        "SELECT * FROM complaint_facts WHERE complaint_id = ANY($1::uuid[])", complaint_ids
-    )
-    occurrences = await conn.fetch(
-        "SELECT * FROM occurrences WHERE complaint_id = ANY($1::uuid[])", complaint_ids
-    )
-    return {
-        "complaint_facts": [dict(r) for r in facts],
-        "occurrences": [dict(r) for r in occurrences],
-    }

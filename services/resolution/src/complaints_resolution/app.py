@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from complaints_resolution.api import ROUTERS
 from complaints_resolution.handlers import subscriptions
-from complaints_resolution.projection import subject_records
 from complaints_resolution.resources import prepare
 from complaints_resolution.worker import run_timers
+from complaints_shared.customers import by_complaint
 from complaints_shared.service import ServiceSpec
 
 SPEC = ServiceSpec(
@@ -22,5 +22,5 @@ SPEC = ServiceSpec(
     subscriptions=subscriptions,
     prepare=prepare,
     background=lambda rt: [run_timers(rt)],
-    subject_records=subject_records,
+    subject_records=by_complaint("cases", "timers"),  # no personal data outside its events
 )

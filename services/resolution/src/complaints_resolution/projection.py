@@ -6,7 +6,6 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from datetime import datetime
-from typing import Any
 from uuid import UUID
 
 import asyncpg
@@ -67,14 +66,3 @@ async def load_case(
     if loaded.state is None:
         raise NotFound("case", complaint_id)
     return loaded.state, loaded
-
-
-async def subject_records(
-    conn: asyncpg.Connection, complaint_ids: list[UUID]
-) -> dict[str, list[dict[str, Any]]]:
-    """What resolution's read models keep about these complaints (no personal data: the
-    customer's words live only in the sealed events)."""
-    found = await conn.fetch(
-        "SELECT * FROM cases WHERE complaint_id = ANY($1::uuid[])", complaint_ids
-    )
-    return {"cases": [dict(r) for r in found]}
