@@ -128,3 +128,21 @@ def test_personal_fields_must_be_strings():
     with pytest.raises(TypeError, match="must be strings"):
         personal_fields(Bad)
     assert PersonalField(("a", "b"), True).dotted == "a.b"
+
+
+def test_customer_keys_need_the_keyring_secret():
+    import hashlib
+
+    from complaints_intake.domain import Customer, customer_key, customer_keys_matching
+
+    eva = Customer(email="Eva@Example.hu")
+    first, second = b"a" * 32, b"b" * 32
+    key = customer_key(eva, first)
+    assert key == customer_key(Customer(email="eva@example.hu"), first)  # stable, case-blind
+    assert key != customer_key(eva, second)  # another secret, another key
+    assert key not in (
+        hashlib.sha256(b"email:eva@example.hu").hexdigest(),
+        hashlib.sha256(b"eva@example.hu").hexdigest(),
+    )  # an address alone does not give it away
+    assert key in customer_keys_matching("EVA@example.hu", first)
+    assert len(key) == 64 and int(key, 16) >= 0

@@ -30,7 +30,9 @@ from uuid import UUID
 
 import asyncpg
 from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 from pydantic import BaseModel
 
 from complaints_shared.events.base import REGISTRY, _is_personal, _models_in
@@ -314,6 +316,11 @@ class PostgresKeyring:
             raise ValueError("the keyring master key must be 32 bytes (256 bits)")
         self.pool = pool
         self._master = AESGCM(master_key)
+        self.pseudonym_secret = HKDF(
+            algorithm=hashes.SHA256(), length=32, salt=None, info=b"complaints customer keys"
+        ).derive(master_key)
+        """the secret of the customers' pseudonymous keys (HMAC): without it an e-mail address
+        cannot be turned into its customer key, nor a customer key tried against addresses"""
 
     async def migrate(self) -> None:
         async with self.pool.acquire() as conn:

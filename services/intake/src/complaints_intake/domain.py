@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import hmac
 from collections.abc import Iterable
 from dataclasses import dataclass, replace
 from datetime import datetime
@@ -63,9 +64,6 @@ class Customer(_Input):
         if not (self.id or self.name or self.email or self.phone):
             raise ValueError("a customer needs an id, a name, an e-mail address or a phone number")
         return self
-
-    def key(self) -> str:
-        return customer_key(self)
 
 
 class PublicPost(_Input):
@@ -141,25 +139,27 @@ class CustomerLike(Protocol):
     def phone(self) -> str | None: ...
 
 
-def _hash(basis: str) -> str:
-    return hashlib.sha256(basis.encode()).hexdigest()
+def _hash(secret: bytes, basis: str) -> str:
+    return hmac.new(secret, basis.encode(), hashlib.sha256).hexdigest()
 
 
-def customer_key(customer: CustomerLike) -> str:
-    """A stable pseudonymous key of the customer, for repeat and duplicate detection: their id,
-    else e-mail address, else phone digits, else normalised name."""
+def customer_key(customer: CustomerLike, secret: bytes) -> str:
+    """A stable pseudonymous key of the customer, for repeat and duplicate detection and as the
+    data subject of erasure: their id, else e-mail address, else phone digits, else normalised
+    name, keyed with ``secret`` (HMAC-SHA-256), so it cannot be computed nor reversed from a
+    known address without the keyring's secret."""
     if customer.id:
-        return _hash(f"id:{customer.id}")
+        return _hash(secret, f"id:{customer.id}")
     if customer.email:
-        return _hash(f"email:{customer.email.casefold()}")
+        return _hash(secret, f"email:{customer.email.casefold()}")
     if customer.phone:
-        return _hash("phone:" + "".join(c for c in customer.phone if c.isdigit()))
-    return _hash(f"name:{normalise(customer.name or '')}")
+        return _hash(secret, "phone:" + "".join(c for c in customer.phone if c.isdigit()))
+    return _hash(secret, f"name:{normalise(customer.name or '')}")
 
 
-def customer_keys_matching(search: str) -> list[str]:
+def customer_keys_matching(search: str, secret: bytes) -> list[str]:
     """The keys a list filter ``customer=<id or e-mail>`` selects."""
-    return [_hash(f"id:{search}"), _hash(f"email:{search.casefold()}")]
+    return [_hash(secret, f"id:{search}"), _hash(secret, f"email:{search.casefold()}")]
 
 
 @dataclass(frozen=True)

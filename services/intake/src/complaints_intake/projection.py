@@ -22,7 +22,7 @@ def complaints(rt: Runtime) -> Repository[Complaint | None]:
     async def project_all(
         conn: asyncpg.Connection, _: Complaint | None, recorded: Sequence[Event[DomainEvent]]
     ) -> None:
-        await project(conn, recorded)
+        await project(conn, recorded, rt.keyring.pseudonym_secret)
 
     return Repository(rt.store, fold, project_all)
 
@@ -33,7 +33,7 @@ def erasures(rt: Runtime) -> Repository[frozenset[UUID]]:
     async def project_all(
         conn: asyncpg.Connection, _: frozenset[UUID], recorded: Sequence[Event[DomainEvent]]
     ) -> None:
-        await project(conn, recorded)
+        await project(conn, recorded, rt.keyring.pseudonym_secret)
 
     return Repository(rt.store, erased_complaints, project_all)
 
@@ -115,7 +115,9 @@ async def record_timeline(
     )
 
 
-async def project(conn: asyncpg.Connection, events: Sequence[Event[DomainEvent]]) -> None:
+async def project(
+    conn: asyncpg.Connection, events: Sequence[Event[DomainEvent]], pseudonyms: bytes
+) -> None:
     """Apply intake's own new events to the read model and the timeline."""
     for e in events:
         p = e.payload
@@ -133,7 +135,7 @@ async def project(conn: asyncpg.Connection, events: Sequence[Event[DomainEvent]]
                     p.category,
                     p.severity.value,
                     p.language,
-                    customer_key(p.customer),
+                    customer_key(p.customer, pseudonyms),
                     p.customer.id,
                     p.subject,
                     p.description,

@@ -234,7 +234,7 @@ async def submit_complaint(
         if body.customer.language is None
         else None
     )
-    key = customer_key(body.customer)
+    key = customer_key(body.customer, rt.keyring.pseudonym_secret)
     async with rt.pool.acquire() as conn, conn.transaction():
         if idempotency_key is not None:
             # a concurrent request with the same key waits here until this one commits
@@ -315,7 +315,11 @@ async def list_complaints(
     cursor: Annotated[str | None, Query(max_length=100)] = None,
 ) -> ComplaintPage:
     after = _decode_cursor(cursor) if cursor else None
-    keys = customer_keys_matching(customer) if customer is not None else None
+    keys = (
+        customer_keys_matching(customer, rt.keyring.pseudonym_secret)
+        if customer is not None
+        else None
+    )
     rows = await rt.pool.fetch(
         "SELECT id, seq, reference, status, channel, category, severity, subject, alerts,"
         " possible_duplicate_of, received_at FROM complaints"
