@@ -12,6 +12,7 @@ from datetime import datetime
 from enum import StrEnum
 from zoneinfo import ZoneInfo
 
+from babel import Locale, UnknownLocaleError
 from babel.dates import format_date
 
 
@@ -84,3 +85,18 @@ def format_when(at: datetime, language: str, timezone: str, *, zone_name: bool =
     local = at.astimezone(ZoneInfo(timezone))
     text = f"{format_date(local, format='long', locale=language)} {local:%H:%M}"
     return f"{text} ({local.tzname()})" if zone_name else text
+
+
+ONE_LINE = r"^[^\x00-\x1f\x7f]*$"
+"""A name or subject: no control characters (no line breaks), as it may end up in an e-mail
+header."""
+
+
+def known_language(code: str) -> bool:
+    """Whether ``code`` is a language the formatting library knows (``xx`` is well-formed but
+    names no language)."""
+    try:
+        Locale.parse(code)
+    except (UnknownLocaleError, ValueError):
+        return False
+    return True

@@ -11,7 +11,15 @@ from enum import StrEnum
 from typing import Annotated, Protocol, Self
 from uuid import UUID
 
-from pydantic import AnyHttpUrl, BaseModel, ConfigDict, Field, StringConstraints, model_validator
+from pydantic import (
+    AnyHttpUrl,
+    BaseModel,
+    ConfigDict,
+    Field,
+    StringConstraints,
+    field_validator,
+    model_validator,
+)
 from rapidfuzz import fuzz
 
 from complaints_intake.language import MIN_CONFIDENCE, Detection
@@ -22,7 +30,14 @@ from complaints_shared.errors import CommandRejected, InputRejected
 from complaints_shared.events import DomainEvent
 from complaints_shared.events import intake as ev
 from complaints_shared.policy import Policy
-from complaints_shared.vocabulary import CONTACT_FIELD, Channel, Severity, normalise
+from complaints_shared.vocabulary import (
+    CONTACT_FIELD,
+    ONE_LINE,
+    Channel,
+    Severity,
+    known_language,
+    normalise,
+)
 
 Text = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1)]
 
@@ -49,7 +64,7 @@ class _Input(BaseModel):
 
 class Customer(_Input):
     id: Annotated[Text, Field(max_length=100)] | None = None
-    name: Annotated[Text, Field(max_length=200)] | None = None
+    name: Annotated[Text, Field(max_length=200, pattern=ONE_LINE)] | None = None
     email: str | None = Field(None, max_length=254, pattern=r"^[^@\s]+@[^@\s]+\.[^@\s]+$")
     phone: str | None = Field(None, pattern=r"^\+?[0-9 ()./-]{5,40}$")
     postal_address: Annotated[Text, Field(max_length=500)] | None = None
@@ -58,6 +73,13 @@ class Customer(_Input):
     consent_to_other_channel: bool = Field(
         False, description="the customer agrees to be contacted on another channel than theirs"
     )
+
+    @field_validator("language")
+    @classmethod
+    def _known(cls, v: str | None) -> str | None:
+        if v is not None and not known_language(v):
+            raise ValueError(f"{v!r} is not a known ISO 639-1 language")
+        return v
 
     @model_validator(mode="after")
     def _identified(self) -> Self:
@@ -83,7 +105,7 @@ class ComplaintCreate(_Input):
 
     channel: Channel
     customer: Customer
-    subject: Annotated[Text, Field(max_length=200)]
+    subject: Annotated[Text, Field(max_length=200, pattern=ONE_LINE)]
     description: Annotated[Text, Field(max_length=5000)]
     category: str | None = Field(None, max_length=60, description="suggested when left out")
     severity: Severity | None = Field(None, description="suggested when left out")

@@ -14,10 +14,13 @@ from complaints_shared.errors import CommandRejected, Forbidden, InputRejected
 from complaints_shared.events import DomainEvent
 from complaints_shared.events import resolution as ev
 from complaints_shared.policy import Policy
-from complaints_shared.vocabulary import MONEY_REMEDIES, Remedy, Severity
+from complaints_shared.vocabulary import MONEY_REMEDIES, ONE_LINE, Remedy, Severity
 
 Text = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=2000)]
-Name = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=100)]
+Name = Annotated[
+    str,
+    StringConstraints(strip_whitespace=True, min_length=1, max_length=100, pattern=ONE_LINE),
+]
 Currency = Annotated[str, StringConstraints(pattern=r"^[A-Z]{3}$")]
 Role = ev.Role
 

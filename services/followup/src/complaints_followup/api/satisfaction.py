@@ -6,7 +6,7 @@ from datetime import datetime
 from typing import Annotated
 
 from fastapi import APIRouter, Query
-from pydantic import BaseModel
+from pydantic import AwareDatetime, BaseModel
 
 from complaints_followup.projection import record_answer_row
 from complaints_shared.auth import access
@@ -36,13 +36,20 @@ class Css(BaseModel):
     scores: dict[str, int]
 
 
+AWARE = "a date-time with its time zone (`Z` or `+01:00`)"
+
+
 @router.get(
     "", summary="Customer Satisfaction Score: % of answers scoring 4-5, and more", **FIGURES
 )
 async def css(
     rt: RuntimeDep,
-    period_from: Annotated[datetime | None, Query(alias="from")] = None,
-    period_to: Annotated[datetime | None, Query(alias="to")] = None,
+    period_from: Annotated[
+        AwareDatetime | None, Query(alias="from", description="with a time zone")
+    ] = None,
+    period_to: Annotated[
+        AwareDatetime | None, Query(alias="to", description="with a time zone")
+    ] = None,
     category: Annotated[str | None, Query(max_length=60)] = None,
     channel: Annotated[str | None, Query(max_length=20)] = None,
 ) -> Css:

@@ -13,7 +13,7 @@ from uuid import UUID, uuid4
 import asyncpg
 from fastapi import APIRouter, Depends, Header, Query, Response
 from fastapi.responses import JSONResponse
-from pydantic import BaseModel, Field
+from pydantic import AwareDatetime, BaseModel, Field
 
 from complaints_intake.domain import (
     Complaint,
@@ -309,8 +309,8 @@ async def list_complaints(
     customer: Annotated[
         str | None, Query(max_length=254, description="customer id or e-mail")
     ] = None,
-    received_from: Annotated[datetime | None, Query()] = None,
-    received_to: Annotated[datetime | None, Query()] = None,
+    received_from: Annotated[AwareDatetime | None, Query(description="with a time zone")] = None,
+    received_to: Annotated[AwareDatetime | None, Query(description="with a time zone")] = None,
     limit: Annotated[int, Query(ge=1, le=200)] = 50,
     cursor: Annotated[str | None, Query(max_length=100)] = None,
 ) -> ComplaintPage:
@@ -360,7 +360,10 @@ def _decode_cursor(cursor: str) -> int:
         raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
         if not raw.startswith("s"):
             raise ValueError
-        return int(raw[1:])
+        seq = int(raw[1:])
+        if not 0 <= seq < 2**63:  # a bigint
+            raise ValueError
+        return seq
     except (ValueError, UnicodeDecodeError):
         raise InputRejected("query.cursor", "not a cursor this API returned") from None
 

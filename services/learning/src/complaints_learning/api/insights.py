@@ -6,7 +6,7 @@ from datetime import datetime
 from typing import Annotated
 
 from fastapi import APIRouter, Query
-from pydantic import BaseModel
+from pydantic import AwareDatetime, BaseModel
 
 from complaints_shared.auth import access
 from complaints_shared.problems import PROBLEM_RESPONSES
@@ -17,8 +17,12 @@ FIGURES = access("agent", "analyst", "quality", "integrator")
 
 router = APIRouter(prefix="/insights", tags=["insights"], responses=PROBLEM_RESPONSES)
 
-From = Annotated[datetime | None, Query(alias="from", description="received at or after")]
-To = Annotated[datetime | None, Query(alias="to", description="received before")]
+From = Annotated[
+    AwareDatetime | None, Query(alias="from", description="received at or after (with a time zone)")
+]
+To = Annotated[
+    AwareDatetime | None, Query(alias="to", description="received before (with a time zone)")
+]
 PERIOD = (
     "($1::timestamptz IS NULL OR received_at >= $1)"
     " AND ($2::timestamptz IS NULL OR received_at < $2)"

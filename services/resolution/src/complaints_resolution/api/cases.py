@@ -8,7 +8,7 @@ from datetime import datetime, timedelta
 from typing import Annotated, Any
 from uuid import UUID
 
-from fastapi import APIRouter, Header, Query
+from fastapi import APIRouter, Header, Path, Query
 from pydantic import BaseModel
 
 from complaints_resolution import commands as cmd
@@ -35,6 +35,18 @@ router = APIRouter(
         403: PROBLEM_RESPONSES[409] | {"description": "Not allowed (authority, four-eyes rule)"},
     },
 )
+
+MAX_HORIZON = timedelta(days=3650)
+
+ItemId = Annotated[
+    str,
+    Path(
+        pattern=r"^[A-Za-z0-9_-]{1,64}$",
+        description="an action's or compensation request's id, as the case shows it",
+        examples=["3f2a9c1d7e4b"],
+    ),
+]
+
 
 IfMatch = Annotated[
     int | None,
@@ -326,7 +338,7 @@ class ActionCompletion(BaseModel):
 @router.post("/{complaint_id}/actions/{action_id}/complete", summary="An action is done", **AGENT)
 async def complete_action(
     complaint_id: UUID,
-    action_id: str,
+    action_id: ItemId,
     body: ActionCompletion,
     rt: RuntimeDep,
     actor: Actor,
@@ -359,7 +371,7 @@ class CompensationDecision(BaseModel):
 async def _decide_compensation(
     rt: Runtime,
     complaint_id: UUID,
-    request_id: str,
+    request_id: ItemId,
     body: CompensationDecision,
     actor: Principal,
     if_match: int | None,
@@ -383,7 +395,7 @@ async def _decide_compensation(
 )
 async def approve_compensation(
     complaint_id: UUID,
-    request_id: str,
+    request_id: ItemId,
     body: CompensationDecision,
     rt: RuntimeDep,
     actor: Actor,
@@ -399,7 +411,7 @@ async def approve_compensation(
 )
 async def decline_compensation(
     complaint_id: UUID,
-    request_id: str,
+    request_id: ItemId,
     body: CompensationDecision,
     rt: RuntimeDep,
     actor: Actor,
@@ -454,6 +466,8 @@ async def list_cases(
     cursor: Annotated[str | None, Query(max_length=200)] = None,
 ) -> CasePage:
     now = rt.clock()
+    if breach_within is not None and not timedelta(0) <= breach_within <= MAX_HORIZON:
+        raise InputRejected("query.breach_within", "a duration from PT0S up to P3650D")
     after_at, after_id = _decode(cursor) if cursor else (None, None)
     rows = await rt.pool.fetch(
         "SELECT * FROM cases WHERE ($1::text IS NULL OR owner_id = $1)"
@@ -506,7 +520,10 @@ def _decode(cursor: str) -> tuple[str, UUID]:
     try:
         at, cid = base64.urlsafe_b64decode(cursor.encode()).decode().split("|")
         if at != "infinity":
-            datetime.fromisoformat(at)
+            parsed = datetime.fromisoformat(at)
+            if parsed.tzinfo is None:
+                raise ValueError
+            at = parsed.isoformat()  # what PostgreSQL reads back as the same instant
         return at, UUID(cid)
     except (ValueError, UnicodeDecodeError):
         raise InputRejected("query.cursor", "not a cursor this API returned") from None
