@@ -114,6 +114,25 @@ def smtp(tmp_path: Path) -> Iterator[tuple[Inbox, int]]:
     controller.stop()
 
 
+@pytest.fixture
+def followup_policy(tmp_path: Path) -> Path:
+    """Every hour a business hour, follow-up after three days, timers polled often."""
+    p = tmp_path / "policy.toml"
+    p.write_text("""
+[calendar]
+always_open = true
+[followup]
+satisfaction_check_delay = "P3D"
+response_period = "P14D"
+reminder_after = "P7D"
+delivery_retry = "PT10S"
+timer_poll = "PT0.05S"
+[resolution]
+timer_poll = "PT0.05S"
+""")
+    return p
+
+
 @pytest.fixture(scope="session")
 def tokens(infrastructure) -> Tokens:  # type: ignore[no-untyped-def]
     """Tokens of the local realm: ``await tokens.headers("supervisor")``; by default the test

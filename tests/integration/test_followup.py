@@ -6,7 +6,6 @@ import asyncio
 import re
 from datetime import UTC, datetime, timedelta
 from email.message import EmailMessage
-from pathlib import Path
 
 import httpx
 import pytest
@@ -21,32 +20,14 @@ DAY = timedelta(days=1)
 
 
 @pytest.fixture
-def policy(tmp_path: Path) -> Path:
-    p = tmp_path / "policy.toml"
-    p.write_text("""
-[calendar]
-always_open = true
-[followup]
-satisfaction_check_delay = "P3D"
-response_period = "P14D"
-reminder_after = "P7D"
-delivery_retry = "PT10S"
-timer_poll = "PT0.05S"
-[resolution]
-timer_poll = "PT0.05S"
-""")
-    return p
-
-
-@pytest.fixture
-async def loop(start_platform: StartPlatform, smtp, policy):  # type: ignore[no-untyped-def]
+async def loop(start_platform: StartPlatform, smtp, followup_policy):  # type: ignore[no-untyped-def]
     clock = ManualClock(START)
     inbox, port = smtp
     p = await start_platform(
         "intake",
         "resolution",
         "followup",
-        policy=policy,
+        policy=followup_policy,
         clock=clock,
         smtp_host="127.0.0.1",
         smtp_port=port,

@@ -48,21 +48,6 @@ def found_in(text: str) -> list[str]:
     return [n for n in NEEDLES if n in text]
 
 
-@pytest.fixture
-def policy(tmp_path: Path) -> Path:
-    p = tmp_path / "policy.toml"
-    p.write_text("""
-[calendar]
-always_open = true
-[followup]
-satisfaction_check_delay = "P3D"
-timer_poll = "PT0.05S"
-[resolution]
-timer_poll = "PT0.05S"
-""")
-    return p
-
-
 async def raw_topics(p: Platform) -> list[bytes]:
     """Every byte of every record (key, value, headers) of the platform's topics, dead-letter
     topic included, read with a real consumer from the beginning."""
@@ -141,7 +126,7 @@ async def test_personal_data_is_sealed_exported_and_erased_everywhere(
     http: httpx.AsyncClient,
     tokens: Tokens,
     smtp: tuple[Inbox, int],
-    policy: Path,
+    followup_policy: Path,
     caplog: pytest.LogCaptureFixture,
 ):
     caplog.set_level(logging.DEBUG)
@@ -149,7 +134,7 @@ async def test_personal_data_is_sealed_exported_and_erased_everywhere(
     assert inbox.spool is not None
     clock = ManualClock(START)
     p = await start_platform(
-        policy=policy,
+        policy=followup_policy,
         clock=clock,
         smtp_host="127.0.0.1",
         smtp_port=port,

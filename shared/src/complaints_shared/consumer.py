@@ -223,21 +223,13 @@ class ConsumerRunner:
 
     async def _apply_batch(self, records: list[ConsumerRecord]) -> list[str]:
         outcomes: list[str] = []
+        read = await self._read(records)
         async with self.pool.acquire() as conn, conn.transaction():
-            for record in records:
-                try:
-                    headers = cloudevent_headers(record.headers)
-                    handler = self.subscription.handler_for(event_type_of(headers))
-                    if handler is None:
-                        outcomes.append("ignored")
-                        continue
-                    event_type = event_type_of(headers)
-                    data = decode_value(record.value)
-                    if self.keyring is not None:
-                        await open_payloads(self.keyring, [(event_type, data)])
-                    event = event_from_data(data, headers)
-                except MalformedEvent as exc:
-                    raise _Poisoned(record, exc) from exc
+            for record, found in zip(records, read, strict=True):
+                if found is None:
+                    outcomes.append("ignored")
+                    continue
+                headers, handler, event = found
                 with self._span(record, event, headers) as span:
                     try:
                         outcome = await self._apply(conn, handler, event)
@@ -250,6 +242,39 @@ class ConsumerRunner:
                     span.set_attribute("complaints.outcome", outcome)
                     outcomes.append(outcome)
         return outcomes
+
+    async def _read(
+        self, records: list[ConsumerRecord]
+    ) -> list[tuple[dict[str, str], Handler, Event[Any]] | None]:
+        """Each record's headers, handler and event (None: no handler wants it), the personal
+        values of the whole batch opened with one keyring lookup; a record that cannot be read
+        is poison."""
+        decoded: list[tuple[dict[str, str], str, Handler, dict[str, Any]] | None] = []
+        for record in records:
+            try:
+                headers = cloudevent_headers(record.headers)
+                name = event_type_of(headers)
+                handler = self.subscription.handler_for(name)
+                decoded.append(
+                    None
+                    if handler is None
+                    else (headers, name, handler, decode_value(record.value))
+                )
+            except MalformedEvent as exc:
+                raise _Poisoned(record, exc) from exc
+        if self.keyring is not None:
+            await open_payloads(self.keyring, [(d[1], d[3]) for d in decoded if d is not None])
+        read: list[tuple[dict[str, str], Handler, Event[Any]] | None] = []
+        for record, d in zip(records, decoded, strict=True):
+            if d is None:
+                read.append(None)
+                continue
+            headers, _, handler, data = d
+            try:
+                read.append((headers, handler, event_from_data(data, headers)))
+            except MalformedEvent as exc:
+                raise _Poisoned(record, exc) from exc
+        return read
 
     def _span(self, record: ConsumerRecord, event: Event[Any], headers: Mapping[str, str]) -> Any:
         span_attrs = attrs("process", record.topic, event)

@@ -13,6 +13,7 @@ Two implementations pass the same contract tests (``tests/contract``):
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from dataclasses import replace
 from datetime import UTC, datetime
 from typing import Any, Protocol
 from uuid import UUID, uuid4
@@ -29,7 +30,7 @@ from complaints_shared.privacy import (
     fields_of,
     needs_key,
     open_payloads,
-    seal_payload,
+    seal_payloads,
 )
 
 OUTBOX_CHANNEL = "complaints_outbox"
@@ -96,16 +97,19 @@ async def open_rows(
     return [row_to_event(r, source, data) for r, (_, data) in zip(rows, items, strict=True)]
 
 
-async def sealed_json(
-    keyring: Keyring | None, stream_id: UUID, payload: DomainEvent
-) -> dict[str, Any]:
-    """The payload as stored and published: personal values sealed for the stream's customer."""
-    data = payload.to_json()
+async def sealed_payloads(
+    keyring: Keyring | None, stream_id: UUID, payloads: Sequence[DomainEvent]
+) -> list[dict[str, Any]]:
+    """The payloads as stored and published: personal values sealed for the stream's customer
+    (one key lookup for the whole append)."""
+    items = [(p.name, p.to_json()) for p in payloads]
     if keyring is not None:
-        return await seal_payload(keyring, stream_id, payload.name, data)
-    if needs_key(data, fields_of(payload.name)):
-        raise RuntimeError(f"{payload.name} holds personal data and this store has no keyring")
-    return data
+        await seal_payloads(keyring, stream_id, items)
+    else:
+        for name, data in items:
+            if needs_key(data, fields_of(name)):
+                raise RuntimeError(f"{name} holds personal data and this store has no keyring")
+    return [data for _, data in items]
 
 
 def _new_events(
@@ -186,8 +190,8 @@ class PostgresEventStore:
             [e.type for e in recorded],
             recorded[0].occurred_at,
             [
-                orjson.dumps(await sealed_json(self.keyring, stream_id, e.payload)).decode()
-                for e in recorded
+                orjson.dumps(d).decode()
+                for d in await sealed_payloads(self.keyring, stream_id, events)
             ],
             expected_version,
             self.topic,
@@ -263,47 +267,38 @@ class InMemoryEventStore:
             raise ConcurrencyConflict(stream_id, expected_version, len(stream))
         recorded = _new_events(self.source, stream_id, expected_version, events, self.clock())
         # stored as it would travel: a payload that cannot round-trip fails here, as in PostgreSQL
-        stored = (
-            [
-                orjson.loads(orjson.dumps(await sealed_json(self.keyring, stream_id, e.payload)))
-                for e in recorded
-            ]
+        payloads = (
+            await sealed_payloads(self.keyring, stream_id, events)
             if self.keyring is not None
-            else [orjson.loads(orjson.dumps(e.payload.to_json())) for e in recorded]
+            else [e.to_json() for e in events]  # domain tests without a keyring keep them plain
         )
-        self.stored.setdefault(stream_id, []).extend(orjson.loads(orjson.dumps(d)) for d in stored)
-        items = [(e.type, d) for e, d in zip(recorded, stored, strict=True)]
-        if self.keyring is not None:
-            await open_payloads(self.keyring, items)
-        recorded = [
-            Event(e.event_id, e.stream_id, e.version, e.occurred_at, e.source, REGISTRY.parse(t, d))
-            for e, (t, d) in zip(recorded, items, strict=True)
-        ]
+        stored = orjson.loads(orjson.dumps(payloads))
+        self.stored.setdefault(stream_id, []).extend(stored)
+        recorded = await self._read(recorded, stored)
         stream.extend(recorded)
         self.queued.extend(recorded)
         return recorded
+
+    async def _read(
+        self, events: list[Event[DomainEvent]], stored: list[dict[str, Any]]
+    ) -> list[Event[DomainEvent]]:
+        """The events with their payloads read back from what is stored, opened anew each
+        time, as PostgreSQL's rows are (an erased customer reads as erased)."""
+        items = [
+            (e.type, orjson.loads(orjson.dumps(d))) for e, d in zip(events, stored, strict=True)
+        ]
+        if self.keyring is not None:
+            await open_payloads(self.keyring, items)
+        return [
+            replace(e, payload=REGISTRY.parse(t, d))
+            for e, (t, d) in zip(events, items, strict=True)
+        ]
 
     async def version(self, conn: Any, stream_id: UUID) -> int:
         return len(self.streams.get(stream_id, ()))
 
     async def load(self, conn: Any, stream_id: UUID) -> list[Event[DomainEvent]]:
-        events = self.streams.get(stream_id, [])
-        if self.keyring is None:
-            return list(events)
-        # opened anew each time, as PostgreSQL's rows are: an erased customer reads as erased
-        items = (
-            [
-                (e.type, orjson.loads(orjson.dumps(d)))
-                for e, d in zip(events, self.stored[stream_id], strict=True)
-            ]
-            if events
-            else []
-        )
-        await open_payloads(self.keyring, items)
-        return [
-            Event(e.event_id, e.stream_id, e.version, e.occurred_at, e.source, REGISTRY.parse(t, d))
-            for e, (t, d) in zip(events, items, strict=True)
-        ]
+        return await self._read(self.streams.get(stream_id, []), self.stored.get(stream_id, []))
 
 
 async def init_connection(conn: asyncpg.Connection) -> None:

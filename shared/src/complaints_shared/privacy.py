@@ -24,7 +24,6 @@ import base64
 import os
 from collections.abc import Callable, Collection, Iterable, Mapping
 from dataclasses import dataclass
-from functools import cache
 from typing import Any, Protocol
 from uuid import UUID
 
@@ -33,9 +32,10 @@ from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
-from pydantic import BaseModel
 
-from complaints_shared.events.base import REGISTRY, _is_personal, _models_in
+from complaints_shared.events.base import REGISTRY
+from complaints_shared.events.base import PersonalField as PersonalField  # re-exported
+from complaints_shared.events.base import personal_fields as personal_fields  # re-exported
 
 ERASED = "erased"
 """What a required personal field reads as once its customer's key is destroyed."""
@@ -56,35 +56,6 @@ class UnknownDataSubject(LookupError):
 class DataKey:
     key_id: str
     secret: bytes
-
-
-@dataclass(frozen=True, slots=True)
-class PersonalField:
-    """A personal string field: its path (a list on the way is walked item by item) and whether
-    it may be null."""
-
-    path: tuple[str, ...]
-    nullable: bool
-
-    @property
-    def dotted(self) -> str:
-        return ".".join(self.path)
-
-
-@cache
-def personal_fields(model: type[BaseModel]) -> tuple[PersonalField, ...]:
-    """Every personal field of ``model``, nested models included."""
-    out: list[PersonalField] = []
-    for name, info in model.model_fields.items():
-        if _is_personal(info):
-            args = getattr(info.annotation, "__args__", None) or (info.annotation,)
-            if not all(a in (str, type(None)) for a in args):
-                raise TypeError(f"{model.__name__}.{name}: personal fields must be strings")
-            out.append(PersonalField((name,), type(None) in args))
-            continue
-        for nested in _models_in(info.annotation):
-            out.extend(PersonalField((name, *f.path), f.nullable) for f in personal_fields(nested))
-    return tuple(out)
 
 
 def fields_of(type_name: str) -> tuple[PersonalField, ...]:
@@ -223,15 +194,16 @@ def _new_key() -> DataKey:
     return DataKey(base64.urlsafe_b64encode(os.urandom(12)).decode(), AESGCM.generate_key(256))
 
 
-async def seal_payload(
-    keyring: Keyring, stream_id: UUID, type_name: str, data: dict[str, Any]
-) -> dict[str, Any]:
-    """``data`` (an event's JSON payload) with its personal values sealed for the stream's
-    customer (in place, and returned)."""
-    fields = fields_of(type_name)
-    if fields and needs_key(data, fields):
-        seal(data, fields, await keyring.key_for_stream(stream_id))
-    return data
+async def seal_payloads(
+    keyring: Keyring, stream_id: UUID, items: list[tuple[str, dict[str, Any]]]
+) -> None:
+    """Seal, in place, the personal values of one stream's ``(type name, payload)`` pairs for
+    the stream's customer, fetching the key at most once."""
+    wanted = [(fields, data) for name, data in items if needs_key(data, fields := fields_of(name))]
+    if wanted:
+        key = await keyring.key_for_stream(stream_id)
+        for fields, data in wanted:
+            seal(data, fields, key)
 
 
 async def open_payloads(keyring: Keyring, items: list[tuple[str, dict[str, Any]]]) -> None:

@@ -18,24 +18,25 @@ from complaints_shared.repository import Repository
 from complaints_shared.service import Runtime
 
 
-def complaints(rt: Runtime) -> Repository[Complaint | None]:
+def _projection(rt: Runtime) -> Any:
+    """The read models of every intake stream, whatever its state (the projection reads the
+    recorded events)."""
+
     async def project_all(
-        conn: asyncpg.Connection, _: Complaint | None, recorded: Sequence[Event[DomainEvent]]
+        conn: asyncpg.Connection, _: object, recorded: Sequence[Event[DomainEvent]]
     ) -> None:
         await project(conn, recorded, rt.keyring.pseudonym_secret)
 
-    return Repository(rt.store, fold, project_all)
+    return project_all
+
+
+def complaints(rt: Runtime) -> Repository[Complaint | None]:
+    return Repository(rt.store, fold, _projection(rt))
 
 
 def erasures(rt: Runtime) -> Repository[frozenset[UUID]]:
     """A customer's stream (as a data subject): the complaints erased so far."""
-
-    async def project_all(
-        conn: asyncpg.Connection, _: frozenset[UUID], recorded: Sequence[Event[DomainEvent]]
-    ) -> None:
-        await project(conn, recorded, rt.keyring.pseudonym_secret)
-
-    return Repository(rt.store, erased_complaints, project_all)
+    return Repository(rt.store, erased_complaints, _projection(rt))
 
 
 def erase_complaint_json(data: dict[str, Any]) -> dict[str, Any]:

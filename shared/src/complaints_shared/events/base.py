@@ -13,6 +13,8 @@ Invariants:
 from __future__ import annotations
 
 from collections.abc import Iterator
+from dataclasses import dataclass
+from functools import cache
 from typing import Annotated, Any, ClassVar, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, model_validator
@@ -147,15 +149,36 @@ def _models_in(annotation: Any) -> Iterator[type[BaseModel]]:
         yield from _models_in(arg)
 
 
-def personal_paths(model: type[BaseModel], prefix: str = "") -> list[str]:
-    """Dotted paths of every personal-data field of ``model``, nested models included
-    (``customer.email``; a list of models contributes ``attachments.name``)."""
-    out: list[str] = []
+@dataclass(frozen=True, slots=True)
+class PersonalField:
+    """A personal string field: its path (a list on the way is walked item by item) and whether
+    it may be null."""
+
+    path: tuple[str, ...]
+    nullable: bool
+
+    @property
+    def dotted(self) -> str:
+        return ".".join(self.path)
+
+
+@cache
+def personal_fields(model: type[BaseModel]) -> tuple[PersonalField, ...]:
+    """Every personal field of ``model``, nested models included."""
+    out: list[PersonalField] = []
     for name, info in model.model_fields.items():
-        path = f"{prefix}{name}"
         if _is_personal(info):
-            out.append(path)
+            args = getattr(info.annotation, "__args__", None) or (info.annotation,)
+            if not all(a in (str, type(None)) for a in args):
+                raise TypeError(f"{model.__name__}.{name}: personal fields must be strings")
+            out.append(PersonalField((name,), type(None) in args))
             continue
         for nested in _models_in(info.annotation):
-            out.extend(personal_paths(nested, f"{path}."))
-    return out
+            out.extend(PersonalField((name, *f.path), f.nullable) for f in personal_fields(nested))
+    return tuple(out)
+
+
+def personal_paths(model: type[BaseModel]) -> list[str]:
+    """Dotted paths of every personal-data field of ``model``, nested models included
+    (``customer.email``; a list of models contributes ``attachments.name``)."""
+    return [f.dotted for f in personal_fields(model)]
