@@ -7,6 +7,10 @@
 2. consume: N events through the inbox consumer (inbox row + projection row per event, then
    offset commit), against reading the same N records with a bare consumer.
 
+The event carries personal data, so both paths pay what the services pay: the append seals it
+with the customer's data key, the consumer opens it (keys from the keyring; the complaints are
+registered with it before the clock starts, as intake does on receipt).
+
 Figures are ratios against the baseline, as the machine is shared and noisy.
 """
 
@@ -30,9 +34,10 @@ from complaints_shared.consumer import ConsumerRunner, Subscription  # noqa: E40
 from complaints_shared.db import create_pool  # noqa: E402
 from complaints_shared.envelope import Event, to_kafka_record  # noqa: E402
 from complaints_shared.events.intake import ComplaintWithdrawn  # noqa: E402
-from complaints_shared.eventstore import PostgresEventStore  # noqa: E402
+from complaints_shared.eventstore import PostgresEventStore, sealed_payloads  # noqa: E402
 from complaints_shared.metrics import ServiceMetrics  # noqa: E402
 from complaints_shared.outbox import OutboxRelay  # noqa: E402
+from complaints_shared.privacy import PostgresKeyring, load_master_key, new_master_key  # noqa: E402
 from complaints_shared.schema import migrate, shared_migrations  # noqa: E402
 from complaints_shared.telemetry import setup_telemetry  # noqa: E402
 from complaints_shared.topics import ensure_topics  # noqa: E402
@@ -58,18 +63,32 @@ async def bench(n: int, bootstrap: str, server: str) -> None:
     )
     await producer.start()
     telemetry = setup_telemetry("bench")
+    keyring = PostgresKeyring(pool, load_master_key(new_master_key()))
+    await keyring.migrate()
     try:
+        # the complaints' customers, registered as intake does on receipt (not measured)
+        published, appended_streams = (
+            [uuid.uuid4() for _ in range(n)],
+            [uuid.uuid4() for _ in range(n)],
+        )
+        for i, stream in enumerate(published + appended_streams):
+            await keyring.register(stream, f"bench-customer-{i % 500}")
+        sealed = [
+            ComplaintWithdrawn.model_validate((await sealed_payloads(keyring, s, [PAYLOAD]))[0])
+            for s in published
+        ]
+
         # 1. publish -------------------------------------------------------------------
         events = [
             Event(
                 event_id=uuid.uuid4(),
-                stream_id=uuid.uuid4(),
+                stream_id=stream,
                 version=1,
                 occurred_at=time_now(),
                 source="/complaints/bench",
-                payload=PAYLOAD,
+                payload=payload,
             )
-            for _ in range(n)
+            for stream, payload in zip(published, sealed, strict=True)
         ]
         t0 = time.perf_counter()
         acks = []
@@ -79,7 +98,7 @@ async def bench(n: int, bootstrap: str, server: str) -> None:
         await asyncio.gather(*acks)
         raw_publish = time.perf_counter() - t0
 
-        store = PostgresEventStore(source="/complaints/bench", topic=outbox_topic)
+        store = PostgresEventStore(source="/complaints/bench", topic=outbox_topic, keyring=keyring)
         relay = OutboxRelay(
             dsn=dsn, pool=pool, producer=producer, source=store.source, telemetry=telemetry
         )
@@ -89,11 +108,11 @@ async def bench(n: int, bootstrap: str, server: str) -> None:
         t0 = time.perf_counter()
         sem = asyncio.Semaphore(8)
 
-        async def append_one() -> None:
+        async def append_one(stream: uuid.UUID) -> None:
             async with sem, pool.acquire() as conn, conn.transaction():
-                await store.append(conn, uuid.uuid4(), 0, [PAYLOAD])
+                await store.append(conn, stream, 0, [PAYLOAD])
 
-        await asyncio.gather(*(append_one() for _ in range(n)))
+        await asyncio.gather(*(append_one(s) for s in appended_streams))
         appended = time.perf_counter() - t0
         while await pool.fetchval("SELECT count(*) FROM outbox WHERE sent_at IS NULL"):
             await asyncio.sleep(0.005)
@@ -134,6 +153,7 @@ async def bench(n: int, bootstrap: str, server: str) -> None:
             telemetry,
             metrics,
             dlq_topic=f"{prefix}dlq",
+            keyring=keyring,
         )
         task = asyncio.create_task(runner.run())
         while not runner.assigned:  # the group join is not what is measured
