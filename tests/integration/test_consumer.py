@@ -8,7 +8,8 @@ from datetime import UTC, datetime
 
 import asyncpg
 import pytest
-from aiokafka import AIOKafkaProducer
+from aiokafka import AIOKafkaProducer, TopicPartition
+from aiokafka.errors import IllegalStateError
 
 from complaints_shared.consumer import ConsumerRunner, RetryPolicy, Subscription
 from complaints_shared.envelope import Event, decode_headers, to_kafka_record
@@ -200,3 +201,121 @@ async def test_events_without_a_handler_are_acknowledged_without_effect(
         )
     assert outcome(metrics, name, "ignored") == 1
     assert [r["n"] for r in await pool.fetch("SELECT n FROM effects")] == [2]
+
+
+@pytest.mark.parametrize(
+    "failure",
+    [
+        asyncpg.DiskFullError("could not extend file"),
+        asyncpg.ReadOnlySQLTransactionError("cannot execute INSERT in a read-only transaction"),
+        asyncpg.LockNotAvailableError("could not obtain lock"),
+        asyncpg.AdminShutdownError("terminating connection due to administrator command"),
+        asyncpg.ConnectionDoesNotExistError("connection was closed in the middle of operation"),
+    ],
+    ids=lambda e: type(e).__name__,
+)
+async def test_infrastructure_failures_are_retried_not_dead_lettered(
+    infrastructure, pool, producer, topics, topic_prefix, failure
+):
+    """A disk-full or a failover says nothing about the event: it waits, it is not parked."""
+    name = f"{topic_prefix}g"
+    failures = {"left": 2}
+
+    async def hit(conn: asyncpg.Connection, e: Event[Counted]) -> None:
+        await record_effect(conn, e)
+        if failures["left"]:
+            failures["left"] -= 1
+            raise failure
+
+    await send(producer, topics[0], event(3))
+    metrics = ServiceMetrics()
+    async with Running(
+        runner_for(infrastructure, pool, producer, topics, {"Counted": hit}, metrics, name)
+    ):
+        await eventually(
+            lambda: asyncio.sleep(0, outcome(metrics, name, "processed") == 1),
+            what="the event after the infrastructure came back",
+        )
+    assert outcome(metrics, name, "dead_lettered") == 0
+    assert metrics.consumer_retries.labels(name)._value.get() == 2
+    assert [r["n"] for r in await pool.fetch("SELECT n FROM effects")] == [3]
+
+
+async def test_a_cancelled_statement_is_retried(
+    infrastructure, pool, producer, topics, topic_prefix
+):
+    """A real ``statement_timeout`` (SQLSTATE 57014) on the first try."""
+    name = f"{topic_prefix}g"
+    tries = {"n": 0}
+
+    async def slow_once(conn: asyncpg.Connection, e: Event[Counted]) -> None:
+        tries["n"] += 1
+        if tries["n"] == 1:
+            await conn.execute("SET LOCAL statement_timeout = 10")
+            await conn.execute("SELECT pg_sleep(1)")
+        await record_effect(conn, e)
+
+    await send(producer, topics[0], event(4))
+    metrics = ServiceMetrics()
+    async with Running(
+        runner_for(infrastructure, pool, producer, topics, {"Counted": slow_once}, metrics, name)
+    ):
+        await eventually(
+            lambda: asyncio.sleep(0, outcome(metrics, name, "processed") == 1),
+            what="the event after the cancelled statement",
+        )
+    assert outcome(metrics, name, "dead_lettered") == 0
+    assert [r["n"] for r in await pool.fetch("SELECT n FROM effects")] == [4]
+
+
+async def test_a_record_that_fails_at_commit_is_parked_and_the_others_take_effect(
+    infrastructure, pool, producer, topics, topic_prefix
+):
+    """A deferred constraint fails at COMMIT, outside any handler: the batch is narrowed down
+    to the record that caused it, and the consumer keeps running."""
+    name = f"{topic_prefix}g"
+    await pool.execute(
+        "CREATE TABLE claims (n int, CONSTRAINT one_claim UNIQUE (n) DEFERRABLE INITIALLY DEFERRED)"
+    )
+    await pool.execute("INSERT INTO claims VALUES (13)")
+
+    async def claim(conn: asyncpg.Connection, e: Event[Counted]) -> None:
+        await conn.execute("INSERT INTO claims VALUES ($1)", e.payload.n)
+        await record_effect(conn, e)
+
+    events = [event(1), event(13), event(2)]
+    for e in events:
+        await send(producer, topics[0], e)
+    metrics = ServiceMetrics()
+    async with Running(
+        runner_for(infrastructure, pool, producer, topics, {"Counted": claim}, metrics, name)
+    ) as running:
+        await eventually(
+            lambda: asyncio.sleep(0, outcome(metrics, name, "dead_lettered") == 1),
+            what="the record that fails at commit to be parked",
+        )
+        await send(producer, topics[0], event(3))
+        await eventually(
+            lambda: pool.fetchval("SELECT count(*) = 1 FROM effects WHERE n = 3"),
+            what="the consumer to keep running after it",
+        )
+        assert running.assigned
+    assert sorted(r["n"] for r in await pool.fetch("SELECT n FROM effects")) == [1, 2, 3]
+    (dead,) = await read_topic(infrastructure.kafka_bootstrap, topics[1], count=1)
+    headers = decode_headers(dead.headers)
+    assert headers["dlq_error_type"] == "UniqueViolationError"
+    assert headers["ce_id"] == str(events[1].event_id)
+
+
+async def test_a_commit_for_a_revoked_partition_does_not_stop_the_consumer(
+    infrastructure, pool, producer, topics, topic_prefix
+):
+    """The partition went to another member while its batch ran: the commit is dropped (the
+    new owner redelivers; the inbox keeps it single) and the consumer goes on."""
+    runner = runner_for(infrastructure, pool, producer, topics, {}, None, f"{topic_prefix}g")
+
+    class Revoked:
+        async def commit(self, offsets: object) -> None:
+            raise IllegalStateError("Partition is not assigned")
+
+    await runner._commit(Revoked(), TopicPartition(topics[0], 0), 5)  # type: ignore[arg-type]

@@ -9,16 +9,17 @@ from collections import defaultdict
 
 import asyncpg
 import pytest
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
 from complaints_shared.consumer import ConsumerRunner, Subscription
 from complaints_shared.envelope import Event, decode_headers, from_kafka_record
 from complaints_shared.errors import ConcurrencyConflict
 from complaints_shared.eventstore import PostgresEventStore as EventStore
 from complaints_shared.metrics import ServiceMetrics
-from complaints_shared.outbox import OutboxRelay
+from complaints_shared.outbox import _LEADER_LOCK, OutboxRelay
 from complaints_shared.telemetry import setup_telemetry
 from complaints_shared.topics import ensure_topics
-from tests.events import Counted, Pinged
+from tests.events import Counted, Happened, Pinged
 from tests.support import eventually, read_topic
 
 pytestmark = pytest.mark.integration
@@ -166,3 +167,116 @@ def handled(metrics: ServiceMetrics, runner: ConsumerRunner) -> tuple[float, flo
         metrics.consumed.labels(name, "processed")._value.get(),
         metrics.consumed.labels(name, "duplicate")._value.get(),
     )
+
+
+async def test_a_silent_leader_is_seen_by_the_others_and_replaced(
+    infrastructure, database, pool, producer, topic
+):
+    """The leader's process stopped (SIGSTOP, a hung host): its session holds the lock and says
+    nothing.  Another instance reports the age of the waiting events, ends that session once
+    both exceed ``takeover_after``, and relays them."""
+    silent = await asyncpg.connect(database)
+    assert await silent.fetchval("SELECT pg_try_advisory_lock($1)", _LEADER_LOCK)
+    store = EventStore(source="/complaints/test", topic=topic)
+    async with pool.acquire() as conn, conn.transaction():
+        await store.append(conn, uuid.uuid4(), 0, [Counted(n=1), Counted(n=2)])
+    metrics = ServiceMetrics()
+    standby = make_relay(
+        database, pool, producer, metrics=metrics, follow_poll_seconds=0.2, takeover_after=3
+    )
+    task = asyncio.create_task(standby.run())
+    try:
+        await eventually(
+            lambda: asyncio.sleep(0, metrics.outbox_oldest_unsent._value.get() >= 1),
+            what="the standby to report the waiting events",
+        )
+        assert metrics.outbox_pending._value.get() == 2
+        assert not standby.is_leader
+        records = await read_topic(infrastructure.kafka_bootstrap, topic, count=2, timeout=20)
+        assert standby.is_leader and standby.takeovers == 1
+        await eventually(
+            lambda: asyncio.sleep(0, metrics.outbox_oldest_unsent._value.get() == 0),
+            what="the backlog gauge to fall back",
+        )
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+    assert [from_kafka_record(r.value, r.headers).payload.n for r in records] == [1, 2]
+    with pytest.raises((asyncpg.PostgresError, asyncpg.InterfaceError, OSError)):
+        await silent.fetchval("SELECT 1")  # its session was ended: it leads nothing
+    await silent.close()
+
+
+async def test_a_leader_whose_session_ends_stops_leading_until_it_holds_the_lock_again(
+    infrastructure, database, pool, producer, topic
+):
+    """Leadership is fenced by the session that holds the lock: once it is gone the relay
+    stops, and it publishes again only after it won the lock back."""
+    relay = make_relay(database, pool, producer, idle_poll_seconds=0.2)
+    task = asyncio.create_task(relay.run())
+    rival = await asyncpg.connect(database)
+    try:
+        await eventually(lambda: asyncio.sleep(0, relay.is_leader), what="leadership")
+        leader_pid = await rival.fetchval(
+            "SELECT pid FROM pg_locks WHERE locktype = 'advisory' AND granted"
+            " AND database = (SELECT oid FROM pg_database WHERE datname = current_database())"
+        )
+        await rival.fetchval("SELECT pg_terminate_backend($1)", leader_pid)
+        assert await rival.fetchval("SELECT pg_try_advisory_lock($1)", _LEADER_LOCK)
+        await eventually(lambda: asyncio.sleep(0, not relay.is_leader), what="leadership lost")
+        store = EventStore(source="/complaints/test", topic=topic)
+        async with pool.acquire() as conn, conn.transaction():
+            await store.append(conn, uuid.uuid4(), 0, [Counted(n=7)])
+        await asyncio.sleep(1)
+        assert await pool.fetchval("SELECT count(*) FROM outbox WHERE sent_at IS NULL") == 1
+        await rival.close()  # the rival goes away: the relay takes the lock back
+        records = await read_topic(infrastructure.kafka_bootstrap, topic, count=1, timeout=20)
+        assert relay.is_leader
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+        if not rival.is_closed():
+            await rival.close()
+    assert from_kafka_record(records[0].value, records[0].headers).payload.n == 7
+
+
+async def test_an_event_too_large_for_the_topic_is_parked_and_only_its_stream_waits(
+    infrastructure, database, pool, producer, topic_prefix
+):
+    small = f"{topic_prefix}small"
+    admin = AIOKafkaAdminClient(bootstrap_servers=infrastructure.kafka_bootstrap)
+    await admin.start()
+    try:
+        await admin.create_topics(
+            [NewTopic(small, 1, 1, topic_configs={"max.message.bytes": "2048"})]
+        )
+    finally:
+        await admin.close()
+    store = EventStore(source="/complaints/test", topic=small)
+    big_stream, other = uuid.uuid4(), uuid.uuid4()
+    async with pool.acquire() as conn, conn.transaction():
+        await store.append(conn, big_stream, 0, [Happened(n=1, text="x" * 5000)])
+        await store.append(conn, other, 0, [Happened(n=2)])
+        await store.append(conn, big_stream, 1, [Happened(n=3)])
+    metrics = ServiceMetrics()
+    relay = make_relay(database, pool, producer, metrics=metrics)
+    for _ in range(3):  # the relay goes on past the refused record
+        await relay.publish_pending()
+    records = await read_topic(infrastructure.kafka_bootstrap, small, count=1)
+    assert [from_kafka_record(r.value, r.headers).payload.n for r in records] == [2]
+    parked = await pool.fetch(
+        "SELECT e.data->>'n' AS n, o.last_error FROM outbox o JOIN events e USING (event_id)"
+        " WHERE o.parked_at IS NOT NULL"
+    )
+    assert [r["n"] for r in parked] == ["1"]
+    assert "TooLarge" in parked[0]["last_error"]
+    # the big event's stream waits behind it: version 2 is not published before version 1
+    assert (
+        await pool.fetchval(
+            "SELECT count(*) FROM outbox o JOIN events e USING (event_id)"
+            " WHERE o.sent_at IS NULL AND o.parked_at IS NULL AND e.stream_id = $1",
+            big_stream,
+        )
+        == 1
+    )
+    assert metrics.outbox_parked._value.get() == 1

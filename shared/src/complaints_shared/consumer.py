@@ -21,7 +21,7 @@ from typing import Any, TypeVar
 
 import asyncpg
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
-from aiokafka.errors import CommitFailedError, KafkaError
+from aiokafka.errors import CommitFailedError, IllegalStateError, KafkaError
 
 from complaints_shared.envelope import (
     Event,
@@ -31,8 +31,8 @@ from complaints_shared.envelope import (
     event_from_data,
     event_type_of,
 )
-from complaints_shared.errors import ConcurrencyConflict
 from complaints_shared.events import DomainEvent
+from complaints_shared.faults import Backoff, is_transient
 from complaints_shared.metrics import ServiceMetrics
 from complaints_shared.privacy import Keyring, open_payloads
 from complaints_shared.telemetry import (
@@ -57,21 +57,6 @@ def on(
 ) -> tuple[str, Handler]:
     """A typed handler entry for :class:`Subscription`: ``dict([on(CaseResolved, fn), ...])``."""
     return model.event_name(), handler
-
-
-TRANSIENT_ERRORS: tuple[type[BaseException], ...] = (
-    OSError,
-    TimeoutError,
-    ConnectionError,
-    ConcurrencyConflict,
-    asyncpg.PostgresConnectionError,
-    asyncpg.InterfaceError,
-    asyncpg.SerializationError,
-    asyncpg.DeadlockDetectedError,
-    asyncpg.TooManyConnectionsError,
-    asyncpg.CannotConnectNowError,
-    KafkaError,
-)
 
 
 class _Poisoned(Exception):
@@ -104,11 +89,8 @@ class RetryPolicy:
     max_delay: float = 10.0
     factor: float = 2.0
 
-    def delays(self) -> Any:
-        delay = self.initial_delay
-        while True:
-            yield delay
-            delay = min(delay * self.factor, self.max_delay)
+    def backoff(self) -> Backoff:
+        return Backoff(self.initial_delay, self.max_delay, self.factor)
 
 
 @dataclass
@@ -132,22 +114,25 @@ class ConsumerRunner:
         self._rewind = True
 
     async def run(self) -> None:
-        """Consume forever; restarts the Kafka consumer with backoff after broker failures."""
-        delays = self.retry.delays()
+        """Consume forever; restarts the Kafka consumer with backoff after broker or database
+        failures (the backoff starts over once a batch went through)."""
+        backoff = self.retry.backoff()
         while True:
             try:
-                await self._consume()
+                await self._consume(backoff)
             except asyncio.CancelledError:
                 raise
-            except KafkaError as exc:
+            except Exception as exc:
+                if not is_transient(exc):
+                    raise  # a defect: the supervisor logs it and starts the consumer again
                 log.warning(
-                    "consumer %s: broker error (%s); restarting",
+                    "consumer %s: %s; restarting",
                     self.subscription.name,
                     type(exc).__name__,
                 )
-            await asyncio.sleep(next(delays))
+            await asyncio.sleep(backoff.next())
 
-    async def _consume(self) -> None:
+    async def _consume(self, backoff: Backoff | None = None) -> None:
         consumer = AIOKafkaConsumer(
             *self.subscription.topics,
             bootstrap_servers=self.bootstrap,
@@ -166,8 +151,12 @@ class ConsumerRunner:
                 batch = await consumer.getmany(timeout_ms=500)
                 self.assigned = bool(consumer.assignment())
                 for tp, records in batch.items():
+                    if tp not in consumer.assignment():
+                        continue  # revoked meanwhile: its new owner reads it from the commit
                     await self.handle_batch(records)
                     await self._commit(consumer, tp, records[-1].offset + 1)
+                    if backoff is not None:
+                        backoff.reset()
         finally:
             self.assigned = False
             with contextlib.suppress(Exception):
@@ -176,9 +165,10 @@ class ConsumerRunner:
     async def _commit(self, consumer: AIOKafkaConsumer, tp: TopicPartition, offset: int) -> None:
         try:
             await consumer.commit({tp: offset})
-        except CommitFailedError:
-            # The partition moved to another member during a rebalance; it will redeliver
-            # from the last committed offset and the inbox makes that harmless.
+        except (CommitFailedError, IllegalStateError):
+            # The partition moved to another member during a rebalance (or was revoked while
+            # its batch ran): its new owner redelivers from the last committed offset and the
+            # inbox makes that harmless.
             log.info("consumer %s: commit for %s lost to a rebalance", self.subscription.name, tp)
 
     async def handle_record(self, record: ConsumerRecord) -> None:
@@ -190,20 +180,29 @@ class ConsumerRunner:
 
         A poison record rolls the batch back; it is set aside for the dead-letter topic and the
         others run again (nothing was committed, so nothing takes effect twice).  A transient
-        failure rolls the batch back and retries it after a backoff.
+        failure rolls the batch back and retries it after a backoff.  A failure outside any one
+        handler (at COMMIT, say) is narrowed down by running the records one by one.
         """
-        delays = self.retry.delays()
+        backoff = self.retry.backoff()
         pending = list(records)
         poison: list[tuple[ConsumerRecord, BaseException]] = []
         while True:
             try:
-                outcomes = await self._apply_batch(pending)
+                outcomes = await self._apply_batch(pending) if pending else []
             except _Poisoned as p:
                 poison.append((p.record, p.error))
                 pending.remove(p.record)
                 continue
-            except TRANSIENT_ERRORS as exc:
-                delay = next(delays)
+            except Exception as exc:
+                if not is_transient(exc):
+                    if len(pending) == 1:
+                        poison.append((pending.pop(), exc))
+                        continue
+                    for record in pending:
+                        await self.handle_batch([record])
+                    pending.clear()
+                    continue
+                delay = backoff.next()
                 log.warning(
                     "consumer %s: transient %s; retrying %d records in %.1fs",
                     self.subscription.name,
@@ -233,9 +232,9 @@ class ConsumerRunner:
                 with self._span(record, event, headers) as span:
                     try:
                         outcome = await self._apply(conn, handler, event)
-                    except TRANSIENT_ERRORS:
-                        raise
                     except Exception as exc:
+                        if is_transient(exc):
+                            raise
                         record_error(span, exc)
                         span.set_attribute("complaints.outcome", "dead_lettered")
                         raise _Poisoned(record, exc) from exc
@@ -320,7 +319,7 @@ class ConsumerRunner:
             ("dlq_origin_offset", str(record.offset).encode()),
             ("dlq_consumer", self.subscription.name.encode()),
         ]
-        delays = self.retry.delays()
+        backoff = self.retry.backoff()
         while True:
             try:
                 await self.producer.send_and_wait(
@@ -328,7 +327,7 @@ class ConsumerRunner:
                 )
                 break
             except KafkaError:
-                await asyncio.sleep(next(delays))
+                await asyncio.sleep(backoff.next())
         self._count("dead_lettered")
 
     def _count(self, outcome: str) -> None:

@@ -16,7 +16,24 @@ class ServiceMetrics:
         )
         self.outbox_pending = Gauge(
             "complaints_outbox_pending",
-            "Outbox events not yet acknowledged by the broker (at the relay's last look)",
+            "Outbox events not yet acknowledged by the broker (every instance looks)",
+            registry=self.registry,
+        )
+        self.outbox_oldest_unsent = Gauge(
+            "complaints_outbox_oldest_unsent_seconds",
+            "Age of the oldest event not yet acknowledged by the broker (0 when none);"
+            " every instance looks, so a stalled relay leader shows on the others",
+            registry=self.registry,
+        )
+        self.outbox_parked = Gauge(
+            "complaints_outbox_parked",
+            "Outbox events the broker refused for their size; their streams wait behind them",
+            registry=self.registry,
+        )
+        self.background_restarts = Counter(
+            "complaints_background_restarts",
+            "Background tasks (relay, consumers, workers) restarted after they failed",
+            ["task"],
             registry=self.registry,
         )
         self.consumed = Counter(

@@ -6,6 +6,15 @@ unsent rows in ``position`` order with an idempotent ``acks=all`` producer, and 
 only after every record of the batch was acknowledged.  A crash between the two republishes
 the batch: consumers' inboxes keep the effect single.  Per stream, order holds: version n+1
 can only be appended after version n committed, so it always has the higher position.
+
+Leadership is fenced per batch: the leader reads and marks its batches over the connection
+that holds the lock, so a leader whose connection is gone can publish at most one batch again
+(harmless, as above) and never marks anything.  Every other instance watches: it reports the
+age of the oldest unsent event (``complaints_outbox_oldest_unsent_seconds``, and readiness),
+and when events wait longer than ``takeover_after`` while the leader's connection has been
+silent as long, and this instance reaches the broker itself, it ends the leader's session
+and takes over.  A record the broker refuses for its size is parked (with its error) instead
+of blocking everyone; the later events of its stream wait behind it.
 """
 
 from __future__ import annotations
@@ -18,10 +27,12 @@ from typing import Any
 
 import asyncpg
 from aiokafka import AIOKafkaProducer
+from aiokafka.errors import MessageSizeTooLargeError, RecordTooLargeError
 
 from complaints_shared.envelope import Event, to_kafka_record
 from complaints_shared.events import DomainEvent
-from complaints_shared.eventstore import OUTBOX_CHANNEL, row_to_event
+from complaints_shared.eventstore import OUTBOX_CHANNEL, init_connection, row_to_event
+from complaints_shared.faults import Backoff, is_transient
 from complaints_shared.metrics import ServiceMetrics
 from complaints_shared.telemetry import (
     PRODUCER,
@@ -35,6 +46,39 @@ from complaints_shared.telemetry import messaging_attributes as attrs
 log = logging.getLogger(__name__)
 
 _LEADER_LOCK = 0x6F7574626F78  # "outbox"
+_TOO_LARGE = (MessageSizeTooLargeError, RecordTooLargeError)
+
+# The session holding the leader lock and how long it has been silent (pg_locks splits a
+# bigint advisory key into classid = high 32 bits, objid = low 32 bits, objsubid = 1).
+_LEADER_SESSION = f"""
+SELECT a.pid, extract(epoch FROM now() - a.state_change)::float8 AS silent_for
+  FROM pg_locks l JOIN pg_stat_activity a USING (pid)
+ WHERE l.locktype = 'advisory' AND l.granted AND l.objsubid = 1
+   AND l.classid = {_LEADER_LOCK >> 32} AND l.objid = {_LEADER_LOCK & 0xFFFFFFFF}
+   AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database())
+"""
+
+_BACKLOG = """
+SELECT count(*) AS pending,
+       coalesce(extract(epoch FROM now() - min(queued_at)), 0)::float8 AS oldest,
+       count(*) FILTER (WHERE parked_at IS NOT NULL) AS parked
+  FROM outbox WHERE sent_at IS NULL
+"""
+
+
+@dataclass(frozen=True, slots=True)
+class Backlog:
+    """The unsent events as any instance sees them."""
+
+    pending: int
+    oldest_seconds: float  # age of the oldest unsent event (0 when none)
+    parked: int  # refused by the broker for good; need an operator
+
+
+async def backlog(conn: asyncpg.Connection | asyncpg.Pool) -> Backlog:
+    r = await conn.fetchrow(_BACKLOG)
+    assert r is not None
+    return Backlog(r["pending"], r["oldest"], r["parked"])
 
 
 @dataclass(frozen=True, slots=True)
@@ -58,6 +102,8 @@ class OutboxRelay:
         metrics: ServiceMetrics | None = None,
         batch_size: int = 500,
         idle_poll_seconds: float = 5.0,
+        follow_poll_seconds: float = 1.0,
+        takeover_after: float = 30.0,
     ) -> None:
         self._dsn = dsn
         self._password = password
@@ -68,36 +114,43 @@ class OutboxRelay:
         self._metrics = metrics
         self._batch_size = batch_size
         self._idle_poll = idle_poll_seconds
+        self._follow_poll = follow_poll_seconds
+        self.takeover_after = takeover_after
         self._wake = asyncio.Event()
         self.is_leader = False
+        self.takeovers = 0
 
     async def run(self) -> None:
-        """Relay forever; reconnects with backoff after database or broker failures."""
-        backoff = 0.2
+        """Relay forever; reconnects with backoff after database or broker failures (the
+        backoff starts over once a batch went through)."""
+        backoff = Backoff(initial=0.2, maximum=10.0)
         while True:
             try:
-                await self._run_once()
+                await self._run_once(backoff)
             except asyncio.CancelledError:
                 raise
-            except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
-                log.warning("outbox relay: database unavailable (%s); retrying", type(exc).__name__)
-            except Exception as exc:  # a broker error: nothing was marked sent, so retry
-                log.warning(
-                    "outbox relay: publish failed (%s: %s); retrying", type(exc).__name__, exc
-                )
+            except Exception as exc:
+                if not is_transient(exc):
+                    raise  # a defect: the supervisor logs it and starts the relay again
+                log.warning("outbox relay: %s; retrying", type(exc).__name__)
             self.is_leader = False
-            await asyncio.sleep(backoff)
-            backoff = min(backoff * 2, 10.0)
+            await asyncio.sleep(backoff.next())
 
-    async def _run_once(self) -> None:
+    async def _run_once(self, backoff: Backoff) -> None:
         conn: asyncpg.Connection = await asyncpg.connect(self._dsn, password=self._password)
         try:
-            await conn.execute("SELECT pg_advisory_lock($1)", _LEADER_LOCK)
+            await init_connection(conn)
+            while not await conn.fetchval("SELECT pg_try_advisory_lock($1)", _LEADER_LOCK):
+                await self._watch(conn)
+                backoff.reset()
+                await asyncio.sleep(self._follow_poll)
             self.is_leader = True
+            log.info("outbox relay: leading")
             await conn.add_listener(OUTBOX_CHANNEL, self._on_notify)
             while True:
                 self._wake.clear()
-                published = await self.publish_pending()
+                published = await self.publish_pending(conn)
+                backoff.reset()
                 if published >= self._batch_size:
                     continue
                 with contextlib.suppress(TimeoutError):
@@ -110,32 +163,78 @@ class OutboxRelay:
     def _on_notify(self, *_: Any) -> None:
         self._wake.set()
 
-    async def publish_pending(self) -> int:
-        """Publish one batch of unsent rows and mark it sent; return how many were sent."""
-        rows = await self.fetch_pending()
+    async def _watch(self, conn: asyncpg.Connection) -> None:
+        """As a follower: report the backlog, and replace a leader that stopped relaying."""
+        seen = await backlog(conn)
+        self._report(seen)
+        if seen.oldest_seconds < self.takeover_after:
+            return
+        leader = await conn.fetchrow(_LEADER_SESSION)
+        if leader is None or leader["silent_for"] < self.takeover_after:
+            return  # no leader (the next try takes the lock) or one that is still working
+        if not await self._broker_reachable():
+            return  # the broker is down for everyone: a new leader would not do better
+        log.warning(
+            "outbox relay: the oldest unsent event is %.0fs old and the leader has been silent"
+            " for %.0fs; ending its session to take over",
+            seen.oldest_seconds,
+            leader["silent_for"],
+        )
+        if await conn.fetchval("SELECT pg_terminate_backend($1)", leader["pid"]):
+            self.takeovers += 1
+
+    async def _broker_reachable(self) -> bool:
+        try:
+            await asyncio.wait_for(self._producer.client.fetch_all_metadata(), 5)
+        except Exception:
+            return False
+        return True
+
+    def _report(self, seen: Backlog) -> None:
+        if self._metrics is not None:
+            self._metrics.outbox_pending.set(seen.pending)
+            self._metrics.outbox_oldest_unsent.set(seen.oldest_seconds)
+            self._metrics.outbox_parked.set(seen.parked)
+
+    async def publish_pending(self, conn: asyncpg.Connection | None = None) -> int:
+        """Publish one batch of unsent rows and mark it sent; return how many were handled.
+
+        With ``conn`` (the leader's lock connection) reading and marking go through it, which
+        fences the batch: a leader that lost its session cannot mark anything."""
+        if conn is None:
+            async with self._pool.acquire() as own:
+                return await self.publish_pending(own)
+        rows = await self.fetch_pending(conn)
         if not rows:
+            if self._metrics is not None:
+                self._report(await backlog(conn))
             return 0
-        await self.publish(rows)
-        await self.mark_sent([r.position for r in rows])
+        unsent = await self.publish(rows)
+        too_large = {p: e for p, e in unsent.items() if e is not None}
+        if too_large:
+            await self.park(conn, too_large)
+        sent = [r.position for r in rows if r.position not in unsent]
+        await self.mark_sent(sent, conn)
+        if self._metrics is not None:
+            self._report(await backlog(conn))
         return len(rows)
 
-    async def fetch_pending(self) -> list[PendingRow]:
-        async with self._pool.acquire() as conn:
-            records = await conn.fetch(
-                "SELECT o.position, o.topic, o.trace_context,"
-                "       e.stream_id, e.version, e.event_id, e.type, e.occurred_at, e.data"
-                "  FROM outbox o JOIN events e USING (event_id)"
-                " WHERE o.sent_at IS NULL ORDER BY o.position LIMIT $1",
-                self._batch_size,
-            )
-            if self._metrics is not None:
-                # a short batch holds every unsent row: count only when there may be more
-                pending = len(records)
-                if pending >= self._batch_size:
-                    pending = await conn.fetchval(
-                        "SELECT count(*) FROM outbox WHERE sent_at IS NULL"
-                    )
-                self._metrics.outbox_pending.set(pending)
+    async def fetch_pending(self, conn: asyncpg.Connection | None = None) -> list[PendingRow]:
+        """The next batch in commit order, without the streams that have a parked event."""
+        if conn is None:
+            async with self._pool.acquire() as own:
+                return await self.fetch_pending(own)
+        records = await conn.fetch(
+            "SELECT o.position, o.topic, o.trace_context,"
+            "       e.stream_id, e.version, e.event_id, e.type, e.occurred_at, e.data"
+            "  FROM outbox o JOIN events e USING (event_id)"
+            " WHERE o.sent_at IS NULL AND o.parked_at IS NULL"
+            "   AND e.stream_id <> ALL(ARRAY(SELECT pe.stream_id FROM outbox p"
+            "       JOIN events pe USING (event_id)"
+            "       WHERE p.parked_at IS NOT NULL AND p.sent_at IS NULL))"
+            " ORDER BY o.position LIMIT $1",
+            self._batch_size,
+        )
         return [
             PendingRow(
                 r["position"],
@@ -146,40 +245,103 @@ class OutboxRelay:
             for r in records
         ]
 
-    async def publish(self, rows: list[PendingRow]) -> None:
-        """Send every row (in order) and wait until the broker acknowledged all of them."""
+    async def publish(self, rows: list[PendingRow]) -> dict[int, str | None]:
+        """Send every row (in order) and wait until the broker acknowledged all of them.
+
+        Returns the rows not sent: refused for their size (position → error; they can never be
+        sent as they are) or held back behind such a row of their stream (position → None).
+        Any other failure raises, and the whole batch is sent again."""
         tracer = self._telemetry.tracer
-        spans = []
-        acks = []
+        sending: list[tuple[PendingRow, Any, Any]] = []  # row, span, ack future
+        too_large: dict[int, str] = {}
+        held: list[PendingRow] = []  # behind a too-large row of their stream
         try:
             for row in rows:
+                if too_large and any(h.event.stream_id == row.event.stream_id for h in held):
+                    held.append(row)
+                    continue
                 span = tracer.start_span(
                     f"{row.topic} publish",
                     context=extract_context(row.trace_context),
                     kind=PRODUCER,
                     attributes=attrs("publish", row.topic, row.event),
                 )
-                spans.append(span)
                 record = to_kafka_record(row.event, inject_context(span))
-                acks.append(
-                    await self._producer.send(
+                try:
+                    ack = await self._producer.send(
                         row.topic, record.value, key=record.key, headers=record.headers
                     )
-                )
-            await asyncio.gather(*acks)
+                except _TOO_LARGE as exc:  # over the client's limit: refused before sending
+                    record_error(span, exc)
+                    span.end()
+                    too_large[row.position] = f"{type(exc).__name__} ({len(record.value)} bytes)"
+                    held.append(row)
+                    continue
+                sending.append((row, span, ack))
+            results = await asyncio.gather(*(a for _, _, a in sending), return_exceptions=True)
         except BaseException as exc:
-            for span in spans:
+            for _, span, _ in sending:
                 record_error(span, exc)
-            raise
-        finally:
-            for span in spans:
                 span.end()
-        if self._metrics is not None:
-            for row in rows:
+            raise
+        failure: BaseException | None = None
+        refused: list[PendingRow] = []
+        for (row, span, _), result in zip(sending, results, strict=True):
+            if isinstance(result, BaseException):
+                record_error(span, result)
+                if isinstance(result, _TOO_LARGE):  # its whole producer batch was refused
+                    refused.append(row)
+                else:
+                    failure = failure or result
+            elif self._metrics is not None:
                 self._metrics.outbox_published.labels(row.topic).inc()
+            span.end()
+        if failure is not None:
+            raise failure
+        return await self._one_by_one(sorted(refused + held, key=lambda r: r.position), too_large)
 
-    async def mark_sent(self, positions: list[int]) -> None:
-        async with self._pool.acquire() as conn:
-            await conn.execute(
-                "UPDATE outbox SET sent_at = now() WHERE position = ANY($1::bigint[])", positions
-            )
+    async def _one_by_one(
+        self, rows: list[PendingRow], too_large: dict[int, str]
+    ) -> dict[int, str | None]:
+        """Send the rows of refused batches alone, in order, to find the ones too large; the
+        later rows of a stream with a too-large event are held back (None), not sent."""
+        unsent: dict[int, str | None] = dict(too_large)
+        blocked = {r.event.stream_id for r in rows if r.position in too_large}
+        for row in rows:
+            if row.position in too_large:
+                continue
+            if row.event.stream_id in blocked:
+                unsent[row.position] = None
+                continue
+            record = to_kafka_record(row.event, {})
+            try:
+                await self._producer.send_and_wait(
+                    row.topic, record.value, key=record.key, headers=record.headers
+                )
+            except _TOO_LARGE as exc:
+                unsent[row.position] = f"{type(exc).__name__} ({len(record.value)} bytes)"
+                blocked.add(row.event.stream_id)
+                continue
+            if self._metrics is not None:
+                self._metrics.outbox_published.labels(row.topic).inc()
+        return unsent
+
+    async def park(self, conn: asyncpg.Connection, errors: dict[int, str]) -> None:
+        log.error(
+            "outbox relay: the broker refuses %d event(s) for their size; parked (positions %s)",
+            len(errors),
+            sorted(errors),
+        )
+        await conn.executemany(
+            "UPDATE outbox SET parked_at = now(), last_error = $2 WHERE position = $1",
+            list(errors.items()),
+        )
+
+    async def mark_sent(self, positions: list[int], conn: asyncpg.Connection | None = None) -> None:
+        if conn is None:
+            async with self._pool.acquire() as own:
+                return await self.mark_sent(positions, own)
+        await conn.execute(
+            "UPDATE outbox SET sent_at = now() WHERE position = ANY($1::bigint[])", positions
+        )
+        return None
