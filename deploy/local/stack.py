@@ -42,7 +42,7 @@ def _pump(name: str, stream: object) -> None:
 def _ready(url: str) -> bool:
     try:
         with urllib.request.urlopen(url, timeout=2) as r:
-            return bool(r.status == 200)
+            return bool(r.status == 200 and json.loads(r.read()).get("status") == "ok")
     except (urllib.error.URLError, OSError):
         return False
 

@@ -69,7 +69,8 @@ StartPlatform = Callable[..., Awaitable[Platform]]
 async def start_platform(
     infrastructure, new_database, topic_prefix
 ) -> AsyncIterator[StartPlatform]:
-    """Start some or all services: ``await start_platform("intake", policy=path, clock=f)``."""
+    """Start some or all services: ``await start_platform("intake", policy=path, clock=f)``;
+    other keywords are settings of every service started (``kafka_bootstrap=...``)."""
     started: list[RunningServer] = []
 
     async def start(
@@ -82,17 +83,26 @@ async def start_platform(
             "keyring_master_key": new_master_key(),
         }
         wanted = names or tuple(SPECS)
+        # ``intake_database_url=...``: that service's database, e.g. behind a TcpProxy
+        databases = {
+            n: settings.pop(f"{n}_database_url") for n in SPECS if f"{n}_database_url" in settings
+        }
         # intake last: it answers subject access requests for the services started with it
         for name in sorted(wanted, key=lambda n: n == "intake"):
             spec: ServiceSpec = SPECS[name]
             peers = {n: srv.url for n, srv in servers.items()} if name == "intake" else {}
             config = ServiceSettings(
-                kafka_bootstrap=infrastructure.kafka_bootstrap,
                 oidc_issuer=infrastructure.oidc_issuer,
-                database_url=await new_database(),
                 topic_prefix=topic_prefix,
                 policy=policy,
-                **{"topic_partitions": 3, "peers": peers, **keyring, **settings},
+                **{
+                    "kafka_bootstrap": infrastructure.kafka_bootstrap,
+                    "database_url": databases.get(name) or await new_database(),
+                    "topic_partitions": 3,
+                    "peers": peers,
+                    **keyring,
+                    **settings,
+                },
             )
             app = create_app(spec, config, telemetry=setup_telemetry(name, spans), clock=clock)
             servers[name] = await serve(app)

@@ -35,7 +35,7 @@ async def test_one_complaint_travels_through_all_four_services_in_one_trace(
 
             async def ready(service: str = service) -> bool:
                 r = await http.get(f"{platform.url(service)}/health/ready")
-                return r.status_code == 200
+                return r.status_code == 200 and r.json()["status"] == "ok"
 
             await eventually(ready, what=f"{service} to be ready")
 

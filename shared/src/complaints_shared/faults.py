@@ -86,11 +86,11 @@ async def supervise(
     on_restart: Callable[[str, BaseException], None] | None = None,
     healthy_after: float = 60.0,
 ) -> None:
-    """Run ``job`` forever: whenever it ends or fails, start it again after a backoff.
+    """Run ``job`` until it returns: whenever it fails, start it again after a backoff.
 
     A background task that dies (an error at COMMIT, at ``pool.acquire``, a bug) is restarted,
-    its failure logged by type and counted; the delay starts over once a run lasted
-    ``healthy_after`` seconds.  Only cancellation stops it.
+    its failure logged by type and reported to ``on_restart``; the delay starts over once a
+    run lasted ``healthy_after`` seconds.  A job that returns is done.
     """
     backoff = backoff or Backoff(initial=0.5, maximum=30.0)
     loop = asyncio.get_running_loop()
@@ -98,7 +98,7 @@ async def supervise(
         started = loop.time()
         try:
             await job()
-            failure: BaseException = RuntimeError("the task returned")
+            return
         except asyncio.CancelledError:
             raise
         except Exception as exc:

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
+import asyncpg
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
@@ -21,8 +23,12 @@ from complaints_shared.errors import (
     TooManyRequests,
     Unauthenticated,
 )
+from complaints_shared.faults import database_unavailable
+
+log = logging.getLogger(__name__)
 
 PROBLEM_JSON = "application/problem+json"
+RETRY_AFTER_SECONDS = 5
 TYPE_BASE = "urn:complaints:problem:"
 
 
@@ -72,6 +78,7 @@ PROBLEM_RESPONSES: dict[int | str, dict[str, Any]] = {
         404: "Not found",
         409: "Conflict",
         422: "Invalid input",
+        503: "The database is unavailable for now: retry after `Retry-After` seconds",
     }.items()
 }
 
@@ -198,3 +205,42 @@ def install_problem_handlers(app: FastAPI) -> None:
     @app.exception_handler(Gone)
     async def _gone(request: Request, exc: Gone) -> JSONResponse:
         return problem(410, "Gone", str(exc), slug="gone", instance=request.url.path)
+
+    async def _infrastructure(request: Request, exc: Exception) -> JSONResponse:
+        """A failure of the infrastructure, not of the request: nothing was changed (the
+        transaction rolled back), so the client may retry the same request."""
+        if database_unavailable(exc):
+            log.warning(
+                "%s %s: database unavailable (%s)",
+                request.method,
+                request.url.path,
+                type(exc).__name__,
+            )
+            return problem(
+                503,
+                "Service unavailable",
+                "the database is unavailable; nothing was changed, retry later",
+                slug="unavailable",
+                instance=request.url.path,
+                headers={"Retry-After": str(RETRY_AFTER_SECONDS)},
+            )
+        return _internal(request, exc)
+
+    for kind in (asyncpg.PostgresError, asyncpg.InterfaceError, OSError, TimeoutError):
+        app.add_exception_handler(kind, _infrastructure)
+
+    @app.exception_handler(Exception)
+    async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
+        return _internal(request, exc)
+
+
+def _internal(request: Request, exc: Exception) -> JSONResponse:
+    # only the type: a driver's message can quote the values it choked on
+    log.error("%s %s failed: %s", request.method, request.url.path, type(exc).__name__)
+    return problem(
+        500,
+        "Internal error",
+        "the request failed on our side; it has been logged",
+        slug="internal",
+        instance=request.url.path,
+    )

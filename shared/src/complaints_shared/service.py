@@ -23,10 +23,11 @@ from complaints_shared.auth import Access, OidcVerifier, RateLimiter, check_decl
 from complaints_shared.consumer import ConsumerRunner, Subscription
 from complaints_shared.db import create_pool
 from complaints_shared.eventstore import Clock, PostgresEventStore, utc_now
+from complaints_shared.faults import Backoff, is_transient, supervise
 from complaints_shared.limits import BodySizeLimit
 from complaints_shared.logs import configure_logging
 from complaints_shared.metrics import ServiceMetrics
-from complaints_shared.outbox import OutboxRelay
+from complaints_shared.outbox import OutboxRelay, backlog
 from complaints_shared.policy import Policy, load_policy
 from complaints_shared.privacy import PostgresKeyring, load_master_key
 from complaints_shared.problems import install_problem_handlers, problem
@@ -71,7 +72,8 @@ class ServiceSpec:
     routers: Sequence[APIRouter] = ()
     subscriptions: Callable[[Runtime], list[Subscription]] = lambda _: []
     prepare: Callable[[ServiceSettings, Policy], Any] | None = None  # validated at start
-    background: Callable[[Runtime], list[Coroutine[Any, Any, None]]] = lambda _: []
+    # long-running jobs (each started again by a supervisor if it fails): ``partial(fn, rt)``
+    background: Callable[[Runtime], list[Callable[[], Coroutine[Any, Any, None]]]] = lambda _: []
     openapi_tags: list[dict[str, Any]] = field(default_factory=list)
     subject_records: customers.Records | None = None  # read-model rows about a customer
     retention: Sequence[Prune] = ()  # the service's own tables pruned after policy periods
@@ -85,11 +87,60 @@ def get_runtime(request: Request) -> Runtime:
 RuntimeDep = Annotated[Runtime, Depends(get_runtime)]
 
 
+class BrokerLink:
+    """Topics and the producer, brought up whenever the broker is reachable.
+
+    A service starts without Kafka: its API and its writes (which only need PostgreSQL) work
+    at once, the outbox keeps the events, and this task creates the topics and starts the
+    producer when the broker comes; the relay and the consumers wait for it."""
+
+    def __init__(self, settings: ServiceSettings, topics: Topics, producer: AIOKafkaProducer):
+        self.settings = settings
+        self.topics = topics
+        self.producer = producer
+        self.up = asyncio.Event()
+
+    async def run(self) -> None:
+        backoff = Backoff(initial=0.5, maximum=10.0)
+        while not self.up.is_set():
+            try:
+                await ensure_topics(
+                    self.settings.kafka_bootstrap,
+                    self.topics.all(),
+                    self.settings.topic_partitions,
+                    self.settings.topic_replication_factor,
+                )
+                await self.producer.start()
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                if not is_transient(exc):
+                    raise
+                log.warning("kafka unavailable (%s); starting without it", type(exc).__name__)
+                await asyncio.sleep(backoff.next())
+                continue
+            self.up.set()
+            log.info("kafka connected: topics ready, producer started")
+
+    async def then(self, job: Callable[[], Coroutine[Any, Any, None]]) -> None:
+        """Run ``job`` once the broker link is up."""
+        await self.up.wait()
+        await job()
+
+
 @dataclass
 class _Background:
+    link: BrokerLink
     relay: OutboxRelay
     consumers: list[ConsumerRunner]
     tasks: list[asyncio.Task[None]]
+    # task → (error type, loop time) of its last restart
+    failing: dict[str, tuple[str, float]] = field(default_factory=dict)
+
+    def restarting(self, within: float = 60.0) -> dict[str, str]:
+        """Tasks restarted after a failure within the last ``within`` seconds."""
+        now = asyncio.get_running_loop().time()
+        return {n: e for n, (e, at) in self.failing.items() if now - at < within}
 
 
 def create_app(
@@ -127,25 +178,19 @@ def create_app(
                 await migrate(
                     conn, shared_migrations() + package_migrations(spec.package, spec.name)
                 )
-            await ensure_topics(
-                settings.kafka_bootstrap,
-                topics.all(),
-                settings.topic_partitions,
-                settings.topic_replication_factor,
-            )
-            producer = AIOKafkaProducer(
-                bootstrap_servers=settings.kafka_bootstrap,
-                acks="all",
-                enable_idempotence=True,
-                linger_ms=5,
-                client_id=f"complaints-{spec.name}",
-            )
-            await producer.start()
         except BaseException:
             if keyring_pool is not None:
                 await keyring_pool.close()
             await pool.close()
             raise
+        producer = AIOKafkaProducer(
+            bootstrap_servers=settings.kafka_bootstrap,
+            acks="all",
+            enable_idempotence=True,
+            linger_ms=5,
+            client_id=f"complaints-{spec.name}",
+        )
+        link = BrokerLink(settings, topics, producer)
         store = PostgresEventStore(
             source=f"/complaints/{spec.name}",
             topic=spec.own_topic(topics),
@@ -174,6 +219,7 @@ def create_app(
             source=store.source,
             telemetry=telemetry,
             metrics=metrics,
+            takeover_after=settings.outbox_takeover_seconds,
         )
         consumers = [
             ConsumerRunner(
@@ -188,21 +234,30 @@ def create_app(
             )
             for sub in spec.subscriptions(runtime)
         ]
-        tasks = [asyncio.create_task(relay.run(), name=f"{spec.name}-outbox-relay")] + [
-            asyncio.create_task(c.run(), name=f"consumer-{c.subscription.name}") for c in consumers
+        failing: dict[str, tuple[str, float]] = {}
+
+        def restarted(name: str, exc: BaseException) -> None:
+            failing[name] = (type(exc).__name__, asyncio.get_running_loop().time())
+            metrics.background_restarts.labels(name).inc()
+
+        def task(name: str, job: Callable[[], Coroutine[Any, Any, None]]) -> asyncio.Task[None]:
+            return asyncio.create_task(supervise(name, job, on_restart=restarted), name=name)
+
+        jobs: list[tuple[str, Callable[[], Coroutine[Any, Any, None]]]] = [
+            ("kafka-link", link.run),
+            ("outbox-relay", lambda: link.then(relay.run)),
+            *((f"consumer-{c.subscription.name}", lambda c=c: link.then(c.run)) for c in consumers),
+            *((getattr(job, "func", job).__name__, job) for job in spec.background(runtime)),
+            (
+                "pruning",
+                lambda: run_pruning(
+                    pool, [*SHARED_RETENTION, *spec.retention], policy.retention, clock
+                ),
+            ),
         ]
-        tasks += [
-            asyncio.create_task(job, name=f"{spec.name}-background-{n}")
-            for n, job in enumerate(spec.background(runtime))
-        ]
-        tasks.append(
-            asyncio.create_task(
-                run_pruning(pool, [*SHARED_RETENTION, *spec.retention], policy.retention, clock),
-                name=f"{spec.name}-pruning",
-            )
-        )
+        tasks = [task(name, job) for name, job in jobs]
         app.state.runtime = runtime
-        app.state.background = _Background(relay, consumers, tasks)
+        app.state.background = _Background(link, relay, consumers, tasks, failing)
         log.info(
             "%s ready: database %s, kafka %s, topic %s",
             spec.name,
@@ -216,7 +271,8 @@ def create_app(
             for t in tasks:
                 t.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
-            await producer.stop()
+            if link.up.is_set():
+                await producer.stop()
             await keyring_pool.close()
             await pool.close()
             telemetry.provider.force_flush()
@@ -267,25 +323,47 @@ def _operations_router() -> APIRouter:
 
     @router.get(
         "/health/ready",
-        summary="Database and Kafka reachable, relay running, consumers assigned partitions",
+        summary="Whether this instance can serve requests, and what is degraded",
+        description="200 when the database is reachable: the API and every write work. The body"
+        " says `ok`, or `degraded` with the checks that are not (Kafka unreachable, events"
+        " waiting in the outbox longer than the takeover time or parked for their size,"
+        " consumers not assigned yet, background tasks restarted after a failure): events are"
+        " then kept and published late. 503 when the database is unreachable.",
         **public("probes"),
     )
     async def ready(request: Request) -> Response:
         runtime: Runtime = request.app.state.runtime
         background: _Background = request.app.state.background
+        database = await _check(_ping_database(runtime.pool))
         checks = {
-            "database": await _check(_ping_database(runtime.pool)),
-            "kafka": await _check(runtime.producer.client.fetch_all_metadata()),
-            "background": "ok" if all(not t.done() for t in background.tasks) else "stopped",
+            "database": database,
+            "kafka": await _check(runtime.producer.client.fetch_all_metadata())
+            if background.link.up.is_set()
+            else "unavailable: not connected yet (topics and producer start when it is)",
+            "outbox": await _outbox_check(runtime, background.relay)
+            if database == "ok"
+            else "unknown",
             "consumers": "ok"
             if all(c.assigned for c in background.consumers)
             else "joining their consumer groups",
+            "background": ", ".join(
+                f"{name} restarted after {error}"
+                for name, error in sorted(background.restarting().items())
+            )
+            or "ok",
         }
-        if all(v == "ok" for v in checks.values()):
-            return JSONResponse({"status": "ok", "checks": checks})
-        return problem(
-            503, "Not ready", "a dependency is unavailable", slug="not-ready", checks=checks
-        )
+        if database != "ok":
+            return problem(
+                503,
+                "Not ready",
+                "the database is unavailable",
+                slug="not-ready",
+                instance=request.url.path,
+                headers={"Retry-After": "5"},
+                checks=checks,
+            )
+        status = "ok" if all(v == "ok" for v in checks.values()) else "degraded"
+        return JSONResponse({"status": status, "checks": checks})
 
     @router.get(
         "/metrics", summary="Prometheus metrics", **public("scraped on the internal network")
@@ -300,6 +378,21 @@ def _operations_router() -> APIRouter:
 async def _ping_database(pool: asyncpg.Pool) -> None:
     async with pool.acquire(timeout=2) as conn:
         await conn.fetchval("SELECT 1")
+
+
+async def _outbox_check(runtime: Runtime, relay: OutboxRelay) -> str:
+    seen = await backlog(runtime.pool)
+    runtime.metrics.outbox_pending.set(seen.pending)
+    runtime.metrics.outbox_oldest_unsent.set(seen.oldest_seconds)
+    runtime.metrics.outbox_parked.set(seen.parked)
+    problems = []
+    if seen.oldest_seconds >= relay.takeover_after:
+        problems.append(
+            f"stalled: {seen.pending} events waiting, the oldest for {seen.oldest_seconds:.0f}s"
+        )
+    if seen.parked:
+        problems.append(f"{seen.parked} events parked: too large for the broker")
+    return "; ".join(problems) or "ok"
 
 
 async def _check(awaitable: Any) -> str:

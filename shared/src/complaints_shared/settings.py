@@ -55,6 +55,13 @@ class ServiceSettings(BaseSettings):
     )
     topic_partitions: int = Field(3, ge=1, le=1000)
     topic_replication_factor: int = Field(1, ge=1, le=10)
+    outbox_takeover_seconds: float = Field(
+        30.0,
+        ge=1,
+        le=3600,
+        description="events waiting this long while the relay leader is silent as long: another"
+        " instance ends the leader's session and takes over; readiness reports the stall",
+    )
     log_level: str = "INFO"
     log_format: Literal["json", "text"] = Field(
         "json", description="json: one object a line with trace_id and span_id; text: for people"

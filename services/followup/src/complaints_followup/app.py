@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from functools import partial
+
 from complaints_followup.api import ROUTERS
 from complaints_followup.handlers import subscriptions
 from complaints_followup.resources import prepare
@@ -22,7 +24,7 @@ SPEC = ServiceSpec(
     routers=ROUTERS,
     subscriptions=subscriptions,
     prepare=prepare,
-    background=lambda rt: [run_followup(rt)],
+    background=lambda rt: [partial(run_followup, rt)],
     subject_records=by_complaint(
         "contact_preferences", "satisfaction_checks", "satisfaction_answers", "deliveries"
     ),

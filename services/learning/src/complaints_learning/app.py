@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from functools import partial
+
 from complaints_learning.api import ROUTERS
 from complaints_learning.handlers import subscriptions
 from complaints_learning.worker import run_verification
@@ -19,6 +21,6 @@ SPEC = ServiceSpec(
     own_topic=lambda t: t.learning,
     routers=ROUTERS,
     subscriptions=subscriptions,
-    background=lambda rt: [run_verification(rt)],
+    background=lambda rt: [partial(run_verification, rt)],
     subject_records=by_complaint("complaint_facts", "occurrences"),
 )

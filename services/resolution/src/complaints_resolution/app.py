@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from functools import partial
+
 from complaints_resolution.api import ROUTERS
 from complaints_resolution.handlers import subscriptions
 from complaints_resolution.resources import prepare
@@ -21,6 +23,6 @@ SPEC = ServiceSpec(
     routers=ROUTERS,
     subscriptions=subscriptions,
     prepare=prepare,
-    background=lambda rt: [run_timers(rt)],
+    background=lambda rt: [partial(run_timers, rt)],
     subject_records=by_complaint("cases", "timers"),  # no personal data outside its events
 )

@@ -1,0 +1,121 @@
+"""The services when their infrastructure fails: the database cut off, the broker absent at
+start.  The network to the real servers is cut with a TCP proxy; nothing is faked."""
+
+from __future__ import annotations
+
+import os
+import urllib.parse
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests.integration.conftest import StartPlatform
+from tests.integration.test_intake import complaint
+from tests.support import TcpProxy, eventually, free_port
+
+pytestmark = pytest.mark.integration
+
+
+def behind(proxy: TcpProxy, dsn: str) -> str:
+    u = urllib.parse.urlsplit(dsn)
+    netloc = u.netloc.rsplit("@", 1)
+    host = f"127.0.0.1:{proxy.port}"
+    return urllib.parse.urlunsplit(
+        u._replace(netloc=f"{netloc[0]}@{host}" if len(netloc) == 2 else host)
+    )
+
+
+def password_file(tmp_path: Path) -> dict[str, Path]:
+    """The server's password as a secret file (the PGPASSFILE entry names the real port)."""
+    pgpass = os.environ.get("PGPASSFILE")
+    if not pgpass:
+        return {}
+    secret = tmp_path / "db-password"
+    secret.write_text(Path(pgpass).read_text().splitlines()[0].rsplit(":", 1)[1])
+    return {"database_password_file": secret}
+
+
+async def test_with_the_database_down_writes_answer_503_problem_and_work_again_after(
+    start_platform: StartPlatform, new_database, http: httpx.AsyncClient, tmp_path: Path
+):
+    dsns = {"intake": await new_database(), "resolution": await new_database()}
+    ports = {n: urllib.parse.urlsplit(d).port for n, d in dsns.items()}
+    proxies = {n: await TcpProxy("127.0.0.1", ports[n] or 5432).restore() for n in dsns}
+    p = await start_platform(
+        "resolution",
+        "intake",
+        **{f"{n}_database_url": behind(proxies[n], d) for n, d in dsns.items()},
+        **password_file(tmp_path),
+    )
+    try:
+        first = await http.post(f"{p.url('intake')}/complaints", json=complaint())
+        assert first.status_code == 201, first.text
+        cid = first.json()["id"]
+
+        for proxy in proxies.values():
+            await proxy.cut()
+        down = await http.post(
+            f"{p.url('intake')}/complaints",
+            json=complaint(),
+            headers={"Idempotency-Key": "while-down-1"},
+        )
+        assert down.status_code == 503, down.text
+        assert down.headers["content-type"] == "application/problem+json"
+        assert down.headers["retry-after"] == "5"
+        body = down.json()
+        assert body["status"] == 503 and body["instance"] == "/complaints"
+        assert "Internal" not in down.text
+        case = await http.get(f"{p.url('resolution')}/cases/{cid}")
+        assert case.status_code == 503 and case.headers["retry-after"] == "5"
+        assert case.headers["content-type"] == "application/problem+json"
+        ready = await http.get(f"{p.url('intake')}/health/ready")
+        assert ready.status_code == 503
+        assert ready.json()["checks"]["database"].startswith("unavailable")
+
+        for proxy in proxies.values():
+            await proxy.restore()
+
+        async def accepted() -> httpx.Response | None:
+            r = await http.post(
+                f"{p.url('intake')}/complaints",
+                json=complaint(),
+                headers={"Idempotency-Key": "while-down-1"},
+            )
+            return r if r.status_code == 201 else None
+
+        again = await eventually(accepted, what="intake to take complaints again")
+        listed = await http.get(f"{p.url('intake')}/complaints")
+        # the retried request took effect once: the failed try changed nothing
+        assert {c["id"] for c in listed.json()["items"]} == {cid, again.json()["id"]}
+    finally:
+        for proxy in proxies.values():
+            await proxy.restore() if proxy._server is None else None
+
+
+async def test_intake_starts_and_takes_complaints_while_kafka_is_down_and_publishes_later(
+    start_platform: StartPlatform, infrastructure, http: httpx.AsyncClient
+):
+    host, port = infrastructure.kafka_bootstrap.rsplit(":", 1)
+    broker = TcpProxy(host, int(port), port=free_port())  # not listening yet: no broker
+    p = await start_platform("intake", kafka_bootstrap=f"127.0.0.1:{broker.port}")
+    try:
+        ready = await http.get(f"{p.url('intake')}/health/ready")
+        assert ready.status_code == 200
+        assert ready.json()["status"] == "degraded"
+        assert ready.json()["checks"]["kafka"].startswith("unavailable")
+        created = await http.post(f"{p.url('intake')}/complaints", json=complaint())
+        assert created.status_code == 201, created.text
+
+        await broker.restore()  # the broker comes back
+
+        async def ok() -> bool:
+            r = await http.get(f"{p.url('intake')}/health/ready")
+            return r.json()["status"] == "ok"
+
+        await eventually(ok, timeout=60, what="intake to connect to the broker")
+        events = await p.topic_events("complaints.intake.v2", 2)
+        assert {e.type for e in events} >= {"ComplaintReceived"}
+        assert all(e.stream_id.hex == created.json()["id"].replace("-", "") for e in events)
+    finally:
+        await broker.cut()
