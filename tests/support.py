@@ -6,6 +6,7 @@ import asyncio
 import json
 import mailbox
 import socket
+import threading
 import time
 import urllib.parse
 import urllib.request
@@ -353,8 +354,22 @@ class Inbox:
         self.fail = 0
         self.refused = 0
         self.spool = mailbox.Maildir(spool, create=True) if spool is not None else None
+        self._gate = threading.Event()
+        self._gate.set()
+        self.holding = threading.Event()  # a message is being held at DATA
+
+    def hold(self) -> None:
+        """Keep the next messages waiting at DATA (a slow server) until ``release``."""
+        self._gate.clear()
+
+    def release(self) -> None:
+        self._gate.set()
 
     async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
+        if not self._gate.is_set():
+            self.holding.set()
+            await asyncio.to_thread(self._gate.wait, 60)
+            self.holding.clear()
         if self.fail:
             self.fail -= 1
             self.refused += 1

@@ -17,3 +17,12 @@ async def create_pool(
     )
     assert pool is not None
     return pool
+
+
+async def one_at_a_time(conn: asyncpg.Connection, key: str) -> None:
+    """Serialise, until the transaction ends, every transaction that takes the same ``key``
+    (a transaction-level advisory lock): decisions that read what another consumer or replica
+    may be writing at the same moment (the first occurrence of a signature, a survey for a
+    complaint being withdrawn) see each other's committed rows instead of each deciding alone
+    under READ COMMITTED."""
+    await conn.execute("SELECT pg_advisory_xact_lock(hashtextextended($1, 0))", key)

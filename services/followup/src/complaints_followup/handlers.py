@@ -3,16 +3,31 @@
 from __future__ import annotations
 
 from typing import Any
+from uuid import UUID
 
 import asyncpg
 
 from complaints_followup.domain import cancel_open_checks, schedule_check
 from complaints_followup.projection import checks, contact_row, enqueue, scrub
 from complaints_shared.consumer import Subscription, on
+from complaints_shared.db import one_at_a_time
 from complaints_shared.envelope import Event
 from complaints_shared.events import intake as it
 from complaints_shared.events import resolution as rs
 from complaints_shared.service import Runtime
+
+
+async def cancel_deliveries(
+    conn: asyncpg.Connection, complaint_id: UUID, kinds: tuple[str, ...] | None = None
+) -> None:
+    """Messages not yet handed over are not sent any more (a delivery already on its way is
+    not marked sent: see the worker)."""
+    await conn.execute(
+        "UPDATE deliveries SET status = 'cancelled' WHERE complaint_id = $1"
+        " AND status = 'pending' AND ($2::text[] IS NULL OR kind = ANY($2::text[]))",
+        complaint_id,
+        list(kinds) if kinds else None,
+    )
 
 
 def subscriptions(rt: Runtime) -> list[Subscription]:
@@ -73,6 +88,7 @@ def subscriptions(rt: Runtime) -> list[Subscription]:
             await deliver(conn, event, p.customer_message)
 
     async def on_case_resolved(conn: asyncpg.Connection, event: Event[rs.CaseResolved]) -> None:
+        await one_at_a_time(conn, f"followup:{event.stream_id}")
         await on_customer_message(conn, event)
         contact = await conn.fetchrow(
             "SELECT channel, language, withdrawn, erased FROM contact_preferences"
@@ -94,11 +110,15 @@ def subscriptions(rt: Runtime) -> list[Subscription]:
         )
 
     async def on_case_reopened(conn: asyncpg.Connection, event: Event[rs.CaseReopened]) -> None:
+        await one_at_a_time(conn, f"followup:{event.stream_id}")
         await repository.execute(conn, event.stream_id, lambda s: cancel_open_checks(s, "reopened"))
+        await cancel_deliveries(conn, event.stream_id, kinds=("check", "reminder"))
 
     async def on_complaint_withdrawn(
         conn: asyncpg.Connection, event: Event[it.ComplaintWithdrawn]
     ) -> None:
+        await one_at_a_time(conn, f"followup:{event.stream_id}")
+        await cancel_deliveries(conn, event.stream_id)
         await conn.execute(
             "INSERT INTO contact_preferences (complaint_id, withdrawn) VALUES ($1, true)"
             " ON CONFLICT (complaint_id) DO UPDATE SET withdrawn = true",

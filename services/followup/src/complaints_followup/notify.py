@@ -20,6 +20,10 @@ class Undeliverable(DeliveryFailed):
     """No way to reach the customer on that channel: retrying will not help."""
 
 
+class NotYetKnown(DeliveryFailed):
+    """The complaint's contact details have not arrived yet: retried with backoff."""
+
+
 @dataclass(frozen=True)
 class Outbound:
     delivery_id: str

@@ -13,7 +13,7 @@ from uuid import UUID, uuid4
 import asyncpg
 
 from complaints_followup.domain import Followup, fold
-from complaints_followup.notify import message_id
+from complaints_followup.notify import NotYetKnown, message_id
 from complaints_shared.envelope import Event
 from complaints_shared.events import DomainEvent
 from complaints_shared.events import followup as ev
@@ -140,12 +140,14 @@ async def enqueue(
 async def address(
     conn: asyncpg.Connection | asyncpg.Pool, complaint_id: UUID, channel: str
 ) -> tuple[str, str] | None:
-    """Where to reach the customer on ``channel`` (or on e-mail, if they consented)."""
+    """Where to reach the customer on ``channel`` (or on e-mail, if they consented); None if
+    they cannot be reached there.  Raises :class:`NotYetKnown` while the complaint's contact
+    details have not arrived (resolution's message came before intake's ComplaintReceived)."""
     c = await conn.fetchrow(
         "SELECT * FROM contact_preferences WHERE complaint_id = $1", complaint_id
     )
-    if c is None:
-        return None
+    if c is None or (c["channel"] is None and not c["erased"]):
+        raise NotYetKnown("the complaint's contact details have not arrived yet")
     field = CONTACT_FIELD.get(channel)
     if field is None:  # chat, social, web, in person: the gateway knows the customer by reference
         return channel, str(c["reference"] or complaint_id)

@@ -8,7 +8,7 @@ import asyncio
 import logging
 from datetime import datetime, timedelta
 from functools import partial
-from typing import Any
+from typing import Any, Literal
 from uuid import UUID
 
 import asyncpg
@@ -23,10 +23,13 @@ from complaints_shared.errors import ConcurrencyConflict
 from complaints_shared.events import DomainEvent
 from complaints_shared.events import followup as ev
 from complaints_shared.events.resolution import SolutionAgreed
+from complaints_shared.faults import is_transient
 from complaints_shared.service import Runtime
 from complaints_shared.vocabulary import Channel, format_when
 
 log = logging.getLogger(__name__)
+
+Work = Literal["check", "reminder", "message", "expiry"]
 
 
 def survey_link(rt: Runtime, token: str) -> str:
@@ -41,46 +44,57 @@ async def queue_checks_and_reminders(rt: Runtime) -> None:
         " LEFT JOIN contact_preferences p USING (complaint_id)"
         " WHERE c.status = 'scheduled' AND c.due_at <= $1 AND NOT EXISTS (SELECT 1 FROM"
         "   deliveries d WHERE d.kind = 'check' AND d.ref = c.check_id::text)"
+        "   AND NOT EXISTS (SELECT 1 FROM work_failures f WHERE f.work = 'check'"
+        "   AND f.ref = c.check_id::text AND (f.parked_at IS NOT NULL OR f.next_attempt_at > $1))"
         " UNION ALL"
         " SELECT c.*, p.name, p.reference, 'reminder' AS kind FROM satisfaction_checks c"
         " LEFT JOIN contact_preferences p USING (complaint_id)"
         " WHERE c.status = 'sent' AND c.reminder_at <= $1 AND c.reminded_at IS NULL"
         "   AND c.expires_at > $1 AND NOT EXISTS (SELECT 1 FROM deliveries d"
-        "   WHERE d.kind = 'reminder' AND d.ref = c.check_id::text)",
+        "   WHERE d.kind = 'reminder' AND d.ref = c.check_id::text)"
+        "   AND NOT EXISTS (SELECT 1 FROM work_failures f WHERE f.work = 'reminder'"
+        "   AND f.ref = c.check_id::text AND (f.parked_at IS NOT NULL OR f.next_attempt_at > $1))",
         now,
     )
     secret = await res.secret(rt.pool) if rows else b""
     for r in rows:
-        texts = res.texts.get(r["language"]) or res.texts[rt.policy.intake.default_language]
-        token = sign(r["check_id"], r["expires_at"], secret)
-        subject, body = render(
-            texts,
-            r["kind"],
-            name=r["name"],
-            reference=r["reference"] or "",
-            link=survey_link(rt, token),
-            expires=format_when(r["expires_at"], r["language"], rt.policy.calendar.timezone),
-        )
-        async with rt.pool.acquire() as conn, conn.transaction():
-            await enqueue(
-                conn,
-                rt,
-                complaint_id=r["complaint_id"],
-                kind=r["kind"],
-                ref=str(r["check_id"]),
-                source_type="SatisfactionCheck",
-                channel=r["channel"],
-                language=r["language"],
-                subject=subject,
-                body=body,
+        try:
+            texts = res.texts.get(r["language"]) or res.texts[rt.policy.intake.default_language]
+            token = sign(r["check_id"], r["expires_at"], secret)
+            subject, body = render(
+                texts,
+                r["kind"],
+                name=r["name"],
+                reference=r["reference"] or "",
+                link=survey_link(rt, token),
+                expires=format_when(r["expires_at"], r["language"], rt.policy.calendar.timezone),
             )
+            async with rt.pool.acquire() as conn, conn.transaction():
+                await enqueue(
+                    conn,
+                    rt,
+                    complaint_id=r["complaint_id"],
+                    kind=r["kind"],
+                    ref=str(r["check_id"]),
+                    source_type="SatisfactionCheck",
+                    channel=r["channel"],
+                    language=r["language"],
+                    subject=subject,
+                    body=body,
+                )
+        except Exception as exc:
+            if is_transient(exc):
+                raise  # the database: the whole round waits
+            await _failed(rt, r["kind"], str(r["check_id"]), r["complaint_id"], exc)
 
 
 async def expire_checks(rt: Runtime) -> None:
     now = rt.clock()
     rows = await rt.pool.fetch(
         "SELECT check_id, complaint_id FROM satisfaction_checks"
-        " WHERE status IN ('scheduled', 'sent') AND expires_at <= $1",
+        " WHERE status IN ('scheduled', 'sent') AND expires_at <= $1"
+        "   AND NOT EXISTS (SELECT 1 FROM work_failures f WHERE f.work = 'expiry'"
+        "   AND f.ref = check_id::text AND (f.parked_at IS NOT NULL OR f.next_attempt_at > $1))",
         now,
     )
     for r in rows:
@@ -91,6 +105,55 @@ async def expire_checks(rt: Runtime) -> None:
                 )
         except ConcurrencyConflict:
             continue  # an answer came in meanwhile; the next round decides again
+        except Exception as exc:
+            if is_transient(exc):
+                raise
+            await _failed(rt, "expiry", str(r["check_id"]), r["complaint_id"], exc)
+
+
+async def _failed(
+    rt: Runtime, work: Work, ref: str, complaint_id: UUID, exc: BaseException
+) -> None:
+    """Count a failed attempt at one row's work: retried after a backoff, parked (with a
+    ``FollowupParked`` event) after the policy's attempts.  The other rows go on."""
+    now = rt.clock()
+    reason = type(exc).__name__
+    async with rt.pool.acquire() as conn, conn.transaction():
+        attempts = await conn.fetchval(
+            "INSERT INTO work_failures AS f (work, ref, complaint_id, attempts, next_attempt_at,"
+            " last_error) VALUES ($1, $2, $3, 1, $4, $5) ON CONFLICT (work, ref) DO UPDATE"
+            " SET attempts = f.attempts + 1, last_error = $5 RETURNING attempts",
+            work,
+            ref,
+            complaint_id,
+            now,
+            reason,
+        )
+        final = attempts >= rt.policy.followup.delivery_max_attempts
+        log.warning(
+            "followup %s %s: attempt %d failed (%s)%s",
+            work,
+            ref,
+            attempts,
+            reason,
+            "; parked" if final else "",
+        )
+        await conn.execute(
+            "UPDATE work_failures SET next_attempt_at = $3, parked_at = $4"
+            " WHERE work = $1 AND ref = $2",
+            work,
+            ref,
+            now + _backoff(rt, attempts),
+            now if final else None,
+        )
+        if final:
+            await _park(
+                conn, rt, complaint_id, work=work, ref=ref, attempts=attempts, reason=reason
+            )
+
+
+async def _park(conn: asyncpg.Connection, rt: Runtime, complaint_id: UUID, **parked: Any) -> None:
+    await checks(rt).execute(conn, complaint_id, lambda _: [ev.FollowupParked(**parked)])
 
 
 def _backoff(rt: Runtime, attempts: int) -> timedelta:
@@ -100,65 +163,100 @@ def _backoff(rt: Runtime, attempts: int) -> timedelta:
 
 
 async def deliver_due(rt: Runtime) -> int:
-    """Attempt every delivery that is due; return how many were handed over."""
-    res: FollowupResources = rt.resources
+    """Attempt every delivery that is due; return how many were handed over.
+
+    Each attempt is recorded (``attempts`` + 1, the next attempt moved out by the backoff)
+    and committed before the hand-over, and no transaction or row lock is held across the
+    network call.  A crash after the hand-over and before it is marked sent therefore sends
+    that delivery again only after the backoff, with the same ``Message-ID`` (receivers
+    de-duplicate), and at most ``delivery_max_attempts`` times in all."""
     now = rt.clock()
+    max_attempts = rt.policy.followup.delivery_max_attempts
     due = await rt.pool.fetch(
-        "SELECT id FROM deliveries WHERE status = 'pending' AND next_attempt_at <= $1"
+        "SELECT id, attempts FROM deliveries WHERE status = 'pending' AND next_attempt_at <= $1"
         " ORDER BY next_attempt_at LIMIT 100",
         now,
     )
     handed = 0
     for row in due:
-        async with rt.pool.acquire() as conn, conn.transaction():
-            d = await conn.fetchrow(
-                "SELECT * FROM deliveries WHERE id = $1 AND status ="
-                " 'pending' FOR UPDATE SKIP LOCKED",
-                row["id"],
-            )
-            if d is None:
-                continue
-            target = await address(conn, d["complaint_id"], d["channel"])
-            try:
-                if target is None:
-                    raise Undeliverable(f"no contact for the {d['channel']} channel")
-                channel, to = target
-                await res.notifier.send(
-                    Outbound(str(d["id"]), channel, to, d["subject"], d["body"], d["language"])
-                )
-            except DeliveryFailed as exc:
-                attempts = d["attempts"] + 1
-                final = isinstance(exc, Undeliverable) or (
-                    attempts >= rt.policy.followup.delivery_max_attempts
-                )
-                log.warning(
-                    "delivery %s (%s) attempt %d failed: %s",
-                    d["id"],
-                    d["kind"],
-                    attempts,
-                    type(exc).__name__,
-                )
-                await conn.execute(
-                    "UPDATE deliveries SET attempts = $2, last_error = $3, status = $4,"
-                    " next_attempt_at = $5 WHERE id = $1",
-                    d["id"],
-                    attempts,
-                    str(exc)[:500],
-                    "failed" if final else "pending",
-                    now + _backoff(rt, attempts),
-                )
-                continue
-            await conn.execute(
-                "UPDATE deliveries SET status = 'sent', sent_at = $2,"
-                " attempts = attempts + 1 WHERE id = $1",
-                d["id"],
-                now,
-            )
-            await checks(rt).execute(
-                conn, d["complaint_id"], partial(_delivered, d=d, channel=channel)
-            )
-            handed += 1
+        d = await rt.pool.fetchrow(
+            "UPDATE deliveries SET attempts = attempts + 1, next_attempt_at = $3"
+            " WHERE id = $1 AND status = 'pending' AND next_attempt_at <= $2 RETURNING *",
+            row["id"],
+            now,
+            now + _backoff(rt, row["attempts"] + 1),
+        )
+        if d is None:
+            continue  # another worker claimed it, or it was cancelled meanwhile
+        if d["attempts"] > max_attempts:  # the copies are bounded, even across crashes
+            await _delivery_failed(rt, d, "AttemptsExhausted", None, final=True)
+            continue
+        try:
+            handed += await _hand_over(rt, d)
+        except Exception as exc:
+            if is_transient(exc) and not isinstance(exc, DeliveryFailed):
+                raise  # the database: the attempt is recorded, the round waits
+            final = isinstance(exc, Undeliverable) or d["attempts"] >= max_attempts
+            detail = str(exc)[:500] if isinstance(exc, DeliveryFailed) else type(exc).__name__
+            await _delivery_failed(rt, d, type(exc).__name__, detail, final=final)
     return handed
+
+
+async def _hand_over(rt: Runtime, d: asyncpg.Record) -> int:
+    """Hand one claimed delivery to its channel, then record it as sent (1) — unless it was
+    cancelled while it was on its way (0)."""
+    res: FollowupResources = rt.resources
+    target = await address(rt.pool, d["complaint_id"], d["channel"])
+    if target is None:
+        raise Undeliverable(f"no contact for the {d['channel']} channel")
+    channel, to = target
+    await res.notifier.send(
+        Outbound(str(d["id"]), channel, to, d["subject"], d["body"], d["language"])
+    )
+    async with rt.pool.acquire() as conn, conn.transaction():
+        marked = await conn.fetchval(
+            "UPDATE deliveries SET status = 'sent', sent_at = $2 WHERE id = $1"
+            " AND status = 'pending' RETURNING true",
+            d["id"],
+            rt.clock(),
+        )
+        if not marked:
+            return 0
+        await checks(rt).execute(conn, d["complaint_id"], partial(_delivered, d=d, channel=channel))
+    return 1
+
+
+async def _delivery_failed(
+    rt: Runtime, d: asyncpg.Record, reason: str, detail: str | None, *, final: bool
+) -> None:
+    log.warning(
+        "delivery %s (%s) attempt %d failed: %s%s",
+        d["id"],
+        d["kind"],
+        d["attempts"],
+        reason,
+        "; parked" if final else "",
+    )
+    async with rt.pool.acquire() as conn, conn.transaction():
+        still = await conn.fetchval(
+            "UPDATE deliveries SET last_error = $2, status = $3 WHERE id = $1"
+            " AND status = 'pending' RETURNING true",
+            d["id"],
+            detail or reason,
+            "failed" if final else "pending",
+        )
+        if still and final:
+            await _park(
+                conn,
+                rt,
+                d["complaint_id"],
+                work=d["kind"],
+                ref=d["ref"],
+                attempts=d["attempts"],
+                reason=reason,
+                channel=Channel(d["channel"]),
+                delivery_id=d["id"],
+            )
 
 
 def _expire(state: Followup, *, check_id: UUID, now: datetime) -> list[DomainEvent]:
@@ -181,17 +279,17 @@ def _delivered(state: Followup, *, d: asyncpg.Record, channel: str) -> list[Doma
 
 
 async def run_followup(rt: Runtime) -> None:
-    """Forever: queue due checks and reminders, expire, deliver."""
+    """Forever: queue due checks and reminders, expire, deliver.  A row's own failure is
+    isolated (retried, then parked); the database's ends the round, retried next round; a
+    defect ends the task, and its supervisor starts it again."""
     interval = rt.policy.followup.timer_poll.total_seconds()
     while True:
         try:
             await queue_checks_and_reminders(rt)
             await expire_checks(rt)
             await deliver_due(rt)
-        except asyncio.CancelledError:
-            raise
-        except (OSError, ConnectionError, asyncpg.PostgresConnectionError) as exc:
+        except Exception as exc:
+            if not is_transient(exc):
+                raise
             log.warning("followup worker: database unavailable (%s)", type(exc).__name__)
-        except Exception:  # keep the worker alive: the same work is retried next round
-            log.exception("followup worker: round failed; retrying")
         await asyncio.sleep(interval)

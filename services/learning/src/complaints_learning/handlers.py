@@ -10,6 +10,7 @@ import asyncpg
 from complaints_learning.domain import Signature, occurrence, recurrence_window
 from complaints_learning.projection import problems
 from complaints_shared.consumer import Handler, Subscription, on
+from complaints_shared.db import one_at_a_time
 from complaints_shared.envelope import Event
 from complaints_shared.events import followup as fu
 from complaints_shared.events import intake as it
@@ -67,6 +68,9 @@ def subscriptions(rt: Runtime) -> list[Subscription]:
             e.occurred_at,
         )
         signature = Signature.of(d.root_cause, d.category, d.product)
+        # two complaints with one signature at once must see each other: the second decides
+        # with the first's occurrence committed, so the problem opens
+        await one_at_a_time(conn, f"learning:{signature.key}")
         await conn.execute(
             "INSERT INTO occurrences (signature, complaint_id, occurred_at) VALUES ($1, $2, $3)"
             " ON CONFLICT DO NOTHING",

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from datetime import datetime
+from typing import Literal
 from uuid import UUID
 
 from pydantic import Field
@@ -85,3 +86,17 @@ class NextStepsConfirmed(DomainEvent):
     channel: Channel
     delivery_id: UUID
     subject: PersonalOrNone = None
+
+
+@event
+class FollowupParked(DomainEvent):
+    """Work for this complaint failed on every attempt and was set aside: a message to the
+    customer that could not be prepared or handed over (someone must reach them another way),
+    or a check that could not be expired.  The other complaints' work went on meanwhile."""
+
+    work: Literal["check", "reminder", "message", "expiry"]
+    ref: str  # the check id, or the id of the event whose message it is
+    attempts: int
+    reason: str  # the error's type, never its text (which may quote personal data)
+    channel: Channel | None = None
+    delivery_id: UUID | None = None

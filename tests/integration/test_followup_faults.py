@@ -1,0 +1,205 @@
+"""Follow-up under faults: one bad row never stops the other customers' messages, a hand-over is
+recorded before it happens and never inside a transaction, and messages nobody should get any
+more are not sent."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from datetime import timedelta
+from pathlib import Path
+
+import pytest
+
+from complaints_shared.events.followup import FollowupParked
+from tests.integration.conftest import StartPlatform
+from tests.integration.test_followup import DAY, START, followup_events, mail, submit
+from tests.support import ManualClock, eventually, resolve_case
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture
+def three_attempts(tmp_path: Path) -> Path:
+    p = tmp_path / "policy.toml"
+    p.write_text("""
+[calendar]
+always_open = true
+[followup]
+satisfaction_check_delay = "P3D"
+response_period = "P14D"
+reminder_after = "P7D"
+delivery_retry = "PT10S"
+delivery_max_attempts = 3
+timer_poll = "PT0.05S"
+[resolution]
+timer_poll = "PT0.05S"
+""")
+    return p
+
+
+@pytest.fixture
+async def loop(start_platform: StartPlatform, smtp, three_attempts):  # type: ignore[no-untyped-def]
+    clock = ManualClock(START)
+    inbox, port = smtp
+    p = await start_platform(
+        "intake",
+        "resolution",
+        "followup",
+        policy=three_attempts,
+        clock=clock,
+        smtp_host="127.0.0.1",
+        smtp_port=port,
+        public_url="https://care.example/s",
+    )
+    return p, clock, inbox
+
+
+async def test_a_row_that_always_fails_is_retried_then_parked_and_the_others_go_on(loop, http):
+    p, clock, inbox = loop
+    pool = p.pool("followup")
+    # rows as an earlier version stored them: an unknown language, a line break in a subject
+    bad_check = await submit(p, http, "ilse@example.de", language="en")
+    await resolve_case(http, p.url("resolution"), bad_check)
+    await mail(inbox, "ilse@example.de", "has been resolved")
+    await pool.execute(
+        "UPDATE satisfaction_checks SET language = 'xx' WHERE complaint_id = $1",
+        uuid.UUID(bad_check),
+    )
+    bad_message = uuid.uuid4()
+    await pool.execute(
+        "INSERT INTO deliveries (id, complaint_id, kind, ref, source_type, channel, language,"
+        " subject, body, next_attempt_at) VALUES ($1, $2, 'message', $3, 'CaseAssigned',"
+        " 'email', 'de', 'Ihr Ansprechpartner: Max\nBcc: x@example.org', 'Hallo', $4)",
+        bad_message,
+        uuid.UUID(bad_check),
+        str(uuid.uuid4()),
+        START,
+    )
+    clock.advance(3 * DAY + timedelta(minutes=1))  # the bad check is due
+
+    # meanwhile other customers' messages go out
+    good = await submit(p, http, "joao@example.pt")
+    await mail(inbox, "joao@example.pt", "Recebemos")
+    for _ in range(4):  # the backoffs pass: 10 s, 20 s, ...
+        clock.advance(timedelta(minutes=5))
+        await asyncio.sleep(0.5)
+
+    await eventually(
+        lambda: pool.fetchval("SELECT count(*) = 2 FROM events WHERE type = 'FollowupParked'"),
+        what="both rows parked",
+    )
+    published = await followup_events(p, await pool.fetchval("SELECT count(*) FROM events"))
+    events = sorted(
+        (e for e in published if isinstance(e.payload, FollowupParked)),
+        key=lambda e: e.payload.work,
+    )
+    assert [(e.payload.work, e.payload.reason, e.payload.attempts) for e in events] == [
+        ("check", "UnknownLocaleError", 3),
+        ("message", "ValueError", 3),
+    ]
+    assert all(str(e.stream_id) == bad_check for e in events)
+    assert events[1].payload.delivery_id == bad_message
+    row = await pool.fetchrow("SELECT status, attempts FROM deliveries WHERE id = $1", bad_message)
+    assert (row["status"], row["attempts"]) == ("failed", 3)
+    # parked rows are not tried again
+    clock.advance(DAY)
+    good_case = await resolve_case(http, p.url("resolution"), good)
+    assert good_case["state"] == "resolved"
+    await mail(inbox, "joao@example.pt", "foi resolvida")
+    assert await pool.fetchval("SELECT attempts FROM deliveries WHERE id = $1", bad_message) == 3
+    assert not [m for m in inbox.to("ilse@example.de") if "Bcc" in str(m["Subject"])]
+
+
+async def test_the_hand_over_is_recorded_first_and_holds_no_transaction(loop, http):
+    """A slow mail server: while it holds the message, the attempt is already committed and
+    no transaction (nor row lock) is open in followup's database."""
+    p, _clock, inbox = loop
+    pool = p.pool("followup")
+    inbox.hold()
+    try:
+        cid = await submit(p, http, "marta@example.pt")
+        await eventually(
+            lambda: asyncio.sleep(0, inbox.holding.is_set()),
+            what="the mail server to hold the acknowledgement",
+        )
+        row = await pool.fetchrow(
+            "SELECT status, attempts FROM deliveries WHERE complaint_id = $1", uuid.UUID(cid)
+        )
+        assert (row["status"], row["attempts"]) == ("pending", 1)
+        open_transactions = await pool.fetchval(
+            "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database()"
+            " AND state LIKE 'idle in transaction%' AND pid <> pg_backend_pid()"
+        )
+        assert open_transactions == 0
+    finally:
+        inbox.release()
+    message = await mail(inbox, "marta@example.pt", "Recebemos")
+    row = await pool.fetchrow(
+        "SELECT id, status, attempts FROM deliveries WHERE complaint_id = $1", uuid.UUID(cid)
+    )
+    assert (row["status"], row["attempts"]) == ("sent", 1)
+    assert message["Message-ID"] == f"<{row['id']}@complaints.local>"
+
+
+async def test_a_withdrawn_complaint_gets_no_pending_message(loop, http):
+    p, clock, inbox = loop
+    pool = p.pool("followup")
+    cid = await submit(p, http, "rui@example.pt")
+    await mail(inbox, "rui@example.pt", "Recebemos")
+    await resolve_case(http, p.url("resolution"), cid)
+    await mail(inbox, "rui@example.pt", "foi resolvida")
+    inbox.fail = 1  # the survey's first attempt is refused: it waits for its retry
+    clock.advance(3 * DAY + timedelta(minutes=1))
+    await eventually(
+        lambda: pool.fetchval(
+            "SELECT attempts = 1 FROM deliveries WHERE complaint_id = $1 AND kind = 'check'",
+            uuid.UUID(cid),
+        ),
+        what="the refused survey e-mail",
+    )
+    withdrawn = await http.post(
+        f"{p.url('intake')}/complaints/{cid}/withdraw", json={"reason": "sorted out"}
+    )
+    assert withdrawn.status_code == 200, withdrawn.text
+    await eventually(
+        lambda: pool.fetchval(
+            "SELECT status = 'cancelled' FROM deliveries WHERE complaint_id = $1"
+            " AND kind = 'check'",
+            uuid.UUID(cid),
+        ),
+        what="the pending survey e-mail to be cancelled",
+    )
+    clock.advance(DAY)
+    await asyncio.sleep(0.5)
+    assert not [m for m in inbox.to("rui@example.pt") if "Como correu" in m["Subject"]]
+
+
+async def test_a_message_before_the_contact_details_waits_for_them(loop, http):
+    """Resolution's message can arrive before intake's ComplaintReceived (other topic): it is
+    retried, not given up as undeliverable."""
+    p, clock, inbox = loop
+    pool = p.pool("followup")
+    early, cid = uuid.uuid4(), uuid.uuid4()
+    await pool.execute(
+        "INSERT INTO deliveries (id, complaint_id, kind, ref, source_type, channel, language,"
+        " subject, body, next_attempt_at) VALUES ($1, $2, 'message', $3, 'CaseAssigned',"
+        " 'email', 'pt', 'Atribuído', 'Olá', $4)",
+        early,
+        cid,
+        str(uuid.uuid4()),
+        START,
+    )
+    await eventually(
+        lambda: pool.fetchval("SELECT attempts = 1 FROM deliveries WHERE id = $1", early),
+        what="the first attempt",
+    )
+    row = await pool.fetchrow("SELECT status, last_error FROM deliveries WHERE id = $1", early)
+    assert row["status"] == "pending" and "not arrived" in row["last_error"]
+    await pool.execute(
+        "INSERT INTO contact_preferences (complaint_id, channel, language, email)"
+        " VALUES ($1, 'email', 'pt', 'tiago@example.pt')",
+        cid,
+    )
+    clock.advance(timedelta(seconds=11))
+    await mail(inbox, "tiago@example.pt", "Atribuído")
