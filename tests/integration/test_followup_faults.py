@@ -11,6 +11,11 @@ from pathlib import Path
 
 import pytest
 
+from complaints_followup.handlers import subscriptions as followup_subscriptions
+from complaints_shared.envelope import Event
+from complaints_shared.events import DomainEvent
+from complaints_shared.events import intake as it
+from complaints_shared.events import resolution as rs
 from complaints_shared.events.followup import FollowupParked
 from tests.integration.conftest import StartPlatform
 from tests.integration.test_followup import DAY, START, followup_events, mail, submit
@@ -203,3 +208,56 @@ async def test_a_message_before_the_contact_details_waits_for_them(loop, http):
     )
     clock.advance(timedelta(seconds=11))
     await mail(inbox, "tiago@example.pt", "Atribuído")
+
+
+async def test_a_withdrawal_and_a_resolution_at_the_same_moment_schedule_no_survey(
+    start_platform: StartPlatform, followup_policy
+):
+    """The two events come on two topics, so two consumers (or replicas) may handle them at
+    once, each in its own READ COMMITTED transaction: the later must see the earlier."""
+    p = await start_platform("followup", policy=followup_policy)
+    rt = p.servers["followup"].app.state.runtime
+    (subscription,) = followup_subscriptions(rt)
+    pool = p.pool("followup")
+    cid = uuid.uuid4()
+
+    def event(payload: DomainEvent, source: str) -> Event[DomainEvent]:
+        return Event(
+            event_id=uuid.uuid4(),
+            stream_id=cid,
+            version=1,
+            occurred_at=START,
+            source=f"/complaints/{source}",
+            payload=payload,
+        )
+
+    withdrawn = event(it.ComplaintWithdrawn(reason=None), "intake")
+    resolved = event(
+        rs.CaseResolved(
+            complaint_id=cid,
+            summary="Refunded",
+            resolved_by="a1",
+            category="billing",
+            severity="medium",
+        ),
+        "resolution",
+    )
+    async with pool.acquire() as one, pool.acquire() as two:
+        tx_one = one.transaction()
+        await tx_one.start()
+        await subscription.handlers["ComplaintWithdrawn"](one, withdrawn)
+        tx_two = two.transaction()
+        await tx_two.start()
+        racing = asyncio.create_task(subscription.handlers["CaseResolved"](two, resolved))
+        await asyncio.sleep(0.5)  # the resolution is being handled, the withdrawal uncommitted
+        await tx_one.commit()
+        await racing
+        await tx_two.commit()
+    assert (
+        await pool.fetchval(
+            "SELECT count(*) FROM satisfaction_checks WHERE complaint_id = $1 AND status ="
+            " 'scheduled'",
+            cid,
+        )
+        == 0
+    )

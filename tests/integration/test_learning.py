@@ -11,6 +11,7 @@ import httpx
 import pytest
 from aiokafka import AIOKafkaProducer
 
+from complaints_learning.handlers import subscriptions as learning_subscriptions
 from complaints_shared.envelope import Event, from_kafka_record, to_kafka_record
 from complaints_shared.events import DomainEvent
 from complaints_shared.events import followup as fu
@@ -508,3 +509,32 @@ async def test_answers_do_not_depend_on_the_order_events_arrive_in(
         assert got[path] == expected, path
     assert got["/problems"][0]["occurrences"] == 3
     assert sorted(got["problem"]["complaints"]) == sorted(str(c) for c in (C[0], C[1], C[4]))
+
+
+async def test_two_first_occurrences_at_the_same_moment_still_open_the_problem(
+    start_platform: StartPlatform,
+):
+    """Two replicas (or partitions) handle two complaints with one signature at once, each in
+    its own READ COMMITTED transaction: the second must see the first and open the problem."""
+    p = await start_platform("learning")
+    rt = p.servers["learning"].app.state.runtime
+    (subscription,) = learning_subscriptions(rt)
+    on_cause = subscription.handlers["CauseIdentified"]
+    pool = p.pool("learning")
+    a, b = uuid.uuid4(), uuid.uuid4()
+    first = ev(cause_event(a, "label printer skips a line", "billing"), a, T, "resolution")
+    second = ev(cause_event(b, "label printer skips a line", "billing"), b, T + H, "resolution")
+    async with pool.acquire() as one, pool.acquire() as two:
+        tx_one = one.transaction()
+        await tx_one.start()
+        await on_cause(one, first)
+        tx_two = two.transaction()
+        await tx_two.start()
+        racing = asyncio.create_task(on_cause(two, second))
+        await asyncio.sleep(0.5)  # the second is now deciding while the first is uncommitted
+        await tx_one.commit()
+        await racing
+        await tx_two.commit()
+    opened = await pool.fetch("SELECT data FROM events WHERE type = 'ProblemOpened'")
+    assert len(opened) == 1
+    assert sorted(opened[0]["data"]["complaint_ids"]) == sorted([str(a), str(b)])
