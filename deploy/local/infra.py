@@ -776,12 +776,52 @@ def main(argv: list[str]) -> int:
             if not infra.keycloak.running():
                 infra.keycloak.start()
             print(infra.keycloak.token(argv[2]))
+        elif command == "redrive":
+            return redrive(infra, argv[2:])
         else:
             print(f"usage: {argv[0]} up|down|status|env|token <user>", file=sys.stderr)
             return 2
     except InfraError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
+    return 0
+
+
+def redrive(infra: LocalInfra, args: list[str]) -> int:
+    """``redrive list|replay SERVICE [EVENT_ID ...]``: the records a service's consumers parked
+    on the dead-letter topic, and their replay into those consumers (as the local admin)."""
+    usage = "usage: ./dev redrive list|replay intake|resolution|followup|learning [EVENT_ID ...]"
+    ports = {"intake": 8001, "resolution": 8002, "followup": 8003, "learning": 8004}
+    if len(args) < 2 or args[0] not in ("list", "replay") or args[1] not in ports:
+        print(usage, file=sys.stderr)
+        return 2
+    action, service, event_ids = args[0], args[1], args[2:]
+    port = os.environ.get(f"COMPLAINTS_{service.upper()}_PORT", str(ports[service]))
+    base = f"http://127.0.0.1:{port}/admin/dead-letters"
+    if not infra.keycloak.running():
+        infra.keycloak.start()
+    headers = {"Authorization": f"Bearer {infra.keycloak.token('admin')}"}
+    if action == "list":
+        request = urllib.request.Request(base, headers=headers)
+    else:
+        body = json.dumps({"event_ids": event_ids or None}).encode()
+        headers["Content-Type"] = "application/json"
+        request = urllib.request.Request(f"{base}/replay", data=body, headers=headers)
+    try:
+        with urllib.request.urlopen(request, timeout=120) as r:
+            answer = json.loads(r.read())
+    except (urllib.error.URLError, OSError) as exc:
+        raise InfraError(f"{service} did not answer at {base} ({exc}); is ./dev run up?") from None
+    if action == "list":
+        print(f"{'status':9} {'consumer':34} {'event type':28} error")
+        for i in answer["items"]:
+            print(
+                f"{i['status']:9} {i['consumer']:34} {i['event_type'] or '?':28}"
+                f" {i['error_type']}: {i['error_message']}  ({i['event_id']})"
+            )
+        print(f"{len(answer['items'])} dead letters")
+    else:
+        print(json.dumps(answer))
     return 0
 
 

@@ -11,6 +11,7 @@ import pytest
 from aiokafka import AIOKafkaProducer, TopicPartition
 from aiokafka.errors import IllegalStateError
 
+from complaints_shared import redrive
 from complaints_shared.consumer import ConsumerRunner, RetryPolicy, Subscription
 from complaints_shared.envelope import Event, decode_headers, to_kafka_record
 from complaints_shared.errors import PoisonEvent
@@ -319,3 +320,52 @@ async def test_a_commit_for_a_revoked_partition_does_not_stop_the_consumer(
             raise IllegalStateError("Partition is not assigned")
 
     await runner._commit(Revoked(), TopicPartition(topics[0], 0), 5)  # type: ignore[arg-type]
+
+
+async def test_parked_records_are_listed_and_replayed_into_their_consumer_once(
+    infrastructure, pool, producer, topics, topic_prefix
+):
+    """Re-drive: after the cause is fixed, the parked record is replayed through the same
+    path as a live one; a second replay changes nothing."""
+    name = f"{topic_prefix}g"
+    fixed = {"yet": False}
+
+    async def until_fixed(conn: asyncpg.Connection, e: Event[Counted]) -> None:
+        if e.payload.n == 13 and not fixed["yet"]:
+            raise PoisonEvent("a reference that does not exist yet")
+        await record_effect(conn, e)
+
+    bad, good = event(13), event(1)
+    for e in (bad, good):
+        await send(producer, topics[0], e)
+    metrics = ServiceMetrics()
+    runner = runner_for(
+        infrastructure, pool, producer, topics, {"Counted": until_fixed}, metrics, name
+    )
+    async with Running(runner):
+        await eventually(
+            lambda: asyncio.sleep(0, outcome(metrics, name, "dead_lettered") == 1),
+            what="the record to be parked",
+        )
+        await eventually(
+            lambda: pool.fetchval("SELECT count(*) = 1 FROM effects"), what="the good record"
+        )
+    runners = {name: runner}
+    bootstrap = infrastructure.kafka_bootstrap
+    (listed,) = await redrive.dead_letters(runners, bootstrap, topics[1])
+    parked, status = listed
+    assert status == "parked"
+    assert (parked.event_id, parked.event_type) == (str(bad.event_id), "complaints.test.Counted")
+    assert (parked.record.topic, parked.record.offset) == (topics[0], 0)
+    assert parked.error_message == "a reference that does not exist yet"
+
+    still = await redrive.replay(runners, bootstrap, topics[1])  # not fixed yet: parked anew
+    assert (still.replayed, still.taken_in, still.still_parked) == (1, 0, 1)
+    fixed["yet"] = True
+    done = await redrive.replay(runners, bootstrap, topics[1])
+    assert (done.replayed, done.taken_in) == (1, 1)
+    again = await redrive.replay(runners, bootstrap, topics[1])
+    assert again.replayed == 0
+    assert sorted(r["n"] for r in await pool.fetch("SELECT n FROM effects")) == [1, 13]
+    statuses = await redrive.dead_letters(runners, bootstrap, topics[1])
+    assert [s for _, s in statuses] == ["replayed"]

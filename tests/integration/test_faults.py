@@ -119,3 +119,18 @@ async def test_intake_starts_and_takes_complaints_while_kafka_is_down_and_publis
         assert all(e.stream_id.hex == created.json()["id"].replace("-", "") for e in events)
     finally:
         await broker.cut()
+
+
+async def test_dead_letters_are_listed_and_replayed_by_admins_only(
+    start_platform: StartPlatform, http: httpx.AsyncClient, tokens
+):
+    p = await start_platform("followup")
+    base = f"{p.url('followup')}/admin/dead-letters"
+    listed = await http.get(base)
+    assert listed.status_code == 200 and listed.json() == {"items": []}
+    replayed = await http.post(f"{base}/replay")
+    assert replayed.json() == {"replayed": 0, "taken_in": 0, "still_parked": 0}
+    unknown = await http.post(f"{base}/replay", json={"consumer": "nobody"})
+    assert unknown.status_code == 404
+    agent = await http.get(base, headers=await tokens.headers("agent"))
+    assert agent.status_code == 403

@@ -18,7 +18,7 @@ from fastapi.responses import JSONResponse
 from opentelemetry.instrumentation.fastapi import FastAPIInstrumentor
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from complaints_shared import customers
+from complaints_shared import customers, redrive
 from complaints_shared.auth import Access, OidcVerifier, RateLimiter, check_declared, public
 from complaints_shared.consumer import ConsumerRunner, Subscription
 from complaints_shared.db import create_pool
@@ -304,6 +304,7 @@ def create_app(
     for router in spec.routers:
         app.include_router(router)
     app.include_router(customers.router(spec.name, spec.subject_records))
+    app.include_router(redrive.router(spec.name))
     check_declared(app)
     FastAPIInstrumentor.instrument_app(
         app,
