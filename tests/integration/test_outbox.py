@@ -221,8 +221,11 @@ async def test_a_leader_whose_session_ends_stops_leading_until_it_holds_the_lock
             "SELECT pid FROM pg_locks WHERE locktype = 'advisory' AND granted"
             " AND database = (SELECT oid FROM pg_database WHERE datname = current_database())"
         )
-        await rival.fetchval("SELECT pg_terminate_backend($1)", leader_pid)
-        assert await rival.fetchval("SELECT pg_try_advisory_lock($1)", _LEADER_LOCK)
+        # the rival queues for the lock first, so it gets it the moment the session ends
+        queued = asyncio.create_task(rival.fetchval("SELECT pg_advisory_lock($1)", _LEADER_LOCK))
+        await asyncio.sleep(0.2)
+        await pool.fetchval("SELECT pg_terminate_backend($1)", leader_pid)
+        await asyncio.wait_for(queued, 10)
         await eventually(lambda: asyncio.sleep(0, not relay.is_leader), what="leadership lost")
         store = EventStore(source="/complaints/test", topic=topic)
         async with pool.acquire() as conn, conn.transaction():
