@@ -365,7 +365,8 @@ async def test_timeline_holds_events_of_all_services_in_order(start_platform, ht
 
     async def timeline() -> list | None:
         r = await http.get(f"{p.url('intake')}/complaints/{c['id']}/timeline")
-        entries = r.json()["entries"]
+        # without a mail server or gateway the messages cannot go out: FollowupParked says so
+        entries = [e for e in r.json()["entries"] if e["type"] != "FollowupParked"]
         return entries if len(entries) >= 9 else None
 
     entries = await eventually(timeline, what="nine timeline entries")

@@ -209,6 +209,22 @@ def install_problem_handlers(app: FastAPI) -> None:
     async def _infrastructure(request: Request, exc: Exception) -> JSONResponse:
         """A failure of the infrastructure, not of the request: nothing was changed (the
         transaction rolled back), so the client may retry the same request."""
+        if isinstance(exc, asyncpg.PostgresError) and (exc.sqlstate or "").startswith("40"):
+            # a deadlock or serialization failure with a concurrent transaction: rolled back
+            log.warning(
+                "%s %s: lost to a concurrent transaction (%s)",
+                request.method,
+                request.url.path,
+                type(exc).__name__,
+            )
+            return problem(
+                409,
+                "Concurrent modification",
+                "a concurrent change got in the way; nothing was changed, retry the request",
+                slug="concurrency-conflict",
+                instance=request.url.path,
+                headers={"Retry-After": "1"},
+            )
         if database_unavailable(exc):
             log.warning(
                 "%s %s: database unavailable (%s)",
