@@ -55,9 +55,19 @@ def is_transient(exc: BaseException) -> bool:
     )
 
 
+def lost_race(exc: BaseException) -> bool:
+    """A deadlock or serialization failure (SQLSTATE class 40): the transaction lost to a
+    concurrent one and was rolled back; the same work can be done again at once."""
+    return isinstance(exc, asyncpg.PostgresError) and (exc.sqlstate or "").startswith("40")
+
+
 def database_unavailable(exc: BaseException) -> bool:
     """A transient failure of the database itself (not a lost race): answered 503."""
-    return is_transient(exc) and not isinstance(exc, ConcurrencyConflict | KafkaError)
+    return (
+        is_transient(exc)
+        and not lost_race(exc)
+        and not isinstance(exc, ConcurrencyConflict | KafkaError)
+    )
 
 
 class Backoff:

@@ -23,12 +23,26 @@ from complaints_shared.errors import (
     TooManyRequests,
     Unauthenticated,
 )
-from complaints_shared.faults import database_unavailable
+from complaints_shared.faults import database_unavailable, lost_race
 
 log = logging.getLogger(__name__)
 
 PROBLEM_JSON = "application/problem+json"
 RETRY_AFTER_SECONDS = 5
+_LOST_RACE = (
+    409,
+    "Concurrent modification",
+    "a concurrent change got in the way; nothing was changed, retry the request",
+    "concurrency-conflict",
+    1,
+)
+_UNAVAILABLE = (
+    503,
+    "Service unavailable",
+    "the database is unavailable; nothing was changed, retry later",
+    "unavailable",
+    RETRY_AFTER_SECONDS,
+)
 TYPE_BASE = "urn:complaints:problem:"
 
 
@@ -209,38 +223,21 @@ def install_problem_handlers(app: FastAPI) -> None:
     async def _infrastructure(request: Request, exc: Exception) -> JSONResponse:
         """A failure of the infrastructure, not of the request: nothing was changed (the
         transaction rolled back), so the client may retry the same request."""
-        if isinstance(exc, asyncpg.PostgresError) and (exc.sqlstate or "").startswith("40"):
-            # a deadlock or serialization failure with a concurrent transaction: rolled back
-            log.warning(
-                "%s %s: lost to a concurrent transaction (%s)",
-                request.method,
-                request.url.path,
-                type(exc).__name__,
-            )
-            return problem(
-                409,
-                "Concurrent modification",
-                "a concurrent change got in the way; nothing was changed, retry the request",
-                slug="concurrency-conflict",
-                instance=request.url.path,
-                headers={"Retry-After": "1"},
-            )
-        if database_unavailable(exc):
-            log.warning(
-                "%s %s: database unavailable (%s)",
-                request.method,
-                request.url.path,
-                type(exc).__name__,
-            )
-            return problem(
-                503,
-                "Service unavailable",
-                "the database is unavailable; nothing was changed, retry later",
-                slug="unavailable",
-                instance=request.url.path,
-                headers={"Retry-After": str(RETRY_AFTER_SECONDS)},
-            )
-        return _internal(request, exc)
+        if lost_race(exc):
+            status, title, detail, slug, retry = _LOST_RACE
+        elif database_unavailable(exc):
+            status, title, detail, slug, retry = _UNAVAILABLE
+        else:
+            return _internal(request, exc)
+        log.warning("%s %s: %s (%s)", request.method, request.url.path, slug, type(exc).__name__)
+        return problem(
+            status,
+            title,
+            detail,
+            slug=slug,
+            instance=request.url.path,
+            headers={"Retry-After": str(retry)},
+        )
 
     for kind in (asyncpg.PostgresError, asyncpg.InterfaceError, OSError, TimeoutError):
         app.add_exception_handler(kind, _infrastructure)
