@@ -40,6 +40,14 @@ KAFKA_VERSION = "4.4.0"
 KEYCLOAK_VERSION = "26.4.5"
 REALM = "complaints"
 SERVICES = ("intake", "resolution", "followup", "learning")
+PORTS = {"intake": 8001, "resolution": 8002, "followup": 8003, "learning": 8004}
+
+
+def service_port(name: str) -> str:
+    """A service's local HTTP port (``COMPLAINTS_<NAME>_PORT`` overrides the default)."""
+    return os.environ.get(f"COMPLAINTS_{name.upper()}_PORT", str(PORTS[name]))
+
+
 DATABASES = [*(f"complaints_{s}" for s in SERVICES), "complaints_keyring"]
 """One database per service, and the keyring of the customers' data keys."""
 
@@ -791,13 +799,11 @@ def redrive(infra: LocalInfra, args: list[str]) -> int:
     """``redrive list|replay SERVICE [EVENT_ID ...]``: the records a service's consumers parked
     on the dead-letter topic, and their replay into those consumers (as the local admin)."""
     usage = "usage: ./dev redrive list|replay intake|resolution|followup|learning [EVENT_ID ...]"
-    ports = {"intake": 8001, "resolution": 8002, "followup": 8003, "learning": 8004}
-    if len(args) < 2 or args[0] not in ("list", "replay") or args[1] not in ports:
+    if len(args) < 2 or args[0] not in ("list", "replay") or args[1] not in PORTS:
         print(usage, file=sys.stderr)
         return 2
     action, service, event_ids = args[0], args[1], args[2:]
-    port = os.environ.get(f"COMPLAINTS_{service.upper()}_PORT", str(ports[service]))
-    base = f"http://127.0.0.1:{port}/admin/dead-letters"
+    base = f"http://127.0.0.1:{service_port(service)}/admin/dead-letters"
     if not infra.keycloak.running():
         infra.keycloak.start()
     headers = {"Authorization": f"Bearer {infra.keycloak.token('admin')}"}

@@ -22,9 +22,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from infra import DATABASES, SERVICES, InfraError, LocalInfra, port_open
-
-PORTS = {"intake": 8001, "resolution": 8002, "followup": 8003, "learning": 8004}
+from infra import DATABASES, SERVICES, InfraError, LocalInfra, port_open, service_port
 
 
 def _server_url(database_url: str) -> str:
@@ -80,7 +78,7 @@ def run() -> int:
     signal.signal(signal.SIGINT, on_signal)
     signal.signal(signal.SIGTERM, on_signal)
     try:
-        busy = [f"{_port(n)} ({n})" for n in SERVICES if port_open(int(_port(n)))]
+        busy = [f"{service_port(n)} ({n})" for n in SERVICES if port_open(int(service_port(n)))]
         if not os.environ.get("COMPLAINTS_SMTP_HOST") and port_open(int(_smtp_port())):
             busy.append(f"{_smtp_port()} (mail catcher)")
         if busy:
@@ -121,7 +119,7 @@ def run() -> int:
                 "COMPLAINTS_KEYRING_URL": os.environ.get(
                     "COMPLAINTS_KEYRING_URL", f"{server}/complaints_keyring"
                 ),
-                "COMPLAINTS_PORT": _port(name),
+                "COMPLAINTS_PORT": service_port(name),
                 "OTEL_SERVICE_NAME": os.environ.get("OTEL_SERVICE_NAME", name),
                 "PYTHONUNBUFFERED": "1",
                 **mail_env,
@@ -130,7 +128,11 @@ def run() -> int:
                 env.setdefault(
                     "COMPLAINTS_PEERS",
                     json.dumps(
-                        {p: f"http://127.0.0.1:{_port(p)}" for p in SERVICES if p != "intake"}
+                        {
+                            p: f"http://127.0.0.1:{service_port(p)}"
+                            for p in SERVICES
+                            if p != "intake"
+                        }
                     ),
                 )
             if not (
@@ -150,7 +152,7 @@ def run() -> int:
             procs[name] = proc
             threading.Thread(target=_pump, args=(name, proc.stdout), daemon=True).start()
 
-        urls = {n: f"http://127.0.0.1:{_port(n)}" for n in SERVICES}
+        urls = {n: f"http://127.0.0.1:{service_port(n)}" for n in SERVICES}
         deadline = time.monotonic() + 120
         waiting = set(SERVICES)
         while waiting and not stopping.is_set():
@@ -234,10 +236,6 @@ def _start_mail_catcher(
 
 def _smtp_port() -> str:
     return os.environ.get("COMPLAINTS_LOCAL_SMTP_PORT", "8025")
-
-
-def _port(name: str) -> str:
-    return os.environ.get(f"COMPLAINTS_{name.upper()}_PORT", str(PORTS[name]))
 
 
 if __name__ == "__main__":

@@ -119,6 +119,7 @@ class OutboxRelay:
         self._wake = asyncio.Event()
         self.is_leader = False
         self.takeovers = 0
+        self._parked: int | None = None  # at the last count (None: not counted yet)
 
     async def run(self) -> None:
         """Relay forever; reconnects with backoff after database or broker failures (the
@@ -191,6 +192,7 @@ class OutboxRelay:
         return True
 
     def _report(self, seen: Backlog) -> None:
+        self._parked = seen.parked
         if self._metrics is not None:
             self._metrics.outbox_pending.set(seen.pending)
             self._metrics.outbox_oldest_unsent.set(seen.oldest_seconds)
@@ -206,18 +208,28 @@ class OutboxRelay:
                 return await self.publish_pending(own)
         rows = await self.fetch_pending(conn)
         if not rows:
-            if self._metrics is not None:
-                self._report(await backlog(conn))
+            await self._report_after(conn, 0)
             return 0
         unsent = await self.publish(rows)
         too_large = {p: e for p, e in unsent.items() if e is not None}
         if too_large:
             await self.park(conn, too_large)
+            self._parked = None  # counted again below
         sent = [r.position for r in rows if r.position not in unsent]
         await self.mark_sent(sent, conn)
-        if self._metrics is not None:
-            self._report(await backlog(conn))
+        await self._report_after(conn, len(rows))
         return len(rows)
+
+    async def _report_after(self, conn: asyncpg.Connection, handled: int) -> None:
+        """Report the backlog after a batch, counting it only when something may still wait:
+        a full batch, or parked events (their streams wait behind them).  A short batch with
+        nothing parked left nothing unsent, so the hot path pays no extra query."""
+        if self._metrics is None:
+            return
+        if handled >= self._batch_size or self._parked != 0:
+            self._report(await backlog(conn))
+        else:
+            self._report(Backlog(pending=0, oldest_seconds=0.0, parked=0))
 
     async def fetch_pending(self, conn: asyncpg.Connection | None = None) -> list[PendingRow]:
         """The next batch in commit order, without the streams that have a parked event."""
