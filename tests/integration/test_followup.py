@@ -6,6 +6,7 @@ import asyncio
 import re
 from datetime import UTC, datetime, timedelta
 from email.message import EmailMessage
+from pathlib import Path
 
 import httpx
 import pytest
@@ -21,13 +22,18 @@ DAY = timedelta(days=1)
 
 @pytest.fixture
 async def loop(start_platform: StartPlatform, smtp, followup_policy):  # type: ignore[no-untyped-def]
+    return await start_loop(start_platform, smtp, followup_policy)
+
+
+async def start_loop(start_platform: StartPlatform, smtp, policy: Path):  # type: ignore[no-untyped-def]
+    """Intake, resolution and followup on a manual clock, mailing to ``smtp``."""
     clock = ManualClock(START)
     inbox, port = smtp
     p = await start_platform(
         "intake",
         "resolution",
         "followup",
-        policy=followup_policy,
+        policy=policy,
         clock=clock,
         smtp_host="127.0.0.1",
         smtp_port=port,

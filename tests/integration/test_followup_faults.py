@@ -18,46 +18,33 @@ from complaints_shared.events import intake as it
 from complaints_shared.events import resolution as rs
 from complaints_shared.events.followup import FollowupParked
 from tests.integration.conftest import StartPlatform
-from tests.integration.test_followup import DAY, START, followup_events, mail, submit
-from tests.support import ManualClock, eventually, resolve_case
+from tests.integration.test_followup import (
+    DAY,
+    START,
+    followup_events,
+    mail,
+    start_loop,
+    submit,
+)
+from tests.integration.test_learning import ev
+from tests.support import eventually, resolve_case
 
 pytestmark = pytest.mark.integration
 
 
 @pytest.fixture
-def three_attempts(tmp_path: Path) -> Path:
-    p = tmp_path / "policy.toml"
-    p.write_text("""
-[calendar]
-always_open = true
-[followup]
-satisfaction_check_delay = "P3D"
-response_period = "P14D"
-reminder_after = "P7D"
-delivery_retry = "PT10S"
-delivery_max_attempts = 3
-timer_poll = "PT0.05S"
-[resolution]
-timer_poll = "PT0.05S"
-""")
-    return p
+def three_attempts(followup_policy: Path) -> Path:
+    """The tests' follow-up policy, giving up after three attempts."""
+    text = followup_policy.read_text().replace(
+        "[followup]\n", "[followup]\ndelivery_max_attempts = 3\n"
+    )
+    followup_policy.write_text(text)
+    return followup_policy
 
 
 @pytest.fixture
 async def loop(start_platform: StartPlatform, smtp, three_attempts):  # type: ignore[no-untyped-def]
-    clock = ManualClock(START)
-    inbox, port = smtp
-    p = await start_platform(
-        "intake",
-        "resolution",
-        "followup",
-        policy=three_attempts,
-        clock=clock,
-        smtp_host="127.0.0.1",
-        smtp_port=port,
-        public_url="https://care.example/s",
-    )
-    return p, clock, inbox
+    return await start_loop(start_platform, smtp, three_attempts)
 
 
 async def test_a_row_that_always_fails_is_retried_then_parked_and_the_others_go_on(loop, http):
@@ -222,14 +209,7 @@ async def test_a_withdrawal_and_a_resolution_at_the_same_moment_schedule_no_surv
     cid = uuid.uuid4()
 
     def event(payload: DomainEvent, source: str) -> Event[DomainEvent]:
-        return Event(
-            event_id=uuid.uuid4(),
-            stream_id=cid,
-            version=1,
-            occurred_at=START,
-            source=f"/complaints/{source}",
-            payload=payload,
-        )
+        return ev(payload, cid, START, source)
 
     withdrawn = event(it.ComplaintWithdrawn(reason=None), "intake")
     resolved = event(
