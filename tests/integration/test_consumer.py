@@ -12,7 +12,7 @@ from aiokafka import AIOKafkaProducer, TopicPartition
 from aiokafka.errors import IllegalStateError
 
 from complaints_shared import redrive
-from complaints_shared.consumer import ConsumerRunner, RetryPolicy, Subscription
+from complaints_shared.consumer import ConsumerRunner, RetryPolicy, Subscription, start_over
 from complaints_shared.envelope import Event, decode_headers, to_kafka_record
 from complaints_shared.errors import PoisonEvent
 from complaints_shared.metrics import ServiceMetrics
@@ -369,3 +369,48 @@ async def test_parked_records_are_listed_and_replayed_into_their_consumer_once(
     assert sorted(r["n"] for r in await pool.fetch("SELECT n FROM effects")) == [1, 13]
     statuses = await redrive.dead_letters(runners, bootstrap, topics[1])
     assert [s for _, s in statuses] == ["replayed"]
+
+
+async def test_a_rebuild_waits_for_the_batch_in_flight_and_the_consumer_replays_from_offset_0(
+    infrastructure, pool, producer, topics, topic_prefix
+):
+    """Starting a consumer over (in the transaction that clears its inbox and projections)
+    waits for a batch in flight, so nothing of the old generation commits after the reset; the
+    running consumer then rejoins under a new group and replays every record once."""
+    name = f"{topic_prefix}g"
+    entered, release = asyncio.Event(), asyncio.Event()
+
+    async def slow(conn: asyncpg.Connection, e: Event[Counted]) -> None:
+        if e.payload.n == 2 and not release.is_set():
+            entered.set()
+            await release.wait()
+        await record_effect(conn, e)
+
+    async def rebuild() -> None:
+        async with pool.acquire() as conn, conn.transaction():
+            await start_over(conn, name)
+            await conn.execute("DELETE FROM inbox WHERE consumer = $1", name)
+            await conn.execute("DELETE FROM effects")
+
+    for n in (1, 2):
+        await send(producer, topics[0], event(n))
+    metrics = ServiceMetrics()
+    async with Running(
+        runner_for(infrastructure, pool, producer, topics, {"Counted": slow}, metrics, name)
+    ) as runner:
+        await asyncio.wait_for(entered.wait(), 30)
+        reset = asyncio.create_task(rebuild())
+        await asyncio.sleep(0.5)
+        assert not reset.done(), "the reset must wait for the batch in flight"
+        release.set()
+        await asyncio.wait_for(reset, 10)
+        assert await pool.fetchval("SELECT count(*) FROM effects") == 0
+
+        await send(producer, topics[0], event(3))
+        await eventually(
+            lambda: pool.fetchval("SELECT count(*) = 3 FROM effects"),
+            what="every record replayed once under the new generation",
+        )
+        assert runner.generation == 1
+    rows = await pool.fetch("SELECT n, count(*) AS c FROM effects GROUP BY n ORDER BY n")
+    assert [(r["n"], r["c"]) for r in rows] == [(1, 1), (2, 1), (3, 1)]

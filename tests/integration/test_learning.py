@@ -538,3 +538,31 @@ async def test_two_first_occurrences_at_the_same_moment_still_open_the_problem(
     opened = await pool.fetch("SELECT data FROM events WHERE type = 'ProblemOpened'")
     assert len(opened) == 1
     assert sorted(opened[0]["data"]["complaint_ids"]) == sorted([str(a), str(b)])
+
+
+async def test_a_rebuild_through_one_replica_replays_every_partition_of_every_replica(
+    start_platform: StartPlatform, http, new_database
+):
+    """Two learning replicas share a database and split the topics' partitions; a rebuild asked
+    of one replays all of it, so both give the first answers again."""
+    database = await new_database()
+    a = await start_platform("learning", learning_database_url=database)
+    b = await start_platform("learning", learning_database_url=database, **a.keyring)
+    await eventually(
+        lambda: _both_assigned(a, b), what="both replicas own partitions of the topics"
+    )
+    await publish(a, data_set())
+    await eventually(processed(a, len(data_set())), what="every event processed")
+    first = await answers(http, a.url("learning"))
+
+    r = await http.post(f"{a.url('learning')}/admin/rebuild")
+    assert r.status_code == 200
+    await eventually(processed(a, len(data_set())), what="the replay of every partition")
+    await asyncio.sleep(0.5)
+    assert await answers(http, a.url("learning")) == first
+    assert await answers(http, b.url("learning")) == first
+
+
+async def _both_assigned(*platforms: Platform) -> bool:
+    runners = [c for p in platforms for c in p.servers["learning"].app.state.background.consumers]
+    return all(c.assigned for c in runners)

@@ -8,6 +8,12 @@ inbox row and has no second effect.  Transient failures (database or broker unre
 concurrent writer) are retried with backoff and block the partition; anything else is a poison
 event: it goes to the dead-letter topic with the error and its origin in headers, and the
 partition moves on.
+
+A rebuild starts the consumer over (:func:`start_over`, in the rebuild's transaction): its
+generation moves on, every replica's next batch sees that and rolls back, and each replica
+rejoins under the new generation's consumer group, which has no committed offsets and so
+replays every partition from offset 0.  The generation is read under ``FOR SHARE`` in each
+batch's transaction, so a rebuild waits for batches in flight and none commits after it.
 """
 
 from __future__ import annotations
@@ -15,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
@@ -57,6 +64,30 @@ def on(
 ) -> tuple[str, Handler]:
     """A typed handler entry for :class:`Subscription`: ``dict([on(CaseResolved, fn), ...])``."""
     return model.event_name(), handler
+
+
+GENERATION_CHECK_SECONDS = 5.0  # an idle replica still notices a rebuild this soon
+
+
+async def start_over(conn: asyncpg.Connection, consumer: str) -> int:
+    """Make every replica of ``consumer`` replay its topics from offset 0; call it in the
+    transaction that clears the consumer's inbox and projections.  Returns the new generation."""
+    generation: int = await conn.fetchval(
+        "INSERT INTO consumer_generations AS g (consumer, generation) VALUES ($1, 1)"
+        " ON CONFLICT (consumer) DO UPDATE SET generation = g.generation + 1"
+        " RETURNING generation",
+        consumer,
+    )
+    return generation
+
+
+def group_id(consumer: str, generation: int) -> str:
+    """The Kafka consumer group of a consumer's generation (the plain name at first)."""
+    return consumer if generation == 0 else f"{consumer}.generation-{generation}"
+
+
+class _StartOver(Exception):
+    """The consumer's generation moved on: rejoin under the new consumer group."""
 
 
 class _Poisoned(Exception):
@@ -106,12 +137,7 @@ class ConsumerRunner:
     max_poll_records: int = 200
     keyring: Keyring | None = None  # opens the personal values the handlers read
     assigned: bool = False
-    _rewind: bool = False
-
-    def rewind(self) -> None:
-        """Replay every assigned partition from offset 0 (after the caller cleared its inbox
-        and projections), so the projections are rebuilt from the topics."""
-        self._rewind = True
+    generation: int = 0  # of the consumer group this runner consumes in
 
     async def run(self) -> None:
         """Consume forever; restarts the Kafka consumer with backoff after broker or database
@@ -122,6 +148,13 @@ class ConsumerRunner:
                 await self._consume(backoff)
             except asyncio.CancelledError:
                 raise
+            except _StartOver:
+                log.info(
+                    "consumer %s: starting over as generation %d",
+                    self.subscription.name,
+                    self.generation,
+                )
+                continue
             except Exception as exc:
                 if not is_transient(exc):
                     raise  # a defect: the supervisor logs it and starts the consumer again
@@ -132,24 +165,45 @@ class ConsumerRunner:
                 )
             await asyncio.sleep(backoff.next())
 
+    async def _current_generation(self, conn: asyncpg.Connection, *, share: bool) -> int:
+        name = self.subscription.name
+        lock = " FOR SHARE" if share else ""
+        sql = f"SELECT generation FROM consumer_generations WHERE consumer = $1{lock}"
+        generation = await conn.fetchval(sql, name)
+        if generation is None:
+            await conn.execute(
+                "INSERT INTO consumer_generations (consumer) VALUES ($1) ON CONFLICT DO NOTHING",
+                name,
+            )
+            generation = await conn.fetchval(sql, name)
+        return int(generation)
+
+    async def _check_generation(self) -> None:
+        async with self.pool.acquire() as conn:
+            if await self._current_generation(conn, share=False) != self.generation:
+                raise _StartOver
+
     async def _consume(self, backoff: Backoff | None = None) -> None:
+        async with self.pool.acquire() as conn:
+            self.generation = await self._current_generation(conn, share=False)
         consumer = AIOKafkaConsumer(
             *self.subscription.topics,
             bootstrap_servers=self.bootstrap,
-            group_id=self.subscription.name,
+            group_id=group_id(self.subscription.name, self.generation),
             enable_auto_commit=False,
             auto_offset_reset="earliest",
             isolation_level="read_committed",
             max_poll_records=self.max_poll_records,
         )
         await consumer.start()
+        checked = time.monotonic()
         try:
             while True:
-                if self._rewind and consumer.assignment():
-                    await consumer.seek_to_beginning(*consumer.assignment())
-                    self._rewind = False
                 batch = await consumer.getmany(timeout_ms=500)
                 self.assigned = bool(consumer.assignment())
+                if not batch and time.monotonic() - checked > GENERATION_CHECK_SECONDS:
+                    await self._check_generation()
+                    checked = time.monotonic()
                 for tp, records in batch.items():
                     if tp not in consumer.assignment():
                         continue  # revoked meanwhile: its new owner reads it from the commit
@@ -189,6 +243,8 @@ class ConsumerRunner:
         while True:
             try:
                 outcomes = await self._apply_batch(pending) if pending else []
+            except _StartOver:
+                raise
             except _Poisoned as p:
                 poison.append((p.record, p.error))
                 pending.remove(p.record)
@@ -224,6 +280,8 @@ class ConsumerRunner:
         outcomes: list[str] = []
         read = await self._read(records)
         async with self.pool.acquire() as conn, conn.transaction():
+            if await self._current_generation(conn, share=True) != self.generation:
+                raise _StartOver  # a rebuild cleared what this batch would write to
             for record, found in zip(records, read, strict=True):
                 if found is None:
                     outcomes.append("ignored")

@@ -10,6 +10,7 @@ from pydantic import BaseModel
 from complaints_learning.domain import fold
 from complaints_learning.projection import project
 from complaints_shared.auth import access
+from complaints_shared.consumer import start_over
 from complaints_shared.envelope import Event
 from complaints_shared.events import DomainEvent
 from complaints_shared.service import RuntimeDep
@@ -27,12 +28,19 @@ class Rebuild(BaseModel):
 @router.post(
     "/rebuild",
     summary="Rebuild every projection: reset, and replay the topics from offset 0",
+    description=(
+        "Clears learning's read models, projects its own recorded events again and makes every"
+        " replica of its consumers replay their topics from offset 0 (a new consumer-group"
+        " generation). Answers once the reset is committed; the replay runs in the background."
+    ),
     **ADMIN,
 )
 async def rebuild(request: Request, rt: RuntimeDep) -> Rebuild:
     background = request.app.state.background
     async with rt.pool.acquire() as conn, conn.transaction():
         for c in background.consumers:
+            # first: waits for batches in flight, and no batch of the old generation commits
+            await start_over(conn, c.subscription.name)
             await conn.execute("DELETE FROM inbox WHERE consumer = $1", c.subscription.name)
         await conn.execute("TRUNCATE complaint_facts, occurrences, problems")
         streams: dict[UUID, list[Event[DomainEvent]]] = {}
@@ -42,6 +50,4 @@ async def rebuild(request: Request, rt: RuntimeDep) -> Rebuild:
             problem = fold(events)
             if problem is not None:
                 await project(conn, events, problem)
-    for c in background.consumers:
-        c.rewind()
     return Rebuild(problems=len(streams), replaying=True)
