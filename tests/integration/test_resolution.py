@@ -12,6 +12,10 @@ import httpx
 import pytest
 from aiokafka import AIOKafkaProducer
 
+from complaints_resolution.commands import AssignCase, By, Owner, assign
+from complaints_resolution.domain import fold
+from complaints_resolution.projection import load_case, save
+from complaints_resolution.worker import fire_due
 from complaints_shared.envelope import Event, to_kafka_record
 from complaints_shared.events import resolution as rs
 from complaints_shared.events.followup import ReopenRequested
@@ -388,3 +392,37 @@ async def test_worklist_sorted_by_nearest_deadline_with_filters(
     assert page2["next_cursor"] is None
     bad = await http.get(url, params={"breach_within": "soon"})
     assert bad.status_code == 422
+
+
+async def test_an_agents_command_and_a_due_timer_on_one_case_do_not_deadlock(
+    start_platform: StartPlatform, http, tmp_path
+):
+    """A command appends to the case's stream and then replaces its timers; the timer worker
+    must take its locks in that order too, or the two wait for each other until PostgreSQL
+    kills one (a deadlock: a 409 for the agent, a failed round for the timers)."""
+    policy = tmp_path / "policy.toml"
+    policy.write_text('[resolution]\ntimer_poll = "PT1H"\n')  # the test fires the timers
+    clock = ManualClock(MONDAY_9)
+    p = await start_platform("intake", "resolution", policy=policy, clock=clock)
+    cid = uuid.UUID(await new_case(p, http, severity="critical"))
+    rt = p.servers["resolution"].app.state.runtime
+    clock.advance(2.5 * H)  # the first response is overdue: a timer is due
+
+    async with rt.pool.acquire() as conn, conn.transaction():
+        # an agent's assignment, as the command runs it: the append first ...
+        case, loaded = await load_case(conn, rt, cid)
+        by = By("agent-7", "agent")
+        new = assign(case, AssignCase(owner=Owner(**AGENT)), by, rt.clock(), rt.policy)
+        recorded = await rt.store.append(conn, cid, loaded.version, new)
+        timers = asyncio.create_task(fire_due(rt))  # ... the worker comes in between ...
+        await asyncio.sleep(0.5)
+        # ... and the projection replaces the case's timers
+        await save(conn, rt.policy, fold([*loaded.events, *recorded]), rt.clock())
+    # the worker decided again on the case as assigned: the (late) first response is given,
+    # so the deadline has nothing more to fire
+    assert await asyncio.wait_for(timers, 10) == 0
+    events = await rt.store.load(rt.pool, cid)
+    assert [e.type for e in events] == ["CaseOpened", "CaseAssigned"]
+    case = (await http.get(f"{p.url('resolution')}/cases/{cid}")).json()
+    assert case["owner"]["id"] == "agent-7"
+    assert case["sla"]["first_response"]["breached"] is True

@@ -1,4 +1,11 @@
-"""The timer worker: fires due SLA timers from PostgreSQL (durable across restarts)."""
+"""The timer worker: fires due SLA timers from PostgreSQL (durable across restarts).
+
+Lock order: a command appends to the case's stream and then replaces its timer rows, so the
+worker never locks a timer row before it appends (that order deadlocks against a command on
+the same case).  Instances share the work through a transaction-level advisory lock per case,
+which no command takes; two workers on one case would also be safe, as the second's append
+conflicts and it decides again on the fresh state.
+"""
 
 from __future__ import annotations
 
@@ -32,10 +39,8 @@ async def fire_due(rt: Runtime, limit: int = 100) -> int:
         try:
             async with rt.pool.acquire() as conn, conn.transaction():
                 locked = await conn.fetchval(
-                    "SELECT true FROM timers WHERE complaint_id = $1 AND key = $2"
-                    " FOR UPDATE SKIP LOCKED",
-                    row["complaint_id"],
-                    row["key"],
+                    "SELECT pg_try_advisory_xact_lock(hashtextextended($1, 0))",
+                    f"timers:{row['complaint_id']}",
                 )
                 if not locked:
                     continue  # another instance has it
