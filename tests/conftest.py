@@ -20,6 +20,7 @@ from pathlib import Path
 
 import asyncpg
 import pytest
+from aiokafka.admin import AIOKafkaAdminClient
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "deploy" / "local"))
@@ -151,6 +152,20 @@ async def new_database(
 
 
 @pytest.fixture
-def topic_prefix() -> str:
-    """Topics (and consumer groups) of their own for one test."""
-    return f"t{uuid.uuid4().hex[:10]}."
+async def topic_prefix(infrastructure: Infrastructure) -> AsyncIterator[str]:
+    """Topics (and consumer groups) of their own for one test; its topics are deleted after
+    it, so a long-lived local broker does not collect thousands of partitions."""
+    prefix = f"t{uuid.uuid4().hex[:10]}."
+    yield prefix
+    await _delete_topics(infrastructure.kafka_bootstrap, prefix)
+
+
+async def _delete_topics(bootstrap: str, prefix: str) -> None:
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    await admin.start()
+    try:
+        mine = [t for t in await admin.list_topics() if t.startswith(prefix)]
+        if mine:
+            await admin.delete_topics(mine)
+    finally:
+        await admin.close()
