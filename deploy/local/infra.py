@@ -253,6 +253,21 @@ class Kafka:
     def stop(self, timeout: float = 30.0) -> bool:
         return _stop_process(self.pid_file, self.pid(), timeout)
 
+    def kill(self) -> bool:
+        """SIGKILL the broker (a crash, for the fault suite); ``start`` recovers its logs."""
+        pid = self.pid()
+        if pid is None:
+            return False
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(pid, signal.SIGKILL)
+        deadline = time.monotonic() + 10
+        while _pid_alive(pid) and time.monotonic() < deadline:
+            with contextlib.suppress(ChildProcessError):
+                os.waitpid(pid, os.WNOHANG)
+            time.sleep(0.05)
+        self.pid_file.unlink(missing_ok=True)
+        return True
+
 
 def _read_pid(pid_file: Path) -> int | None:
     try:
@@ -653,11 +668,13 @@ class Postgres:
             stdin=f"ALTER ROLE postgres PASSWORD '{self.password()}';\n",
         )
 
-    def stop(self) -> bool:
+    def stop(self, mode: str = "fast") -> bool:
+        """Stop the server; ``mode="immediate"`` aborts it as a crash would (recovery at the
+        next start)."""
         if not self.running():
             return False
         self._run(
-            [str(_pg_bindir() / "pg_ctl"), "stop", "-D", str(self.data), "-m", "fast", "-w"],
+            [str(_pg_bindir() / "pg_ctl"), "stop", "-D", str(self.data), "-m", mode, "-w"],
             "stopping PostgreSQL",
         )
         return True

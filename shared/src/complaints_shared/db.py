@@ -2,18 +2,38 @@
 
 from __future__ import annotations
 
+import os
+import socket
+
 import asyncpg
 
 from complaints_shared.eventstore import init_connection
 
 
+def application_name(service: str) -> str:
+    """How this process's database sessions name themselves (``pg_stat_activity``): the
+    service, host and process id, so an operator can tell which instance holds a lock."""
+    return f"complaints-{service} {socket.gethostname()[:30]} pid {os.getpid()}"
+
+
 async def create_pool(
-    dsn: str, *, min_size: int = 1, max_size: int = 10, password: str | None = None
+    dsn: str,
+    *,
+    min_size: int = 1,
+    max_size: int = 10,
+    password: str | None = None,
+    name: str | None = None,
 ) -> asyncpg.Pool:
-    """An asyncpg pool whose connections speak JSON natively.  The password comes from
-    ``password``, else the DSN, ``PGPASSWORD`` or the ``PGPASSFILE`` (never from the code)."""
+    """An asyncpg pool whose connections speak JSON natively and carry ``name`` as their
+    ``application_name``.  The password comes from ``password``, else the DSN, ``PGPASSWORD``
+    or the ``PGPASSFILE`` (never from the code)."""
     pool = await asyncpg.create_pool(
-        dsn, min_size=min_size, max_size=max_size, init=init_connection, password=password
+        dsn,
+        min_size=min_size,
+        max_size=max_size,
+        init=init_connection,
+        password=password,
+        server_settings={"application_name": name} if name else None,
     )
     assert pool is not None
     return pool

@@ -95,6 +95,7 @@ class OutboxRelay:
         *,
         dsn: str,
         password: str | None = None,
+        name: str | None = None,  # the lock session's application_name
         pool: asyncpg.Pool,
         producer: AIOKafkaProducer,
         source: str,
@@ -107,6 +108,7 @@ class OutboxRelay:
     ) -> None:
         self._dsn = dsn
         self._password = password
+        self._name = name
         self._pool = pool
         self._producer = producer
         self._source = source
@@ -138,7 +140,11 @@ class OutboxRelay:
             await asyncio.sleep(backoff.next())
 
     async def _run_once(self, backoff: Backoff) -> None:
-        conn: asyncpg.Connection = await asyncpg.connect(self._dsn, password=self._password)
+        conn: asyncpg.Connection = await asyncpg.connect(
+            self._dsn,
+            password=self._password,
+            server_settings={"application_name": self._name} if self._name else None,
+        )
         try:
             await init_connection(conn)
             while not await conn.fetchval("SELECT pg_try_advisory_lock($1)", _LEADER_LOCK):

@@ -21,7 +21,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from complaints_shared import customers, redrive
 from complaints_shared.auth import Access, OidcVerifier, RateLimiter, check_declared, public
 from complaints_shared.consumer import ConsumerRunner, Subscription
-from complaints_shared.db import create_pool
+from complaints_shared.db import application_name, create_pool
 from complaints_shared.eventstore import Clock, PostgresEventStore, utc_now
 from complaints_shared.faults import Backoff, is_transient, supervise
 from complaints_shared.limits import BodySizeLimit
@@ -168,10 +168,11 @@ def create_app(
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        pool = await create_pool(dsn, password=password)
+        name = application_name(spec.name)
+        pool = await create_pool(dsn, password=password, name=name)
         keyring_pool = None
         try:
-            keyring_pool = await create_pool(keyring_dsn, max_size=5, password=password)
+            keyring_pool = await create_pool(keyring_dsn, max_size=5, password=password, name=name)
             keyring = PostgresKeyring(keyring_pool, master_key)
             await keyring.migrate()
             async with pool.acquire() as conn:
@@ -214,6 +215,7 @@ def create_app(
         relay = OutboxRelay(
             dsn=dsn,
             password=password,
+            name=f"{name} relay",
             pool=pool,
             producer=producer,
             source=store.source,
