@@ -56,6 +56,7 @@ sys.path.insert(0, str(ROOT / "deploy" / "local"))
 sys.path.insert(0, str(ROOT))
 
 from complaints_shared.envelope import cloudevent_headers  # noqa: E402
+from complaints_shared.outbox import leader_session  # noqa: E402
 from complaints_shared.privacy import new_master_key  # noqa: E402
 from infra import LocalInfra  # noqa: E402
 from tests.support import AGENT, Tokens, free_port  # noqa: E402
@@ -442,14 +443,10 @@ class Suite:
         the process), if any."""
         conn = await self.connect(self.databases["intake"])
         try:
-            name = await conn.fetchval(
-                "SELECT a.application_name FROM pg_locks l JOIN pg_stat_activity a"
-                " USING (pid) WHERE l.locktype = 'advisory' AND l.granted"
-                " AND a.application_name LIKE '% relay'"
-            )
+            session = await leader_session(conn)
         finally:
             await conn.close()
-        m = re.search(r" pid (\d+) relay$", name or "")
+        m = re.search(r" pid (\d+) relay$", session["application_name"] if session else "")
         for s in self.services.values():
             if m and s.proc is not None and s.proc.pid == int(m.group(1)):
                 return s
@@ -728,6 +725,7 @@ class Suite:
         )
         await consumer.start()
         try:
+            await consumer._client.force_metadata_update()  # every topic's partitions
             parts = []
             for topic in (*TOPICS, DLQ):
                 for p in consumer.partitions_for_topic(self.prefix + topic) or ():

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 from pathlib import Path
 from typing import Any
 
@@ -436,6 +437,27 @@ async def test_bad_input_is_refused_and_changes_nothing(intake, http):
         headers={"content-type": "application/json"},
     )
     assert too_big["status"] == 413
+
+    async def chunks():  # no Content-Length: Transfer-Encoding: chunked
+        for _ in range(40):
+            yield b" " * 10_000
+
+    chunked = await refused(
+        None, 413, content=chunks(), headers={"content-type": "application/json"}
+    )
+    assert chunked["type"].endswith(":body-too-large"), chunked
+    unreadable = await refused(
+        None, 400, content=b"\x39\x15\xff\x78", headers={"content-type": "application/json"}
+    )
+    assert unreadable["type"].endswith(":malformed-body"), unreadable
+    # text PostgreSQL cannot store: a NUL character, an unpaired surrogate
+    assert fields(await refused(complaint(description="broken \u0000 here"))) == {"body"}
+    surrogate = json.dumps(complaint(subject="half \ud800 a pair")).encode()  # as \ud800
+    assert fields(
+        await refused(None, content=surrogate, headers={"content-type": "application/json"})
+    ) == {"body"}
+    nul_query = await http.get(url, params={"channel": "web\x00"})
+    assert nul_query.status_code == 422, nul_query.text
     bad_cursor = await http.get(url, params={"cursor": "garbage!"})
     assert bad_cursor.status_code == 422
     missing = "00000000-0000-0000-0000-000000000000"

@@ -63,14 +63,6 @@ class Gone(Exception):
     """The resource existed but is no longer usable (expired, cancelled): answered 410."""
 
 
-class BodyTooLarge(Exception):
-    """A request body over the configured limit: answered 413."""
-
-    def __init__(self, limit: int) -> None:
-        self.limit = limit
-        super().__init__(f"the request body exceeds {limit} bytes")
-
-
 class Unauthenticated(Exception):
     """No usable bearer token: answered 401 with ``WWW-Authenticate: Bearer``."""
 

@@ -51,7 +51,7 @@ _TOO_LARGE = (MessageSizeTooLargeError, RecordTooLargeError)
 # The session holding the leader lock and how long it has been silent (pg_locks splits a
 # bigint advisory key into classid = high 32 bits, objid = low 32 bits, objsubid = 1).
 _LEADER_SESSION = f"""
-SELECT a.pid, extract(epoch FROM now() - a.state_change)::float8 AS silent_for
+SELECT a.pid, a.application_name, extract(epoch FROM now() - a.state_change)::float8 AS silent_for
   FROM pg_locks l JOIN pg_stat_activity a USING (pid)
  WHERE l.locktype = 'advisory' AND l.granted AND l.objsubid = 1
    AND l.classid = {_LEADER_LOCK >> 32} AND l.objid = {_LEADER_LOCK & 0xFFFFFFFF}
@@ -73,6 +73,12 @@ class Backlog:
     pending: int
     oldest_seconds: float  # age of the oldest unsent event (0 when none)
     parked: int  # refused by the broker for good; need an operator
+
+
+async def leader_session(conn: asyncpg.Connection | asyncpg.Pool) -> asyncpg.Record | None:
+    """The database session of this database's relay leader (``pid``, ``application_name``,
+    ``silent_for`` seconds), if there is one."""
+    return await conn.fetchrow(_LEADER_SESSION)
 
 
 async def backlog(conn: asyncpg.Connection | asyncpg.Pool) -> Backlog:
@@ -176,7 +182,7 @@ class OutboxRelay:
         self._report(seen)
         if seen.oldest_seconds < self.takeover_after:
             return
-        leader = await conn.fetchrow(_LEADER_SESSION)
+        leader = await leader_session(conn)
         if leader is None or leader["silent_for"] < self.takeover_after:
             return  # no leader (the next try takes the lock) or one that is still working
         if not await self._broker_reachable():

@@ -13,7 +13,6 @@ from pydantic import BaseModel, ConfigDict
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from complaints_shared.errors import (
-    BodyTooLarge,
     CommandRejected,
     ConcurrencyConflict,
     Forbidden,
@@ -89,6 +88,7 @@ PROBLEM_RESPONSES: dict[int | str, dict[str, Any]] = {
     for code, text in {
         401: "No valid bearer token (WWW-Authenticate: Bearer)",
         403: "The token lacks a role this needs, or the actor lacks the authority",
+        400: "The body cannot be read: not JSON, or not UTF-8",
         404: "Not found",
         409: "Conflict",
         422: "Invalid input",
@@ -130,6 +130,8 @@ def install_problem_handlers(app: FastAPI) -> None:
             exc.status_code,
             title,
             detail,
+            # the framework's one 400: a body that is no JSON text (say, not UTF-8)
+            slug="malformed-body" if exc.status_code == 400 else None,
             instance=request.url.path,
             headers=dict(exc.headers or {}),
         )
@@ -191,16 +193,6 @@ def install_problem_handlers(app: FastAPI) -> None:
             allowed_commands=exc.allowed,
         )
 
-    @app.exception_handler(BodyTooLarge)
-    async def _too_large(request: Request, exc: BodyTooLarge) -> JSONResponse:
-        return problem(
-            413,
-            "Request body too large",
-            str(exc),
-            slug="body-too-large",
-            instance=request.url.path,
-        )
-
     @app.exception_handler(InputRejected)
     async def _input_rejected(request: Request, exc: InputRejected) -> JSONResponse:
         return problem(
@@ -257,3 +249,51 @@ def _internal(request: Request, exc: Exception) -> JSONResponse:
         slug="internal",
         instance=request.url.path,
     )
+
+
+def document_problems(app: FastAPI) -> None:
+    """Make the OpenAPI list every problem an operation can answer, by what it has: 401 and
+    403 where a role is needed, 400 and 413 where it takes a body, 422 where it takes input,
+    404 where its path names something, 503 unless it is public (health, metrics, survey
+    links document their own)."""
+    build = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is not None:
+            return app.openapi_schema
+        schema = build()
+        components = schema.setdefault("components", {}).setdefault("schemas", {})
+        components.setdefault(
+            "Problem", Problem.model_json_schema(ref_template="#/components/schemas/{model}")
+        )
+        ref = {"$ref": "#/components/schemas/Problem"}
+        for operations in schema.get("paths", {}).values():
+            for op in operations.values():
+                params = op.get("parameters", [])
+                wanted: list[int] = []
+                if "x-roles" in op:
+                    wanted += [401, 403, 503]
+                if "requestBody" in op:
+                    wanted += [400, 413, 422]
+                if params:
+                    wanted.append(422)
+                if any(p.get("in") == "path" for p in params):
+                    wanted.append(404)
+                responses = op.setdefault("responses", {})
+                for code in wanted:
+                    responses.setdefault(
+                        str(code),
+                        {
+                            "description": _DESCRIPTIONS[code],
+                            "content": {PROBLEM_JSON: {"schema": ref}},
+                        },
+                    )
+        app.openapi_schema = schema
+        return schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
+
+
+_DESCRIPTIONS = {
+    code: spec["description"] for code, spec in PROBLEM_RESPONSES.items() if isinstance(code, int)
+} | {413: "The request body is larger than the service accepts"}

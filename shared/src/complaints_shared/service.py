@@ -14,7 +14,7 @@ import asyncpg
 from aiokafka import AIOKafkaProducer
 from fastapi import APIRouter, Depends, FastAPI, Request, Response
 from fastapi.middleware.cors import CORSMiddleware
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, PlainTextResponse
 from opentelemetry.instrumentation.fastapi import FastAPIInstrumentor
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
@@ -24,13 +24,13 @@ from complaints_shared.consumer import ConsumerRunner, Subscription
 from complaints_shared.db import application_name, create_pool
 from complaints_shared.eventstore import Clock, PostgresEventStore, utc_now
 from complaints_shared.faults import Backoff, is_transient, supervise
-from complaints_shared.limits import BodySizeLimit
+from complaints_shared.limits import RequestLimits
 from complaints_shared.logs import configure_logging
 from complaints_shared.metrics import ServiceMetrics
 from complaints_shared.outbox import OutboxRelay, backlog
 from complaints_shared.policy import Policy, load_policy
 from complaints_shared.privacy import PostgresKeyring, load_master_key
-from complaints_shared.problems import install_problem_handlers, problem
+from complaints_shared.problems import document_problems, install_problem_handlers, problem
 from complaints_shared.retention import SHARED as SHARED_RETENTION
 from complaints_shared.retention import Prune, run_pruning
 from complaints_shared.schema import migrate, package_migrations, shared_migrations
@@ -292,7 +292,7 @@ def create_app(
         limiter=RateLimiter(settings.public_submission_per_minute),
     )
     install_problem_handlers(app)
-    app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
+    app.add_middleware(RequestLimits, max_bytes=settings.max_body_bytes)
     if settings.cors_origins:
         app.add_middleware(
             CORSMiddleware,
@@ -308,6 +308,7 @@ def create_app(
     app.include_router(customers.router(spec.name, spec.subject_records))
     app.include_router(redrive.router(spec.name))
     check_declared(app)
+    document_problems(app)
     FastAPIInstrumentor.instrument_app(
         app,
         tracer_provider=telemetry.provider,
@@ -369,7 +370,10 @@ def _operations_router() -> APIRouter:
         return JSONResponse({"status": status, "checks": checks})
 
     @router.get(
-        "/metrics", summary="Prometheus metrics", **public("scraped on the internal network")
+        "/metrics",
+        summary="Prometheus metrics",
+        response_class=PlainTextResponse,  # the text exposition format
+        **public("scraped on the internal network"),
     )
     async def metrics(request: Request) -> Response:
         runtime: Runtime = request.app.state.runtime
