@@ -11,12 +11,23 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from complaints_resolution import commands as cmd
-from complaints_resolution.domain import ALLOWED, ALLOWED_COMMANDS, Case, S, fold, open_case
+from complaints_resolution.domain import (
+    ALLOWED,
+    ALLOWED_COMMANDS,
+    Case,
+    S,
+    allowed_commands,
+    close_withdrawn,
+    fold,
+    open_case,
+    reopen_requested,
+)
 from complaints_resolution.sla import deadlines, on_timer, resolution_clock
 from complaints_shared.envelope import Event
 from complaints_shared.errors import CommandRejected, Forbidden, InputRejected
 from complaints_shared.events import DomainEvent
-from complaints_shared.events.intake import ComplaintReceived, Customer
+from complaints_shared.events.followup import ReopenRequested
+from complaints_shared.events.intake import ComplaintReceived, ComplaintWithdrawn, Customer
 from complaints_shared.events.resolution import CompensationRequested
 from complaints_shared.policy import Policy
 from complaints_shared.vocabulary import Remedy
@@ -204,18 +215,119 @@ CASES = states_and_cases()
 @pytest.mark.parametrize("name", list(DECIDE))
 def test_every_command_in_every_state_is_done_or_refused_with_the_allowed_ones(state, name):
     case = CASES[state]
-    if state in ALLOWED[name]:
-        try:
-            new = DECIDE[name](case, COMMANDS[name](), AGENT, T0, POLICY)
-        except CommandRejected as exc:  # allowed here, but a rule says not now
-            assert name == "resolve" and exc.state == state.value
-            return
-        assert new, (state, name)
+    if name in allowed_commands(case):
+        assert DECIDE[name](case, COMMANDS[name](), AGENT, T0, POLICY), (state, name)
     else:
         with pytest.raises(CommandRejected) as err:
             DECIDE[name](case, COMMANDS[name](), AGENT, T0, POLICY)
         assert err.value.state == state.value
-        assert err.value.allowed == ALLOWED_COMMANDS[state]
+        if name != "resolve" or state not in ALLOWED["resolve"]:  # resolve says what to do
+            assert err.value.allowed == allowed_commands(case)
+
+
+MANAGER = cmd.By("m1", "manager")
+EVERY_STEP = [*DECIDE, "complete_action", "approve_compensation", "decline_compensation"]
+
+
+def attempt(s: Stream, name: str) -> list[DomainEvent]:
+    """A command as an agent would send it: the first open action, the first pending request
+    (decided by a manager, not the requester)."""
+    case = s.case
+    if name in DECIDE:
+        return s.do(name)
+    if name == "complete_action":
+        action = next(iter(case.open_actions), "none")
+        new = cmd.complete_action(case, cmd.CompleteAction(action_id=action), AGENT, s.now, POLICY)
+    else:
+        request = next(iter(case.pending_compensations), "none")
+        new = cmd.decide_compensation(
+            case,
+            cmd.DecideCompensation(request_id=request),
+            name == "approve_compensation",
+            MANAGER,
+            s.now,
+            POLICY,
+        )
+    s.record(new)
+    return new
+
+
+def withdraw(s: Stream) -> None:
+    withdrawal = Event(
+        event_id=uuid.uuid4(),
+        stream_id=s.id,
+        version=1,
+        occurred_at=s.now,
+        source="/complaints/intake",
+        payload=ComplaintWithdrawn(reason="sorted it myself"),
+    )
+    s.record(close_withdrawn(s.case, withdrawal))
+
+
+@settings(max_examples=400, deadline=None)
+@given(
+    st.lists(st.sampled_from([*EVERY_STEP, "withdraw"]), max_size=40),
+    st.sampled_from(["20", "200", "2000"]),
+)
+def test_the_listed_commands_are_exactly_the_ones_the_case_accepts(names, amount):
+    """Every command ``allowed_commands`` lists is accepted, every other one refused (409)."""
+    s = Stream(severity="medium")
+    COMMANDS_WITH = {
+        **COMMANDS,
+        "request_compensation": lambda: cmd.RequestCompensation(
+            amount=Decimal(amount), currency="EUR", reason="trouble"
+        ),
+    }
+    for name in names:
+        s.now += timedelta(minutes=7)
+        if name == "withdraw":
+            withdraw(s)
+            continue
+        listed = allowed_commands(s.case)
+        before = s.case
+        try:
+            if name == "request_compensation":
+                s.do(name, COMMANDS_WITH[name]())
+            else:
+                attempt(s, name)
+            accepted = True
+        except CommandRejected:
+            accepted = False
+            assert s.case == before
+        assert accepted == (name in listed), (name, before.state, listed)
+
+
+def test_a_withdrawn_complaints_case_cannot_be_reopened():
+    s = Stream()
+    s.do("assign")
+    withdraw(s)
+    assert s.case.state is S.closed and "reopen" not in allowed_commands(s.case)
+    with pytest.raises(CommandRejected):
+        s.do("reopen")
+    request = Event(
+        event_id=uuid.uuid4(),
+        stream_id=s.id,
+        version=1,
+        occurred_at=s.now,
+        source="/complaints/followup",
+        payload=ReopenRequested(reason="unhappy", check_id=uuid.uuid4(), score=1, solved=False),
+    )
+    assert reopen_requested(s.case, request) == []
+
+
+def test_a_reopened_case_keeps_its_cause_and_can_go_straight_to_a_new_proposal():
+    s = Stream()
+    for name in PATH:
+        s.do(name)
+    [action] = s.case.actions
+    attempt(s, "complete_action")
+    assert not s.case.open_actions and action.action_id
+    s.do("resolve")
+    s.do("reopen")
+    assert s.case.state is S.investigating and s.case.cause is not None
+    assert "propose_solution" in allowed_commands(s.case)
+    s.do("propose_solution")
+    assert s.case.state is S.solution_proposed
 
 
 @settings(max_examples=300, deadline=None)

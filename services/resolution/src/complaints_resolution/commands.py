@@ -9,7 +9,7 @@ from typing import Annotated, Literal, Self
 
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, StringConstraints, model_validator
 
-from complaints_resolution.domain import Case, check_action, new_id, require
+from complaints_resolution.domain import ALLOWED, Case, check_action, new_id, require
 from complaints_shared.errors import CommandRejected, Forbidden, InputRejected
 from complaints_shared.events import DomainEvent
 from complaints_shared.events import resolution as ev
@@ -328,10 +328,10 @@ def decide_compensation(
 
 
 def resolve(case: Case, c: ResolveCase, by: By, now: datetime, policy: Policy) -> list[DomainEvent]:
-    require(case, "resolve")
-    open_actions = [a.action_id for a in case.actions if a.completed_at is None]
-    pending = [x.request_id for x in case.compensations if x.status == "pending"]
-    if (open_actions or pending) and c.override is None:
+    open_actions, pending = case.open_actions, case.pending_compensations
+    if case.state not in ALLOWED["resolve"]:
+        require(case, "resolve")  # refused, listing what the case accepts
+    if (open_actions or pending) and c.override is None:  # refused, saying what to do first
         raise CommandRejected(
             case.state.value,
             "resolve",

@@ -6,7 +6,7 @@ States and the commands each allows are in :data:`ALLOWED_COMMANDS`; the diagram
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field, replace
 from datetime import datetime
 from decimal import Decimal
@@ -59,7 +59,8 @@ ALLOWED: dict[str, tuple[CaseState, ...]] = {
     "request_clarification": (S.assigned, S.investigating, S.cause_identified, S.solution_proposed),
     "receive_clarification": (S.awaiting_customer,),
     "identify_cause": (S.assigned, S.investigating, S.cause_identified),
-    "propose_solution": (S.cause_identified, S.solution_proposed),
+    # investigating: reopened with its cause kept (see _NEEDS)
+    "propose_solution": (S.investigating, S.cause_identified, S.solution_proposed),
     "agree_solution": (S.solution_proposed,),
     "reject_solution": (S.solution_proposed,),
     "plan_action": (S.solution_agreed, S.actions_in_progress),
@@ -74,6 +75,7 @@ ALLOWED: dict[str, tuple[CaseState, ...]] = {
 ALLOWED_COMMANDS: dict[CaseState, list[str]] = {
     state: [c for c, states in ALLOWED.items() if state in states] for state in CaseState
 }
+"""The commands each state admits at most; :func:`allowed_commands` narrows them by the case."""
 FIRST_RESPONSE_EVENTS = (ev.CaseAssigned, ev.ClarificationRequested, ev.SolutionProposed)
 
 
@@ -136,6 +138,7 @@ class Case:
     resolution: ev.CaseResolved | None = None
     closed_at: datetime | None = None
     reopen_count: int = 0
+    withdrawn: bool = False  # closed because the customer withdrew the complaint: final
     escalation_level: str | None = None
     fired: frozenset[str] = field(default_factory=frozenset)
 
@@ -148,6 +151,14 @@ class Case:
 
     def compensation(self, request_id: str) -> Compensation | None:
         return next((c for c in self.compensations if c.request_id == request_id), None)
+
+    @property
+    def open_actions(self) -> list[str]:
+        return [a.action_id for a in self.actions if a.completed_at is None]
+
+    @property
+    def pending_compensations(self) -> list[str]:
+        return [x.request_id for x in self.compensations if x.status == "pending"]
 
 
 def evolve(case: Case | None, e: Event[DomainEvent]) -> Case | None:
@@ -226,7 +237,9 @@ def evolve(case: Case | None, e: Event[DomainEvent]) -> Case | None:
             c = replace(c, state=S.resolved, resolved_at=at, resolution=p)
         case ev.CaseClosed():
             pauses = (*c.pauses[:-1], (c.pauses[-1][0], at)) if c.paused else c.pauses
-            c = replace(c, state=S.closed, closed_at=at, pauses=pauses)
+            c = replace(
+                c, state=S.closed, closed_at=at, pauses=pauses, withdrawn=p.reason == "withdrawn"
+            )
         case ev.CaseReopened():
             c = replace(
                 c,
@@ -258,9 +271,33 @@ def fold(events: Iterable[Event[DomainEvent]]) -> Case | None:
     return case
 
 
+# What a command needs of the case beyond its state (none: the state is enough).
+_NEEDS: dict[str, Callable[[Case], bool]] = {
+    "propose_solution": lambda c: c.cause is not None,
+    "complete_action": lambda c: bool(c.open_actions),
+    "approve_compensation": lambda c: bool(c.pending_compensations),
+    "decline_compensation": lambda c: bool(c.pending_compensations),
+    # with open work only under a supervisor's override, which is not listed
+    "resolve": lambda c: not c.open_actions and not c.pending_compensations,
+    "reopen": lambda c: not c.withdrawn,
+}
+
+
+def admits(case: Case, command: str) -> bool:
+    """Whether the case accepts ``command`` now (valid input given): the one rule that both
+    :func:`allowed_commands` and :func:`require` apply."""
+    needs = _NEEDS.get(command)
+    return case.state in ALLOWED[command] and (needs is None or needs(case))
+
+
+def allowed_commands(case: Case) -> list[str]:
+    """The commands the case accepts now, as the API lists them."""
+    return [command for command in ALLOWED if admits(case, command)]
+
+
 def require(case: Case, command: str) -> None:
-    if case.state not in ALLOWED[command]:
-        raise CommandRejected(case.state.value, command, ALLOWED_COMMANDS[case.state])
+    if not admits(case, command):
+        raise CommandRejected(case.state.value, command, allowed_commands(case))
 
 
 def open_case(case: Case | None, complaint: Event[ComplaintReceived]) -> list[DomainEvent]:
@@ -299,8 +336,8 @@ def close_withdrawn(case: Case | None, withdrawal: Event[ComplaintWithdrawn]) ->
 
 def reopen_requested(case: Case | None, request: Event[ReopenRequested]) -> list[DomainEvent]:
     """Followup's ``ReopenRequested``: an unhappy customer reopens a resolved or closed case."""
-    if case is None or case.state not in (S.resolved, S.closed):
-        return []
+    if case is None or not admits(case, "reopen"):
+        return []  # not resolved or closed, or withdrawn by the customer: final
     return [
         ev.CaseReopened(
             complaint_id=case.complaint_id,

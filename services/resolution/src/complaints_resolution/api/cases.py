@@ -12,7 +12,7 @@ from fastapi import APIRouter, Header, Path, Query
 from pydantic import BaseModel
 
 from complaints_resolution import commands as cmd
-from complaints_resolution.domain import ALLOWED_COMMANDS, Case, actor
+from complaints_resolution.domain import Case, actor, allowed_commands
 from complaints_resolution.messages import telling
 from complaints_resolution.projection import cases, load_case
 from complaints_resolution.resources import ResolutionResources
@@ -173,7 +173,7 @@ def _public(case: Case, history: list[dict[str, Any]], rt: Runtime) -> CasePubli
             DeadlinePublic(deadline=d.deadline, ref=d.ref, due_at=d.due_at, overdue=d.due_at < now)
             for d in sorted(open_deadlines(case, rt.policy, now), key=lambda d: d.due_at)
         ],
-        allowed_commands=ALLOWED_COMMANDS[case.state],
+        allowed_commands=allowed_commands(case),
         history=history,
     )
 
