@@ -466,3 +466,57 @@ def test_timers_warn_then_breach_and_escalate_once_each():
     assert s.case.escalation_level == "manager"
     s.do("assign")  # the first response is met: no more first-response timers
     assert not [t for t in deadlines(s.case, POLICY, s.now) if t.deadline == "first_response"]
+
+
+def test_money_agreed_beyond_the_agents_limit_needs_approval_before_resolving():
+    """A refund in a solution is compensation: beyond the agreeing agent's limit (50 EUR) it
+    waits for a supervisor's approval like any compensation request, and resolve waits too."""
+    s = Stream()
+    for name in ("assign", "identify_cause"):
+        s.do(name)
+    big = cmd.SolutionOption(
+        remedy=Remedy.refund, description="refund", amount=Decimal("200"), currency="EUR"
+    )
+    s.do("propose_solution", cmd.ProposeSolution(options=[big]))
+    new = s.do("agree_solution")
+    [request] = [e for e in new if isinstance(e, CompensationRequested)]
+    assert (request.amount, request.needs) == (Decimal("200"), "supervisor")
+    assert "resolve" not in allowed_commands(s.case)
+    with pytest.raises(CommandRejected):
+        s.do("resolve")
+    with pytest.raises(Forbidden):  # an agent cannot approve it
+        attempt_as(s, "approve_compensation", cmd.By("a2", "agent"))
+    attempt_as(s, "approve_compensation", cmd.By("s1", "supervisor"))
+    [resolved] = s.do("resolve")
+    assert resolved.compensation_awarded[0].amount == Decimal("200")
+
+
+def test_money_within_the_agreeing_persons_limit_needs_no_approval():
+    s = Stream()
+    for name in ("assign", "identify_cause", "propose_solution"):
+        s.do(name)
+    assert not [e for e in s.do("agree_solution") if isinstance(e, CompensationRequested)]
+    supervisor = Stream()
+    for name in ("assign", "identify_cause"):
+        supervisor.do(name)
+    option = cmd.SolutionOption(
+        remedy=Remedy.goodwill_gesture, description="voucher", amount=Decimal("300"), currency="EUR"
+    )
+    supervisor.do("propose_solution", cmd.ProposeSolution(options=[option]))
+    agreed = supervisor.do("agree_solution", by=cmd.By("s1", "supervisor"))
+    assert not [e for e in agreed if isinstance(e, CompensationRequested)]
+    assert "resolve" in allowed_commands(supervisor.case)
+
+
+def attempt_as(s: Stream, name: str, by: cmd.By) -> None:
+    request = next(iter(s.case.pending_compensations))
+    s.record(
+        cmd.decide_compensation(
+            s.case,
+            cmd.DecideCompensation(request_id=request),
+            name == "approve_compensation",
+            by,
+            s.now,
+            POLICY,
+        )
+    )

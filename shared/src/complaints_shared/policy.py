@@ -146,6 +146,13 @@ class CompensationPolicy(_Section):
             return "none"
         return "supervisor" if amount <= self.supervisor_limit else "manager"
 
+    def may_grant(self, role: str | None, amount: Decimal) -> bool:
+        """Whether ``role`` may grant ``amount`` on their own, with nobody's approval (an agent
+        up to the agent's limit, a supervisor up to theirs, a manager any amount)."""
+        rank = {"agent": 0, "supervisor": 1, "manager": 2}
+        needed = {"none": 0, "supervisor": 1, "manager": 2}[self.authority_for(amount)]
+        return rank.get(role or "", -1) >= needed
+
     def may_approve(self, role: str, amount: Decimal) -> bool:
         """Whether ``role`` has the authority for ``amount`` (the four-eyes rule is separate)."""
         rank = {"agent": 0, "supervisor": 1, "manager": 2}

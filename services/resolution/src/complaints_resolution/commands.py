@@ -220,7 +220,7 @@ def agree_solution(
             "body.option_id", f"the proposal has options 1..{len(proposal.options)}"
         )
     _future(c.deadline, now, "body.deadline")
-    return [
+    events: list[DomainEvent] = [
         ev.SolutionAgreed(
             proposal_id=proposal.proposal_id,
             option=option,
@@ -228,6 +228,30 @@ def agree_solution(
             indicators=tuple(c.indicators),
             deadline=c.deadline,
             recorded_by=by.id,
+        )
+    ]
+    return events + _money_beyond_authority(option, by, policy)
+
+
+def _money_beyond_authority(option: ev.SolutionOption, by: By, policy: Policy) -> list[DomainEvent]:
+    """Money agreed in a solution takes the compensation path when it is beyond what the
+    agreeing person may grant: a pending request for the authority it needs, which blocks
+    ``resolve`` until it is approved or declined.  An amount in another currency than the
+    policy's always needs a manager."""
+    if option.remedy not in MONEY_REMEDIES or option.amount is None or option.currency is None:
+        return []
+    cp = policy.compensation
+    same_currency = option.currency == cp.currency
+    if same_currency and cp.may_grant(by.role, option.amount):
+        return []
+    return [
+        ev.CompensationRequested(
+            request_id=new_id(),
+            amount=option.amount,
+            currency=option.currency,
+            reason=f"agreed solution: {option.remedy.value}",
+            requested_by=by.id,
+            needs=cp.authority_for(option.amount) if same_currency else "manager",
         )
     ]
 
