@@ -497,25 +497,17 @@ class Suite:
         await self.wait_ready(leader.label)
         return fault
 
-    async def kill_broker(self) -> Fault:
-        fault = Fault("kill -9 Kafka")
+    async def crash_server(
+        self, name: str, crash: Callable[[], object], start: Callable[[], object]
+    ) -> Fault:
+        """Crash a server under the platform, start it again after 3 s; recovered when every
+        service is ready and a new complaint opens its case."""
+        fault = Fault(name)
         await asyncio.sleep(2)
-        await asyncio.to_thread(self.infra.kafka.kill)
+        await asyncio.to_thread(crash)
         t0 = time.monotonic()
         await asyncio.sleep(3)
-        await asyncio.to_thread(self.infra.kafka.start)
-        await self.wait_ready()
-        await self.probe_complaint()
-        fault.recovery_seconds = time.monotonic() - t0
-        return fault
-
-    async def crash_database(self) -> Fault:
-        fault = Fault("PostgreSQL stop -m immediate")
-        await asyncio.sleep(2)
-        await asyncio.to_thread(self.infra.postgres.stop, "immediate")
-        t0 = time.monotonic()
-        await asyncio.sleep(3)
-        await asyncio.to_thread(self.infra.postgres.start)
+        await asyncio.to_thread(start)
         await self.wait_ready()
         await self.probe_complaint()
         fault.recovery_seconds = time.monotonic() - t0
@@ -566,8 +558,20 @@ class Suite:
             ("kill -9 followup", lambda: self.kill_service("followup")),
             ("kill -9 learning", lambda: self.kill_service("learning")),
             ("SIGSTOP relay leader", self.pause_relay_leader),
-            ("kill -9 Kafka", self.kill_broker),
-            ("PostgreSQL stop -m immediate", self.crash_database),
+            (
+                "kill -9 Kafka",
+                lambda: self.crash_server(
+                    "kill -9 Kafka", self.infra.kafka.kill, self.infra.kafka.start
+                ),
+            ),
+            (
+                "PostgreSQL stop -m immediate",
+                lambda: self.crash_server(
+                    "PostgreSQL stop -m immediate",
+                    lambda: self.infra.postgres.stop("immediate"),
+                    self.infra.postgres.start,
+                ),
+            ),
         ]
         per_wave = max(1, self.total // len(injections))
         for k, (name, inject) in enumerate(injections):

@@ -252,16 +252,21 @@ def attempt(s: Stream, name: str) -> list[DomainEvent]:
     return new
 
 
-def withdraw(s: Stream) -> None:
-    withdrawal = Event(
+def foreign(s: Stream, source: str, payload: DomainEvent) -> Event:
+    """Another service's event about the stream's complaint."""
+    return Event(
         event_id=uuid.uuid4(),
         stream_id=s.id,
         version=1,
         occurred_at=s.now,
-        source="/complaints/intake",
-        payload=ComplaintWithdrawn(reason="sorted it myself"),
+        source=source,
+        payload=payload,
     )
-    s.record(close_withdrawn(s.case, withdrawal))
+
+
+def withdraw(s: Stream) -> None:
+    withdrawn = ComplaintWithdrawn(reason="sorted it myself")
+    s.record(close_withdrawn(s.case, foreign(s, "/complaints/intake", withdrawn)))
 
 
 @settings(max_examples=400, deadline=None)
@@ -304,15 +309,8 @@ def test_a_withdrawn_complaints_case_cannot_be_reopened():
     assert s.case.state is S.closed and "reopen" not in allowed_commands(s.case)
     with pytest.raises(CommandRejected):
         s.do("reopen")
-    request = Event(
-        event_id=uuid.uuid4(),
-        stream_id=s.id,
-        version=1,
-        occurred_at=s.now,
-        source="/complaints/followup",
-        payload=ReopenRequested(reason="unhappy", check_id=uuid.uuid4(), score=1, solved=False),
-    )
-    assert reopen_requested(s.case, request) == []
+    unhappy = ReopenRequested(reason="unhappy", check_id=uuid.uuid4(), score=1, solved=False)
+    assert reopen_requested(s.case, foreign(s, "/complaints/followup", unhappy)) == []
 
 
 def test_a_reopened_case_keeps_its_cause_and_can_go_straight_to_a_new_proposal():
@@ -468,17 +466,22 @@ def test_timers_warn_then_breach_and_escalate_once_each():
     assert not [t for t in deadlines(s.case, POLICY, s.now) if t.deadline == "first_response"]
 
 
-def test_money_agreed_beyond_the_agents_limit_needs_approval_before_resolving():
-    """A refund in a solution is compensation: beyond the agreeing agent's limit (50 EUR) it
-    waits for a supervisor's approval like any compensation request, and resolve waits too."""
+def agreed_on_money(remedy: Remedy, amount: str, by: cmd.By = AGENT) -> tuple[Stream, list]:
+    """A case whose agreed solution is ``amount`` EUR of ``remedy``, agreed by ``by``."""
     s = Stream()
     for name in ("assign", "identify_cause"):
         s.do(name)
-    big = cmd.SolutionOption(
-        remedy=Remedy.refund, description="refund", amount=Decimal("200"), currency="EUR"
+    option = cmd.SolutionOption(
+        remedy=remedy, description="money", amount=Decimal(amount), currency="EUR"
     )
-    s.do("propose_solution", cmd.ProposeSolution(options=[big]))
-    new = s.do("agree_solution")
+    s.do("propose_solution", cmd.ProposeSolution(options=[option]))
+    return s, s.do("agree_solution", by=by)
+
+
+def test_money_agreed_beyond_the_agents_limit_needs_approval_before_resolving():
+    """A refund in a solution is compensation: beyond the agreeing agent's limit (50 EUR) it
+    waits for a supervisor's approval like any compensation request, and resolve waits too."""
+    s, new = agreed_on_money(Remedy.refund, "200")
     [request] = [e for e in new if isinstance(e, CompensationRequested)]
     assert (request.amount, request.needs) == (Decimal("200"), "supervisor")
     assert "resolve" not in allowed_commands(s.case)
@@ -492,20 +495,13 @@ def test_money_agreed_beyond_the_agents_limit_needs_approval_before_resolving():
 
 
 def test_money_within_the_agreeing_persons_limit_needs_no_approval():
-    s = Stream()
-    for name in ("assign", "identify_cause", "propose_solution"):
-        s.do(name)
-    assert not [e for e in s.do("agree_solution") if isinstance(e, CompensationRequested)]
-    supervisor = Stream()
-    for name in ("assign", "identify_cause"):
-        supervisor.do(name)
-    option = cmd.SolutionOption(
-        remedy=Remedy.goodwill_gesture, description="voucher", amount=Decimal("300"), currency="EUR"
-    )
-    supervisor.do("propose_solution", cmd.ProposeSolution(options=[option]))
-    agreed = supervisor.do("agree_solution", by=cmd.By("s1", "supervisor"))
-    assert not [e for e in agreed if isinstance(e, CompensationRequested)]
-    assert "resolve" in allowed_commands(supervisor.case)
+    for remedy, amount, by in (
+        (Remedy.refund, "5", AGENT),
+        (Remedy.goodwill_gesture, "300", cmd.By("s1", "supervisor")),
+    ):
+        s, new = agreed_on_money(remedy, amount, by)
+        assert not [e for e in new if isinstance(e, CompensationRequested)]
+        assert "resolve" in allowed_commands(s.case)
 
 
 def attempt_as(s: Stream, name: str, by: cmd.By) -> None:
