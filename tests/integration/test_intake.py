@@ -300,6 +300,11 @@ async def test_details_and_withdrawal(intake, http):
         assert again.json()["state"] == "withdrawn" and again.json()["allowed_commands"] == []
     events = await intake_events(intake, 4)
     assert [e.type for e in events][2:] == ["ComplaintDetailsAdded", "ComplaintWithdrawn"]
+    # a withdrawal without a reason needs no body at all
+    other = (await http.post(f"{base}/complaints", json=complaint())).json()
+    bare = await http.post(f"{base}/complaints/{other['id']}/withdraw")
+    assert bare.status_code == 200, bare.text
+    assert bare.json()["status"] == "withdrawn"
 
 
 async def test_list_filters_and_stable_pagination(intake, http):

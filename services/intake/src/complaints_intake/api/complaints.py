@@ -406,9 +406,11 @@ async def post_details(
     "/{complaint_id}/withdraw", summary="The customer withdraws the complaint", **ON_BEHALF
 )
 async def post_withdraw(
-    complaint_id: UUID, body: WithdrawCreate, rt: RuntimeDep, actor: Actor
+    complaint_id: UUID, rt: RuntimeDep, actor: Actor, body: WithdrawCreate | None = None
 ) -> ComplaintPublic:
-    return await _command(rt, complaint_id, lambda state: withdraw(state, body, actor.subject))
+    """The body (a reason) is optional: an empty POST withdraws too."""
+    given = body or WithdrawCreate()
+    return await _command(rt, complaint_id, lambda state: withdraw(state, given, actor.subject))
 
 
 async def _command(
