@@ -255,19 +255,29 @@ class Tokens:
         self._cache: dict[str, tuple[str, float]] = {}
         self._tester_password = f"t-{uuid.uuid4().hex}"
         self._tester_ready = False
+        self._lock = threading.Lock()
 
     async def get(self, user: str = TESTER) -> str:
         cached = self._cache.get(user)
         if cached is not None and cached[1] > time.monotonic():
             return cached[0]
-        if user == TESTER and not self._tester_ready:
-            await asyncio.to_thread(self._ensure_tester)
-        if user == TESTER:
-            token = await asyncio.to_thread(self._password_token, TESTER, self._tester_password)
-        else:
-            token = await asyncio.to_thread(self.keycloak.token, user)
-        self._cache[user] = (token, time.monotonic() + 600)
-        return token
+        return await asyncio.to_thread(self._fetch, user)
+
+    def _fetch(self, user: str) -> str:
+        """A fresh token, one caller at a time (concurrent first calls would each create the
+        tester, and all but one get 409 from Keycloak)."""
+        with self._lock:
+            cached = self._cache.get(user)
+            if cached is not None and cached[1] > time.monotonic():
+                return cached[0]
+            if user == TESTER and not self._tester_ready:
+                self._ensure_tester()
+            if user == TESTER:
+                token = self._password_token(TESTER, self._tester_password)
+            else:
+                token = self.keycloak.token(user)
+            self._cache[user] = (token, time.monotonic() + 600)
+            return token
 
     async def headers(self, user: str = TESTER) -> dict[str, str]:
         return {"Authorization": f"Bearer {await self.get(user)}"}

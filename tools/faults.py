@@ -386,6 +386,13 @@ class Suite:
             await asyncio.sleep(0.3)
         c.error = "case not resolved in time"
 
+    async def client(self, c: Complaint, work: Awaitable[None]) -> None:
+        """One client's work; a client that breaks down is reported, and the run goes on."""
+        try:
+            await work
+        except Exception as exc:
+            c.error = f"client failed: {type(exc).__name__}: {exc}"
+
     async def wave(self, n: int, seconds: float) -> None:
         """Submit ``n`` new complaints spread over ``seconds``; drive each once acknowledged."""
 
@@ -413,7 +420,7 @@ class Suite:
                 },
             )
             self.complaints.append(c)
-            self.drivers.append(asyncio.create_task(one(c)))
+            self.drivers.append(asyncio.create_task(self.client(c, one(c))))
             await asyncio.sleep(seconds / n)
 
     # --- the faults ----------------------------------------------------------------------
@@ -535,7 +542,7 @@ class Suite:
 
         await self.timed(opened)
         self.complaints.append(c)
-        self.drivers.append(asyncio.create_task(self.drive(c)))
+        self.drivers.append(asyncio.create_task(self.client(c, self.drive(c))))
 
     async def drained(self, service: str) -> bool:
         try:
