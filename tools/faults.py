@@ -386,6 +386,23 @@ class Suite:
             await asyncio.sleep(0.3)
         c.error = "case not resolved in time"
 
+    def complaint(self, key: str, subject: str, customer: str) -> Complaint:
+        return Complaint(
+            key=f"faults-{self.run_id}-{key}",
+            body={
+                "channel": "email",
+                "subject": subject,
+                "description": "The parcel was left outside the door and got soaked.",
+                "customer": {
+                    "name": customer.capitalize(),
+                    "email": f"{customer}@example.com",
+                    "language": "en",
+                },
+                "category": "delivery",
+                "severity": "medium",
+            },
+        )
+
     async def client(self, c: Complaint, work: Awaitable[None]) -> None:
         """One client's work; a client that breaks down is reported, and the run goes on."""
         try:
@@ -404,21 +421,7 @@ class Suite:
 
         start = len(self.complaints)
         for i in range(start, start + n):
-            c = Complaint(
-                key=f"faults-{self.run_id}-{i}",
-                body={
-                    "channel": "email",
-                    "subject": f"Parcel {i} left in the rain",
-                    "description": "The parcel was left outside the door and got soaked.",
-                    "customer": {
-                        "name": f"Customer {i}",
-                        "email": f"customer{i}@example.com",
-                        "language": "en",
-                    },
-                    "category": "delivery",
-                    "severity": "medium",
-                },
-            )
+            c = self.complaint(str(i), f"Parcel {i} left in the rain", f"customer{i}")
             self.complaints.append(c)
             self.drivers.append(asyncio.create_task(self.client(c, one(c))))
             await asyncio.sleep(seconds / n)
@@ -522,17 +525,7 @@ class Suite:
 
     async def probe_complaint(self) -> None:
         """A complaint submitted now opens its case: the whole write path works again."""
-        c = Complaint(
-            key=f"faults-{self.run_id}-probe-{len(self.faults)}",
-            body={
-                "channel": "email",
-                "subject": "Probe",
-                "description": "Checking the platform after a fault.",
-                "customer": {"name": "Probe", "email": "probe@example.com", "language": "en"},
-                "category": "delivery",
-                "severity": "low",
-            },
-        )
+        c = self.complaint(f"probe-{len(self.faults)}", "Probe after a fault", "probe")
         await self.submit(c)
         assert c.id is not None, c.error
 
@@ -594,6 +587,7 @@ class Suite:
         await asyncio.gather(*self.drivers)
         say("driven; waiting for the pipeline to settle")
         settled = await self.settle()
+        await self.http.aclose()
         return await self.verdict(settled)
 
     async def settle(self, within: float = 300) -> float | None:

@@ -255,18 +255,7 @@ class Kafka:
 
     def kill(self) -> bool:
         """SIGKILL the broker (a crash, for the fault suite); ``start`` recovers its logs."""
-        pid = self.pid()
-        if pid is None:
-            return False
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(pid, signal.SIGKILL)
-        deadline = time.monotonic() + 10
-        while _pid_alive(pid) and time.monotonic() < deadline:
-            with contextlib.suppress(ChildProcessError):
-                os.waitpid(pid, os.WNOHANG)
-            time.sleep(0.05)
-        self.pid_file.unlink(missing_ok=True)
-        return True
+        return _stop_process(self.pid_file, self.pid(), 10, first=signal.SIGKILL)
 
 
 def _read_pid(pid_file: Path) -> int | None:
@@ -277,13 +266,16 @@ def _read_pid(pid_file: Path) -> int | None:
     return pid if _pid_alive(pid) else None
 
 
-def _stop_process(pid_file: Path, pid: int | None, timeout: float) -> bool:
-    """SIGTERM the process group, SIGKILL after ``timeout``; False if nothing ran."""
+def _stop_process(
+    pid_file: Path, pid: int | None, timeout: float, first: int = signal.SIGTERM
+) -> bool:
+    """Send ``first`` (SIGTERM) to the process group, SIGKILL after ``timeout``; False if
+    nothing ran."""
     if pid is None:
         pid_file.unlink(missing_ok=True)
         return False
     with contextlib.suppress(ProcessLookupError):
-        os.killpg(pid, signal.SIGTERM)
+        os.killpg(pid, first)
     deadline = time.monotonic() + timeout
     while _pid_alive(pid) and time.monotonic() < deadline:
         with contextlib.suppress(ChildProcessError):

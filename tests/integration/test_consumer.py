@@ -81,39 +81,44 @@ def outcome(metrics: ServiceMetrics, name: str, what: str) -> float:
     return metrics.consumed.labels(name, what)._value.get()
 
 
+@pytest.fixture
+def consume(infrastructure, pool, producer, topics):  # type: ignore[no-untyped-def]
+    """``await consume(name, handler, what)``: run consumer ``name`` with ``handler`` for
+    ``Counted`` until one event had the outcome (``processed``); its metrics."""
+
+    async def until(name: str, handler, what: str, outcome_: str = "processed") -> ServiceMetrics:  # type: ignore[no-untyped-def]
+        metrics = ServiceMetrics()
+        async with Running(
+            runner_for(infrastructure, pool, producer, topics, {"Counted": handler}, metrics, name)
+        ):
+            await eventually(
+                lambda: asyncio.sleep(0, outcome(metrics, name, outcome_) == 1), what=what
+            )
+        return metrics
+
+    return until
+
+
 async def record_effect(conn: asyncpg.Connection, e: Event[Counted]) -> None:
     await conn.execute("INSERT INTO effects VALUES ($1, $2)", e.event_id, e.payload.n)
 
 
 async def test_a_redelivered_event_has_one_effect_also_after_a_restart(
-    infrastructure, pool, producer, topics, topic_prefix
+    infrastructure, pool, producer, topics, topic_prefix, consume
 ):
     name = f"{topic_prefix}g"
     once, twice = event(1), event(2)
     for e in (once, twice, twice):
         await send(producer, topics[0], e)
-    metrics = ServiceMetrics()
-    async with Running(
-        runner_for(
-            infrastructure, pool, producer, topics, {"Counted": record_effect}, metrics, name
-        )
-    ):
-        await eventually(
-            lambda: asyncio.sleep(0, outcome(metrics, name, "duplicate") == 1),
-            what="the duplicate to be recognised",
-        )
+    await consume(name, record_effect, "the duplicate to be recognised", outcome_="duplicate")
     # restarted, the same consumer gets the first event delivered once more
     await send(producer, topics[0], once)
-    metrics2 = ServiceMetrics()
-    async with Running(
-        runner_for(
-            infrastructure, pool, producer, topics, {"Counted": record_effect}, metrics2, name
-        )
-    ):
-        await eventually(
-            lambda: asyncio.sleep(0, outcome(metrics2, name, "duplicate") == 1),
-            what="the redelivery after the restart to be recognised",
-        )
+    metrics2 = await consume(
+        name,
+        record_effect,
+        "the redelivery after the restart to be recognised",
+        outcome_="duplicate",
+    )
     rows = await pool.fetch("SELECT n, count(*) AS c FROM effects GROUP BY n ORDER BY n")
     assert [(r["n"], r["c"]) for r in rows] == [(1, 1), (2, 1)]
     assert outcome(metrics2, name, "processed") == 0
@@ -159,7 +164,7 @@ async def test_poison_events_go_to_the_dlq_and_the_partition_keeps_moving(
 
 
 async def test_transient_errors_are_retried_with_backoff_and_take_effect_once(
-    infrastructure, pool, producer, topics, topic_prefix
+    infrastructure, pool, producer, topics, topic_prefix, consume
 ):
     name = f"{topic_prefix}g"
     failures = {"left": 3}
@@ -171,35 +176,19 @@ async def test_transient_errors_are_retried_with_backoff_and_take_effect_once(
             raise ConnectionResetError("database went away")
 
     await send(producer, topics[0], event(5))
-    metrics = ServiceMetrics()
-    async with Running(
-        runner_for(infrastructure, pool, producer, topics, {"Counted": flaky}, metrics, name)
-    ):
-        await eventually(
-            lambda: asyncio.sleep(0, outcome(metrics, name, "processed") == 1),
-            what="the event to be processed after the retries",
-        )
+    metrics = await consume(name, flaky, "the event to be processed after the retries")
     assert metrics.consumer_retries.labels(name)._value.get() == 3
     assert [r["n"] for r in await pool.fetch("SELECT n FROM effects")] == [5]
     assert outcome(metrics, name, "dead_lettered") == 0
 
 
 async def test_events_without_a_handler_are_acknowledged_without_effect(
-    infrastructure, pool, producer, topics, topic_prefix
+    infrastructure, pool, producer, topics, topic_prefix, consume
 ):
     name = f"{topic_prefix}g"
     await send(producer, topics[0], event(1, type_=SomethingElse))
     await send(producer, topics[0], event(2))
-    metrics = ServiceMetrics()
-    async with Running(
-        runner_for(
-            infrastructure, pool, producer, topics, {"Counted": record_effect}, metrics, name
-        )
-    ):
-        await eventually(
-            lambda: asyncio.sleep(0, outcome(metrics, name, "processed") == 1),
-            what="the handled event",
-        )
+    metrics = await consume(name, record_effect, "the handled event")
     assert outcome(metrics, name, "ignored") == 1
     assert [r["n"] for r in await pool.fetch("SELECT n FROM effects")] == [2]
 
@@ -216,7 +205,7 @@ async def test_events_without_a_handler_are_acknowledged_without_effect(
     ids=lambda e: type(e).__name__,
 )
 async def test_infrastructure_failures_are_retried_not_dead_lettered(
-    infrastructure, pool, producer, topics, topic_prefix, failure
+    infrastructure, pool, producer, topics, topic_prefix, failure, consume
 ):
     """A disk-full or a failover says nothing about the event: it waits, it is not parked."""
     name = f"{topic_prefix}g"
@@ -229,21 +218,14 @@ async def test_infrastructure_failures_are_retried_not_dead_lettered(
             raise failure
 
     await send(producer, topics[0], event(3))
-    metrics = ServiceMetrics()
-    async with Running(
-        runner_for(infrastructure, pool, producer, topics, {"Counted": hit}, metrics, name)
-    ):
-        await eventually(
-            lambda: asyncio.sleep(0, outcome(metrics, name, "processed") == 1),
-            what="the event after the infrastructure came back",
-        )
+    metrics = await consume(name, hit, "the event after the infrastructure came back")
     assert outcome(metrics, name, "dead_lettered") == 0
     assert metrics.consumer_retries.labels(name)._value.get() == 2
     assert [r["n"] for r in await pool.fetch("SELECT n FROM effects")] == [3]
 
 
 async def test_a_cancelled_statement_is_retried(
-    infrastructure, pool, producer, topics, topic_prefix
+    infrastructure, pool, producer, topics, topic_prefix, consume
 ):
     """A real ``statement_timeout`` (SQLSTATE 57014) on the first try."""
     name = f"{topic_prefix}g"
@@ -257,14 +239,7 @@ async def test_a_cancelled_statement_is_retried(
         await record_effect(conn, e)
 
     await send(producer, topics[0], event(4))
-    metrics = ServiceMetrics()
-    async with Running(
-        runner_for(infrastructure, pool, producer, topics, {"Counted": slow_once}, metrics, name)
-    ):
-        await eventually(
-            lambda: asyncio.sleep(0, outcome(metrics, name, "processed") == 1),
-            what="the event after the cancelled statement",
-        )
+    metrics = await consume(name, slow_once, "the event after the cancelled statement")
     assert outcome(metrics, name, "dead_lettered") == 0
     assert [r["n"] for r in await pool.fetch("SELECT n FROM effects")] == [4]
 
