@@ -345,7 +345,7 @@ class Suite:
                 headers={"Idempotency-Key": c.key},
             )
             if r is not None and r.status_code in (200, 201):
-                c.ids.add(r.json()["id"])
+                c.ids.add(r.json()["complaint_id"])
                 return
             if r is not None and r.status_code < 500 and r.status_code not in (408, 429):
                 c.error = f"submission answered {r.status_code}: {r.text[:200]}"

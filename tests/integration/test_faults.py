@@ -51,7 +51,7 @@ async def test_with_the_database_down_writes_answer_503_problem_and_work_again_a
     try:
         first = await http.post(f"{p.url('intake')}/complaints", json=complaint())
         assert first.status_code == 201, first.text
-        cid = first.json()["id"]
+        cid = first.json()["complaint_id"]
 
         for proxy in proxies.values():
             await proxy.cut()
@@ -87,7 +87,10 @@ async def test_with_the_database_down_writes_answer_503_problem_and_work_again_a
         again = await eventually(accepted, what="intake to take complaints again")
         listed = await http.get(f"{p.url('intake')}/complaints")
         # the retried request took effect once: the failed try changed nothing
-        assert {c["id"] for c in listed.json()["items"]} == {cid, again.json()["id"]}
+        assert {c["complaint_id"] for c in listed.json()["items"]} == {
+            cid,
+            again.json()["complaint_id"],
+        }
     finally:
         for proxy in proxies.values():
             await proxy.restore() if proxy._server is None else None
@@ -116,7 +119,9 @@ async def test_intake_starts_and_takes_complaints_while_kafka_is_down_and_publis
         await eventually(ok, timeout=60, what="intake to connect to the broker")
         events = await p.topic_events("complaints.intake.v2", 2)
         assert {e.type for e in events} >= {"ComplaintReceived"}
-        assert all(e.stream_id.hex == created.json()["id"].replace("-", "") for e in events)
+        assert all(
+            e.stream_id.hex == created.json()["complaint_id"].replace("-", "") for e in events
+        )
     finally:
         await broker.cut()
 

@@ -74,7 +74,7 @@ async def submit(p: Platform, http: httpx.AsyncClient, email: str, language: str
         },
     )
     assert r.status_code == 201, r.text
-    cid = r.json()["id"]
+    cid = r.json()["complaint_id"]
 
     await await_case(http, p.url("resolution"), cid)
     return cid

@@ -240,7 +240,7 @@ async def test_ten_parallel_retries_with_one_key_create_one_complaint(intake, ht
         *(http.post(url, json=complaint(), headers=headers) for _ in range(10))
     )
     assert {a.status_code for a in answers} == {201}
-    assert len({a.json()["id"] for a in answers}) == 1
+    assert len({a.json()["complaint_id"] for a in answers}) == 1
     assert sum(a.headers.get("idempotent-replayed") == "true" for a in answers) == 9
     assert await intake.pool("intake").fetchval("SELECT count(*) FROM complaints") == 1
     assert (
@@ -273,16 +273,19 @@ async def test_a_probable_duplicate_is_accepted_and_marked(intake, http):
             url, json=complaint(subject="Rude cashier", description="The cashier shouted at me.")
         )
     ).json()
-    assert again["possible_duplicate_of"] == first["id"] and again["status"] == "received"
+    assert again["possible_duplicate_of"] == first["complaint_id"] and again["status"] == "received"
     assert other_customer["possible_duplicate_of"] is None
     assert different["possible_duplicate_of"] is None
 
 
 async def test_details_and_withdrawal(intake, http):
     base = intake.url("intake")
-    c = (await http.post(f"{base}/complaints", json=complaint())).json()
+    created = await http.post(f"{base}/complaints", json=complaint())
+    c, c_etag = created.json(), created.headers["etag"]
+    assert c_etag == f'"{c["version"]}"'
+    assert created.headers["location"] == f"/complaints/{c['complaint_id']}"
     r = await http.post(
-        f"{base}/complaints/{c['id']}/details",
+        f"{base}/complaints/{c['complaint_id']}/details",
         json={
             "note": "Receipt photo attached",
             "answers": [{"question": "Which store?", "answer": "Baixa"}],
@@ -291,18 +294,27 @@ async def test_details_and_withdrawal(intake, http):
     )
     assert r.status_code == 200, r.text
     assert r.json()["details"][0]["answers"][0]["answer"] == "Baixa"
-    r = await http.post(f"{base}/complaints/{c['id']}/withdraw", json={"reason": "sorted"})
+    assert r.json()["allowed_commands"] == ["add_details", "withdraw"]
+    stale = await http.post(
+        f"{base}/complaints/{c['complaint_id']}/withdraw", json={}, headers={"If-Match": c_etag}
+    )
+    assert stale.status_code == 409 and stale.json()["current_version"] == r.json()["version"]
+    r = await http.post(
+        f"{base}/complaints/{c['complaint_id']}/withdraw",
+        json={"reason": "sorted"},
+        headers={"If-Match": r.headers["etag"]},
+    )
     assert r.status_code == 200 and r.json()["status"] == "withdrawn"
     assert r.json()["allowed_commands"] == []
     for path, body in (("withdraw", {}), ("details", {"note": "late"})):
-        again = await http.post(f"{base}/complaints/{c['id']}/{path}", json=body)
+        again = await http.post(f"{base}/complaints/{c['complaint_id']}/{path}", json=body)
         assert again.status_code == 409
         assert again.json()["state"] == "withdrawn" and again.json()["allowed_commands"] == []
     events = await intake_events(intake, 4)
     assert [e.type for e in events][2:] == ["ComplaintDetailsAdded", "ComplaintWithdrawn"]
     # a withdrawal without a reason needs no body at all
     other = (await http.post(f"{base}/complaints", json=complaint())).json()
-    bare = await http.post(f"{base}/complaints/{other['id']}/withdraw")
+    bare = await http.post(f"{base}/complaints/{other['complaint_id']}/withdraw")
     assert bare.status_code == 200, bare.text
     assert bare.json()["status"] == "withdrawn"
 
@@ -341,36 +353,42 @@ async def test_list_filters_and_stable_pagination(intake, http):
     async def ids(**params: Any) -> list[str]:
         r = await http.get(url, params=params)
         assert r.status_code == 200, r.text
-        return [c["id"] for c in r.json()["items"]]
+        return [c["complaint_id"] for c in r.json()["items"]]
 
-    assert await ids(category="cleanliness") == [made[5]["id"], made[2]["id"], made[1]["id"]]
-    assert await ids(severity="low", channel="web") == [made[0]["id"]]
-    assert await ids(customer="cust-1") == [made[4]["id"], made[1]["id"]]
-    assert await ids(received_from=made[6]["received_at"]) == [made[6]["id"]]
-    assert await ids(received_to=made[1]["received_at"]) == [made[0]["id"]]
-    await http.post(f"{url}/{made[3]['id']}/withdraw", json={})
-    assert await ids(status="withdrawn") == [made[3]["id"]]
+    assert await ids(category="cleanliness") == [
+        made[5]["complaint_id"],
+        made[2]["complaint_id"],
+        made[1]["complaint_id"],
+    ]
+    assert await ids(severity="low", channel="web") == [made[0]["complaint_id"]]
+    assert await ids(customer="cust-1") == [made[4]["complaint_id"], made[1]["complaint_id"]]
+    assert await ids(received_from=made[6]["received_at"]) == [made[6]["complaint_id"]]
+    assert await ids(received_to=made[1]["received_at"]) == [made[0]["complaint_id"]]
+    await http.post(f"{url}/{made[3]['complaint_id']}/withdraw", json={})
+    assert await ids(status="withdrawn") == [made[3]["complaint_id"]]
 
     seen: list[str] = []
     page = (await http.get(url, params={"limit": 3})).json()
     while True:
-        seen += [c["id"] for c in page["items"]]
+        seen += [c["complaint_id"] for c in page["items"]]
         # complaints arriving meanwhile must not shift the pages
         await http.post(url, json=complaint(subject="meanwhile", customer={"id": "x", "name": "X"}))
         if not page["next_cursor"]:
             break
         page = (await http.get(url, params={"limit": 3, "cursor": page["next_cursor"]})).json()
-    assert seen == [c["id"] for c in reversed(made)]
+    assert seen == [c["complaint_id"] for c in reversed(made)]
 
 
 async def test_timeline_holds_events_of_all_services_in_order(start_platform, http):
     p = await start_platform()
     c = (await http.post(f"{p.url('intake')}/complaints", json=complaint())).json()
-    await eventually(lambda: _ok(http, f"{p.url('resolution')}/cases/{c['id']}"), what="the case")
-    await resolve_case(http, p.url("resolution"), c["id"])
+    await eventually(
+        lambda: _ok(http, f"{p.url('resolution')}/cases/{c['complaint_id']}"), what="the case"
+    )
+    await resolve_case(http, p.url("resolution"), c["complaint_id"])
 
     async def timeline() -> list | None:
-        r = await http.get(f"{p.url('intake')}/complaints/{c['id']}/timeline")
+        r = await http.get(f"{p.url('intake')}/complaints/{c['complaint_id']}/timeline")
         # without a mail server or gateway the messages cannot go out: FollowupParked says so
         entries = [e for e in r.json()["entries"] if e["type"] != "FollowupParked"]
         return entries if len(entries) >= 9 else None
@@ -391,6 +409,12 @@ async def test_timeline_holds_events_of_all_services_in_order(start_platform, ht
     assert entries[3]["summary"] == "Case assigned to Rita Lopes"
     assert entries[7]["summary"] == "Case resolved: Refunded the difference"
     assert entries[0]["summary"].startswith(f"Complaint {c['reference']} received via web")
+    # the list view shows where each complaint is, without a call per row
+    one = await http.get(f"{p.url('intake')}/complaints/{c['complaint_id']}")
+    assert one.json()["status"] == "resolved"
+    assert one.headers["etag"] == f'"{one.json()["version"]}"'
+    listed = await http.get(f"{p.url('intake')}/complaints", params={"status": "resolved"})
+    assert [x["complaint_id"] for x in listed.json()["items"]] == [c["complaint_id"]]
 
 
 async def _ok(http: httpx.AsyncClient, url: str) -> bool:
@@ -489,15 +513,21 @@ async def test_withdrawal_closes_the_case_and_stops_the_survey(start_platform, h
     intake, resolution, followup = (p.url(s) for s in ("intake", "resolution", "followup"))
     # withdrawn before resolution: the case closes, resolving it is refused
     early = (await http.post(f"{intake}/complaints", json=complaint())).json()
-    await eventually(lambda: _ok(http, f"{resolution}/cases/{early['id']}"), what="the case")
-    await http.post(f"{intake}/complaints/{early['id']}/withdraw", json={"reason": "solved"})
+    await eventually(
+        lambda: _ok(http, f"{resolution}/cases/{early['complaint_id']}"), what="the case"
+    )
+    await http.post(
+        f"{intake}/complaints/{early['complaint_id']}/withdraw", json={"reason": "solved"}
+    )
 
     async def state(cid: str) -> str | None:
         r = await http.get(f"{resolution}/cases/{cid}")
         return r.json()["state"] if r.json()["state"] == "closed" else None
 
-    await eventually(lambda: state(early["id"]), what="the case to close")
-    r = await http.post(f"{resolution}/cases/{early['id']}/resolve", json={"summary": "x"})
+    await eventually(lambda: state(early["complaint_id"]), what="the case to close")
+    r = await http.post(
+        f"{resolution}/cases/{early['complaint_id']}/resolve", json={"summary": "x"}
+    )
     assert r.status_code == 409 and r.json()["state"] == "closed"
 
     # withdrawn after resolution: the scheduled satisfaction check is cancelled
@@ -507,21 +537,27 @@ async def test_withdrawal_closes_the_case_and_stops_the_survey(start_platform, h
             json=complaint(customer={"id": "c-8", "name": "L", "email": "l@example.org"}),
         )
     ).json()
-    await eventually(lambda: _ok(http, f"{resolution}/cases/{late['id']}"), what="the case")
-    await resolve_case(http, resolution, late["id"])
+    await eventually(
+        lambda: _ok(http, f"{resolution}/cases/{late['complaint_id']}"), what="the case"
+    )
+    await resolve_case(http, resolution, late["complaint_id"])
 
     async def check_status() -> str | None:
-        r = await http.get(f"{followup}/satisfaction-checks", params={"complaint_id": late["id"]})
+        r = await http.get(
+            f"{followup}/satisfaction-checks", params={"complaint_id": late["complaint_id"]}
+        )
         items = r.json()["items"]
         return items[0]["status"] if items else None
 
     assert await eventually(check_status, what="the check") == "scheduled"
-    await http.post(f"{intake}/complaints/{late['id']}/withdraw", json={})
+    await http.post(f"{intake}/complaints/{late['complaint_id']}/withdraw", json={})
 
     async def cancelled() -> bool:
         return await check_status() == "cancelled"
 
     await eventually(cancelled, what="the check to be cancelled")
     # and the early one never got a check at all
-    r = await http.get(f"{followup}/satisfaction-checks", params={"complaint_id": early["id"]})
+    r = await http.get(
+        f"{followup}/satisfaction-checks", params={"complaint_id": early["complaint_id"]}
+    )
     assert r.json()["items"] == []

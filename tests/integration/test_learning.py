@@ -54,7 +54,7 @@ async def complain(
         },
     )
     assert r.status_code == 201, r.text
-    cid = r.json()["id"]
+    cid = r.json()["complaint_id"]
 
     await await_case(http, p.url("resolution"), cid)
     return cid
@@ -98,7 +98,7 @@ async def test_recurring_cause_becomes_a_problem_and_a_recurrence_after_the_fix_
         ids.append(cid)
 
     async def problem_with(n: int) -> dict | None:
-        items = (await http.get(f"{learning}/problems")).json()
+        items = (await http.get(f"{learning}/problems")).json()["items"]
         return items[0] if items and items[0]["occurrences"] == n else None
 
     summary = await eventually(lambda: problem_with(3), what="a problem with three occurrences")
@@ -126,8 +126,12 @@ async def test_recurring_cause_becomes_a_problem_and_a_recurrence_after_the_fix_
             "due_at": "2099-01-01T00:00:00Z",
         },
     )
-    assert r.status_code == 200 and r.json()["status"] == "fixing"
-    action = r.json()["corrective_actions"][0]["action_id"]
+    assert r.status_code == 201, r.text
+    action = r.json()["action_id"]
+    assert r.headers["location"] == f"/problems/{pid}/corrective-actions/{action}"
+    planned = (await http.get(f"{learning}/problems/{pid}")).json()
+    assert planned["status"] == "fixing" and r.headers["etag"] == f'"{planned["version"]}"'
+    assert (await http.get(f"{learning}{r.headers['location']}")).json() == r.json()
     r = await http.post(
         f"{learning}/problems/{pid}/corrective-actions/{action}/complete",
         json={},
@@ -394,7 +398,7 @@ async def answers(http: httpx.AsyncClient, learning: str) -> dict[str, Any]:
     out = {path: (await http.get(f"{learning}{path}")).json() for path in EXPECTED}
     out["/insights/estimates"] = (await http.get(f"{learning}/insights/estimates")).json()
     out["/insights/categories"] = (await http.get(f"{learning}/insights/categories")).json()
-    problems = (await http.get(f"{learning}/problems")).json()
+    problems = (await http.get(f"{learning}/problems")).json()["items"]
     out["/problems"] = problems
     out["problem"] = (await http.get(f"{learning}/problems/{problems[0]['problem_id']}")).json()
     return out
@@ -462,7 +466,7 @@ async def test_a_fix_without_recurrence_for_the_verification_window_resolves_the
     )
 
     async def problem() -> dict | None:
-        items = (await http.get(f"{learning}/problems")).json()
+        items = (await http.get(f"{learning}/problems")).json()["items"]
         return items[0] if items else None
 
     opened = await eventually(problem, what="a problem at the first safety incident")
@@ -477,7 +481,7 @@ async def test_a_fix_without_recurrence_for_the_verification_window_resolves_the
             "due_at": (T + 10 * 24 * H).isoformat(),
         },
     )
-    action = r.json()["corrective_actions"][0]["action_id"]
+    action = r.json()["action_id"]
     await http.post(
         f"{learning}/problems/{pid}/corrective-actions/{action}/complete",
         json={},

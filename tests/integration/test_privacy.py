@@ -164,9 +164,9 @@ async def test_personal_data_is_sealed_exported_and_erased_everywhere(
     )
     assert r.status_code == 201, r.text
     complaint = r.json()
-    cid, key = complaint["id"], complaint["customer_key"]
+    cid, key = complaint["complaint_id"], complaint["customer_key"]
     listed = await http.get(f"{intake}/complaints", params={"customer": MARKERS["email"]})
-    assert [c["id"] for c in listed.json()["items"]] == [cid]
+    assert [c["complaint_id"] for c in listed.json()["items"]] == [cid]
     details = await http.post(f"{intake}/complaints/{cid}/details", json={"note": MARKERS["note"]})
     assert details.status_code == 200, details.text
     await await_case(http, resolution, cid)

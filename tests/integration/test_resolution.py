@@ -58,7 +58,7 @@ async def new_case(p: Platform, http: httpx.AsyncClient, **over: Any) -> str:
     }
     r = await http.post(f"{p.url('intake')}/complaints", json=body)
     assert r.status_code == 201, r.text
-    cid = r.json()["id"]
+    cid = r.json()["complaint_id"]
 
     await await_case(http, p.url("resolution"), cid)
     return cid
@@ -125,9 +125,18 @@ async def test_a_whole_lifecycle_keeps_the_customer_informed_in_their_language(
             "due_at": (datetime.now(UTC) + timedelta(days=2)).isoformat(),
         },
     )
-    action = r.json()["actions"][0]["action_id"]
+    # a created item: 201, the item with its id, its Location, and the case's new ETag
+    assert r.status_code == 201, r.text
+    action = r.json()["action_id"]
+    assert r.headers["location"] == f"/cases/{cid}/actions/{action}"
+    case_version = (await http.get(base)).json()["version"]
+    assert r.headers["etag"] == f'"{case_version}"'
+    assert (await http.get(f"{p.url('resolution')}{r.headers['location']}")).json() == r.json()
     blocked = await http.post(f"{base}/resolve", json={"summary": "x"})
     assert blocked.status_code == 409
+    refused = blocked.json()
+    assert refused["command"] == "resolve" and "resolve" not in refused["allowed_commands"]
+    assert action in refused["detail"]
     await http.post(f"{base}/actions/{action}/complete", json={"outcome": "refunded"})
     r = await http.post(f"{base}/resolve", json={"summary": "Hemos devuelto el cargo"})
     assert r.status_code == 200 and r.json()["state"] == "resolved"
@@ -163,21 +172,27 @@ async def test_two_agents_at_once_one_gets_409_and_the_stream_stays_whole(
     p = await start_platform("intake", "resolution")
     cid = await new_case(p, http)
     base = f"{p.url('resolution')}/cases/{cid}"
-    version = (await http.get(base)).json()["version"]
+    seen = await http.get(base)
+    etag = seen.headers["etag"]
+    assert etag == f'"{seen.json()["version"]}"'
     owners = [{**AGENT, "id": f"agent-{i}", "name": f"Agent {i}"} for i in range(2)]
     answers = await asyncio.gather(
         *(
-            http.post(
-                f"{base}/assign",
-                json={"owner": o},
-                headers={"If-Match": str(version)},
-            )
+            http.post(f"{base}/assign", json={"owner": o}, headers={"If-Match": etag})
             for o in owners
         )
     )
     assert sorted(a.status_code for a in answers) == [200, 409]
     loser = next(a for a in answers if a.status_code == 409)
+    winner = next(a for a in answers if a.status_code == 200)
     assert loser.headers["content-type"] == "application/problem+json"
+    assert loser.json()["current_version"] == winner.json()["version"]
+    assert winner.headers["etag"] == f'"{winner.json()["version"]}"'
+    garbled = await http.post(
+        f"{base}/assign", json={"owner": owners[0]}, headers={"If-Match": "yesterday"}
+    )
+    assert garbled.status_code == 422
+    assert garbled.json()["errors"][0]["field"] == "header.If-Match"
     # without If-Match, racing writers never corrupt the stream: each append is whole
     answers = await asyncio.gather(
         *(http.post(f"{base}/assign", json={"owner": owners[i % 2]}) for i in range(10))
@@ -200,13 +215,18 @@ async def test_compensation_limits_and_self_approval(start_platform: StartPlatfo
             json={"amount": amount, "currency": "EUR", "reason": "trouble"},
             headers=await tokens.headers(who),
         )
-        assert r.status_code == 200, r.text
-        return r.json()["compensation"][-1]
+        assert r.status_code == 201, r.text
+        request = r.json()
+        assert (
+            r.headers["location"] == f"/cases/{cid}/compensation-requests/{request['request_id']}"
+        )
+        return request
 
     async def decide(url: str, who: str, body: dict | None = None) -> httpx.Response:
         return await http.post(url, json=body or {}, headers=await tokens.headers(who))
 
-    assert (await ask("25.00", "agent"))["status"] == "approved"
+    small = await ask("25", "agent")
+    assert small["status"] == "approved" and small["amount"] == "25.00"  # normalised
     pending = await ask("200.00", "supervisor")  # a supervisor asks: somebody else decides
     assert pending["status"] == "pending"
     url = f"{base}/compensation-requests/{pending['request_id']}"
@@ -228,6 +248,11 @@ async def test_compensation_limits_and_self_approval(start_platform: StartPlatfo
         json={"amount": "-3", "currency": "EUR", "reason": "x"},
     )
     assert bad.status_code == 422 and bad.json()["errors"][0]["field"] == "body.amount"
+    cents = await http.post(
+        f"{base}/compensation-requests",
+        json={"amount": "3.005", "currency": "EUR", "reason": "x"},
+    )
+    assert cents.status_code == 422  # finer than a cent
 
 
 async def test_breach_escalates_through_durable_timers_also_after_a_restart(

@@ -42,7 +42,7 @@ async def test_one_complaint_travels_through_all_four_services_in_one_trace(
         created = await http.post(f"{platform.url('intake')}/complaints", json=COMPLAINT)
         assert created.status_code == 201, created.text
         complaint = created.json()
-        cid = complaint["id"]
+        cid = complaint["complaint_id"]
         assert created.headers["location"] == f"/complaints/{cid}"
         assert complaint["status"] == "received"
         assert (await http.get(f"{platform.url('intake')}/complaints/{cid}")).json() == complaint

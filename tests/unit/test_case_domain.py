@@ -357,7 +357,8 @@ def test_resolving_needs_the_actions_done_or_a_supervisor_override():
         s.do(name)
     with pytest.raises(CommandRejected) as err:
         s.do("resolve")
-    assert "resolve with a supervisor override" in err.value.allowed
+    assert "resolve" not in err.value.allowed
+    assert err.value.reason is not None and "supervisor's override" in err.value.reason
     with pytest.raises(Forbidden):
         s.do(
             "resolve",

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 from uuid import UUID
 
@@ -28,15 +29,26 @@ class NotFound(Exception):
         super().__init__(f"{what} {ident} not found")
 
 
-class CommandRejected(Exception):
-    """A command that the aggregate's current state does not allow."""
+COMMAND_NAME = re.compile(r"^[a-z]+(?:_[a-z]+)*$")
+"""Command names, one style everywhere (``add_details``, ``plan_action``): the names in
+``allowed_commands`` and in a 409's ``command``."""
 
-    def __init__(self, state: str, command: str, allowed: Sequence[str]):
+
+class CommandRejected(Exception):
+    """A command that the aggregate's current state does not allow; ``reason`` says why when
+    the state alone does not (an action already done, work still open)."""
+
+    def __init__(self, state: str, command: str, allowed: Sequence[str], reason: str | None = None):
+        for name in (command, *allowed):
+            if not COMMAND_NAME.match(name):
+                raise ValueError(f"{name!r} is not a command name (snake_case)")
         self.state = state
         self.command = command
         self.allowed = list(allowed)
+        self.reason = reason
         super().__init__(
-            f"'{command}' is not allowed in state '{state}'; allowed: "
+            (reason or f"'{command}' is not allowed in state '{state}'")
+            + "; allowed: "
             + (", ".join(self.allowed) or "none")
         )
 

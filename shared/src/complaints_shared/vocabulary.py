@@ -9,6 +9,7 @@ from __future__ import annotations
 import re
 import unicodedata
 from datetime import datetime
+from decimal import Decimal
 from enum import StrEnum
 from zoneinfo import ZoneInfo
 
@@ -55,6 +56,25 @@ CONTACT_FIELD: dict[str, str] = {
 }
 """The customer field a reply on the channel goes to; other channels reach the customer through
 the gateway, by the complaint's reference."""
+
+# ISO 4217 currencies whose minor unit is not the cent (every other has two decimals)
+_ZERO_DECIMALS = ("BIF", "CLP", "DJF", "GNF", "ISK", "JPY", "KMF", "KRW", "PYG", "RWF", "UGX")
+_ZERO_DECIMALS_TOO = ("UYI", "VND", "VUV", "XAF", "XOF", "XPF")
+_MINOR_UNITS = {
+    **dict.fromkeys((*_ZERO_DECIMALS, *_ZERO_DECIMALS_TOO), 0),
+    **dict.fromkeys(("BHD", "IQD", "JOD", "KWD", "LYD", "OMR", "TND"), 3),
+}
+
+
+def normalise_amount(amount: Decimal, currency: str) -> Decimal:
+    """``amount`` with exactly its currency's decimals (``10.5 EUR`` → ``10.50``, ``1000 JPY``
+    → ``1000``); finer than the currency's minor unit is a ``ValueError``."""
+    exponent = Decimal(1).scaleb(-_MINOR_UNITS.get(currency, 2))
+    normalised = amount.quantize(exponent)
+    if normalised != amount:
+        raise ValueError(f"{currency} has {_MINOR_UNITS.get(currency, 2)} decimals at most")
+    return normalised
+
 
 SATISFIED_MIN_SCORE = 4
 """CSS counts answers scoring 4 or 5 of 5 as satisfied."""

@@ -29,6 +29,7 @@ from complaints_shared.envelope import Event
 from complaints_shared.errors import CommandRejected, InputRejected
 from complaints_shared.events import DomainEvent
 from complaints_shared.events import intake as ev
+from complaints_shared.events import resolution as rs
 from complaints_shared.policy import Policy
 from complaints_shared.vocabulary import (
     CONTACT_FIELD,
@@ -54,8 +55,48 @@ class DesiredOutcome(StrEnum):
 
 
 class Status(StrEnum):
+    """Intake's own state of a complaint: what its commands depend on."""
+
     received = "received"
     withdrawn = "withdrawn"
+
+
+class ComplaintStatus(StrEnum):
+    """Where a complaint is in its whole lifecycle, as intake's API shows it: intake's own
+    state, then the case's progress as resolution's events tell it (``case_progress``)."""
+
+    received = "received"
+    open = "open"
+    in_progress = "in_progress"
+    awaiting_customer = "awaiting_customer"
+    resolved = "resolved"
+    closed = "closed"
+    withdrawn = "withdrawn"
+
+
+def case_progress(payload: DomainEvent) -> ComplaintStatus | None:
+    """The lifecycle status a resolution event moves the complaint to (None: no change)."""
+    match payload:
+        case rs.CaseOpened():
+            return ComplaintStatus.open
+        case rs.ClarificationRequested():
+            return ComplaintStatus.awaiting_customer
+        case (
+            rs.CaseAssigned()
+            | rs.ClarificationReceived()
+            | rs.CauseIdentified()
+            | rs.SolutionProposed()
+            | rs.SolutionAgreed()
+            | rs.SolutionRejected()
+            | rs.ActionPlanned()
+            | rs.CaseReopened()
+        ):
+            return ComplaintStatus.in_progress
+        case rs.CaseResolved():
+            return ComplaintStatus.resolved
+        case rs.CaseClosed():
+            return ComplaintStatus.closed
+    return None
 
 
 class _Input(BaseModel):
@@ -402,7 +443,7 @@ def add_details(
     """Details from the customer (``added_by`` None: through a channel, which answers a pending
     clarification) or from an agent (their id)."""
     if state.status is not Status.received:
-        raise CommandRejected(state.status.value, "add details", allowed_commands(state.status))
+        raise CommandRejected(state.status.value, "add_details", allowed_commands(state.status))
     return [
         ev.ComplaintDetailsAdded.model_validate(
             {**details.model_dump(mode="json"), "added_by": added_by}
@@ -417,4 +458,4 @@ def withdraw(state: Complaint, command: WithdrawCreate, by: str | None) -> list[
 
 
 def allowed_commands(status: Status) -> list[str]:
-    return ["add details", "withdraw"] if status is Status.received else []
+    return ["add_details", "withdraw"] if status is Status.received else []

@@ -6,6 +6,7 @@ from typing import Any
 
 import asyncpg
 
+from complaints_intake.domain import case_progress
 from complaints_intake.projection import record_timeline
 from complaints_intake.timeline import complaint_of
 from complaints_shared.consumer import Subscription
@@ -18,6 +19,13 @@ def subscriptions(rt: Runtime) -> list[Subscription]:
         complaint_id = complaint_of(event)
         if await conn.fetchval("SELECT true FROM complaints WHERE id = $1", complaint_id):
             await record_timeline(conn, complaint_id, event)
+            status = case_progress(event.payload)
+            if status is not None:  # resolution's events come in order per complaint
+                await conn.execute(
+                    "UPDATE complaints SET status = $2 WHERE id = $1 AND status <> 'withdrawn'",
+                    complaint_id,
+                    status.value,
+                )
 
     t = rt.topics
     return [

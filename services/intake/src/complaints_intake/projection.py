@@ -91,7 +91,8 @@ async def scrub(conn: asyncpg.Connection, complaint_ids: Iterable[UUID]) -> None
     )
     cached = await conn.fetch(
         "SELECT key, response FROM idempotency_keys WHERE response IS NOT NULL"
-        " AND (response->>'id')::uuid = ANY($1::uuid[]) FOR UPDATE",
+        " AND coalesce(response->>'complaint_id', response->>'id')::uuid = ANY($1::uuid[])"
+        " FOR UPDATE",
         ids,
     )
     await conn.executemany(

@@ -207,7 +207,7 @@ def plan_action(
     p: Problem, c: CorrectiveActionCreate, now: datetime, by: str | None = None
 ) -> list[DomainEvent]:
     if p.status == "resolved":
-        raise CommandRejected("resolved", "plan corrective action", [])
+        raise CommandRejected("resolved", "plan_corrective_action", [])
     if c.due_at <= now:
         raise InputRejected("body.due_at", "must be in the future")
     return [
@@ -230,7 +230,9 @@ def complete_action(
     if action is None:
         raise InputRejected("path.action_id", f"no corrective action {action_id!r}")
     if action.completed_at is not None:
-        raise CommandRejected("completed", "complete corrective action", [])
+        raise CommandRejected(
+            p.status, "complete_corrective_action", [], reason=f"action {action_id} is done already"
+        )
     return [
         ev.CorrectiveActionCompleted(
             problem_id=p.problem_id,

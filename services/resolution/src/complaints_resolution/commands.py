@@ -9,12 +9,25 @@ from typing import Annotated, Literal, Self
 
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, StringConstraints, model_validator
 
-from complaints_resolution.domain import ALLOWED, Case, check_action, new_id, require
+from complaints_resolution.domain import (
+    ALLOWED,
+    Case,
+    allowed_commands,
+    check_action,
+    new_id,
+    require,
+)
 from complaints_shared.errors import CommandRejected, Forbidden, InputRejected
 from complaints_shared.events import DomainEvent
 from complaints_shared.events import resolution as ev
 from complaints_shared.policy import Policy
-from complaints_shared.vocabulary import MONEY_REMEDIES, ONE_LINE, Remedy, Severity
+from complaints_shared.vocabulary import (
+    MONEY_REMEDIES,
+    ONE_LINE,
+    Remedy,
+    Severity,
+    normalise_amount,
+)
 
 Text = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=2000)]
 Name = Annotated[
@@ -22,6 +35,10 @@ Name = Annotated[
     StringConstraints(strip_whitespace=True, min_length=1, max_length=100, pattern=ONE_LINE),
 ]
 Currency = Annotated[str, StringConstraints(pattern=r"^[A-Z]{3}$")]
+AMOUNT = (
+    "a decimal number (a JSON number or string) with at most the currency's decimals;"
+    ' answers show it as a string with exactly those decimals (10.5 EUR: "10.50")'
+)
 Role = ev.Role
 
 
@@ -69,7 +86,7 @@ class IdentifyCause(_Command):
 class SolutionOption(_Command):
     remedy: Remedy
     description: Text
-    amount: Decimal | None = Field(None, gt=0, max_digits=12, decimal_places=2)
+    amount: Decimal | None = Field(None, gt=0, max_digits=12, decimal_places=3, description=AMOUNT)
     currency: Currency | None = None
 
     @model_validator(mode="after")
@@ -78,6 +95,8 @@ class SolutionOption(_Command):
             raise ValueError(f"a {self.remedy.value} needs an amount and a currency")
         if (self.amount is None) != (self.currency is None):
             raise ValueError("give amount and currency together")
+        if self.amount is not None and self.currency is not None:
+            self.amount = normalise_amount(self.amount, self.currency)
         return self
 
 
@@ -110,9 +129,14 @@ class CompleteAction(_Command):
 
 
 class RequestCompensation(_Command):
-    amount: Decimal = Field(gt=0, max_digits=12, decimal_places=2)
+    amount: Decimal = Field(gt=0, max_digits=12, decimal_places=3, description=AMOUNT)
     currency: Currency
     reason: Text
+
+    @model_validator(mode="after")
+    def _normalised(self) -> Self:
+        self.amount = normalise_amount(self.amount, self.currency)
+        return self
 
 
 class DecideCompensation(_Command):
@@ -285,7 +309,12 @@ def complete_action(
     require(case, "complete_action")
     action = check_action(case, c.action_id)
     if action.completed_at is not None:
-        raise CommandRejected(case.state.value, "complete_action", ["(the action is done)"])
+        raise CommandRejected(
+            case.state.value,
+            "complete_action",
+            allowed_commands(case),
+            reason=f"action {c.action_id} is done already",
+        )
     return [ev.ActionCompleted(action_id=c.action_id, completed_by=by.id, outcome=c.outcome)]
 
 
@@ -329,7 +358,12 @@ def decide_compensation(
     if request is None:
         raise InputRejected("body.request_id", f"no compensation request {c.request_id!r}")
     if request.status != "pending":
-        raise CommandRejected(f"compensation {request.status}", command, [])
+        raise CommandRejected(
+            case.state.value,
+            command,
+            allowed_commands(case),
+            reason=f"compensation request {c.request_id} is {request.status} already",
+        )
     if by.id == request.requested_by:
         raise Forbidden("nobody decides on their own compensation request")
     if by.role is None or not policy.compensation.may_approve(by.role, request.amount):
@@ -359,12 +393,13 @@ def resolve(case: Case, c: ResolveCase, by: By, now: datetime, policy: Policy) -
         raise CommandRejected(
             case.state.value,
             "resolve",
-            [
+            allowed_commands(case),
+            reason=(
                 f"complete actions {', '.join(open_actions)}"
                 if open_actions
-                else f"decide compensation {', '.join(pending)}",
-                "resolve with a supervisor override",
-            ],
+                else f"decide compensation requests {', '.join(pending)}"
+            )
+            + " first, or resolve with a supervisor's override",
         )
     if c.override is not None and by.role not in ("supervisor", "manager"):
         raise Forbidden("only a supervisor or manager can override open actions")

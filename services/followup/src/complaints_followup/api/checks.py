@@ -10,6 +10,14 @@ from fastapi import APIRouter, Query
 from pydantic import BaseModel
 
 from complaints_shared.auth import access
+from complaints_shared.paging import (
+    Cursor,
+    Limit,
+    Page,
+    decode_cursor,
+    instant,
+    next_cursor,
+)
 from complaints_shared.problems import PROBLEM_RESPONSES
 from complaints_shared.service import RuntimeDep
 
@@ -35,29 +43,34 @@ class SatisfactionCheckPublic(BaseModel):
     answered_at: datetime | None
 
 
-class SatisfactionCheckList(BaseModel):
-    items: list[SatisfactionCheckPublic]
-
-
 @router.get("", summary="Satisfaction checks, optionally of one complaint", **READ)
 async def list_checks(
     rt: RuntimeDep,
     complaint_id: Annotated[UUID | None, Query()] = None,
     status: Annotated[str | None, Query(max_length=20)] = None,
-    limit: Annotated[int, Query(ge=1, le=500)] = 50,
-) -> SatisfactionCheckList:
+    limit: Limit = 50,
+    cursor: Cursor = None,
+) -> Page[SatisfactionCheckPublic]:
+    after_at, after_id = decode_cursor(cursor, instant, UUID) if cursor else (None, None)
     rows = await rt.pool.fetch(
         "SELECT * FROM satisfaction_checks WHERE ($1::uuid IS NULL OR complaint_id = $1)"
-        " AND ($2::text IS NULL OR status = $2) ORDER BY scheduled_at, check_id LIMIT $3",
+        " AND ($2::text IS NULL OR status = $2)"
+        " AND ($3::timestamptz IS NULL OR (scheduled_at, check_id) > ($3, $4))"
+        " ORDER BY scheduled_at, check_id LIMIT $5",
         complaint_id,
         status,
-        limit,
+        after_at,
+        after_id,
+        limit + 1,
     )
-    return SatisfactionCheckList(
+    return Page(
         items=[
             SatisfactionCheckPublic.model_validate(
                 {k: r[k] for k in SatisfactionCheckPublic.model_fields}
             )
-            for r in rows
-        ]
+            for r in rows[:limit]
+        ],
+        next_cursor=next_cursor(
+            rows, limit, lambda r: (r["scheduled_at"].isoformat(), r["check_id"])
+        ),
     )

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import base64
 import hashlib
 import json
 from collections.abc import Callable
@@ -18,6 +17,7 @@ from pydantic import AwareDatetime, BaseModel, Field
 from complaints_intake.domain import (
     Complaint,
     ComplaintCreate,
+    ComplaintStatus,
     DetailsCreate,
     Earlier,
     History,
@@ -34,8 +34,18 @@ from complaints_intake.language import detect_language
 from complaints_intake.projection import complaints
 from complaints_intake.resources import IntakeResources
 from complaints_shared.auth import Actor, access
-from complaints_shared.errors import InputRejected, NotFound
+from complaints_shared.conditional import (
+    ETAG_HEADER,
+    ETAGGED,
+    LOCATION_HEADER,
+    IfMatch,
+    etag,
+    expected_version,
+    versioned,
+)
+from complaints_shared.errors import NotFound
 from complaints_shared.events import DomainEvent
+from complaints_shared.paging import Cursor, Limit, Page, bigint, decode_cursor, next_cursor
 from complaints_shared.problems import PROBLEM_RESPONSES, problem
 from complaints_shared.service import Runtime, RuntimeDep
 
@@ -63,10 +73,16 @@ class Acknowledgement(BaseModel):
     message: dict[str, str]
 
 
+STATUS_DESCRIPTION = (
+    "where the complaint is in its lifecycle: received, open (a case is open), in_progress,"
+    " awaiting_customer, resolved, closed or withdrawn"
+)
+
+
 class ComplaintPublic(BaseModel):
-    id: UUID
+    complaint_id: UUID
     reference: str
-    status: str
+    status: ComplaintStatus = Field(description=STATUS_DESCRIPTION)
     channel: str
     reply_channel: str
     category: str
@@ -99,9 +115,9 @@ class ComplaintPublic(BaseModel):
 
 
 class ComplaintSummary(BaseModel):
-    id: UUID
+    complaint_id: UUID
     reference: str
-    status: str
+    status: ComplaintStatus = Field(description=STATUS_DESCRIPTION)
     channel: str
     category: str
     severity: str
@@ -109,11 +125,6 @@ class ComplaintSummary(BaseModel):
     alerts: list[str]
     possible_duplicate_of: UUID | None
     received_at: datetime
-
-
-class ComplaintPage(BaseModel):
-    items: list[ComplaintSummary]
-    next_cursor: str | None
 
 
 class TimelineEntry(BaseModel):
@@ -139,9 +150,9 @@ ResourcesDep = Annotated[IntakeResources, Depends(resources)]
 
 def _public(row: asyncpg.Record) -> ComplaintPublic:
     r = row["received"]
-    status = Status(row["status"])
+    status = Status.withdrawn if row["status"] == "withdrawn" else Status.received
     return ComplaintPublic(
-        id=row["id"],
+        complaint_id=row["id"],
         reference=row["reference"],
         status=row["status"],
         channel=row["channel"],
@@ -217,7 +228,10 @@ async def _history(
     "",
     status_code=201,
     summary="Record a complaint and acknowledge it at once",
-    responses={413: PROBLEM_RESPONSES[422] | {"description": "Body too large"}},
+    responses={
+        201: {"headers": ETAG_HEADER | LOCATION_HEADER},
+        413: PROBLEM_RESPONSES[422] | {"description": "Body too large"},
+    },
     **SUBMIT,
 )
 async def submit_complaint(
@@ -274,6 +288,7 @@ async def submit_complaint(
                 public.model_dump(mode="json"),
             )
     response.headers["Location"] = f"/complaints/{complaint_id}"
+    response.headers["ETag"] = etag(public.version)
     return public
 
 
@@ -292,17 +307,22 @@ async def _replay(conn: asyncpg.Connection, key: str, fingerprint: str) -> Respo
             errors=[{"field": "header.Idempotency-Key", "message": "used for another request"}],
         )
     body = row["response"]
+    complaint_id = body.get("complaint_id") or body["id"]  # answers cached before 0.x: "id"
     return JSONResponse(
         body,
         status_code=row["status_code"],
-        headers={"Location": f"/complaints/{body['id']}", "Idempotent-Replayed": "true"},
+        headers={
+            "Location": f"/complaints/{complaint_id}",
+            "ETag": etag(body["version"]),
+            "Idempotent-Replayed": "true",
+        },
     )
 
 
 @router.get("", summary="Complaints, newest first, filtered and cursor-paginated", **READ)
 async def list_complaints(
     rt: RuntimeDep,
-    status: Annotated[Literal["received", "withdrawn"] | None, Query()] = None,
+    status: Annotated[ComplaintStatus | None, Query()] = None,
     channel: Annotated[str | None, Query(max_length=20)] = None,
     category: Annotated[str | None, Query(max_length=60)] = None,
     severity: Annotated[Literal["low", "medium", "high", "critical"] | None, Query()] = None,
@@ -311,18 +331,18 @@ async def list_complaints(
     ] = None,
     received_from: Annotated[AwareDatetime | None, Query(description="with a time zone")] = None,
     received_to: Annotated[AwareDatetime | None, Query(description="with a time zone")] = None,
-    limit: Annotated[int, Query(ge=1, le=200)] = 50,
-    cursor: Annotated[str | None, Query(max_length=100)] = None,
-) -> ComplaintPage:
-    after = _decode_cursor(cursor) if cursor else None
+    limit: Limit = 50,
+    cursor: Cursor = None,
+) -> Page[ComplaintSummary]:
+    after = decode_cursor(cursor, bigint)[0] if cursor else None
     keys = (
         customer_keys_matching(customer, rt.keyring.pseudonym_secret)
         if customer is not None
         else None
     )
     rows = await rt.pool.fetch(
-        "SELECT id, seq, reference, status, channel, category, severity, subject, alerts,"
-        " possible_duplicate_of, received_at FROM complaints"
+        "SELECT id AS complaint_id, seq, reference, status, channel, category, severity,"
+        " subject, alerts, possible_duplicate_of, received_at FROM complaints"
         " WHERE ($1::text IS NULL OR status = $1) AND ($2::text IS NULL OR channel = $2)"
         "   AND ($3::text IS NULL OR category = $3) AND ($4::text IS NULL OR severity = $4)"
         "   AND ($5::text[] IS NULL OR customer_key = ANY($5))"
@@ -340,39 +360,24 @@ async def list_complaints(
         after,
         limit + 1,
     )
-    page = rows[:limit]
-    next_cursor = _encode_cursor(page[-1]["seq"]) if len(rows) > limit else None
-    return ComplaintPage(
+    return Page(
         items=[
             ComplaintSummary.model_validate({k: v for k, v in r.items() if k != "seq"})
-            for r in page
+            for r in rows[:limit]
         ],
-        next_cursor=next_cursor,
+        next_cursor=next_cursor(rows, limit, lambda r: (r["seq"],)),
     )
 
 
-def _encode_cursor(seq: int) -> str:
-    return base64.urlsafe_b64encode(f"s{seq}".encode()).decode().rstrip("=")
-
-
-def _decode_cursor(cursor: str) -> int:
-    try:
-        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
-        if not raw.startswith("s"):
-            raise ValueError
-        seq = int(raw[1:])
-        if not 0 <= seq < 2**63:  # a bigint
-            raise ValueError
-        return seq
-    except (ValueError, UnicodeDecodeError):
-        raise InputRejected("query.cursor", "not a cursor this API returned") from None
-
-
 @router.get(
-    "/{complaint_id}", summary="One complaint, with its acknowledgement and details", **READ
+    "/{complaint_id}",
+    summary="One complaint, with its acknowledgement and details",
+    **READ,
+    **ETAGGED,
 )
 async def get_complaint(complaint_id: UUID, rt: RuntimeDep) -> ComplaintPublic:
-    return _public(await _row(rt.pool, complaint_id))
+    public = _public(await _row(rt.pool, complaint_id))
+    return versioned(public, public.version)
 
 
 @router.get(
@@ -393,28 +398,49 @@ async def get_timeline(complaint_id: UUID, rt: RuntimeDep) -> Timeline:
 
 
 @router.post(
-    "/{complaint_id}/details", summary="Add notes, answers or attachment references", **ON_BEHALF
+    "/{complaint_id}/details",
+    summary="Add notes, answers or attachment references",
+    **ON_BEHALF,
+    **ETAGGED,
 )
 async def post_details(
-    complaint_id: UUID, body: DetailsCreate, rt: RuntimeDep, actor: Actor
+    complaint_id: UUID,
+    body: DetailsCreate,
+    rt: RuntimeDep,
+    actor: Actor,
+    if_match: IfMatch = None,
 ) -> ComplaintPublic:
     added_by = None if "channel-gateway" in actor.roles else actor.subject
-    return await _command(rt, complaint_id, lambda state: add_details(state, body, added_by))
+    return await _command(
+        rt, complaint_id, if_match, lambda state: add_details(state, body, added_by)
+    )
 
 
 @router.post(
-    "/{complaint_id}/withdraw", summary="The customer withdraws the complaint", **ON_BEHALF
+    "/{complaint_id}/withdraw",
+    summary="The customer withdraws the complaint",
+    **ON_BEHALF,
+    **ETAGGED,
 )
 async def post_withdraw(
-    complaint_id: UUID, rt: RuntimeDep, actor: Actor, body: WithdrawCreate | None = None
+    complaint_id: UUID,
+    rt: RuntimeDep,
+    actor: Actor,
+    body: WithdrawCreate | None = None,
+    if_match: IfMatch = None,
 ) -> ComplaintPublic:
     """The body (a reason) is optional: an empty POST withdraws too."""
     given = body or WithdrawCreate()
-    return await _command(rt, complaint_id, lambda state: withdraw(state, given, actor.subject))
+    return await _command(
+        rt, complaint_id, if_match, lambda state: withdraw(state, given, actor.subject)
+    )
 
 
 async def _command(
-    rt: Runtime, complaint_id: UUID, decide: Callable[[Complaint], list[DomainEvent]]
+    rt: Runtime,
+    complaint_id: UUID,
+    if_match: str | None,
+    decide: Callable[[Complaint], list[DomainEvent]],
 ) -> ComplaintPublic:
     def checked(state: Complaint | None) -> list[DomainEvent]:
         if state is None:
@@ -422,5 +448,12 @@ async def _command(
         return decide(state)
 
     async with rt.pool.acquire() as conn, conn.transaction():
-        await complaints(rt).execute(conn, complaint_id, checked, redecide=False)
-        return _public(await _row(conn, complaint_id))
+        await complaints(rt).execute(
+            conn,
+            complaint_id,
+            checked,
+            expected_version=expected_version(if_match),
+            redecide=False,
+        )
+        public = _public(await _row(conn, complaint_id))
+    return versioned(public, public.version)

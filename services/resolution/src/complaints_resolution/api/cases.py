@@ -2,24 +2,31 @@
 
 from __future__ import annotations
 
-import base64
 from collections.abc import Callable
 from datetime import datetime, timedelta
 from typing import Annotated, Any
 from uuid import UUID
 
-from fastapi import APIRouter, Header, Path, Query
-from pydantic import BaseModel
+from fastapi import APIRouter, Path, Query
+from pydantic import BaseModel, Field
 
 from complaints_resolution import commands as cmd
-from complaints_resolution.domain import Case, actor, allowed_commands
+from complaints_resolution.domain import Action, Case, Compensation, actor, allowed_commands
 from complaints_resolution.messages import telling
 from complaints_resolution.projection import cases, load_case
 from complaints_resolution.resources import ResolutionResources
 from complaints_resolution.sla import Clock, first_response_clock, open_deadlines, resolution_clock
 from complaints_shared.auth import Actor, Principal, access
+from complaints_shared.conditional import (
+    CREATED,
+    ETAGGED,
+    IfMatch,
+    expected_version,
+    versioned,
+)
 from complaints_shared.errors import InputRejected, NotFound
 from complaints_shared.events import DomainEvent
+from complaints_shared.paging import Cursor, Limit, Page, decode_cursor, next_cursor
 from complaints_shared.problems import PROBLEM_RESPONSES
 from complaints_shared.service import Runtime, RuntimeDep
 
@@ -48,12 +55,6 @@ ItemId = Annotated[
 ]
 
 
-IfMatch = Annotated[
-    int | None,
-    Header(alias="If-Match", description="the case version you saw: a newer one answers 409"),
-]
-
-
 class ClockPublic(BaseModel):
     due_at: datetime | None
     met_at: datetime | None
@@ -69,6 +70,48 @@ class DeadlinePublic(BaseModel):
     overdue: bool
 
 
+class ActionPublic(BaseModel):
+    action_id: str
+    description: str
+    owner: str
+    due_at: datetime
+    completed_at: datetime | None
+    outcome: str | None
+
+
+class CompensationRequestPublic(BaseModel):
+    request_id: str
+    amount: str = Field(description="in the currency's minor units, as a decimal string")
+    currency: str
+    reason: str
+    requested_by: str
+    status: str
+    decided_by: str | None
+
+
+def _action(a: Action) -> ActionPublic:
+    return ActionPublic(
+        action_id=a.action_id,
+        description=a.description,
+        owner=a.owner,
+        due_at=a.due_at,
+        completed_at=a.completed_at,
+        outcome=a.outcome,
+    )
+
+
+def _compensation(x: Compensation) -> CompensationRequestPublic:
+    return CompensationRequestPublic(
+        request_id=x.request_id,
+        amount=str(x.amount),
+        currency=x.currency,
+        reason=x.reason,
+        requested_by=x.requested_by,
+        status=x.status,
+        decided_by=x.decided_by,
+    )
+
+
 class CasePublic(BaseModel):
     complaint_id: UUID
     reference: str
@@ -82,8 +125,8 @@ class CasePublic(BaseModel):
     proposals: list[dict[str, Any]]
     rejections: list[dict[str, Any]]
     agreed_solution: dict[str, Any] | None
-    actions: list[dict[str, Any]]
-    compensation: list[dict[str, Any]]
+    actions: list[ActionPublic]
+    compensation: list[CompensationRequestPublic]
     escalation_level: str | None
     reopen_count: int
     resolution: dict[str, Any] | None
@@ -104,11 +147,6 @@ class CaseSummary(BaseModel):
     next_deadline_at: datetime | None
     overdue: bool
     version: int
-
-
-class CasePage(BaseModel):
-    items: list[CaseSummary]
-    next_cursor: str | None
 
 
 def _clock(c: Clock) -> ClockPublic:
@@ -139,29 +177,8 @@ def _public(case: Case, history: list[dict[str, Any]], rt: Runtime) -> CasePubli
         proposals=[p.model_dump(mode="json", exclude_none=True) for p in case.proposals],
         rejections=[r.model_dump(mode="json", exclude_none=True) for r in case.rejections],
         agreed_solution=_dump(case.agreed),
-        actions=[
-            {
-                "action_id": a.action_id,
-                "description": a.description,
-                "owner": a.owner,
-                "due_at": a.due_at,
-                "completed_at": a.completed_at,
-                "outcome": a.outcome,
-            }
-            for a in case.actions
-        ],
-        compensation=[
-            {
-                "request_id": x.request_id,
-                "amount": str(x.amount),
-                "currency": x.currency,
-                "reason": x.reason,
-                "requested_by": x.requested_by,
-                "status": x.status,
-                "decided_by": x.decided_by,
-            }
-            for x in case.compensations
-        ],
+        actions=[_action(a) for a in case.actions],
+        compensation=[_compensation(x) for x in case.compensations],
         escalation_level=case.escalation_level,
         reopen_count=case.reopen_count,
         resolution=_dump(case.resolution),
@@ -196,12 +213,13 @@ async def _view(rt: Runtime, complaint_id: UUID) -> CasePublic:
     return _public(case, history, rt)
 
 
-async def _run(
+async def _execute(
     rt: Runtime,
     complaint_id: UUID,
-    if_match: int | None,
+    if_match: str | None,
     decide: Callable[[Case, datetime], list[DomainEvent]],
-) -> CasePublic:
+) -> Case:
+    """Decide and record a command; the case after it."""
     res: ResolutionResources = rt.resources
     now = rt.clock()
 
@@ -211,14 +229,26 @@ async def _run(
         return decide(case, now)
 
     async with rt.pool.acquire() as conn, conn.transaction():
-        await cases(rt).execute(
+        saved = await cases(rt).execute(
             conn,
             complaint_id,
             telling(checked, res.messages, rt.policy.calendar.timezone),
-            expected_version=if_match,
+            expected_version=expected_version(if_match),
             redecide=False,
         )
-    return await _view(rt, complaint_id)
+    assert saved.state is not None
+    return saved.state
+
+
+async def _run(
+    rt: Runtime,
+    complaint_id: UUID,
+    if_match: str | None,
+    decide: Callable[[Case, datetime], list[DomainEvent]],
+) -> CasePublic:
+    await _execute(rt, complaint_id, if_match, decide)
+    view = await _view(rt, complaint_id)
+    return versioned(view, view.version)
 
 
 def _by(actor: Principal) -> cmd.By:
@@ -235,10 +265,13 @@ def _cmd(
     "/{complaint_id}", summary="One case: state, owner, cause, solution, actions, SLA", **READ
 )
 async def get_case(complaint_id: UUID, rt: RuntimeDep) -> CasePublic:
-    return await _view(rt, complaint_id)
+    view = await _view(rt, complaint_id)
+    return versioned(view, view.version)
 
 
-@router.post("/{complaint_id}/assign", summary="Name the owner who will put this right", **AGENT)
+@router.post(
+    "/{complaint_id}/assign", summary="Name the owner who will put this right", **AGENT, **ETAGGED
+)
 async def assign(
     complaint_id: UUID, body: cmd.AssignCase, rt: RuntimeDep, actor: Actor, if_match: IfMatch = None
 ) -> CasePublic:
@@ -249,6 +282,7 @@ async def assign(
     "/{complaint_id}/clarification-requests",
     summary="Ask the customer (pauses the resolution clock)",
     **AGENT,
+    **ETAGGED,
 )
 async def request_clarification(
     complaint_id: UUID,
@@ -286,7 +320,7 @@ async def identify_cause(
     return await _run(rt, complaint_id, if_match, _cmd(cmd.identify_cause, body, actor, rt))
 
 
-@router.post("/{complaint_id}/proposals", summary="Offer one or more remedies", **AGENT)
+@router.post("/{complaint_id}/proposals", summary="Offer one or more remedies", **AGENT, **ETAGGED)
 async def propose_solution(
     complaint_id: UUID,
     body: cmd.ProposeSolution,
@@ -301,6 +335,7 @@ async def propose_solution(
     "/{complaint_id}/agreement",
     summary="The customer approved an option: outcome, indicators and deadline",
     **AGENT,
+    **ETAGGED,
 )
 async def agree_solution(
     complaint_id: UUID,
@@ -312,7 +347,9 @@ async def agree_solution(
     return await _run(rt, complaint_id, if_match, _cmd(cmd.agree_solution, body, actor, rt))
 
 
-@router.post("/{complaint_id}/rejection", summary="The customer rejected the proposal", **AGENT)
+@router.post(
+    "/{complaint_id}/rejection", summary="The customer rejected the proposal", **AGENT, **ETAGGED
+)
 async def reject_solution(
     complaint_id: UUID,
     body: cmd.RejectSolution,
@@ -323,11 +360,32 @@ async def reject_solution(
     return await _run(rt, complaint_id, if_match, _cmd(cmd.reject_solution, body, actor, rt))
 
 
-@router.post("/{complaint_id}/actions", summary="Plan an action of the agreed solution", **AGENT)
+@router.post(
+    "/{complaint_id}/actions",
+    summary="Plan an action of the agreed solution (201: the action, at its Location)",
+    **AGENT,
+    **CREATED,
+)
 async def plan_action(
     complaint_id: UUID, body: cmd.PlanAction, rt: RuntimeDep, actor: Actor, if_match: IfMatch = None
-) -> CasePublic:
-    return await _run(rt, complaint_id, if_match, _cmd(cmd.plan_action, body, actor, rt))
+) -> ActionPublic:
+    case = await _execute(rt, complaint_id, if_match, _cmd(cmd.plan_action, body, actor, rt))
+    action = case.actions[-1]  # the command adds exactly one
+    return versioned(
+        _action(action),
+        case.version,
+        status_code=201,
+        location=f"/cases/{complaint_id}/actions/{action.action_id}",
+    )
+
+
+@router.get("/{complaint_id}/actions/{action_id}", summary="One action of the case", **READ)
+async def get_action(complaint_id: UUID, action_id: ItemId, rt: RuntimeDep) -> ActionPublic:
+    case, _ = await load_case(rt.pool, rt, complaint_id)
+    action = case.action(action_id)
+    if action is None:
+        raise NotFound("action", action_id)
+    return versioned(_action(action), case.version)
 
 
 class ActionCompletion(BaseModel):
@@ -335,7 +393,9 @@ class ActionCompletion(BaseModel):
     outcome: cmd.Text | None = None
 
 
-@router.post("/{complaint_id}/actions/{action_id}/complete", summary="An action is done", **AGENT)
+@router.post(
+    "/{complaint_id}/actions/{action_id}/complete", summary="An action is done", **AGENT, **ETAGGED
+)
 async def complete_action(
     complaint_id: UUID,
     action_id: ItemId,
@@ -352,6 +412,7 @@ async def complete_action(
     "/{complaint_id}/compensation-requests",
     summary="Ask for compensation (approved at once within the agent's limit)",
     **AGENT,
+    **CREATED,
 )
 async def request_compensation(
     complaint_id: UUID,
@@ -359,8 +420,33 @@ async def request_compensation(
     rt: RuntimeDep,
     actor: Actor,
     if_match: IfMatch = None,
-) -> CasePublic:
-    return await _run(rt, complaint_id, if_match, _cmd(cmd.request_compensation, body, actor, rt))
+) -> CompensationRequestPublic:
+    """201: the request (``status`` approved when within the agent's limit), at its Location."""
+    case = await _execute(
+        rt, complaint_id, if_match, _cmd(cmd.request_compensation, body, actor, rt)
+    )
+    request = case.compensations[-1]  # the command adds exactly one
+    return versioned(
+        _compensation(request),
+        case.version,
+        status_code=201,
+        location=f"/cases/{complaint_id}/compensation-requests/{request.request_id}",
+    )
+
+
+@router.get(
+    "/{complaint_id}/compensation-requests/{request_id}",
+    summary="One compensation request of the case",
+    **READ,
+)
+async def get_compensation_request(
+    complaint_id: UUID, request_id: ItemId, rt: RuntimeDep
+) -> CompensationRequestPublic:
+    case, _ = await load_case(rt.pool, rt, complaint_id)
+    request = case.compensation(request_id)
+    if request is None:
+        raise NotFound("compensation request", request_id)
+    return versioned(_compensation(request), case.version)
 
 
 class CompensationDecision(BaseModel):
@@ -374,7 +460,7 @@ async def _decide_compensation(
     request_id: ItemId,
     body: CompensationDecision,
     actor: Principal,
-    if_match: int | None,
+    if_match: str | None,
     approve: bool,
 ) -> CasePublic:
     command = cmd.DecideCompensation(request_id=request_id, **body.model_dump())
@@ -392,6 +478,7 @@ async def _decide_compensation(
     "/{complaint_id}/compensation-requests/{request_id}/approve",
     summary="A supervisor (or manager) approves; never the requester",
     **SUPERVISOR,
+    **ETAGGED,
 )
 async def approve_compensation(
     complaint_id: UUID,
@@ -408,6 +495,7 @@ async def approve_compensation(
     "/{complaint_id}/compensation-requests/{request_id}/decline",
     summary="A supervisor (or manager) declines; never the requester",
     **SUPERVISOR,
+    **ETAGGED,
 )
 async def decline_compensation(
     complaint_id: UUID,
@@ -424,6 +512,7 @@ async def decline_compensation(
     "/{complaint_id}/resolve",
     summary="Resolve: the agreed solution's actions are done (or a supervisor overrides)",
     **AGENT,
+    **ETAGGED,
 )
 async def resolve(
     complaint_id: UUID,
@@ -435,7 +524,7 @@ async def resolve(
     return await _run(rt, complaint_id, if_match, _cmd(cmd.resolve, body, actor, rt))
 
 
-@router.post("/{complaint_id}/close", summary="Close a resolved case", **AGENT)
+@router.post("/{complaint_id}/close", summary="Close a resolved case", **AGENT, **ETAGGED)
 async def close(
     complaint_id: UUID, body: cmd.CloseCase, rt: RuntimeDep, actor: Actor, if_match: IfMatch = None
 ) -> CasePublic:
@@ -462,13 +551,13 @@ async def list_cases(
         timedelta | None,
         Query(description="ISO 8601 duration: deadlines within it (overdue included)"),
     ] = None,
-    limit: Annotated[int, Query(ge=1, le=200)] = 50,
-    cursor: Annotated[str | None, Query(max_length=200)] = None,
-) -> CasePage:
+    limit: Limit = 50,
+    cursor: Cursor = None,
+) -> Page[CaseSummary]:
     now = rt.clock()
     if breach_within is not None and not timedelta(0) <= breach_within <= MAX_HORIZON:
         raise InputRejected("query.breach_within", "a duration from PT0S up to P3650D")
-    after_at, after_id = _decode(cursor) if cursor else (None, None)
+    after_at, after_id = decode_cursor(cursor, _deadline, UUID) if cursor else (None, None)
     rows = await rt.pool.fetch(
         "SELECT * FROM cases WHERE ($1::text IS NULL OR owner_id = $1)"
         " AND ($2::text IS NULL OR state = $2) AND ($3::text IS NULL OR severity = $3)"
@@ -504,26 +593,24 @@ async def list_cases(
         )
         for r in page
     ]
-    last = page[-1] if len(rows) > limit else None
-    return CasePage(
+    return Page(
         items=items,
-        next_cursor=_encode(last["next_deadline_at"], last["complaint_id"]) if last else None,
+        next_cursor=next_cursor(
+            rows,
+            limit,
+            lambda r: (
+                r["next_deadline_at"].isoformat() if r["next_deadline_at"] else "infinity",
+                r["complaint_id"],
+            ),
+        ),
     )
 
 
-def _encode(at: datetime | None, complaint_id: UUID) -> str:
-    key = at.isoformat() if at is not None else "infinity"
-    return base64.urlsafe_b64encode(f"{key}|{complaint_id}".encode()).decode()
-
-
-def _decode(cursor: str) -> tuple[str, UUID]:
-    try:
-        at, cid = base64.urlsafe_b64decode(cursor.encode()).decode().split("|")
-        if at != "infinity":
-            parsed = datetime.fromisoformat(at)
-            if parsed.tzinfo is None:
-                raise ValueError
-            at = parsed.isoformat()  # what PostgreSQL reads back as the same instant
-        return at, UUID(cid)
-    except (ValueError, UnicodeDecodeError):
-        raise InputRejected("query.cursor", "not a cursor this API returned") from None
+def _deadline(part: str) -> str:
+    """A cursor's deadline: ``infinity`` or an instant with its offset, as PostgreSQL reads it."""
+    if part == "infinity":
+        return part
+    parsed = datetime.fromisoformat(part)
+    if parsed.tzinfo is None:
+        raise ValueError(part)
+    return parsed.isoformat()
