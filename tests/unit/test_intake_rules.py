@@ -21,11 +21,11 @@ from complaints_shared.events.intake import (
     ComplaintReceived,
 )
 from complaints_shared.events.resolution import CaseEscalated
-from complaints_shared.policy import Policy
+from complaints_shared.policy import Policy, load_policy
 from complaints_shared.vocabulary import normalise
 
 POLICY = Policy()
-RULES = IntakeRules.load(POLICY.intake.categories)
+RULES = IntakeRules.load(POLICY.intake)
 TEMPLATES = load_templates(POLICY.intake.languages)
 NOW = datetime(2026, 11, 23, 10, 0, tzinfo=UTC)  # a Monday
 
@@ -49,10 +49,108 @@ def test_normalise_and_lexicon_ignore_case_accents_and_endings():
         ("Egy órát vártam a sorban", "waiting_time"),
         ("A csomag nem érkezett meg, a futár nem jött", "delivery"),
         ("Nothing in particular to say", "other"),
+        # misses seen in use
+        ("Zapatillas con la suela despegada", "product_defect"),
+        ("Aspirador não liga", "product_defect"),
+        ("The loaf I bought was mouldy", "product_defect"),
     ],
 )
 def test_category_suggestion_across_languages(text, category):
     assert RULES.suggest_category(text)[0] == category
+
+
+@pytest.mark.parametrize(
+    ("taxonomy", "text", "category"),
+    [
+        (
+            "financial_services",
+            "I was charged a late payment fee on my credit card",
+            "fees_interest",
+        ),
+        (
+            "financial_services",
+            "Debt collector keeps calling about a debt not owed",
+            "debt_collection",
+        ),
+        ("telecom", "Sem rede no telemóvel, as chamadas caem", "network_coverage"),
+        ("telecom", "Internet muy lenta, se cae la conexión", "internet_speed_outage"),
+        ("utilities", "Nincs áram második napja", "supply_interruption"),
+        ("utilities", "Brown water from the tap, it smells", "water_quality"),
+    ],
+)
+def test_each_shipped_taxonomy_suggests_its_own_categories(taxonomy, text, category):
+    policy = Policy.model_validate({"intake": {"taxonomy": taxonomy}})
+    assert "other" in policy.intake.categories and category in policy.intake.categories
+    assert IntakeRules.load(policy.intake).suggest_category(text)[0] == category
+
+
+def test_a_late_payment_is_no_delivery_for_a_bank():
+    bank = Policy.model_validate({"intake": {"taxonomy": "financial_services"}})
+    text = "A late payment was reported although I paid on time"
+    assert IntakeRules.load(bank.intake).suggest_category(text)[0] != "delivery"
+
+
+def test_a_business_brings_its_own_taxonomy(tmp_path):
+    (tmp_path / "hotel.toml").write_text(
+        '[categories.room]\ndescription = "rooms"\nkeywords = ["room", "bed*"]\n'
+    )
+    (tmp_path / "policy.toml").write_text('[intake]\ntaxonomy = "hotel.toml"\n')
+    policy = load_policy(tmp_path / "policy.toml")
+    assert policy.intake.categories == ("room", "other")
+    assert IntakeRules.load(policy.intake).suggest_category("The bedsheets were torn")[0] == "room"
+    (tmp_path / "policy.toml").write_text('[intake]\ntaxonomy = "hotels"\n')
+    with pytest.raises(ValueError, match="unknown taxonomy"):
+        load_policy(tmp_path / "policy.toml")
+
+
+@pytest.mark.parametrize(
+    ("text", "public", "safety"),
+    [
+        (
+            "My six-year-old burned his hand on your overheating charger, we went to A&E",
+            (),
+            None,
+        ),
+        ("I will post this on Twitter and call my lawyer", ("social_media", "legal"), ()),
+        (
+            "Vou fazer queixa no Livro de Reclamações e falar com a imprensa",
+            ("press", "regulator"),
+            (),
+        ),
+        ("Mi hijo se quemó con la tetera y fuimos a urgencias", (), None),
+        ("A töltő túlmelegedett és megégett a kezem", (), None),
+        ("My son loves your shop", (), ()),  # a child alone is no safety incident
+        ("Nothing happened, the price was wrong", (), ()),
+    ],
+)
+def test_public_exposure_and_safety_from_the_text(text, public, safety):
+    found = RULES.signals(text)
+    assert found.public_exposure == public
+    if safety is None:  # some safety signal, with a burn among them
+        assert "burn_fire" in found.safety
+    else:
+        assert found.safety == safety
+
+
+def test_a_safety_story_without_the_flag_alerts_and_is_critical_as_a_suggestion():
+    d = decide(
+        subject="Charger",
+        description="My six-year-old burned his hand on your overheating charger, we went to A&E",
+    )
+    received = next(e for e in d.events if isinstance(e, ComplaintReceived))
+    alert = next(e for e in d.events if isinstance(e, ComplaintAlertRaised))
+    assert received.severity == "critical" and received.severity_suggested
+    assert received.safety_incident is False  # the fact stays the customer's or an agent's
+    assert "safety_suggested" in alert.reasons
+    assert {"burn_fire", "medical_care", "child"} <= set(alert.details.safety)
+
+
+def test_a_threat_to_go_public_alerts_with_its_reason_codes():
+    d = decide(description="Se não resolverem, vou às redes sociais e à DECO.")
+    alert = next(e for e in d.events if isinstance(e, ComplaintAlertRaised))
+    assert "public_exposure_suggested" in alert.reasons
+    assert alert.details.public_exposure == ("social_media", "regulator")
+    assert d.severity == "high"
 
 
 def test_negative_wording_scores():

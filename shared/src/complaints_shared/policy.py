@@ -6,14 +6,16 @@ ISO 8601 (``PT4H``, ``P3D``, ``PT5S``).
 
 from __future__ import annotations
 
+import re
 import tomllib
 from datetime import date, datetime, timedelta
 from decimal import Decimal
+from importlib import resources
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, model_validator
 
 from complaints_shared.business_time import WEEKDAYS, BusinessCalendar, parse_hours
 
@@ -39,18 +41,63 @@ def _default_sla() -> dict[str, SlaTarget]:
     }
 
 
+TAXONOMIES = ("retail", "telecom", "utilities", "financial_services")
+"""The taxonomies shipped in ``complaints_shared/taxonomies``."""
+
+
+class Category(_Section):
+    description: str = ""
+    keywords: tuple[str, ...] = ()
+
+
+class Taxonomy(_Section):
+    """A business's complaint categories and the keywords that suggest each; ``other`` is
+    always there (no keyword suggests it)."""
+
+    categories: dict[str, Category]
+
+    @model_validator(mode="after")
+    def _named(self) -> Taxonomy:
+        bad = [c for c in self.categories if not re.fullmatch(r"[a-z][a-z0-9_]{0,59}", c)]
+        if bad:
+            raise ValueError(f"category names must be snake_case: {bad}")
+        if "other" in self.categories:
+            raise ValueError("'other' is implied: do not list it")
+        if not self.categories:
+            raise ValueError("a taxonomy needs at least one category")
+        return self
+
+    @property
+    def names(self) -> tuple[str, ...]:
+        return (*self.categories, "other")
+
+    @classmethod
+    def load(cls, name_or_path: str) -> Taxonomy:
+        """A shipped taxonomy by name, or the TOML file at a path."""
+        if name_or_path in TAXONOMIES:
+            text = (
+                resources.files("complaints_shared")
+                .joinpath("taxonomies", f"{name_or_path}.toml")
+                .read_text("utf-8")
+            )
+        elif name_or_path.endswith(".toml"):
+            try:
+                text = Path(name_or_path).read_text("utf-8")
+            except OSError as exc:
+                raise ValueError(f"taxonomy file {name_or_path}: {exc.strerror}") from None
+        else:
+            raise ValueError(
+                f"unknown taxonomy {name_or_path!r}: one of {', '.join(TAXONOMIES)},"
+                " or the path of a .toml file"
+            )
+        return cls.model_validate(tomllib.loads(text))
+
+
 class IntakePolicy(_Section):
-    categories: tuple[str, ...] = (
-        "product_availability",
-        "cleanliness",
-        "staff_treatment",
-        "pricing_error",
-        "waiting_time",
-        "product_defect",
-        "delivery",
-        "billing",
-        "policy",
-        "other",
+    taxonomy: str = Field(
+        "retail",
+        description="categories and their keywords: a shipped taxonomy (retail, telecom,"
+        " utilities, financial_services) or a .toml file (relative to the policy file)",
     )
     languages: tuple[str, ...] = ("en", "pt", "es", "hu")
     default_language: str = "en"
@@ -60,14 +107,25 @@ class IntakePolicy(_Section):
     duplicate_similarity: float = Field(0.85, gt=0, le=1)
     negative_wording_threshold: int = Field(2, ge=1)
     max_attachments: int = Field(10, ge=0, le=100)
+    _taxonomy: Taxonomy = PrivateAttr()
+
+    def model_post_init(self, context: Any) -> None:
+        self._taxonomy = Taxonomy.load(self.taxonomy)
 
     @model_validator(mode="after")
     def _consistent(self) -> IntakePolicy:
         if self.default_language not in self.languages:
             raise ValueError(f"default_language {self.default_language!r} not in languages")
-        if "other" not in self.categories:
-            raise ValueError("categories must include 'other'")
         return self
+
+    @property
+    def categories(self) -> tuple[str, ...]:
+        """The taxonomy's categories, ``other`` last."""
+        return self._taxonomy.names
+
+    @property
+    def category_keywords(self) -> dict[str, tuple[str, ...]]:
+        return {name: c.keywords for name, c in self._taxonomy.categories.items()}
 
 
 def _default_hours() -> dict[str, str]:
@@ -225,6 +283,10 @@ def load_policy(path: Path | None) -> Policy:
         return Policy()
     with path.open("rb") as f:
         raw = tomllib.load(f)
+    intake = raw.get("intake")
+    if isinstance(intake, dict) and str(intake.get("taxonomy", "")).endswith(".toml"):
+        # a taxonomy file is named relative to the policy file
+        intake["taxonomy"] = str(path.parent / intake["taxonomy"])
     sla = raw.get("sla")
     if isinstance(sla, dict):
         # a file may change some severities only: the others keep their defaults

@@ -356,6 +356,7 @@ def receive(
     template = templates.get(language) or templates[ip.default_language]
 
     negative = rules.negative_wording(complaint.text)
+    signals = rules.signals(complaint.text)
     category, category_suggested = complaint.category, False
     if category is None:
         category, _ = rules.suggest_category(complaint.text)
@@ -364,9 +365,13 @@ def receive(
     if severity is None:
         severity_suggested = True
         audience = complaint.public_post.audience_size if complaint.public_post else None
-        if complaint.safety_incident:
+        if complaint.safety_incident or signals.safety:
             severity = Severity.critical
-        elif negative.score >= ip.negative_wording_threshold or (audience or 0) >= 1000:
+        elif (
+            negative.score >= ip.negative_wording_threshold
+            or (audience or 0) >= 1000
+            or signals.public_exposure
+        ):
             severity = Severity.high
         else:
             severity = Severity.medium
@@ -424,6 +429,12 @@ def receive(
     if negative.score >= ip.negative_wording_threshold:
         reasons.append("negative_wording")
         details = details.model_copy(update={"negative_wording_score": negative.score})
+    if signals.public_exposure and complaint.public_post is None:
+        reasons.append("public_exposure_suggested")
+        details = details.model_copy(update={"public_exposure": signals.public_exposure})
+    if signals.safety and not complaint.safety_incident:
+        reasons.append("safety_suggested")
+        details = details.model_copy(update={"safety": signals.safety})
     if reasons:
         events.append(
             ev.ComplaintAlertRaised(

@@ -23,5 +23,5 @@ def prepare(settings: ServiceSettings, policy: Policy) -> IntakeResources:
     warm_up(languages)
     return IntakeResources(
         templates=load_templates(languages, settings.templates_dir),
-        rules=IntakeRules.load(policy.intake.categories, settings.templates_dir),
+        rules=IntakeRules.load(policy.intake, settings.templates_dir),
     )

@@ -1,4 +1,5 @@
-"""Suggestion and alert rules: category keywords and strongly negative wording (data files)."""
+"""Suggestion and alert rules (data files): the policy taxonomy's category keywords, strongly
+negative wording, and the signals of public exposure and of a safety incident in the text."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ from typing import Any
 
 from complaints_intake.text import Lexicon
 from complaints_shared.datafiles import read_data_file
+from complaints_shared.policy import IntakePolicy
 from complaints_shared.vocabulary import normalise
 
 SHOUTING_RATIO = 0.6
@@ -26,25 +28,42 @@ class NegativeWording:
 
 
 @dataclass(frozen=True)
+class Signals:
+    """Reason codes of what the text suggests (empty: nothing)."""
+
+    public_exposure: tuple[str, ...] = ()
+    safety: tuple[str, ...] = ()
+
+
+CHILD = "child"  # a safety code that counts only together with another one
+
+
+@dataclass(frozen=True)
 class IntakeRules:
     categories: dict[str, Lexicon]
     weighted_negative: tuple[tuple[int, Lexicon], ...]
+    public_exposure: dict[str, Lexicon]
+    safety: dict[str, Lexicon]
 
     @classmethod
-    def load(
-        cls, known_categories: tuple[str, ...], override_dir: Path | None = None
-    ) -> IntakeRules:
-        raw = _load("categories.toml", override_dir)
-        unknown = set(raw) - set(known_categories)
-        if unknown:
-            raise ValueError(
-                f"category keywords for categories not in the policy: {sorted(unknown)}"
-            )
+    def load(cls, policy: IntakePolicy, override_dir: Path | None = None) -> IntakeRules:
         negative = _load("negative_wording.toml", override_dir)
+        signals = _load("signals.toml", override_dir)
         return cls(
-            {c: Lexicon.of(raw.get(c, [])) for c in known_categories},
+            {c: Lexicon.of(words) for c, words in policy.category_keywords.items()},
             tuple((int(v["weight"]), Lexicon.of(v["terms"])) for v in negative.values()),
+            {code: Lexicon.of(v["terms"]) for code, v in signals["public_exposure"].items()},
+            {code: Lexicon.of(v["terms"]) for code, v in signals["safety"].items()},
         )
+
+    def signals(self, text: str) -> Signals:
+        """The reason codes of public exposure and of a safety incident the text suggests."""
+        norm = normalise(text)
+        public = tuple(c for c, lex in self.public_exposure.items() if lex.matches(norm))
+        safety = tuple(c for c, lex in self.safety.items() if lex.matches(norm))
+        if safety == (CHILD,):  # a child alone is no safety incident
+            safety = ()
+        return Signals(public, safety)
 
     def suggest_category(self, text: str) -> tuple[str, list[str]]:
         """The category with most keyword matches (ties: policy order), else ``other``."""

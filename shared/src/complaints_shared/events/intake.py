@@ -94,6 +94,12 @@ class AlertDetails(Payload):
     audience_size: int | None = None
     complaints_in_window: int | None = None
     negative_wording_score: int | None = None
+    public_exposure: tuple[str, ...] = ()
+    """with ``public_exposure_suggested``: what the text threatens (social_media, press,
+    regulator, legal), a suggestion from the text, not a fact"""
+    safety: tuple[str, ...] = ()
+    """with ``safety_suggested``: what the text tells (injury, burn_fire, electrical,
+    medical_care, food_health, child), a suggestion from the text, not a fact"""
 
 
 @event
