@@ -86,6 +86,61 @@ TEXTS = [
 ]
 
 
+async def test_a_correction_by_an_agent_re_keys_the_complaint_and_a_guess_splits_nothing(
+    start_platform: StartPlatform, http
+):
+    p = await start_platform("intake", "resolution", "learning")
+    learning, resolution = p.url("learning"), p.url("resolution")
+    # one cause on one product, filed under two categories (as intake would guess them)
+    a = await complain(p, http, *TEXTS[0])
+    b = await complain(p, http, *TEXTS[1])
+    r = await http.post(f"{resolution}/cases/{b}/classification", json={"category": "delivery"})
+    assert r.status_code == 200, r.text
+    # a third complaint about the same fault, recorded under another product name
+    c = await complain(p, http, *TEXTS[2], product="T100 toaster")
+    for cid in (a, b, c):
+        await identify(p, http, cid)
+
+    async def problems(n: int) -> list[dict] | None:
+        items = (await http.get(f"{learning}/problems")).json()["items"]
+        return items if sorted(i["occurrences"] for i in items) == [n] else None
+
+    [one] = await eventually(lambda: problems(2), what="one problem of two complaints")
+    assert one["product"] == "torradeira t-100"
+
+    # the agent corrects c's product (and confirms its severity): c moves to that problem
+    case = (await http.get(f"{resolution}/cases/{c}")).json()
+    r = await http.post(
+        f"{resolution}/cases/{c}/classification",
+        json={"product": "Torradeira T-100", "severity": "high", "reason": "same model"},
+        headers={"If-Match": f'"{case["version"]}"'},
+    )
+    assert r.status_code == 200, r.text
+    corrected = r.json()
+    assert (corrected["product"], corrected["severity"]) == ("Torradeira T-100", "high")
+    assert corrected["classified_by"] and corrected["history"][-1]["type"] == "CaseClassified"
+    [three] = await eventually(lambda: problems(3), what="the corrected complaint to count")
+    assert three["problem_id"] == one["problem_id"]
+    detail = (await http.get(f"{learning}/problems/{one['problem_id']}")).json()
+    assert sorted(detail["complaints"]) == sorted([a, b, c])
+
+    # and moves away again: the problem withdraws its occurrence
+    await http.post(f"{resolution}/cases/{c}/classification", json={"product": "Kettle K-1"})
+
+    async def withdrawn() -> dict | None:
+        got = (await http.get(f"{learning}/problems/{one['problem_id']}")).json()
+        return got if got["occurrences"] == 2 else None
+
+    after = await eventually(withdrawn, what="the occurrence to be withdrawn")
+    assert after["history"][-1] == {**after["history"][-1], "type": "OccurrenceWithdrawn"}
+    assert c not in after["complaints"]
+    # intake's view follows the agent's classification
+    intake_view = (await http.get(f"{p.url('intake')}/complaints/{c}")).json()
+    assert intake_view["severity"] == "high" and intake_view["severity_suggested"] is False
+    refused = await http.post(f"{resolution}/cases/{c}/classification", json={"category": "x"})
+    assert refused.status_code == 422 and "product_defect" in refused.json()["errors"][0]["allowed"]
+
+
 async def test_recurring_cause_becomes_a_problem_and_a_recurrence_after_the_fix_is_caught(
     start_platform: StartPlatform, http
 ):

@@ -16,7 +16,10 @@ from complaints_learning.domain import (
     plan_action,
     recurrence_window,
     verify,
+    withdraw_occurrence,
 )
+from complaints_shared.envelope import Event
+from complaints_shared.events import learning as ev
 from complaints_shared.eventstore import InMemoryEventStore
 from complaints_shared.policy import Policy
 from complaints_shared.repository import Repository
@@ -88,3 +91,40 @@ async def test_a_safety_incident_opens_a_problem_at_once():
     saved = await repo.execute(None, sig.problem_id, lambda p: occurrence(p, sig, c, [c], True))
     assert [e.type for e in saved.recorded] == ["ProblemOpened"]
     assert saved.state is not None and saved.state.complaints == (c,)
+
+
+def test_an_unconfirmed_category_does_not_split_a_problem():
+    delivery = Signature.of("late_fee_posting", "delivery", "Credit card")
+    billing = Signature.of("late_fee_posting", "billing", "credit card")
+    assert delivery.problem_id == billing.problem_id
+    assert Signature.of("late_fee_posting", "billing", "mortgage").problem_id != (
+        billing.problem_id
+    )
+
+
+def test_a_recategorised_complaint_leaves_its_old_problem():
+    sig = Signature.of("thermostat", "product_defect", "toaster t-100")
+    moved_to = Signature.of("thermostat", "product_defect", "kettle k-1")
+    a, b, c = (str(uuid.uuid4()) for _ in range(3))
+    opened = occurrence(None, sig, b, [a, b, c], False)
+    problem = fold([_recorded(sig.problem_id, 1, opened[0])])
+    assert problem is not None and problem.complaints == (a, b, c)
+    [withdrawn] = withdraw_occurrence(problem, c, moved_to)
+    after = fold([_recorded(sig.problem_id, 1, opened[0]), _recorded(sig.problem_id, 2, withdrawn)])
+    assert after is not None and after.complaints == (a, b) and withdrawn.occurrences == 2
+    assert withdraw_occurrence(after, c, moved_to) == []  # once
+
+
+def test_a_complaint_from_before_the_fix_is_no_recurrence_after_it():
+    sig = Signature.of("capacity", "waiting_time", None)
+    fixed_at = T0 + timedelta(days=3)
+    a, b, late, early = (str(uuid.uuid4()) for _ in range(4))
+    problem = Problem(sig.problem_id, sig, (a, b), fixed_at=fixed_at, version=3)
+    [before] = occurrence(problem, sig, early, [], False, happened_at=fixed_at - timedelta(hours=1))
+    assert isinstance(before, ev.RecurrenceDetected)
+    [after] = occurrence(problem, sig, late, [], False, happened_at=fixed_at + timedelta(hours=1))
+    assert isinstance(after, ev.RecurrenceAfterFix)
+
+
+def _recorded(stream: uuid.UUID, version: int, payload):  # type: ignore[no-untyped-def]
+    return Event(uuid.uuid4(), stream, version, T0, "/complaints/learning", payload)

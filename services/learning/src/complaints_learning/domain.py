@@ -29,6 +29,10 @@ def normalise_part(value: str | None) -> str:
 
 @dataclass(frozen=True)
 class Signature:
+    """A problem's identity: root cause and product.  ``category`` travels along for reading
+    (the complaint's category) and is no part of the identity: a suggested category nobody
+    confirmed must not split one cause on one product into several problems."""
+
     root_cause: str
     category: str
     product: str
@@ -39,7 +43,7 @@ class Signature:
 
     @property
     def key(self) -> str:
-        return f"{self.root_cause}|{self.category}|{self.product}"
+        return f"{self.root_cause}|{self.product}"
 
     @property
     def problem_id(self) -> uuid.UUID:
@@ -104,6 +108,8 @@ def evolve(p: Problem | None, e: Event[DomainEvent]) -> Problem | None:
     match d:
         case ev.RecurrenceDetected():
             return replace(p, complaints=(*p.complaints, str(d.complaint_id)))
+        case ev.OccurrenceWithdrawn():
+            return replace(p, complaints=tuple(c for c in p.complaints if c != str(d.complaint_id)))
         case ev.RecurrenceAfterFix():
             return replace(
                 p,
@@ -136,9 +142,25 @@ def fold(events: Iterable[Event[DomainEvent]]) -> Problem | None:
 
 def occurrence_of(p: DomainEvent) -> uuid.UUID | None:
     """The complaint an occurrence event is about."""
-    if isinstance(p, ev.RecurrenceDetected | ev.RecurrenceAfterFix):
+    if isinstance(p, ev.RecurrenceDetected | ev.RecurrenceAfterFix | ev.OccurrenceWithdrawn):
         return p.complaint_id
     return None
+
+
+def withdraw_occurrence(
+    problem: Problem | None, complaint_id: str, now_counts_for: Signature
+) -> list[DomainEvent]:
+    """The complaint moved to another signature: it no longer counts for ``problem``."""
+    if problem is None or complaint_id not in problem.complaints:
+        return []
+    return [
+        ev.OccurrenceWithdrawn(
+            problem_id=problem.problem_id,
+            complaint_id=uuid.UUID(complaint_id),
+            occurrences=len(problem.complaints) - 1,
+            signature=now_counts_for.to_event(),
+        )
+    ]
 
 
 def occurrence(
@@ -147,20 +169,23 @@ def occurrence(
     complaint_id: str,
     in_window: list[str],
     safety: bool,
+    happened_at: datetime | None = None,
 ) -> list[DomainEvent]:
     """A complaint with this root-cause signature: open the problem at the second occurrence in
-    the window (the first for a safety incident), count recurrences, catch a failed fix."""
+    the window (the first for a safety incident), count recurrences, catch a failed fix: a
+    complaint that happened (``happened_at``, when it was received) after the fix."""
     if problem is not None:
         if complaint_id in problem.complaints:
             return []
         count = len(problem.complaints) + 1
-        if problem.fixed_at is not None or problem.resolved_at is not None:
+        fixed = problem.fixed_at or problem.resolved_at
+        if fixed is not None and (happened_at is None or happened_at > fixed):
             return [
                 ev.RecurrenceAfterFix(
                     problem_id=problem.problem_id,
                     complaint_id=uuid.UUID(complaint_id),
                     occurrences=count,
-                    fixed_at=problem.fixed_at or problem.resolved_at or datetime.min,
+                    fixed_at=fixed,
                     signature=signature.to_event(),
                 )
             ]

@@ -2,12 +2,20 @@
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import Callable
 from typing import Any
+from uuid import UUID
 
 import asyncpg
 
-from complaints_learning.domain import Signature, occurrence, recurrence_window
+from complaints_learning.domain import (
+    NAMESPACE,
+    Signature,
+    occurrence,
+    recurrence_window,
+    withdraw_occurrence,
+)
 from complaints_learning.projection import problems
 from complaints_shared.consumer import Handler, Subscription, on
 from complaints_shared.db import one_at_a_time
@@ -35,8 +43,12 @@ def subscriptions(rt: Runtime) -> list[Subscription]:
         d = e.payload
         await conn.execute(FACTS, e.stream_id)
         await conn.execute(
-            "UPDATE complaint_facts SET category = $2, channel = $3, severity = $4,"
-            " received_at = $5, reference = $6, product = $7, safety_incident = $8,"
+            # category, product, severity: unless resolution's events (a cause, a correction),
+            # read first from their own topic, have set them already
+            "UPDATE complaint_facts SET category = coalesce(category, $2), channel = $3,"
+            " severity = coalesce(severity, $4), received_at = $5, reference = $6,"
+            " product = CASE WHEN root_cause IS NULL THEN $7 ELSE product END,"
+            " safety_incident = safety_incident OR $8,"
             " language = $9, text = $10 WHERE complaint_id = $1",
             e.stream_id,
             d.category,
@@ -56,29 +68,54 @@ def subscriptions(rt: Runtime) -> list[Subscription]:
             list(e.payload.complaint_ids),
         )
 
-    async def on_cause(conn: asyncpg.Connection, e: Event[rs.CauseIdentified]) -> None:
-        d = e.payload
-        await conn.execute(FACTS, e.stream_id)
-        await conn.execute(
-            "UPDATE complaint_facts SET root_cause = $2, responsible = $3,"
-            " cause_identified_at = $4 WHERE complaint_id = $1",
-            e.stream_id,
-            d.root_cause,
-            d.responsible,
-            e.occurred_at,
+    async def place(conn: asyncpg.Connection, complaint_id: UUID) -> None:
+        """Count the complaint for the problem of its signature (root cause and product, as
+        its facts say now), and no longer for the one of an earlier signature."""
+        f = await conn.fetchrow(
+            "SELECT root_cause, category, product, safety_incident, received_at,"
+            " cause_identified_at FROM complaint_facts WHERE complaint_id = $1",
+            complaint_id,
         )
-        signature = Signature.of(d.root_cause, d.category, d.product)
+        if f is None or f["root_cause"] is None:
+            return  # no cause yet: nothing to count
+        signature = Signature.of(f["root_cause"], f["category"], f["product"])
+        earlier = [
+            r["signature"]
+            for r in await conn.fetch(
+                "SELECT signature FROM occurrences WHERE complaint_id = $1 AND signature <> $2",
+                complaint_id,
+                signature.key,
+            )
+        ]
         # two complaints with one signature at once must see each other: the second decides
-        # with the first's occurrence committed, so the problem opens
-        await one_at_a_time(conn, f"learning:{signature.key}")
+        # with the first's occurrence committed, so the problem opens (locks in one order)
+        for key in sorted({signature.key, *earlier}):
+            await one_at_a_time(conn, f"learning:{key}")
+        for key in earlier:
+            await conn.execute(
+                "DELETE FROM occurrences WHERE signature = $1 AND complaint_id = $2",
+                key,
+                complaint_id,
+            )
+            old = uuid.uuid5(NAMESPACE, key)
+            await repository.execute(
+                conn, old, lambda p: withdraw_occurrence(p, str(complaint_id), signature)
+            )
+            await conn.execute(
+                "UPDATE complaint_facts SET problem_id = NULL"
+                " WHERE complaint_id = $1 AND problem_id = $2",
+                complaint_id,
+                old,
+            )
+        occurred_at = f["cause_identified_at"]
         await conn.execute(
             "INSERT INTO occurrences (signature, complaint_id, occurred_at) VALUES ($1, $2, $3)"
             " ON CONFLICT DO NOTHING",
             signature.key,
-            e.stream_id,
-            e.occurred_at,
+            complaint_id,
+            occurred_at,
         )
-        since, until = recurrence_window(e.occurred_at, rt.policy)
+        since, until = recurrence_window(occurred_at, rt.policy)
         rows = await conn.fetch(
             "SELECT complaint_id FROM occurrences WHERE signature = $1 AND occurred_at >= $2"
             " AND occurred_at <= $3 ORDER BY occurred_at, complaint_id",
@@ -90,15 +127,52 @@ def subscriptions(rt: Runtime) -> list[Subscription]:
         saved = await repository.execute(
             conn,
             signature.problem_id,
-            lambda p: occurrence(p, signature, str(e.stream_id), in_window, d.safety_incident),
+            lambda p: occurrence(
+                p,
+                signature,
+                str(complaint_id),
+                in_window,
+                f["safety_incident"],
+                happened_at=f["received_at"],
+            ),
         )
         problem = saved.state
-        if problem is not None and str(e.stream_id) in problem.complaints:
+        if problem is not None and str(complaint_id) in problem.complaints:
             await conn.execute(
-                "UPDATE complaint_facts SET problem_id = $2 WHERE complaint_id = ANY($1::uuid[])",
-                [e.stream_id],
+                "UPDATE complaint_facts SET problem_id = $2 WHERE complaint_id = $1",
+                complaint_id,
                 problem.problem_id,
             )
+
+    async def on_cause(conn: asyncpg.Connection, e: Event[rs.CauseIdentified]) -> None:
+        d = e.payload
+        await conn.execute(FACTS, e.stream_id)
+        await conn.execute(
+            "UPDATE complaint_facts SET root_cause = $2, responsible = $3,"
+            " cause_identified_at = $4, category = $5, product = $6,"
+            " safety_incident = safety_incident OR $7 WHERE complaint_id = $1",
+            e.stream_id,
+            d.root_cause,
+            d.responsible,
+            e.occurred_at,
+            d.category,
+            d.product,
+            d.safety_incident,
+        )
+        await place(conn, e.stream_id)
+
+    async def on_classified(conn: asyncpg.Connection, e: Event[rs.CaseClassified]) -> None:
+        d = e.payload
+        await conn.execute(FACTS, e.stream_id)
+        await conn.execute(
+            "UPDATE complaint_facts SET category = $2, product = $3, severity = $4"
+            " WHERE complaint_id = $1",
+            e.stream_id,
+            d.category,
+            d.product,
+            d.severity.value,
+        )
+        await place(conn, e.stream_id)
 
     def deadline(e: Event[rs.DeadlineBreached]) -> object:
         return e.payload.deadline
@@ -119,6 +193,7 @@ def subscriptions(rt: Runtime) -> list[Subscription]:
                     on(it.ComplaintReceived, on_received),
                     on(it.PersonalDataErased, on_erased),
                     on(rs.CauseIdentified, on_cause),
+                    on(rs.CaseClassified, on_classified),
                     on(
                         rs.CaseResolved,
                         facts(

@@ -44,7 +44,7 @@ async def project(
         " last_occurrence_at = CASE WHEN $14 THEN $12 ELSE problems.last_occurrence_at END,"
         " version = $13",
         problem.problem_id,
-        f"{s.root_cause}|{s.category}|{s.product}",
+        s.key,
         s.root_cause,
         s.category,
         s.product,
@@ -58,7 +58,7 @@ async def project(
         problem.version,
         any(isinstance(e.payload, OCCURRENCES) for e in events),
     )
-    await conn.execute(
+    await conn.execute(  # a complaint withdrawn from it is unlinked by the handler
         "UPDATE complaint_facts SET problem_id = $1 WHERE complaint_id = ANY($2::uuid[])",
         problem.problem_id,
         [UUID(c) for c in problem.complaints],

@@ -83,6 +83,18 @@ class IdentifyCause(_Command):
     responsible: Literal["us", "customer", "third_party"]
 
 
+class ClassifyCase(_Command):
+    """What the complaint is about, confirmed or corrected; a field left out keeps its value
+    (``product: null`` clears the product)."""
+
+    category: str | None = Field(None, max_length=60, description="a category of the policy")
+    product: Annotated[str, StringConstraints(strip_whitespace=True, max_length=200)] | None = (
+        Field(None, description="the product or service concerned")
+    )
+    severity: Severity | None = None
+    reason: Text | None = None
+
+
 class SolutionOption(_Command):
     remedy: Remedy
     description: Text
@@ -213,6 +225,33 @@ def identify_cause(
             category=case.category,
             product=case.product,
             safety_incident=case.safety_incident,
+        )
+    ]
+
+
+def classify(
+    case: Case, c: ClassifyCase, by: By, now: datetime, policy: Policy
+) -> list[DomainEvent]:
+    """Confirm (the same values) or correct the classification; severity moves the SLA
+    targets, and learning re-keys the complaint's occurrence when its product changes."""
+    require(case, "classify")
+    categories = policy.intake.categories
+    if c.category is not None and c.category not in categories:
+        raise InputRejected(
+            "body.category", f"unknown category {c.category!r}", allowed=list(categories)
+        )
+    product = (c.product or None) if "product" in c.model_fields_set else case.product
+    return [
+        ev.CaseClassified(
+            complaint_id=case.complaint_id,
+            category=c.category or case.category,
+            product=product,
+            severity=c.severity or Severity(case.severity),
+            previous=ev.Classification(
+                category=case.category, product=case.product, severity=Severity(case.severity)
+            ),
+            classified_by=by.id,
+            reason=c.reason,
         )
     ]
 

@@ -71,6 +71,8 @@ ALLOWED: dict[str, tuple[CaseState, ...]] = {
     "resolve": (S.solution_agreed, S.actions_in_progress),
     "close": (S.resolved,),
     "reopen": (S.resolved, S.closed),
+    # confirm or correct category, product and severity, until the case is closed
+    "classify": tuple(s for s in CaseState if s is not S.closed),
 }
 ALLOWED_COMMANDS: dict[CaseState, list[str]] = {
     state: [c for c, states in ALLOWED.items() if state in states] for state in CaseState
@@ -139,6 +141,7 @@ class Case:
     closed_at: datetime | None = None
     reopen_count: int = 0
     withdrawn: bool = False  # closed because the customer withdrew the complaint: final
+    classified_by: str | None = None  # who last confirmed or corrected the classification
     escalation_level: str | None = None
     fired: frozenset[str] = field(default_factory=frozenset)
 
@@ -200,6 +203,14 @@ def evolve(case: Case | None, e: Event[DomainEvent]) -> Case | None:
             c = replace(c, state=back or S.investigating, resume_state=None, pauses=pauses)
         case ev.CauseIdentified():
             c = replace(c, state=S.cause_identified, cause=p)
+        case ev.CaseClassified():
+            c = replace(
+                c,
+                category=p.category,
+                product=p.product,
+                severity=p.severity.value,
+                classified_by=p.classified_by,
+            )
         case ev.SolutionProposed():
             c = replace(c, state=S.solution_proposed, proposals=(*c.proposals, p))
         case ev.SolutionRejected():
@@ -375,6 +386,8 @@ def actor(p: DomainEvent) -> str | None:
             return p.received_by
         case ev.CauseIdentified():
             return p.identified_by
+        case ev.CaseClassified():
+            return p.classified_by
         case ev.SolutionProposed():
             return p.proposed_by
         case ev.SolutionAgreed() | ev.SolutionRejected():

@@ -38,7 +38,8 @@ async def save(conn: asyncpg.Connection, policy: Policy, case: Case, now: dateti
         "INSERT INTO cases (complaint_id, reference, state, severity, category, owner_id,"
         " escalation_level, next_deadline_at, received_at, updated_at, version)"
         " VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)"
-        " ON CONFLICT (complaint_id) DO UPDATE SET state = $3, owner_id = $6,"
+        " ON CONFLICT (complaint_id) DO UPDATE SET state = $3, severity = $4, category = $5,"
+        " owner_id = $6,"
         " escalation_level = $7, next_deadline_at = $8, updated_at = $10, version = $11",
         case.complaint_id,
         case.reference,

@@ -25,7 +25,9 @@ CorrectiveType = Literal[
 
 
 class Signature(Payload):
-    """What makes complaints one problem: root cause, category and product, normalised."""
+    """What makes complaints one problem: the root cause an agent identified on one product,
+    normalised.  ``category`` is the category of the complaint the event is about, for
+    reading; it does not split a problem (a category may be a guess nobody confirmed)."""
 
     root_cause: str
     category: str
@@ -87,3 +89,15 @@ class ProblemResolved(DomainEvent):
     fixed_at: datetime
     verification_window_seconds: float
     occurrences: int
+
+
+@event
+class OccurrenceWithdrawn(DomainEvent):
+    """A complaint no longer counts for this problem: an agent corrected its product or its
+    root cause, and it counts for the problem of its new signature instead."""
+
+    problem_id: UUID
+    complaint_id: UUID
+    occurrences: int
+    signature: Signature
+    """the complaint's new signature"""

@@ -246,3 +246,23 @@ class CaseClosed(DomainEvent):
     reason: str | None = None
     closed_by: str | None = None
     customer_reason: PersonalOrNone = None
+
+
+class Classification(Payload):
+    category: str
+    product: str | None = None
+    severity: Severity
+
+
+@event
+class CaseClassified(DomainEvent):
+    """An agent confirmed or corrected the complaint's category, product and severity (the
+    suggested ones, or an earlier agent's); ``previous`` is what it was until now."""
+
+    complaint_id: UUID
+    category: str
+    product: str | None = None
+    severity: Severity
+    previous: Classification
+    classified_by: str
+    reason: str | None = None

@@ -119,6 +119,11 @@ class CasePublic(BaseModel):
     version: int
     severity: str
     category: str
+    product: str | None
+    classified_by: str | None = Field(
+        description="who last confirmed or corrected category, product and severity; null:"
+        " as received (intake's suggestions are marked there)"
+    )
     owner: dict[str, Any] | None
     owner_history: list[dict[str, Any]]
     cause: dict[str, Any] | None
@@ -168,6 +173,8 @@ def _public(case: Case, history: list[dict[str, Any]], rt: Runtime) -> CasePubli
         version=case.version,
         severity=case.severity,
         category=case.category,
+        product=case.product,
+        classified_by=case.classified_by,
         owner=case.owner.model_dump(mode="json") if case.owner else None,
         owner_history=[
             {**a.owner.model_dump(mode="json"), "assigned_at": a.assigned_at, "by": a.by}
@@ -318,6 +325,22 @@ async def identify_cause(
     if_match: IfMatch = None,
 ) -> CasePublic:
     return await _run(rt, complaint_id, if_match, _cmd(cmd.identify_cause, body, actor, rt))
+
+
+@router.post(
+    "/{complaint_id}/classification",
+    summary="Confirm or correct category, product and severity (suggested or not)",
+    **AGENT,
+    **ETAGGED,
+)
+async def classify(
+    complaint_id: UUID,
+    body: cmd.ClassifyCase,
+    rt: RuntimeDep,
+    actor: Actor,
+    if_match: IfMatch = None,
+) -> CasePublic:
+    return await _run(rt, complaint_id, if_match, _cmd(cmd.classify, body, actor, rt))
 
 
 @router.post("/{complaint_id}/proposals", summary="Offer one or more remedies", **AGENT, **ETAGGED)
