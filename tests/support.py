@@ -118,9 +118,9 @@ class RunningServer:
         await asyncio.wait_for(self.task, 30)
 
 
-async def serve(app: FastAPI) -> RunningServer:
-    """Run ``app`` under uvicorn on a free loopback port, lifespan included."""
-    port = free_port()
+async def serve(app: FastAPI, port: int | None = None) -> RunningServer:
+    """Run ``app`` under uvicorn on a free loopback port (or ``port``), lifespan included."""
+    port = port or free_port()
     server = uvicorn.Server(
         uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="on")
     )

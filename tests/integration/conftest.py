@@ -87,6 +87,8 @@ async def start_platform(
         databases = {
             n: settings.pop(f"{n}_database_url") for n in SPECS if f"{n}_database_url" in settings
         }
+        # ``ports={"followup": 8123}``: where a service listens (say, for its public URL)
+        ports: dict[str, int] = settings.pop("ports", {})  # type: ignore[assignment]
         # intake last: it answers subject access requests for the services started with it
         for name in sorted(wanted, key=lambda n: n == "intake"):
             spec: ServiceSpec = SPECS[name]
@@ -105,7 +107,7 @@ async def start_platform(
                 },
             )
             app = create_app(spec, config, telemetry=setup_telemetry(name, spans), clock=clock)
-            servers[name] = await serve(app)
+            servers[name] = await serve(app, ports.get(name))
             started.append(servers[name])
         return Platform(servers, spans, topic_prefix, keyring)
 

@@ -17,6 +17,7 @@ from tests.support import Inbox, ManualClock, await_case, eventually, resolve_ca
 pytestmark = pytest.mark.integration
 
 START = datetime(2026, 11, 23, 9, 0, tzinfo=UTC)
+BROWSER = {"Accept": "text/html,application/xhtml+xml,*/*;q=0.8"}
 DAY = timedelta(days=1)
 
 
@@ -186,6 +187,16 @@ async def test_reminder_then_expiry_then_gone(loop, http):
         f"{p.url('followup')}/surveys/{token}", json={"score": 5, "solved": True}
     )
     assert late.status_code == 410
+    # a browser gets a page that says so, in the customer's language
+    page = await http.get(f"{p.url('followup')}/surveys/{token}", headers=BROWSER)
+    assert page.status_code == 410 and page.headers["content-type"].startswith("text/html")
+    assert '<html lang="hu">' in page.text and "Ez a link lejárt" in page.text
+    form = await http.post(
+        f"{p.url('followup')}/surveys/{token}",
+        content="score=5&solved=true",
+        headers={**BROWSER, "Content-Type": "application/x-www-form-urlencoded"},
+    )
+    assert form.status_code == 410 and "Ez a link lejárt" in form.text
 
 
 async def test_tampered_or_unknown_tokens_are_404(loop, http):

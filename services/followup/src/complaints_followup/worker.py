@@ -67,7 +67,11 @@ async def queue_checks_and_reminders(rt: Runtime) -> None:
                 name=r["name"],
                 reference=r["reference"] or "",
                 link=survey_link(rt, token),
-                expires=format_when(r["expires_at"], r["language"], rt.policy.calendar.timezone),
+                expires=format_when(
+                    r["expires_at"], r["language"], rt.policy.calendar.timezone, zone_name=True
+                ),
+                # the check falls due the policy's delay after the resolution
+                resolved_ago=now - (r["due_at"] - rt.policy.followup.satisfaction_check_delay),
             )
             async with rt.pool.acquire() as conn, conn.transaction():
                 await enqueue(
