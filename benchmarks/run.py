@@ -29,6 +29,9 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "deploy" / "local"))
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
+import similar  # noqa: E402
 
 from complaints_shared.consumer import ConsumerRunner, Subscription  # noqa: E402
 from complaints_shared.db import create_pool  # noqa: E402
@@ -197,6 +200,9 @@ def time_now():  # type: ignore[no-untyped-def]
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--events", type=int, default=5000)
+    parser.add_argument(
+        "--complaints", type=int, default=100_000, help="stored texts for the similar index"
+    )
     args = parser.parse_args()
     infra = LocalInfra.from_env()
     started = infra.up(identity=False)  # no API calls here: no identity provider needed
@@ -205,6 +211,7 @@ def main() -> None:
         asyncio.run(bench(args.events, infra.kafka.bootstrap, infra.postgres.url))
     finally:
         infra.down(started)
+    similar.report(similar.bench(args.complaints, 200))
 
 
 if __name__ == "__main__":

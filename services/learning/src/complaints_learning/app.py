@@ -6,6 +6,7 @@ from functools import partial
 
 from complaints_learning.api import ROUTERS
 from complaints_learning.handlers import subscriptions
+from complaints_learning.search import SimilarSearch, keep_index
 from complaints_learning.worker import run_verification
 from complaints_shared.customers import by_complaint
 from complaints_shared.service import ServiceSpec
@@ -21,6 +22,10 @@ SPEC = ServiceSpec(
     own_topic=lambda t: t.learning,
     routers=ROUTERS,
     subscriptions=subscriptions,
-    background=lambda rt: [partial(run_verification, rt)],
+    prepare=lambda settings, policy: SimilarSearch(),
+    background=lambda rt: [
+        partial(run_verification, rt),
+        partial(keep_index, rt.resources, rt.pool),
+    ],
     subject_records=by_complaint("complaint_facts", "occurrences"),
 )

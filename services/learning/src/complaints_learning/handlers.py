@@ -49,7 +49,8 @@ def subscriptions(rt: Runtime) -> list[Subscription]:
             " severity = coalesce(severity, $4), received_at = $5, reference = $6,"
             " product = CASE WHEN root_cause IS NULL THEN $7 ELSE product END,"
             " safety_incident = safety_incident OR $8,"
-            " language = $9, text = $10 WHERE complaint_id = $1",
+            " language = $9, text = $10, text_version = nextval('complaint_text_seq')"
+            " WHERE complaint_id = $1",
             e.stream_id,
             d.category,
             d.channel.value,
@@ -64,7 +65,8 @@ def subscriptions(rt: Runtime) -> list[Subscription]:
 
     async def on_erased(conn: asyncpg.Connection, e: Event[it.PersonalDataErased]) -> None:
         await conn.execute(
-            "UPDATE complaint_facts SET text = NULL WHERE complaint_id = ANY($1::uuid[])",
+            "UPDATE complaint_facts SET text = NULL, text_version = nextval('complaint_text_seq')"
+            " WHERE complaint_id = ANY($1::uuid[])",
             list(e.payload.complaint_ids),
         )
 

@@ -1,20 +1,41 @@
-"""Similar complaints across languages: character n-gram TF-IDF and cosine similarity.
+"""Similar complaints across languages: character n-grams and cosine similarity, over an index
+kept up to date incrementally.
 
 Character n-grams within word boundaries catch shared stems, product names and numbers across
 English, Portuguese, Spanish and Hungarian without a language model or any download.  Term
-frequencies are not weighted by inverse document frequency: across languages the strongest
-shared signal is what every version of a story repeats (the product, its code, cognates),
-which IDF would discount.  It ranks; it does not translate.
+frequencies are log-scaled and not weighted by inverse document frequency: across languages
+the strongest shared signal is what every version of a story repeats (the product, its code,
+cognates), which IDF would discount.  It ranks; it does not translate.
+
+The index hashes n-grams into a fixed space (no vocabulary to refit), so a new text is one
+vector appended.  Vectors sit in a column-major matrix (a posting list per n-gram): a query
+touches only the postings of its own n-grams.  New texts wait in a small row-major tail that
+is scanned whole, and are merged into the matrix once the tail is full.  Every method is meant
+to run on one worker thread (:class:`SimilarIndex` is not locked), off the event loop.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 
-from sklearn.feature_extraction.text import TfidfVectorizer
-from sklearn.metrics.pairwise import cosine_similarity
+import numpy as np
+import scipy.sparse as sp
+from sklearn.feature_extraction.text import HashingVectorizer
 
 from complaints_shared.vocabulary import normalise
+
+FEATURES = 2**20
+TAIL = 2048  # texts scanned whole before they are merged into the posting lists
+
+_VECTORIZER = HashingVectorizer(
+    analyzer="char_wb",
+    ngram_range=(3, 5),
+    n_features=FEATURES,
+    alternate_sign=False,
+    norm=None,
+    preprocessor=normalise,
+)
 
 
 @dataclass(frozen=True)
@@ -23,21 +44,97 @@ class Match:
     score: float
 
 
+def vectorise(texts: list[str]) -> sp.csr_matrix:
+    """Unit-length, log-scaled n-gram counts, one row per text."""
+    m = _VECTORIZER.transform(texts).tocsr().astype(np.float32)
+    m.data = np.log1p(m.data)
+    norms = np.sqrt(np.asarray(m.multiply(m).sum(axis=1)).ravel())
+    norms[norms == 0] = 1.0
+    return sp.csr_matrix(sp.diags(1.0 / norms) @ m, dtype=np.float32)
+
+
+class SimilarIndex:
+    """Texts by key, searchable by similarity; add, replace and remove one at a time."""
+
+    def __init__(self) -> None:
+        self._keys: list[str] = []  # row -> key (None-like "" once removed)
+        self._row: dict[str, int] = {}
+        self._versions: dict[str, int] = {}
+        self._main = sp.csc_matrix((0, FEATURES), dtype=np.float32)
+        self._tail: list[sp.csr_matrix] = []
+        self._alive = np.zeros(0, dtype=bool)
+        self.version = 0  # the highest text version seen
+
+    def __len__(self) -> int:
+        return len(self._row)
+
+    def version_of(self, key: str) -> int | None:
+        return self._versions.get(key)
+
+    def apply(self, changes: Iterable[tuple[str, int, str | None]]) -> None:
+        """``(key, version, text)``: a new or changed text, or ``None`` when it is gone."""
+        new: list[tuple[str, str]] = []
+        for key, version, text in changes:
+            self.version = max(self.version, version)
+            if self._versions.get(key, -1) >= version:
+                continue  # seen already
+            self._versions[key] = version
+            self._remove(key)
+            if text:
+                new.append((key, text))
+        if new:
+            self._append([k for k, _ in new], vectorise([t for _, t in new]))
+
+    def _remove(self, key: str) -> None:
+        row = self._row.pop(key, None)
+        if row is not None:
+            self._alive[row] = False
+
+    def _append(self, keys: list[str], vectors: sp.csr_matrix) -> None:
+        start = len(self._keys)
+        self._keys.extend(keys)
+        self._row.update({k: start + i for i, k in enumerate(keys)})
+        self._alive = np.concatenate([self._alive, np.ones(len(keys), dtype=bool)])
+        self._tail.append(vectors)
+        if sum(t.shape[0] for t in self._tail) >= TAIL:
+            self._merge()
+
+    def _merge(self) -> None:
+        if self._tail:
+            self._main = sp.vstack([self._main, *self._tail], format="csc", dtype=np.float32)
+            self._tail = []
+
+    def rank(
+        self, query: str, *, limit: int = 5, threshold: float = 0.05, exclude: str | None = None
+    ) -> list[Match]:
+        """The texts most similar to ``query``, best first, above ``threshold``."""
+        if not query.strip() or not self._row:
+            return []
+        q = vectorise([query])
+        cols, weights = q.indices, q.data
+        scores = np.zeros(len(self._keys), dtype=np.float32)
+        n_main = self._main.shape[0]
+        if n_main:
+            scores[:n_main] = self._main[:, cols] @ weights
+        if self._tail:
+            tail = sp.vstack(self._tail, format="csr")
+            scores[n_main:] = tail @ q.T.toarray().ravel()
+        scores[~self._alive] = 0.0
+        if exclude is not None and exclude in self._row:
+            scores[self._row[exclude]] = 0.0
+        k = min(limit, len(scores))
+        top = np.argpartition(-scores, k - 1)[:k]
+        top = top[np.argsort(-scores[top])]
+        return [
+            Match(self._keys[i], round(float(scores[i]), 4)) for i in top if scores[i] >= threshold
+        ]
+
+
 def rank(
     query: str, candidates: dict[str, str], *, limit: int = 5, threshold: float = 0.05
 ) -> list[Match]:
-    """The candidates most similar to ``query``, best first, above ``threshold``."""
-    if not candidates or not query.strip():
-        return []
-    keys = list(candidates)
-    vectorizer = TfidfVectorizer(
-        analyzer="char_wb",
-        ngram_range=(3, 5),
-        sublinear_tf=True,
-        use_idf=False,
-        preprocessor=normalise,
-    )
-    matrix = vectorizer.fit_transform([query, *(candidates[k] for k in keys)])
-    scores = cosine_similarity(matrix[0], matrix[1:]).ravel()
-    ranked = sorted(zip(keys, scores, strict=True), key=lambda ks: ks[1], reverse=True)
-    return [Match(k, round(float(s), 4)) for k, s in ranked[:limit] if s >= threshold]
+    """The candidates most similar to ``query``, best first, above ``threshold`` (a one-off
+    index of ``candidates``)."""
+    index = SimilarIndex()
+    index.apply((k, 1, t) for k, t in candidates.items())
+    return index.rank(query, limit=limit, threshold=threshold)

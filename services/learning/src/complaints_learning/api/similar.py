@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Any
 from uuid import UUID
 
 from fastapi import APIRouter, Query
 from pydantic import BaseModel
 
-from complaints_learning.similarity import rank
+from complaints_learning.search import SimilarSearch
 from complaints_shared.auth import access
 from complaints_shared.errors import NotFound
 from complaints_shared.problems import PROBLEM_RESPONSES
@@ -57,21 +57,29 @@ async def similar(
     )
     if me is None or me["text"] is None:
         raise NotFound("complaint", complaint_id)
+    search: SimilarSearch = rt.resources
+    await search.refresh(rt.pool)  # what this instance has not seen yet (usually nothing)
+    # a generous candidate list: matches whose facts are gone are dropped, problems grouped
+    matches = await search.rank(me["text"], limit=max(50, limit * 10), exclude=str(complaint_id))
+    score = {m.key: m.score for m in matches}
     rows = await rt.pool.fetch(
-        "SELECT complaint_id, reference, category, root_cause, problem_id, text"
-        " FROM complaint_facts WHERE complaint_id <> $1 AND text IS NOT NULL"
-        " ORDER BY received_at DESC LIMIT 2000",
-        complaint_id,
+        "SELECT f.complaint_id, f.reference, f.category, f.root_cause, f.problem_id,"
+        " p.status AS problem_status, p.root_cause AS p_root_cause, p.category AS p_category,"
+        " p.product AS p_product FROM complaint_facts f LEFT JOIN problems p USING (problem_id)"
+        " WHERE f.complaint_id = ANY($1::uuid[]) AND f.text IS NOT NULL",
+        [UUID(m.key) for m in matches],
     )
     by_id = {str(r["complaint_id"]): r for r in rows}
-    found = rank(me["text"], {k: r["text"] for k, r in by_id.items()}, limit=limit)
-    open_problems = await rt.pool.fetch(
-        "SELECT p.*, string_agg(f.text, ' ') AS text FROM problems p"
-        " JOIN complaint_facts f USING (problem_id) WHERE p.status <> 'resolved'"
-        " GROUP BY p.problem_id"
-    )
-    prob_by_id = {str(p["problem_id"]): p for p in open_problems}
-    found_p = rank(me["text"], {k: p["text"] for k, p in prob_by_id.items()}, limit=limit)
+    found = [m for m in matches if m.key in by_id][:limit]
+    # an open problem scores as its most similar complaint
+    best: dict[UUID, tuple[float, Any]] = {}
+    for m in matches:
+        r = by_id.get(m.key)
+        if r is None or r["problem_id"] is None or r["problem_status"] in (None, "resolved"):
+            continue
+        if r["problem_id"] not in best or best[r["problem_id"]][0] < score[m.key]:
+            best[r["problem_id"]] = (score[m.key], r)
+    ranked_problems = sorted(best.items(), key=lambda kv: -kv[1][0])[:limit]
     return Similar(
         complaint_id=complaint_id,
         cause_known=me["root_cause"] is not None,
@@ -88,12 +96,13 @@ async def similar(
         ],
         problems=[
             SimilarProblem(
-                **{
-                    k: prob_by_id[m.key][k]
-                    for k in ("problem_id", "root_cause", "category", "product", "status")
-                },
-                score=m.score,
+                problem_id=problem_id,
+                root_cause=r["p_root_cause"],
+                category=r["p_category"],
+                product=r["p_product"],
+                status=r["problem_status"],
+                score=s,
             )
-            for m in found_p
+            for problem_id, (s, r) in ranked_problems
         ],
     )

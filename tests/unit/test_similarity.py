@@ -1,0 +1,50 @@
+"""The similar-complaints index: incremental, and ranking as a brute-force comparison would."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from complaints_learning import similarity
+from complaints_learning.similarity import SimilarIndex, vectorise
+
+STORIES = {
+    "pt": "A torradeira T-100 deixou de aquecer ao fim de dois dias.",
+    "es": "La tostadora T-100 dejó de calentar a los dos días.",
+    "en": "The T-100 toaster stopped heating after two days.",
+    "queue": "I waited forty minutes in the queue at the till.",
+    "rude": "The staff member was rude and shouted at me.",
+}
+
+
+def brute_force(query: str, texts: dict[str, str]) -> list[str]:
+    keys = list(texts)
+    m = vectorise([query, *texts.values()])
+    scores = (m[1:] @ m[0].T).toarray().ravel()
+    return [keys[i] for i in np.argsort(-scores)]
+
+
+def test_the_same_story_in_other_languages_ranks_first():
+    index = SimilarIndex()
+    index.apply((k, i + 1, t) for i, (k, t) in enumerate(STORIES.items()))
+    top = [m.key for m in index.rank("Hibás T-100 kenyérpirító, két nap után nem melegít")]
+    assert set(top[:3]) == {"pt", "es", "en"}
+
+
+def test_increments_rank_as_a_fresh_comparison_of_every_text(monkeypatch):
+    monkeypatch.setattr(similarity, "TAIL", 3)  # merge into the posting lists often
+    rng = np.random.default_rng(7)
+    words = "toaster queue staff rude price shelf broken delivery late refund card fee".split()
+    texts = {f"c{i}": " ".join(rng.choice(words, 6)) for i in range(40)}
+    index = SimilarIndex()
+    for version, (k, t) in enumerate(texts.items(), start=1):
+        index.apply([(k, version, t)])
+    index.apply([("c3", 100, None), ("c5", 101, "entirely different words here")])
+    texts.pop("c3")
+    texts["c5"] = "entirely different words here"
+    query = "rude staff at the queue, late refund"
+    got = [m.key for m in index.rank(query, limit=10, threshold=0.0)]
+    expected = brute_force(query, texts)[:10]
+    assert got == expected and "c3" not in got
+    assert len(index) == 39
+    index.apply([("c5", 50, "an older version arrives late")])  # ignored: older
+    assert index.version_of("c5") == 101
