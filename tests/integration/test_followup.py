@@ -26,7 +26,13 @@ async def loop(start_platform: StartPlatform, smtp, followup_policy):  # type: i
     return await start_loop(start_platform, smtp, followup_policy)
 
 
-async def start_loop(start_platform: StartPlatform, smtp, policy: Path):  # type: ignore[no-untyped-def]
+async def start_loop(  # type: ignore[no-untyped-def]
+    start_platform: StartPlatform,
+    smtp,
+    policy: Path,
+    public_url: str = "https://care.example/s",
+    **settings: object,
+):
     """Intake, resolution and followup on a manual clock, mailing to ``smtp``."""
     clock = ManualClock(START)
     inbox, port = smtp
@@ -38,7 +44,8 @@ async def start_loop(start_platform: StartPlatform, smtp, policy: Path):  # type
         clock=clock,
         smtp_host="127.0.0.1",
         smtp_port=port,
-        public_url="https://care.example/s",
+        public_url=public_url,
+        **settings,
     )
     return p, clock, inbox
 

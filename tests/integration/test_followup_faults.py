@@ -131,7 +131,7 @@ async def test_the_hand_over_is_recorded_first_and_holds_no_transaction(loop, ht
         "SELECT id, status, attempts FROM deliveries WHERE complaint_id = $1", uuid.UUID(cid)
     )
     assert (row["status"], row["attempts"]) == ("sent", 1)
-    assert message["Message-ID"] == f"<{row['complaint_id']}@complaints.local>"
+    assert message["Message-ID"] == f"<{row['id']}@complaints.local>"
 
 
 async def test_a_withdrawn_complaint_gets_no_pending_message(loop, http):

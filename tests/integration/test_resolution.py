@@ -95,7 +95,7 @@ async def test_a_whole_lifecycle_keeps_the_customer_informed_in_their_language(
         f"{base}/clarification-requests",
         json={"questions": ["¿Fecha del cargo?"]},
     )
-    assert r.status_code == 409 and r.json()["allowed_commands"] == ["assign"]
+    assert r.status_code == 409 and r.json()["allowed_commands"] == ["assign", "classify"]
     await http.post(f"{base}/assign", json={"owner": AGENT})
     r = await http.post(
         f"{base}/clarification-requests",

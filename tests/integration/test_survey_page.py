@@ -18,8 +18,8 @@ from selenium.webdriver.common.by import By
 from selenium.webdriver.support.wait import WebDriverWait
 
 from tests.integration.conftest import StartPlatform
-from tests.integration.test_followup import BROWSER, DAY, START, mail, submit
-from tests.support import ManualClock, free_port, resolve_case
+from tests.integration.test_followup import BROWSER, DAY, mail, start_loop, submit
+from tests.support import free_port, resolve_case
 
 pytestmark = pytest.mark.integration
 
@@ -98,17 +98,11 @@ def reopen(browser: webdriver.Chrome, link: str) -> Seen:
 async def test_the_customer_answers_in_a_browser_from_the_link_in_the_e_mail(
     start_platform: StartPlatform, smtp, followup_policy, http: httpx.AsyncClient
 ):
-    inbox, smtp_port = smtp
-    port = free_port()
-    clock = ManualClock(START)
-    p = await start_platform(
-        "intake",
-        "resolution",
-        "followup",
-        policy=followup_policy,
-        clock=clock,
-        smtp_host="127.0.0.1",
-        smtp_port=smtp_port,
+    port = free_port()  # the link in the e-mail leads to this followup
+    p, clock, inbox = await start_loop(
+        start_platform,
+        smtp,
+        followup_policy,
         public_url=f"http://127.0.0.1:{port}",
         ports={"followup": port},
     )
@@ -161,18 +155,7 @@ async def test_the_customer_answers_in_a_browser_from_the_link_in_the_e_mail(
 async def test_a_form_with_a_wrong_answer_comes_back_saying_what_to_fix(
     start_platform: StartPlatform, smtp, followup_policy, http: httpx.AsyncClient
 ):
-    inbox, smtp_port = smtp
-    clock = ManualClock(START)
-    p = await start_platform(
-        "intake",
-        "resolution",
-        "followup",
-        policy=followup_policy,
-        clock=clock,
-        smtp_host="127.0.0.1",
-        smtp_port=smtp_port,
-        public_url="https://care.example/s",
-    )
+    p, clock, inbox = await start_loop(start_platform, smtp, followup_policy)
     cid = await submit(p, http, "rui@example.pt")
     await resolve_case(http, p.url("resolution"), cid)
     clock.advance(3 * DAY + timedelta(minutes=1))

@@ -54,12 +54,15 @@ async def test_one_complaint_travels_through_all_four_services_in_one_trace(
         opened = await eventually(case, what="the case to open")
         assert opened["state"] == "opened"
         assert opened["severity"] == "high"
-        assert opened["allowed_commands"] == ["assign"]
+        assert opened["allowed_commands"] == ["assign", "classify"]
         early = await http.post(
             f"{platform.url('resolution')}/cases/{cid}/resolve",
             json={"summary": "too early"},
         )
-        assert early.status_code == 409 and early.json()["allowed_commands"] == ["assign"]
+        assert early.status_code == 409 and early.json()["allowed_commands"] == [
+            "assign",
+            "classify",
+        ]
 
         resolved = await resolve_case(
             http, platform.url("resolution"), cid, "Reserved one for pick-up"
