@@ -6,6 +6,7 @@ ISO 8601 (``PT4H``, ``P3D``, ``PT5S``).
 
 from __future__ import annotations
 
+import functools
 import re
 import tomllib
 from datetime import date, datetime, timedelta
@@ -73,24 +74,25 @@ class Taxonomy(_Section):
 
     @classmethod
     def load(cls, name_or_path: str) -> Taxonomy:
-        """A shipped taxonomy by name, or the TOML file at a path."""
+        """A shipped taxonomy by name (read once per process), or the TOML file at a path."""
         if name_or_path in TAXONOMIES:
-            text = (
-                resources.files("complaints_shared")
-                .joinpath("taxonomies", f"{name_or_path}.toml")
-                .read_text("utf-8")
-            )
-        elif name_or_path.endswith(".toml"):
-            try:
-                text = Path(name_or_path).read_text("utf-8")
-            except OSError as exc:
-                raise ValueError(f"taxonomy file {name_or_path}: {exc.strerror}") from None
-        else:
+            return _shipped(name_or_path)
+        if not name_or_path.endswith(".toml"):
             raise ValueError(
                 f"unknown taxonomy {name_or_path!r}: one of {', '.join(TAXONOMIES)},"
                 " or the path of a .toml file"
             )
+        try:
+            text = Path(name_or_path).read_text("utf-8")
+        except OSError as exc:
+            raise ValueError(f"taxonomy file {name_or_path}: {exc.strerror}") from None
         return cls.model_validate(tomllib.loads(text))
+
+
+@functools.cache
+def _shipped(name: str) -> Taxonomy:
+    text = resources.files("complaints_shared").joinpath("taxonomies", f"{name}.toml")
+    return Taxonomy.model_validate(tomllib.loads(text.read_text("utf-8")))
 
 
 class IntakePolicy(_Section):

@@ -27,6 +27,11 @@ def normalise_part(value: str | None) -> str:
     return normalise(value) or "-"
 
 
+def problem_id_of(signature_key: str) -> uuid.UUID:
+    """The id of the problem of a signature (:attr:`Signature.key`)."""
+    return uuid.uuid5(NAMESPACE, signature_key)
+
+
 @dataclass(frozen=True)
 class Signature:
     """A problem's identity: root cause and product.  ``category`` travels along for reading
@@ -47,7 +52,7 @@ class Signature:
 
     @property
     def problem_id(self) -> uuid.UUID:
-        return uuid.uuid5(NAMESPACE, self.key)
+        return problem_id_of(self.key)
 
     def to_event(self) -> ev.Signature:
         return ev.Signature(

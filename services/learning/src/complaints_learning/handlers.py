@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import uuid
 from collections.abc import Callable
 from typing import Any
 from uuid import UUID
@@ -10,9 +9,9 @@ from uuid import UUID
 import asyncpg
 
 from complaints_learning.domain import (
-    NAMESPACE,
     Signature,
     occurrence,
+    problem_id_of,
     recurrence_window,
     withdraw_occurrence,
 )
@@ -99,7 +98,7 @@ def subscriptions(rt: Runtime) -> list[Subscription]:
                 key,
                 complaint_id,
             )
-            old = uuid.uuid5(NAMESPACE, key)
+            old = problem_id_of(key)
             await repository.execute(
                 conn, old, lambda p: withdraw_occurrence(p, str(complaint_id), signature)
             )

@@ -62,6 +62,7 @@ class SimilarIndex:
         self._versions: dict[str, int] = {}
         self._main = sp.csc_matrix((0, FEATURES), dtype=np.float32)
         self._tail: list[sp.csr_matrix] = []
+        self._tail_matrix: sp.csr_matrix | None = None  # the tail stacked, until it grows
         self._alive = np.zeros(0, dtype=bool)
         self.version = 0  # the highest text version seen
 
@@ -96,6 +97,7 @@ class SimilarIndex:
         self._row.update({k: start + i for i, k in enumerate(keys)})
         self._alive = np.concatenate([self._alive, np.ones(len(keys), dtype=bool)])
         self._tail.append(vectors)
+        self._tail_matrix = None
         if sum(t.shape[0] for t in self._tail) >= TAIL:
             self._merge()
 
@@ -103,6 +105,7 @@ class SimilarIndex:
         if self._tail:
             self._main = sp.vstack([self._main, *self._tail], format="csc", dtype=np.float32)
             self._tail = []
+            self._tail_matrix = None
 
     def rank(
         self, query: str, *, limit: int = 5, threshold: float = 0.05, exclude: str | None = None
@@ -117,8 +120,9 @@ class SimilarIndex:
         if n_main:
             scores[:n_main] = self._main[:, cols] @ weights
         if self._tail:
-            tail = sp.vstack(self._tail, format="csr")
-            scores[n_main:] = tail @ q.T.toarray().ravel()
+            if self._tail_matrix is None:
+                self._tail_matrix = sp.vstack(self._tail, format="csr")
+            scores[n_main:] = self._tail_matrix @ q.T.toarray().ravel()
         scores[~self._alive] = 0.0
         if exclude is not None and exclude in self._row:
             scores[self._row[exclude]] = 0.0
@@ -128,13 +132,3 @@ class SimilarIndex:
         return [
             Match(self._keys[i], round(float(scores[i]), 4)) for i in top if scores[i] >= threshold
         ]
-
-
-def rank(
-    query: str, candidates: dict[str, str], *, limit: int = 5, threshold: float = 0.05
-) -> list[Match]:
-    """The candidates most similar to ``query``, best first, above ``threshold`` (a one-off
-    index of ``candidates``)."""
-    index = SimilarIndex()
-    index.apply((k, 1, t) for k, t in candidates.items())
-    return index.rank(query, limit=limit, threshold=threshold)

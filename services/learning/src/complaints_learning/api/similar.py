@@ -58,7 +58,8 @@ async def similar(
     if me is None or me["text"] is None:
         raise NotFound("complaint", complaint_id)
     search: SimilarSearch = rt.resources
-    await search.refresh(rt.pool)  # what this instance has not seen yet (usually nothing)
+    if me["text_version"] > search.index.version:  # received after this instance looked
+        await search.refresh(rt.pool)
     # a generous candidate list: matches whose facts are gone are dropped, problems grouped
     matches = await search.rank(me["text"], limit=max(50, limit * 10), exclude=str(complaint_id))
     score = {m.key: m.score for m in matches}
