@@ -294,7 +294,7 @@ async def test_a_commit_for_a_revoked_partition_does_not_stop_the_consumer(
         async def commit(self, offsets: object) -> None:
             raise IllegalStateError("Partition is not assigned")
 
-    await runner._commit(Revoked(), TopicPartition(topics[0], 0), 5)  # type: ignore[arg-type]
+    await runner._commit(Revoked(), {TopicPartition(topics[0], 0): 5})  # type: ignore[arg-type]
 
 
 async def test_parked_records_are_listed_and_replayed_into_their_consumer_once(

@@ -271,7 +271,7 @@ def public(why: str) -> dict[str, Any]:
     return {"openapi_extra": {X_PUBLIC: why}}
 
 
-def current_principal(request: Request) -> Principal:
+async def current_principal(request: Request) -> Principal:
     principal: Principal = request.state.principal
     return principal
 

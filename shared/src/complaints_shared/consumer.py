@@ -25,6 +25,7 @@ import time
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
+from uuid import UUID
 
 import asyncpg
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
@@ -65,6 +66,23 @@ def on(
     """A typed handler entry for :class:`Subscription`: ``dict([on(CaseResolved, fn), ...])``."""
     return model.event_name(), handler
 
+
+# The batch's claim: the generation (under FOR SHARE) and its events in the inbox, in one
+# statement; the inbox rows are written only while the generation is this runner's.
+_CLAIM = """
+WITH g AS (
+    SELECT generation FROM consumer_generations WHERE consumer = $1 FOR SHARE
+), fresh AS (
+    INSERT INTO inbox (consumer, event_id, event_type)
+    SELECT $1, x.event_id, x.event_type
+      FROM unnest($2::uuid[], $3::text[]) WITH ORDINALITY AS x(event_id, event_type, n)
+     WHERE (SELECT generation FROM g) = $4
+     ORDER BY x.n
+    ON CONFLICT DO NOTHING
+    RETURNING event_id
+)
+SELECT (SELECT generation FROM g) AS generation, ARRAY(SELECT event_id FROM fresh) AS fresh
+"""
 
 GENERATION_CHECK_SECONDS = 5.0  # an idle replica still notices a rebuild this soon
 
@@ -204,11 +222,14 @@ class ConsumerRunner:
                 if not batch and time.monotonic() - checked > GENERATION_CHECK_SECONDS:
                     await self._check_generation()
                     checked = time.monotonic()
+                done: dict[TopicPartition, int] = {}
                 for tp, records in batch.items():
                     if tp not in consumer.assignment():
                         continue  # revoked meanwhile: its new owner reads it from the commit
                     await self.handle_batch(records)
-                    await self._commit(consumer, tp, records[-1].offset + 1)
+                    done[tp] = records[-1].offset + 1
+                if done:  # one commit for every partition of the poll
+                    await self._commit(consumer, done)
                     if backoff is not None:
                         backoff.reset()
         finally:
@@ -216,14 +237,18 @@ class ConsumerRunner:
             with contextlib.suppress(Exception):
                 await asyncio.shield(consumer.stop())
 
-    async def _commit(self, consumer: AIOKafkaConsumer, tp: TopicPartition, offset: int) -> None:
+    async def _commit(self, consumer: AIOKafkaConsumer, offsets: dict[TopicPartition, int]) -> None:
         try:
-            await consumer.commit({tp: offset})
+            await consumer.commit(offsets)
         except (CommitFailedError, IllegalStateError):
-            # The partition moved to another member during a rebalance (or was revoked while
+            # A partition moved to another member during a rebalance (or was revoked while
             # its batch ran): its new owner redelivers from the last committed offset and the
             # inbox makes that harmless.
-            log.info("consumer %s: commit for %s lost to a rebalance", self.subscription.name, tp)
+            log.info(
+                "consumer %s: commit for %s lost to a rebalance",
+                self.subscription.name,
+                sorted(f"{tp.topic}[{tp.partition}]" for tp in offsets),
+            )
 
     async def handle_record(self, record: ConsumerRecord) -> None:
         """Process one record to completion: handled once, ignored, or dead-lettered."""
@@ -279,9 +304,9 @@ class ConsumerRunner:
     async def _apply_batch(self, records: list[ConsumerRecord]) -> list[str]:
         outcomes: list[str] = []
         read = await self._read(records)
+        wanted = [found[2] for found in read if found is not None]
         async with self.pool.acquire() as conn, conn.transaction():
-            if await self._current_generation(conn, share=True) != self.generation:
-                raise _StartOver  # a rebuild cleared what this batch would write to
+            fresh = await self._claim(conn, wanted)
             for record, found in zip(records, read, strict=True):
                 if found is None:
                     outcomes.append("ignored")
@@ -289,7 +314,7 @@ class ConsumerRunner:
                 headers, handler, event = found
                 with self._span(record, event, headers) as span:
                     try:
-                        outcome = await self._apply(conn, handler, event)
+                        outcome = await self._apply(conn, handler, event, fresh)
                     except Exception as exc:
                         if is_transient(exc):
                             raise
@@ -345,16 +370,37 @@ class ConsumerRunner:
             attributes=span_attrs,
         )
 
-    async def _apply(self, conn: asyncpg.Connection, handler: Handler, event: Event[Any]) -> str:
-        fresh = await conn.fetchval(
-            "INSERT INTO inbox (consumer, event_id, event_type) VALUES ($1, $2, $3)"
-            " ON CONFLICT DO NOTHING RETURNING true",
+    async def _claim(self, conn: asyncpg.Connection, events: list[Event[Any]]) -> set[UUID]:
+        """In the batch's transaction, one round trip: check the generation (under
+        ``FOR SHARE``: a rebuild waits for this batch) and record the events in the inbox.
+        Returns the ids seen for the first time; the others had their effect already."""
+        row = await conn.fetchrow(
+            _CLAIM,
             self.subscription.name,
-            event.event_id,
-            event.type,
+            [e.event_id for e in events],
+            [e.type for e in events],
+            self.generation,
         )
-        if not fresh:
+        if row is None or row["generation"] is None:  # the first batch ever: no row yet
+            await self._current_generation(conn, share=True)
+            row = await conn.fetchrow(
+                _CLAIM,
+                self.subscription.name,
+                [e.event_id for e in events],
+                [e.type for e in events],
+                self.generation,
+            )
+        assert row is not None
+        if row["generation"] != self.generation:
+            raise _StartOver  # a rebuild cleared what this batch would write to
+        return set(row["fresh"])
+
+    async def _apply(
+        self, conn: asyncpg.Connection, handler: Handler, event: Event[Any], fresh: set[UUID]
+    ) -> str:
+        if event.event_id not in fresh:
             return "duplicate"
+        fresh.discard(event.event_id)  # a second copy in the same batch is a duplicate too
         await handler(conn, event)
         return "processed"
 

@@ -1,4 +1,12 @@
-"""Database pools."""
+"""Database pools.
+
+Pooled sessions keep no state between uses: locks are transaction-level
+(``pg_advisory_xact_lock``), ``LISTEN`` and session advisory locks run on dedicated connections
+(the outbox relay's), and session settings are set at connect.  So a connection returned to the
+pool needs no reset query (asyncpg's default sends ``RESET ALL``, ``UNLISTEN *`` and more on
+every release: one round trip per use); an open transaction is still rolled back by asyncpg
+itself before the connection is reused.
+"""
 
 from __future__ import annotations
 
@@ -34,9 +42,14 @@ async def create_pool(
         init=init_connection,
         password=password,
         server_settings={"application_name": name} if name else None,
+        reset=_keep_session,
     )
     assert pool is not None
     return pool
+
+
+async def _keep_session(conn: asyncpg.Connection) -> None:
+    """No reset query on release (see the module's invariant)."""
 
 
 async def one_at_a_time(conn: asyncpg.Connection, key: str) -> None:

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import base64
 import os
+import time
 from collections.abc import Callable, Collection, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -280,6 +281,22 @@ CREATE INDEX IF NOT EXISTS data_subjects_customer ON data_subjects (customer_key
 """
 
 
+_REGISTER = """
+WITH k AS (
+    INSERT INTO data_keys AS d (key_id, customer_key, wrapped) VALUES ($1, $2, $3)
+    ON CONFLICT (customer_key) DO UPDATE SET customer_key = d.customer_key
+    RETURNING key_id, wrapped
+), s AS (
+    INSERT INTO data_subjects (stream_id, customer_key, key_id)
+    SELECT $4, $2, key_id FROM k
+    ON CONFLICT (stream_id) DO NOTHING
+)
+SELECT key_id, wrapped FROM k
+"""
+_REGISTERED_KEPT = 1000
+_REGISTERED_FOR = 5.0  # seconds: the hand-over from a registration to its first append
+
+
 class PostgresKeyring:
     """The keyring in its own PostgreSQL database; data keys wrapped by ``master_key``."""
 
@@ -288,6 +305,9 @@ class PostgresKeyring:
             raise ValueError("the keyring master key must be 32 bytes (256 bits)")
         self.pool = pool
         self._master = AESGCM(master_key)
+        # streams registered by this process whose first append has not asked for the key yet
+        # (intake registers, then appends at once): that append needs no second lookup
+        self._registered: dict[UUID, tuple[DataKey, float]] = {}
         self.pseudonym_secret = HKDF(
             algorithm=hashes.SHA256(), length=32, salt=None, info=b"complaints customer keys"
         ).derive(master_key)
@@ -310,28 +330,25 @@ class PostgresKeyring:
         return self._master.decrypt(wrapped[:_NONCE], wrapped[_NONCE:], key_id.encode())
 
     async def register(self, stream_id: UUID, customer_key: str) -> DataKey:
+        """One statement: the customer's key (made now if they have none), and the stream as
+        theirs.  ``ON CONFLICT DO UPDATE`` returns the key a concurrent first registration of
+        the same customer committed meanwhile (``DO NOTHING`` would return nothing)."""
         new = _new_key()
-        async with self.pool.acquire() as conn, conn.transaction():
-            await conn.execute(
-                "INSERT INTO data_keys (key_id, customer_key, wrapped) VALUES ($1, $2, $3)"
-                " ON CONFLICT (customer_key) DO NOTHING",
-                new.key_id,
-                customer_key,
-                self._wrap(new),
-            )
-            row = await conn.fetchrow(
-                "SELECT key_id, wrapped FROM data_keys WHERE customer_key = $1", customer_key
-            )
-            await conn.execute(
-                "INSERT INTO data_subjects (stream_id, customer_key, key_id) VALUES ($1, $2, $3)"
-                " ON CONFLICT (stream_id) DO NOTHING",
-                stream_id,
-                customer_key,
-                row["key_id"],
-            )
-        return DataKey(row["key_id"], self._unwrap(row["key_id"], row["wrapped"]))
+        row = await self.pool.fetchrow(
+            _REGISTER, new.key_id, customer_key, self._wrap(new), stream_id
+        )
+        assert row is not None
+        key_id: str = row["key_id"]
+        key = new if key_id == new.key_id else DataKey(key_id, self._unwrap(key_id, row["wrapped"]))
+        self._registered[stream_id] = (key, time.monotonic())
+        while len(self._registered) > _REGISTERED_KEPT:
+            del self._registered[next(iter(self._registered))]
+        return key
 
     async def key_for_stream(self, stream_id: UUID) -> DataKey | None:
+        registered = self._registered.pop(stream_id, None)
+        if registered is not None and time.monotonic() - registered[1] < _REGISTERED_FOR:
+            return registered[0]  # registered by this process just now, for this append
         row = await self.pool.fetchrow(
             "SELECT s.key_id, k.wrapped FROM data_subjects s"
             " LEFT JOIN data_keys k ON k.key_id = s.key_id WHERE s.stream_id = $1",
@@ -370,7 +387,10 @@ class PostgresKeyring:
             if deleted != "DELETE 0":
                 # the deleted row's bytes go from the table's pages at once, not at autovacuum
                 await conn.execute("VACUUM data_keys")
-        return await self.streams_of(customer_key)
+        streams = await self.streams_of(customer_key)
+        for stream_id in streams:
+            self._registered.pop(stream_id, None)
+        return streams
 
 
 def load_master_key(text: str) -> bytes:

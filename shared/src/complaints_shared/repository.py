@@ -1,6 +1,7 @@
 """The repository: load (fold) → decide → append with optimistic concurrency → project.
 
-Every service changes its aggregates through :meth:`Repository.execute`, in the caller's
+Every service changes its aggregates through :meth:`Repository.execute` (or starts a new
+stream with :meth:`Repository.create`, which has nothing to load), in the caller's
 transaction.  The conflict policy is one, and it depends on who decided:
 
 - **A handler or a timer** (``expected_version=None``, ``redecide=True``): when another writer
@@ -70,6 +71,15 @@ class Repository(Generic[S]):
     async def load(self, conn: Any, stream_id: UUID) -> Loaded[S]:
         events = await self.store.load(conn, stream_id)
         return Loaded(self.fold(events), len(events), events)
+
+    async def create(self, conn: Any, stream_id: UUID, events: Sequence[DomainEvent]) -> Saved[S]:
+        """Start a new stream with ``events``: nothing to load or fold first.  A stream that
+        exists already raises :class:`ConcurrencyConflict` (the append's version check)."""
+        recorded = await self.store.append(conn, stream_id, 0, events)
+        state = self.fold(recorded)
+        if self.project is not None:
+            await self.project(conn, state, recorded)
+        return Saved(state, len(recorded), recorded)
 
     async def execute(
         self,

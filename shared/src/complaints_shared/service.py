@@ -79,7 +79,7 @@ class ServiceSpec:
     retention: Sequence[Prune] = ()  # the service's own tables pruned after policy periods
 
 
-def get_runtime(request: Request) -> Runtime:
+async def get_runtime(request: Request) -> Runtime:
     runtime: Runtime = request.app.state.runtime
     return runtime
 
@@ -314,6 +314,7 @@ def create_app(
         tracer_provider=telemetry.provider,
         excluded_urls="health/.*,metrics",
         server_request_hook=redacting_request_hook(app),
+        exclude_spans=["receive", "send"],  # one server span per request, not three
     )
     return app
 

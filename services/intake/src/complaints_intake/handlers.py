@@ -7,38 +7,57 @@ from typing import Any
 import asyncpg
 
 from complaints_intake.domain import case_progress
-from complaints_intake.projection import record_timeline
-from complaints_intake.timeline import complaint_of
+from complaints_intake.timeline import complaint_of, summarise
 from complaints_shared.consumer import Subscription
 from complaints_shared.envelope import Event
 from complaints_shared.events import resolution as rs
 from complaints_shared.service import Runtime
 
+# Resolution's events come in order per complaint, so the status follows them; a withdrawn
+# complaint stays withdrawn.
+_TIMELINE_AND_STATUS = """
+WITH known AS (
+    SELECT id FROM complaints WHERE id = $2
+), entry AS (
+    INSERT INTO timeline (event_id, complaint_id, service, type, occurred_at, version, summary)
+    SELECT $1, id, $3, $4, $5, $6, $7 FROM known
+    ON CONFLICT (event_id) DO NOTHING
+), progress AS (
+    UPDATE complaints SET status = $8
+     WHERE id = (SELECT id FROM known) AND $8::text IS NOT NULL AND status <> 'withdrawn'
+)
+SELECT count(*) > 0 FROM known
+"""
+
 
 def subscriptions(rt: Runtime) -> list[Subscription]:
     async def on_any(conn: asyncpg.Connection, event: Event[Any]) -> None:
         complaint_id = complaint_of(event)
-        if await conn.fetchval("SELECT true FROM complaints WHERE id = $1", complaint_id):
-            await record_timeline(conn, complaint_id, event)
-            if isinstance(event.payload, rs.CaseClassified):  # an agent confirmed or corrected
-                c = event.payload
-                await conn.execute(
-                    "UPDATE complaints SET category = $2, severity = $3, received = received"
-                    " || jsonb_build_object('category', $2::text, 'severity', $3::text,"
-                    " 'product', $4::text, 'category_suggested', false,"
-                    " 'severity_suggested', false) WHERE id = $1",
-                    complaint_id,
-                    c.category,
-                    c.severity.value,
-                    c.product,
-                )
-            status = case_progress(event.payload)
-            if status is not None:  # resolution's events come in order per complaint
-                await conn.execute(
-                    "UPDATE complaints SET status = $2 WHERE id = $1 AND status <> 'withdrawn'",
-                    complaint_id,
-                    status.value,
-                )
+        status = case_progress(event.payload)
+        # one round trip: the timeline entry and the status, for a complaint intake knows
+        known = await conn.fetchval(
+            _TIMELINE_AND_STATUS,
+            event.event_id,
+            complaint_id,
+            event.service,
+            event.type,
+            event.occurred_at,
+            event.version,
+            summarise(event.payload),
+            status.value if status is not None else None,
+        )
+        if known and isinstance(event.payload, rs.CaseClassified):  # an agent corrected it
+            c = event.payload
+            await conn.execute(
+                "UPDATE complaints SET category = $2, severity = $3, received = received"
+                " || jsonb_build_object('category', $2::text, 'severity', $3::text,"
+                " 'product', $4::text, 'category_suggested', false,"
+                " 'severity_suggested', false) WHERE id = $1",
+                complaint_id,
+                c.category,
+                c.severity.value,
+                c.product,
+            )
 
     t = rt.topics
     return [

@@ -101,36 +101,67 @@ async def scrub(conn: asyncpg.Connection, complaint_ids: Iterable[UUID]) -> None
     )
 
 
+_TIMELINE = """
+INSERT INTO timeline (event_id, complaint_id, service, type, occurred_at, version, summary)
+SELECT x.event_id, $2, x.service, x.type, x.occurred_at, x.version, x.summary
+  FROM unnest($1::uuid[], $3::text[], $4::text[], $5::timestamptz[], $6::int[], $7::text[])
+       WITH ORDINALITY AS x(event_id, service, type, occurred_at, version, summary, n)
+ ORDER BY x.n
+ON CONFLICT (event_id) DO NOTHING
+"""
+
+
 async def record_timeline(
-    conn: asyncpg.Connection, complaint_id: UUID, event: Event[DomainEvent]
+    conn: asyncpg.Connection, complaint_id: UUID, *events: Event[DomainEvent]
 ) -> None:
+    """The events' timeline entries, in their order, in one statement."""
     await conn.execute(
-        "INSERT INTO timeline (event_id, complaint_id, service, type, occurred_at, version,"
-        " summary) VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT (event_id) DO NOTHING",
-        event.event_id,
+        _TIMELINE,
+        [e.event_id for e in events],
         complaint_id,
-        event.service,
-        event.type,
-        event.occurred_at,
-        event.version,
-        summarise(event.payload),
+        [e.service for e in events],
+        [e.type for e in events],
+        [e.occurred_at for e in events],
+        [e.version for e in events],
+        [summarise(e.payload) for e in events],
     )
 
 
 async def project(
     conn: asyncpg.Connection, events: Sequence[Event[DomainEvent]], pseudonyms: bytes
 ) -> None:
-    """Apply intake's own new events to the read model and the timeline."""
-    for e in events:
+    """Apply intake's own new events to the read model and the timeline.  A new complaint's
+    acknowledgement and alert (appended with it) go into its first row: one INSERT, and the
+    timeline entries of each stream in one statement."""
+    timeline: dict[UUID, list[Event[DomainEvent]]] = {}
+    i = 0
+    while i < len(events):
+        e = events[i]
         p = e.payload
+        i += 1
         match p:
             case ev.ComplaintReceived():
+                acknowledgement: dict[str, Any] | None = None
+                alerts: list[str] = []
+                group = [e]
+                while i < len(events) and events[i].stream_id == e.stream_id:
+                    q = events[i].payload
+                    if isinstance(q, ev.ComplaintAcknowledged):
+                        acknowledgement = q.to_json()
+                    elif isinstance(q, ev.ComplaintAlertRaised):
+                        alerts = list(q.reasons)
+                    else:
+                        break
+                    group.append(events[i])
+                    i += 1
+                last = group[-1]
                 await conn.execute(
                     "INSERT INTO complaints (id, reference, status, channel, category, severity,"
                     " language, customer_key, customer_id, subject, description,"
-                    " possible_duplicate_of, received, received_at, updated_at, version)"
+                    " possible_duplicate_of, received, received_at, updated_at, version,"
+                    " acknowledgement, alerts)"
                     " VALUES ($1, $2, 'received', $3, $4, $5, $6, $7, $8, $9, $10, $11, $12,"
-                    " $13, $13, $14)",
+                    " $13, $14, $15, $16, $17)",
                     e.stream_id,
                     p.reference,
                     p.channel.value,
@@ -144,8 +175,13 @@ async def project(
                     p.possible_duplicate_of,
                     p.to_json(),
                     e.occurred_at,
-                    e.version,
+                    last.occurred_at,
+                    last.version,
+                    acknowledgement,
+                    alerts,
                 )
+                timeline.setdefault(e.stream_id, []).extend(group)
+                continue
             case ev.ComplaintAcknowledged():
                 await conn.execute(
                     "UPDATE complaints SET acknowledgement = $2, version = $3, updated_at = $4"
@@ -192,4 +228,6 @@ async def project(
                     e.version,
                     e.occurred_at,
                 )
-        await record_timeline(conn, e.stream_id, e)
+        timeline.setdefault(e.stream_id, []).append(e)
+    for complaint_id, entries in timeline.items():
+        await record_timeline(conn, complaint_id, *entries)

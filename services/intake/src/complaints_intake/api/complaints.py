@@ -140,7 +140,7 @@ class Timeline(BaseModel):
     entries: list[TimelineEntry]
 
 
-def resources(rt: RuntimeDep) -> IntakeResources:
+async def resources(rt: RuntimeDep) -> IntakeResources:
     res: IntakeResources = rt.resources
     return res
 
@@ -201,27 +201,31 @@ def _fingerprint(body: ComplaintCreate) -> str:
     return hashlib.sha256(canonical.encode()).hexdigest()
 
 
+_HISTORY = """
+SELECT nextval('complaint_reference_seq') AS seq,
+       (SELECT count(*) FROM complaints WHERE customer_key = $1 AND received_at >= $2) AS recent,
+       (SELECT coalesce(jsonb_agg(jsonb_build_array(c.id, c.subject, c.description)), '[]')
+          FROM (SELECT id, subject, description FROM complaints
+                 WHERE customer_key = $1 AND received_at >= $3 AND status <> 'withdrawn'
+                 ORDER BY received_at DESC LIMIT 50) c) AS candidates
+"""
+
+
 async def _history(
     conn: asyncpg.Connection, rt: Runtime, body: ComplaintCreate, key: str, now: datetime
-) -> History:
+) -> tuple[int, History]:
+    """The next reference number and the customer's history, in one round trip (both reads
+    are bound by the index on ``(customer_key, received_at)``)."""
     ip = rt.policy.intake
-    recent = await conn.fetchval(
-        "SELECT count(*) FROM complaints WHERE customer_key = $1 AND received_at >= $2",
-        key,
-        now - ip.repeat_window,
-    )
-    candidates = await conn.fetch(
-        "SELECT id, subject, description FROM complaints WHERE customer_key = $1"
-        " AND received_at >= $2 AND status <> 'withdrawn' ORDER BY received_at DESC LIMIT 50",
-        key,
-        now - ip.duplicate_window,
-    )
-    return History.of(
-        int(recent),
-        [Earlier(c["id"], c["subject"], c["description"]) for c in candidates],
+    row = await conn.fetchrow(_HISTORY, key, now - ip.repeat_window, now - ip.duplicate_window)
+    assert row is not None
+    history = History.of(
+        int(row["recent"]),
+        [Earlier(UUID(i), subject, description) for i, subject, description in row["candidates"]],
         body.text,
         ip.duplicate_similarity,
     )
+    return int(row["seq"]), history
 
 
 @router.post(
@@ -261,8 +265,7 @@ async def submit_complaint(
             if not fresh:
                 return await _replay(conn, idempotency_key, fingerprint)  # type: ignore[return-value]
         now = rt.clock()
-        history = await _history(conn, rt, body, key, now)
-        seq = await conn.fetchval("SELECT nextval('complaint_reference_seq')")
+        seq, history = await _history(conn, rt, body, key, now)
         complaint_id = uuid4()
         decision = receive(
             body,
@@ -277,9 +280,7 @@ async def submit_complaint(
         )
         # the customer's data key seals their personal data from the first event on
         await rt.keyring.register(complaint_id, key)
-        await complaints(rt).execute(
-            conn, complaint_id, lambda _: decision.events, expected_version=0, redecide=False
-        )
+        await complaints(rt).create(conn, complaint_id, decision.events)
         public = _public(await _row(conn, complaint_id))
         if idempotency_key is not None:
             await conn.execute(
