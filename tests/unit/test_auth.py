@@ -4,6 +4,7 @@ tests/integration/test_access.py.)"""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import time
 from typing import Any
@@ -99,6 +100,30 @@ async def test_a_flat_roles_claim_is_a_setting(issuer: Issuer):
 async def test_claims_that_do_not_hold_are_refused(issuer: Issuer, claims: dict, reason: str):
     with pytest.raises(Unauthenticated, match=reason):
         await verifier(issuer).verify(issuer.token(**claims))
+
+
+async def test_a_token_sent_again_is_verified_once_and_only_until_it_expires(
+    issuer: Issuer, monkeypatch: pytest.MonkeyPatch
+):
+    v = verifier(issuer)
+    expires = int(time.time()) + 2
+    token = issuer.token(exp=expires)
+    first = await v.verify(token)
+    verified = 0
+    original = v._verify
+
+    async def counting(t: str) -> Any:
+        nonlocal verified
+        verified += 1
+        return await original(t)
+
+    monkeypatch.setattr(v, "_verify", counting)
+    assert await v.verify(token) == first
+    assert verified == 0  # taken from the cache of verified tokens
+    await asyncio.sleep(max(0.0, expires - time.time()) + 0.05)
+    with pytest.raises(Unauthenticated, match="expired"):
+        await v.verify(token)  # the cache honours the token's expiry
+    assert verified == 1
 
 
 async def test_a_token_signed_by_another_key_is_refused(issuer: Issuer):

@@ -8,7 +8,9 @@ Invariants:
   calls every route as every role read that one source.
 - A token is accepted only when its signature verifies with a key of the issuer's JWKS
   (fetched through discovery, cached, fetched again for an unknown ``kid``: key rotation), and
-  its issuer, audience, expiry and not-before hold (PyJWT; asymmetric algorithms only).
+  its issuer, audience, expiry and not-before hold (PyJWT; asymmetric algorithms only).  The
+  same token sent again is taken from a bounded cache of verified tokens until it expires
+  (the cache is dropped when the issuer's key set changes).
 - Who acted comes from the token (``sub``), never from a request body.
 - Missing or bad token: 401 with ``WWW-Authenticate: Bearer``; a valid token without a
   needed role: 403.  Both problem+json; no token or claim value is logged or echoed.
@@ -110,6 +112,10 @@ class OidcVerifier:
     _fetched_at: float = field(default=-1e9, repr=False)
     _jwks_uri: str | None = field(default=None, repr=False)
     _lock: asyncio.Lock = field(default_factory=asyncio.Lock, repr=False)
+    # tokens whose signature and claims verified: token → (principal, its expiry), so a caller
+    # that sends the same token again (a channel gateway, a frontend) is not verified again
+    _verified: dict[str, tuple[Principal, float]] = field(default_factory=dict, repr=False)
+    verified_kept: int = 10_000
 
     async def _get(self, url: str) -> Any:
         async with httpx.AsyncClient(timeout=5, transport=self.transport) as client:
@@ -138,6 +144,8 @@ class OidcVerifier:
                     keys[jwk["kid"]] = jwt.PyJWK(jwk)
                 except (jwt.PyJWKError, jwt.InvalidKeyError):
                     continue  # a key type this library cannot use: never one we accept
+            if set(keys) != set(self._keys):
+                self._verified.clear()  # a key left the set: tokens it signed verify again
             self._keys = keys
             self._fetched_at = time.monotonic()
 
@@ -153,6 +161,18 @@ class OidcVerifier:
         return self._keys.get(kid)
 
     async def verify(self, token: str) -> Principal:
+        known = self._verified.get(token)
+        if known is not None:
+            if time.time() < known[1] + self.leeway:
+                return known[0]
+            del self._verified[token]
+        principal, expires = await self._verify(token)
+        self._verified[token] = (principal, expires)
+        while len(self._verified) > self.verified_kept:
+            del self._verified[next(iter(self._verified))]
+        return principal
+
+    async def _verify(self, token: str) -> tuple[Principal, float]:
         try:
             header = jwt.get_unverified_header(token)
         except jwt.PyJWTError:
@@ -184,13 +204,14 @@ class OidcVerifier:
         except jwt.PyJWTError:
             raise Unauthenticated("the token is invalid") from None
         roles = _claim(claims, self.roles_claim)
-        return Principal(
+        principal = Principal(
             subject=str(claims["sub"]),
             roles=frozenset(r for r in roles if isinstance(r, str))
             if isinstance(roles, list)
             else frozenset(),
             client_id=claims.get("azp") or claims.get("client_id"),
         )
+        return principal, float(claims["exp"])
 
 
 BEARER = HTTPBearer(
