@@ -1,28 +1,44 @@
-"""Benchmarks of the event path, each against a raw-client baseline in the same run.
+"""Benchmarks of the platform's hot paths, each against a baseline measured in the same run.
 
-    ./dev bench [--events N]
+    ./dev bench [--events N] [--seconds S] [--complaints N] [--only STAGE,...] [--json PATH]
 
-1. publish: N events through append (one transaction each) + outbox relay until all are
-   acknowledged, against the same N records sent straight with an ``acks=all`` producer.
-2. consume: N events through the inbox consumer (inbox row + projection row per event, then
-   offset commit), against reading the same N records with a bare consumer.
+Stages (``--only`` picks some; all by default):
 
-The event carries personal data, so both paths pay what the services pay: the append seals it
-with the customer's data key, the consumer opens it (keys from the keyring; the complaints are
-registered with it before the clock starts, as intake does on receipt).
+- ``append``: N single-event appends (personal data sealed, outbox row, wake-up) with 8
+  writers, against raw asyncpg inserting the same event and outbox rows, one transaction each,
+  with the same 8 connections.
+- ``relay``: the outbox relay publishing a backlog of N committed events until the broker
+  acknowledged all and they are marked sent, against an ``acks=all`` idempotent producer
+  sending the same N records.
+- ``consume``: the inbox consumer (inbox row + projection row per event, one transaction per
+  poll batch, then the offset) over N records, against raw asyncpg writing the same inbox and
+  projection rows in batches of 200.
+- ``intake``: ``POST /complaints`` at 32 connections against a minimal FastAPI + one-INSERT
+  app, and intake's latency at half its own rate (``benchmarks/http_intake.py``).
+- ``similar``: the similar-complaints index at ``--complaints`` stored texts against the
+  earlier per-query TF-IDF (``benchmarks/similar.py``).
 
-Figures are ratios against the baseline, as the machine is shared and noisy.
+It starts the local Kafka, PostgreSQL and (for ``intake``) Keycloak unless they run already,
+prints one table of figures with their baselines and ratios, and writes the same as JSON
+(``.local/bench/<time>.json``, or ``--json``).  Ratios, not absolute figures, are what to
+compare between runs: these machines are shared and noisy.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import os
+import platform
 import sys
 import time
 import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import asyncpg
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
@@ -31,6 +47,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "deploy" / "local"))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
+import http_intake  # noqa: E402
 import similar  # noqa: E402
 
 from complaints_shared.consumer import ConsumerRunner, Subscription  # noqa: E402
@@ -46,10 +63,54 @@ from complaints_shared.telemetry import setup_telemetry  # noqa: E402
 from complaints_shared.topics import ensure_topics  # noqa: E402
 from infra import LocalInfra  # noqa: E402
 
+STAGES = ("append", "relay", "consume", "intake", "similar")
+WRITERS = 8
 PAYLOAD = ComplaintWithdrawn(reason="Fila de espera " + "x" * 400)
 
 
-async def bench(n: int, bootstrap: str, server: str) -> None:
+@dataclass
+class Row:
+    """One line of the table: a measured figure, its baseline, and the ratio (higher is
+    better for rates, lower for latencies)."""
+
+    stage: str
+    what: str
+    value: float
+    unit: str
+    baseline_what: str = ""
+    baseline: float | None = None
+    goal: str = ""
+
+    @property
+    def ratio(self) -> float | None:
+        if not self.baseline:
+            return None
+        return self.value / self.baseline
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "stage": self.stage,
+            "what": self.what,
+            "value": round(self.value, 2),
+            "unit": self.unit,
+            "baseline_what": self.baseline_what,
+            "baseline": round(self.baseline, 2) if self.baseline is not None else None,
+            "ratio": round(self.ratio, 3) if self.ratio is not None else None,
+            "goal": self.goal,
+        }
+
+
+def now() -> datetime:
+    return datetime.now(UTC)
+
+
+async def timed(work: Callable[[], Any]) -> float:
+    t0 = time.perf_counter()
+    await work()
+    return time.perf_counter() - t0
+
+
+async def event_path(n: int, bootstrap: str, server: str, stages: set[str]) -> list[Row]:
     db = f"bench_{uuid.uuid4().hex[:8]}"
     admin = await asyncpg.connect(f"{server}/postgres")
     await admin.execute(f'CREATE DATABASE "{db}"')
@@ -57,10 +118,11 @@ async def bench(n: int, bootstrap: str, server: str) -> None:
     prefix = f"bench{uuid.uuid4().hex[:6]}."
     raw_topic, outbox_topic = f"{prefix}raw", f"{prefix}outbox"
     await ensure_topics(bootstrap, [raw_topic, outbox_topic, f"{prefix}dlq"], 3)
-    pool = await create_pool(dsn, max_size=10)
+    pool = await create_pool(dsn, max_size=WRITERS + 2)
     async with pool.acquire() as conn:
         await migrate(conn, shared_migrations())
         await conn.execute("CREATE TABLE projection (id uuid PRIMARY KEY, subject text)")
+        await conn.execute("CREATE TABLE raw_projection (id uuid PRIMARY KEY, subject text)")
     producer = AIOKafkaProducer(
         bootstrap_servers=bootstrap, acks="all", enable_idempotence=True, linger_ms=5
     )
@@ -68,150 +130,323 @@ async def bench(n: int, bootstrap: str, server: str) -> None:
     telemetry = setup_telemetry("bench")
     keyring = PostgresKeyring(pool, load_master_key(new_master_key()))
     await keyring.migrate()
+    store = PostgresEventStore(source="/complaints/bench", topic=outbox_topic, keyring=keyring)
+    rows: list[Row] = []
     try:
         # the complaints' customers, registered as intake does on receipt (not measured)
-        published, appended_streams = (
-            [uuid.uuid4() for _ in range(n)],
-            [uuid.uuid4() for _ in range(n)],
-        )
-        for i, stream in enumerate(published + appended_streams):
+        appended = [uuid.uuid4() for _ in range(n)]
+        raw_streams = [uuid.uuid4() for _ in range(n)]
+        for i, stream in enumerate(appended + raw_streams):
             await keyring.register(stream, f"bench-customer-{i % 500}")
         sealed = [
-            ComplaintWithdrawn.model_validate((await sealed_payloads(keyring, s, [PAYLOAD]))[0])
-            for s in published
-        ]
+            (await sealed_payloads(keyring, s, [PAYLOAD]))[0] for s in raw_streams
+        ]  # the same rows as the store writes: sealed data, as text
+        sem = asyncio.Semaphore(WRITERS)
 
-        # 1. publish -------------------------------------------------------------------
+        # 1. append ---------------------------------------------------------------------
+        async def raw_one(stream: uuid.UUID, data: dict[str, Any]) -> None:
+            async with sem, pool.acquire() as conn, conn.transaction():
+                event_id = uuid.uuid4()
+                await conn.execute(
+                    "INSERT INTO events (stream_id, version, event_id, type, occurred_at, data)"
+                    " VALUES ($1, 1, $2, $3, $4, $5::text::jsonb)",
+                    stream,
+                    event_id,
+                    "ComplaintWithdrawn",
+                    now(),
+                    json.dumps(data),
+                )
+                await conn.execute(
+                    "INSERT INTO outbox (event_id, topic, trace_context) VALUES ($1, $2, '{}')",
+                    event_id,
+                    "raw",
+                )
+
+        async def store_one(stream: uuid.UUID) -> None:
+            async with sem, pool.acquire() as conn, conn.transaction():
+                await store.append(conn, stream, 0, [PAYLOAD])
+
+        async def raw_all() -> None:
+            await asyncio.gather(*(raw_one(s, d) for s, d in zip(raw_streams, sealed, strict=True)))
+
+        async def store_all() -> None:
+            await asyncio.gather(*(store_one(s) for s in appended))
+
+        raw_append = await timed(raw_all)
+        store_append = await timed(store_all)
+        await pool.execute("DELETE FROM outbox WHERE topic = 'raw'")
+        if "append" in stages:
+            rows.append(
+                Row(
+                    "append",
+                    f"event store append, {WRITERS} writers",
+                    n / store_append,
+                    "events/s",
+                    f"raw asyncpg, same rows, {WRITERS} connections",
+                    n / raw_append,
+                    "≥ 0.8x",
+                )
+            )
+
+        # 2. relay ----------------------------------------------------------------------
         events = [
             Event(
                 event_id=uuid.uuid4(),
                 stream_id=stream,
                 version=1,
-                occurred_at=time_now(),
+                occurred_at=now(),
                 source="/complaints/bench",
-                payload=payload,
+                payload=ComplaintWithdrawn.model_validate(data),
             )
-            for stream, payload in zip(published, sealed, strict=True)
+            for stream, data in zip(raw_streams, sealed, strict=True)
         ]
-        t0 = time.perf_counter()
-        acks = []
-        for e in events:
-            r = to_kafka_record(e)
-            acks.append(await producer.send(raw_topic, r.value, key=r.key, headers=r.headers))
-        await asyncio.gather(*acks)
-        raw_publish = time.perf_counter() - t0
 
-        store = PostgresEventStore(source="/complaints/bench", topic=outbox_topic, keyring=keyring)
+        async def raw_publish() -> None:
+            acks = []
+            for e in events:
+                r = to_kafka_record(e)
+                acks.append(await producer.send(raw_topic, r.value, key=r.key, headers=r.headers))
+            await asyncio.gather(*acks)
+
+        raw_relay = await timed(raw_publish)
         relay = OutboxRelay(
             dsn=dsn, pool=pool, producer=producer, source=store.source, telemetry=telemetry
         )
-        relay_task = asyncio.create_task(relay.run())
-        while not relay.is_leader:
-            await asyncio.sleep(0.01)
-        t0 = time.perf_counter()
-        sem = asyncio.Semaphore(8)
 
-        async def append_one(stream: uuid.UUID) -> None:
-            async with sem, pool.acquire() as conn, conn.transaction():
-                await store.append(conn, stream, 0, [PAYLOAD])
+        async def relay_backlog() -> None:
+            task = asyncio.create_task(relay.run())
+            try:
+                while await pool.fetchval("SELECT count(*) FROM outbox WHERE sent_at IS NULL"):
+                    await asyncio.sleep(0.005)
+            finally:
+                task.cancel()
+                await asyncio.gather(task, return_exceptions=True)
 
-        await asyncio.gather(*(append_one(s) for s in appended_streams))
-        appended = time.perf_counter() - t0
-        while await pool.fetchval("SELECT count(*) FROM outbox WHERE sent_at IS NULL"):
-            await asyncio.sleep(0.005)
-        outbox_publish = time.perf_counter() - t0
-        relay_task.cancel()
-        await asyncio.gather(relay_task, return_exceptions=True)
-
-        # 2. consume -------------------------------------------------------------------
-        bare = AIOKafkaConsumer(
-            raw_topic,
-            bootstrap_servers=bootstrap,
-            group_id=f"{prefix}bare",
-            auto_offset_reset="earliest",
-            enable_auto_commit=False,
-        )
-        await bare.start()
-        first = await bare.getmany(timeout_ms=10_000)  # the group join is not what is measured
-        t0 = time.perf_counter()
-        seen = sum(len(r) for r in first.values())
-        while seen < n:
-            for recs in (await bare.getmany(timeout_ms=200)).values():
-                seen += len(recs)
-        await bare.commit()
-        raw_consume = time.perf_counter() - t0
-        await bare.stop()
-
-        async def project(conn: asyncpg.Connection, e: Event[ComplaintWithdrawn]) -> None:
-            await conn.execute(
-                "INSERT INTO projection VALUES ($1, $2)", e.event_id, (e.payload.reason or "")[:20]
+        outbox_relay = await timed(relay_backlog)
+        if "relay" in stages:
+            rows.append(
+                Row(
+                    "relay",
+                    "outbox relay, a committed backlog",
+                    n / outbox_relay,
+                    "events/s",
+                    "raw producer, acks=all, same records",
+                    n / raw_relay,
+                    "≥ 0.5x",
+                )
             )
 
-        metrics = ServiceMetrics()
-        runner = ConsumerRunner(
-            Subscription(f"{prefix}inbox", (raw_topic,), {"ComplaintWithdrawn": project}),
-            bootstrap,
-            pool,
-            producer,
-            telemetry,
-            metrics,
-            dlq_topic=f"{prefix}dlq",
-            keyring=keyring,
-        )
-        task = asyncio.create_task(runner.run())
-        while not runner.assigned:  # the group join is not what is measured
-            await asyncio.sleep(0.001)
-        t0 = time.perf_counter()
-        while metrics.consumed.labels(f"{prefix}inbox", "processed")._value.get() < n:
-            await asyncio.sleep(0.005)
-        inbox_consume = time.perf_counter() - t0
-        task.cancel()
-        await asyncio.gather(task, return_exceptions=True)
+        # 3. consume --------------------------------------------------------------------
+        if "consume" in stages:
+            rows.extend(await consume(n, bootstrap, pool, producer, telemetry, keyring, prefix))
     finally:
         await producer.stop()
         await pool.close()
         await admin.execute(f'DROP DATABASE "{db}" WITH (FORCE)')
         await admin.close()
+    return rows
 
-    def rate(seconds: float) -> str:
-        return f"{n / seconds:9.0f} events/s"
 
-    print(f"events: {n}")
-    print(f"publish  baseline  raw producer, acks=all        {rate(raw_publish)}")
-    print(
-        f"publish  outbox    append (8 writers) -> relay   {rate(outbox_publish)}"
-        f"   ratio {outbox_publish / raw_publish:5.2f}x baseline time"
-        f"   (appends alone {rate(appended)})"
+async def consume(
+    n: int,
+    bootstrap: str,
+    pool: asyncpg.Pool,
+    producer: AIOKafkaProducer,
+    telemetry: Any,
+    keyring: PostgresKeyring,
+    prefix: str,
+) -> list[Row]:
+    topic = f"{prefix}raw"
+    bare = AIOKafkaConsumer(
+        topic,
+        bootstrap_servers=bootstrap,
+        group_id=f"{prefix}bare",
+        auto_offset_reset="earliest",
+        enable_auto_commit=False,
     )
-    print(f"consume  baseline  bare consumer                 {rate(raw_consume)}")
-    print(
-        f"consume  inbox     inbox + projection + commit   {rate(inbox_consume)}"
-        f"   ratio {inbox_consume / raw_consume:5.2f}x baseline time"
-        " (from partition assignment on)"
+    await bare.start()
+    records: list[Any] = []
+    while len(records) < n:  # the records' ids, for the baseline (not measured)
+        for recs in (await bare.getmany(timeout_ms=1000)).values():
+            records.extend(recs)
+    await bare.stop()
+
+    # raw asyncpg: the same inbox and projection rows, 200 a transaction
+    ids = [uuid.UUID(dict(r.headers)["ce_id"].decode()) for r in records]
+
+    async def raw_rows() -> None:
+        async with pool.acquire() as conn:
+            for start in range(0, len(ids), 200):
+                chunk = ids[start : start + 200]
+                async with conn.transaction():
+                    await conn.executemany(
+                        "INSERT INTO inbox (consumer, event_id, event_type) VALUES ($1, $2, $3)",
+                        [("raw", i, "ComplaintWithdrawn") for i in chunk],
+                    )
+                    await conn.executemany(
+                        "INSERT INTO raw_projection VALUES ($1, $2)",
+                        [(i, "Fila de espera xxxxx") for i in chunk],
+                    )
+
+    raw_write = await timed(raw_rows)
+
+    async def project(conn: asyncpg.Connection, e: Event[ComplaintWithdrawn]) -> None:
+        await conn.execute(
+            "INSERT INTO projection VALUES ($1, $2)", e.event_id, (e.payload.reason or "")[:20]
+        )
+
+    metrics = ServiceMetrics()
+    runner = ConsumerRunner(
+        Subscription(f"{prefix}inbox", (topic,), {"ComplaintWithdrawn": project}),
+        bootstrap,
+        pool,
+        producer,
+        telemetry,
+        metrics,
+        dlq_topic=f"{prefix}dlq",
+        keyring=keyring,
     )
+    task = asyncio.create_task(runner.run())
+    while not runner.assigned:  # the group join is not what is measured
+        await asyncio.sleep(0.001)
+    t0 = time.perf_counter()
+    while metrics.consumed.labels(f"{prefix}inbox", "processed")._value.get() < n:
+        await asyncio.sleep(0.005)
+    inbox = time.perf_counter() - t0
+    task.cancel()
+    await asyncio.gather(task, return_exceptions=True)
+    return [
+        Row(
+            "consume",
+            "inbox consumer: read, open, inbox + projection, commit",
+            n / inbox,
+            "events/s",
+            "raw asyncpg, same rows, 200 a transaction",
+            n / raw_write,
+            "≥ 0.5x",
+        ),
+    ]
 
 
-def time_now():  # type: ignore[no-untyped-def]
-    from datetime import UTC, datetime
+def intake_rows(figures: dict[str, Any]) -> list[Row]:
+    i, b, h = figures["intake"], figures["baseline"], figures["intake_half_load"]
+    return [
+        Row(
+            "intake",
+            "POST /complaints, 32 connections",
+            i["rate"],
+            "requests/s",
+            "FastAPI + one INSERT, 32 connections",
+            b["rate"],
+            "≥ 0.5x",
+        ),
+        Row("intake", "  p50 at saturation", i["p50_ms"], "ms", "baseline p50", b["p50_ms"]),
+        Row("intake", "  p99 at saturation", i["p99_ms"], "ms", "baseline p99", b["p99_ms"]),
+        Row(
+            "intake",
+            f"  p99 at half load ({h['offered']:.0f}/s offered, {h['rate']:.0f}/s done)",
+            h["p99_ms"],
+            "ms",
+            goal="< 50 ms",
+        ),
+    ]
 
-    return datetime.now(UTC)
+
+def similar_rows(f: dict[str, float]) -> list[Row]:
+    return [
+        Row(
+            "similar",
+            f"query p50 over {f['complaints']:,} complaints",
+            f["query_p50_ms"],
+            "ms",
+            "per-query TF-IDF over 2,000",
+            f["earlier_query_at_2000_p50_ms"],
+        ),
+        Row("similar", f"query p99 over {f['complaints']:,}", f["query_p99_ms"], "ms", goal="< 20"),
+        Row("similar", "index build", f["index_build_per_s"], "texts/s"),
+    ]
+
+
+def print_table(rows: list[Row]) -> None:
+    print()
+    print(
+        f"{'stage':<8} {'measured':<58} {'figure':>16}  {'baseline':<44} {'figure':>16}"
+        f" {'ratio':>7}  goal"
+    )
+    for r in rows:
+        base = f"{r.baseline:,.1f} {r.unit}" if r.baseline is not None else ""
+        ratio = f"{r.ratio:.2f}x" if r.ratio is not None else ""
+        print(
+            f"{r.stage:<8} {r.what:<58} {r.value:>11,.1f} {r.unit:<4}  {r.baseline_what:<44}"
+            f" {base:>16} {ratio:>7}  {r.goal}"
+        )
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--events", type=int, default=5000)
+    parser.add_argument("--seconds", type=float, default=15, help="each HTTP load run")
     parser.add_argument(
         "--complaints", type=int, default=100_000, help="stored texts for the similar index"
     )
+    parser.add_argument("--only", default=",".join(STAGES), help="comma-separated stages")
+    parser.add_argument("--json", type=Path, help="where to write the figures")
     args = parser.parse_args()
+    stages = {s.strip() for s in args.only.split(",") if s.strip()}
+    unknown = stages - set(STAGES)
+    if unknown:
+        parser.error(f"unknown stages {sorted(unknown)}; pick from {', '.join(STAGES)}")
+
     infra = LocalInfra.from_env()
-    started = infra.up(identity=False)  # no API calls here: no identity provider needed
+    started = infra.up(identity="intake" in stages)
     os.environ.setdefault("PGPASSFILE", str(infra.postgres.passfile))
+    rows: list[Row] = []
+    details: dict[str, Any] = {}
     try:
-        asyncio.run(bench(args.events, infra.kafka.bootstrap, infra.postgres.url))
+        if stages & {"append", "relay", "consume"}:
+            rows += asyncio.run(
+                event_path(args.events, infra.kafka.bootstrap, infra.postgres.url, stages)
+            )
+        if "intake" in stages:
+            server = infra.postgres.url
+
+            def create_database(name: str) -> str:
+                infra.postgres.ensure_databases([name])
+                return name
+
+            details["intake"] = http_intake.bench(
+                server=server,
+                bootstrap=infra.kafka.bootstrap,
+                issuer=infra.keycloak.issuer,
+                token=infra.keycloak.token("channel-gateway"),
+                master_key=new_master_key(),
+                seconds=args.seconds,
+                create_database=create_database,
+            )
+            rows += intake_rows(details["intake"])
     finally:
         infra.down(started)
-    similar.report(similar.bench(args.complaints, 200))
+    if "similar" in stages:
+        details["similar"] = similar.bench(args.complaints, 200)
+        rows += similar_rows(details["similar"])
+
+    print_table(rows)
+    out = args.json or ROOT / ".local" / "bench" / f"{datetime.now(UTC):%Y%m%dT%H%M%SZ}.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(
+        json.dumps(
+            {
+                "at": datetime.now(UTC).isoformat(),
+                "machine": {"cpus": os.cpu_count(), "python": platform.python_version()},
+                "events": args.events,
+                "rows": [r.as_dict() for r in rows],
+                "details": details,
+            },
+            indent=2,
+            default=str,
+        )
+    )
+    print(f"\nfigures written to {out}")
 
 
 if __name__ == "__main__":

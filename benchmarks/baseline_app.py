@@ -1,0 +1,89 @@
+"""The HTTP baseline of the intake benchmark: the least a service can do for a submission.
+
+A FastAPI app under uvicorn (the same server, event loop and HTTP parser as the services) that
+validates a body comparable to a complaint with pydantic and commits one INSERT per request
+through an asyncpg pool, then answers 201 with the stored id.  Nothing else: no token, no
+rules, no events, no outbox.  ``python benchmarks/baseline_app.py --port P --dsn DSN``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import uuid
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+import asyncpg
+import orjson
+import uvicorn
+from fastapi import FastAPI, Request
+from pydantic import BaseModel, Field
+
+
+class Customer(BaseModel):
+    name: str | None = Field(None, max_length=200)
+    email: str | None = Field(None, max_length=254)
+    phone: str | None = Field(None, max_length=40)
+
+
+class Submission(BaseModel):
+    channel: str = Field(max_length=20)
+    customer: Customer
+    subject: str = Field(max_length=200)
+    description: str = Field(max_length=5000)
+
+
+def create_app(dsn: str) -> FastAPI:
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        async def init(conn: asyncpg.Connection) -> None:
+            await conn.set_type_codec(
+                "jsonb",
+                encoder=lambda v: orjson.dumps(v).decode(),
+                decoder=orjson.loads,
+                schema="pg_catalog",
+            )
+
+        pool = await asyncpg.create_pool(dsn, min_size=10, max_size=10, init=init)
+        await pool.execute(
+            "CREATE TABLE IF NOT EXISTS submissions (id uuid PRIMARY KEY, body jsonb NOT NULL,"
+            " received_at timestamptz NOT NULL DEFAULT now())"
+        )
+        app.state.pool = pool
+        yield
+        await pool.close()
+
+    app = FastAPI(lifespan=lifespan)
+
+    @app.post("/complaints", status_code=201)
+    async def submit(body: Submission, request: Request) -> dict[str, Any]:
+        new = uuid.uuid4()
+        await request.app.state.pool.execute(
+            "INSERT INTO submissions (id, body) VALUES ($1, $2)", new, body.model_dump()
+        )
+        return {"complaint_id": new}
+
+    @app.get("/health/ready")
+    async def ready() -> dict[str, str]:
+        return {"status": "ok"}
+
+    return app
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--port", type=int, required=True)
+    parser.add_argument("--dsn", required=True)
+    args = parser.parse_args()
+    uvicorn.run(
+        create_app(args.dsn),
+        host="127.0.0.1",
+        port=args.port,
+        log_level="warning",
+        access_log=False,
+    )
+
+
+if __name__ == "__main__":
+    main()

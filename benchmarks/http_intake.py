@@ -1,0 +1,213 @@
+"""Intake's ``POST /complaints`` under load, against the minimal FastAPI + one-INSERT baseline.
+
+Both servers run as their own processes on the same machine, in the same run, each with a
+fresh database on the same PostgreSQL server; wrk drives each with the same number of
+connections, every request from a distinct customer.  Intake runs alone (its own database,
+topics under a throw-away prefix, the real identity provider's token): what is measured is
+the service's own cost per submission, not the other services' work on the same cores.
+
+1. Saturation: 32 connections for ``seconds``: requests/s and latency percentiles of each;
+   the ratio is intake's rate over the baseline's.
+2. Half load: intake at half of its own saturated rate (each connection waits between its
+   requests), to read the latency a service at a comfortable load gives.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.error
+import urllib.request
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+
+_SCRIPT = """
+token = %(token)s
+local counter = 0
+local tid = 0
+function setup(thread) tid = tid + 1; thread:set("tid", tid) end
+function init(args) prefix = tostring(tid) .. "-" .. tostring(math.random(1, 1000000000)) end
+request = function()
+  counter = counter + 1
+  local who = prefix .. "-" .. counter
+  local body = '{"channel":"email","customer":{"name":"Cliente ' .. who .. '","email":"c' ..
+    who .. '@example.pt"},"subject":"Encomenda atrasada","description":"A minha encomenda' ..
+    ' chegou com duas semanas de atraso e ninguem respondeu aos meus emails."}'
+  local headers = {["content-type"] = "application/json"}
+  if token ~= "" then headers["authorization"] = "Bearer " .. token end
+  return wrk.format("POST", "/complaints", headers, body)
+end
+%(delay)s
+function done(summary, latency, requests)
+  local ok = summary.requests - summary.errors.status - summary.errors.connect
+    - summary.errors.read - summary.errors.write - summary.errors.timeout
+  io.write(string.format("RESULT %%d %%d %%f %%f %%f %%f\\n", summary.requests, ok,
+    summary.duration / 1e6, latency:percentile(50) / 1e3, latency:percentile(99) / 1e3,
+    latency.max / 1e3))
+end
+"""
+
+
+@dataclass(frozen=True)
+class Load:
+    requests: int
+    ok: int
+    seconds: float
+    p50_ms: float
+    p99_ms: float
+    max_ms: float
+
+    @property
+    def rate(self) -> float:
+        return self.ok / self.seconds if self.seconds else 0.0
+
+    def as_dict(self) -> dict[str, Any]:
+        return {**asdict(self), "rate": round(self.rate, 1)}
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def wrk(
+    url: str, token: str, seconds: float, connections: int = 32, rate: float | None = None
+) -> Load:
+    """One wrk run; with ``rate``, each connection waits so that all of them together offer
+    about that many requests per second."""
+    if shutil.which("wrk") is None:
+        raise RuntimeError("wrk not found: install the Debian package wrk (./dev bench does)")
+    delay = f"function delay() return {1000.0 * connections / rate:.1f} end" if rate else ""
+    with tempfile.NamedTemporaryFile("w", suffix=".lua", delete=False) as f:
+        f.write(_SCRIPT % {"token": json.dumps(token), "delay": delay})
+        script = f.name
+    try:
+        out = subprocess.run(
+            [
+                "wrk",
+                "-t2",
+                f"-c{connections}",
+                f"-d{int(seconds)}s",
+                "--timeout",
+                "10s",
+                "-s",
+                script,
+                url,
+            ],
+            capture_output=True,
+            text=True,
+            check=True,
+            timeout=seconds + 60,
+        ).stdout
+    finally:
+        os.unlink(script)
+    m = re.search(r"^RESULT (\d+) (\d+) ([\d.]+) ([\d.]+) ([\d.]+) ([\d.]+)$", out, re.M)
+    if m is None:
+        raise RuntimeError(f"wrk printed no result:\n{out}")
+    n, ok, secs, p50, p99, mx = m.groups()
+    return Load(int(n), int(ok), float(secs), float(p50), float(p99), float(mx))
+
+
+def _wait_ready(url: str, proc: subprocess.Popen[bytes], within: float = 120) -> None:
+    deadline = time.monotonic() + within
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"{url}: the server exited with {proc.returncode} during start")
+        try:
+            with urllib.request.urlopen(f"{url}/health/ready", timeout=2) as r:
+                if r.status == 200:
+                    return
+        except (urllib.error.URLError, OSError):
+            pass
+        time.sleep(0.2)
+    raise RuntimeError(f"{url}: not ready after {within:.0f}s")
+
+
+def _stop(proc: subprocess.Popen[bytes]) -> None:
+    if proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+def bench(
+    *,
+    server: str,
+    bootstrap: str,
+    issuer: str,
+    token: str,
+    master_key: str,
+    seconds: float,
+    create_database: Any,
+) -> dict[str, Any]:
+    """Both servers, one after the other on the same machine; returns the figures."""
+    suffix = os.urandom(3).hex()
+    intake_db = create_database(f"bench_intake_{suffix}")
+    keyring_db = create_database(f"bench_keyring_{suffix}")
+    base_db = create_database(f"bench_base_{suffix}")
+    env = {
+        **os.environ,
+        "COMPLAINTS_KAFKA_BOOTSTRAP": bootstrap,
+        "COMPLAINTS_OIDC_ISSUER": issuer,
+        "COMPLAINTS_DATABASE_URL": f"{server}/{intake_db}",
+        "COMPLAINTS_KEYRING_URL": f"{server}/{keyring_db}",
+        "COMPLAINTS_KEYRING_MASTER_KEY": master_key,
+        "COMPLAINTS_TOPIC_PREFIX": f"bench{suffix}.",
+        "COMPLAINTS_LOG_LEVEL": "WARNING",
+    }
+    results: dict[str, Any] = {}
+    port = free_port()
+    intake = subprocess.Popen(
+        [sys.executable, "-m", "complaints_intake"],
+        env={**env, "COMPLAINTS_PORT": str(port)},
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        url = f"http://127.0.0.1:{port}"
+        _wait_ready(url, intake)
+        wrk(url, token, 3)  # warm-up: connections, prepared statements, the JWKS
+        saturated = wrk(url, token, seconds)
+        half = wrk(url, token, seconds, rate=saturated.rate / 2)
+        results["intake"] = saturated.as_dict()
+        results["intake_half_load"] = {
+            **half.as_dict(),
+            "offered": round(saturated.rate / 2, 1),
+        }
+    finally:
+        _stop(intake)
+    port = free_port()
+    baseline = subprocess.Popen(
+        [
+            sys.executable,
+            str(ROOT / "benchmarks" / "baseline_app.py"),
+            "--port",
+            str(port),
+            "--dsn",
+            f"{server}/{base_db}",
+        ],
+        stdin=subprocess.DEVNULL,
+    )
+    try:
+        url = f"http://127.0.0.1:{port}"
+        _wait_ready(url, baseline)
+        wrk(url, "", 3)
+        results["baseline"] = wrk(url, "", seconds).as_dict()
+    finally:
+        _stop(baseline)
+    return results
