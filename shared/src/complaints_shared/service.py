@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import importlib
 import logging
+import os
 from collections.abc import AsyncIterator, Callable, Coroutine, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
@@ -412,18 +414,40 @@ async def _check(awaitable: Any) -> str:
 
 
 def run_service(spec: ServiceSpec) -> None:
-    """Entry point of a service process: settings from the environment, uvicorn in front."""
+    """Entry point of a service process: settings from the environment, uvicorn in front;
+    with ``COMPLAINTS_WORKERS`` > 1, that many processes share the port, each a replica."""
     import uvicorn
 
     settings = ServiceSettings()
     configure_logging(spec.name, settings.log_level, settings.log_format)
-    app = create_app(spec, settings)
+    options: dict[str, Any] = {
+        "host": settings.host,
+        "port": settings.port or spec.default_port,
+        "log_level": settings.log_level.lower(),
+        "log_config": None,  # keep the platform's handlers (JSON lines)
+        "access_log": False,
+    }
     with contextlib.suppress(KeyboardInterrupt):
-        uvicorn.run(
-            app,
-            host=settings.host,
-            port=settings.port or spec.default_port,
-            log_level=settings.log_level.lower(),
-            log_config=None,  # keep the platform's handlers (JSON lines)
-            access_log=False,
-        )
+        if settings.workers > 1:
+            os.environ[_SPEC_VARIABLE] = f"{spec.package}.app:SPEC"
+            uvicorn.run(
+                f"{__name__}:app_from_environment",
+                factory=True,
+                workers=settings.workers,
+                **options,
+            )
+        else:
+            uvicorn.run(create_app(spec, settings), **options)
+
+
+_SPEC_VARIABLE = "COMPLAINTS_SERVICE_SPEC"
+
+
+def app_from_environment() -> FastAPI:
+    """The app of one worker process (``COMPLAINTS_WORKERS`` > 1): the service named by
+    ``run_service`` through the environment, its settings read again in this process."""
+    module, _, name = os.environ[_SPEC_VARIABLE].partition(":")
+    spec: ServiceSpec = getattr(importlib.import_module(module), name)
+    settings = ServiceSettings()
+    configure_logging(spec.name, settings.log_level, settings.log_format)
+    return create_app(spec, settings)

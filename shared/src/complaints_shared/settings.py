@@ -49,6 +49,13 @@ class ServiceSettings(BaseSettings):
     )
     host: str = "127.0.0.1"
     port: int | None = Field(None, ge=1, le=65535, description="HTTP port; default per service")
+    workers: int = Field(
+        1,
+        ge=1,
+        le=64,
+        description="processes serving the port; each is a whole replica (its relay competes"
+        " for the leader lock, its consumers share the partitions)",
+    )
     policy: Path | None = Field(None, description="TOML policy file; default: built-in policy")
     topic_prefix: str = Field(
         "", pattern=r"^[A-Za-z0-9._-]*$", description="Prefix for every topic (shared clusters)"
