@@ -10,8 +10,9 @@ Stages (``--only`` picks some; all by default):
 - ``relay``: the outbox relay publishing a backlog of N committed events until the broker
   acknowledged all and they are marked sent, against an ``acks=all`` idempotent producer
   sending the same N records.
-- ``consume``: the inbox consumer (inbox row + projection row per event, one transaction per
-  poll batch, then the offset) over N records, against raw asyncpg writing the same inbox and
+- ``consume``: the inbox consumer (inbox row + projection row per event, the projection row
+  queued with :func:`complaints_shared.consumer.write`, one transaction per poll batch, then
+  the offset) over N records, against raw asyncpg writing the same inbox and
   projection rows in batches of 200.
 - ``intake``: ``POST /complaints`` at 32 connections against a minimal FastAPI + one-INSERT
   app, and intake's latency at half its own rate (``benchmarks/http_intake.py``).
@@ -50,7 +51,7 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 import http_intake  # noqa: E402
 import similar  # noqa: E402
 
-from complaints_shared.consumer import ConsumerRunner, Subscription  # noqa: E402
+from complaints_shared.consumer import ConsumerRunner, Subscription, write  # noqa: E402
 from complaints_shared.db import create_pool  # noqa: E402
 from complaints_shared.envelope import Event, to_kafka_record  # noqa: E402
 from complaints_shared.events.intake import ComplaintWithdrawn  # noqa: E402
@@ -291,8 +292,11 @@ async def consume(
     raw_write = await timed(raw_rows)
 
     async def project(conn: asyncpg.Connection, e: Event[ComplaintWithdrawn]) -> None:
-        await conn.execute(
-            "INSERT INTO projection VALUES ($1, $2)", e.event_id, (e.payload.reason or "")[:20]
+        await write(
+            conn,
+            "INSERT INTO projection VALUES ($1, $2)",
+            e.event_id,
+            (e.payload.reason or "")[:20],
         )
 
     metrics = ServiceMetrics()

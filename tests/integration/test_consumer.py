@@ -12,7 +12,13 @@ from aiokafka import AIOKafkaProducer, TopicPartition
 from aiokafka.errors import IllegalStateError
 
 from complaints_shared import redrive
-from complaints_shared.consumer import ConsumerRunner, RetryPolicy, Subscription, start_over
+from complaints_shared.consumer import (
+    ConsumerRunner,
+    RetryPolicy,
+    Subscription,
+    start_over,
+    write,
+)
 from complaints_shared.envelope import Event, decode_headers, to_kafka_record
 from complaints_shared.errors import PoisonEvent
 from complaints_shared.metrics import ServiceMetrics
@@ -161,6 +167,43 @@ async def test_poison_events_go_to_the_dlq_and_the_partition_keeps_moving(
     assert dead[1].value == to_kafka_record(bad).value
     # the failed handler left nothing behind: no inbox row for the poison event
     assert await pool.fetchval("SELECT count(*) FROM inbox WHERE event_id = $1", bad.event_id) == 0
+
+
+async def test_queued_writes_land_with_their_batch_and_a_failing_one_poisons_only_its_record(
+    infrastructure, pool, producer, topics, topic_prefix
+):
+    """Handlers' queued writes go out together before the batch commits; when one of them
+    fails, the batch is narrowed down record by record: that record is dead-lettered (no inbox
+    row, no effect) and every other one takes effect once."""
+    name = f"{topic_prefix}g"
+    await pool.execute("ALTER TABLE effects ADD CONSTRAINT not_13 CHECK (n <> 13)")
+
+    async def queued(conn: asyncpg.Connection, e: Event[Counted]) -> None:
+        await write(conn, "INSERT INTO effects VALUES ($1, $2)", e.event_id, e.payload.n)
+        await write(conn, "UPDATE effects SET n = n * 10 WHERE event_id = $1", e.event_id)
+
+    sent = [event(1), event(13), event(2), event(3)]
+    for e in sent:
+        await send(producer, topics[0], e)
+    metrics = ServiceMetrics()
+    async with Running(
+        runner_for(infrastructure, pool, producer, topics, {"Counted": queued}, metrics, name)
+    ):
+        await eventually(
+            lambda: asyncio.sleep(
+                0,
+                outcome(metrics, name, "processed") == 3
+                and outcome(metrics, name, "dead_lettered") == 1,
+            ),
+            what="three events processed and the failing one dead-lettered",
+        )
+    rows = await pool.fetch("SELECT n FROM effects ORDER BY n")
+    assert [r["n"] for r in rows] == [10, 20, 30]  # each insert, then its update, in order
+    assert (
+        await pool.fetchval("SELECT count(*) FROM inbox WHERE event_id = $1", sent[1].event_id) == 0
+    )
+    dead = await read_topic(infrastructure.kafka_bootstrap, topics[1], count=1)
+    assert decode_headers(dead[0].headers)["ce_id"] == str(sent[1].event_id)
 
 
 async def test_transient_errors_are_retried_with_backoff_and_take_effect_once(

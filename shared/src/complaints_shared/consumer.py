@@ -9,6 +9,12 @@ concurrent writer) are retried with backoff and block the partition; anything el
 event: it goes to the dead-letter topic with the error and its origin in headers, and the
 partition moves on.
 
+A handler may queue writes that need no answer with :func:`write`: within a batch they are sent
+together, in order (consecutive ones of the same statement in one pipelined round trip), after
+the batch's last handler and before it commits; a handler whose effect a later handler of the
+same batch reads must write at once instead.  A failed flush is narrowed down record by record
+like any failure outside one handler.
+
 A rebuild starts the consumer over (:func:`start_over`, in the rebuild's transaction): its
 generation moves on, every replica's next batch sees that and rolls back, and each replica
 rejoins under the new generation's consumer group, which has no committed offsets and so
@@ -23,6 +29,7 @@ import contextlib
 import logging
 import time
 from collections.abc import Awaitable, Callable, Mapping
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 from uuid import UUID
@@ -83,6 +90,37 @@ WITH g AS (
 )
 SELECT (SELECT generation FROM g) AS generation, ARRAY(SELECT event_id FROM fresh) AS fresh
 """
+
+# the writes queued by the handlers of the batch in flight (None: no batch, write at once)
+_QUEUED: ContextVar[list[tuple[str, tuple[Any, ...]]] | None] = ContextVar(
+    "complaints_queued_writes", default=None
+)
+
+
+async def write(conn: asyncpg.Connection, sql: str, *args: Any) -> None:
+    """A handler's write that needs no answer: queued and sent with the batch (see the
+    module's docstring), or at once outside a consumer batch (a re-drive, a test)."""
+    queued = _QUEUED.get()
+    if queued is None:
+        await conn.execute(sql, *args)
+    else:
+        queued.append((sql, args))
+
+
+async def _flush(conn: asyncpg.Connection, queued: list[tuple[str, tuple[Any, ...]]]) -> None:
+    """The queued writes in order; each run of one statement in one round trip."""
+    i = 0
+    while i < len(queued):
+        sql = queued[i][0]
+        j = i + 1
+        while j < len(queued) and queued[j][0] == sql:
+            j += 1
+        if j - i == 1:
+            await conn.execute(sql, *queued[i][1])
+        else:
+            await conn.executemany(sql, [args for _, args in queued[i:j]])
+        i = j
+
 
 GENERATION_CHECK_SECONDS = 5.0  # an idle replica still notices a rebuild this soon
 
@@ -305,25 +343,41 @@ class ConsumerRunner:
         outcomes: list[str] = []
         read = await self._read(records)
         wanted = [found[2] for found in read if found is not None]
+        queued: list[tuple[str, tuple[Any, ...]]] = []
         async with self.pool.acquire() as conn, conn.transaction():
             fresh = await self._claim(conn, wanted)
-            for record, found in zip(records, read, strict=True):
-                if found is None:
-                    outcomes.append("ignored")
-                    continue
-                headers, handler, event = found
-                with self._span(record, event, headers) as span:
-                    try:
-                        outcome = await self._apply(conn, handler, event, fresh)
-                    except Exception as exc:
-                        if is_transient(exc):
-                            raise
-                        record_error(span, exc)
-                        span.set_attribute("complaints.outcome", "dead_lettered")
-                        raise _Poisoned(record, exc) from exc
-                    span.set_attribute("complaints.outcome", outcome)
-                    outcomes.append(outcome)
+            token = _QUEUED.set(queued)
+            try:
+                await self._apply_all(conn, records, read, fresh, outcomes)
+            finally:
+                _QUEUED.reset(token)
+            await _flush(conn, queued)
         return outcomes
+
+    async def _apply_all(
+        self,
+        conn: asyncpg.Connection,
+        records: list[ConsumerRecord],
+        read: list[tuple[dict[str, str], Handler, Event[Any]] | None],
+        fresh: set[UUID],
+        outcomes: list[str],
+    ) -> None:
+        for record, found in zip(records, read, strict=True):
+            if found is None:
+                outcomes.append("ignored")
+                continue
+            headers, handler, event = found
+            with self._span(record, event, headers) as span:
+                try:
+                    outcome = await self._apply(conn, handler, event, fresh)
+                except Exception as exc:
+                    if is_transient(exc):
+                        raise
+                    record_error(span, exc)
+                    span.set_attribute("complaints.outcome", "dead_lettered")
+                    raise _Poisoned(record, exc) from exc
+                span.set_attribute("complaints.outcome", outcome)
+                outcomes.append(outcome)
 
     async def _read(
         self, records: list[ConsumerRecord]

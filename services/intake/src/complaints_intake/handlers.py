@@ -8,7 +8,7 @@ import asyncpg
 
 from complaints_intake.domain import case_progress
 from complaints_intake.timeline import complaint_of, summarise
-from complaints_shared.consumer import Subscription
+from complaints_shared.consumer import Subscription, write
 from complaints_shared.envelope import Event
 from complaints_shared.events import resolution as rs
 from complaints_shared.service import Runtime
@@ -26,7 +26,7 @@ WITH known AS (
     UPDATE complaints SET status = $8
      WHERE id = (SELECT id FROM known) AND $8::text IS NOT NULL AND status <> 'withdrawn'
 )
-SELECT count(*) > 0 FROM known
+SELECT 1
 """
 
 
@@ -34,19 +34,7 @@ def subscriptions(rt: Runtime) -> list[Subscription]:
     async def on_any(conn: asyncpg.Connection, event: Event[Any]) -> None:
         complaint_id = complaint_of(event)
         status = case_progress(event.payload)
-        # one round trip: the timeline entry and the status, for a complaint intake knows
-        known = await conn.fetchval(
-            _TIMELINE_AND_STATUS,
-            event.event_id,
-            complaint_id,
-            event.service,
-            event.type,
-            event.occurred_at,
-            event.version,
-            summarise(event.payload),
-            status.value if status is not None else None,
-        )
-        if known and isinstance(event.payload, rs.CaseClassified):  # an agent corrected it
+        if isinstance(event.payload, rs.CaseClassified):  # an agent confirmed or corrected
             c = event.payload
             await conn.execute(
                 "UPDATE complaints SET category = $2, severity = $3, received = received"
@@ -58,6 +46,20 @@ def subscriptions(rt: Runtime) -> list[Subscription]:
                 c.severity.value,
                 c.product,
             )
+        # the timeline entry and the status, for a complaint intake knows: queued with the
+        # batch's others (nothing later in the batch reads them)
+        await write(
+            conn,
+            _TIMELINE_AND_STATUS,
+            event.event_id,
+            complaint_id,
+            event.service,
+            event.type,
+            event.occurred_at,
+            event.version,
+            summarise(event.payload),
+            status.value if status is not None else None,
+        )
 
     t = rt.topics
     return [
