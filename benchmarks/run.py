@@ -16,6 +16,9 @@ Stages (``--only`` picks some; all by default):
   projection rows in batches of 200.
 - ``intake``: ``POST /complaints`` at 32 connections against a minimal FastAPI + one-INSERT
   app, and intake's latency at half its own rate (``benchmarks/http_intake.py``).
+- ``pipeline``: all four services at ``--rate`` complaints/s offered for ``--pipeline-seconds``
+  (``benchmarks/pipeline.py``): POST latency, each stage's completion rate and backlog growth,
+  the drain time, and receipt → ``CaseOpened`` on Kafka (p50, p99).
 - ``similar``: the similar-complaints index at ``--complaints`` stored texts against the
   earlier per-query TF-IDF (``benchmarks/similar.py``).
 
@@ -49,6 +52,7 @@ sys.path.insert(0, str(ROOT / "deploy" / "local"))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
 import http_intake  # noqa: E402
+import pipeline  # noqa: E402
 import similar  # noqa: E402
 
 from complaints_shared.consumer import ConsumerRunner, Subscription, write  # noqa: E402
@@ -64,7 +68,7 @@ from complaints_shared.telemetry import setup_telemetry  # noqa: E402
 from complaints_shared.topics import ensure_topics  # noqa: E402
 from infra import LocalInfra  # noqa: E402
 
-STAGES = ("append", "relay", "consume", "intake", "similar")
+STAGES = ("append", "relay", "consume", "intake", "pipeline", "similar")
 WRITERS = 8
 PAYLOAD = ComplaintWithdrawn(reason="Fila de espera " + "x" * 400)
 
@@ -356,6 +360,55 @@ def intake_rows(figures: dict[str, Any]) -> list[Row]:
     ]
 
 
+def pipeline_rows(f: dict[str, Any]) -> list[Row]:
+    offered = f["offered_per_s"]
+    rows = [
+        Row(
+            "pipeline",
+            f"POST accepted, {offered:.0f}/s offered for {f['seconds']:.0f} s",
+            f["accepted"] / f["seconds"],
+            "complaints/s",
+            goal=f"{f['failed']} failed",
+        ),
+        Row("pipeline", "  POST p99 (open loop)", f["post_p99_ms"], "ms"),
+        Row(
+            "pipeline",
+            "  receipt → CaseOpened on Kafka, p50",
+            f["received_to_case_opened_p50_ms"],
+            "ms",
+        ),
+        Row(
+            "pipeline",
+            "  receipt → CaseOpened on Kafka, p99",
+            f["received_to_case_opened_p99_ms"],
+            "ms",
+            goal="< 250 ms at 300/s",
+        ),
+    ]
+    for stage, s in f["stages"].items():
+        rows.append(
+            Row(
+                "pipeline",
+                f"  {stage}: completed (backlog growth {s['backlog_growth_per_s']:+.1f}/s)",
+                s["completed_per_s"],
+                "complaints/s",
+                "offered",
+                offered,
+                "≥ 300/s, growth ≈ 0",
+            )
+        )
+    drained = f["drained_after_s"]
+    rows.append(
+        Row(
+            "pipeline",
+            "  drained after the load" if drained is not None else "  NOT drained in time",
+            drained if drained is not None else float("nan"),
+            "s",
+        )
+    )
+    return rows
+
+
 def similar_rows(f: dict[str, float]) -> list[Row]:
     return [
         Row(
@@ -393,6 +446,8 @@ def main() -> None:
     parser.add_argument(
         "--complaints", type=int, default=100_000, help="stored texts for the similar index"
     )
+    parser.add_argument("--rate", type=float, default=300, help="pipeline: complaints/s offered")
+    parser.add_argument("--pipeline-seconds", type=float, default=60, help="pipeline: how long")
     parser.add_argument("--only", default=",".join(STAGES), help="comma-separated stages")
     parser.add_argument("--json", type=Path, help="where to write the figures")
     args = parser.parse_args()
@@ -402,7 +457,7 @@ def main() -> None:
         parser.error(f"unknown stages {sorted(unknown)}; pick from {', '.join(STAGES)}")
 
     infra = LocalInfra.from_env()
-    started = infra.up(identity="intake" in stages)
+    started = infra.up(identity=bool(stages & {"intake", "pipeline"}))
     os.environ.setdefault("PGPASSFILE", str(infra.postgres.passfile))
     rows: list[Row] = []
     details: dict[str, Any] = {}
@@ -411,13 +466,13 @@ def main() -> None:
             rows += asyncio.run(
                 event_path(args.events, infra.kafka.bootstrap, infra.postgres.url, stages)
             )
+        server = infra.postgres.url
+
+        def create_database(name: str) -> str:
+            infra.postgres.ensure_databases([name])
+            return name
+
         if "intake" in stages:
-            server = infra.postgres.url
-
-            def create_database(name: str) -> str:
-                infra.postgres.ensure_databases([name])
-                return name
-
             details["intake"] = http_intake.bench(
                 server=server,
                 bootstrap=infra.kafka.bootstrap,
@@ -428,6 +483,18 @@ def main() -> None:
                 create_database=create_database,
             )
             rows += intake_rows(details["intake"])
+        if "pipeline" in stages:
+            details["pipeline"] = pipeline.bench(
+                server=server,
+                bootstrap=infra.kafka.bootstrap,
+                issuer=infra.keycloak.issuer,
+                token=infra.keycloak.token("channel-gateway"),
+                master_key=new_master_key(),
+                rate=args.rate,
+                seconds=args.pipeline_seconds,
+                create_database=create_database,
+            )
+            rows += pipeline_rows(details["pipeline"])
     finally:
         infra.down(started)
     if "similar" in stages:

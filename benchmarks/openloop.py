@@ -1,0 +1,105 @@
+"""An open-loop HTTP/1.1 load: requests at a fixed rate, whatever the server's pace.
+
+Each request is due at ``start + i / rate``; it goes out on the first free keep-alive
+connection, and its latency counts from when it was due (a slow server is not allowed to
+lower the offered load, so queueing shows in the latency: no coordinated omission).  The
+client is plain asyncio streams, light enough to leave the cores to the servers.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+
+@dataclass
+class Outcome:
+    offered: int = 0
+    ok: int = 0
+    failed: int = 0
+    statuses: dict[int, int] = field(default_factory=dict)
+    latencies: list[float] = field(default_factory=list)  # seconds, of the answered ones
+    seconds: float = 0.0
+
+    def percentile(self, p: float) -> float:
+        if not self.latencies:
+            return float("nan")
+        ordered = sorted(self.latencies)
+        return ordered[min(len(ordered) - 1, int(p / 100 * len(ordered)))]
+
+
+async def _read_response(reader: asyncio.StreamReader) -> int:
+    status_line = await reader.readline()
+    if not status_line:
+        raise ConnectionError("closed")
+    status = int(status_line.split()[1])
+    length = 0
+    while True:
+        line = await reader.readline()
+        if line in (b"\r\n", b"\n", b""):
+            break
+        name, _, value = line.partition(b":")
+        if name.strip().lower() == b"content-length":
+            length = int(value.strip())
+    if length:
+        await reader.readexactly(length)
+    return status
+
+
+async def run(
+    host: str,
+    port: int,
+    request: Callable[[int], bytes],
+    rate: float,
+    seconds: float,
+    connections: int = 64,
+) -> Outcome:
+    """Offer ``rate`` requests/s for ``seconds``; ``request(i)`` gives the i-th request's
+    bytes.  Returns what came back (requests still unanswered 10 s after the end count as
+    failed)."""
+    out = Outcome()
+    free: asyncio.Queue[tuple[asyncio.StreamReader, asyncio.StreamWriter]] = asyncio.Queue()
+    for _ in range(connections):
+        free.put_nowait(await asyncio.open_connection(host, port))
+    pending: set[asyncio.Task[None]] = set()
+
+    async def one(i: int, due: float) -> None:
+        reader, writer = await free.get()
+        try:
+            writer.write(request(i))
+            status = await _read_response(reader)
+        except (ConnectionError, asyncio.IncompleteReadError, ValueError, IndexError):
+            out.failed += 1
+            writer.close()
+            free.put_nowait(await asyncio.open_connection(host, port))
+            return
+        out.statuses[status] = out.statuses.get(status, 0) + 1
+        if 200 <= status < 300:
+            out.ok += 1
+            out.latencies.append(time.perf_counter() - due)
+        else:
+            out.failed += 1
+        free.put_nowait((reader, writer))
+
+    start = time.perf_counter()
+    total = int(rate * seconds)
+    for i in range(total):
+        due = start + i / rate
+        wait = due - time.perf_counter()
+        if wait > 0:
+            await asyncio.sleep(wait)
+        task = asyncio.create_task(one(i, due))
+        pending.add(task)
+        task.add_done_callback(pending.discard)
+        out.offered += 1
+    _, late = await asyncio.wait(pending, timeout=10) if pending else (set(), set())
+    for task in late:
+        task.cancel()
+        out.failed += 1
+    out.seconds = time.perf_counter() - start
+    while not free.empty():
+        _, writer = free.get_nowait()
+        writer.close()
+    return out

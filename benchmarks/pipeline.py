@@ -1,0 +1,238 @@
+"""The whole pipeline at a fixed offered rate: intake → case opened → followup contact → learning.
+
+All four services run as their own processes (fresh databases, topics under a throw-away
+prefix, a local SMTP catcher for the acknowledgements), as ``./dev run`` runs them.  An
+open-loop client (:mod:`openloop`) offers ``rate`` complaints/s for ``seconds``, each from a
+distinct customer, with a real access token.  Every second the bench counts, in each
+service's own database, how many complaints reached it (intake's complaints, resolution's
+cases, followup's contact preferences, learning's complaint facts), so the backlog of each
+stage over time is known; after the load it waits for the backlog to drain.
+
+Figures: the POST latency, the rate each stage completed at during the load, each stage's
+backlog growth over the second half of the load (complaints/s; ≈0 when it keeps up), the
+drain time, and the latency from receipt (intake's ``received_at``) to the first resolution
+event on Kafka (``CaseOpened``: the record's producer timestamp), p50/p99.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import mailbox
+import os
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+import openloop
+from aiokafka import AIOKafkaConsumer
+from http_intake import _stop, _wait_ready, free_port
+
+SERVICES = ("intake", "resolution", "followup", "learning")
+# the table each stage writes when a complaint reaches it
+REACHED = {
+    "intake": "SELECT count(*) FROM complaints",
+    "resolution": "SELECT count(*) FROM cases",
+    "followup": "SELECT count(*) FROM contact_preferences",
+    "learning": "SELECT count(*) FROM complaint_facts",
+}
+
+
+def _body(i: int, run: str) -> bytes:
+    return json.dumps(
+        {
+            "channel": "email",
+            "customer": {"name": f"Cliente {run}-{i}", "email": f"c{run}-{i}@example.pt"},
+            "subject": "Encomenda atrasada",
+            "description": "A minha encomenda chegou com duas semanas de atraso e ninguém"
+            " respondeu aos meus e-mails.",
+        }
+    ).encode()
+
+
+async def _count(conns: dict[str, asyncpg.Connection]) -> dict[str, int]:
+    return {s: int(await conns[s].fetchval(REACHED[s])) for s in SERVICES}
+
+
+async def _measure(
+    *,
+    dsns: dict[str, str],
+    port: int,
+    token: str,
+    rate: float,
+    seconds: float,
+    bootstrap: str,
+    topic: str,
+    drain_within: float,
+) -> dict[str, Any]:
+    run = uuid.uuid4().hex[:6]
+    conns = {s: await asyncpg.connect(dsns[s]) for s in SERVICES}
+    opened: dict[str, float] = {}
+    reader = AIOKafkaConsumer(topic, bootstrap_servers=bootstrap, auto_offset_reset="earliest")
+    await reader.start()
+
+    async def read_opened() -> None:
+        async for record in reader:
+            headers = {k: v.decode() for k, v in record.headers or ()}
+            if headers.get("ce_type", "").endswith(".CaseOpened") and record.key:
+                opened.setdefault(record.key.decode(), record.timestamp / 1000)
+
+    watching = asyncio.create_task(read_opened())
+    samples: list[tuple[float, dict[str, int]]] = []
+
+    async def sample() -> None:
+        while True:
+            samples.append((time.perf_counter(), await _count(conns)))
+            await asyncio.sleep(1)
+
+    sampling = asyncio.create_task(sample())
+    head = (
+        f"POST /complaints HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+        f"Authorization: Bearer {token}\r\n"
+    ).encode()
+
+    def request(i: int) -> bytes:
+        body = _body(i, run)
+        return head + b"Content-Length: %d\r\n\r\n" % len(body) + body
+
+    t0 = time.perf_counter()
+    load = await openloop.run("127.0.0.1", port, request, rate, seconds)
+    loaded = time.perf_counter()
+    drained_at: float | None = None
+    while time.perf_counter() - loaded < drain_within:
+        counts = await _count(conns)
+        if all(counts[s] >= counts["intake"] for s in SERVICES):
+            drained_at = time.perf_counter()
+            break
+        await asyncio.sleep(0.5)
+    sampling.cancel()
+    await asyncio.sleep(1)  # the last CaseOpened records
+    watching.cancel()
+    await asyncio.gather(sampling, watching, return_exceptions=True)
+    await reader.stop()
+    received = {
+        str(r["id"]): r["received_at"].timestamp()
+        for r in await conns["intake"].fetch("SELECT id, received_at FROM complaints")
+    }
+    for c in conns.values():
+        await c.close()
+
+    during = [(t, c) for t, c in samples if t0 <= t <= loaded]
+    second_half = [(t, c) for t, c in during if t >= t0 + seconds / 2]
+    stages: dict[str, Any] = {}
+    for s in SERVICES:
+        first, last = (during[0], during[-1]) if len(during) > 1 else (None, None)
+        rate_done = (
+            (last[1][s] - first[1][s]) / (last[0] - first[0]) if first and last else float("nan")
+        )
+        growth = float("nan")
+        if len(second_half) > 1:
+            (ta, ca), (tb, cb) = second_half[0], second_half[-1]
+            backlog_a, backlog_b = ca["intake"] - ca[s], cb["intake"] - cb[s]
+            growth = (backlog_b - backlog_a) / (tb - ta)
+        stages[s] = {
+            "completed_per_s": round(rate_done, 1),
+            "backlog_growth_per_s": round(growth, 1),
+            "backlog_at_end": (during[-1][1]["intake"] - during[-1][1][s]) if during else None,
+        }
+    to_opened = sorted(opened[cid] - received[cid] for cid in opened if cid in received)
+
+    def pct(values: list[float], p: float) -> float:
+        return values[min(len(values) - 1, int(p / 100 * len(values)))] if values else float("nan")
+
+    return {
+        "offered_per_s": rate,
+        "seconds": seconds,
+        "posted": load.offered,
+        "accepted": load.ok,
+        "failed": load.failed,
+        "statuses": load.statuses,
+        "post_p50_ms": round(load.percentile(50) * 1000, 1),
+        "post_p99_ms": round(load.percentile(99) * 1000, 1),
+        "stages": stages,
+        "drained_after_s": round(drained_at - loaded, 1) if drained_at else None,
+        "received_to_case_opened_p50_ms": round(pct(to_opened, 50) * 1000, 1),
+        "received_to_case_opened_p99_ms": round(pct(to_opened, 99) * 1000, 1),
+        "cases_opened_seen": len(to_opened),
+    }
+
+
+def bench(
+    *,
+    server: str,
+    bootstrap: str,
+    issuer: str,
+    token: str,
+    master_key: str,
+    rate: float,
+    seconds: float,
+    create_database: Any,
+) -> dict[str, Any]:
+    """Start the platform, offer the load, stop it; the figures."""
+    suffix = os.urandom(3).hex()
+    databases = {s: create_database(f"bench_{s}_{suffix}") for s in (*SERVICES, "keyring")}
+    prefix = f"benchpipe{suffix}."
+    mail = Path(tempfile.mkdtemp(prefix="bench-mail-"))
+    mailbox.Maildir(mail, create=True)
+    smtp = free_port()
+    procs: list[subprocess.Popen[bytes]] = [
+        subprocess.Popen(
+            [
+                *(sys.executable, "-m", "aiosmtpd", "-n", "-l", f"127.0.0.1:{smtp}"),
+                *("-c", "aiosmtpd.handlers.Mailbox", str(mail)),
+            ],
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+    ]
+    common = {
+        **os.environ,
+        "COMPLAINTS_KAFKA_BOOTSTRAP": bootstrap,
+        "COMPLAINTS_OIDC_ISSUER": issuer,
+        "COMPLAINTS_KEYRING_URL": f"{server}/{databases['keyring']}",
+        "COMPLAINTS_KEYRING_MASTER_KEY": master_key,
+        "COMPLAINTS_TOPIC_PREFIX": prefix,
+        "COMPLAINTS_SMTP_HOST": "127.0.0.1",
+        "COMPLAINTS_SMTP_PORT": str(smtp),
+        "COMPLAINTS_LOG_LEVEL": "WARNING",
+    }
+    ports = {s: free_port() for s in SERVICES}
+    try:
+        for s in SERVICES:
+            procs.append(
+                subprocess.Popen(
+                    [sys.executable, "-m", f"complaints_{s}"],
+                    env={
+                        **common,
+                        "COMPLAINTS_DATABASE_URL": f"{server}/{databases[s]}",
+                        "COMPLAINTS_PORT": str(ports[s]),
+                    },
+                    stdin=subprocess.DEVNULL,
+                    stdout=subprocess.DEVNULL,
+                    stderr=subprocess.DEVNULL,
+                )
+            )
+        for s, proc in zip(SERVICES, procs[1:], strict=True):
+            _wait_ready(f"http://127.0.0.1:{ports[s]}", proc)
+        dsns = {s: f"{server}/{databases[s]}" for s in SERVICES}
+        return asyncio.run(
+            _measure(
+                dsns=dsns,
+                port=ports["intake"],
+                token=token,
+                rate=rate,
+                seconds=seconds,
+                bootstrap=bootstrap,
+                topic=f"{prefix}complaints.resolution.v2",
+                drain_within=max(60.0, seconds * 2),
+            )
+        )
+    finally:
+        for proc in procs:
+            _stop(proc)
