@@ -75,6 +75,19 @@ class Load:
         return {**asdict(self), "rate": round(self.rate, 1)}
 
 
+def service_env(services_from: Path | None) -> dict[str, str]:
+    """The environment of service processes; with ``services_from`` (another checkout of the
+    project) they run that checkout's code, to compare two versions in one run."""
+    env = dict(os.environ)
+    if services_from is not None:
+        paths = [
+            services_from / "shared" / "src",
+            *sorted((services_from / "services").glob("*/src")),
+        ]
+        env["PYTHONPATH"] = os.pathsep.join(str(p) for p in paths)
+    return env
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -153,6 +166,7 @@ def bench(
     master_key: str,
     seconds: float,
     create_database: Any,
+    services_from: Path | None = None,
 ) -> dict[str, Any]:
     """Both servers, one after the other on the same machine; returns the figures."""
     suffix = os.urandom(3).hex()
@@ -160,7 +174,7 @@ def bench(
     keyring_db = create_database(f"bench_keyring_{suffix}")
     base_db = create_database(f"bench_base_{suffix}")
     env = {
-        **os.environ,
+        **service_env(services_from),
         "COMPLAINTS_KAFKA_BOOTSTRAP": bootstrap,
         "COMPLAINTS_OIDC_ISSUER": issuer,
         "COMPLAINTS_DATABASE_URL": f"{server}/{intake_db}",

@@ -31,7 +31,7 @@ from typing import Any
 import asyncpg
 import openloop
 from aiokafka import AIOKafkaConsumer
-from http_intake import _stop, _wait_ready, free_port
+from http_intake import _stop, _wait_ready, free_port, service_env
 
 SERVICES = ("intake", "resolution", "followup", "learning")
 # the table each stage writes when a complaint reaches it
@@ -55,6 +55,35 @@ def _body(i: int, run: str) -> bytes:
     ).encode()
 
 
+def cpu_seconds(pids: dict[str, list[int]]) -> dict[str, float]:
+    """User + system CPU seconds of each group of processes so far (Linux ``/proc``)."""
+    tick = os.sysconf("SC_CLK_TCK")
+    out: dict[str, float] = {}
+    for name, group in pids.items():
+        total = 0.0
+        for pid in group:
+            try:
+                fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            total += (int(fields[11]) + int(fields[12])) / tick  # utime, stime
+        out[name] = total
+    return out
+
+
+def postgres_pids() -> list[int]:
+    """The PostgreSQL server's processes (each session is one)."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                if (entry / "comm").read_text().strip() == "postgres":
+                    found.append(int(entry.name))
+            except OSError:
+                continue
+    return found
+
+
 async def _count(conns: dict[str, asyncpg.Connection]) -> dict[str, int]:
     return {s: int(await conns[s].fetchval(REACHED[s])) for s in SERVICES}
 
@@ -69,6 +98,7 @@ async def _measure(
     bootstrap: str,
     topic: str,
     drain_within: float,
+    pids: dict[str, list[int]],
 ) -> dict[str, Any]:
     run = uuid.uuid4().hex[:6]
     conns = {s: await asyncpg.connect(dsns[s]) for s in SERVICES}
@@ -100,6 +130,8 @@ async def _measure(
         body = _body(i, run)
         return head + b"Content-Length: %d\r\n\r\n" % len(body) + body
 
+    pids = {**pids, "postgres": postgres_pids()}
+    cpu_before = cpu_seconds(pids)
     t0 = time.perf_counter()
     load = await openloop.run("127.0.0.1", port, request, rate, seconds)
     loaded = time.perf_counter()
@@ -110,6 +142,8 @@ async def _measure(
             drained_at = time.perf_counter()
             break
         await asyncio.sleep(0.5)
+    pids["postgres"] = sorted(set(pids["postgres"]) | set(postgres_pids()))
+    cpu_after = cpu_seconds(pids)
     sampling.cancel()
     await asyncio.sleep(1)  # the last CaseOpened records
     watching.cancel()
@@ -159,6 +193,12 @@ async def _measure(
         "received_to_case_opened_p50_ms": round(pct(to_opened, 50) * 1000, 1),
         "received_to_case_opened_p99_ms": round(pct(to_opened, 99) * 1000, 1),
         "cases_opened_seen": len(to_opened),
+        # CPU per accepted complaint, load and drain together (PostgreSQL: sessions that
+        # ended meanwhile are not counted)
+        "cpu_ms_per_complaint": {
+            name: round((cpu_after[name] - cpu_before.get(name, 0.0)) * 1000 / max(load.ok, 1), 2)
+            for name in cpu_after
+        },
     }
 
 
@@ -172,6 +212,8 @@ def bench(
     rate: float,
     seconds: float,
     create_database: Any,
+    kafka_pid: int | None = None,
+    services_from: Path | None = None,
 ) -> dict[str, Any]:
     """Start the platform, offer the load, stop it; the figures."""
     suffix = os.urandom(3).hex()
@@ -192,7 +234,7 @@ def bench(
         )
     ]
     common = {
-        **os.environ,
+        **service_env(services_from),
         "COMPLAINTS_KAFKA_BOOTSTRAP": bootstrap,
         "COMPLAINTS_OIDC_ISSUER": issuer,
         "COMPLAINTS_KEYRING_URL": f"{server}/{databases['keyring']}",
@@ -231,6 +273,11 @@ def bench(
                 bootstrap=bootstrap,
                 topic=f"{prefix}complaints.resolution.v2",
                 drain_within=max(60.0, seconds * 2),
+                pids={
+                    "mail catcher": [procs[0].pid],
+                    **{s: [p.pid] for s, p in zip(SERVICES, procs[1:], strict=True)},
+                    "kafka": [kafka_pid] if kafka_pid else [],
+                },
             )
         )
     finally:

@@ -22,6 +22,9 @@ Stages (``--only`` picks some; all by default):
 - ``similar``: the similar-complaints index at ``--complaints`` stored texts against the
   earlier per-query TF-IDF (``benchmarks/similar.py``).
 
+``--services-from DIR`` runs the services of another checkout (say, a worktree of the commit
+before a change) under the same harness, to compare two versions on the same machine.
+
 It starts the local Kafka, PostgreSQL and (for ``intake``) Keycloak unless they run already,
 prints one table of figures with their baselines and ratios, and writes the same as JSON
 (``.local/bench/<time>.json``, or ``--json``).  Ratios, not absolute figures, are what to
@@ -397,6 +400,8 @@ def pipeline_rows(f: dict[str, Any]) -> list[Row]:
                 "≥ 300/s, growth ≈ 0",
             )
         )
+    for name, ms in f["cpu_ms_per_complaint"].items():
+        rows.append(Row("pipeline", f"  CPU per complaint: {name}", ms, "ms"))
     drained = f["drained_after_s"]
     rows.append(
         Row(
@@ -450,6 +455,11 @@ def main() -> None:
     parser.add_argument("--pipeline-seconds", type=float, default=60, help="pipeline: how long")
     parser.add_argument("--only", default=",".join(STAGES), help="comma-separated stages")
     parser.add_argument("--json", type=Path, help="where to write the figures")
+    parser.add_argument(
+        "--services-from",
+        type=Path,
+        help="intake and pipeline: run the services of this other checkout (a baseline commit)",
+    )
     args = parser.parse_args()
     stages = {s.strip() for s in args.only.split(",") if s.strip()}
     unknown = stages - set(STAGES)
@@ -481,6 +491,7 @@ def main() -> None:
                 master_key=new_master_key(),
                 seconds=args.seconds,
                 create_database=create_database,
+                services_from=args.services_from,
             )
             rows += intake_rows(details["intake"])
         if "pipeline" in stages:
@@ -493,6 +504,8 @@ def main() -> None:
                 rate=args.rate,
                 seconds=args.pipeline_seconds,
                 create_database=create_database,
+                kafka_pid=infra.kafka.pid(),
+                services_from=args.services_from,
             )
             rows += pipeline_rows(details["pipeline"])
     finally:
