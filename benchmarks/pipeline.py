@@ -20,6 +20,7 @@ import asyncio
 import json
 import mailbox
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -219,7 +220,8 @@ def bench(
     suffix = os.urandom(3).hex()
     databases = {s: create_database(f"bench_{s}_{suffix}") for s in (*SERVICES, "keyring")}
     prefix = f"benchpipe{suffix}."
-    mail = Path(tempfile.mkdtemp(prefix="bench-mail-"))
+    spool = Path(tempfile.mkdtemp(prefix="bench-mail-"))
+    mail = spool / "maildir"  # Maildir makes its folders only for a path that does not exist
     mailbox.Maildir(mail, create=True)
     smtp = free_port()
     procs: list[subprocess.Popen[bytes]] = [
@@ -283,3 +285,4 @@ def bench(
     finally:
         for proc in procs:
             _stop(proc)
+        shutil.rmtree(spool, ignore_errors=True)

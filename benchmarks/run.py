@@ -339,6 +339,15 @@ async def consume(
     ]
 
 
+async def drop_databases(server: str, names: list[str]) -> None:
+    admin = await asyncpg.connect(f"{server}/postgres")
+    try:
+        for name in names:
+            await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    finally:
+        await admin.close()
+
+
 def intake_rows(figures: dict[str, Any]) -> list[Row]:
     i, b, h = figures["intake"], figures["baseline"], figures["intake_half_load"]
     return [
@@ -478,8 +487,11 @@ def main() -> None:
             )
         server = infra.postgres.url
 
+        created: list[str] = []
+
         def create_database(name: str) -> str:
             infra.postgres.ensure_databases([name])
+            created.append(name)
             return name
 
         if "intake" in stages:
@@ -508,6 +520,7 @@ def main() -> None:
                 services_from=args.services_from,
             )
             rows += pipeline_rows(details["pipeline"])
+        asyncio.run(drop_databases(server, created))
     finally:
         infra.down(started)
     if "similar" in stages:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
 import json
 import mailbox
 import socket
@@ -361,6 +362,8 @@ class Inbox:
 
     def __init__(self, spool: Path | None = None) -> None:
         self.messages: list[EmailMessage] = []
+        self.sessions: list[int] = []  # the SMTP session each message came over (numbered)
+        self._session_numbers = itertools.count(1)
         self.fail = 0
         self.refused = 0
         self.spool = mailbox.Maildir(spool, create=True) if spool is not None else None
@@ -385,6 +388,9 @@ class Inbox:
             self.refused += 1
             return "451 4.3.0 Try again later"
         self.messages.append(message_from_bytes(envelope.content, policy=default))  # type: ignore[arg-type]
+        if not hasattr(session, "complaints_number"):
+            session.complaints_number = next(self._session_numbers)
+        self.sessions.append(session.complaints_number)
         if self.spool is not None:
             self.spool.add(envelope.content)
         return "250 OK"

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import re
+import uuid
 from datetime import UTC, datetime, timedelta
 from email.message import EmailMessage
 from pathlib import Path
@@ -11,6 +12,7 @@ from pathlib import Path
 import httpx
 import pytest
 
+from complaints_followup.worker import HAND_OVERS_AT_ONCE
 from tests.integration.conftest import Platform, StartPlatform
 from tests.support import Inbox, ManualClock, await_case, eventually, resolve_case
 
@@ -277,6 +279,58 @@ async def test_a_reopened_case_cancels_its_check_and_a_new_resolution_gets_a_new
         assert r.status_code == 200, (path, r.text)
     await eventually(lambda: statuses(2), what="a second check for the second resolution")
     assert await statuses(2) == ["cancelled", "scheduled"]
+
+
+async def test_a_burst_of_messages_goes_out_over_a_few_kept_connections_in_each_complaints_order(
+    loop,
+):
+    """Many messages due at once are handed over several complaints at a time, over SMTP
+    connections kept for the round (not one connection per message), and each complaint's
+    messages still go out in the order they fell due."""
+    p, clock, inbox = loop
+    pool = p.pool("followup")
+    complaints = [uuid.uuid4() for _ in range(15)]
+    now = clock()
+    async with pool.acquire() as conn, conn.transaction():  # all due in the same instant
+        for i, complaint_id in enumerate(complaints):
+            await conn.execute(
+                "INSERT INTO contact_preferences (complaint_id, channel, language, reference,"
+                " email) VALUES ($1, 'email', 'en', $2, $3)",
+                complaint_id,
+                f"CMP-BURST-{i}",
+                f"burst{i}@example.com",
+            )
+            for order, due in (("first", now - timedelta(seconds=1)), ("second", now)):
+                await conn.execute(
+                    "INSERT INTO deliveries (id, complaint_id, kind, ref, source_type, channel,"
+                    " language, subject, body, next_attempt_at) VALUES ($1, $2, 'message', $3,"
+                    " 'CaseAssigned', 'email', 'en', $4, 'Hello', $5)",
+                    uuid.uuid4(),
+                    complaint_id,
+                    str(uuid.uuid4()),
+                    f"{order} {i}",
+                    due,
+                )
+
+    def burst() -> list[int]:
+        return [n for n, m in enumerate(inbox.messages) if m["To"].startswith("burst")]
+
+    await eventually(lambda: asyncio.sleep(0, len(burst()) == 30), what="all 30 messages")
+    for i in range(15):
+        assert [m["Subject"] for m in inbox.to(f"burst{i}@example.com")] == [
+            f"first {i}",
+            f"second {i}",
+        ]
+    sessions = {inbox.sessions[n] for n in burst()}
+    assert len(sessions) <= HAND_OVERS_AT_ONCE, sessions
+    assert (
+        await pool.fetchval(
+            "SELECT count(*) FROM deliveries"
+            " WHERE complaint_id = ANY($1::uuid[]) AND status = 'sent'",
+            complaints,
+        )
+        == 30
+    )
 
 
 async def test_delivery_failures_are_retried_and_sent_is_recorded_only_after_hand_over(loop, http):

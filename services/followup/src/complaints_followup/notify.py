@@ -43,10 +43,37 @@ def message_id(delivery_id: object) -> str:
 class Notifier(Protocol):
     async def send(self, message: Outbound) -> None: ...
 
+    async def close_idle(self) -> None:
+        """Close the connections kept since the last call (the end of a worker's round)."""
+        ...
+
 
 class SmtpNotifier:
+    """E-mail over SMTP.  Connections are kept between messages of one round of the worker
+    (one per message handed over at the same time) and closed by :meth:`close_idle` at the
+    end of the round, so none idles long enough for the server to drop it; a connection on
+    which anything failed is closed, never used again."""
+
     def __init__(self, settings: ServiceSettings) -> None:
         self.settings = settings
+        self._idle: list[aiosmtplib.SMTP] = []
+
+    async def _connection(self) -> aiosmtplib.SMTP:
+        while self._idle:
+            client = self._idle.pop()
+            if client.is_connected:
+                return client
+        s = self.settings
+        client = aiosmtplib.SMTP(
+            hostname=s.smtp_host,
+            port=s.smtp_port,
+            username=s.smtp_username,
+            password=s.smtp_password,
+            start_tls=s.smtp_starttls,
+            timeout=15,
+        )
+        await client.connect()  # STARTTLS and login as configured
+        return client
 
     async def send(self, message: Outbound) -> None:
         s = self.settings
@@ -60,19 +87,25 @@ class SmtpNotifier:
         mail["Content-Language"] = message.language
         mail.set_content(message.body, cte="8bit")  # readable as stored: links stay whole
         try:
-            await aiosmtplib.send(
-                mail,
-                hostname=s.smtp_host,
-                port=s.smtp_port,
-                username=s.smtp_username,
-                password=s.smtp_password,
-                start_tls=s.smtp_starttls,
-                timeout=15,
-            )
+            client = await self._connection()
+            try:
+                await client.send_message(mail)
+            except BaseException:
+                client.close()
+                raise
+            self._idle.append(client)
         except aiosmtplib.SMTPRecipientsRefused as exc:
             raise Undeliverable(f"recipient refused: {exc}") from exc
         except (aiosmtplib.SMTPException, OSError) as exc:
             raise DeliveryFailed(f"{type(exc).__name__}: {exc}") from exc
+
+    async def close_idle(self) -> None:
+        while self._idle:
+            client = self._idle.pop()
+            try:
+                await client.quit()
+            except (aiosmtplib.SMTPException, OSError):
+                client.close()
 
 
 class WebhookNotifier:
@@ -107,6 +140,9 @@ class WebhookNotifier:
         if r.status_code >= 400:
             raise Undeliverable(f"gateway refused: {r.status_code}")
 
+    async def close_idle(self) -> None:
+        return None  # one HTTP client per message
+
 
 class ChannelRouter:
     """E-mail goes over SMTP, every other channel to the webhook gateway."""
@@ -117,3 +153,7 @@ class ChannelRouter:
 
     async def send(self, message: Outbound) -> None:
         await (self.email if message.channel == "email" else self.other).send(message)
+
+    async def close_idle(self) -> None:
+        await self.email.close_idle()
+        await self.other.close_idle()

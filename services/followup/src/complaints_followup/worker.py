@@ -166,6 +166,10 @@ def _backoff(rt: Runtime, attempts: int) -> timedelta:
     return min(delay, fp.delivery_retry_max)
 
 
+HAND_OVERS_AT_ONCE = 8  # complaints whose messages are handed over at the same time
+_DUE_BATCH = 100
+
+
 async def deliver_due(rt: Runtime) -> int:
     """Attempt every delivery that is due; return how many were handed over.
 
@@ -173,37 +177,73 @@ async def deliver_due(rt: Runtime) -> int:
     and committed before the hand-over, and no transaction or row lock is held across the
     network call.  A crash after the hand-over and before it is marked sent therefore sends
     that delivery again only after the backoff, with the same ``Message-ID`` (receivers
-    de-duplicate), and at most ``delivery_max_attempts`` times in all."""
+    de-duplicate), and at most ``delivery_max_attempts`` times in all.
+
+    The messages of several complaints go out at the same time (at most
+    :data:`HAND_OVERS_AT_ONCE`); one complaint's messages go out one after another, in the
+    order they fell due.  The round takes batches until nothing due is left (an attempted
+    row is due again only after its backoff), so a burst is not spread over many rounds."""
     now = rt.clock()
     max_attempts = rt.policy.followup.delivery_max_attempts
-    due = await rt.pool.fetch(
-        "SELECT id, attempts FROM deliveries WHERE status = 'pending' AND next_attempt_at <= $1"
-        " ORDER BY next_attempt_at LIMIT 100",
-        now,
-    )
+    res: FollowupResources = rt.resources
+    gate = asyncio.Semaphore(HAND_OVERS_AT_ONCE)
+
+    async def one_complaint(rows: list[asyncpg.Record]) -> int:
+        handed = 0
+        for row in rows:
+            async with gate:
+                handed += await _deliver_one(rt, row, now, max_attempts)
+        return handed
+
     handed = 0
-    for row in due:
-        d = await rt.pool.fetchrow(
-            "UPDATE deliveries SET attempts = attempts + 1, next_attempt_at = $3"
-            " WHERE id = $1 AND status = 'pending' AND next_attempt_at <= $2 RETURNING *",
-            row["id"],
-            now,
-            now + _backoff(rt, row["attempts"] + 1),
-        )
-        if d is None:
-            continue  # another worker claimed it, or it was cancelled meanwhile
-        if d["attempts"] > max_attempts:  # the copies are bounded, even across crashes
-            await _delivery_failed(rt, d, "AttemptsExhausted", None, final=True)
-            continue
-        try:
-            handed += await _hand_over(rt, d)
-        except Exception as exc:
-            if is_transient(exc) and not isinstance(exc, DeliveryFailed):
-                raise  # the database: the attempt is recorded, the round waits
-            final = isinstance(exc, Undeliverable) or d["attempts"] >= max_attempts
-            detail = str(exc)[:500] if isinstance(exc, DeliveryFailed) else type(exc).__name__
-            await _delivery_failed(rt, d, type(exc).__name__, detail, final=final)
-    return handed
+    try:
+        while True:
+            due = await rt.pool.fetch(
+                "SELECT id, complaint_id, attempts FROM deliveries"
+                " WHERE status = 'pending' AND next_attempt_at <= $1"
+                " ORDER BY next_attempt_at LIMIT $2",
+                now,
+                _DUE_BATCH,
+            )
+            by_complaint: dict[UUID, list[asyncpg.Record]] = {}
+            for row in due:
+                by_complaint.setdefault(row["complaint_id"], []).append(row)
+            results = await asyncio.gather(
+                *(one_complaint(rows) for rows in by_complaint.values()),
+                return_exceptions=True,
+            )
+            for result in results:
+                if isinstance(result, BaseException):
+                    raise result  # the database: the attempts are recorded, the round waits
+                handed += result
+            if len(due) < _DUE_BATCH:
+                return handed
+    finally:
+        await res.notifier.close_idle()
+
+
+async def _deliver_one(rt: Runtime, row: asyncpg.Record, now: datetime, max_attempts: int) -> int:
+    d = await rt.pool.fetchrow(
+        "UPDATE deliveries SET attempts = attempts + 1, next_attempt_at = $3"
+        " WHERE id = $1 AND status = 'pending' AND next_attempt_at <= $2 RETURNING *",
+        row["id"],
+        now,
+        now + _backoff(rt, row["attempts"] + 1),
+    )
+    if d is None:
+        return 0  # another worker claimed it, or it was cancelled meanwhile
+    if d["attempts"] > max_attempts:  # the copies are bounded, even across crashes
+        await _delivery_failed(rt, d, "AttemptsExhausted", None, final=True)
+        return 0
+    try:
+        return await _hand_over(rt, d)
+    except Exception as exc:
+        if is_transient(exc) and not isinstance(exc, DeliveryFailed):
+            raise  # the database: the attempt is recorded, the round waits
+        final = isinstance(exc, Undeliverable) or d["attempts"] >= max_attempts
+        detail = str(exc)[:500] if isinstance(exc, DeliveryFailed) else type(exc).__name__
+        await _delivery_failed(rt, d, type(exc).__name__, detail, final=final)
+        return 0
 
 
 async def _hand_over(rt: Runtime, d: asyncpg.Record) -> int:
