@@ -5,7 +5,8 @@ prefix, a local SMTP catcher for the acknowledgements), as ``./dev run`` runs th
 open-loop client (:mod:`openloop`) offers ``rate`` complaints/s for ``seconds``, each from a
 distinct customer, with a real access token.  Every second the bench counts, in each
 service's own database, how many complaints reached it (intake's complaints, resolution's
-cases, followup's contact preferences, learning's complaint facts), so the backlog of each
+cases, followup's contact preferences and sent acknowledgement e-mails, learning's complaint
+facts), so the backlog of each
 stage over time is known; after the load it waits for the backlog to drain.
 
 Figures: the POST latency, the rate each stage completed at during the load, each stage's
@@ -35,12 +36,17 @@ from aiokafka import AIOKafkaConsumer
 from http_intake import _stop, _wait_ready, free_port, service_env
 
 SERVICES = ("intake", "resolution", "followup", "learning")
-# the table each stage writes when a complaint reaches it
+# the stages: the database each is counted in, and what a complaint that reached it left there
 REACHED = {
-    "intake": "SELECT count(*) FROM complaints",
-    "resolution": "SELECT count(*) FROM cases",
-    "followup": "SELECT count(*) FROM contact_preferences",
-    "learning": "SELECT count(*) FROM complaint_facts",
+    "intake": ("intake", "SELECT count(*) FROM complaints"),
+    "resolution": ("resolution", "SELECT count(*) FROM cases"),
+    "followup": ("followup", "SELECT count(*) FROM contact_preferences"),
+    "acknowledgement sent": (
+        "followup",
+        "SELECT count(*) FROM deliveries WHERE source_type = 'ComplaintAcknowledged'"
+        " AND status = 'sent'",
+    ),
+    "learning": ("learning", "SELECT count(*) FROM complaint_facts"),
 }
 
 
@@ -85,8 +91,19 @@ def postgres_pids() -> list[int]:
     return found
 
 
+async def _transactions(conn: asyncpg.Connection, dsns: dict[str, str]) -> dict[str, int]:
+    """Committed and rolled back transactions so far in each service's database."""
+    names = {dsns[s].rsplit("/", 1)[1]: s for s in SERVICES}
+    rows = await conn.fetch(
+        "SELECT datname, xact_commit + xact_rollback AS n FROM pg_stat_database"
+        " WHERE datname = ANY($1::text[])",
+        list(names),
+    )
+    return {names[r["datname"]]: int(r["n"]) for r in rows}
+
+
 async def _count(conns: dict[str, asyncpg.Connection]) -> dict[str, int]:
-    return {s: int(await conns[s].fetchval(REACHED[s])) for s in SERVICES}
+    return {stage: int(await conns[db].fetchval(sql)) for stage, (db, sql) in REACHED.items()}
 
 
 async def _measure(
@@ -133,18 +150,22 @@ async def _measure(
 
     pids = {**pids, "postgres": postgres_pids()}
     cpu_before = cpu_seconds(pids)
+    stats = await asyncpg.connect(dsns["intake"])  # the sampler uses the others meanwhile
+    xacts_before = await _transactions(stats, dsns)
     t0 = time.perf_counter()
     load = await openloop.run("127.0.0.1", port, request, rate, seconds)
     loaded = time.perf_counter()
     drained_at: float | None = None
     while time.perf_counter() - loaded < drain_within:
         counts = await _count(conns)
-        if all(counts[s] >= counts["intake"] for s in SERVICES):
+        if all(counts[s] >= counts["intake"] for s in REACHED):
             drained_at = time.perf_counter()
             break
         await asyncio.sleep(0.5)
     pids["postgres"] = sorted(set(pids["postgres"]) | set(postgres_pids()))
     cpu_after = cpu_seconds(pids)
+    xacts_after = await _transactions(stats, dsns)
+    await stats.close()
     sampling.cancel()
     await asyncio.sleep(1)  # the last CaseOpened records
     watching.cancel()
@@ -160,7 +181,7 @@ async def _measure(
     during = [(t, c) for t, c in samples if t0 <= t <= loaded]
     second_half = [(t, c) for t, c in during if t >= t0 + seconds / 2]
     stages: dict[str, Any] = {}
-    for s in SERVICES:
+    for s in REACHED:
         first, last = (during[0], during[-1]) if len(during) > 1 else (None, None)
         rate_done = (
             (last[1][s] - first[1][s]) / (last[0] - first[0]) if first and last else float("nan")
@@ -196,6 +217,9 @@ async def _measure(
         "cases_opened_seen": len(to_opened),
         # CPU per accepted complaint, load and drain together (PostgreSQL: sessions that
         # ended meanwhile are not counted)
+        "transactions_per_complaint": {
+            s: round((xacts_after[s] - xacts_before[s]) / max(load.ok, 1), 1) for s in SERVICES
+        },
         "cpu_ms_per_complaint": {
             name: round((cpu_after[name] - cpu_before.get(name, 0.0)) * 1000 / max(load.ok, 1), 2)
             for name in cpu_after

@@ -409,6 +409,8 @@ def pipeline_rows(f: dict[str, Any]) -> list[Row]:
                 "≥ 300/s, growth ≈ 0",
             )
         )
+    for name, n in f["transactions_per_complaint"].items():
+        rows.append(Row("pipeline", f"  database transactions per complaint: {name}", n, ""))
     for name, ms in f["cpu_ms_per_complaint"].items():
         rows.append(Row("pipeline", f"  CPU per complaint: {name}", ms, "ms"))
     drained = f["drained_after_s"]
