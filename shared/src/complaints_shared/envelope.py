@@ -57,6 +57,28 @@ class Event(Generic[P]):
         return f"{TYPE_PREFIX}.{self.service}.{self.type}"
 
 
+@dataclass(frozen=True, slots=True)
+class StoredEvent:
+    """A recorded event as the store keeps it: the envelope and the payload's JSON bytes,
+    unparsed (what the relay publishes: the payload exactly as it was sealed and stored)."""
+
+    event_id: UUID
+    stream_id: UUID
+    version: int
+    occurred_at: datetime
+    source: str
+    type: str
+    value: bytes
+
+    @property
+    def service(self) -> str:
+        return self.source.rstrip("/").rsplit("/", 1)[-1]
+
+    @property
+    def ce_type(self) -> str:
+        return f"{TYPE_PREFIX}.{self.service}.{self.type}"
+
+
 class MalformedEvent(ValueError):
     """A Kafka record that cannot be read as an event: it can never be processed."""
 
@@ -76,7 +98,7 @@ def dumps(payload: DomainEvent) -> bytes:
 
 
 def to_kafka_record(
-    event: Event[Any], trace_headers: Mapping[str, str] | None = None
+    event: Event[Any] | StoredEvent, trace_headers: Mapping[str, str] | None = None
 ) -> KafkaRecord:
     """Map an event onto a CloudEvents binary-mode Kafka record.
 
@@ -96,7 +118,7 @@ def to_kafka_record(
     headers.extend((k, v) for k, v in (trace_headers or {}).items())
     return KafkaRecord(
         key=str(event.stream_id).encode(),
-        value=dumps(event.payload),
+        value=event.value if isinstance(event, StoredEvent) else dumps(event.payload),
         headers=[(k, v.encode()) for k, v in headers],
     )
 

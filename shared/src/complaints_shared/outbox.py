@@ -29,9 +29,8 @@ import asyncpg
 from aiokafka import AIOKafkaProducer
 from aiokafka.errors import MessageSizeTooLargeError, RecordTooLargeError
 
-from complaints_shared.envelope import Event, to_kafka_record
-from complaints_shared.events import DomainEvent
-from complaints_shared.eventstore import OUTBOX_CHANNEL, init_connection, row_to_event
+from complaints_shared.envelope import StoredEvent, to_kafka_record
+from complaints_shared.eventstore import OUTBOX_CHANNEL, init_connection
 from complaints_shared.faults import Backoff, is_transient
 from complaints_shared.metrics import ServiceMetrics
 from complaints_shared.telemetry import (
@@ -92,7 +91,7 @@ class PendingRow:
     position: int
     topic: str
     trace_context: dict[str, str]
-    event: Event[DomainEvent]
+    event: StoredEvent  # published as stored: its payload is never parsed here
 
 
 class OutboxRelay:
@@ -250,7 +249,7 @@ class OutboxRelay:
                 return await self.fetch_pending(own)
         records = await conn.fetch(
             "SELECT o.position, o.topic, o.trace_context,"
-            "       e.stream_id, e.version, e.event_id, e.type, e.occurred_at, e.data"
+            "       e.stream_id, e.version, e.event_id, e.type, e.occurred_at, e.data::text AS raw"
             "  FROM outbox o JOIN events e USING (event_id)"
             " WHERE o.sent_at IS NULL AND o.parked_at IS NULL"
             "   AND e.stream_id <> ALL(ARRAY(SELECT pe.stream_id FROM outbox p"
@@ -264,7 +263,15 @@ class OutboxRelay:
                 r["position"],
                 r["topic"],
                 dict(r["trace_context"] or {}),
-                row_to_event(r, self._source),
+                StoredEvent(
+                    event_id=r["event_id"],
+                    stream_id=r["stream_id"],
+                    version=r["version"],
+                    occurred_at=r["occurred_at"],
+                    source=self._source,
+                    type=r["type"],
+                    value=r["raw"].encode(),
+                ),
             )
             for r in records
         ]

@@ -22,7 +22,7 @@ from opentelemetry.sdk.trace.export import BatchSpanProcessor, SimpleSpanProcess
 from opentelemetry.trace import Span, SpanKind, Status, StatusCode, Tracer
 from starlette.routing import Match
 
-from complaints_shared.envelope import Event
+from complaints_shared.envelope import Event, StoredEvent
 
 
 @dataclass(frozen=True, slots=True)
@@ -68,7 +68,7 @@ def inject_context(span: Span) -> dict[str, str]:
 
 
 def messaging_attributes(
-    operation: str, topic: str, event: Event[Any] | None = None
+    operation: str, topic: str, event: Event[Any] | StoredEvent | None = None
 ) -> dict[str, str | int]:
     """Messaging semantic-convention attributes for a Kafka operation on ``topic``."""
     attrs: dict[str, str | int] = {
