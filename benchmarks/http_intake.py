@@ -14,6 +14,8 @@ the service's own cost per submission, not the other services' work on the same 
 
 from __future__ import annotations
 
+import asyncio
+import hashlib
 import json
 import os
 import re
@@ -26,8 +28,14 @@ import time
 import urllib.error
 import urllib.request
 from dataclasses import asdict, dataclass
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
+
+import asyncpg
+
+from complaints_intake.api.complaints import _HISTORY
+from complaints_shared.topics import delete_topics
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -157,6 +165,110 @@ def _stop(proc: subprocess.Popen[bytes]) -> None:
             proc.wait()
 
 
+# A stored complaint as intake keeps it: the read model row, its first event, and that event
+# published.  Customers are distinct; receipt times spread over the last 90 days.
+_PRELOAD = """
+WITH made AS (
+    INSERT INTO complaints (id, reference, status, channel, category, severity, language,
+                            customer_key, subject, description, received, received_at,
+                            updated_at, version)
+    SELECT gen_random_uuid(), 'PRE-' || g, 'open', 'email', 'delivery', 'medium', 'pt',
+           md5('customer ' || g), 'Encomenda atrasada ' || g,
+           'A encomenda ' || g || ' chegou com atraso', '{}'::jsonb,
+           now() - (g % 90) * interval '1 day' - (g % 86400) * interval '1 second', now(), 1
+      FROM generate_series($1::bigint, $2::bigint) g
+    RETURNING id, received_at
+), stored AS (
+    INSERT INTO events (stream_id, version, event_id, type, occurred_at, data)
+    SELECT id, 1, gen_random_uuid(), 'ComplaintReceived', received_at, '{}'::jsonb FROM made
+    RETURNING event_id
+)
+INSERT INTO outbox (event_id, topic, sent_at) SELECT event_id, 'preloaded', now() FROM stored
+"""
+
+
+async def _preload(dsn: str, count: int) -> str:
+    """``count`` stored complaints in intake's database; the plan of the history query."""
+    conn = await asyncpg.connect(dsn)
+    try:
+        for start in range(1, count + 1, 100_000):
+            await conn.execute(_PRELOAD, start, min(count, start + 99_999))
+        await conn.execute("ANALYZE")
+        plan = json.loads(  # intake's own history query, for a customer with a complaint
+            await conn.fetchval(
+                f"EXPLAIN (FORMAT JSON) {_HISTORY}",
+                hashlib.md5(b"customer 42").hexdigest(),
+                datetime.now(UTC) - timedelta(days=30),
+                datetime.now(UTC) - timedelta(days=30),
+            )
+        )
+    finally:
+        await conn.close()
+
+    def nodes(node: dict[str, Any]) -> list[str]:
+        here = f"{node['Node Type']}" + (
+            f" using {node['Index Name']}" if "Index Name" in node else ""
+        )
+        return [here] + [n for child in node.get("Plans", ()) for n in nodes(child)]
+
+    return ", ".join(nodes(plan[0]["Plan"]))
+
+
+def bench_stored(
+    *,
+    server: str,
+    bootstrap: str,
+    issuer: str,
+    token: str,
+    master_key: str,
+    seconds: float,
+    counts: list[int],
+    create_database: Any,
+) -> dict[str, Any]:
+    """Intake at saturation with ``counts`` complaints already stored (each in a fresh
+    database): requests/s, latency, and the plan of the customer-history query."""
+    results: dict[str, Any] = {}
+    for count in counts:
+        suffix = os.urandom(3).hex()
+        intake_db = create_database(f"bench_stored_{suffix}")
+        keyring_db = create_database(f"bench_stored_keyring_{suffix}")
+        port = free_port()
+        intake = subprocess.Popen(
+            [sys.executable, "-m", "complaints_intake"],
+            env={
+                **service_env(None),
+                "COMPLAINTS_KAFKA_BOOTSTRAP": bootstrap,
+                "COMPLAINTS_OIDC_ISSUER": issuer,
+                "COMPLAINTS_DATABASE_URL": f"{server}/{intake_db}",
+                "COMPLAINTS_KEYRING_URL": f"{server}/{keyring_db}",
+                "COMPLAINTS_KEYRING_MASTER_KEY": master_key,
+                "COMPLAINTS_TOPIC_PREFIX": f"benchstored{suffix}.",
+                "COMPLAINTS_LOG_LEVEL": "WARNING",
+                "COMPLAINTS_PORT": str(port),
+            },
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        try:
+            url = f"http://127.0.0.1:{port}"
+            _wait_ready(url, intake)  # migrated: the tables exist
+            t0 = time.monotonic()
+            plan = asyncio.run(_preload(f"{server}/{intake_db}", count)) if count else ""
+            loaded = time.monotonic() - t0
+            wrk(url, token, 3)
+            load = wrk(url, token, seconds)
+            results[str(count)] = {
+                **load.as_dict(),
+                "history_plan": plan,
+                "preload_seconds": round(loaded, 1),
+            }
+        finally:
+            _stop(intake)
+            asyncio.run(delete_topics(bootstrap, f"benchstored{suffix}."))
+    return results
+
+
 def bench(
     *,
     server: str,
@@ -205,6 +317,7 @@ def bench(
         }
     finally:
         _stop(intake)
+        asyncio.run(delete_topics(bootstrap, f"bench{suffix}."))
     port = free_port()
     baseline = subprocess.Popen(
         [

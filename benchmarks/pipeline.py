@@ -35,6 +35,8 @@ import openloop
 from aiokafka import AIOKafkaConsumer
 from http_intake import _stop, _wait_ready, free_port, service_env
 
+from complaints_shared.topics import delete_topics
+
 SERVICES = ("intake", "resolution", "followup", "learning")
 # the stages: the database each is counted in, and what a complaint that reached it left there
 REACHED = {
@@ -310,3 +312,4 @@ def bench(
         for proc in procs:
             _stop(proc)
         shutil.rmtree(spool, ignore_errors=True)
+        asyncio.run(delete_topics(bootstrap, prefix))

@@ -16,6 +16,8 @@ Stages (``--only`` picks some; all by default):
   projection rows in batches of 200.
 - ``intake``: ``POST /complaints`` at 32 connections against a minimal FastAPI + one-INSERT
   app, and intake's latency at half its own rate (``benchmarks/http_intake.py``).
+- ``stored`` (not in the default run): intake at saturation with ``--stored`` complaints
+  already in its database (default 0, 10k, 100k, 1M), and the customer-history query's plan.
 - ``pipeline``: all four services at ``--rate`` complaints/s offered for ``--pipeline-seconds``
   (``benchmarks/pipeline.py``): POST latency, each stage's completion rate and backlog growth,
   the drain time, and receipt → ``CaseOpened`` on Kafka (p50, p99).
@@ -68,10 +70,11 @@ from complaints_shared.outbox import OutboxRelay  # noqa: E402
 from complaints_shared.privacy import PostgresKeyring, load_master_key, new_master_key  # noqa: E402
 from complaints_shared.schema import migrate, shared_migrations  # noqa: E402
 from complaints_shared.telemetry import setup_telemetry  # noqa: E402
-from complaints_shared.topics import ensure_topics  # noqa: E402
+from complaints_shared.topics import delete_topics, ensure_topics  # noqa: E402
 from infra import LocalInfra  # noqa: E402
 
-STAGES = ("append", "relay", "consume", "intake", "pipeline", "similar")
+STAGES = ("append", "relay", "consume", "intake", "stored", "pipeline", "similar")
+DEFAULT_STAGES = ("append", "relay", "consume", "intake", "pipeline", "similar")
 WRITERS = 8
 PAYLOAD = ComplaintWithdrawn(reason="Fila de espera " + "x" * 400)
 
@@ -252,6 +255,7 @@ async def event_path(n: int, bootstrap: str, server: str, stages: set[str]) -> l
         await pool.close()
         await admin.execute(f'DROP DATABASE "{db}" WITH (FORCE)')
         await admin.close()
+        await delete_topics(bootstrap, prefix)
     return rows
 
 
@@ -372,6 +376,25 @@ def intake_rows(figures: dict[str, Any]) -> list[Row]:
     ]
 
 
+def stored_rows(f: dict[str, Any]) -> list[Row]:
+    first = next(iter(f.values()), None)
+    rows = []
+    for count, r in f.items():
+        rows.append(
+            Row(
+                "stored",
+                f"POST /complaints with {int(count):,} stored, 32 connections",
+                r["rate"],
+                "requests/s",
+                f"with {int(next(iter(f))):,} stored",
+                first["rate"] if first else None,
+                "≈ 1x",
+            )
+        )
+        rows.append(Row("stored", f"  p99 with {int(count):,} stored", r["p99_ms"], "ms"))
+    return rows
+
+
 def pipeline_rows(f: dict[str, Any]) -> list[Row]:
     offered = f["offered_per_s"]
     rows = [
@@ -464,7 +487,16 @@ def main() -> None:
     )
     parser.add_argument("--rate", type=float, default=300, help="pipeline: complaints/s offered")
     parser.add_argument("--pipeline-seconds", type=float, default=60, help="pipeline: how long")
-    parser.add_argument("--only", default=",".join(STAGES), help="comma-separated stages")
+    parser.add_argument(
+        "--stored",
+        default="0,10000,100000,1000000",
+        help="stored: complaints already stored for each intake run",
+    )
+    parser.add_argument(
+        "--only",
+        default=",".join(DEFAULT_STAGES),
+        help=f"comma-separated stages of {', '.join(STAGES)} (stored is not in the default)",
+    )
     parser.add_argument("--json", type=Path, help="where to write the figures")
     parser.add_argument(
         "--services-from",
@@ -478,7 +510,7 @@ def main() -> None:
         parser.error(f"unknown stages {sorted(unknown)}; pick from {', '.join(STAGES)}")
 
     infra = LocalInfra.from_env()
-    started = infra.up(identity=bool(stages & {"intake", "pipeline"}))
+    started = infra.up(identity=bool(stages & {"intake", "stored", "pipeline"}))
     os.environ.setdefault("PGPASSFILE", str(infra.postgres.passfile))
     rows: list[Row] = []
     details: dict[str, Any] = {}
@@ -508,6 +540,18 @@ def main() -> None:
                 services_from=args.services_from,
             )
             rows += intake_rows(details["intake"])
+        if "stored" in stages:
+            details["stored"] = http_intake.bench_stored(
+                server=server,
+                bootstrap=infra.kafka.bootstrap,
+                issuer=infra.keycloak.issuer,
+                token=infra.keycloak.token("channel-gateway"),
+                master_key=new_master_key(),
+                seconds=args.seconds,
+                counts=[int(c) for c in args.stored.split(",") if c.strip()],
+                create_database=create_database,
+            )
+            rows += stored_rows(details["stored"])
         if "pipeline" in stages:
             details["pipeline"] = pipeline.bench(
                 server=server,

@@ -20,12 +20,12 @@ from pathlib import Path
 
 import asyncpg
 import pytest
-from aiokafka.admin import AIOKafkaAdminClient
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "deploy" / "local"))
 
 import infra as local_infra  # noqa: E402
+from complaints_shared.topics import delete_topics  # noqa: E402
 
 
 @dataclass(frozen=True)
@@ -157,15 +157,4 @@ async def topic_prefix(infrastructure: Infrastructure) -> AsyncIterator[str]:
     it, so a long-lived local broker does not collect thousands of partitions."""
     prefix = f"t{uuid.uuid4().hex[:10]}."
     yield prefix
-    await _delete_topics(infrastructure.kafka_bootstrap, prefix)
-
-
-async def _delete_topics(bootstrap: str, prefix: str) -> None:
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
-    await admin.start()
-    try:
-        mine = [t for t in await admin.list_topics() if t.startswith(prefix)]
-        if mine:
-            await admin.delete_topics(mine)
-    finally:
-        await admin.close()
+    await delete_topics(infrastructure.kafka_bootstrap, prefix)

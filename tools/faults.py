@@ -58,6 +58,7 @@ sys.path.insert(0, str(ROOT))
 from complaints_shared.envelope import cloudevent_headers  # noqa: E402
 from complaints_shared.outbox import leader_session  # noqa: E402
 from complaints_shared.privacy import new_master_key  # noqa: E402
+from complaints_shared.topics import delete_topics  # noqa: E402
 from infra import LocalInfra  # noqa: E402
 from tests.support import AGENT, Tokens, free_port  # noqa: E402
 
@@ -305,16 +306,7 @@ class Suite:
                 await conn.execute(f'DROP DATABASE IF EXISTS "{db}" WITH (FORCE)')
         finally:
             await conn.close()
-        from aiokafka.admin import AIOKafkaAdminClient
-
-        admin = AIOKafkaAdminClient(bootstrap_servers=self.infra.kafka.bootstrap)
-        await admin.start()
-        try:
-            mine = [t for t in await admin.list_topics() if t.startswith(self.prefix)]
-            if mine:
-                await admin.delete_topics(mine)
-        finally:
-            await admin.close()
+        await delete_topics(self.infra.kafka.bootstrap, self.prefix)
 
     async def connect(self, database: str) -> asyncpg.Connection:
         return await asyncpg.connect(
@@ -608,10 +600,20 @@ class Suite:
                     "SELECT count(*) FROM deliveries WHERE status = 'pending'"
                 )
                 counted = await learning.fetchval("SELECT count(*) FROM complaint_facts")
+                # every driven case has a cause: settled once learning counted each one, as
+                # the verdict checks (facts alone are written at receipt, long before)
+                causes = await learning.fetchval(
+                    "SELECT count(DISTINCT complaint_id) FROM occurrences"
+                )
             finally:
                 await followup.close()
                 await learning.close()
-            return bool(checks >= len(acked) and not pending and counted >= len(acked))
+            return bool(
+                checks >= len(acked)
+                and not pending
+                and counted >= len(acked)
+                and causes >= len(acked)
+            )
 
         try:
             return await self.timed(quiet, within)

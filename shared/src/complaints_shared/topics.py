@@ -69,3 +69,19 @@ async def ensure_topics(
         return missing
     finally:
         await admin.close()
+
+
+async def delete_topics(bootstrap: str, prefix: str) -> list[str]:
+    """Delete every topic whose name starts with ``prefix`` (a test's, a benchmark's or the
+    fault suite's own), so a long-lived broker does not collect partitions; return them."""
+    if not prefix:
+        raise ValueError("a prefix is required: this never deletes a platform's own topics")
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    await admin.start()
+    try:
+        mine = [t for t in await admin.list_topics() if t.startswith(prefix)]
+        if mine:
+            await admin.delete_topics(mine)
+        return mine
+    finally:
+        await admin.close()
