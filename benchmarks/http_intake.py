@@ -27,6 +27,7 @@ import tempfile
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -214,50 +215,45 @@ async def _preload(dsn: str, count: int) -> str:
     return ", ".join(nodes(plan[0]["Plan"]))
 
 
-def bench_stored(
-    *,
-    server: str,
-    bootstrap: str,
-    issuer: str,
-    token: str,
-    master_key: str,
-    seconds: float,
-    counts: list[int],
-    create_database: Any,
-) -> dict[str, Any]:
+@dataclass(frozen=True)
+class Harness:
+    """What every stage that runs services needs: the servers, a token, a master key, and a
+    way to make a fresh database (dropped after the run)."""
+
+    server: str
+    bootstrap: str
+    issuer: str
+    token: str
+    master_key: str
+    create_database: Callable[[str], str]
+
+    def service_env(self, database: str, keyring: str, prefix: str, port: int) -> dict[str, str]:
+        return {
+            "COMPLAINTS_KAFKA_BOOTSTRAP": self.bootstrap,
+            "COMPLAINTS_OIDC_ISSUER": self.issuer,
+            "COMPLAINTS_DATABASE_URL": f"{self.server}/{database}",
+            "COMPLAINTS_KEYRING_URL": f"{self.server}/{keyring}",
+            "COMPLAINTS_KEYRING_MASTER_KEY": self.master_key,
+            "COMPLAINTS_TOPIC_PREFIX": prefix,
+            "COMPLAINTS_LOG_LEVEL": "WARNING",
+            "COMPLAINTS_PORT": str(port),
+        }
+
+
+def bench_stored(h: Harness, *, seconds: float, counts: list[int]) -> dict[str, Any]:
     """Intake at saturation with ``counts`` complaints already stored (each in a fresh
     database): requests/s, latency, and the plan of the customer-history query."""
     results: dict[str, Any] = {}
     for count in counts:
         suffix = os.urandom(3).hex()
-        intake_db = create_database(f"bench_stored_{suffix}")
-        keyring_db = create_database(f"bench_stored_keyring_{suffix}")
-        port = free_port()
-        intake = subprocess.Popen(
-            [sys.executable, "-m", "complaints_intake"],
-            env={
-                **service_env(None),
-                "COMPLAINTS_KAFKA_BOOTSTRAP": bootstrap,
-                "COMPLAINTS_OIDC_ISSUER": issuer,
-                "COMPLAINTS_DATABASE_URL": f"{server}/{intake_db}",
-                "COMPLAINTS_KEYRING_URL": f"{server}/{keyring_db}",
-                "COMPLAINTS_KEYRING_MASTER_KEY": master_key,
-                "COMPLAINTS_TOPIC_PREFIX": f"benchstored{suffix}.",
-                "COMPLAINTS_LOG_LEVEL": "WARNING",
-                "COMPLAINTS_PORT": str(port),
-            },
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
+        intake, url, intake_db = _start_intake(h, f"bench_stored_{suffix}", None)
         try:
-            url = f"http://127.0.0.1:{port}"
             _wait_ready(url, intake)  # migrated: the tables exist
             t0 = time.monotonic()
-            plan = asyncio.run(_preload(f"{server}/{intake_db}", count)) if count else ""
+            plan = asyncio.run(_preload(f"{h.server}/{intake_db}", count)) if count else ""
             loaded = time.monotonic() - t0
-            wrk(url, token, 3)
-            load = wrk(url, token, seconds)
+            wrk(url, h.token, 3)
+            load = wrk(url, h.token, seconds)
             results[str(count)] = {
                 **load.as_dict(),
                 "history_plan": plan,
@@ -265,51 +261,41 @@ def bench_stored(
             }
         finally:
             _stop(intake)
-            asyncio.run(delete_topics(bootstrap, f"benchstored{suffix}."))
+            asyncio.run(delete_topics(h.bootstrap, f"bench_stored_{suffix}."))
     return results
 
 
-def bench(
-    *,
-    server: str,
-    bootstrap: str,
-    issuer: str,
-    token: str,
-    master_key: str,
-    seconds: float,
-    create_database: Any,
-    services_from: Path | None = None,
-) -> dict[str, Any]:
-    """Both servers, one after the other on the same machine; returns the figures."""
-    suffix = os.urandom(3).hex()
-    intake_db = create_database(f"bench_intake_{suffix}")
-    keyring_db = create_database(f"bench_keyring_{suffix}")
-    base_db = create_database(f"bench_base_{suffix}")
-    env = {
-        **service_env(services_from),
-        "COMPLAINTS_KAFKA_BOOTSTRAP": bootstrap,
-        "COMPLAINTS_OIDC_ISSUER": issuer,
-        "COMPLAINTS_DATABASE_URL": f"{server}/{intake_db}",
-        "COMPLAINTS_KEYRING_URL": f"{server}/{keyring_db}",
-        "COMPLAINTS_KEYRING_MASTER_KEY": master_key,
-        "COMPLAINTS_TOPIC_PREFIX": f"bench{suffix}.",
-        "COMPLAINTS_LOG_LEVEL": "WARNING",
-    }
-    results: dict[str, Any] = {}
+def _start_intake(
+    h: Harness, name: str, services_from: Path | None
+) -> tuple[subprocess.Popen[bytes], str, str]:
+    """An intake process on fresh databases and topics named ``name``; its URL and database."""
+    intake_db = h.create_database(name)
+    keyring_db = h.create_database(f"{name}_keyring")
     port = free_port()
-    intake = subprocess.Popen(
+    proc = subprocess.Popen(
         [sys.executable, "-m", "complaints_intake"],
-        env={**env, "COMPLAINTS_PORT": str(port)},
+        env={
+            **service_env(services_from),
+            **h.service_env(intake_db, keyring_db, f"{name}.", port),
+        },
         stdin=subprocess.DEVNULL,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
+    return proc, f"http://127.0.0.1:{port}", intake_db
+
+
+def bench(h: Harness, *, seconds: float, services_from: Path | None = None) -> dict[str, Any]:
+    """Both servers, one after the other on the same machine; returns the figures."""
+    suffix = os.urandom(3).hex()
+    base_db = h.create_database(f"bench_base_{suffix}")
+    results: dict[str, Any] = {}
+    intake, url, _ = _start_intake(h, f"bench_intake_{suffix}", services_from)
     try:
-        url = f"http://127.0.0.1:{port}"
         _wait_ready(url, intake)
-        wrk(url, token, 3)  # warm-up: connections, prepared statements, the JWKS
-        saturated = wrk(url, token, seconds)
-        half = wrk(url, token, seconds, rate=saturated.rate / 2)
+        wrk(url, h.token, 3)  # warm-up: connections, prepared statements, the JWKS
+        saturated = wrk(url, h.token, seconds)
+        half = wrk(url, h.token, seconds, rate=saturated.rate / 2)
         results["intake"] = saturated.as_dict()
         results["intake_half_load"] = {
             **half.as_dict(),
@@ -317,7 +303,7 @@ def bench(
         }
     finally:
         _stop(intake)
-        asyncio.run(delete_topics(bootstrap, f"bench{suffix}."))
+        asyncio.run(delete_topics(h.bootstrap, f"bench_intake_{suffix}."))
     port = free_port()
     baseline = subprocess.Popen(
         [
@@ -326,7 +312,7 @@ def bench(
             "--port",
             str(port),
             "--dsn",
-            f"{server}/{base_db}",
+            f"{h.server}/{base_db}",
         ],
         stdin=subprocess.DEVNULL,
     )

@@ -33,7 +33,7 @@ from typing import Any
 import asyncpg
 import openloop
 from aiokafka import AIOKafkaConsumer
-from http_intake import _stop, _wait_ready, free_port, service_env
+from http_intake import Harness, _stop, _wait_ready, free_port, service_env
 
 from complaints_shared.topics import delete_topics
 
@@ -230,21 +230,16 @@ async def _measure(
 
 
 def bench(
+    h: Harness,
     *,
-    server: str,
-    bootstrap: str,
-    issuer: str,
-    token: str,
-    master_key: str,
     rate: float,
     seconds: float,
-    create_database: Any,
     kafka_pid: int | None = None,
     services_from: Path | None = None,
 ) -> dict[str, Any]:
     """Start the platform, offer the load, stop it; the figures."""
     suffix = os.urandom(3).hex()
-    databases = {s: create_database(f"bench_{s}_{suffix}") for s in (*SERVICES, "keyring")}
+    databases = {s: h.create_database(f"bench_{s}_{suffix}") for s in (*SERVICES, "keyring")}
     prefix = f"benchpipe{suffix}."
     spool = Path(tempfile.mkdtemp(prefix="bench-mail-"))
     mail = spool / "maildir"  # Maildir makes its folders only for a path that does not exist
@@ -261,17 +256,6 @@ def bench(
             stderr=subprocess.DEVNULL,
         )
     ]
-    common = {
-        **service_env(services_from),
-        "COMPLAINTS_KAFKA_BOOTSTRAP": bootstrap,
-        "COMPLAINTS_OIDC_ISSUER": issuer,
-        "COMPLAINTS_KEYRING_URL": f"{server}/{databases['keyring']}",
-        "COMPLAINTS_KEYRING_MASTER_KEY": master_key,
-        "COMPLAINTS_TOPIC_PREFIX": prefix,
-        "COMPLAINTS_SMTP_HOST": "127.0.0.1",
-        "COMPLAINTS_SMTP_PORT": str(smtp),
-        "COMPLAINTS_LOG_LEVEL": "WARNING",
-    }
     ports = {s: free_port() for s in SERVICES}
     try:
         for s in SERVICES:
@@ -279,9 +263,10 @@ def bench(
                 subprocess.Popen(
                     [sys.executable, "-m", f"complaints_{s}"],
                     env={
-                        **common,
-                        "COMPLAINTS_DATABASE_URL": f"{server}/{databases[s]}",
-                        "COMPLAINTS_PORT": str(ports[s]),
+                        **service_env(services_from),
+                        **h.service_env(databases[s], databases["keyring"], prefix, ports[s]),
+                        "COMPLAINTS_SMTP_HOST": "127.0.0.1",
+                        "COMPLAINTS_SMTP_PORT": str(smtp),
                     },
                     stdin=subprocess.DEVNULL,
                     stdout=subprocess.DEVNULL,
@@ -290,15 +275,15 @@ def bench(
             )
         for s, proc in zip(SERVICES, procs[1:], strict=True):
             _wait_ready(f"http://127.0.0.1:{ports[s]}", proc)
-        dsns = {s: f"{server}/{databases[s]}" for s in SERVICES}
+        dsns = {s: f"{h.server}/{databases[s]}" for s in SERVICES}
         return asyncio.run(
             _measure(
                 dsns=dsns,
                 port=ports["intake"],
-                token=token,
+                token=h.token,
                 rate=rate,
                 seconds=seconds,
-                bootstrap=bootstrap,
+                bootstrap=h.bootstrap,
                 topic=f"{prefix}complaints.resolution.v2",
                 drain_within=max(60.0, seconds * 2),
                 pids={
@@ -312,4 +297,4 @@ def bench(
         for proc in procs:
             _stop(proc)
         shutil.rmtree(spool, ignore_errors=True)
-        asyncio.run(delete_topics(bootstrap, prefix))
+        asyncio.run(delete_topics(h.bootstrap, prefix))

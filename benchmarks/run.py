@@ -528,40 +528,34 @@ def main() -> None:
             created.append(name)
             return name
 
-        if "intake" in stages:
-            details["intake"] = http_intake.bench(
+        def harness() -> http_intake.Harness:
+            """What every stage that runs services needs (a fresh token each time)."""
+            return http_intake.Harness(
                 server=server,
                 bootstrap=infra.kafka.bootstrap,
                 issuer=infra.keycloak.issuer,
                 token=infra.keycloak.token("channel-gateway"),
                 master_key=new_master_key(),
-                seconds=args.seconds,
                 create_database=create_database,
-                services_from=args.services_from,
+            )
+
+        if "intake" in stages:
+            details["intake"] = http_intake.bench(
+                harness(), seconds=args.seconds, services_from=args.services_from
             )
             rows += intake_rows(details["intake"])
         if "stored" in stages:
             details["stored"] = http_intake.bench_stored(
-                server=server,
-                bootstrap=infra.kafka.bootstrap,
-                issuer=infra.keycloak.issuer,
-                token=infra.keycloak.token("channel-gateway"),
-                master_key=new_master_key(),
+                harness(),
                 seconds=args.seconds,
                 counts=[int(c) for c in args.stored.split(",") if c.strip()],
-                create_database=create_database,
             )
             rows += stored_rows(details["stored"])
         if "pipeline" in stages:
             details["pipeline"] = pipeline.bench(
-                server=server,
-                bootstrap=infra.kafka.bootstrap,
-                issuer=infra.keycloak.issuer,
-                token=infra.keycloak.token("channel-gateway"),
-                master_key=new_master_key(),
+                harness(),
                 rate=args.rate,
                 seconds=args.pipeline_seconds,
-                create_database=create_database,
                 kafka_pid=infra.kafka.pid(),
                 services_from=args.services_from,
             )

@@ -428,22 +428,20 @@ class ConsumerRunner:
         """In the batch's transaction, one round trip: check the generation (under
         ``FOR SHARE``: a rebuild waits for this batch) and record the events in the inbox.
         Returns the ids seen for the first time; the others had their effect already."""
-        row = await conn.fetchrow(
-            _CLAIM,
-            self.subscription.name,
-            [e.event_id for e in events],
-            [e.type for e in events],
-            self.generation,
-        )
-        if row is None or row["generation"] is None:  # the first batch ever: no row yet
-            await self._current_generation(conn, share=True)
-            row = await conn.fetchrow(
+
+        async def claim() -> asyncpg.Record | None:
+            return await conn.fetchrow(
                 _CLAIM,
                 self.subscription.name,
                 [e.event_id for e in events],
                 [e.type for e in events],
                 self.generation,
             )
+
+        row = await claim()
+        if row is None or row["generation"] is None:  # the first batch ever: no row yet
+            await self._current_generation(conn, share=True)
+            row = await claim()
         assert row is not None
         if row["generation"] != self.generation:
             raise _StartOver  # a rebuild cleared what this batch would write to

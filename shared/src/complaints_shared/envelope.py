@@ -25,6 +25,16 @@ TYPE_PREFIX = "complaints"
 P = TypeVar("P", bound=DomainEvent, covariant=True)
 
 
+def service_of(source: str) -> str:
+    """The service of an event's ``source`` (``/complaints/intake`` → ``intake``)."""
+    return source.rstrip("/").rsplit("/", 1)[-1]
+
+
+def ce_type_of(source: str, name: str) -> str:
+    """The CloudEvents type: ``complaints.<service>.<EventName>``."""
+    return f"{TYPE_PREFIX}.{service_of(source)}.{name}"
+
+
 @dataclass(frozen=True, slots=True)
 class Event(Generic[P]):
     """A recorded event: one fact (``payload``) about one stream, at one version."""
@@ -49,12 +59,11 @@ class Event(Generic[P]):
 
     @property
     def service(self) -> str:
-        return self.source.rstrip("/").rsplit("/", 1)[-1]
+        return service_of(self.source)
 
     @property
     def ce_type(self) -> str:
-        """The CloudEvents type: ``complaints.<service>.<EventName>``."""
-        return f"{TYPE_PREFIX}.{self.service}.{self.type}"
+        return ce_type_of(self.source, self.type)
 
 
 @dataclass(frozen=True, slots=True)
@@ -72,11 +81,11 @@ class StoredEvent:
 
     @property
     def service(self) -> str:
-        return self.source.rstrip("/").rsplit("/", 1)[-1]
+        return service_of(self.source)
 
     @property
     def ce_type(self) -> str:
-        return f"{TYPE_PREFIX}.{self.service}.{self.type}"
+        return ce_type_of(self.source, self.type)
 
 
 class MalformedEvent(ValueError):
