@@ -155,6 +155,11 @@ async def test_poison_events_go_to_the_dlq_and_the_partition_keeps_moving(
             lambda: pool.fetchval("SELECT count(*) = 1 FROM effects"),
             what="the good event after the poison ones",
         )
+        # the poison records are published to the DLQ after their batch committed
+        await eventually(
+            lambda: asyncio.sleep(0, outcome(metrics, name, "dead_lettered") == 2),
+            what="both poison records dead-lettered",
+        )
 
     assert [r["n"] for r in await pool.fetch("SELECT n FROM effects")] == [7]
     dead = await read_topic(infrastructure.kafka_bootstrap, topics[1], count=2)
