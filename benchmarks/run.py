@@ -21,6 +21,9 @@ Stages (``--only`` picks some; all by default):
 - ``pipeline``: all four services at ``--rate`` complaints/s offered for ``--pipeline-seconds``
   (``benchmarks/pipeline.py``): POST latency, each stage's completion rate and backlog growth,
   the drain time, and receipt → ``CaseOpened`` on Kafka (p50, p99).
+- ``rebuild``: learning's ``POST /admin/rebuild`` replaying ``--rebuild-complaints``
+  complaints' history (receipt, cause, resolution, satisfaction) from offset 0, against a bare
+  consumer reading the same records (``benchmarks/rebuild.py``).
 - ``similar``: the similar-complaints index at ``--complaints`` stored texts against the
   earlier per-query TF-IDF (``benchmarks/similar.py``).
 
@@ -58,6 +61,7 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 
 import http_intake  # noqa: E402
 import pipeline  # noqa: E402
+import rebuild  # noqa: E402
 import similar  # noqa: E402
 
 from complaints_shared.consumer import ConsumerRunner, Subscription, write  # noqa: E402
@@ -73,8 +77,8 @@ from complaints_shared.telemetry import setup_telemetry  # noqa: E402
 from complaints_shared.topics import delete_topics, ensure_topics  # noqa: E402
 from infra import LocalInfra  # noqa: E402
 
-STAGES = ("append", "relay", "consume", "intake", "stored", "pipeline", "similar")
-DEFAULT_STAGES = ("append", "relay", "consume", "intake", "pipeline", "similar")
+STAGES = ("append", "relay", "consume", "intake", "stored", "pipeline", "rebuild", "similar")
+DEFAULT_STAGES = ("append", "relay", "consume", "intake", "pipeline", "rebuild", "similar")
 WRITERS = 8
 PAYLOAD = ComplaintWithdrawn(reason="Fila de espera " + "x" * 400)
 
@@ -448,6 +452,22 @@ def pipeline_rows(f: dict[str, Any]) -> list[Row]:
     return rows
 
 
+def rebuild_rows(f: dict[str, Any]) -> list[Row]:
+    return [
+        Row(
+            "rebuild",
+            f"learning rebuild, {f['events']:,} events from offset 0",
+            f["rebuild_per_s"],
+            "events/s",
+            "bare consumer reading the same records",
+            f["bare_read_per_s"],
+            "≥ 50,000/s",
+        ),
+        Row("rebuild", "  reset (the answer to POST /admin/rebuild)", f["reset_seconds"], "s"),
+        Row("rebuild", "  replay until every event is handled again", f["replay_seconds"], "s"),
+    ]
+
+
 def similar_rows(f: dict[str, float]) -> list[Row]:
     return [
         Row(
@@ -488,6 +508,9 @@ def main() -> None:
     parser.add_argument("--rate", type=float, default=300, help="pipeline: complaints/s offered")
     parser.add_argument("--pipeline-seconds", type=float, default=60, help="pipeline: how long")
     parser.add_argument(
+        "--rebuild-complaints", type=int, default=10_000, help="rebuild: complaints' histories"
+    )
+    parser.add_argument(
         "--stored",
         default="0,10000,100000,1000000",
         help="stored: complaints already stored for each intake run",
@@ -510,7 +533,7 @@ def main() -> None:
         parser.error(f"unknown stages {sorted(unknown)}; pick from {', '.join(STAGES)}")
 
     infra = LocalInfra.from_env()
-    started = infra.up(identity=bool(stages & {"intake", "stored", "pipeline"}))
+    started = infra.up(identity=bool(stages & {"intake", "stored", "pipeline", "rebuild"}))
     os.environ.setdefault("PGPASSFILE", str(infra.postgres.passfile))
     rows: list[Row] = []
     details: dict[str, Any] = {}
@@ -560,6 +583,13 @@ def main() -> None:
                 services_from=args.services_from,
             )
             rows += pipeline_rows(details["pipeline"])
+        if "rebuild" in stages:
+            details["rebuild"] = rebuild.bench(
+                harness(),
+                admin_token=infra.keycloak.token("admin"),
+                complaints=args.rebuild_complaints,
+            )
+            rows += rebuild_rows(details["rebuild"])
         asyncio.run(drop_databases(server, created))
     finally:
         infra.down(started)

@@ -1,0 +1,241 @@
+"""Learning's rebuild: replaying its input topics from offset 0, against reading them bare.
+
+The learning service runs as its own process (fresh database, keyring database and topics under
+a throw-away prefix).  The bench publishes ``complaints`` complaints' history to intake's,
+resolution's and followup's topics as those services would (personal values sealed for each
+customer, whose key is in the keyring): receipt, cause (a few dozen root causes, so problems
+open), resolution, and a satisfaction answer for every other complaint.  Learning consumes it
+once as it arrives (not measured); then ``POST /admin/rebuild`` (an admin's token) resets its
+read models and replays everything from offset 0.  Measured: from the rebuild's answer until
+learning's inbox holds every event again.
+
+Baseline: a bare aiokafka consumer reading the same records from offset 0 in this process, so
+the ratio says what share of the broker's read rate the rebuild reaches.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import subprocess
+import sys
+import time
+import urllib.request
+import uuid
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import asyncpg
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from http_intake import Harness, _stop, _wait_ready, free_port
+
+from complaints_shared.envelope import Event, to_kafka_record
+from complaints_shared.events import DomainEvent
+from complaints_shared.events import followup as fu
+from complaints_shared.events import intake as it
+from complaints_shared.events import resolution as rs
+from complaints_shared.eventstore import sealed_payloads
+from complaints_shared.privacy import PostgresKeyring, load_master_key
+from complaints_shared.topics import Topics, delete_topics, ensure_topics
+
+CAUSES = [f"cause_{i:02d}" for i in range(40)]
+CATEGORIES = ["delivery", "billing", "product_quality", "service"]
+
+
+def _history(i: int, at: datetime) -> list[tuple[str, DomainEvent, datetime]]:
+    """One complaint's events as learning reads them: (service, payload, when)."""
+    category = CATEGORIES[i % len(CATEGORIES)]
+    cid = uuid.uuid4()  # replaced by the stream id below; the payload refers to it
+    out: list[tuple[str, DomainEvent, datetime]] = [
+        (
+            "intake",
+            it.ComplaintReceived(
+                reference=f"CMP-2026-{i:06d}",
+                received_at=at,
+                channel="email",
+                reply_channel="email",
+                customer=it.Customer(name=f"Cliente {i}", email=f"c{i}@example.pt"),
+                subject="Encomenda atrasada",
+                description=f"A encomenda {i} chegou com duas semanas de atraso.",
+                category=category,
+                severity="medium",
+                language="pt",
+                first_response_due=at + timedelta(hours=8),
+            ),
+            at,
+        ),
+        (
+            "resolution",
+            rs.CauseIdentified(
+                complaint_id=cid,
+                what_happened="atraso",
+                what_should_have_happened="entrega a tempo",
+                what_went_wrong="transportadora",
+                root_cause=CAUSES[i % len(CAUSES)],
+                responsible="us",
+                identified_by="agent-1",
+                category=category,
+            ),
+            at + timedelta(hours=2),
+        ),
+        (
+            "resolution",
+            rs.CaseResolved(
+                complaint_id=cid,
+                summary="Reembolso dos portes",
+                resolved_by="agent-1",
+                category=category,
+                severity="medium",
+            ),
+            at + timedelta(hours=20),
+        ),
+    ]
+    if i % 2 == 0:
+        out.append(
+            (
+                "followup",
+                fu.SatisfactionRecorded(check_id=uuid.uuid4(), score=1 + i % 5, solved=i % 5 > 1),
+                at + timedelta(days=3),
+            )
+        )
+    return out
+
+
+async def _seed(h: Harness, keyring_dsn: str, topics: Topics, complaints: int) -> int:
+    """Every complaint's history on the topics, sealed as the services seal it; how many."""
+    pool = await asyncpg.create_pool(keyring_dsn, min_size=1, max_size=4)
+    keyring = PostgresKeyring(pool, load_master_key(h.master_key))
+    producer = AIOKafkaProducer(
+        bootstrap_servers=h.bootstrap, acks="all", enable_idempotence=True, linger_ms=5
+    )
+    await producer.start()
+    start = datetime.now(UTC) - timedelta(days=60)
+    sent = 0
+    try:
+        acks = []
+        for i in range(complaints):
+            stream = uuid.uuid4()
+            await keyring.register(stream, f"bench-customer-{i}")
+            at = start + timedelta(seconds=i * 300)
+            for version, (service, payload, when) in enumerate(_history(i, at), start=1):
+                if hasattr(payload, "complaint_id"):
+                    payload = payload.model_copy(update={"complaint_id": stream})
+                data = (await sealed_payloads(keyring, stream, [payload]))[0]
+                event = Event(
+                    event_id=uuid.uuid4(),
+                    stream_id=stream,
+                    version=version,
+                    occurred_at=when,
+                    source=f"/complaints/{service}",
+                    payload=type(payload).model_validate(data),
+                )
+                r = to_kafka_record(event)
+                topic = getattr(topics, service)
+                acks.append(await producer.send(topic, r.value, key=r.key, headers=r.headers))
+                sent += 1
+            if len(acks) >= 5000:
+                await asyncio.gather(*acks)
+                acks = []
+        await asyncio.gather(*acks)
+    finally:
+        await producer.stop()
+        await pool.close()
+    return sent
+
+
+async def _read_bare(bootstrap: str, topics: list[str], total: int) -> float:
+    """Seconds a bare consumer takes to read ``total`` records of ``topics`` from offset 0."""
+    consumer = AIOKafkaConsumer(
+        *topics,
+        bootstrap_servers=bootstrap,
+        group_id=f"bare-{uuid.uuid4().hex[:6]}",
+        auto_offset_reset="earliest",
+        enable_auto_commit=False,
+    )
+    await consumer.start()
+    try:
+        t0 = time.perf_counter()
+        seen = 0
+        while seen < total:
+            for records in (await consumer.getmany(timeout_ms=1000, max_records=500)).values():
+                seen += len(records)
+        return time.perf_counter() - t0
+    finally:
+        await consumer.stop()
+
+
+async def _processed(conn: asyncpg.Connection) -> int:
+    return int(
+        await conn.fetchval("SELECT count(*) FROM inbox WHERE consumer LIKE '%complaints-learning'")
+    )
+
+
+async def _wait_processed(conn: asyncpg.Connection, total: int, within: float) -> float:
+    """Seconds until learning's inbox holds ``total`` events (raises after ``within``)."""
+    t0 = time.perf_counter()
+    while (n := await _processed(conn)) < total:
+        if time.perf_counter() - t0 > within:
+            raise RuntimeError(f"learning processed {n} of {total} events in {within:.0f}s")
+        await asyncio.sleep(0.05)
+    return time.perf_counter() - t0
+
+
+def _rebuild(url: str, token: str) -> dict[str, Any]:
+    request = urllib.request.Request(
+        f"{url}/admin/rebuild", method="POST", headers={"Authorization": f"Bearer {token}"}
+    )
+    with urllib.request.urlopen(request, timeout=120) as r:
+        answer: dict[str, Any] = json.loads(r.read())
+        return answer
+
+
+def bench(h: Harness, *, admin_token: str, complaints: int) -> dict[str, Any]:
+    suffix = os.urandom(3).hex()
+    database = h.create_database(f"bench_rebuild_{suffix}")
+    keyring_db = h.create_database(f"bench_rebuild_{suffix}_keyring")
+    prefix = f"benchrebuild{suffix}."
+    topics = Topics(prefix)
+    port = free_port()
+    asyncio.run(ensure_topics(h.bootstrap, topics.all(), 3))
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "complaints_learning"],
+        env={**os.environ, **h.service_env(database, keyring_db, prefix, port)},
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        _wait_ready(url, proc)
+
+        async def measure() -> dict[str, Any]:
+            total = await _seed(h, f"{h.server}/{keyring_db}", topics, complaints)
+            conn = await asyncpg.connect(f"{h.server}/{database}")
+            try:
+                await _wait_processed(conn, total, within=600)  # the live pass
+                t0 = time.perf_counter()
+                answer = await asyncio.to_thread(_rebuild, url, admin_token)
+                reset = time.perf_counter() - t0
+                replay = await _wait_processed(conn, total, within=600)
+                problems = int(await conn.fetchval("SELECT count(*) FROM problems"))
+            finally:
+                await conn.close()
+            bare = await _read_bare(
+                h.bootstrap, [topics.intake, topics.resolution, topics.followup], total
+            )
+            return {
+                "complaints": complaints,
+                "events": total,
+                "reset_seconds": round(reset, 2),
+                "replay_seconds": round(replay, 2),
+                "rebuild_per_s": round(total / (reset + replay), 1),
+                "bare_read_per_s": round(total / bare, 1),
+                "problems": problems,
+                "problems_reset": answer.get("problems"),
+            }
+
+        return asyncio.run(measure())
+    finally:
+        _stop(proc)
+        asyncio.run(delete_topics(h.bootstrap, prefix))
