@@ -28,7 +28,7 @@ from complaints_shared.privacy import (
     load_master_key,
     new_master_key,
 )
-from complaints_shared.repository import Repository
+from complaints_shared.repository import Repository, StateCache
 from tests.events import Confided, Happened, Item
 from tests.support import migrated_pool
 
@@ -277,6 +277,87 @@ async def test_nothing_decided_writes_nothing_and_projects_nothing(backend: Back
         assert saved.recorded == [] and saved.version == 0
         saved = await repository.execute(conn, stream, lambda s: [ev(1), ev(2)])
     assert projected == [2] and saved.version == 2
+
+
+async def test_load_from_a_version_returns_that_event_and_the_later_ones(backend: Backend):
+    stream = uuid.uuid4()
+    await backend.append(stream, 0, [ev(1), ev(2), ev(3)])
+    async with backend.transaction() as conn:
+        assert ns(await backend.store.load(conn, stream, 2)) == [2, 3]
+        assert [e.version for e in await backend.store.load(conn, stream, 3)] == [3]
+        assert await backend.store.load(conn, stream, 4) == []
+
+
+def total(events: Any) -> int:
+    return sum(e.payload.n for e in events)
+
+
+def resume_total(state: int, events: Any) -> int:
+    return state + total(events)
+
+
+class Counting:
+    """The backend's store, counting the events each load returns."""
+
+    def __init__(self, store: EventRecorder) -> None:
+        self.store = store
+        self.loaded: list[int] = []
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.store, name)
+
+    async def load(self, conn: Any, stream_id: uuid.UUID, from_version: int = 1) -> Any:
+        events = await self.store.load(conn, stream_id, from_version)
+        self.loaded.append(len(events))
+        return events
+
+
+async def test_a_cached_state_is_continued_with_only_the_events_appended_since(backend: Backend):
+    """A long stream is not folded again for every decision: the repository continues its
+    cached state with what was appended since, another writer's events included."""
+    stream = uuid.uuid4()
+    await backend.append(stream, 0, [ev(n) for n in range(1, 51)])
+    store = Counting(backend.store)
+    repository: Repository[int] = Repository(
+        store,
+        total,
+        cache=StateCache(resume_total),  # type: ignore[arg-type]
+    )
+    async with backend.transaction() as conn:
+        first = await repository.execute(conn, stream, lambda s: [ev(100)])
+    await backend.append(stream, 51, [ev(7)])  # another writer, another process
+    async with backend.transaction() as conn:
+        second = await repository.execute(conn, stream, lambda s: [ev(1000)])
+    assert first.state == sum(range(1, 51)) + 100 and first.version == 51
+    assert second.state == first.state + 7 + 1000 and second.version == 53
+    assert store.loaded == [50, 2]  # the second load: the cached event and the other's
+    assert ns(await backend.load(stream)) == [*range(1, 51), 100, 7, 1000]
+
+
+@pytest.mark.integration
+async def test_a_state_cached_in_a_transaction_that_rolled_back_is_never_used(
+    postgres_backend: Backend,
+):
+    """The decision's transaction rolls back after its state was cached, and another writer
+    takes that version: the next decision sees the other writer's event, not the lost one."""
+    backend = postgres_backend
+    stream = uuid.uuid4()
+    await backend.append(stream, 0, [ev(1)])
+    repository: Repository[int] = Repository(backend.store, total, cache=StateCache(resume_total))
+
+    class Abandoned(Exception):
+        pass
+
+    with pytest.raises(Abandoned):
+        async with backend.transaction() as conn:
+            lost = await repository.execute(conn, stream, lambda s: [ev(500)])
+            assert lost.state == 501
+            raise Abandoned
+    await backend.append(stream, 1, [ev(20)])
+    async with backend.transaction() as conn:
+        saved = await repository.execute(conn, stream, lambda s: [ev(300)])
+    assert saved.state == 1 + 20 + 300 and saved.version == 3
+    assert ns(await backend.load(stream)) == [1, 20, 300]
 
 
 # Personal data: sealed per customer, erased by destroying the customer's key.

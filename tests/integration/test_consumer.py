@@ -211,6 +211,70 @@ async def test_queued_writes_land_with_their_batch_and_a_failing_one_poisons_onl
     assert decode_headers(dead[0].headers)["ce_id"] == str(sent[1].event_id)
 
 
+async def test_a_handler_reads_the_writes_earlier_handlers_of_its_batch_queued(
+    infrastructure, pool, producer, topics, topic_prefix
+):
+    """A queued write is sent before the next statement of the batch: a handler reading the
+    table sees what the records before it queued, in order, as if written at once."""
+    name = f"{topic_prefix}g"
+    seen: dict[int, int] = {}
+
+    async def read_then_queue(conn: asyncpg.Connection, e: Event[Counted]) -> None:
+        seen[e.payload.n] = await conn.fetchval("SELECT coalesce(sum(n), 0) FROM effects")
+        await write(conn, "INSERT INTO effects VALUES ($1, $2)", e.event_id, e.payload.n)
+
+    stream = uuid.uuid4()  # one partition: one batch, in this order
+    for n in (1, 2, 4, 8):
+        await send(producer, topics[0], event(n, stream=stream))
+    metrics = ServiceMetrics()
+    async with Running(
+        runner_for(
+            infrastructure, pool, producer, topics, {"Counted": read_then_queue}, metrics, name
+        )
+    ):
+        await eventually(
+            lambda: asyncio.sleep(0, outcome(metrics, name, "processed") == 4),
+            what="four events processed",
+        )
+    assert seen == {1: 0, 2: 1, 4: 3, 8: 7}  # each saw every earlier record's write
+    assert [r["n"] for r in await pool.fetch("SELECT n FROM effects ORDER BY n")] == [1, 2, 4, 8]
+
+
+async def test_a_queued_write_failing_at_a_later_handlers_read_poisons_its_own_record(
+    infrastructure, pool, producer, topics, topic_prefix
+):
+    """The write fails when the next record's handler reads: the record that queued it is
+    dead-lettered, and the reader takes effect."""
+    name = f"{topic_prefix}g"
+    await pool.execute("ALTER TABLE effects ADD CONSTRAINT not_13 CHECK (n <> 13)")
+
+    async def read_then_queue(conn: asyncpg.Connection, e: Event[Counted]) -> None:
+        await conn.fetchval("SELECT count(*) FROM effects")
+        await write(conn, "INSERT INTO effects VALUES ($1, $2)", e.event_id, e.payload.n)
+
+    stream = uuid.uuid4()
+    sent = [event(n, stream=stream) for n in (1, 13, 4)]
+    for e in sent:
+        await send(producer, topics[0], e)
+    metrics = ServiceMetrics()
+    async with Running(
+        runner_for(
+            infrastructure, pool, producer, topics, {"Counted": read_then_queue}, metrics, name
+        )
+    ):
+        await eventually(
+            lambda: asyncio.sleep(
+                0,
+                outcome(metrics, name, "processed") == 2
+                and outcome(metrics, name, "dead_lettered") == 1,
+            ),
+            what="two events processed and the failing one dead-lettered",
+        )
+    assert [r["n"] for r in await pool.fetch("SELECT n FROM effects ORDER BY n")] == [1, 4]
+    dead = await read_topic(infrastructure.kafka_bootstrap, topics[1], count=1)
+    assert decode_headers(dead[0].headers)["ce_id"] == str(sent[1].event_id)
+
+
 async def test_transient_errors_are_retried_with_backoff_and_take_effect_once(
     infrastructure, pool, producer, topics, topic_prefix, consume
 ):

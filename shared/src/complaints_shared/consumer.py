@@ -10,10 +10,11 @@ event: it goes to the dead-letter topic with the error and its origin in headers
 partition moves on.
 
 A handler may queue writes that need no answer with :func:`write`: within a batch they are sent
-together, in order (consecutive ones of the same statement in one pipelined round trip), after
-the batch's last handler and before it commits; a handler whose effect a later handler of the
-same batch reads must write at once instead.  A failed flush is narrowed down record by record
-like any failure outside one handler.
+together, in order (consecutive ones of the same statement in one pipelined round trip), before
+any other statement of the batch's connection runs and before the batch commits, so every
+statement still sees every earlier write, whichever handler made it.  A failed flush is
+narrowed down record by record like any failure outside one handler (the handler whose read set
+it off is not blamed for it).
 
 A rebuild starts the consumer over (:func:`start_over`, in the rebuild's transaction): its
 generation moves on, every replica's next batch sees that and rolls back, and each replica
@@ -31,7 +32,7 @@ import time
 from collections.abc import Awaitable, Callable, Mapping
 from contextvars import ContextVar
 from dataclasses import dataclass, field
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 from uuid import UUID
 
 import asyncpg
@@ -108,18 +109,95 @@ async def write(conn: asyncpg.Connection, sql: str, *args: Any) -> None:
 
 
 async def _flush(conn: asyncpg.Connection, queued: list[tuple[str, tuple[Any, ...]]]) -> None:
-    """The queued writes in order; each run of one statement in one round trip."""
+    """The queued writes in order, each run of one statement in one round trip; the queue is
+    empty afterwards."""
+    pending = list(queued)
+    queued.clear()
     i = 0
-    while i < len(queued):
-        sql = queued[i][0]
+    while i < len(pending):
+        sql = pending[i][0]
         j = i + 1
-        while j < len(queued) and queued[j][0] == sql:
+        while j < len(pending) and pending[j][0] == sql:
             j += 1
         if j - i == 1:
-            await conn.execute(sql, *queued[i][1])
+            await conn.execute(sql, *pending[i][1])
         else:
-            await conn.executemany(sql, [args for _, args in queued[i:j]])
+            await conn.executemany(sql, [args for _, args in pending[i:j]])
         i = j
+
+
+class _QueuedWritesFailed(Exception):
+    """The queued writes failed when a handler's statement flushed them: the failure is the
+    batch's (whose write it was is found record by record), not that handler's."""
+
+
+class _FlushFirst:
+    """The batch's connection as its handlers see it: every statement first sends the writes
+    queued so far, so a read never misses an earlier handler's write."""
+
+    _STATEMENTS = frozenset(
+        {
+            "execute",
+            "executemany",
+            "fetch",
+            "fetchrow",
+            "fetchval",
+            "fetchmany",
+            "prepare",
+            "copy_from_query",
+            "copy_from_table",
+            "copy_to_table",
+            "copy_records_to_table",
+        }
+    )
+
+    def __init__(self, conn: asyncpg.Connection, queued: list[tuple[str, tuple[Any, ...]]]):
+        self._conn = conn
+        self._queued = queued
+
+    async def flush(self) -> None:
+        if self._queued:
+            try:
+                await _flush(self._conn, self._queued)
+            except Exception as exc:
+                raise _QueuedWritesFailed(type(exc).__name__) from exc
+
+    def discard(self) -> None:
+        self._queued.clear()
+
+    def __getattr__(self, name: str) -> Any:
+        found = getattr(self._conn, name)
+        if name not in self._STATEMENTS:
+            return found
+
+        async def flushed_first(*args: Any, **kwargs: Any) -> Any:
+            await self.flush()
+            return await found(*args, **kwargs)
+
+        return flushed_first
+
+    def transaction(self, **kwargs: Any) -> Any:
+        return _FlushedTransaction(self, self._conn.transaction(**kwargs))
+
+
+class _FlushedTransaction:
+    """A savepoint opened by a handler: the writes queued before it are sent first, so rolling
+    the savepoint back never undoes them."""
+
+    def __init__(self, conn: _FlushFirst, transaction: Any) -> None:
+        self._conn = conn
+        self._transaction = transaction
+
+    async def __aenter__(self) -> Any:
+        await self._conn.flush()
+        return await self._transaction.__aenter__()
+
+    async def __aexit__(self, *exc: Any) -> Any:
+        if exc[0] is None:
+            await self._conn.flush()  # what was queued inside commits with the savepoint
+        else:
+            self._conn.discard()  # and is undone with it
+        return await self._transaction.__aexit__(*exc)
 
 
 GENERATION_CHECK_SECONDS = 5.0  # an idle replica still notices a rebuild this soon
@@ -348,7 +426,13 @@ class ConsumerRunner:
             fresh = await self._claim(conn, wanted)
             token = _QUEUED.set(queued)
             try:
-                await self._apply_all(conn, records, read, fresh, outcomes)
+                await self._apply_all(
+                    cast(asyncpg.Connection, _FlushFirst(conn, queued)),
+                    records,
+                    read,
+                    fresh,
+                    outcomes,
+                )
             finally:
                 _QUEUED.reset(token)
             await _flush(conn, queued)
@@ -370,6 +454,9 @@ class ConsumerRunner:
             with self._span(record, event, headers) as span:
                 try:
                     outcome = await self._apply(conn, handler, event, fresh)
+                except _QueuedWritesFailed as exc:
+                    assert exc.__cause__ is not None
+                    raise exc.__cause__ from None  # the batch's failure, not this handler's
                 except Exception as exc:
                     if is_transient(exc):
                         raise

@@ -61,7 +61,9 @@ class EventRecorder(Protocol):
         self, conn: Any, stream_id: UUID, expected_version: int, events: Sequence[DomainEvent]
     ) -> list[Event[DomainEvent]]: ...
 
-    async def load(self, conn: Any, stream_id: UUID) -> list[Event[DomainEvent]]: ...
+    async def load(
+        self, conn: Any, stream_id: UUID, from_version: int = 1
+    ) -> list[Event[DomainEvent]]: ...
 
     async def version(self, conn: Any, stream_id: UUID) -> int: ...
 
@@ -215,13 +217,14 @@ class PostgresEventStore:
         return int(v)
 
     async def load(
-        self, conn: asyncpg.Connection | asyncpg.Pool, stream_id: UUID
+        self, conn: asyncpg.Connection | asyncpg.Pool, stream_id: UUID, from_version: int = 1
     ) -> list[Event[DomainEvent]]:
-        """All events of a stream, in version order."""
+        """The stream's events from ``from_version`` on (all by default), in version order."""
         rows = await conn.fetch(
             "SELECT stream_id, version, event_id, type, occurred_at, data FROM events"
-            " WHERE stream_id = $1 ORDER BY version",
+            " WHERE stream_id = $1 AND version >= $2 ORDER BY version",
             stream_id,
+            from_version,
         )
         return await open_rows(rows, self.source, self.keyring)
 
@@ -297,8 +300,13 @@ class InMemoryEventStore:
     async def version(self, conn: Any, stream_id: UUID) -> int:
         return len(self.streams.get(stream_id, ()))
 
-    async def load(self, conn: Any, stream_id: UUID) -> list[Event[DomainEvent]]:
-        return await self._read(self.streams.get(stream_id, []), self.stored.get(stream_id, []))
+    async def load(
+        self, conn: Any, stream_id: UUID, from_version: int = 1
+    ) -> list[Event[DomainEvent]]:
+        skip = max(from_version, 1) - 1
+        return await self._read(
+            self.streams.get(stream_id, [])[skip:], self.stored.get(stream_id, [])[skip:]
+        )
 
 
 async def init_connection(conn: asyncpg.Connection) -> None:

@@ -17,10 +17,18 @@ transaction.  The conflict policy is one, and it depends on who decided:
 refuse.  The projection sees the state after the new events and the recorded events, and writes
 read models in the same transaction.  Side effects (messages to customers, timers) are outputs
 of the decision or derived by the projection from the state, never added by the store.
+
+A repository may keep the latest states of recently used streams (:class:`StateCache`), so that
+:meth:`Repository.execute` reads only the events appended since, instead of folding a long
+stream again for every decision.  A cached state is used only while the event it was folded up
+to is still the stream's event at that version (event ids are unique, and a rolled-back append
+leaves nothing behind), so a state from a transaction that did not commit is never used.  Only
+for aggregates whose state holds no personal data: a cached state would outlive an erasure.
 """
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
@@ -54,6 +62,43 @@ class Saved(Generic[S]):
     recorded: list[Event[DomainEvent]]
 
 
+@dataclass(frozen=True, slots=True)
+class _Cached(Generic[S]):
+    state: S
+    version: int
+    event_id: UUID  # the stream's event at ``version``, which ``state`` was folded up to
+
+
+class StateCache(Generic[S]):
+    """The latest state of up to ``size`` recently used streams, in this process (see the
+    module's docstring).  ``resume(state, events)`` continues a fold from a state; one cache is
+    shared by every repository of the same aggregate (say, every replica's handlers and API)."""
+
+    def __init__(
+        self, resume: Callable[[S, Iterable[Event[DomainEvent]]], S], size: int = 10_000
+    ) -> None:
+        self.resume = resume
+        self.size = size
+        self._states: OrderedDict[UUID, _Cached[S]] = OrderedDict()
+        self.hits = 0
+        self.misses = 0
+
+    def get(self, stream_id: UUID) -> _Cached[S] | None:
+        found = self._states.get(stream_id)
+        if found is not None:
+            self._states.move_to_end(stream_id)
+        return found
+
+    def put(self, stream_id: UUID, state: S, last: Event[DomainEvent]) -> None:
+        self._states[stream_id] = _Cached(state, last.version, last.event_id)
+        self._states.move_to_end(stream_id)
+        while len(self._states) > self.size:
+            self._states.popitem(last=False)
+
+    def forget(self, stream_id: UUID) -> None:
+        self._states.pop(stream_id, None)
+
+
 class Repository(Generic[S]):
     def __init__(
         self,
@@ -62,11 +107,33 @@ class Repository(Generic[S]):
         project: Project[S] | None = None,
         *,
         attempts: int = DEFAULT_ATTEMPTS,
+        cache: StateCache[S] | None = None,
     ) -> None:
         self.store = store
         self.fold = fold
         self.project = project
         self.attempts = attempts
+        self.cache = cache
+
+    async def _current(self, conn: Any, stream_id: UUID) -> tuple[S, int]:
+        """The stream's state and version for a decision: from the cache and the events
+        appended since, when the cached state is still valid; else folded from the start."""
+        cached = self.cache.get(stream_id) if self.cache is not None else None
+        if cached is not None and self.cache is not None:
+            events = await self.store.load(conn, stream_id, cached.version)
+            if events and events[0].event_id == cached.event_id:
+                self.cache.hits += 1
+                newer = events[1:]
+                state = self.cache.resume(cached.state, newer) if newer else cached.state
+                if newer:
+                    self.cache.put(stream_id, state, newer[-1])
+                return state, cached.version + len(newer)
+            self.cache.forget(stream_id)  # not committed after all, or the stream was removed
+            self.cache.misses += 1
+        loaded = await self.load(conn, stream_id)
+        if self.cache is not None and loaded.events:
+            self.cache.put(stream_id, loaded.state, loaded.events[-1])
+        return loaded.state, loaded.version
 
     async def load(self, conn: Any, stream_id: UUID) -> Loaded[S]:
         events = await self.store.load(conn, stream_id)
@@ -94,20 +161,29 @@ class Repository(Generic[S]):
         conflict policy).  No new events: nothing is written, and the state is returned."""
         attempts = self.attempts if redecide and expected_version is None else 1
         for attempt in range(1, attempts + 1):
-            loaded = await self.load(conn, stream_id)
-            if expected_version is not None and loaded.version != expected_version:
-                raise ConcurrencyConflict(stream_id, expected_version, loaded.version)
-            new = list(decide(loaded.state))
+            if self.cache is not None:
+                current, version = await self._current(conn, stream_id)
+                so_far: list[Event[DomainEvent]] = []
+            else:
+                loaded = await self.load(conn, stream_id)
+                current, version, so_far = loaded.state, loaded.version, loaded.events
+            if expected_version is not None and version != expected_version:
+                raise ConcurrencyConflict(stream_id, expected_version, version)
+            new = list(decide(current))
             if not new:
-                return Saved(loaded.state, loaded.version, [])
+                return Saved(current, version, [])
             try:
-                recorded = await self.store.append(conn, stream_id, loaded.version, new)
+                recorded = await self.store.append(conn, stream_id, version, new)
             except ConcurrencyConflict:
                 if attempt == attempts:
                     raise
                 continue
-            state = self.fold([*loaded.events, *recorded])
+            if self.cache is not None:
+                state = self.cache.resume(current, recorded)
+                self.cache.put(stream_id, state, recorded[-1])
+            else:
+                state = self.fold([*so_far, *recorded])
             if self.project is not None:
                 await self.project(conn, state, recorded)
-            return Saved(state, loaded.version + len(recorded), recorded)
+            return Saved(state, version + len(recorded), recorded)
         raise AssertionError("unreachable")  # pragma: no cover

@@ -6,7 +6,8 @@ from functools import partial
 
 from complaints_learning.api import ROUTERS
 from complaints_learning.handlers import subscriptions
-from complaints_learning.search import SimilarSearch, keep_index
+from complaints_learning.resources import LearningResources
+from complaints_learning.search import keep_index
 from complaints_learning.worker import run_verification
 from complaints_shared.customers import by_complaint
 from complaints_shared.service import ServiceSpec
@@ -22,10 +23,10 @@ SPEC = ServiceSpec(
     own_topic=lambda t: t.learning,
     routers=ROUTERS,
     subscriptions=subscriptions,
-    prepare=lambda settings, policy: SimilarSearch(),
+    prepare=lambda settings, policy: LearningResources(),
     background=lambda rt: [
         partial(run_verification, rt),
-        partial(keep_index, rt.resources, rt.pool),
+        partial(keep_index, rt.resources.search, rt.pool),
     ],
     subject_records=by_complaint("complaint_facts", "occurrences"),
 )

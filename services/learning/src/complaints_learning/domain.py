@@ -138,11 +138,24 @@ def evolve(p: Problem | None, e: Event[DomainEvent]) -> Problem | None:
     return p
 
 
-def fold(events: Iterable[Event[DomainEvent]]) -> Problem | None:
-    p: Problem | None = None
+def resume(p: Problem | None, events: Iterable[Event[DomainEvent]]) -> Problem | None:
+    """The state after ``events``, from ``p`` (the state before them)."""
     for e in events:
         p = evolve(p, e)
     return p
+
+
+def fold(events: Iterable[Event[DomainEvent]]) -> Problem | None:
+    return resume(None, events)
+
+
+def counted_by(p: DomainEvent) -> tuple[uuid.UUID, ...]:
+    """The complaints an event counts for its problem."""
+    if isinstance(p, ev.ProblemOpened):
+        return p.complaint_ids
+    if isinstance(p, ev.RecurrenceDetected | ev.RecurrenceAfterFix):
+        return (p.complaint_id,)
+    return ()
 
 
 def occurrence_of(p: DomainEvent) -> uuid.UUID | None:

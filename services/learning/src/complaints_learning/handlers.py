@@ -16,7 +16,7 @@ from complaints_learning.domain import (
     withdraw_occurrence,
 )
 from complaints_learning.projection import problems
-from complaints_shared.consumer import Handler, Subscription, on
+from complaints_shared.consumer import Handler, Subscription, on, write
 from complaints_shared.db import one_at_a_time
 from complaints_shared.envelope import Event
 from complaints_shared.events import followup as fu
@@ -25,7 +25,83 @@ from complaints_shared.events import resolution as rs
 from complaints_shared.privacy import ERASED
 from complaints_shared.service import Runtime
 
-FACTS = "INSERT INTO complaint_facts (complaint_id) VALUES ($1) ON CONFLICT DO NOTHING"
+# Every handler writes a complaint's facts with one upsert: the first event of a complaint to
+# arrive (topics and partitions keep no order between services) makes its row.
+RECEIVED = """
+INSERT INTO complaint_facts AS f (complaint_id, category, channel, severity, received_at,
+                                  reference, product, safety_incident, language, text,
+                                  text_version)
+VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, nextval('complaint_text_seq'))
+ON CONFLICT (complaint_id) DO UPDATE SET
+    -- category, product, severity: unless resolution's events (a cause, a correction), read
+    -- first from their own topic, have set them already
+    category = coalesce(f.category, EXCLUDED.category), channel = EXCLUDED.channel,
+    severity = coalesce(f.severity, EXCLUDED.severity), received_at = EXCLUDED.received_at,
+    reference = EXCLUDED.reference,
+    product = CASE WHEN f.root_cause IS NULL THEN EXCLUDED.product ELSE f.product END,
+    safety_incident = f.safety_incident OR EXCLUDED.safety_incident,
+    language = EXCLUDED.language, text = EXCLUDED.text, text_version = EXCLUDED.text_version
+"""
+
+# What placing a complaint under its signature reads of its facts.
+_PLACED = "root_cause, category, product, safety_incident, received_at, cause_identified_at"
+
+CAUSE = f"""
+INSERT INTO complaint_facts AS f (complaint_id, root_cause, responsible, cause_identified_at,
+                                  category, product, safety_incident)
+VALUES ($1, $2, $3, $4, $5, $6, $7)
+ON CONFLICT (complaint_id) DO UPDATE SET
+    root_cause = EXCLUDED.root_cause, responsible = EXCLUDED.responsible,
+    cause_identified_at = EXCLUDED.cause_identified_at, category = EXCLUDED.category,
+    product = EXCLUDED.product, safety_incident = f.safety_incident OR EXCLUDED.safety_incident
+RETURNING {_PLACED}
+"""
+
+CLASSIFIED = f"""
+INSERT INTO complaint_facts (complaint_id, category, product, severity) VALUES ($1, $2, $3, $4)
+ON CONFLICT (complaint_id) DO UPDATE SET
+    category = EXCLUDED.category, product = EXCLUDED.product, severity = EXCLUDED.severity
+RETURNING {_PLACED}
+"""
+
+RESOLVED = """
+INSERT INTO complaint_facts (complaint_id, resolved_at) VALUES ($1, $2)
+ON CONFLICT (complaint_id) DO UPDATE SET resolved_at = EXCLUDED.resolved_at
+"""
+
+REOPENED = """
+INSERT INTO complaint_facts (complaint_id) VALUES ($1)
+ON CONFLICT (complaint_id) DO UPDATE SET resolved_at = NULL
+"""
+
+BREACHED = """
+INSERT INTO complaint_facts AS f (complaint_id, resolution_breached, first_response_breached)
+VALUES ($1, $2 = 'resolution', $2 = 'first_response')
+ON CONFLICT (complaint_id) DO UPDATE SET
+    resolution_breached = f.resolution_breached OR EXCLUDED.resolution_breached,
+    first_response_breached = f.first_response_breached OR EXCLUDED.first_response_breached
+"""
+
+SATISFACTION = """
+INSERT INTO complaint_facts (complaint_id, score, solved) VALUES ($1, $2, $3)
+ON CONFLICT (complaint_id) DO UPDATE SET score = EXCLUDED.score, solved = EXCLUDED.solved
+"""
+
+# A complaint counted for a signature, and the complaints counted for it in the window around
+# it (this one included: the insert's row is not yet visible to the statement's own read).
+OCCURRED = """
+WITH added AS (
+    INSERT INTO occurrences (signature, complaint_id, occurred_at) VALUES ($1, $2, $3)
+    ON CONFLICT DO NOTHING
+    RETURNING complaint_id, occurred_at
+), window_ AS (
+    SELECT complaint_id, occurred_at FROM occurrences
+     WHERE signature = $1 AND occurred_at >= $4 AND occurred_at <= $5
+    UNION
+    SELECT complaint_id, occurred_at FROM added
+)
+SELECT complaint_id FROM window_ ORDER BY occurred_at, complaint_id
+"""
 
 
 def subscriptions(rt: Runtime) -> list[Subscription]:
@@ -33,23 +109,15 @@ def subscriptions(rt: Runtime) -> list[Subscription]:
 
     def facts(sql: str, *values: Callable[[Event[Any]], object]) -> Handler:
         async def handle(conn: asyncpg.Connection, event: Event[Any]) -> None:
-            await conn.execute(FACTS, event.stream_id)
-            await conn.execute(sql, event.stream_id, *(v(event) for v in values))
+            await write(conn, sql, event.stream_id, *(v(event) for v in values))
 
         return handle
 
     async def on_received(conn: asyncpg.Connection, e: Event[it.ComplaintReceived]) -> None:
         d = e.payload
-        await conn.execute(FACTS, e.stream_id)
-        await conn.execute(
-            # category, product, severity: unless resolution's events (a cause, a correction),
-            # read first from their own topic, have set them already
-            "UPDATE complaint_facts SET category = coalesce(category, $2), channel = $3,"
-            " severity = coalesce(severity, $4), received_at = $5, reference = $6,"
-            " product = CASE WHEN root_cause IS NULL THEN $7 ELSE product END,"
-            " safety_incident = safety_incident OR $8,"
-            " language = $9, text = $10, text_version = nextval('complaint_text_seq')"
-            " WHERE complaint_id = $1",
+        await write(
+            conn,
+            RECEIVED,
             e.stream_id,
             d.category,
             d.channel.value,
@@ -63,21 +131,17 @@ def subscriptions(rt: Runtime) -> list[Subscription]:
         )
 
     async def on_erased(conn: asyncpg.Connection, e: Event[it.PersonalDataErased]) -> None:
-        await conn.execute(
+        await write(
+            conn,
             "UPDATE complaint_facts SET text = NULL, text_version = nextval('complaint_text_seq')"
             " WHERE complaint_id = ANY($1::uuid[])",
             list(e.payload.complaint_ids),
         )
 
-    async def place(conn: asyncpg.Connection, complaint_id: UUID) -> None:
+    async def place(conn: asyncpg.Connection, complaint_id: UUID, f: asyncpg.Record) -> None:
         """Count the complaint for the problem of its signature (root cause and product, as
-        its facts say now), and no longer for the one of an earlier signature."""
-        f = await conn.fetchrow(
-            "SELECT root_cause, category, product, safety_incident, received_at,"
-            " cause_identified_at FROM complaint_facts WHERE complaint_id = $1",
-            complaint_id,
-        )
-        if f is None or f["root_cause"] is None:
+        its facts ``f`` say now), and no longer for the one of an earlier signature."""
+        if f["root_cause"] is None:
             return  # no cause yet: nothing to count
         signature = Signature.of(f["root_cause"], f["category"], f["product"])
         earlier = [
@@ -109,21 +173,8 @@ def subscriptions(rt: Runtime) -> list[Subscription]:
                 old,
             )
         occurred_at = f["cause_identified_at"]
-        await conn.execute(
-            "INSERT INTO occurrences (signature, complaint_id, occurred_at) VALUES ($1, $2, $3)"
-            " ON CONFLICT DO NOTHING",
-            signature.key,
-            complaint_id,
-            occurred_at,
-        )
         since, until = recurrence_window(occurred_at, rt.policy)
-        rows = await conn.fetch(
-            "SELECT complaint_id FROM occurrences WHERE signature = $1 AND occurred_at >= $2"
-            " AND occurred_at <= $3 ORDER BY occurred_at, complaint_id",
-            signature.key,
-            since,
-            until,
-        )
+        rows = await conn.fetch(OCCURRED, signature.key, complaint_id, occurred_at, since, until)
         in_window = [str(r["complaint_id"]) for r in rows]
         saved = await repository.execute(
             conn,
@@ -139,7 +190,8 @@ def subscriptions(rt: Runtime) -> list[Subscription]:
         )
         problem = saved.state
         if problem is not None and str(complaint_id) in problem.complaints:
-            await conn.execute(
+            await write(
+                conn,
                 "UPDATE complaint_facts SET problem_id = $2 WHERE complaint_id = $1",
                 complaint_id,
                 problem.problem_id,
@@ -147,11 +199,8 @@ def subscriptions(rt: Runtime) -> list[Subscription]:
 
     async def on_cause(conn: asyncpg.Connection, e: Event[rs.CauseIdentified]) -> None:
         d = e.payload
-        await conn.execute(FACTS, e.stream_id)
-        await conn.execute(
-            "UPDATE complaint_facts SET root_cause = $2, responsible = $3,"
-            " cause_identified_at = $4, category = $5, product = $6,"
-            " safety_incident = safety_incident OR $7 WHERE complaint_id = $1",
+        f = await conn.fetchrow(
+            CAUSE,
             e.stream_id,
             d.root_cause,
             d.responsible,
@@ -160,20 +209,12 @@ def subscriptions(rt: Runtime) -> list[Subscription]:
             d.product,
             d.safety_incident,
         )
-        await place(conn, e.stream_id)
+        await place(conn, e.stream_id, f)
 
     async def on_classified(conn: asyncpg.Connection, e: Event[rs.CaseClassified]) -> None:
         d = e.payload
-        await conn.execute(FACTS, e.stream_id)
-        await conn.execute(
-            "UPDATE complaint_facts SET category = $2, product = $3, severity = $4"
-            " WHERE complaint_id = $1",
-            e.stream_id,
-            d.category,
-            d.product,
-            d.severity.value,
-        )
-        await place(conn, e.stream_id)
+        f = await conn.fetchrow(CLASSIFIED, e.stream_id, d.category, d.product, d.severity.value)
+        await place(conn, e.stream_id, f)
 
     def deadline(e: Event[rs.DeadlineBreached]) -> object:
         return e.payload.deadline
@@ -197,35 +238,19 @@ def subscriptions(rt: Runtime) -> list[Subscription]:
                     on(rs.CaseClassified, on_classified),
                     on(
                         rs.CaseResolved,
-                        facts(
-                            "UPDATE complaint_facts SET resolved_at = $2 WHERE complaint_id = $1",
-                            lambda e: e.occurred_at,
-                        ),
+                        facts(RESOLVED, lambda e: e.occurred_at),
                     ),
                     on(
                         rs.CaseReopened,
-                        facts(
-                            "UPDATE complaint_facts SET resolved_at = NULL WHERE complaint_id = $1"
-                        ),
+                        facts(REOPENED),
                     ),
                     on(
                         rs.DeadlineBreached,
-                        facts(
-                            "UPDATE complaint_facts SET"
-                            " resolution_breached = resolution_breached OR $2 = 'resolution',"
-                            " first_response_breached = first_response_breached"
-                            " OR $2 = 'first_response' WHERE complaint_id = $1",
-                            deadline,
-                        ),
+                        facts(BREACHED, deadline),
                     ),
                     on(
                         fu.SatisfactionRecorded,
-                        facts(
-                            "UPDATE complaint_facts SET score = $2, solved = $3"
-                            " WHERE complaint_id = $1",
-                            score,
-                            solved,
-                        ),
+                        facts(SATISFACTION, score, solved),
                     ),
                 ]
             ),

@@ -7,7 +7,8 @@ from uuid import UUID
 
 import asyncpg
 
-from complaints_learning.domain import Problem, fold
+from complaints_learning.domain import Problem, counted_by, fold
+from complaints_learning.resources import LearningResources
 from complaints_shared.envelope import Event
 from complaints_shared.errors import NotFound
 from complaints_shared.events import DomainEvent
@@ -25,7 +26,8 @@ def problems(rt: Runtime) -> Repository[Problem | None]:
         if problem is not None:
             await project(conn, recorded, problem)
 
-    return Repository(rt.store, fold, project_problem)
+    res: LearningResources = rt.resources
+    return Repository(rt.store, fold, project_problem, cache=res.problem_states)
 
 
 async def project(
@@ -58,11 +60,16 @@ async def project(
         problem.version,
         any(isinstance(e.payload, OCCURRENCES) for e in events),
     )
-    await conn.execute(  # a complaint withdrawn from it is unlinked by the handler
-        "UPDATE complaint_facts SET problem_id = $1 WHERE complaint_id = ANY($2::uuid[])",
-        problem.problem_id,
-        [UUID(c) for c in problem.complaints],
-    )
+    # the complaints these events counted (not all of the problem's again: one row per
+    # occurrence, however large the problem grows); a withdrawn one is unlinked by the handler
+    counted = {str(c) for e in events for c in counted_by(e.payload)}
+    linked = [UUID(c) for c in problem.complaints if c in counted]
+    if linked:
+        await conn.execute(
+            "UPDATE complaint_facts SET problem_id = $1 WHERE complaint_id = ANY($2::uuid[])",
+            problem.problem_id,
+            linked,
+        )
 
 
 async def load_problem(

@@ -57,7 +57,7 @@ async def similar(
     )
     if me is None or me["text"] is None:
         raise NotFound("complaint", complaint_id)
-    search: SimilarSearch = rt.resources
+    search: SimilarSearch = rt.resources.search
     if me["text_version"] > search.index.version:  # received after this instance looked
         await search.refresh(rt.pool)
     # a generous candidate list: matches whose facts are gone are dropped, problems grouped
