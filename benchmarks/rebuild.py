@@ -171,14 +171,20 @@ async def _processed(conn: asyncpg.Connection) -> int:
     )
 
 
-async def _wait_processed(conn: asyncpg.Connection, total: int, within: float) -> float:
-    """Seconds until learning's inbox holds ``total`` events (raises after ``within``)."""
+async def _wait_processed(
+    conn: asyncpg.Connection, total: int, within: float
+) -> tuple[float, float | None]:
+    """Seconds until learning's inbox holds ``total`` events (raises after ``within``), and
+    until it held its first one."""
     t0 = time.perf_counter()
+    first: float | None = None
     while (n := await _processed(conn)) < total:
+        if first is None and n:
+            first = time.perf_counter() - t0
         if time.perf_counter() - t0 > within:
             raise RuntimeError(f"learning processed {n} of {total} events in {within:.0f}s")
         await asyncio.sleep(0.05)
-    return time.perf_counter() - t0
+    return time.perf_counter() - t0, first
 
 
 def _rebuild(url: str, token: str) -> dict[str, Any]:
@@ -217,7 +223,7 @@ def bench(h: Harness, *, admin_token: str, complaints: int) -> dict[str, Any]:
                 t0 = time.perf_counter()
                 answer = await asyncio.to_thread(_rebuild, url, admin_token)
                 reset = time.perf_counter() - t0
-                replay = await _wait_processed(conn, total, within=600)
+                replay, first = await _wait_processed(conn, total, within=600)
                 problems = int(await conn.fetchval("SELECT count(*) FROM problems"))
             finally:
                 await conn.close()
@@ -229,6 +235,7 @@ def bench(h: Harness, *, admin_token: str, complaints: int) -> dict[str, Any]:
                 "events": total,
                 "reset_seconds": round(reset, 2),
                 "replay_seconds": round(replay, 2),
+                "first_handled_after_seconds": round(first, 2) if first is not None else None,
                 "rebuild_per_s": round(total / (reset + replay), 1),
                 "bare_read_per_s": round(total / bare, 1),
                 "problems": problems,

@@ -4,9 +4,9 @@
 
 Stages (``--only`` picks some; all by default):
 
-- ``append``: N single-event appends (personal data sealed, outbox row, wake-up) with 8
-  writers, against raw asyncpg inserting the same event and outbox rows, one transaction each,
-  with the same 8 connections.
+- ``append``: N single-event appends (personal data sealed, outbox row, the relay's wake-up
+  after the commit, as in the services' units of work) with 8 writers, against raw asyncpg
+  inserting the same event and outbox rows, one transaction each, with the same 8 connections.
 - ``relay``: the outbox relay publishing a backlog of N committed events until the broker
   acknowledged all and they are marked sent, against an ``acks=all`` idempotent producer
   sending the same N records.
@@ -68,7 +68,12 @@ from complaints_shared.consumer import ConsumerRunner, Subscription, write  # no
 from complaints_shared.db import create_pool  # noqa: E402
 from complaints_shared.envelope import Event, to_kafka_record  # noqa: E402
 from complaints_shared.events.intake import ComplaintWithdrawn  # noqa: E402
-from complaints_shared.eventstore import PostgresEventStore, sealed_payloads  # noqa: E402
+from complaints_shared.eventstore import (  # noqa: E402
+    PostgresEventStore,
+    Wakeup,
+    sealed_payloads,
+    unit_of_work,
+)
 from complaints_shared.metrics import ServiceMetrics  # noqa: E402
 from complaints_shared.outbox import OutboxRelay  # noqa: E402
 from complaints_shared.privacy import PostgresKeyring, load_master_key, new_master_key  # noqa: E402
@@ -177,8 +182,10 @@ async def event_path(n: int, bootstrap: str, server: str, stages: set[str]) -> l
                     "raw",
                 )
 
+        wakeup = Wakeup(pool)  # no relay of this process watches: each wake-up NOTIFYs
+
         async def store_one(stream: uuid.UUID) -> None:
-            async with sem, pool.acquire() as conn, conn.transaction():
+            async with sem, unit_of_work(pool, wakeup) as conn:  # as the services append
                 await store.append(conn, stream, 0, [PAYLOAD])
 
         async def raw_all() -> None:
@@ -465,6 +472,12 @@ def rebuild_rows(f: dict[str, Any]) -> list[Row]:
         ),
         Row("rebuild", "  reset (the answer to POST /admin/rebuild)", f["reset_seconds"], "s"),
         Row("rebuild", "  replay until every event is handled again", f["replay_seconds"], "s"),
+        Row(
+            "rebuild",
+            "  of which until the first is handled (rejoin)",
+            f["first_handled_after_seconds"] or float("nan"),
+            "s",
+        ),
     ]
 
 

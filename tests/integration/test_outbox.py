@@ -15,6 +15,7 @@ from complaints_shared.consumer import ConsumerRunner, Subscription
 from complaints_shared.envelope import Event, decode_headers, from_kafka_record
 from complaints_shared.errors import ConcurrencyConflict
 from complaints_shared.eventstore import PostgresEventStore as EventStore
+from complaints_shared.eventstore import Wakeup, unit_of_work
 from complaints_shared.metrics import ServiceMetrics
 from complaints_shared.outbox import _LEADER_LOCK, OutboxRelay
 from complaints_shared.telemetry import setup_telemetry
@@ -113,6 +114,65 @@ async def test_relay_wakes_on_notify_rather_than_polling(
         relay_task.cancel()
         await asyncio.gather(relay_task, return_exceptions=True)
     assert from_kafka_record(records[0].value, records[0].headers).type == "Pinged"
+
+
+@pytest.mark.parametrize("relay_in", ["this process", "another process"])
+async def test_units_of_work_wake_the_relay_once_their_transactions_end(
+    infrastructure, database, pool, producer, topic, relay_in
+):
+    """Appends in units of work carry no NOTIFY of their own: the relay of this process is
+    woken directly (no NOTIFY at all while it leads), another process's by NOTIFYs sent after
+    the commits.  A wake-up before its commit would leave the relay asleep for an hour."""
+    store = EventStore(source="/complaints/test", topic=topic)
+    wakeup = Wakeup(pool)
+    relay = make_relay(
+        database,
+        pool,
+        producer,
+        idle_poll_seconds=3600,
+        wakeup=wakeup if relay_in == "this process" else None,
+    )
+    relay_task = asyncio.create_task(relay.run())
+    writers = asyncio.Semaphore(8)
+
+    async def append_one() -> None:
+        async with writers, unit_of_work(pool, wakeup) as conn:
+            await store.append(conn, uuid.uuid4(), 0, [Pinged()])
+
+    try:
+        await eventually(lambda: asyncio.sleep(0, relay.is_leader), what="relay leadership")
+        await asyncio.sleep(0.5)  # the relay is now idle, waiting to be woken
+        await asyncio.gather(*(append_one() for _ in range(40)))
+        records = await read_topic(infrastructure.kafka_bootstrap, topic, count=40, timeout=20)
+    finally:
+        relay_task.cancel()
+        await asyncio.gather(relay_task, return_exceptions=True)
+    assert len(records) == 40
+    if relay_in == "this process":
+        assert wakeup.notified == 0
+    else:
+        assert 1 <= wakeup.notified <= 40
+
+
+async def test_wake_ups_asked_for_while_one_is_sent_are_covered_by_one_more(database, pool):
+    wakeup = Wakeup(pool)
+    listener = await asyncpg.connect(database)
+    heard: list[str] = []
+    await listener.add_listener("complaints_outbox", lambda *a: heard.append(a[2]))
+    try:
+        for _ in range(10):  # ten units end before the first NOTIFY leaves: one covers all
+            wakeup.wake()
+        await eventually(lambda: asyncio.sleep(0, len(heard) == 1), what="one NOTIFY")
+        wakeup.wake()
+        await asyncio.sleep(0)  # that NOTIFY is on its way now
+        assert wakeup._sending is not None and not wakeup._sending.done()
+        for _ in range(5):  # these commits may be later than the NOTIFY in flight
+            wakeup.wake()
+        await eventually(lambda: asyncio.sleep(0, len(heard) == 3), what="two more NOTIFYs")
+        await asyncio.sleep(0.2)
+        assert wakeup.notified == 3 and len(heard) == 3
+    finally:
+        await listener.close()
 
 
 async def test_relay_crash_between_publish_and_mark_sent_republishes_and_inbox_keeps_one_effect(

@@ -48,6 +48,7 @@ from complaints_shared.envelope import (
     event_type_of,
 )
 from complaints_shared.events import DomainEvent
+from complaints_shared.eventstore import Wakeup, unit_of_work
 from complaints_shared.faults import Backoff, is_transient
 from complaints_shared.metrics import ServiceMetrics
 from complaints_shared.privacy import Keyring, open_payloads
@@ -272,6 +273,13 @@ class ConsumerRunner:
     keyring: Keyring | None = None  # opens the personal values the handlers read
     assigned: bool = False
     generation: int = 0  # of the consumer group this runner consumes in
+    wakeup: Wakeup | None = None  # the outbox relay's, for the events handlers append
+    _recheck: bool = False  # check the generation at the next idle poll, not in 5 s
+
+    def check_generation_soon(self) -> None:
+        """A rebuild in this process has just moved the generation on: this replica starts
+        over at its next idle poll (the others notice within ``GENERATION_CHECK_SECONDS``)."""
+        self._recheck = True
 
     async def run(self) -> None:
         """Consume forever; restarts the Kafka consumer with backoff after broker or database
@@ -335,7 +343,10 @@ class ConsumerRunner:
             while True:
                 batch = await consumer.getmany(timeout_ms=500)
                 self.assigned = bool(consumer.assignment())
-                if not batch and time.monotonic() - checked > GENERATION_CHECK_SECONDS:
+                if not batch and (
+                    self._recheck or time.monotonic() - checked > GENERATION_CHECK_SECONDS
+                ):
+                    self._recheck = False
                     await self._check_generation()
                     checked = time.monotonic()
                 done: dict[TopicPartition, int] = {}
@@ -422,7 +433,7 @@ class ConsumerRunner:
         read = await self._read(records)
         wanted = [found[2] for found in read if found is not None]
         queued: list[tuple[str, tuple[Any, ...]]] = []
-        async with self.pool.acquire() as conn, conn.transaction():
+        async with unit_of_work(self.pool, self.wakeup) as conn:
             fresh = await self._claim(conn, wanted)
             token = _QUEUED.set(queued)
             try:

@@ -8,12 +8,24 @@ Two implementations pass the same contract tests (``tests/contract``):
   concurrency check; a conflict raises :class:`ConcurrencyConflict` and leaves the caller's
   transaction usable (nothing of the failed append remains), so the caller may decide again.
 - :class:`InMemoryEventStore`: the same semantics in a dict, for fast domain tests.
+
+The outbox relay is woken when events are queued.  Inside a unit of work
+(:func:`unit_of_work`) the wake-up is sent once the unit's transaction has ended, coalesced
+across the units that end meanwhile (:class:`Wakeup`): the relay of this process is woken
+directly, another process's leading relay by one ``NOTIFY`` at a time.  An append outside a
+unit of work notifies in its own statement.  A wake-up never precedes the commit it announces,
+and every unit that appended is followed by one; a lost one (the process died right after the
+commit) costs the relay's idle poll, not the event.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
-from dataclasses import replace
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator, Callable, Sequence
+from contextlib import asynccontextmanager
+from contextvars import ContextVar
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from typing import Any, Protocol
 from uuid import UUID, uuid4
@@ -155,6 +167,88 @@ SELECT (SELECT count(*) FROM queued) AS appended, (SELECT count(*) FROM wake) AS
 """
 
 
+_APPEND_QUIETLY = _APPEND.replace(
+    """, wake AS (
+    SELECT pg_notify($10, '')
+)
+SELECT (SELECT count(*) FROM queued) AS appended, (SELECT count(*) FROM wake) AS woken""",
+    """
+SELECT (SELECT count(*) FROM queued) AS appended, $10::text AS woken""",
+)
+assert _APPEND_QUIETLY != _APPEND
+
+
+class Wakeup:
+    """Wakes the outbox relay after commits that queued events (see the module's docstring).
+
+    The relay of this process registers with :meth:`watch`; while it leads, a wake-up is a
+    local signal and costs nothing.  Otherwise one ``NOTIFY`` is sent at a time over the pool,
+    and wake-ups asked for meanwhile are covered by one more after it."""
+
+    def __init__(self, pool: asyncpg.Pool, channel: str = OUTBOX_CHANNEL) -> None:
+        self._pool = pool
+        self._channel = channel
+        self._local: list[tuple[asyncio.Event, Callable[[], bool]]] = []
+        self._sending: asyncio.Task[None] | None = None
+        self._again = False
+        self.notified = 0  # NOTIFYs sent
+
+    def watch(self, event: asyncio.Event, leading: Callable[[], bool]) -> None:
+        """Set ``event`` on every wake-up; no ``NOTIFY`` is needed while ``leading()``."""
+        self._local.append((event, leading))
+
+    def wake(self) -> None:
+        for event, _ in self._local:
+            event.set()
+        if any(leading() for _, leading in self._local):
+            return
+        if self._sending is not None and not self._sending.done():
+            self._again = True  # the NOTIFY in flight may have left before this commit
+            return
+        self._sending = asyncio.get_running_loop().create_task(self._send())
+
+    async def _send(self) -> None:
+        again = True
+        while again:
+            self._again = False
+            with contextlib.suppress(Exception):  # the relay's idle poll covers a lost one
+                await self._pool.execute("SELECT pg_notify($1, '')", self._channel)
+                self.notified += 1
+            again = self._again
+
+
+@dataclass(slots=True)
+class _Unit:
+    wakeup: Wakeup
+    appended: bool = False
+    open: bool = True  # a task started inside it may outlive it (and then notifies itself)
+
+
+_UNIT: ContextVar[_Unit | None] = ContextVar("complaints_unit_of_work", default=None)
+
+
+@asynccontextmanager
+async def unit_of_work(
+    pool: asyncpg.Pool, wakeup: Wakeup | None
+) -> AsyncIterator[asyncpg.Connection]:
+    """A connection in a transaction; events appended in it wake the relay once the
+    transaction has ended (committed or not: a needless wake-up is harmless)."""
+    if wakeup is None:
+        async with pool.acquire() as conn, conn.transaction():
+            yield conn
+        return
+    unit = _Unit(wakeup)
+    token = _UNIT.set(unit)
+    try:
+        async with pool.acquire() as conn, conn.transaction():
+            yield conn
+    finally:
+        unit.open = False
+        _UNIT.reset(token)
+        if unit.appended:
+            wakeup.wake()
+
+
 class PostgresEventStore:
     """One service's event streams in PostgreSQL, queued for ``topic`` through the outbox."""
 
@@ -174,7 +268,7 @@ class PostgresEventStore:
         events: Sequence[DomainEvent],
     ) -> list[Event[DomainEvent]]:
         """Append ``events`` after ``expected_version``, inside the caller's transaction (one
-        round trip: events, outbox rows and the relay's wake-up).
+        round trip: events, outbox rows and, outside a unit of work, the relay's wake-up).
 
         Raises :class:`ConcurrencyConflict` (with the stream's version) when the stream is not
         at ``expected_version``; the failed append leaves nothing behind.
@@ -184,8 +278,13 @@ class PostgresEventStore:
         if not events:
             return []
         recorded = _new_events(self.source, stream_id, expected_version, events, self.clock())
+        unit = _UNIT.get()
+        if unit is not None and not unit.open:
+            unit = None
+        if unit is not None:
+            unit.appended = True  # woken when the unit's transaction has ended
         row = await conn.fetchrow(
-            _APPEND,
+            _APPEND if unit is None else _APPEND_QUIETLY,
             stream_id,
             [e.version for e in recorded],
             [e.event_id for e in recorded],

@@ -1,7 +1,8 @@
 """The outbox relay: publishes committed events to Kafka in commit order, then marks them sent.
 
 One relay per database is active at a time (a session advisory lock elects it).  It wakes on
-``LISTEN complaints_outbox`` (the store notifies in the appending transaction), publishes the
+``LISTEN complaints_outbox`` (the store's wake-up after the appending transaction, or a
+direct signal from a unit of work in the same process), publishes the
 unsent rows in ``position`` order with an idempotent ``acks=all`` producer, and marks them sent
 only after every record of the batch was acknowledged.  A crash between the two republishes
 the batch: consumers' inboxes keep the effect single.  Per stream, order holds: version n+1
@@ -30,7 +31,7 @@ from aiokafka import AIOKafkaProducer
 from aiokafka.errors import MessageSizeTooLargeError, RecordTooLargeError
 
 from complaints_shared.envelope import StoredEvent, to_kafka_record
-from complaints_shared.eventstore import OUTBOX_CHANNEL, init_connection
+from complaints_shared.eventstore import OUTBOX_CHANNEL, Wakeup, init_connection
 from complaints_shared.faults import Backoff, is_transient
 from complaints_shared.metrics import ServiceMetrics
 from complaints_shared.telemetry import (
@@ -110,6 +111,7 @@ class OutboxRelay:
         idle_poll_seconds: float = 5.0,
         follow_poll_seconds: float = 1.0,
         takeover_after: float = 30.0,
+        wakeup: Wakeup | None = None,  # this process's units of work wake the relay directly
     ) -> None:
         self._dsn = dsn
         self._password = password
@@ -127,6 +129,8 @@ class OutboxRelay:
         self.is_leader = False
         self.takeovers = 0
         self._parked: int | None = None  # at the last count (None: not counted yet)
+        if wakeup is not None:
+            wakeup.watch(self._wake, lambda: self.is_leader)
 
     async def run(self) -> None:
         """Relay forever; reconnects with backoff after database or broker failures (the

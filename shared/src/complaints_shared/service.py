@@ -8,7 +8,7 @@ import importlib
 import logging
 import os
 from collections.abc import AsyncIterator, Callable, Coroutine, Sequence
-from contextlib import asynccontextmanager
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Annotated, Any
 
@@ -24,7 +24,7 @@ from complaints_shared import customers, redrive
 from complaints_shared.auth import Access, OidcVerifier, RateLimiter, check_declared, public
 from complaints_shared.consumer import ConsumerRunner, Subscription
 from complaints_shared.db import application_name, create_pool
-from complaints_shared.eventstore import Clock, PostgresEventStore, utc_now
+from complaints_shared.eventstore import Clock, PostgresEventStore, Wakeup, unit_of_work, utc_now
 from complaints_shared.faults import Backoff, is_transient, supervise
 from complaints_shared.limits import RequestLimits
 from complaints_shared.logs import configure_logging
@@ -59,6 +59,12 @@ class Runtime:
     metrics: ServiceMetrics
     clock: Clock
     resources: Any = None  # what the service prepared at start (templates, rules, ...)
+    wakeup: Wakeup | None = None  # of the outbox relay, after units of work that appended
+
+    def transaction(self) -> AbstractAsyncContextManager[asyncpg.Connection]:
+        """A unit of work: a pooled connection in a transaction; the relay learns of the
+        events appended in it once it has ended."""
+        return unit_of_work(self.pool, self.wakeup)
 
 
 @dataclass(frozen=True)
@@ -194,6 +200,7 @@ def create_app(
             client_id=f"complaints-{spec.name}",
         )
         link = BrokerLink(settings, topics, producer)
+        wakeup = Wakeup(pool)
         store = PostgresEventStore(
             source=f"/complaints/{spec.name}",
             topic=spec.own_topic(topics),
@@ -213,6 +220,7 @@ def create_app(
             metrics,
             clock,
             resources,
+            wakeup,
         )
         relay = OutboxRelay(
             dsn=dsn,
@@ -224,6 +232,7 @@ def create_app(
             telemetry=telemetry,
             metrics=metrics,
             takeover_after=settings.outbox_takeover_seconds,
+            wakeup=wakeup,
         )
         consumers = [
             ConsumerRunner(
@@ -235,6 +244,7 @@ def create_app(
                 metrics,
                 dlq_topic=topics.dlq,
                 keyring=keyring,
+                wakeup=wakeup,
             )
             for sub in spec.subscriptions(runtime)
         ]

@@ -73,7 +73,7 @@ async def queue_checks_and_reminders(rt: Runtime) -> None:
                 # the check falls due the policy's delay after the resolution
                 resolved_ago=now - (r["due_at"] - rt.policy.followup.satisfaction_check_delay),
             )
-            async with rt.pool.acquire() as conn, conn.transaction():
+            async with rt.transaction() as conn:
                 await enqueue(
                     conn,
                     rt,
@@ -103,7 +103,7 @@ async def expire_checks(rt: Runtime) -> None:
     )
     for r in rows:
         try:
-            async with rt.pool.acquire() as conn, conn.transaction():
+            async with rt.transaction() as conn:
                 await checks(rt).execute(
                     conn, r["complaint_id"], partial(_expire, check_id=r["check_id"], now=now)
                 )
@@ -122,7 +122,7 @@ async def _failed(
     ``FollowupParked`` event) after the policy's attempts.  The other rows go on."""
     now = rt.clock()
     reason = type(exc).__name__
-    async with rt.pool.acquire() as conn, conn.transaction():
+    async with rt.transaction() as conn:
         attempts = await conn.fetchval(
             "INSERT INTO work_failures AS f (work, ref, complaint_id, attempts, next_attempt_at,"
             " last_error) VALUES ($1, $2, $3, 1, $4, $5) ON CONFLICT (work, ref) DO UPDATE"
@@ -257,7 +257,7 @@ async def _hand_over(rt: Runtime, d: asyncpg.Record) -> int:
     await res.notifier.send(
         Outbound(str(d["id"]), channel, to, d["subject"], d["body"], d["language"])
     )
-    async with rt.pool.acquire() as conn, conn.transaction():
+    async with rt.transaction() as conn:
         marked = await conn.fetchval(
             "UPDATE deliveries SET status = 'sent', sent_at = $2 WHERE id = $1"
             " AND status = 'pending' RETURNING true",
@@ -281,7 +281,7 @@ async def _delivery_failed(
         reason,
         "; parked" if final else "",
     )
-    async with rt.pool.acquire() as conn, conn.transaction():
+    async with rt.transaction() as conn:
         still = await conn.fetchval(
             "UPDATE deliveries SET last_error = $2, status = $3 WHERE id = $1"
             " AND status = 'pending' RETURNING true",

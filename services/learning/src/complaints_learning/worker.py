@@ -22,7 +22,7 @@ async def verify_fixed(rt: Runtime) -> int:
     resolved = 0
     for row in due:
         try:
-            async with rt.pool.acquire() as conn, conn.transaction():
+            async with rt.transaction() as conn:
                 saved = await problems(rt).execute(
                     conn, row["problem_id"], lambda p: verify(p, now, rt.policy) if p else []
                 )

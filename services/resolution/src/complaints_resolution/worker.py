@@ -37,7 +37,7 @@ async def fire_due(rt: Runtime, limit: int = 100) -> int:
     fired = 0
     for row in due:
         try:
-            async with rt.pool.acquire() as conn, conn.transaction():
+            async with rt.transaction() as conn:
                 locked = await conn.fetchval(
                     "SELECT pg_try_advisory_xact_lock(hashtextextended($1, 0))",
                     f"timers:{row['complaint_id']}",

@@ -116,7 +116,7 @@ class Rebuilt(BaseModel):
     **ADMIN,
 )
 async def rebuild(rt: RuntimeDep) -> Rebuilt:
-    async with rt.pool.acquire() as conn, conn.transaction():
+    async with rt.transaction() as conn:
         await conn.execute("LOCK TABLE satisfaction_answers IN EXCLUSIVE MODE")
         await conn.execute("DELETE FROM satisfaction_answers")
         for e in await rt.store.load_all(conn, types=[SatisfactionRecorded.event_name()]):

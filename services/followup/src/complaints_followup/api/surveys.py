@@ -223,7 +223,7 @@ async def answer_survey(token: str, rt: RuntimeDep, request: Request) -> SurveyR
 
 async def _record(rt: Runtime, parsed: SurveyToken, row: Any, body: SurveyAnswer) -> SurveyRecorded:
     now = rt.clock()
-    async with rt.pool.acquire() as conn, conn.transaction():
+    async with rt.transaction() as conn:
         saved = await checks(rt).execute(
             conn,
             row["complaint_id"],

@@ -253,7 +253,7 @@ async def submit_complaint(
         else None
     )
     key = customer_key(body.customer, rt.keyring.pseudonym_secret)
-    async with rt.pool.acquire() as conn, conn.transaction():
+    async with rt.transaction() as conn:
         if idempotency_key is not None:
             # a concurrent request with the same key waits here until this one commits
             fresh = await conn.fetchval(
@@ -448,7 +448,7 @@ async def _command(
             raise NotFound("complaint", complaint_id)
         return decide(state)
 
-    async with rt.pool.acquire() as conn, conn.transaction():
+    async with rt.transaction() as conn:
         await complaints(rt).execute(
             conn,
             complaint_id,

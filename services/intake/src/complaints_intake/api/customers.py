@@ -48,7 +48,7 @@ async def erase_customer(customer_key: CustomerKey, rt: RuntimeDep, actor: Actor
     if not complaint_ids:
         raise NotFound("customer", customer_key)
     await rt.keyring.erase(customer_key)  # first: from now on nothing of theirs can be read
-    async with rt.pool.acquire() as conn, conn.transaction():
+    async with rt.transaction() as conn:
         saved = await erasures(rt).execute(
             conn,
             customer_stream(customer_key),

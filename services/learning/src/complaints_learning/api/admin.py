@@ -37,7 +37,7 @@ class Rebuild(BaseModel):
 )
 async def rebuild(request: Request, rt: RuntimeDep) -> Rebuild:
     background = request.app.state.background
-    async with rt.pool.acquire() as conn, conn.transaction():
+    async with rt.transaction() as conn:
         for c in background.consumers:
             # first: waits for batches in flight, and no batch of the old generation commits
             await start_over(conn, c.subscription.name)
@@ -50,4 +50,6 @@ async def rebuild(request: Request, rt: RuntimeDep) -> Rebuild:
             problem = fold(events)
             if problem is not None:
                 await project(conn, events, problem)
+    for c in background.consumers:
+        c.check_generation_soon()  # committed: this replica's consumers start over now
     return Rebuild(problems=len(streams), replaying=True)

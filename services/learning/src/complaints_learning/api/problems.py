@@ -147,7 +147,7 @@ async def _execute(
             raise NotFound("problem", problem_id)
         return decide(p)
 
-    async with rt.pool.acquire() as conn, conn.transaction():
+    async with rt.transaction() as conn:
         saved = await problems(rt).execute(
             conn,
             problem_id,

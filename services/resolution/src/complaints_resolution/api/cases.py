@@ -235,7 +235,7 @@ async def _execute(
             raise NotFound("case", complaint_id)
         return decide(case, now)
 
-    async with rt.pool.acquire() as conn, conn.transaction():
+    async with rt.transaction() as conn:
         saved = await cases(rt).execute(
             conn,
             complaint_id,
