@@ -183,10 +183,14 @@ class Wakeup:
 
     The relay of this process registers with :meth:`watch`; while it leads, a wake-up is a
     local signal and costs nothing.  Otherwise one ``NOTIFY`` is sent at a time over the pool,
-    and wake-ups asked for meanwhile are covered by one more after it."""
+    at most one per ``interval``, and the wake-ups asked for meanwhile are covered by one more
+    after it."""
 
-    def __init__(self, pool: asyncpg.Pool, channel: str = OUTBOX_CHANNEL) -> None:
+    def __init__(
+        self, pool: asyncpg.Pool, channel: str = OUTBOX_CHANNEL, interval: float = 0.005
+    ) -> None:
         self._pool = pool
+        self.interval = interval  # between NOTIFYs: the most a wake-up waits for the last one
         self._channel = channel
         self._local: list[tuple[asyncio.Event, Callable[[], bool]]] = []
         self._sending: asyncio.Task[None] | None = None
@@ -208,13 +212,18 @@ class Wakeup:
         self._sending = asyncio.get_running_loop().create_task(self._send())
 
     async def _send(self) -> None:
+        loop = asyncio.get_running_loop()
         again = True
         while again:
             self._again = False
+            sent = loop.time()
             with contextlib.suppress(Exception):  # the relay's idle poll covers a lost one
                 await self._pool.execute("SELECT pg_notify($1, '')", self._channel)
                 self.notified += 1
             again = self._again
+            if again:  # under load: one NOTIFY per interval covers every commit meanwhile
+                await asyncio.sleep(max(0.0, sent + self.interval - loop.time()))
+                again = True
 
 
 @dataclass(slots=True)
