@@ -6,7 +6,9 @@ Stages (``--only`` picks some; all by default):
 
 - ``append``: N single-event appends (personal data sealed, outbox row, the relay's wake-up
   after the commit, as in the services' units of work) with 8 writers, against raw asyncpg
-  inserting the same event and outbox rows, one transaction each, with the same 8 connections.
+  inserting the same event and outbox rows, one transaction each, with the same 8 connections,
+  and against the ``eventsourcing`` library's PostgreSQL application recorder appending the same
+  events with 8 threads (``benchmarks/reference.py``).
 - ``relay``: the outbox relay publishing a backlog of N committed events until the broker
   acknowledged all and they are marked sent, against an ``acks=all`` idempotent producer
   sending the same N records.
@@ -62,6 +64,7 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 import http_intake  # noqa: E402
 import pipeline  # noqa: E402
 import rebuild  # noqa: E402
+import reference  # noqa: E402
 import similar  # noqa: E402
 
 from complaints_shared.consumer import ConsumerRunner, Subscription, write  # noqa: E402
@@ -130,7 +133,9 @@ async def timed(work: Callable[[], Any]) -> float:
     return time.perf_counter() - t0
 
 
-async def event_path(n: int, bootstrap: str, server: str, stages: set[str]) -> list[Row]:
+async def event_path(
+    n: int, bootstrap: str, server: str, password: str, stages: set[str]
+) -> list[Row]:
     db = f"bench_{uuid.uuid4().hex[:8]}"
     admin = await asyncpg.connect(f"{server}/postgres")
     await admin.execute(f'CREATE DATABASE "{db}"')
@@ -207,6 +212,24 @@ async def event_path(n: int, bootstrap: str, server: str, stages: set[str]) -> l
                     f"raw asyncpg, same rows, {WRITERS} connections",
                     n / raw_append,
                     "≥ 0.8x",
+                )
+            )
+            reference_rate = await asyncio.to_thread(
+                reference.append_rate,
+                dsn,
+                password,
+                [json.dumps(d).encode() for d in sealed],
+                WRITERS,
+            )
+            rows.append(
+                Row(
+                    "append",
+                    f"event store append, {WRITERS} writers",
+                    n / store_append,
+                    "events/s",
+                    f"eventsourcing PostgreSQL recorder, {WRITERS} threads",
+                    reference_rate,
+                    "≥ 5x",
                 )
             )
 
@@ -553,7 +576,13 @@ def main() -> None:
     try:
         if stages & {"append", "relay", "consume"}:
             rows += asyncio.run(
-                event_path(args.events, infra.kafka.bootstrap, infra.postgres.url, stages)
+                event_path(
+                    args.events,
+                    infra.kafka.bootstrap,
+                    infra.postgres.url,
+                    infra.postgres.password(),
+                    stages,
+                )
             )
         server = infra.postgres.url
 
