@@ -167,14 +167,34 @@ def _backoff(rt: Runtime, attempts: int) -> timedelta:
 
 
 HAND_OVERS_AT_ONCE = 8  # complaints whose messages are handed over at the same time
-_DUE_BATCH = 100
+# claimed at once: small enough that a batch is handed over well within the first retry delay
+# (a claimed row that fell due again could be claimed by another replica meanwhile)
+_DUE_BATCH = 4 * HAND_OVERS_AT_ONCE
+
+# A batch of due deliveries claimed in one statement: each attempt counted and the next one
+# moved out by the backoff (the policy's retry delay doubled per attempt made, up to its
+# maximum), committed before any hand-over.  Rows another worker holds are skipped; ``due_at``
+# is when each fell due, for the order of one complaint's messages.
+_CLAIM_DUE = """
+WITH due AS (
+    SELECT id, next_attempt_at AS due_at FROM deliveries
+     WHERE status = 'pending' AND next_attempt_at <= $1
+     ORDER BY next_attempt_at LIMIT $2
+       FOR UPDATE SKIP LOCKED
+)
+UPDATE deliveries d
+   SET attempts = d.attempts + 1,
+       next_attempt_at = $1 + least($3::interval * power(2, d.attempts), $4::interval)
+  FROM due WHERE d.id = due.id
+RETURNING d.*, due.due_at
+"""
 
 
 async def deliver_due(rt: Runtime) -> int:
     """Attempt every delivery that is due; return how many were handed over.
 
     Each attempt is recorded (``attempts`` + 1, the next attempt moved out by the backoff)
-    and committed before the hand-over, and no transaction or row lock is held across the
+    and committed before the hand-over (a batch of due deliveries claimed in one statement), and no transaction or row lock is held across the
     network call.  A crash after the hand-over and before it is marked sent therefore sends
     that delivery again only after the backoff, with the same ``Message-ID`` (receivers
     de-duplicate), and at most ``delivery_max_attempts`` times in all.
@@ -195,18 +215,15 @@ async def deliver_due(rt: Runtime) -> int:
                 handed += await _deliver_one(rt, row, now, max_attempts)
         return handed
 
+    fp = rt.policy.followup
     handed = 0
     try:
         while True:
             due = await rt.pool.fetch(
-                "SELECT id, complaint_id, attempts FROM deliveries"
-                " WHERE status = 'pending' AND next_attempt_at <= $1"
-                " ORDER BY next_attempt_at LIMIT $2",
-                now,
-                _DUE_BATCH,
+                _CLAIM_DUE, now, _DUE_BATCH, fp.delivery_retry, fp.delivery_retry_max
             )
             by_complaint: dict[UUID, list[asyncpg.Record]] = {}
-            for row in due:
+            for row in sorted(due, key=lambda r: (r["due_at"], r["id"])):
                 by_complaint.setdefault(row["complaint_id"], []).append(row)
             results = await asyncio.gather(
                 *(one_complaint(rows) for rows in by_complaint.values()),
@@ -222,16 +239,8 @@ async def deliver_due(rt: Runtime) -> int:
         await res.notifier.close_idle()
 
 
-async def _deliver_one(rt: Runtime, row: asyncpg.Record, now: datetime, max_attempts: int) -> int:
-    d = await rt.pool.fetchrow(
-        "UPDATE deliveries SET attempts = attempts + 1, next_attempt_at = $3"
-        " WHERE id = $1 AND status = 'pending' AND next_attempt_at <= $2 RETURNING *",
-        row["id"],
-        now,
-        now + _backoff(rt, row["attempts"] + 1),
-    )
-    if d is None:
-        return 0  # another worker claimed it, or it was cancelled meanwhile
+async def _deliver_one(rt: Runtime, d: asyncpg.Record, now: datetime, max_attempts: int) -> int:
+    """Hand over one claimed delivery (its attempt is recorded already)."""
     if d["attempts"] > max_attempts:  # the copies are bounded, even across crashes
         await _delivery_failed(rt, d, "AttemptsExhausted", None, final=True)
         return 0
