@@ -43,7 +43,8 @@ S = TypeVar("S")
 
 Fold = Callable[[Iterable[Event[DomainEvent]]], S]
 Decide = Callable[[S], Sequence[DomainEvent]]
-Project = Callable[[Any, S, Sequence[Event[DomainEvent]]], Awaitable[None]]
+# a projection may answer what it wrote (a new row, say), handed back as ``Saved.projected``
+Project = Callable[[Any, S, Sequence[Event[DomainEvent]]], Awaitable[Any]]
 
 DEFAULT_ATTEMPTS = 5
 
@@ -60,6 +61,7 @@ class Saved(Generic[S]):
     state: S
     version: int
     recorded: list[Event[DomainEvent]]
+    projected: Any = None  # what the projection answered, if anything
 
 
 @dataclass(frozen=True, slots=True)
@@ -144,9 +146,8 @@ class Repository(Generic[S]):
         exists already raises :class:`ConcurrencyConflict` (the append's version check)."""
         recorded = await self.store.append(conn, stream_id, 0, events)
         state = self.fold(recorded)
-        if self.project is not None:
-            await self.project(conn, state, recorded)
-        return Saved(state, len(recorded), recorded)
+        projected = await self.project(conn, state, recorded) if self.project else None
+        return Saved(state, len(recorded), recorded, projected)
 
     async def execute(
         self,
@@ -183,7 +184,6 @@ class Repository(Generic[S]):
                 self.cache.put(stream_id, state, recorded[-1])
             else:
                 state = self.fold([*so_far, *recorded])
-            if self.project is not None:
-                await self.project(conn, state, recorded)
-            return Saved(state, version + len(recorded), recorded)
+            projected = await self.project(conn, state, recorded) if self.project else None
+            return Saved(state, version + len(recorded), recorded, projected)
         raise AssertionError("unreachable")  # pragma: no cover

@@ -194,10 +194,11 @@ async def deliver_due(rt: Runtime) -> int:
     """Attempt every delivery that is due; return how many were handed over.
 
     Each attempt is recorded (``attempts`` + 1, the next attempt moved out by the backoff)
-    and committed before the hand-over (a batch of due deliveries claimed in one statement), and no transaction or row lock is held across the
-    network call.  A crash after the hand-over and before it is marked sent therefore sends
-    that delivery again only after the backoff, with the same ``Message-ID`` (receivers
-    de-duplicate), and at most ``delivery_max_attempts`` times in all.
+    and committed before the hand-over (a batch of due deliveries claimed in one statement),
+    and no transaction or row lock is held across the network call.  A crash after the
+    hand-over and before it is marked sent therefore sends that delivery again only after the
+    backoff, with the same ``Message-ID`` (receivers de-duplicate), and at most
+    ``delivery_max_attempts`` times in all.
 
     The messages of several complaints go out at the same time (at most
     :data:`HAND_OVERS_AT_ONCE`); one complaint's messages go out one after another, in the

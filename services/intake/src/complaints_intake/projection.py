@@ -24,8 +24,8 @@ def _projection(rt: Runtime) -> Any:
 
     async def project_all(
         conn: asyncpg.Connection, _: object, recorded: Sequence[Event[DomainEvent]]
-    ) -> None:
-        await project(conn, recorded, rt.keyring.pseudonym_secret)
+    ) -> dict[UUID, asyncpg.Record]:
+        return await project(conn, recorded, rt.keyring.pseudonym_secret)
 
     return project_all
 
@@ -129,11 +129,13 @@ async def record_timeline(
 
 async def project(
     conn: asyncpg.Connection, events: Sequence[Event[DomainEvent]], pseudonyms: bytes
-) -> None:
+) -> dict[UUID, asyncpg.Record]:
     """Apply intake's own new events to the read model and the timeline.  A new complaint's
     acknowledgement and alert (appended with it) go into its first row: one INSERT, and the
-    timeline entries of each stream in one statement."""
+    timeline entries of each stream in one statement.  Returns the rows of the complaints it
+    created, as stored."""
     timeline: dict[UUID, list[Event[DomainEvent]]] = {}
+    created: dict[UUID, asyncpg.Record] = {}
     i = 0
     while i < len(events):
         e = events[i]
@@ -155,13 +157,13 @@ async def project(
                     group.append(events[i])
                     i += 1
                 last = group[-1]
-                await conn.execute(
+                created[e.stream_id] = await conn.fetchrow(
                     "INSERT INTO complaints (id, reference, status, channel, category, severity,"
                     " language, customer_key, customer_id, subject, description,"
                     " possible_duplicate_of, received, received_at, updated_at, version,"
                     " acknowledgement, alerts)"
                     " VALUES ($1, $2, 'received', $3, $4, $5, $6, $7, $8, $9, $10, $11, $12,"
-                    " $13, $14, $15, $16, $17)",
+                    " $13, $14, $15, $16, $17) RETURNING *",
                     e.stream_id,
                     p.reference,
                     p.channel.value,
@@ -231,3 +233,4 @@ async def project(
         timeline.setdefault(e.stream_id, []).append(e)
     for complaint_id, entries in timeline.items():
         await record_timeline(conn, complaint_id, *entries)
+    return created

@@ -280,8 +280,8 @@ async def submit_complaint(
         )
         # the customer's data key seals their personal data from the first event on
         await rt.keyring.register(complaint_id, key)
-        await complaints(rt).create(conn, complaint_id, decision.events)
-        public = _public(await _row(conn, complaint_id))
+        saved = await complaints(rt).create(conn, complaint_id, decision.events)
+        public = _public(saved.projected[complaint_id])  # the row as stored
         if idempotency_key is not None:
             await conn.execute(
                 "UPDATE idempotency_keys SET status_code = 201, response = $2 WHERE key = $1",
