@@ -483,12 +483,17 @@ async def test_insights_match_hand_computed_numbers_and_replay_gives_identical_a
         {"key": "process", "complaints": 1},
     ]
     own_events = await topic_size(bootstrap(p), f"{p.prefix}complaints.learning.v1")
+    links = "SELECT complaint_id, problem_id FROM complaint_facts ORDER BY complaint_id"
+    linked = [tuple(r) for r in await p.pool("learning").fetch(links)]
+    pid = uuid.UUID(first["/problems"][0]["problem_id"])
+    assert {c for c, problem in linked if problem == pid} == {C[0], C[1], C[4]}  # the three
 
     r = await http.post(f"{learning}/admin/rebuild")
     assert r.status_code == 200 and r.json() == {"problems": 1, "replaying": True}
     await eventually(processed(p, len(data_set())), what="the replay from offset 0")
     await asyncio.sleep(0.5)
     assert await answers(http, learning) == first
+    assert [tuple(r) for r in await p.pool("learning").fetch(links)] == linked
     assert await topic_size(bootstrap(p), f"{p.prefix}complaints.learning.v1") == own_events
 
 

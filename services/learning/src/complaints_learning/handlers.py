@@ -10,6 +10,7 @@ import asyncpg
 
 from complaints_learning.domain import (
     Signature,
+    counted_by,
     occurrence,
     problem_id_of,
     recurrence_window,
@@ -43,10 +44,20 @@ ON CONFLICT (complaint_id) DO UPDATE SET
     language = EXCLUDED.language, text = EXCLUDED.text, text_version = EXCLUDED.text_version
 """
 
-# What placing a complaint under its signature reads of its facts.
+# What placing a complaint under its signature reads: its facts as just written, and the
+# signatures it is counted for so far.
 _PLACED = "root_cause, category, product, safety_incident, received_at, cause_identified_at"
 
-CAUSE = f"""
+
+def _placing(upsert: str) -> str:
+    return f"""
+WITH f AS ({upsert} RETURNING {_PLACED})
+SELECT f.*, ARRAY(SELECT signature FROM occurrences WHERE complaint_id = $1) AS signatures
+  FROM f
+"""
+
+
+CAUSE = _placing("""
 INSERT INTO complaint_facts AS f (complaint_id, root_cause, responsible, cause_identified_at,
                                   category, product, safety_incident)
 VALUES ($1, $2, $3, $4, $5, $6, $7)
@@ -54,15 +65,13 @@ ON CONFLICT (complaint_id) DO UPDATE SET
     root_cause = EXCLUDED.root_cause, responsible = EXCLUDED.responsible,
     cause_identified_at = EXCLUDED.cause_identified_at, category = EXCLUDED.category,
     product = EXCLUDED.product, safety_incident = f.safety_incident OR EXCLUDED.safety_incident
-RETURNING {_PLACED}
-"""
+""")
 
-CLASSIFIED = f"""
+CLASSIFIED = _placing("""
 INSERT INTO complaint_facts (complaint_id, category, product, severity) VALUES ($1, $2, $3, $4)
 ON CONFLICT (complaint_id) DO UPDATE SET
     category = EXCLUDED.category, product = EXCLUDED.product, severity = EXCLUDED.severity
-RETURNING {_PLACED}
-"""
+""")
 
 RESOLVED = """
 INSERT INTO complaint_facts (complaint_id, resolved_at) VALUES ($1, $2)
@@ -140,18 +149,12 @@ def subscriptions(rt: Runtime) -> list[Subscription]:
 
     async def place(conn: asyncpg.Connection, complaint_id: UUID, f: asyncpg.Record) -> None:
         """Count the complaint for the problem of its signature (root cause and product, as
-        its facts ``f`` say now), and no longer for the one of an earlier signature."""
+        its facts ``f`` say now), and no longer for the ones of earlier signatures (``f``'s
+        ``signatures``)."""
         if f["root_cause"] is None:
             return  # no cause yet: nothing to count
         signature = Signature.of(f["root_cause"], f["category"], f["product"])
-        earlier = [
-            r["signature"]
-            for r in await conn.fetch(
-                "SELECT signature FROM occurrences WHERE complaint_id = $1 AND signature <> $2",
-                complaint_id,
-                signature.key,
-            )
-        ]
+        earlier = [s for s in f["signatures"] if s != signature.key]
         # two complaints with one signature at once must see each other: the second decides
         # with the first's occurrence committed, so the problem opens (locks in one order)
         for key in sorted({signature.key, *earlier}):
@@ -189,8 +192,9 @@ def subscriptions(rt: Runtime) -> list[Subscription]:
             ),
         )
         problem = saved.state
-        if problem is not None and str(complaint_id) in problem.complaints:
-            await write(
+        linked = any(complaint_id in counted_by(e.payload) for e in saved.recorded)
+        if problem is not None and str(complaint_id) in problem.complaints and not linked:
+            await write(  # counted before (a replay): the projection did not link it now
                 conn,
                 "UPDATE complaint_facts SET problem_id = $2 WHERE complaint_id = $1",
                 complaint_id,

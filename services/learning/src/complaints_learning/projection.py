@@ -33,18 +33,23 @@ def problems(rt: Runtime) -> Repository[Problem | None]:
 async def project(
     conn: asyncpg.Connection, events: Sequence[Event[DomainEvent]], problem: Problem
 ) -> None:
-    """Refresh the problem's row and link its complaints."""
+    """Refresh the problem's row and link the complaints the events counted (one statement)."""
     opened = next((e.occurred_at for e in events if isinstance(e.payload, ev.ProblemOpened)), None)
     last = max(e.occurred_at for e in events)
     s = problem.signature
+    # the complaints these events counted (not all of the problem's again: one row per
+    # occurrence, however large the problem grows); a withdrawn one is unlinked by the handler
+    counted = {str(c) for e in events for c in counted_by(e.payload)}
+    linked = [UUID(c) for c in problem.complaints if c in counted]
     await conn.execute(
-        "INSERT INTO problems (problem_id, signature, root_cause, category, product, status,"
-        " occurrences, recurrences_after_fix, opened_at, fixed_at, resolved_at,"
+        "WITH p AS (INSERT INTO problems (problem_id, signature, root_cause, category, product,"
+        " status, occurrences, recurrences_after_fix, opened_at, fixed_at, resolved_at,"
         " last_occurrence_at, version) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11,"
         " $12, $13) ON CONFLICT (problem_id) DO UPDATE SET status = $6, occurrences = $7,"
         " recurrences_after_fix = $8, fixed_at = $10, resolved_at = $11,"
         " last_occurrence_at = CASE WHEN $14 THEN $12 ELSE problems.last_occurrence_at END,"
-        " version = $13",
+        " version = $13)"
+        " UPDATE complaint_facts SET problem_id = $1 WHERE complaint_id = ANY($15::uuid[])",
         problem.problem_id,
         s.key,
         s.root_cause,
@@ -59,17 +64,8 @@ async def project(
         last,
         problem.version,
         any(isinstance(e.payload, OCCURRENCES) for e in events),
+        linked,
     )
-    # the complaints these events counted (not all of the problem's again: one row per
-    # occurrence, however large the problem grows); a withdrawn one is unlinked by the handler
-    counted = {str(c) for e in events for c in counted_by(e.payload)}
-    linked = [UUID(c) for c in problem.complaints if c in counted]
-    if linked:
-        await conn.execute(
-            "UPDATE complaint_facts SET problem_id = $1 WHERE complaint_id = ANY($2::uuid[])",
-            problem.problem_id,
-            linked,
-        )
 
 
 async def load_problem(
