@@ -286,7 +286,8 @@ async def test_a_burst_of_messages_goes_out_over_a_few_kept_connections_in_each_
 ):
     """Many messages due at once are handed over several complaints at a time, over SMTP
     connections kept for the round (not one connection per message), and each complaint's
-    messages still go out in the order they fell due."""
+    messages still go out in the order they fell due, and those due at the same instant in
+    the order they were queued."""
     p, clock, inbox = loop
     pool = p.pool("followup")
     complaints = [uuid.uuid4() for _ in range(15)]
@@ -300,7 +301,11 @@ async def test_a_burst_of_messages_goes_out_over_a_few_kept_connections_in_each_
                 f"CMP-BURST-{i}",
                 f"burst{i}@example.com",
             )
-            for order, due in (("first", now - timedelta(seconds=1)), ("second", now)):
+            for order, due in (
+                ("first", now - timedelta(seconds=1)),
+                ("second", now),
+                ("third", now),  # queued after the second, due at the same instant
+            ):
                 await conn.execute(
                     "INSERT INTO deliveries (id, complaint_id, kind, ref, source_type, channel,"
                     " language, subject, body, next_attempt_at) VALUES ($1, $2, 'message', $3,"
@@ -315,22 +320,23 @@ async def test_a_burst_of_messages_goes_out_over_a_few_kept_connections_in_each_
     def burst() -> list[int]:
         return [n for n, m in enumerate(inbox.messages) if m["To"].startswith("burst")]
 
-    await eventually(lambda: asyncio.sleep(0, len(burst()) == 30), what="all 30 messages")
+    await eventually(lambda: asyncio.sleep(0, len(burst()) == 45), what="all 45 messages")
     for i in range(15):
         assert [m["Subject"] for m in inbox.to(f"burst{i}@example.com")] == [
             f"first {i}",
             f"second {i}",
+            f"third {i}",
         ]
     sessions = {inbox.sessions[n] for n in burst()}
     assert len(sessions) <= HAND_OVERS_AT_ONCE, sessions
     # each is recorded as sent just after its hand-over
     await eventually(
         lambda: pool.fetchval(
-            "SELECT count(*) = 30 FROM deliveries"
+            "SELECT count(*) = 45 FROM deliveries"
             " WHERE complaint_id = ANY($1::uuid[]) AND status = 'sent'",
             complaints,
         ),
-        what="all 30 recorded as sent",
+        what="all 45 recorded as sent",
     )
 
 

@@ -182,9 +182,11 @@ async def test_a_message_before_the_contact_details_waits_for_them(loop, http):
         str(uuid.uuid4()),
         START,
     )
-    await eventually(
-        lambda: pool.fetchval("SELECT attempts = 1 FROM deliveries WHERE id = $1", early),
-        what="the first attempt",
+    await eventually(  # counted when claimed, its error recorded just after
+        lambda: pool.fetchval(
+            "SELECT attempts = 1 AND last_error IS NOT NULL FROM deliveries WHERE id = $1", early
+        ),
+        what="the first attempt, failed",
     )
     row = await pool.fetchrow("SELECT status, last_error FROM deliveries WHERE id = $1", early)
     assert row["status"] == "pending" and "not arrived" in row["last_error"]

@@ -174,12 +174,13 @@ _DUE_BATCH = 4 * HAND_OVERS_AT_ONCE
 # A batch of due deliveries claimed in one statement: each attempt counted and the next one
 # moved out by the backoff (the policy's retry delay doubled per attempt made, up to its
 # maximum), committed before any hand-over.  Rows another worker holds are skipped; ``due_at``
-# is when each fell due, for the order of one complaint's messages.
+# (when each fell due) and ``seq`` (the order they were queued in) order one complaint's
+# messages.
 _CLAIM_DUE = """
 WITH due AS (
     SELECT id, next_attempt_at AS due_at FROM deliveries
      WHERE status = 'pending' AND next_attempt_at <= $1
-     ORDER BY next_attempt_at LIMIT $2
+     ORDER BY next_attempt_at, seq LIMIT $2
        FOR UPDATE SKIP LOCKED
 )
 UPDATE deliveries d
@@ -224,7 +225,7 @@ async def deliver_due(rt: Runtime) -> int:
                 _CLAIM_DUE, now, _DUE_BATCH, fp.delivery_retry, fp.delivery_retry_max
             )
             by_complaint: dict[UUID, list[asyncpg.Record]] = {}
-            for row in sorted(due, key=lambda r: (r["due_at"], r["id"])):
+            for row in sorted(due, key=lambda r: (r["due_at"], r["seq"])):
                 by_complaint.setdefault(row["complaint_id"], []).append(row)
             results = await asyncio.gather(
                 *(one_complaint(rows) for rows in by_complaint.values()),
