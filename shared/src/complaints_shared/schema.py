@@ -32,14 +32,17 @@ def shared_migrations() -> list[Migration]:
 
 
 async def migrate(conn: asyncpg.Connection, migrations: list[Migration]) -> list[str]:
-    """Apply the migrations not yet applied, each in its own transaction; return their names."""
-    await conn.execute(
-        "CREATE TABLE IF NOT EXISTS schema_migrations ("
-        " name text PRIMARY KEY, applied_at timestamptz NOT NULL DEFAULT now())"
-    )
+    """Apply the migrations not yet applied, each in its own transaction; return their names.
+    Everything runs under the lock, the bookkeeping table's creation too (two instances
+    starting on a new database at once both ran ``CREATE TABLE IF NOT EXISTS``, and one
+    failed on the catalog's unique index)."""
     applied: list[str] = []
     await conn.execute("SELECT pg_advisory_lock($1)", _LOCK_KEY)
     try:
+        await conn.execute(
+            "CREATE TABLE IF NOT EXISTS schema_migrations ("
+            " name text PRIMARY KEY, applied_at timestamptz NOT NULL DEFAULT now())"
+        )
         done = {r["name"] for r in await conn.fetch("SELECT name FROM schema_migrations")}
         for m in migrations:
             if m.name in done:
