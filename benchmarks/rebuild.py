@@ -24,11 +24,12 @@ import time
 import urllib.request
 import uuid
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 import asyncpg
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
-from http_intake import Harness, _stop, _wait_ready, free_port
+from http_intake import Harness, _stop, _wait_ready, free_port, service_env
 
 from complaints_shared.envelope import Event, to_kafka_record
 from complaints_shared.events import DomainEvent
@@ -196,7 +197,9 @@ def _rebuild(url: str, token: str) -> dict[str, Any]:
         return answer
 
 
-def bench(h: Harness, *, admin_token: str, complaints: int) -> dict[str, Any]:
+def bench(
+    h: Harness, *, admin_token: str, complaints: int, services_from: Path | None = None
+) -> dict[str, Any]:
     suffix = os.urandom(3).hex()
     database = h.create_database(f"bench_rebuild_{suffix}")
     keyring_db = h.create_database(f"bench_rebuild_{suffix}_keyring")
@@ -206,7 +209,7 @@ def bench(h: Harness, *, admin_token: str, complaints: int) -> dict[str, Any]:
     asyncio.run(ensure_topics(h.bootstrap, topics.all(), 3))
     proc = subprocess.Popen(
         [sys.executable, "-m", "complaints_learning"],
-        env={**os.environ, **h.service_env(database, keyring_db, prefix, port)},
+        env={**service_env(services_from), **h.service_env(database, keyring_db, prefix, port)},
         stdin=subprocess.DEVNULL,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,

@@ -553,7 +553,7 @@ def main() -> None:
     parser.add_argument(
         "--services-from",
         type=Path,
-        help="intake and pipeline: run the services of this other checkout (a baseline commit)",
+        help="intake, pipeline, rebuild: run the services of this other checkout (a baseline)",
     )
     args = parser.parse_args()
     stages = {s.strip() for s in args.only.split(",") if s.strip()}
@@ -623,6 +623,7 @@ def main() -> None:
                 harness(),
                 admin_token=infra.keycloak.token("admin"),
                 complaints=args.rebuild_complaints,
+                services_from=args.services_from,
             )
             rows += rebuild_rows(details["rebuild"])
         asyncio.run(drop_databases(server, created))
