@@ -82,8 +82,6 @@ class StateCache(Generic[S]):
         self.resume = resume
         self.size = size
         self._states: OrderedDict[UUID, _Cached[S]] = OrderedDict()
-        self.hits = 0
-        self.misses = 0
 
     def get(self, stream_id: UUID) -> _Cached[S] | None:
         found = self._states.get(stream_id)
@@ -120,20 +118,19 @@ class Repository(Generic[S]):
     async def _current(self, conn: Any, stream_id: UUID) -> tuple[S, int]:
         """The stream's state and version for a decision: from the cache and the events
         appended since, when the cached state is still valid; else folded from the start."""
-        cached = self.cache.get(stream_id) if self.cache is not None else None
-        if cached is not None and self.cache is not None:
+        assert self.cache is not None
+        cached = self.cache.get(stream_id)
+        if cached is not None:
             events = await self.store.load(conn, stream_id, cached.version)
             if events and events[0].event_id == cached.event_id:
-                self.cache.hits += 1
                 newer = events[1:]
                 state = self.cache.resume(cached.state, newer) if newer else cached.state
                 if newer:
                     self.cache.put(stream_id, state, newer[-1])
                 return state, cached.version + len(newer)
             self.cache.forget(stream_id)  # not committed after all, or the stream was removed
-            self.cache.misses += 1
         loaded = await self.load(conn, stream_id)
-        if self.cache is not None and loaded.events:
+        if loaded.events:
             self.cache.put(stream_id, loaded.state, loaded.events[-1])
         return loaded.state, loaded.version
 
