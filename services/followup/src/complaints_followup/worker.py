@@ -172,10 +172,10 @@ HAND_OVERS_AT_ONCE = 8  # complaints whose messages are handed over at the same 
 _DUE_BATCH = 4 * HAND_OVERS_AT_ONCE
 
 # A batch of due deliveries claimed in one statement: each attempt counted and the next one
-# moved out by the backoff (the policy's retry delay doubled per attempt made, up to its
-# maximum), committed before any hand-over.  Rows another worker holds are skipped; ``due_at``
-# (when each fell due) and ``seq`` (the order they were queued in) order one complaint's
-# messages.
+# moved out by its backoff (``$3``: :func:`_backoff` of attempt 1, 2, ..., the last one
+# standing for any later attempt), committed before any hand-over.  Rows another worker holds
+# are skipped; ``due_at`` (when each fell due) and ``seq`` (the order they were queued in)
+# order one complaint's messages.
 _CLAIM_DUE = """
 WITH due AS (
     SELECT id, next_attempt_at AS due_at FROM deliveries
@@ -185,7 +185,7 @@ WITH due AS (
 )
 UPDATE deliveries d
    SET attempts = d.attempts + 1,
-       next_attempt_at = $1 + least($3::interval * power(2, d.attempts), $4::interval)
+       next_attempt_at = $1 + ($3::interval[])[least(d.attempts + 1, cardinality($3))]
   FROM due WHERE d.id = due.id
 RETURNING d.*, due.due_at
 """
@@ -214,16 +214,14 @@ async def deliver_due(rt: Runtime) -> int:
         handed = 0
         for row in rows:
             async with gate:
-                handed += await _deliver_one(rt, row, now, max_attempts)
+                handed += await _deliver_one(rt, row, max_attempts)
         return handed
 
-    fp = rt.policy.followup
+    backoffs = [_backoff(rt, n) for n in range(1, max_attempts + 2)]
     handed = 0
     try:
         while True:
-            due = await rt.pool.fetch(
-                _CLAIM_DUE, now, _DUE_BATCH, fp.delivery_retry, fp.delivery_retry_max
-            )
+            due = await rt.pool.fetch(_CLAIM_DUE, now, _DUE_BATCH, backoffs)
             by_complaint: dict[UUID, list[asyncpg.Record]] = {}
             for row in sorted(due, key=lambda r: (r["due_at"], r["seq"])):
                 by_complaint.setdefault(row["complaint_id"], []).append(row)
@@ -241,7 +239,7 @@ async def deliver_due(rt: Runtime) -> int:
         await res.notifier.close_idle()
 
 
-async def _deliver_one(rt: Runtime, d: asyncpg.Record, now: datetime, max_attempts: int) -> int:
+async def _deliver_one(rt: Runtime, d: asyncpg.Record, max_attempts: int) -> int:
     """Hand over one claimed delivery (its attempt is recorded already)."""
     if d["attempts"] > max_attempts:  # the copies are bounded, even across crashes
         await _delivery_failed(rt, d, "AttemptsExhausted", None, final=True)
