@@ -507,7 +507,15 @@ def similar_rows(f: dict[str, float]) -> list[Row]:
             "per-query TF-IDF over 2,000",
             f["earlier_query_at_2000_p50_ms"],
         ),
-        Row("similar", f"query p99 over {f['complaints']:,}", f["query_p99_ms"], "ms", goal="< 20"),
+        Row(
+            "similar",
+            f"query p99 over {f['complaints']:,}",
+            f["query_p99_ms"],
+            "ms",
+            "the same, columns copied out first",
+            f["query_columns_copied_out_p99_ms"],
+            goal="< 20",
+        ),
         Row("similar", "index build", f["index_build_per_s"], "texts/s"),
     ]
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 
 from complaints_learning import similarity
 from complaints_learning.similarity import SimilarIndex, vectorise
@@ -16,11 +17,11 @@ STORIES = {
 }
 
 
-def brute_force(query: str, texts: dict[str, str]) -> list[str]:
+def brute_force(query: str, texts: dict[str, str]) -> list[tuple[str, float]]:
     keys = list(texts)
     m = vectorise([query, *texts.values()])
     scores = (m[1:] @ m[0].T).toarray().ravel()
-    return [keys[i] for i in np.argsort(-scores)]
+    return [(keys[i], float(scores[i])) for i in np.argsort(-scores)]
 
 
 def test_the_same_story_in_other_languages_ranks_first():
@@ -30,8 +31,11 @@ def test_the_same_story_in_other_languages_ranks_first():
     assert set(top[:3]) == {"pt", "es", "en"}
 
 
-def test_increments_rank_as_a_fresh_comparison_of_every_text(monkeypatch):
+@pytest.mark.parametrize("postings", ["added in place", "copied out"])
+def test_increments_rank_as_a_fresh_comparison_of_every_text(monkeypatch, postings):
     monkeypatch.setattr(similarity, "TAIL", 3)  # merge into the posting lists often
+    if postings == "copied out":  # the way taken where SciPy lacks the in-place one
+        monkeypatch.setattr(similarity, "_add_columns", None)
     rng = np.random.default_rng(7)
     words = ["toaster", "queue", "staff", "rude", "price", "shelf", "broken", "delivery"]
     words += ["late", "refund", "card", "fee"]
@@ -43,9 +47,11 @@ def test_increments_rank_as_a_fresh_comparison_of_every_text(monkeypatch):
     texts.pop("c3")
     texts["c5"] = "entirely different words here"
     query = "rude staff at the queue, late refund"
-    got = [m.key for m in index.rank(query, limit=10, threshold=0.0)]
+    got = [(m.key, m.score) for m in index.rank(query, limit=10, threshold=0.0)]
     expected = brute_force(query, texts)[:10]
-    assert got == expected and "c3" not in got
+    assert [k for k, _ in got] == [k for k, _ in expected] and "c3" not in dict(got)
+    assert [s for _, s in got] == pytest.approx([s for _, s in expected], abs=1e-4)
+    assert index._main.shape[0] > 30  # most of them were ranked from the posting lists
     assert len(index) == 39
     index.apply([("c5", 50, "an older version arrives late")])  # ignored: older
     assert index.version_of("c5") == 101
