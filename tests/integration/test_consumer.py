@@ -8,7 +8,7 @@ from datetime import UTC, datetime
 
 import asyncpg
 import pytest
-from aiokafka import AIOKafkaProducer, TopicPartition
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.errors import IllegalStateError
 
 from complaints_shared import redrive
@@ -393,6 +393,56 @@ async def test_a_record_that_fails_at_commit_is_parked_and_the_others_take_effec
     headers = decode_headers(dead.headers)
     assert headers["dlq_error_type"] == "UniqueViolationError"
     assert headers["ce_id"] == str(events[1].event_id)
+
+
+async def test_one_poll_of_several_partitions_is_one_transaction_and_a_poison_record_stops_none(
+    infrastructure, pool, producer, topic_prefix
+):
+    """Records waiting on three partitions arrive in one poll and take effect in one database
+    transaction; a poison record on one partition is parked, and every partition's good
+    records still take effect once and have their offsets committed."""
+    name = f"{topic_prefix}g"
+    topics = (f"{topic_prefix}in3", f"{topic_prefix}dlq3")
+    await ensure_topics(infrastructure.kafka_bootstrap, list(topics), 3)
+    await pool.execute("ALTER TABLE effects ADD COLUMN tx bigint")
+
+    async def picky(conn: asyncpg.Connection, e: Event[Counted]) -> None:
+        if e.payload.n == 13:
+            raise PoisonEvent("unlucky number")
+        await conn.execute(
+            "INSERT INTO effects VALUES ($1, $2, txid_current())", e.event_id, e.payload.n
+        )
+
+    sent: dict[int, int] = {}  # partition -> records on it
+    for n in [*range(1, 13), 13, *range(14, 31)]:
+        r = to_kafka_record(event(n))
+        meta = await producer.send_and_wait(topics[0], r.value, key=r.key, headers=r.headers)
+        sent[meta.partition] = sent.get(meta.partition, 0) + 1
+    assert len(sent) == 3  # thirty streams' keys spread over every partition
+
+    metrics = ServiceMetrics()
+    async with Running(
+        runner_for(infrastructure, pool, producer, topics, {"Counted": picky}, metrics, name)
+    ):
+        await eventually(
+            lambda: asyncio.sleep(0, outcome(metrics, name, "processed") == 29),
+            what="every good record of every partition",
+        )
+    rows = await pool.fetch("SELECT n, tx FROM effects")
+    assert sorted(r["n"] for r in rows) == [n for n in range(1, 31) if n != 13]
+    # one transaction per poll, not per partition (one per partition: 3; the first poll
+    # normally brings all three, but the broker may answer a partition's fetch later)
+    assert len({r["tx"] for r in rows}) < len(sent)
+    assert outcome(metrics, name, "dead_lettered") == 1
+    (dead,) = await read_topic(infrastructure.kafka_bootstrap, topics[1], count=1)
+    assert decode_headers(dead.headers)["dlq_error_message"] == "unlucky number"
+    admin = AIOKafkaConsumer(bootstrap_servers=infrastructure.kafka_bootstrap, group_id=name)
+    await admin.start()
+    try:
+        committed = {p: await admin.committed(TopicPartition(topics[0], p)) for p in sent}
+    finally:
+        await admin.stop()
+    assert committed == sent  # each partition's next offset: past all of its records
 
 
 async def test_a_commit_for_a_revoked_partition_does_not_stop_the_consumer(

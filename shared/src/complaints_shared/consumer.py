@@ -2,12 +2,12 @@
 
 For each record: the inbox row ``(consumer, event_id)``, the handler's new events (through the
 event store, so also their outbox rows) and its projection rows are written in the database
-transaction of the record's poll batch; the Kafka offset is committed only after that
-transaction.  A redelivered event finds its
-inbox row and has no second effect.  Transient failures (database or broker unreachable, a
-concurrent writer) are retried with backoff and block the partition; anything else is a poison
-event: it goes to the dead-letter topic with the error and its origin in headers, and the
-partition moves on.
+transaction of the record's poll batch (every partition the poll returned records of, each
+partition's in order); the Kafka offsets are committed only after that transaction.  A
+redelivered event finds its inbox row and has no second effect.  Transient failures (database or
+broker unreachable, a concurrent writer) are retried with backoff and block the consumer;
+anything else is a poison event: it goes to the dead-letter topic with the error and its origin
+in headers, and the partition moves on.
 
 A handler may queue writes that need no answer with :func:`write`: within a batch they are sent
 together, in order (consecutive ones of the same statement in one pipelined round trip), before
@@ -349,13 +349,12 @@ class ConsumerRunner:
                     self._recheck = False
                     await self._check_generation()
                     checked = time.monotonic()
-                done: dict[TopicPartition, int] = {}
-                for tp, records in batch.items():
-                    if tp not in consumer.assignment():
-                        continue  # revoked meanwhile: its new owner reads it from the commit
-                    await self.handle_batch(records)
-                    done[tp] = records[-1].offset + 1
-                if done:  # one commit for every partition of the poll
+                # revoked meanwhile: its new owner reads it from the commit
+                held = {tp: records for tp, records in batch.items() if tp in consumer.assignment()}
+                if held:  # one transaction, then one commit, for every partition of the poll
+                    await self.handle_batch([r for records in held.values() for r in records])
+                done = {tp: records[-1].offset + 1 for tp, records in held.items()}
+                if done:
                     await self._commit(consumer, done)
                     if backoff is not None:
                         backoff.reset()
