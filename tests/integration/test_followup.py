@@ -99,6 +99,8 @@ async def test_resolve_mail_survey_low_score_reopens_the_case(loop, http):
     cid = await submit(p, http, "ana@example.pt")
     ack = await mail(inbox, "ana@example.pt", "Recebemos a sua reclamação")
     assert "Obrigado" in ack.get_content()
+    assert ack["Content-Language"] == "pt"  # the message's language, as its text is written
+    assert ack["Content-Transfer-Encoding"] == "8bit"
     await resolve_case(http, p.url("resolution"), cid, "Enviámos uma torradeira nova")
     for subject in (
         "vai resolver a situação",
