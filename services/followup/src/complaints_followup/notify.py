@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from email.charset import Charset
 from email.header import Header
-from email.mime.text import MIMEText
+from email.message import Message
 from email.utils import formataddr, parseaddr
 from typing import Protocol
 
@@ -44,7 +44,8 @@ def message_id(delivery_id: object) -> str:
 
 
 _UTF8_8BIT = Charset("utf-8")
-_UTF8_8BIT.body_encoding = None  # 8bit: readable as stored, links stay whole
+# 8bit: readable as stored, links stay whole (None is documented; the stubs only know int)
+_UTF8_8BIT.body_encoding = None  # type: ignore[assignment]
 
 
 def _one_line(value: str) -> str:
@@ -54,22 +55,26 @@ def _one_line(value: str) -> str:
     return value
 
 
-def _encoded(value: str) -> str | Header:
-    """A header's text, RFC 2047-encoded when it is not ASCII."""
-    return value if _one_line(value).isascii() else Header(value, "utf-8")
+def _subject(value: str) -> str:
+    """The subject header's text, RFC 2047-encoded (and folded) when it is not ASCII."""
+    if _one_line(value).isascii():
+        return value
+    return Header(value, "utf-8", header_name="Subject").encode()
 
 
-def email_message(sender: str, message: Outbound) -> MIMEText:
+def email_message(sender: str, message: Outbound) -> Message:
     """The e-mail of ``message`` from ``sender`` (``Name <address>``): UTF-8 text, 8bit, its
     Message-ID and language.
 
     Built with the standard library's plain MIME classes: the ``EmailMessage`` API parses and
-    re-folds every header it is given (several times the cost of the SMTP exchange here).
+    re-folds every header it is given, about four times the CPU per message, built and flattened.
     """
-    mail = MIMEText(message.body, "plain", _UTF8_8BIT)
+    mail = Message()
+    mail["MIME-Version"] = "1.0"
+    mail.set_payload(message.body, _UTF8_8BIT)  # text/plain; charset="utf-8"
     mail["From"] = formataddr(parseaddr(_one_line(sender)), charset="utf-8")
     mail["To"] = _one_line(message.to)
-    mail["Subject"] = _encoded(message.subject)
+    mail["Subject"] = _subject(message.subject)
     mail["Message-ID"] = message_id(message.delivery_id)
     mail["Content-Language"] = _one_line(message.language)
     return mail
