@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from email import message_from_bytes
+from email import message_from_bytes, message_from_string
 from email.policy import default
 
 import pytest
@@ -48,3 +48,18 @@ def test_a_line_break_in_a_header_is_refused_not_sent_as_another_header(field):
     out = Outbound("d-3", "email", values["to"], values["subject"], "Hallo", values["language"])
     with pytest.raises(ValueError, match="line break"):
         email_message("care@example.pt", out)
+
+
+def test_an_address_that_is_not_ascii_is_written_as_utf8_where_the_server_allows():
+    out = Outbound("d-4", "email", "joão@exemplo.pt", "Recebemos a sua reclamação", BODY, "pt")
+    raw = flatten_message(email_message("care@example.pt", out), utf8=True)
+    mail = message_from_string(raw.decode(), policy=default)  # as an SMTPUTF8 client reads it
+    assert "To: joão@exemplo.pt".encode() in raw
+    assert mail["To"].addresses[0].addr_spec == "joão@exemplo.pt"
+    assert mail["Subject"] == "Recebemos a sua reclamação"
+    assert mail["Content-Language"] == "pt"
+    assert BODY.replace("\n", "\r\n").encode() in raw  # 8bit UTF-8, as written
+    with pytest.raises(ValueError):
+        email_message(
+            "care@example.pt", Outbound("d-5", "email", "joão@x.pt\nBcc: y", "s", "b", "pt")
+        )
