@@ -4,7 +4,8 @@
 
 Stages (``--only`` picks some; all by default):
 
-- ``append``: N single-event appends (personal data sealed, outbox row, the relay's wake-up
+- ``append``: N single-event appends (personal data sealed with the stream's key, read from
+  the keyring's own database and pool as the services keep it; outbox row; the relay's wake-up
   after the commit, as in the services' units of work) with 8 writers, against raw asyncpg
   inserting the same event and outbox rows, one transaction each, with the same 8 connections,
   and against the ``eventsourcing`` library's PostgreSQL application recorder appending the same
@@ -153,7 +154,10 @@ async def event_path(
     )
     await producer.start()
     telemetry = setup_telemetry("bench")
-    keyring = PostgresKeyring(pool, load_master_key(new_master_key()))
+    # the keyring in its own database and pool, as the services keep it
+    await admin.execute(f'CREATE DATABASE "{db}_keyring"')
+    keyring_pool = await create_pool(f"{server}/{db}_keyring", max_size=5)
+    keyring = PostgresKeyring(keyring_pool, load_master_key(new_master_key()))
     await keyring.migrate()
     store = PostgresEventStore(source="/complaints/bench", topic=outbox_topic, keyring=keyring)
     rows: list[Row] = []
@@ -280,7 +284,9 @@ async def event_path(
     finally:
         await producer.stop()
         await pool.close()
+        await keyring_pool.close()
         await admin.execute(f'DROP DATABASE "{db}" WITH (FORCE)')
+        await admin.execute(f'DROP DATABASE "{db}_keyring" WITH (FORCE)')
         await admin.close()
         await delete_topics(bootstrap, prefix)
     return rows
