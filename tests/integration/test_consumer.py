@@ -10,6 +10,7 @@ import asyncpg
 import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.errors import IllegalStateError
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
 from complaints_shared import redrive
 from complaints_shared.consumer import (
@@ -172,6 +173,40 @@ async def test_poison_events_go_to_the_dlq_and_the_partition_keeps_moving(
     assert dead[1].value == to_kafka_record(bad).value
     # the failed handler left nothing behind: no inbox row for the poison event
     assert await pool.fetchval("SELECT count(*) FROM inbox WHERE event_id = $1", bad.event_id) == 0
+
+
+async def test_a_poison_records_error_text_stays_out_of_its_span(
+    infrastructure, pool, producer, topics, topic_prefix
+):
+    """A driver's or library's message may quote the values it choked on (personal data): the
+    span of a dead-lettered record carries the error's type, never its text nor a traceback."""
+    name = f"{topic_prefix}g"
+    marker = "eva.kovacs@example.hu"
+
+    async def quoting(conn: asyncpg.Connection, e: Event[Counted]) -> None:
+        raise ValueError(f"Key (email)=({marker}) already exists")
+
+    await send(producer, topics[0], event(1))
+    exporter = InMemorySpanExporter()
+    metrics = ServiceMetrics()
+    runner = runner_for(infrastructure, pool, producer, topics, {"Counted": quoting}, metrics, name)
+    runner.telemetry = setup_telemetry("test", exporter)
+    async with Running(runner):
+        await eventually(
+            lambda: asyncio.sleep(0, outcome(metrics, name, "dead_lettered") == 1),
+            what="the record dead-lettered",
+        )
+    (span,) = [s for s in exporter.get_finished_spans() if s.name == f"{topics[0]} process"]
+    assert span.attributes is not None and span.attributes["error.type"] == "ValueError"
+    assert span.attributes["complaints.outcome"] == "dead_lettered"
+    told = repr(
+        (
+            dict(span.attributes),
+            span.status.description,
+            [(ev.name, dict(ev.attributes or {})) for ev in span.events],
+        )
+    )
+    assert marker not in told and "Traceback" not in told
 
 
 async def test_queued_writes_land_with_their_batch_and_a_failing_one_poisons_only_its_record(

@@ -466,11 +466,12 @@ class ConsumerRunner:
                     outcome = await self._apply(conn, handler, event, fresh)
                 except _QueuedWritesFailed as exc:
                     assert exc.__cause__ is not None
+                    record_error(span, exc.__cause__)
                     raise exc.__cause__ from None  # the batch's failure, not this handler's
                 except Exception as exc:
+                    record_error(span, exc)
                     if is_transient(exc):
                         raise
-                    record_error(span, exc)
                     span.set_attribute("complaints.outcome", "dead_lettered")
                     raise _Poisoned(record, exc) from exc
                 span.set_attribute("complaints.outcome", outcome)
@@ -519,6 +520,10 @@ class ConsumerRunner:
             context=extract_context(headers),
             kind=CONSUMER,
             attributes=span_attrs,
+            # failures are told by record_error: type and safe message only (the SDK's own
+            # exception event would carry the error's text and traceback, which may quote data)
+            record_exception=False,
+            set_status_on_exception=False,
         )
 
     async def _claim(self, conn: asyncpg.Connection, events: list[Event[Any]]) -> set[UUID]:

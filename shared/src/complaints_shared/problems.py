@@ -11,6 +11,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from complaints_shared.errors import (
     CommandRejected,
@@ -237,6 +238,36 @@ def install_problem_handlers(app: FastAPI) -> None:
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
         return _internal(request, exc)
+
+    app.add_middleware(ContainUnexpectedErrors)
+
+
+class ContainUnexpectedErrors:
+    """An error no handler took is answered here with the 500 problem (its type logged) and
+    goes no further.  Starlette's outermost middleware would answer it too, but then raises it
+    again for the server to log: the tracing middleware and the server would record its text
+    and traceback, and a driver's or library's message may quote the values it choked on."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = False
+
+        async def sending(message: Message) -> None:
+            nonlocal started
+            started = started or message["type"] == "http.response.start"
+            await send(message)
+
+        try:
+            await self.app(scope, receive, sending)
+        except Exception as exc:
+            response = _internal(Request(scope), exc)
+            if not started:  # else the answer is half sent: the server closes the connection
+                await response(scope, receive, send)
 
 
 def _internal(request: Request, exc: Exception) -> JSONResponse:
