@@ -12,6 +12,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.errors import IllegalStateError
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
+from complaints_shared import consumer as consumer_module
 from complaints_shared import redrive
 from complaints_shared.consumer import (
     ConsumerRunner,
@@ -584,5 +585,60 @@ async def test_a_rebuild_waits_for_the_batch_in_flight_and_the_consumer_replays_
             what="every record replayed once under the new generation",
         )
         assert runner.generation == 1
+    rows = await pool.fetch("SELECT n, count(*) AS c FROM effects GROUP BY n ORDER BY n")
+    assert [(r["n"], r["c"]) for r in rows] == [(1, 1), (2, 1), (3, 1)]
+
+
+async def test_a_consumer_whose_kafka_client_lost_its_coordinator_for_good_is_started_over(
+    infrastructure, pool, producer, topics, topic_prefix, monkeypatch
+):
+    """After a broker restart the Kafka client can mark its group coordinator dead and never
+    find it again (its lookup does not return), and every offset commit waits for it.  The
+    commit gives up after ``commit_timeout``; a new Kafka consumer takes the partition over,
+    and each event still has one effect."""
+    name = f"{topic_prefix}g"
+    made: list[AIOKafkaConsumer] = []
+
+    class Recorded(AIOKafkaConsumer):
+        def __init__(self, *args: object, **kwargs: object) -> None:
+            super().__init__(*args, **kwargs)
+            made.append(self)
+
+    monkeypatch.setattr(consumer_module, "AIOKafkaConsumer", Recorded)
+    released = asyncio.Event()  # the stalled lookup returns at the end, so its client can close
+    runner = runner_for(
+        infrastructure, pool, producer, topics, {"Counted": record_effect}, ServiceMetrics(), name
+    )
+    runner.commit_timeout = 2.0
+    async with Running(runner):
+        try:
+            await send(producer, topics[0], event(1))
+            await eventually(
+                lambda: pool.fetchval("SELECT count(*) = 1 FROM effects"), what="the first event"
+            )
+            stalled = made[0]
+            lookup = stalled._client.coordinator_lookup
+
+            async def never_returns(*args: object, **kwargs: object) -> object:
+                await released.wait()
+                return await lookup(*args, **kwargs)
+
+            stalled._client.coordinator_lookup = never_returns  # type: ignore[method-assign]
+            stalled._coordinator.coordinator_dead()
+
+            await send(producer, topics[0], event(2))
+            await eventually(
+                lambda: pool.fetchval("SELECT count(*) = 2 FROM effects"), what="the second event"
+            )  # its offset commit waits for the coordinator: the stall
+            await send(producer, topics[0], event(3))
+            await eventually(
+                lambda: pool.fetchval("SELECT count(*) = 3 FROM effects"),
+                timeout=60,
+                what="the event after the stall to take effect",
+            )
+            await asyncio.sleep(1)  # a redelivery of the uncommitted batch would land by now
+            assert len(made) >= 2  # a new Kafka consumer took over
+        finally:
+            released.set()
     rows = await pool.fetch("SELECT n, count(*) AS c FROM effects GROUP BY n ORDER BY n")
     assert [(r["n"], r["c"]) for r in rows] == [(1, 1), (2, 1), (3, 1)]

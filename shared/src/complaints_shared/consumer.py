@@ -7,7 +7,9 @@ partition's in order); the Kafka offsets are committed only after that transacti
 redelivered event finds its inbox row and has no second effect.  Transient failures (database or
 broker unreachable, a concurrent writer) are retried with backoff and block the consumer;
 anything else is a poison event: it goes to the dead-letter topic with the error and its origin
-in headers, and the partition moves on.
+in headers, and the partition moves on.  An offset commit that does not finish within
+``commit_timeout`` starts the Kafka consumer over, so a client stalled after a broker restart
+cannot hold its partitions for good.
 
 A handler may queue writes that need no answer with :func:`write`: within a batch they are sent
 together, in order (consecutive ones of the same statement in one pipelined round trip), before
@@ -26,7 +28,6 @@ batch's transaction, so a rebuild waits for batches in flight and none commits a
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
 from collections.abc import Awaitable, Callable, Mapping
@@ -202,6 +203,7 @@ class _FlushedTransaction:
 
 
 GENERATION_CHECK_SECONDS = 5.0  # an idle replica still notices a rebuild this soon
+STOP_SECONDS = 10.0  # a Kafka consumer that takes longer to close is abandoned
 
 
 async def start_over(conn: asyncpg.Connection, consumer: str) -> int:
@@ -274,6 +276,11 @@ class ConsumerRunner:
     assigned: bool = False
     generation: int = 0  # of the consumer group this runner consumes in
     wakeup: Wakeup | None = None  # the outbox relay's, for the events handlers append
+    # An offset commit that takes longer starts the Kafka consumer over: the Kafka client can
+    # lose its group coordinator for good after a broker restart (its lookup never returns),
+    # and every commit would wait for it.  The new consumer's group redelivers the records
+    # from the last commit; the inbox keeps them single.
+    commit_timeout: float = 30.0
     _recheck: bool = False  # check the generation at the next idle poll, not in 5 s
 
     def check_generation_soon(self) -> None:
@@ -360,12 +367,36 @@ class ConsumerRunner:
                         backoff.reset()
         finally:
             self.assigned = False
-            with contextlib.suppress(Exception):
-                await asyncio.shield(consumer.stop())
+            await self._stop(consumer)
+
+    async def _stop(self, consumer: AIOKafkaConsumer) -> None:
+        """Close ``consumer``, also when this task is being cancelled; give up on it after
+        ``STOP_SECONDS`` (a stalled client may never finish leaving its group: the broker
+        drops the member after its session timeout)."""
+        stopping = asyncio.ensure_future(consumer.stop())
+        try:
+            await asyncio.wait_for(asyncio.shield(stopping), STOP_SECONDS)
+        except TimeoutError:
+            stopping.cancel()
+            log.warning(
+                "consumer %s: the Kafka consumer did not close within %.0f s; abandoned",
+                self.subscription.name,
+                STOP_SECONDS,
+            )
+        except Exception as exc:  # closing is best effort; the error says nothing new
+            log.info("consumer %s: closing failed (%s)", self.subscription.name, type(exc).__name__)
 
     async def _commit(self, consumer: AIOKafkaConsumer, offsets: dict[TopicPartition, int]) -> None:
         try:
-            await consumer.commit(offsets)
+            await asyncio.wait_for(consumer.commit(offsets), self.commit_timeout)
+        except TimeoutError:
+            log.warning(
+                "consumer %s: offset commit did not finish within %.0f s; starting the Kafka"
+                " consumer over",
+                self.subscription.name,
+                self.commit_timeout,
+            )
+            raise  # transient: run() closes this consumer and starts a new one
         except (CommitFailedError, IllegalStateError):
             # A partition moved to another member during a rebalance (or was revoked while
             # its batch ran): its new owner redelivers from the last committed offset and the
