@@ -18,7 +18,8 @@ Stages (``--only`` picks some; all by default):
   the offset) over N records, against raw asyncpg writing the same inbox and
   projection rows in batches of 200.
 - ``intake``: ``POST /complaints`` at 32 connections against a minimal FastAPI + one-INSERT
-  app, and intake's latency at half its own rate (``benchmarks/http_intake.py``).
+  app, and intake's latency at half its own rate, offered open-loop and evenly spaced
+  (``benchmarks/http_intake.py``).
 - ``stored`` (not in the default run): intake at saturation with ``--stored`` complaints
   already in its database (default 0, 10k, 100k, 1M), and the customer-history query's plan.
 - ``pipeline``: all four services at ``--rate`` complaints/s offered for ``--pipeline-seconds``
@@ -401,7 +402,7 @@ def intake_rows(figures: dict[str, Any]) -> list[Row]:
         Row("intake", "  p99 at saturation", i["p99_ms"], "ms", "baseline p99", b["p99_ms"]),
         Row(
             "intake",
-            f"  p99 at half load ({h['offered']:.0f}/s offered, {h['rate']:.0f}/s done)",
+            f"  p99 at half load ({h['offered']:.0f}/s offered evenly, {h['rate']:.0f}/s done)",
             h["p99_ms"],
             "ms",
             goal="< 50 ms",
