@@ -589,14 +589,44 @@ async def test_a_rebuild_waits_for_the_batch_in_flight_and_the_consumer_replays_
     assert [(r["n"], r["c"]) for r in rows] == [(1, 1), (2, 1), (3, 1)]
 
 
-async def test_a_consumer_whose_kafka_client_lost_its_coordinator_for_good_is_started_over(
-    infrastructure, pool, producer, topics, topic_prefix, monkeypatch
-):
-    """After a broker restart the Kafka client can mark its group coordinator dead and never
-    find it again (its lookup does not return), and every offset commit waits for it.  The
-    commit gives up after ``commit_timeout``; a new Kafka consumer takes the partition over,
-    and each event still has one effect."""
-    name = f"{topic_prefix}g"
+class Stalls:
+    """A consumer runner on the real broker whose Kafka consumers are kept (``made``), with a
+    short ``stall_timeout``; ``stall_lookup`` makes the first one lose its group coordinator
+    for good, as a client can after a broker restart (its lookup never returns), and
+    ``stall_commits`` makes its offset commits never finish."""
+
+    def __init__(self, runner: ConsumerRunner, made: list[AIOKafkaConsumer]) -> None:
+        self.runner = runner
+        self.made = made
+        self.released = asyncio.Event()  # at the end, so the abandoned client can close
+
+    async def _never(self) -> None:
+        await self.released.wait()
+
+    def stall_lookup(self) -> None:
+        stalled = self.made[0]
+        lookup = stalled._client.coordinator_lookup
+
+        async def never_returns(*args: object, **kwargs: object) -> object:
+            await self._never()
+            return await lookup(*args, **kwargs)
+
+        stalled._client.coordinator_lookup = never_returns  # type: ignore[method-assign]
+        stalled._coordinator.coordinator_dead()
+
+    def stall_commits(self) -> None:
+        coordinator = self.made[0]._coordinator
+        commit = coordinator.commit_offsets
+
+        async def never_finishes(*args: object, **kwargs: object) -> None:
+            await self._never()
+            await commit(*args, **kwargs)
+
+        coordinator.commit_offsets = never_finishes  # type: ignore[method-assign]
+
+
+@pytest.fixture
+def stalls(infrastructure, pool, producer, topics, topic_prefix, monkeypatch) -> Stalls:  # type: ignore[no-untyped-def]
     made: list[AIOKafkaConsumer] = []
 
     class Recorded(AIOKafkaConsumer):
@@ -605,40 +635,91 @@ async def test_a_consumer_whose_kafka_client_lost_its_coordinator_for_good_is_st
             made.append(self)
 
     monkeypatch.setattr(consumer_module, "AIOKafkaConsumer", Recorded)
-    released = asyncio.Event()  # the stalled lookup returns at the end, so its client can close
+    monkeypatch.setattr(consumer_module, "STOP_SECONDS", 1.0)
     runner = runner_for(
-        infrastructure, pool, producer, topics, {"Counted": record_effect}, ServiceMetrics(), name
+        infrastructure,
+        pool,
+        producer,
+        topics,
+        {"Counted": record_effect},
+        ServiceMetrics(),
+        f"{topic_prefix}g",
     )
-    runner.commit_timeout = 2.0
-    async with Running(runner):
+    runner.stall_timeout = 2.0
+    return Stalls(runner, made)
+
+
+async def effects(pool: asyncpg.Pool) -> list[tuple[int, int]]:
+    rows = await pool.fetch("SELECT n, count(*) AS c FROM effects GROUP BY n ORDER BY n")
+    return [(r["n"], r["c"]) for r in rows]
+
+
+async def test_a_consumer_whose_client_lost_its_coordinator_is_started_over_while_records_flow(
+    pool, producer, topics, stalls
+):
+    """The client lost its group coordinator for good; records keep arriving (the fetches do
+    not need the coordinator) and every offset commit would wait for it.  A new Kafka consumer
+    takes the partition over, and each event still has one effect."""
+    async with Running(stalls.runner):
         try:
             await send(producer, topics[0], event(1))
-            await eventually(
-                lambda: pool.fetchval("SELECT count(*) = 1 FROM effects"), what="the first event"
-            )
-            stalled = made[0]
-            lookup = stalled._client.coordinator_lookup
-
-            async def never_returns(*args: object, **kwargs: object) -> object:
-                await released.wait()
-                return await lookup(*args, **kwargs)
-
-            stalled._client.coordinator_lookup = never_returns  # type: ignore[method-assign]
-            stalled._coordinator.coordinator_dead()
-
+            await eventually(lambda: pool.fetchval("SELECT count(*) = 1 FROM effects"))
+            stalls.stall_lookup()
             await send(producer, topics[0], event(2))
-            await eventually(
-                lambda: pool.fetchval("SELECT count(*) = 2 FROM effects"), what="the second event"
-            )  # its offset commit waits for the coordinator: the stall
+            await eventually(lambda: pool.fetchval("SELECT count(*) = 2 FROM effects"))
             await send(producer, topics[0], event(3))
             await eventually(
                 lambda: pool.fetchval("SELECT count(*) = 3 FROM effects"),
-                timeout=60,
                 what="the event after the stall to take effect",
             )
             await asyncio.sleep(1)  # a redelivery of the uncommitted batch would land by now
-            assert len(made) >= 2  # a new Kafka consumer took over
+            assert len(stalls.made) >= 2  # a new Kafka consumer took over
         finally:
-            released.set()
-    rows = await pool.fetch("SELECT n, count(*) AS c FROM effects GROUP BY n ORDER BY n")
-    assert [(r["n"], r["c"]) for r in rows] == [(1, 1), (2, 1), (3, 1)]
+            stalls.released.set()
+    assert await effects(pool) == [(1, 1), (2, 1), (3, 1)]
+
+
+async def test_an_idle_consumer_whose_client_lost_its_coordinator_is_started_over(
+    pool, producer, topics, stalls
+):
+    """With nothing to commit, the lost coordinator is noticed all the same: the consumer is
+    started over before the next record arrives, not when its commit hangs."""
+    async with Running(stalls.runner):
+        try:
+            await send(producer, topics[0], event(1))
+            await eventually(lambda: pool.fetchval("SELECT count(*) = 1 FROM effects"))
+            stalls.stall_lookup()
+            await eventually(
+                lambda: asyncio.sleep(0, len(stalls.made) >= 2),
+                timeout=20,
+                what="a new Kafka consumer while no record arrives",
+            )
+            await send(producer, topics[0], event(2))
+            await eventually(lambda: pool.fetchval("SELECT count(*) = 2 FROM effects"))
+        finally:
+            stalls.released.set()
+    assert await effects(pool) == [(1, 1), (2, 1)]
+
+
+async def test_an_offset_commit_that_never_finishes_starts_the_consumer_over(
+    pool, producer, topics, stalls
+):
+    """The coordinator is known but the commit does not come back: after ``stall_timeout`` a
+    new Kafka consumer takes over; the uncommitted record comes again and has no second
+    effect."""
+    async with Running(stalls.runner):
+        try:
+            await send(producer, topics[0], event(1))
+            await eventually(lambda: pool.fetchval("SELECT count(*) = 1 FROM effects"))
+            stalls.stall_commits()
+            await send(producer, topics[0], event(2))
+            await eventually(lambda: pool.fetchval("SELECT count(*) = 2 FROM effects"))
+            await send(producer, topics[0], event(3))
+            await eventually(
+                lambda: pool.fetchval("SELECT count(*) = 3 FROM effects"),
+                what="the event after the hung commit to take effect",
+            )
+            assert len(stalls.made) >= 2
+        finally:
+            stalls.released.set()
+    assert await effects(pool) == [(1, 1), (2, 1), (3, 1)]

@@ -7,9 +7,9 @@ partition's in order); the Kafka offsets are committed only after that transacti
 redelivered event finds its inbox row and has no second effect.  Transient failures (database or
 broker unreachable, a concurrent writer) are retried with backoff and block the consumer;
 anything else is a poison event: it goes to the dead-letter topic with the error and its origin
-in headers, and the partition moves on.  An offset commit that does not finish within
-``commit_timeout`` starts the Kafka consumer over, so a client stalled after a broker restart
-cannot hold its partitions for good.
+in headers, and the partition moves on.  A Kafka consumer whose offset commit does not finish,
+or whose client has no group coordinator, for ``stall_timeout`` is started over, so a client
+stalled after a broker restart cannot hold its partitions for good.
 
 A handler may queue writes that need no answer with :func:`write`: within a batch they are sent
 together, in order (consecutive ones of the same statement in one pipelined round trip), before
@@ -206,6 +206,13 @@ GENERATION_CHECK_SECONDS = 5.0  # an idle replica still notices a rebuild this s
 STOP_SECONDS = 10.0  # a Kafka consumer that takes longer to close is abandoned
 
 
+def _coordinator_known(consumer: AIOKafkaConsumer) -> bool:
+    """Whether the Kafka client knows its group coordinator.  aiokafka keeps that to itself: a
+    version without the attribute reads as known, and only the commit timeout watches it."""
+    coordinator = getattr(consumer, "_coordinator", None)
+    return getattr(coordinator, "coordinator_id", 0) is not None
+
+
 async def start_over(conn: asyncpg.Connection, consumer: str) -> int:
     """Make every replica of ``consumer`` replay its topics from offset 0; call it in the
     transaction that clears the consumer's inbox and projections.  Returns the new generation."""
@@ -276,11 +283,12 @@ class ConsumerRunner:
     assigned: bool = False
     generation: int = 0  # of the consumer group this runner consumes in
     wakeup: Wakeup | None = None  # the outbox relay's, for the events handlers append
-    # An offset commit that takes longer starts the Kafka consumer over: the Kafka client can
-    # lose its group coordinator for good after a broker restart (its lookup never returns),
-    # and every commit would wait for it.  The new consumer's group redelivers the records
-    # from the last commit; the inbox keeps them single.
-    commit_timeout: float = 30.0
+    # An offset commit that takes longer, or a group coordinator unknown for longer, starts the
+    # Kafka consumer over: the Kafka client can lose its coordinator for good after a broker
+    # restart (its lookup never returns), and every commit and rejoin would wait for it.  The
+    # new consumer's group redelivers the records from the last commit; the inbox keeps them
+    # single.
+    stall_timeout: float = 30.0
     _recheck: bool = False  # check the generation at the next idle poll, not in 5 s
 
     def check_generation_soon(self) -> None:
@@ -346,10 +354,23 @@ class ConsumerRunner:
         )
         await consumer.start()
         checked = time.monotonic()
+        lost_since: float | None = None  # when the client last lost its group coordinator
         try:
             while True:
                 batch = await consumer.getmany(timeout_ms=500)
                 self.assigned = bool(consumer.assignment())
+                if _coordinator_known(consumer):
+                    lost_since = None
+                elif lost_since is None:
+                    lost_since = time.monotonic()
+                elif time.monotonic() - lost_since > self.stall_timeout:
+                    log.warning(
+                        "consumer %s: no group coordinator for %.0f s; starting the Kafka"
+                        " consumer over",
+                        self.subscription.name,
+                        self.stall_timeout,
+                    )
+                    raise TimeoutError("no group coordinator")  # transient: run() starts over
                 if not batch and (
                     self._recheck or time.monotonic() - checked > GENERATION_CHECK_SECONDS
                 ):
@@ -388,13 +409,13 @@ class ConsumerRunner:
 
     async def _commit(self, consumer: AIOKafkaConsumer, offsets: dict[TopicPartition, int]) -> None:
         try:
-            await asyncio.wait_for(consumer.commit(offsets), self.commit_timeout)
+            await asyncio.wait_for(consumer.commit(offsets), self.stall_timeout)
         except TimeoutError:
             log.warning(
                 "consumer %s: offset commit did not finish within %.0f s; starting the Kafka"
                 " consumer over",
                 self.subscription.name,
-                self.commit_timeout,
+                self.stall_timeout,
             )
             raise  # transient: run() closes this consumer and starts a new one
         except (CommitFailedError, IllegalStateError):
