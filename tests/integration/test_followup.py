@@ -12,7 +12,9 @@ from pathlib import Path
 import httpx
 import pytest
 
+from complaints_followup.projection import checks
 from complaints_followup.worker import HAND_OVERS_AT_ONCE
+from complaints_shared.events.followup import CustomerMessageSent
 from tests.integration.conftest import Platform, StartPlatform
 from tests.support import Inbox, ManualClock, await_case, eventually, resolve_case
 
@@ -382,3 +384,54 @@ async def test_delivery_failures_are_retried_and_sent_is_recorded_only_after_han
     await eventually(sent_recorded, what="SatisfactionCheckSent after the hand-over")
     row = await pool.fetchrow("SELECT status, attempts FROM deliveries WHERE kind = 'check'")
     assert (row["status"], row["attempts"]) == ("sent", 3)
+
+
+async def test_an_answer_meeting_a_concurrent_append_to_its_stream_is_recorded(loop, http):
+    """The survey's e-mail can arrive before followup has recorded it as sent, so an answer
+    given at once can meet that append to the same stream.  The answer is decided again on
+    the fresh state (the survey is still open) and recorded, not refused with a 409."""
+    p, clock, inbox = loop
+    cid = await submit(p, http, "eva@example.pt")
+    await resolve_case(http, p.url("resolution"), cid)
+    clock.advance(3 * DAY + timedelta(minutes=1))
+    token = token_of(await mail(inbox, "eva@example.pt", "Como correu?"))
+    checks_url = f"{p.url('followup')}/satisfaction-checks"
+
+    async def sent() -> bool:
+        items = (await http.get(checks_url, params={"complaint_id": cid})).json()["items"]
+        return bool(items) and items[0]["status"] == "sent"
+
+    await eventually(sent, what="the survey recorded as sent")
+    rt = p.servers["followup"].app.state.runtime
+    async with rt.pool.acquire() as conn:
+        append = conn.transaction()
+        await append.start()  # another writer's append to the stream, not yet committed
+        await checks(rt).execute(
+            conn,
+            uuid.UUID(cid),
+            lambda _: [
+                CustomerMessageSent(
+                    source_event_id=str(uuid.uuid4()),
+                    source_type="CaseUpdated",
+                    channel="email",
+                    delivery_id=uuid.uuid4(),
+                )
+            ],
+        )
+        answer = asyncio.create_task(
+            http.post(f"{p.url('followup')}/surveys/{token}", json={"score": 5, "solved": True})
+        )
+
+        async def waits_for_the_append() -> bool:  # the answer's append found it: same version
+            return await rt.pool.fetchval(
+                "SELECT count(*) > 0 FROM pg_stat_activity"
+                " WHERE datname = current_database() AND wait_event_type = 'Lock'"
+            )
+
+        await eventually(waits_for_the_append, what="the answer to wait for the other append")
+        await append.commit()
+    r = await answer
+    assert r.status_code == 201, r.text
+    assert r.json() == {"status": "recorded", "reopen_requested": False}
+    (check,) = (await http.get(checks_url, params={"complaint_id": cid})).json()["items"]
+    assert check["status"] == "answered"

@@ -230,7 +230,10 @@ async def _record(rt: Runtime, parsed: SurveyToken, row: Any, body: SurveyAnswer
             lambda s: record_answer(
                 s, parsed.check_id, body, now, row["contact_category"], row["received_channel"]
             ),
-            redecide=False,
+            # decided again on a concurrent append (the survey's e-mail recorded as sent, say):
+            # the customer answered the survey, not a version of its stream, and whether it is
+            # still open (not answered meanwhile, expired or withdrawn) is checked once more
+            redecide=True,
         )
     return SurveyRecorded(
         status="recorded",
