@@ -709,3 +709,26 @@ async def test_an_idle_consumer_whose_client_lost_its_coordinator_is_started_ove
         finally:
             stalls.released.set()
     assert await effects(pool) == [(1, 1), (2, 1)]
+
+
+async def test_a_consumer_cancelled_as_its_commit_comes_back_stops(
+    infrastructure, pool, producer, topics, topic_prefix
+):
+    """The service stops (its tasks are cancelled) just as an offset commit comes back: the
+    cancellation is not lost to the commit's timeout, so the consumer stops and the shutdown
+    does not wait for it forever."""
+    runner = runner_for(infrastructure, pool, producer, topics, {}, None, f"{topic_prefix}g")
+    answered = asyncio.get_running_loop().create_future()
+
+    class Committing:
+        async def commit(self, offsets: object) -> None:
+            await answered
+
+    committing = asyncio.create_task(
+        runner._commit(Committing(), {TopicPartition(topics[0], 0): 5})  # type: ignore[arg-type]
+    )
+    await asyncio.sleep(0.01)  # waiting for the broker's answer
+    answered.set_result(None)
+    committing.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await committing

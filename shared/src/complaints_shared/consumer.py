@@ -396,7 +396,8 @@ class ConsumerRunner:
         drops the member after its session timeout)."""
         stopping = asyncio.ensure_future(consumer.stop())
         try:
-            await asyncio.wait_for(asyncio.shield(stopping), STOP_SECONDS)
+            async with asyncio.timeout(STOP_SECONDS):
+                await asyncio.shield(stopping)
         except TimeoutError:
             stopping.cancel()
             log.warning(
@@ -409,7 +410,10 @@ class ConsumerRunner:
 
     async def _commit(self, consumer: AIOKafkaConsumer, offsets: dict[TopicPartition, int]) -> None:
         try:
-            await asyncio.wait_for(consumer.commit(offsets), self.stall_timeout)
+            # asyncio.timeout, not wait_for: Python 3.11's wait_for drops a cancellation that
+            # arrives as the commit comes back, and the consumer would not stop
+            async with asyncio.timeout(self.stall_timeout):
+                await consumer.commit(offsets)
         except TimeoutError:
             log.warning(
                 "consumer %s: offset commit did not finish within %.0f s; starting the Kafka"
