@@ -171,19 +171,29 @@ def _stop(proc: subprocess.Popen[bytes]) -> None:
             proc.wait()
 
 
-def open_loop(url: str, token: str, seconds: float, rate: float) -> Load:
-    """``rate`` requests/s evenly spaced for ``seconds`` over 32 keep-alive connections, each
-    from a distinct customer (the body wrk sends); latency from when each request was due."""
-    host, _, port = url.removeprefix("http://").partition(":")
-    run = os.urandom(3).hex()
+def complaint_posts(token: str, body: Callable[[int], bytes]) -> Callable[[int], bytes]:
+    """The i-th ``POST /complaints`` request with ``body(i)``, as :mod:`openloop` sends it."""
     head = (
         "POST /complaints HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
         f"Authorization: Bearer {token}\r\n"
     ).encode()
 
     def request(i: int) -> bytes:
+        payload = body(i)
+        return head + b"Content-Length: %d\r\n\r\n" % len(payload) + payload
+
+    return request
+
+
+def open_loop(url: str, token: str, seconds: float, rate: float) -> Load:
+    """``rate`` requests/s evenly spaced for ``seconds`` over 32 keep-alive connections, each
+    from a distinct customer (the body wrk sends); latency from when each request was due."""
+    host, _, port = url.removeprefix("http://").partition(":")
+    run = os.urandom(3).hex()
+
+    def body(i: int) -> bytes:
         who = f"{run}-{i}"
-        body = json.dumps(
+        return json.dumps(
             {
                 "channel": "email",
                 "customer": {"name": f"Cliente {who}", "email": f"c{who}@example.pt"},
@@ -192,8 +202,8 @@ def open_loop(url: str, token: str, seconds: float, rate: float) -> Load:
                 " respondeu aos meus emails.",
             }
         ).encode()
-        return head + b"Content-Length: %d\r\n\r\n" % len(body) + body
 
+    request = complaint_posts(token, body)
     out = asyncio.run(openloop.run(host, int(port), request, rate, seconds, connections=32))
     return Load(
         requests=out.offered,

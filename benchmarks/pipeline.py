@@ -33,7 +33,7 @@ from typing import Any
 import asyncpg
 import openloop
 from aiokafka import AIOKafkaConsumer
-from http_intake import Harness, _stop, _wait_ready, free_port, service_env
+from http_intake import Harness, _stop, _wait_ready, complaint_posts, free_port, service_env
 
 from complaints_shared.topics import delete_topics
 
@@ -141,14 +141,7 @@ async def _measure(
             await asyncio.sleep(1)
 
     sampling = asyncio.create_task(sample())
-    head = (
-        f"POST /complaints HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
-        f"Authorization: Bearer {token}\r\n"
-    ).encode()
-
-    def request(i: int) -> bytes:
-        body = _body(i, run)
-        return head + b"Content-Length: %d\r\n\r\n" % len(body) + body
+    request = complaint_posts(token, lambda i: _body(i, run))
 
     pids = {**pids, "postgres": postgres_pids()}
     cpu_before = cpu_seconds(pids)
