@@ -7,6 +7,7 @@ import uuid
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+import asyncpg
 import httpx
 import pytest
 from aiokafka import AIOKafkaProducer
@@ -583,7 +584,11 @@ async def test_two_first_occurrences_at_the_same_moment_still_open_the_problem(
     p = await start_platform("learning")
     rt = p.servers["learning"].app.state.runtime
     (subscription,) = learning_subscriptions(rt)
-    on_cause = subscription.handlers["CauseIdentified"]
+    assert subscription.batch is not None
+
+    async def on_cause(conn: asyncpg.Connection, event: Event[Any]) -> None:
+        await subscription.batch.handle(conn, [event])  # type: ignore[union-attr]
+
     pool = p.pool("learning")
     a, b = uuid.uuid4(), uuid.uuid4()
     first = ev(cause_event(a, "label printer skips a line", "billing"), a, T, "resolution")

@@ -55,3 +55,29 @@ def test_increments_rank_as_a_fresh_comparison_of_every_text(monkeypatch, postin
     assert len(index) == 39
     index.apply([("c5", 50, "an older version arrives late")])  # ignored: older
     assert index.version_of("c5") == 101
+
+
+def test_a_text_seen_again_under_a_new_version_is_not_vectorised_again(monkeypatch):
+    """A rebuild gives every text a new version: the same text keeps its vector (nothing to
+    compute, no dead row), a changed one is replaced."""
+    index = SimilarIndex()
+    index.apply((k, i + 1, t) for i, (k, t) in enumerate(STORIES.items()))
+    before = [(m.key, m.score) for m in index.rank(STORIES["en"], limit=5, threshold=0.0)]
+    vectorised: list[str] = []
+
+    def counting(texts: list[str]):  # type: ignore[no-untyped-def]
+        vectorised.extend(texts)
+        return vectorise(texts)
+
+    monkeypatch.setattr(similarity, "vectorise", counting)
+    index.apply((k, 100 + i, t) for i, (k, t) in enumerate(STORIES.items()))
+    assert vectorised == []  # every text as it was
+    assert len(index._keys) == len(STORIES)  # and no row replaced
+    assert index.version_of("en") == 102
+    index.apply([("queue", 200, "The queue at the till took an hour.")])
+    assert vectorised == ["The queue at the till took an hour."]
+    index.apply([("rude", 201, None), ("rude", 202, STORIES["rude"])])  # gone, then back
+    assert vectorised[-1] == STORIES["rude"] and len(index) == len(STORIES)
+    monkeypatch.setattr(similarity, "vectorise", vectorise)
+    after = [(m.key, m.score) for m in index.rank(STORIES["en"], limit=5, threshold=0.0)]
+    assert [k for k, _ in after][:3] == [k for k, _ in before][:3]

@@ -18,6 +18,12 @@ statement still sees every earlier write, whichever handler made it.  A failed f
 narrowed down record by record like any failure outside one handler (the handler whose read set
 it off is not blamed for it).
 
+A subscription may instead hand a batch's new events to one :class:`Batch` handler, in the
+batch's order, so that it can write them set-based (a statement per kind of write, not per
+event): what makes replaying a topic from offset 0 fast.  Its failure is narrowed down record by
+record like any other.  Its work is one ``process`` span, a child of the event's trace when the
+batch holds one event, else linked to the events' traces (OpenTelemetry's batch convention).
+
 A rebuild starts the consumer over (:func:`start_over`, in the rebuild's transaction): its
 generation moves on, every replica's next batch sees that and rolls back, and each replica
 rejoins under the new generation's consumer group, which has no committed offsets and so
@@ -28,9 +34,10 @@ batch's transaction, so a rebuild waits for batches in flight and none commits a
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from contextvars import ContextVar
 from dataclasses import dataclass, field
 from typing import Any, TypeVar, cast
@@ -39,6 +46,8 @@ from uuid import UUID
 import asyncpg
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
 from aiokafka.errors import CommitFailedError, IllegalStateError, KafkaError
+from opentelemetry import trace
+from opentelemetry.context import Context
 
 from complaints_shared.envelope import (
     Event,
@@ -67,6 +76,7 @@ log = logging.getLogger(__name__)
 DLQ_TOPIC = "complaints.dlq.v1"
 
 Handler = Callable[[asyncpg.Connection, Event[Any]], Awaitable[None]]
+BatchHandler = Callable[[asyncpg.Connection, Sequence[Event[Any]]], Awaitable[None]]
 E = TypeVar("E", bound=DomainEvent)
 
 
@@ -251,11 +261,43 @@ class Subscription:
 
     name: str
     topics: tuple[str, ...]
-    handlers: Mapping[str, Handler]
+    handlers: Mapping[str, Handler] = field(default_factory=dict)
     fallback: Handler | None = None  # for every other event type, if given
+    batch: Batch | None = None  # instead of ``handlers``: every event of a batch at once
+    # The personal fields (dotted) the handlers read, per event type: only those are opened,
+    # every other personal value reads as erased and is never decrypted.  None: all opened.
+    reads_personal: Mapping[str, frozenset[str]] | None = None
+
+    def __post_init__(self) -> None:
+        if self.batch is not None and (self.handlers or self.fallback is not None):
+            raise ValueError("a subscription has either handlers or a batch handler")
 
     def handler_for(self, event_type: str) -> Handler | None:
+        if self.batch is not None:
+            return _BATCHED if event_type in self.batch.types else None
         return self.handlers.get(event_type, self.fallback)
+
+
+@dataclass(frozen=True, slots=True)
+class Batch:
+    """Set-based handling: ``handle`` gets a batch's new events of ``types`` (the ones not
+    seen before) in one call, in the order the poll returned them (each partition's in
+    order), in the batch's transaction."""
+
+    types: frozenset[str]
+    handle: BatchHandler
+    max_records: int = 2000  # per poll: larger batches, fewer round trips per event
+
+
+async def _BATCHED(conn: asyncpg.Connection, event: Event[Any]) -> None:  # pragma: no cover
+    raise AssertionError("a batch subscription's events go to its batch handler")
+
+
+# A batch handler's call gets a span per event in each event's trace up to this many events;
+# a larger batch (a replay) gets one span, linked to at most MAX_LINKS of their traces (the
+# SDK's default limit).
+TRACE_EACH_UP_TO = 16
+MAX_LINKS = 128
 
 
 @dataclass(slots=True)
@@ -350,7 +392,11 @@ class ConsumerRunner:
             enable_auto_commit=False,
             auto_offset_reset="earliest",
             isolation_level="read_committed",
-            max_poll_records=self.max_poll_records,
+            max_poll_records=(
+                self.subscription.batch.max_records
+                if self.subscription.batch is not None
+                else self.max_poll_records
+            ),
         )
         await consumer.start()
         checked = time.monotonic()
@@ -512,6 +558,9 @@ class ConsumerRunner:
         fresh: set[UUID],
         outcomes: list[str],
     ) -> None:
+        if self.subscription.batch is not None:
+            await self._apply_batched(conn, self.subscription.batch, records, read, fresh, outcomes)
+            return
         for record, found in zip(records, read, strict=True):
             if found is None:
                 outcomes.append("ignored")
@@ -553,7 +602,11 @@ class ConsumerRunner:
             except MalformedEvent as exc:
                 raise _Poisoned(record, exc) from exc
         if self.keyring is not None:
-            await open_payloads(self.keyring, [(d[1], d[3]) for d in decoded if d is not None])
+            await open_payloads(
+                self.keyring,
+                [(d[1], d[3]) for d in decoded if d is not None],
+                self.subscription.reads_personal,
+            )
         read: list[tuple[dict[str, str], Handler, Event[Any]] | None] = []
         for record, d in zip(records, decoded, strict=True):
             if d is None:
@@ -566,13 +619,100 @@ class ConsumerRunner:
                 raise _Poisoned(record, exc) from exc
         return read
 
+    async def _apply_batched(
+        self,
+        conn: asyncpg.Connection,
+        batch: Batch,
+        records: list[ConsumerRecord],
+        read: list[tuple[dict[str, str], Handler, Event[Any]] | None],
+        fresh: set[UUID],
+        outcomes: list[str],
+    ) -> None:
+        """The batch's new events to ``batch`` in one call, under one span."""
+        events: list[Event[Any]] = []
+        wanted: list[tuple[ConsumerRecord, dict[str, str], Event[Any]]] = []
+        mine: list[str] = []  # the outcomes of ``wanted``
+        for record, found in zip(records, read, strict=True):
+            if found is None:
+                outcomes.append("ignored")
+                continue
+            headers, _, event = found
+            wanted.append((record, headers, event))
+            if event.event_id in fresh:
+                fresh.discard(event.event_id)  # a second copy in the batch is a duplicate too
+                events.append(event)
+                mine.append("processed")
+            else:
+                mine.append("duplicate")
+            outcomes.append(mine[-1])
+        if not wanted:
+            return
+        with contextlib.ExitStack() as stack:
+            spans = [stack.enter_context(s) for s in self._batch_spans(wanted)]
+            try:
+                if events:
+                    await batch.handle(conn, events)
+            except Exception as exc:
+                for span in spans:
+                    record_error(span, exc)
+                raise  # transient: retried; else narrowed down record by record
+            if len(spans) == len(wanted):  # one per event: its own outcome
+                for span, outcome in zip(spans, mine, strict=True):
+                    span.set_attribute("complaints.outcome", outcome)
+            else:
+                spans[0].set_attribute("complaints.processed", len(events))
+
+    def _batch_spans(self, wanted: list[tuple[ConsumerRecord, dict[str, str], Event[Any]]]) -> Any:
+        """The spans of a batch handler's call: up to :data:`TRACE_EACH_UP_TO` events, each
+        event's ``process`` span, a child of its trace, as a handler's (each lasting the whole
+        call); more (a replay), one span for the batch, linked to up to :data:`MAX_LINKS` of
+        their traces."""
+        if len(wanted) <= TRACE_EACH_UP_TO:
+            spans = []
+            for record, headers, event in wanted:
+                span_attrs = self._span_attributes(record, event)
+                span_attrs["messaging.batch.message_count"] = len(wanted)
+                spans.append(self._start_span(f"{record.topic} process", headers, span_attrs))
+            return spans
+        topics = sorted({record.topic for record, _, _ in wanted})
+        links = []
+        for _, headers, _ in wanted[:MAX_LINKS]:
+            context = trace.get_current_span(extract_context(headers)).get_span_context()
+            if context.is_valid:
+                links.append(trace.Link(context))
+        span_attrs = attrs("process", topics[0])
+        if len(topics) > 1:
+            del span_attrs["messaging.destination.name"]
+        span_attrs["messaging.batch.message_count"] = len(wanted)
+        span_attrs["messaging.consumer.group.name"] = self.subscription.name
+        return [
+            self.telemetry.tracer.start_as_current_span(
+                f"{topics[0]} process" if len(topics) == 1 else "process",
+                context=Context(),  # a root: the batch belongs to no one event's trace
+                kind=CONSUMER,
+                attributes=span_attrs,
+                links=links,
+                record_exception=False,
+                set_status_on_exception=False,
+            )
+        ]
+
     def _span(self, record: ConsumerRecord, event: Event[Any], headers: Mapping[str, str]) -> Any:
-        span_attrs = attrs("process", record.topic, event)
+        return self._start_span(
+            f"{record.topic} process", headers, self._span_attributes(record, event)
+        )
+
+    def _span_attributes(self, record: ConsumerRecord, event: Event[Any]) -> dict[str, Any]:
+        span_attrs: dict[str, Any] = attrs("process", record.topic, event)
         span_attrs["messaging.consumer.group.name"] = self.subscription.name
         span_attrs["messaging.destination.partition.id"] = str(record.partition)
         span_attrs["messaging.kafka.offset"] = record.offset
+        return span_attrs
+
+    def _start_span(self, name: str, headers: Mapping[str, str], span_attrs: dict[str, Any]) -> Any:
+        """A ``process`` span, a child of the trace the record's headers carry."""
         return self.telemetry.tracer.start_as_current_span(
-            f"{record.topic} process",
+            name,
             context=extract_context(headers),
             kind=CONSUMER,
             attributes=span_attrs,

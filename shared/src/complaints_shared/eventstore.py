@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from contextlib import asynccontextmanager
 from contextvars import ContextVar
 from dataclasses import dataclass, replace
@@ -76,6 +76,10 @@ class EventRecorder(Protocol):
     async def load(
         self, conn: Any, stream_id: UUID, from_version: int = 1
     ) -> list[Event[DomainEvent]]: ...
+
+    async def load_many(
+        self, conn: Any, from_versions: Mapping[UUID, int]
+    ) -> dict[UUID, list[Event[DomainEvent]]]: ...
 
     async def version(self, conn: Any, stream_id: UUID) -> int: ...
 
@@ -336,6 +340,24 @@ class PostgresEventStore:
         )
         return await open_rows(rows, self.source, self.keyring)
 
+    async def load_many(
+        self, conn: asyncpg.Connection | asyncpg.Pool, from_versions: Mapping[UUID, int]
+    ) -> dict[UUID, list[Event[DomainEvent]]]:
+        """Several streams' events, each from its version in ``from_versions`` on, in one
+        round trip (a stream with none there is absent from the answer)."""
+        rows = await conn.fetch(
+            "SELECT e.stream_id, e.version, e.event_id, e.type, e.occurred_at, e.data"
+            "  FROM unnest($1::uuid[], $2::int[]) AS w(stream_id, from_version)"
+            "  JOIN events e ON e.stream_id = w.stream_id AND e.version >= w.from_version"
+            " ORDER BY e.stream_id, e.version",
+            list(from_versions),
+            list(from_versions.values()),
+        )
+        out: dict[UUID, list[Event[DomainEvent]]] = {}
+        for event in await open_rows(rows, self.source, self.keyring):
+            out.setdefault(event.stream_id, []).append(event)
+        return out
+
     async def load_all(
         self, conn: asyncpg.Connection | asyncpg.Pool, types: Sequence[str] | None = None
     ) -> list[Event[DomainEvent]]:
@@ -415,6 +437,12 @@ class InMemoryEventStore:
         return await self._read(
             self.streams.get(stream_id, [])[skip:], self.stored.get(stream_id, [])[skip:]
         )
+
+    async def load_many(
+        self, conn: Any, from_versions: Mapping[UUID, int]
+    ) -> dict[UUID, list[Event[DomainEvent]]]:
+        out = {s: await self.load(conn, s, v) for s, v in from_versions.items()}
+        return {s: events for s, events in out.items() if events}
 
 
 async def init_connection(conn: asyncpg.Connection) -> None:

@@ -207,21 +207,39 @@ async def seal_payloads(
             seal(data, fields, key)
 
 
-async def open_payloads(keyring: Keyring, items: list[tuple[str, dict[str, Any]]]) -> None:
+async def open_payloads(
+    keyring: Keyring,
+    items: list[tuple[str, dict[str, Any]]],
+    reads: Mapping[str, Collection[str]] | None = None,
+) -> None:
     """Open the sealed values of several ``(type name, payload)`` pairs in place, fetching the
-    keys they need at once."""
+    keys they need at once.  With ``reads`` (the dotted personal fields the reader uses, per
+    type name), only those are opened; every other personal value is withheld: it reads as
+    erased, and is never decrypted."""
+    Plan = tuple[tuple[PersonalField, ...], tuple[PersonalField, ...]]  # (open, withhold)
+    by_type: dict[str, Plan] = {}
+
+    def plan(type_name: str) -> Plan:
+        fields = fields_of(type_name)
+        if reads is None:
+            return fields, ()
+        read = reads.get(type_name, ())
+        return (
+            tuple(f for f in fields if f.dotted in read),
+            tuple(f for f in fields if f.dotted not in read),
+        )
+
+    plans = [by_type.get(t) or by_type.setdefault(t, plan(t)) for t, _ in items]
     wanted: set[str] = set()
-    for type_name, data in items:
-        fields = fields_of(type_name)
-        if fields:
-            wanted |= sealed_key_ids(data, fields)
-    if not wanted:
-        return
-    keys = await keyring.keys(wanted)
-    for type_name, data in items:
-        fields = fields_of(type_name)
-        if fields:
-            open_sealed(data, fields, keys)
+    for (to_open, _), (_, data) in zip(plans, items, strict=True):
+        if to_open:
+            wanted |= sealed_key_ids(data, to_open)
+    keys = await keyring.keys(wanted) if wanted else {}
+    for (to_open, withheld), (_, data) in zip(plans, items, strict=True):
+        if to_open:
+            open_sealed(data, to_open, keys)
+        if withheld:
+            erase_fields(data, withheld)
 
 
 class InMemoryKeyring:

@@ -20,6 +20,7 @@ pass, without first copying the query's columns out of the matrix.
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Iterable
 from dataclasses import dataclass
 
@@ -47,6 +48,10 @@ _VECTORIZER = HashingVectorizer(
 )
 
 
+def _digest(text: str) -> bytes:
+    return hashlib.blake2b(text.encode(), digest_size=16).digest()
+
+
 @dataclass(frozen=True)
 class Match:
     key: str
@@ -69,6 +74,7 @@ class SimilarIndex:
         self._keys: list[str] = []  # row -> key (None-like "" once removed)
         self._row: dict[str, int] = {}
         self._versions: dict[str, int] = {}
+        self._texts: dict[str, bytes] = {}  # key -> digest of its indexed text
         self._main = sp.csc_matrix((0, FEATURES), dtype=np.float32)
         self._tail: list[sp.csr_matrix] = []
         self._tail_matrix: sp.csr_matrix | None = None  # the tail stacked, until it grows
@@ -90,13 +96,19 @@ class SimilarIndex:
             if self._versions.get(key, -1) >= version:
                 continue  # seen already
             self._versions[key] = version
+            digest = _digest(text) if text else None
+            if digest is not None and self._texts.get(key) == digest and key in self._row:
+                continue  # the same text again (a replay): its vector stands
             self._remove(key)
             if text:
+                assert digest is not None
+                self._texts[key] = digest
                 new.append((key, text))
         if new:
             self._append([k for k, _ in new], vectorise([t for _, t in new]))
 
     def _remove(self, key: str) -> None:
+        self._texts.pop(key, None)
         row = self._row.pop(key, None)
         if row is not None:
             self._alive[row] = False
