@@ -4,6 +4,7 @@ complaint changes nothing: replaying the topics rebuilds the same answers."""
 
 from __future__ import annotations
 
+import functools
 import uuid
 from collections.abc import Iterable
 from dataclasses import dataclass, replace
@@ -27,6 +28,7 @@ def normalise_part(value: str | None) -> str:
     return normalise(value) or "-"
 
 
+@functools.lru_cache(maxsize=65_536)
 def problem_id_of(signature_key: str) -> uuid.UUID:
     """The id of the problem of a signature (:attr:`Signature.key`)."""
     return uuid.uuid5(NAMESPACE, signature_key)
@@ -44,7 +46,7 @@ class Signature:
 
     @classmethod
     def of(cls, root_cause: str, category: str | None, product: str | None) -> Signature:
-        return cls(normalise_part(root_cause), normalise_part(category), normalise_part(product))
+        return _signature(root_cause, category, product)
 
     @property
     def key(self) -> str:
@@ -58,6 +60,11 @@ class Signature:
         return ev.Signature(
             root_cause=self.root_cause, category=self.category, product=self.product
         )
+
+
+@functools.lru_cache(maxsize=65_536)  # a replay asks for the same few signatures again and again
+def _signature(root_cause: str, category: str | None, product: str | None) -> Signature:
+    return Signature(normalise_part(root_cause), normalise_part(category), normalise_part(product))
 
 
 def recurrence_window(occurred_at: datetime, policy: Policy) -> tuple[datetime, datetime]:
