@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import uuid
+from collections.abc import Sequence
 from datetime import UTC, datetime
+from typing import Any
 
 import asyncpg
 import pytest
@@ -15,6 +17,8 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 from complaints_shared import consumer as consumer_module
 from complaints_shared import redrive
 from complaints_shared.consumer import (
+    TRACE_EACH_UP_TO,
+    Batch,
     ConsumerRunner,
     RetryPolicy,
     Subscription,
@@ -24,7 +28,7 @@ from complaints_shared.consumer import (
 from complaints_shared.envelope import Event, decode_headers, to_kafka_record
 from complaints_shared.errors import PoisonEvent
 from complaints_shared.metrics import ServiceMetrics
-from complaints_shared.telemetry import setup_telemetry
+from complaints_shared.telemetry import inject_context, setup_telemetry
 from complaints_shared.topics import ensure_topics
 from tests.events import Counted, SomethingElse
 from tests.support import eventually, read_topic
@@ -208,6 +212,69 @@ async def test_a_poison_records_error_text_stays_out_of_its_span(
         )
     )
     assert marker not in told and "Traceback" not in told
+
+
+async def test_a_batch_handler_gets_a_polls_new_events_at_once_and_a_failing_one_poisons_only_it(
+    infrastructure, pool, producer, topics, topic_prefix
+):
+    """A batch subscription's handler gets every new event of its types in one call, in order
+    (a redelivered copy and other types left out); when it fails for one event, the batch is
+    narrowed down record by record and only that record is dead-lettered.  A large batch is
+    one span linked to its events' traces; a lone event's span is in its own trace."""
+    name = f"{topic_prefix}b"
+    calls: list[list[int]] = []
+
+    async def handle(conn: asyncpg.Connection, events: Sequence[Event[Any]]) -> None:
+        calls.append([e.payload.n for e in events])
+        if any(e.payload.n == 13 for e in events):
+            raise PoisonEvent("unlucky number")
+        await conn.executemany(
+            "INSERT INTO effects VALUES ($1, $2)", [(e.event_id, e.payload.n) for e in events]
+        )
+
+    counted = [event(n) for n in range(1, 41)]
+    with setup_telemetry("sender").tracer.start_as_current_span("send") as sending:
+        trace_headers = inject_context(sending)
+    for e in [*counted[:5], counted[2], event(99, SomethingElse), *counted[5:]]:
+        r = to_kafka_record(e, trace_headers)
+        await producer.send_and_wait(topics[0], r.value, key=r.key, headers=r.headers)
+    exporter = InMemorySpanExporter()
+    metrics = ServiceMetrics()
+    runner = ConsumerRunner(
+        Subscription(name, (topics[0],), batch=Batch(frozenset({"Counted"}), handle)),
+        infrastructure.kafka_bootstrap,
+        pool,
+        producer,
+        setup_telemetry("test", exporter),
+        metrics,
+        dlq_topic=topics[1],
+        retry=RetryPolicy(initial_delay=0.05, max_delay=0.2),
+    )
+    async with Running(runner):
+        await eventually(
+            lambda: asyncio.sleep(
+                0,
+                outcome(metrics, name, "processed") == 39
+                and outcome(metrics, name, "dead_lettered") == 1,
+            ),
+            what="39 events processed and one dead-lettered",
+        )
+    rows = await pool.fetch("SELECT n FROM effects ORDER BY n")
+    assert [r["n"] for r in rows] == [n for n in range(1, 41) if n != 13]  # each once
+    assert calls[0] == list(range(1, 41))  # the first poll: all at once, in order, once each
+    assert outcome(metrics, name, "duplicate") == 1 and outcome(metrics, name, "ignored") == 1
+    (dead,) = await read_topic(infrastructure.kafka_bootstrap, topics[1], count=1)
+    assert dead.key == str(counted[12].stream_id).encode()
+    spans = [s for s in exporter.get_finished_spans() if s.name == f"{topics[0]} process"]
+    trace_id = sending.get_span_context().trace_id
+    (large,) = [s for s in spans if s.attributes["messaging.batch.message_count"] > TRACE_EACH_UP_TO]
+    assert large.parent is None and large.attributes["error.type"] == "PoisonEvent"
+    assert len(large.links) == 41 and {link.context.trace_id for link in large.links} == {trace_id}
+    lone = [s for s in spans if s.attributes["messaging.batch.message_count"] == 1]
+    assert len(lone) == 41  # narrowed down: each record on its own, in the sender's trace
+    assert {s.context.trace_id for s in lone} == {trace_id}
+    told = sorted(s.attributes["complaints.outcome"] for s in lone)
+    assert told == ["dead_lettered", "duplicate", *["processed"] * 39]
 
 
 async def test_queued_writes_land_with_their_batch_and_a_failing_one_poisons_only_its_record(

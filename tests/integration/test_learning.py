@@ -635,3 +635,81 @@ async def test_a_rebuild_through_one_replica_replays_every_partition_of_every_re
 async def _both_assigned(*platforms: Platform) -> bool:
     runners = [c for p in platforms for c in p.servers["learning"].app.state.background.consumers]
     return all(c.assigned for c in runners)
+
+
+async def test_one_batch_keeps_each_complaints_order_and_counts_as_one_by_one(
+    start_platform: StartPlatform,
+):
+    """Learning writes a batch set-based, a statement per kind of event: a complaint's events
+    in one batch still take effect in their order (resolved then reopened is open; reopened
+    then resolved is resolved; an erasure after the receipt leaves no text), and two first
+    occurrences of one cause in one batch open the problem, as they would one by one."""
+    p = await start_platform("learning")
+    rt = p.servers["learning"].app.state.runtime
+    (subscription,) = learning_subscriptions(rt)
+    assert subscription.batch is not None
+    pool = p.pool("learning")
+    a, b, c, d, e = (uuid.uuid4() for _ in range(5))
+
+    def resolved(x: uuid.UUID) -> rs.CaseResolved:
+        return rs.CaseResolved(
+            complaint_id=x, summary="ok", resolved_by="a1", category="billing", severity="low"
+        )
+
+    def reopened(x: uuid.UUID) -> rs.CaseReopened:
+        return rs.CaseReopened(complaint_id=x, reason="not fixed", requested_by="customer")
+
+    batch = [
+        ev(received_event(1, "billing", T), a, T, "intake"),
+        ev(received_event(2, "billing", T), b, T, "intake"),
+        ev(received_event(3, "billing", T), c, T, "intake"),
+        ev(cause_event(a, "printer skips a line", "billing"), a, T + H, "resolution"),
+        ev(resolved(a), a, T + 2 * H, "resolution"),
+        ev(reopened(b), b, T + 2 * H, "resolution"),
+        ev(reopened(a), a, T + 3 * H, "resolution"),
+        ev(resolved(b), b, T + 3 * H, "resolution"),
+        ev(
+            it.PersonalDataErased(customer_key="k", complaint_ids=(c,), erased_by="dpo"),
+            uuid.uuid4(),
+            T,
+            "intake",
+        ),
+        ev(cause_event(d, "stamp smudges", "billing"), d, T + H, "resolution"),
+        ev(cause_event(e, "stamp smudges", "billing"), e, T + 2 * H, "resolution"),
+    ]
+    async with pool.acquire() as conn, conn.transaction():
+        await subscription.batch.handle(conn, batch)
+    facts = {
+        r["complaint_id"]: r
+        for r in await pool.fetch(
+            "SELECT * FROM complaint_facts WHERE complaint_id = ANY($1)", [a, b, c]
+        )
+    }
+    assert facts[a]["resolved_at"] is None and facts[a]["root_cause"] == "printer skips a line"
+    assert facts[b]["resolved_at"] == T + 3 * H
+    assert facts[c]["text"] is None and facts[b]["text"] == "s2\nd2"
+    opened = await pool.fetch("SELECT data FROM events WHERE type = 'ProblemOpened'")
+    assert [sorted(r["data"]["complaint_ids"]) for r in opened] == [sorted([str(d), str(e)])]
+    linked = await pool.fetch(
+        "SELECT complaint_id FROM complaint_facts WHERE problem_id IS NOT NULL"
+    )
+    assert {r["complaint_id"] for r in linked} == {d, e}
+
+
+async def test_a_complaints_signatures_are_read_by_index(start_platform: StartPlatform):
+    """Placing a complaint reads the signatures it is counted for: by index, not by scanning
+    every occurrence (which made a replay quadratic in the complaints stored)."""
+    p = await start_platform("learning")
+    pool = p.pool("learning")
+    await pool.execute(
+        "INSERT INTO occurrences SELECT 'cause ' || (i % 50), gen_random_uuid(), now()"
+        " FROM generate_series(1, 20000) AS i"
+    )
+    await pool.execute("ANALYZE occurrences")
+    plan = "\n".join(
+        r[0]
+        for r in await pool.fetch(
+            "EXPLAIN SELECT signature FROM occurrences WHERE complaint_id = $1", uuid.uuid4()
+        )
+    )
+    assert "occurrences_complaint" in plan and "Seq Scan" not in plan, plan

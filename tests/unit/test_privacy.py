@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 import sys
+import uuid
 
 import orjson
 import pytest
@@ -16,10 +17,12 @@ from complaints_shared.logs import JsonFormatter
 from complaints_shared.privacy import (
     ERASED,
     DataKey,
+    InMemoryKeyring,
     PersonalField,
     erase_fields,
     load_master_key,
     new_master_key,
+    open_payloads,
     open_sealed,
     personal_fields,
     seal,
@@ -146,3 +149,39 @@ def test_customer_keys_need_the_keyring_secret():
     )  # an address alone does not give it away
     assert key in customer_keys_matching("EVA@example.hu", first)
     assert len(key) == 64 and int(key, 16) >= 0
+
+
+async def test_a_reader_opens_only_the_personal_fields_it_reads_and_the_rest_stay_unread():
+    """``open_payloads(..., reads=...)``: the fields named are opened; every other personal
+    value reads as erased (null where it may be), and no key is fetched for them alone."""
+    keyring = InMemoryKeyring()
+    mine, theirs = uuid.uuid4(), uuid.uuid4()
+    key, other = await keyring.register(mine, "eva"), await keyring.register(theirs, "ana")
+    fields = personal_fields(Confided)
+    data = {"n": 1, "secret": "Eva", "note": "call her", "items": [{"label": "x", "name": "Eva"}]}
+    seal(data, fields, key)
+    unread = {"n": 2, "secret": "Ana", "note": "never read", "items": []}
+    seal(unread, fields, other)
+    asked: list[set[str]] = []
+    keys = keyring.keys
+
+    async def counting(key_ids):  # type: ignore[no-untyped-def]
+        asked.append(set(key_ids))
+        return await keys(key_ids)
+
+    keyring.keys = counting  # type: ignore[method-assign]
+    items = [("Confided", data), ("Other", {"n": 3}), ("Confided", unread)]
+    await open_payloads(keyring, items, {"Confided": {"note"}})
+    assert data == {
+        "n": 1,
+        "secret": ERASED,
+        "note": "call her",
+        "items": [{"label": "x", "name": None}],
+    }
+    assert unread["note"] == "never read" and unread["secret"] == ERASED
+    assert asked == [{key.key_id, other.key_id}]  # the two notes' keys, once
+    nothing = {"n": 4, "secret": "Bo", "note": None, "items": []}
+    seal(nothing, fields, key)
+    asked.clear()
+    await open_payloads(keyring, [("Confided", nothing)], {"Confided": {"note"}})
+    assert nothing["secret"] == ERASED and asked == []  # nothing to open: no key fetched

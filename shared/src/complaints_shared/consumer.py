@@ -655,7 +655,9 @@ class ConsumerRunner:
             except Exception as exc:
                 for span in spans:
                     record_error(span, exc)
-                raise  # transient: retried; else narrowed down record by record
+                if len(wanted) == 1 and not is_transient(exc):
+                    spans[0].set_attribute("complaints.outcome", "dead_lettered")
+                raise  # transient: retried; else narrowed down record by record (or poison)
             if len(spans) == len(wanted):  # one per event: its own outcome
                 for span, outcome in zip(spans, mine, strict=True):
                     span.set_attribute("complaints.outcome", outcome)
