@@ -267,7 +267,9 @@ async def test_a_batch_handler_gets_a_polls_new_events_at_once_and_a_failing_one
     assert dead.key == str(counted[12].stream_id).encode()
     spans = [s for s in exporter.get_finished_spans() if s.name == f"{topics[0]} process"]
     trace_id = sending.get_span_context().trace_id
-    (large,) = [s for s in spans if s.attributes["messaging.batch.message_count"] > TRACE_EACH_UP_TO]
+    (large,) = [
+        s for s in spans if s.attributes["messaging.batch.message_count"] > TRACE_EACH_UP_TO
+    ]
     assert large.parent is None and large.attributes["error.type"] == "PoisonEvent"
     assert len(large.links) == 41 and {link.context.trace_id for link in large.links} == {trace_id}
     lone = [s for s in spans if s.attributes["messaging.batch.message_count"] == 1]
