@@ -180,6 +180,52 @@ async def test_poison_events_go_to_the_dlq_and_the_partition_keeps_moving(
     assert await pool.fetchval("SELECT count(*) FROM inbox WHERE event_id = $1", bad.event_id) == 0
 
 
+async def test_records_read_while_a_batch_waits_on_the_database_are_handled_once_in_order(
+    infrastructure, pool, producer, topics, topic_prefix
+):
+    """While a batch's transaction waits on the database, the consumer reads the records
+    fetched since; they are then handled as the next batch, once each, in order, and a
+    malformed one among them is dead-lettered as if it had been read with its batch."""
+    name = f"{topic_prefix}g"
+    sent = [event(n) for n in range(1, 31)]
+    for e in sent[:12]:
+        await send(producer, topics[0], e)
+    await producer.send_and_wait(topics[0], b"{not json", key=b"k", headers=[("ce_id", b"x")])
+    for e in sent[12:]:
+        await send(producer, topics[0], e)
+
+    async def slow(conn: asyncpg.Connection, e: Event[Counted]) -> None:
+        await conn.execute("SELECT pg_sleep(0.02)")  # the batch waits on the database
+        await record_effect(conn, e)
+
+    await pool.execute("ALTER TABLE effects ADD COLUMN seq bigserial")  # the order of effect
+    metrics = ServiceMetrics()
+    runner = runner_for(infrastructure, pool, producer, topics, {"Counted": slow}, metrics, name)
+    runner.max_poll_records = 5
+    read_ahead: list[int] = []
+    read = runner._read_ahead
+
+    async def counting(records):  # type: ignore[no-untyped-def]
+        read_ahead.extend(r.offset for r in records)
+        await read(records)
+
+    runner._read_ahead = counting  # type: ignore[method-assign]
+    async with Running(runner):
+        await eventually(
+            lambda: asyncio.sleep(
+                0,
+                outcome(metrics, name, "processed") == 30
+                and outcome(metrics, name, "dead_lettered") == 1,
+            ),
+            what="30 events processed and the malformed one dead-lettered",
+        )
+    rows = await pool.fetch("SELECT n FROM effects ORDER BY seq")
+    assert [r["n"] for r in rows] == list(range(1, 31))  # each once, in order
+    assert 12 in read_ahead and len(read_ahead) >= 20  # most were read ahead, the bad one too
+    (dead,) = await read_topic(infrastructure.kafka_bootstrap, topics[1], count=1)
+    assert decode_headers(dead.headers)["dlq_origin_offset"] == "12"
+
+
 async def test_a_poison_records_error_text_stays_out_of_its_span(
     infrastructure, pool, producer, topics, topic_prefix
 ):

@@ -18,6 +18,10 @@ statement still sees every earlier write, whichever handler made it.  A failed f
 narrowed down record by record like any failure outside one handler (the handler whose read set
 it off is not blamed for it).
 
+While a batch's transaction waits on the database, the records fetched since are read
+(decoded, opened, validated): they are the next batch, and their reading overlaps the database's
+work.  A record read ahead that cannot be read is poison when its batch runs, as it would be.
+
 A subscription may instead hand a batch's new events to one :class:`Batch` handler, in the
 batch's order, so that it can write them set-based (a statement per kind of write, not per
 event): what makes replaying a topic from offset 0 fast.  Its failure is narrowed down record by
@@ -76,6 +80,7 @@ log = logging.getLogger(__name__)
 DLQ_TOPIC = "complaints.dlq.v1"
 
 Handler = Callable[[asyncpg.Connection, Event[Any]], Awaitable[None]]
+Read = tuple[dict[str, str], Handler, Event[Any]]  # a record's headers, handler and event
 BatchHandler = Callable[[asyncpg.Connection, Sequence[Event[Any]]], Awaitable[None]]
 E = TypeVar("E", bound=DomainEvent)
 
@@ -293,6 +298,14 @@ async def _BATCHED(conn: asyncpg.Connection, event: Event[Any]) -> None:  # prag
     raise AssertionError("a batch subscription's events go to its batch handler")
 
 
+# records read at a time before the event loop may run the batch in flight on
+READ_CHUNK = 200
+
+
+def _position(record: ConsumerRecord) -> tuple[str, int, int]:
+    return record.topic, record.partition, record.offset
+
+
 # A batch handler's call gets a span per event in each event's trace up to this many events;
 # a larger batch (a replay) gets one span, linked to at most MAX_LINKS of their traces (the
 # SDK's default limit).
@@ -332,6 +345,10 @@ class ConsumerRunner:
     # single.
     stall_timeout: float = 30.0
     _recheck: bool = False  # check the generation at the next idle poll, not in 5 s
+    # the next poll's records, read while the batch before them waited on the database
+    _ahead: dict[tuple[str, int, int], tuple[Read | MalformedEvent | None]] = field(
+        default_factory=dict
+    )
 
     def check_generation_soon(self) -> None:
         """A rebuild in this process has just moved the generation on: this replica starts
@@ -401,9 +418,12 @@ class ConsumerRunner:
         await consumer.start()
         checked = time.monotonic()
         lost_since: float | None = None  # when the client last lost its group coordinator
+        upcoming: dict[TopicPartition, list[ConsumerRecord]] = {}
+        self._ahead.clear()
         try:
             while True:
-                batch = await consumer.getmany(timeout_ms=500)
+                batch = upcoming or await consumer.getmany(timeout_ms=500)
+                upcoming = {}
                 self.assigned = bool(consumer.assignment())
                 if _coordinator_known(consumer):
                     lost_since = None
@@ -425,8 +445,13 @@ class ConsumerRunner:
                     checked = time.monotonic()
                 # revoked meanwhile: its new owner reads it from the commit
                 held = {tp: records for tp, records in batch.items() if tp in consumer.assignment()}
+                if self._ahead:  # read ahead for a partition revoked meanwhile: not ours now
+                    ours = {_position(r) for records in held.values() for r in records}
+                    self._ahead = {k: v for k, v in self._ahead.items() if k in ours}
                 if held:  # one transaction, then one commit, for every partition of the poll
-                    await self.handle_batch([r for records in held.values() for r in records])
+                    upcoming = await self._handle_reading_ahead(
+                        consumer, [r for records in held.values() for r in records]
+                    )
                 done = {tp: records[-1].offset + 1 for tp, records in held.items()}
                 if done:
                     await self._commit(consumer, done)
@@ -434,7 +459,26 @@ class ConsumerRunner:
                         backoff.reset()
         finally:
             self.assigned = False
+            self._ahead.clear()
             await self._stop(consumer)
+
+    async def _handle_reading_ahead(
+        self, consumer: AIOKafkaConsumer, records: list[ConsumerRecord]
+    ) -> dict[TopicPartition, list[ConsumerRecord]]:
+        """Handle ``records``; meanwhile take the records fetched already and read them (what
+        the database's work leaves the process free for).  Returns them: the next batch."""
+        handling = asyncio.ensure_future(self.handle_batch(records))
+        try:
+            upcoming: dict[TopicPartition, list[ConsumerRecord]]
+            upcoming = await consumer.getmany(timeout_ms=0)
+            if upcoming and not handling.done():
+                await self._read_ahead([r for rs in upcoming.values() for r in rs])
+            await asyncio.shield(handling)
+        except BaseException:
+            handling.cancel()
+            await asyncio.gather(handling, return_exceptions=True)
+            raise
+        return upcoming
 
     async def _stop(self, consumer: AIOKafkaConsumer) -> None:
         """Close ``consumer``, also when this task is being cancelled; give up on it after
@@ -582,14 +626,35 @@ class ConsumerRunner:
                 span.set_attribute("complaints.outcome", outcome)
                 outcomes.append(outcome)
 
-    async def _read(
-        self, records: list[ConsumerRecord]
-    ) -> list[tuple[dict[str, str], Handler, Event[Any]] | None]:
+    async def _read(self, records: list[ConsumerRecord]) -> list[Read | None]:
         """Each record's headers, handler and event (None: no handler wants it), the personal
-        values of the whole batch opened with one keyring lookup; a record that cannot be read
+        values opened with one keyring lookup, or as read ahead; a record that cannot be read
         is poison."""
-        decoded: list[tuple[dict[str, str], str, Handler, dict[str, Any]] | None] = []
-        for record in records:
+        ahead = [self._ahead.pop(_position(r), None) for r in records]
+        unread = [r for r, a in zip(records, ahead, strict=True) if a is None]
+        decoded = iter(await self._decode(unread))
+        read: list[Read | None] = []
+        for record, a in zip(records, ahead, strict=True):
+            result = next(decoded) if a is None else a[0]
+            if isinstance(result, MalformedEvent):
+                raise _Poisoned(record, result) from result
+            read.append(result)
+        return read
+
+    async def _read_ahead(self, records: list[ConsumerRecord]) -> None:
+        """Read the next poll's records while this one's batch waits on the database."""
+        try:
+            decoded = await self._decode(records)
+        except Exception:  # nothing lost: the records are read again when their batch runs
+            return
+        for record, result in zip(records, decoded, strict=True):
+            self._ahead[_position(record)] = (result,)
+
+    async def _decode(self, records: list[ConsumerRecord]) -> list[Read | MalformedEvent | None]:
+        """:meth:`_read`'s work, a record that cannot be read answered by its error."""
+        decoded: list[tuple[dict[str, str], str, Handler, dict[str, Any]] | MalformedEvent | None]
+        decoded = []
+        for i, record in enumerate(records, start=1):
             try:
                 headers = cloudevent_headers(record.headers)
                 name = event_type_of(headers)
@@ -600,23 +665,27 @@ class ConsumerRunner:
                     else (headers, name, handler, decode_value(record.value))
                 )
             except MalformedEvent as exc:
-                raise _Poisoned(record, exc) from exc
+                decoded.append(exc)
+            if i % READ_CHUNK == 0:
+                await asyncio.sleep(0)  # let the batch in flight go on with its next statement
         if self.keyring is not None:
             await open_payloads(
                 self.keyring,
-                [(d[1], d[3]) for d in decoded if d is not None],
+                [(d[1], d[3]) for d in decoded if isinstance(d, tuple)],
                 self.subscription.reads_personal,
             )
-        read: list[tuple[dict[str, str], Handler, Event[Any]] | None] = []
-        for record, d in zip(records, decoded, strict=True):
-            if d is None:
-                read.append(None)
+        read: list[Read | MalformedEvent | None] = []
+        for i, d in enumerate(decoded, start=1):
+            if not isinstance(d, tuple):
+                read.append(d)
                 continue
             headers, _, handler, data = d
             try:
                 read.append((headers, handler, event_from_data(data, headers)))
             except MalformedEvent as exc:
-                raise _Poisoned(record, exc) from exc
+                read.append(exc)
+            if i % READ_CHUNK == 0:
+                await asyncio.sleep(0)
         return read
 
     async def _apply_batched(
