@@ -141,6 +141,7 @@ def open_sealed(
 ) -> None:
     """Open every sealed value of ``data`` (in place); a value whose key is gone reads as
     erased.  A value that was never sealed (a foreign producer's) is left as it is."""
+    ciphers: dict[str, AESGCM] = {}  # one per key for this payload's values (for this call only)
     for f in fields:
 
         def one(value: str, f: PersonalField = f) -> str | None:
@@ -150,9 +151,10 @@ def open_sealed(
             secret = keys.get(key_id)
             if secret is None:
                 return _erased(f)
+            cipher = ciphers.get(key_id) or ciphers.setdefault(key_id, AESGCM(secret))
             try:
                 raw = base64.urlsafe_b64decode(blob)
-                return AESGCM(secret).decrypt(raw[:_NONCE], raw[_NONCE:], _aad(key_id, f)).decode()
+                return cipher.decrypt(raw[:_NONCE], raw[_NONCE:], _aad(key_id, f)).decode()
             except (InvalidTag, ValueError):  # damaged or moved: unreadable, as if erased
                 return _erased(f)
 
