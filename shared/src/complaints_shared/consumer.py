@@ -25,8 +25,9 @@ work.  A record read ahead that cannot be read is poison when its batch runs, as
 A subscription may instead hand a batch's new events to one :class:`Batch` handler, in the
 batch's order, so that it can write them set-based (a statement per kind of write, not per
 event): what makes replaying a topic from offset 0 fast.  Its failure is narrowed down record by
-record like any other.  Its work is one ``process`` span, a child of the event's trace when the
-batch holds one event, else linked to the events' traces (OpenTelemetry's batch convention).
+record like any other, and a lone event's is poison at once, as a handler's.  Up to
+``TRACE_EACH_UP_TO`` events, each has its ``process`` span in its own trace; a larger batch (a
+replay) is one span linked to the events' traces (OpenTelemetry's batch convention).
 
 A rebuild starts the consumer over (:func:`start_over`, in the rebuild's transaction): its
 generation moves on, every replica's next batch sees that and rolls back, and each replica
@@ -722,11 +723,17 @@ class ConsumerRunner:
                 if events:
                     await batch.handle(conn, events)
             except Exception as exc:
+                # writes it queued that failed are its own: no other handler queued any
+                error = exc.__cause__ if isinstance(exc, _QueuedWritesFailed) else exc
+                assert error is not None
                 for span in spans:
-                    record_error(span, exc)
-                if len(wanted) == 1 and not is_transient(exc):
+                    record_error(span, error)
+                if len(wanted) == 1 and not is_transient(error):
                     spans[0].set_attribute("complaints.outcome", "dead_lettered")
-                raise  # transient: retried; else narrowed down record by record (or poison)
+                    raise _Poisoned(wanted[0][0], error) from error  # as a handler's failure
+                if error is exc:
+                    raise  # transient: retried; else narrowed down record by record
+                raise error from None
             if len(spans) == len(wanted):  # one per event: its own outcome
                 for span, outcome in zip(spans, mine, strict=True):
                     span.set_attribute("complaints.outcome", outcome)
