@@ -93,6 +93,14 @@ def outcome(metrics: ServiceMetrics, name: str, what: str) -> float:
     return metrics.consumed.labels(name, what)._value.get()
 
 
+async def counted(metrics: ServiceMetrics, name: str, what: str, **outcomes: int) -> None:
+    """Wait until consumer ``name`` counted exactly these ``outcomes`` (``processed=3``...)."""
+    await eventually(
+        lambda: asyncio.sleep(0, all(outcome(metrics, name, o) == n for o, n in outcomes.items())),
+        what=what,
+    )
+
+
 @pytest.fixture
 def consume(infrastructure, pool, producer, topics):  # type: ignore[no-untyped-def]
     """``await consume(name, handler, what)``: run consumer ``name`` with ``handler`` for
@@ -211,13 +219,12 @@ async def test_records_read_while_a_batch_waits_on_the_database_are_handled_once
 
     runner._read_ahead = counting  # type: ignore[method-assign]
     async with Running(runner):
-        await eventually(
-            lambda: asyncio.sleep(
-                0,
-                outcome(metrics, name, "processed") == 30
-                and outcome(metrics, name, "dead_lettered") == 1,
-            ),
-            what="30 events processed and the malformed one dead-lettered",
+        await counted(
+            metrics,
+            name,
+            "30 events processed and the malformed one dead-lettered",
+            processed=30,
+            dead_lettered=1,
         )
     rows = await pool.fetch("SELECT n FROM effects ORDER BY seq")
     assert [r["n"] for r in rows] == list(range(1, 31))  # each once, in order
@@ -278,10 +285,10 @@ async def test_a_batch_handler_gets_a_polls_new_events_at_once_and_a_failing_one
             "INSERT INTO effects VALUES ($1, $2)", [(e.event_id, e.payload.n) for e in events]
         )
 
-    counted = [event(n) for n in range(1, 41)]
+    sent = [event(n) for n in range(1, 41)]
     with setup_telemetry("sender").tracer.start_as_current_span("send") as sending:
         trace_headers = inject_context(sending)
-    for e in [*counted[:5], counted[2], event(99, SomethingElse), *counted[5:]]:
+    for e in [*sent[:5], sent[2], event(99, SomethingElse), *sent[5:]]:
         r = to_kafka_record(e, trace_headers)
         await producer.send_and_wait(topics[0], r.value, key=r.key, headers=r.headers)
     exporter = InMemorySpanExporter()
@@ -297,20 +304,19 @@ async def test_a_batch_handler_gets_a_polls_new_events_at_once_and_a_failing_one
         retry=RetryPolicy(initial_delay=0.05, max_delay=0.2),
     )
     async with Running(runner):
-        await eventually(
-            lambda: asyncio.sleep(
-                0,
-                outcome(metrics, name, "processed") == 39
-                and outcome(metrics, name, "dead_lettered") == 1,
-            ),
-            what="39 events processed and one dead-lettered",
+        await counted(
+            metrics,
+            name,
+            "39 events processed and one dead-lettered",
+            processed=39,
+            dead_lettered=1,
         )
     rows = await pool.fetch("SELECT n FROM effects ORDER BY n")
     assert [r["n"] for r in rows] == [n for n in range(1, 41) if n != 13]  # each once
     assert calls[0] == list(range(1, 41))  # the first poll: all at once, in order, once each
     assert outcome(metrics, name, "duplicate") == 1 and outcome(metrics, name, "ignored") == 1
     (dead,) = await read_topic(infrastructure.kafka_bootstrap, topics[1], count=1)
-    assert dead.key == str(counted[12].stream_id).encode()
+    assert dead.key == str(sent[12].stream_id).encode()
     spans = [s for s in exporter.get_finished_spans() if s.name == f"{topics[0]} process"]
     trace_id = sending.get_span_context().trace_id
     (large,) = [
