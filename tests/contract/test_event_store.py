@@ -288,6 +288,16 @@ async def test_load_from_a_version_returns_that_event_and_the_later_ones(backend
         assert await backend.store.load(conn, stream, 4) == []
 
 
+async def test_several_streams_load_in_one_call_each_from_its_own_version(backend: Backend):
+    a, b, none = uuid.uuid4(), uuid.uuid4(), uuid.uuid4()
+    await backend.append(a, 0, [ev(1), ev(2), ev(3)])
+    await backend.append(b, 0, [ev(10)])
+    async with backend.transaction() as conn:
+        got = await backend.store.load_many(conn, {a: 2, b: 1, none: 1})
+        assert await backend.store.load_many(conn, {}) == {}
+    assert {s: ns(events) for s, events in got.items()} == {a: [2, 3], b: [10]}
+
+
 def total(events: Any) -> int:
     return sum(e.payload.n for e in events)
 
@@ -332,6 +342,25 @@ async def test_a_cached_state_is_continued_with_only_the_events_appended_since(b
     assert second.state == first.state + 7 + 1000 and second.version == 53
     assert store.loaded == [50, 2]  # the second load: the cached event and the other's
     assert ns(await backend.load(stream)) == [*range(1, 51), 100, 7, 1000]
+
+
+async def test_states_of_several_streams_continue_cached_ones_with_what_came_since(
+    backend: Backend,
+):
+    """``Repository.states``: the current state of each stream, a cached one continued with
+    the events another writer appended since, a stream never seen folded from the start."""
+    a, b, fresh = uuid.uuid4(), uuid.uuid4(), uuid.uuid4()
+    await backend.append(a, 0, [ev(1), ev(2)])
+    await backend.append(b, 0, [ev(10)])
+    repository: Repository[int] = Repository(backend.store, total, cache=StateCache(resume_total))
+    async with backend.transaction() as conn:
+        assert await repository.states(conn, [a, b]) == {a: 3, b: 10}
+    await backend.append(a, 2, [ev(100)])  # another writer, after a's state was cached
+    await backend.append(fresh, 0, [ev(7)])
+    async with backend.transaction() as conn:
+        assert await repository.states(conn, [a, b, fresh]) == {a: 103, b: 10, fresh: 7}
+        saved = await repository.execute(conn, a, lambda s: [ev(1000)])
+    assert saved.state == 1103 and saved.version == 4
 
 
 @pytest.mark.integration
