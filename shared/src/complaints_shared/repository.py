@@ -122,43 +122,55 @@ class Repository(Generic[S]):
         cached = self.cache.get(stream_id)
         if cached is not None:
             events = await self.store.load(conn, stream_id, cached.version)
-            if events and events[0].event_id == cached.event_id:
-                newer = events[1:]
-                state = self.cache.resume(cached.state, newer) if newer else cached.state
-                if newer:
-                    self.cache.put(stream_id, state, newer[-1])
-                return state, cached.version + len(newer)
-            self.cache.forget(stream_id)  # not committed after all, or the stream was removed
-        loaded = await self.load(conn, stream_id)
-        if loaded.events:
-            self.cache.put(stream_id, loaded.state, loaded.events[-1])
-        return loaded.state, loaded.version
+            continued = self._continued(stream_id, cached, events)
+            if continued is not None:
+                return continued
+        return await self._folded(conn, stream_id)
+
+    def _continued(
+        self, stream_id: UUID, cached: _Cached[S], events: list[Event[DomainEvent]]
+    ) -> tuple[S, int] | None:
+        """The cached state continued with ``events`` (the stream's from the cached version
+        on) and its version; None, and forgotten, when it is no longer valid."""
+        assert self.cache is not None
+        if events and events[0].event_id == cached.event_id:
+            newer = events[1:]
+            state = self.cache.resume(cached.state, newer) if newer else cached.state
+            if newer:
+                self.cache.put(stream_id, state, newer[-1])
+            return state, cached.version + len(newer)
+        self.cache.forget(stream_id)  # not committed after all, or the stream was removed
+        return None
+
+    async def _folded(self, conn: Any, stream_id: UUID) -> tuple[S, int]:
+        """The stream folded from the start, and its version; cached when there is a cache."""
+        events = await self.store.load(conn, stream_id)
+        return self._fold(stream_id, events), len(events)
+
+    def _fold(self, stream_id: UUID, events: list[Event[DomainEvent]]) -> S:
+        """``events`` (all of the stream's) folded; the state cached when there is a cache."""
+        state = self.fold(events)
+        if self.cache is not None and events:
+            self.cache.put(stream_id, state, events[-1])
+        return state
 
     async def states(self, conn: Any, stream_ids: Iterable[UUID]) -> dict[UUID, S]:
         """Several streams' current states, in one round trip: each continued from its cached
         state with the events appended since (when the cache has a valid one), else folded
         from the start; for reads that decide nothing (deciding goes through
         :meth:`execute`)."""
-        cache = self.cache
-        cached = {s: cache.get(s) if cache else None for s in stream_ids}
+        cached = {s: self.cache.get(s) if self.cache else None for s in stream_ids}
         loaded = await self.store.load_many(
             conn, {s: c.version if c else 1 for s, c in cached.items()}
         )
         out: dict[UUID, S] = {}
         for stream_id, c in cached.items():
             events = loaded.get(stream_id, [])
-            if cache is not None and c is not None:
-                if events and events[0].event_id == c.event_id:
-                    newer = events[1:]
-                    out[stream_id] = cache.resume(c.state, newer) if newer else c.state
-                    if newer:
-                        cache.put(stream_id, out[stream_id], newer[-1])
-                    continue
-                cache.forget(stream_id)  # not committed after all, or the stream was removed
-                events = await self.store.load(conn, stream_id)
-            out[stream_id] = self.fold(events)
-            if cache is not None and events:
-                cache.put(stream_id, out[stream_id], events[-1])
+            if c is None:  # what was just read is the whole stream
+                out[stream_id] = self._fold(stream_id, events)
+                continue
+            continued = self._continued(stream_id, c, events)
+            out[stream_id] = (continued or await self._folded(conn, stream_id))[0]
         return out
 
     async def load(self, conn: Any, stream_id: UUID) -> Loaded[S]:
