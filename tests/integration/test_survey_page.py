@@ -84,9 +84,18 @@ def answer(browser: webdriver.Chrome, link: str) -> tuple[Seen, Seen, int]:
     browser.find_element(By.ID, "comment").send_keys("Continua avariada <b>já</b>")
     browser.find_element(By.XPATH, "//input[@name='nps'][@value='3']/..").click()
     browser.find_element(By.CSS_SELECTOR, "button[type=submit]").click()
-    WebDriverWait(browser, 20, ignored_exceptions=(StaleElementReferenceException,)).until(
-        lambda b: b.find_element(By.TAG_NAME, "h1").text != form.heading
-    )
+
+    def replaced(b: webdriver.Chrome) -> bool:
+        try:
+            return bool(b.find_element(By.TAG_NAME, "h1").text != form.heading)
+        except StaleElementReferenceException:
+            return False  # the page was replaced under the lookup: look again
+        except WebDriverException as exc:
+            if "does not belong to the document" in (exc.msg or ""):
+                return False  # the same, as chromedriver sometimes tells it
+            raise
+
+    WebDriverWait(browser, 20).until(replaced)
     return form, look(browser), scripts
 
 
