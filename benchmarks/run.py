@@ -253,7 +253,14 @@ async def event_path(
 
         raw_relay = await timed(raw_publish)
         relay = OutboxRelay(
-            dsn=dsn, pool=pool, producer=producer, source=store.source, telemetry=telemetry
+            dsn=dsn,
+            pool=pool,
+            producer=producer,
+            new_producer=lambda: AIOKafkaProducer(
+                bootstrap_servers=bootstrap, acks="all", enable_idempotence=True, linger_ms=5
+            ),
+            source=store.source,
+            telemetry=telemetry,
         )
 
         async def relay_backlog() -> None:

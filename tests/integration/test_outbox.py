@@ -9,6 +9,7 @@ from collections import defaultdict
 
 import asyncpg
 import pytest
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
 from complaints_shared.consumer import ConsumerRunner, Subscription
@@ -33,11 +34,16 @@ async def topic(infrastructure, topic_prefix: str) -> str:
     return name
 
 
-def make_relay(database: str, pool, producer, **kw) -> OutboxRelay:
+def make_relay(infrastructure, database: str, pool, producer, **kw) -> OutboxRelay:
     return OutboxRelay(
         dsn=database,
         pool=pool,
         producer=producer,
+        new_producer=lambda: AIOKafkaProducer(
+            bootstrap_servers=infrastructure.kafka_bootstrap,
+            acks="all",
+            enable_idempotence=True,
+        ),
         source="/complaints/test",
         telemetry=setup_telemetry("test"),
         **kw,
@@ -71,7 +77,7 @@ async def test_concurrent_writers_arrive_on_kafka_in_version_order_per_stream(
     infrastructure, database, pool, producer, topic
 ):
     store = EventStore(source="/complaints/test", topic=topic)
-    relay = make_relay(database, pool, producer, batch_size=37)
+    relay = make_relay(infrastructure, database, pool, producer, batch_size=37)
     relay_task = asyncio.create_task(relay.run())
     streams = [uuid.uuid4() for _ in range(6)]
     try:
@@ -102,7 +108,7 @@ async def test_relay_wakes_on_notify_rather_than_polling(
     infrastructure, database, pool, producer, topic
 ):
     store = EventStore(source="/complaints/test", topic=topic)
-    relay = make_relay(database, pool, producer, idle_poll_seconds=3600)
+    relay = make_relay(infrastructure, database, pool, producer, idle_poll_seconds=3600)
     relay_task = asyncio.create_task(relay.run())
     try:
         await eventually(lambda: asyncio.sleep(0, relay.is_leader), what="relay leadership")
@@ -126,6 +132,7 @@ async def test_units_of_work_wake_the_relay_once_their_transactions_end(
     store = EventStore(source="/complaints/test", topic=topic)
     wakeup = Wakeup(pool)
     relay = make_relay(
+        infrastructure,
         database,
         pool,
         producer,
@@ -183,12 +190,12 @@ async def test_relay_crash_between_publish_and_mark_sent_republishes_and_inbox_k
     async with pool.acquire() as conn, conn.transaction():
         await store.append(conn, stream, 0, [Counted(n=n) for n in range(1, 4)])
 
-    crashed = make_relay(database, pool, producer)
+    crashed = make_relay(infrastructure, database, pool, producer)
     rows = await crashed.fetch_pending()
     await crashed.publish(rows)  # broker acknowledged ... and the relay dies before mark_sent
     assert await pool.fetchval("SELECT count(*) FROM outbox WHERE sent_at IS NULL") == 3
 
-    restarted = make_relay(database, pool, producer)
+    restarted = make_relay(infrastructure, database, pool, producer)
     assert await restarted.publish_pending() == 3
     assert await pool.fetchval("SELECT count(*) FROM outbox WHERE sent_at IS NULL") == 0
 
@@ -221,6 +228,31 @@ async def test_relay_crash_between_publish_and_mark_sent_republishes_and_inbox_k
     assert [r["n"] for r in effects] == [1, 2, 3]
 
 
+async def small_topic(infrastructure, topic_prefix: str) -> str:
+    """A one-partition topic whose broker refuses records over 2 KiB."""
+    small = f"{topic_prefix}small"
+    admin = AIOKafkaAdminClient(bootstrap_servers=infrastructure.kafka_bootstrap)
+    await admin.start()
+    try:
+        await admin.create_topics(
+            [NewTopic(small, 1, 1, topic_configs={"max.message.bytes": "2048"})]
+        )
+    finally:
+        await admin.close()
+    return small
+
+
+async def end_offset(bootstrap: str, topic: str) -> int:
+    """How many records the (one-partition) topic holds."""
+    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False)
+    await consumer.start()
+    try:
+        partition = TopicPartition(topic, 0)
+        return int((await consumer.end_offsets([partition]))[partition])
+    finally:
+        await consumer.stop()
+
+
 def handled(metrics: ServiceMetrics, runner: ConsumerRunner) -> tuple[float, float]:
     name = runner.subscription.name
     return (
@@ -242,7 +274,13 @@ async def test_a_silent_leader_is_seen_by_the_others_and_replaced(
         await store.append(conn, uuid.uuid4(), 0, [Counted(n=1), Counted(n=2)])
     metrics = ServiceMetrics()
     standby = make_relay(
-        database, pool, producer, metrics=metrics, follow_poll_seconds=0.2, takeover_after=3
+        infrastructure,
+        database,
+        pool,
+        producer,
+        metrics=metrics,
+        follow_poll_seconds=0.2,
+        takeover_after=3,
     )
     task = asyncio.create_task(standby.run())
     try:
@@ -272,7 +310,7 @@ async def test_a_leader_whose_session_ends_stops_leading_until_it_holds_the_lock
 ):
     """Leadership is fenced by the session that holds the lock: once it is gone the relay
     stops, and it publishes again only after it won the lock back."""
-    relay = make_relay(database, pool, producer, idle_poll_seconds=0.2)
+    relay = make_relay(infrastructure, database, pool, producer, idle_poll_seconds=0.2)
     task = asyncio.create_task(relay.run())
     rival = await asyncpg.connect(database)
     try:
@@ -306,15 +344,7 @@ async def test_a_leader_whose_session_ends_stops_leading_until_it_holds_the_lock
 async def test_an_event_too_large_for_the_topic_is_parked_and_only_its_stream_waits(
     infrastructure, database, pool, producer, topic_prefix
 ):
-    small = f"{topic_prefix}small"
-    admin = AIOKafkaAdminClient(bootstrap_servers=infrastructure.kafka_bootstrap)
-    await admin.start()
-    try:
-        await admin.create_topics(
-            [NewTopic(small, 1, 1, topic_configs={"max.message.bytes": "2048"})]
-        )
-    finally:
-        await admin.close()
+    small = await small_topic(infrastructure, topic_prefix)
     store = EventStore(source="/complaints/test", topic=small)
     big_stream, other = uuid.uuid4(), uuid.uuid4()
     async with pool.acquire() as conn, conn.transaction():
@@ -322,9 +352,12 @@ async def test_an_event_too_large_for_the_topic_is_parked_and_only_its_stream_wa
         await store.append(conn, other, 0, [Happened(n=2)])
         await store.append(conn, big_stream, 1, [Happened(n=3)])
     metrics = ServiceMetrics()
-    relay = make_relay(database, pool, producer, metrics=metrics)
-    for _ in range(3):  # the relay goes on past the refused record
-        await relay.publish_pending()
+    relay = make_relay(infrastructure, database, pool, producer, metrics=metrics)
+    try:
+        for _ in range(3):  # the relay goes on past the refused record
+            await relay.publish_pending()
+    finally:
+        await relay.close()
     records = await read_topic(infrastructure.kafka_bootstrap, small, count=1)
     assert [from_kafka_record(r.value, r.headers).payload.n for r in records] == [2]
     parked = await pool.fetch(
@@ -343,3 +376,67 @@ async def test_an_event_too_large_for_the_topic_is_parked_and_only_its_stream_wa
         == 1
     )
     assert metrics.outbox_parked._value.get() == 1
+
+
+async def test_a_drain_reads_ahead_yet_holds_back_the_later_events_of_a_stream_parked_meanwhile(
+    infrastructure, database, pool, producer, topic_prefix
+):
+    """The relay reads the next batch while the broker acknowledges the one in flight.  When
+    that batch's event is parked for its size, the batch read meanwhile already holds its
+    stream's next event: it must be read again, not sent (version 2 before version 1)."""
+    small = await small_topic(infrastructure, topic_prefix)
+    store = EventStore(source="/complaints/test", topic=small)
+    big, other = uuid.uuid4(), uuid.uuid4()
+    for stream, version, event in [  # positions in this order; batches of two
+        (other, 0, Happened(n=1)),
+        (big, 0, Happened(n=100, text="x" * 5000)),  # refused by the broker: parked
+        (big, 1, Happened(n=101)),  # read ahead with the next one: must wait
+        (other, 1, Happened(n=2)),
+        (other, 2, Happened(n=3)),
+    ]:
+        async with pool.acquire() as conn, conn.transaction():
+            await store.append(conn, stream, version, [event])
+    relay = make_relay(infrastructure, database, pool, producer, batch_size=2)
+    try:
+        async with pool.acquire() as conn:
+            assert await relay.drain(conn) == 4  # 1 and 100, then 2 and 3; 101 waits
+    finally:
+        await relay.close()
+    # the drain returns once the broker acknowledged what it sent: the topic holds it all
+    records = await read_topic(infrastructure.kafka_bootstrap, small, count=3)
+    assert [from_kafka_record(r.value, r.headers).payload.n for r in records] == [1, 2, 3]
+    assert await end_offset(infrastructure.kafka_bootstrap, small) == 3
+    waiting = await pool.fetch(
+        "SELECT (e.data->>'n')::int AS n, o.parked_at IS NOT NULL AS parked"
+        "  FROM outbox o JOIN events e USING (event_id) WHERE o.sent_at IS NULL ORDER BY n"
+    )
+    assert [(r["n"], r["parked"]) for r in waiting] == [(100, True), (101, False)]
+
+
+async def test_a_record_the_broker_refused_does_not_stop_the_later_records_of_its_partition(
+    infrastructure, database, pool, producer, topic_prefix
+):
+    """An idempotent producer numbers its records per partition; a batch the broker refused
+    used its numbers all the same, and the broker then refused every later record of that
+    partition (``OutOfOrderSequenceNumber``): one oversized event stopped the relay for good."""
+    small = await small_topic(infrastructure, topic_prefix)
+    store = EventStore(source="/complaints/test", topic=small)
+    big, other = uuid.uuid4(), uuid.uuid4()
+    relay = make_relay(infrastructure, database, pool, producer)
+    try:
+        for stream, version, event in [
+            (other, 0, Happened(n=1)),  # accepted first: the broker knows the producer now
+            (big, 0, Happened(n=100, text="x" * 5000)),
+            (other, 1, Happened(n=2)),
+            (other, 2, Happened(n=3)),
+        ]:
+            async with pool.acquire() as conn, conn.transaction():
+                await store.append(conn, stream, version, [event])
+            await relay.publish_pending()
+    finally:
+        await relay.close()
+    records = await read_topic(infrastructure.kafka_bootstrap, small, count=3)
+    assert [from_kafka_record(r.value, r.headers).payload.n for r in records] == [1, 2, 3]
+    assert await end_offset(infrastructure.kafka_bootstrap, small) == 3
+    assert await pool.fetchval("SELECT count(*) FROM outbox WHERE sent_at IS NULL") == 1
+    assert relay.producers_renewed >= 1  # after each refusal: the broker refused it alone too

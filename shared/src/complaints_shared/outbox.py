@@ -15,7 +15,9 @@ age of the oldest unsent event (``complaints_outbox_oldest_unsent_seconds``, and
 and when events wait longer than ``takeover_after`` while the leader's connection has been
 silent as long, and this instance reaches the broker itself, it ends the leader's session
 and takes over.  A record the broker refuses for its size is parked (with its error) instead
-of blocking everyone; the later events of its stream wait behind it.
+of blocking everyone; the later events of its stream wait behind it, and the relay sends on
+through a fresh producer (the refused batch left a gap in the old one's numbering, which the
+broker would hold against every later record of that partition).
 """
 
 from __future__ import annotations
@@ -23,12 +25,17 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 import asyncpg
 from aiokafka import AIOKafkaProducer
-from aiokafka.errors import MessageSizeTooLargeError, RecordTooLargeError
+from aiokafka.errors import (
+    MessageSizeTooLargeError,
+    OutOfOrderSequenceNumber,
+    RecordTooLargeError,
+)
 
 from complaints_shared.envelope import StoredEvent, to_kafka_record
 from complaints_shared.eventstore import OUTBOX_CHANNEL, Wakeup, init_connection
@@ -104,6 +111,7 @@ class OutboxRelay:
         name: str | None = None,  # the lock session's application_name
         pool: asyncpg.Pool,
         producer: AIOKafkaProducer,
+        new_producer: Callable[[], AIOKafkaProducer],
         source: str,
         telemetry: Telemetry,
         metrics: ServiceMetrics | None = None,
@@ -117,7 +125,11 @@ class OutboxRelay:
         self._password = password
         self._name = name
         self._pool = pool
-        self._producer = producer
+        self._producer = producer  # given (perhaps shared), until the relay needs a fresh one
+        self._given = producer
+        self._new_producer = new_producer
+        self.producers_renewed = 0
+        self._gap: str | None = None  # why the producer's numbering has a gap, if it has one
         self._source = source
         self._telemetry = telemetry
         self._metrics = metrics
@@ -129,6 +141,7 @@ class OutboxRelay:
         self.is_leader = False
         self.takeovers = 0
         self._parked: int | None = None  # at the last count (None: not counted yet)
+        self._reported_at = 0.0  # the event loop's time of the last backlog report
         if wakeup is not None:
             wakeup.watch(self._wake, lambda: self.is_leader)
 
@@ -136,17 +149,46 @@ class OutboxRelay:
         """Relay forever; reconnects with backoff after database or broker failures (the
         backoff starts over once a batch went through)."""
         backoff = Backoff(initial=0.2, maximum=10.0)
-        while True:
-            try:
-                await self._run_once(backoff)
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:
-                if not is_transient(exc):
-                    raise  # a defect: the supervisor logs it and starts the relay again
-                log.warning("outbox relay: %s; retrying", type(exc).__name__)
-            self.is_leader = False
-            await asyncio.sleep(backoff.next())
+        try:
+            while True:
+                try:
+                    await self._run_once(backoff)
+                except asyncio.CancelledError:
+                    raise
+                except Exception as exc:
+                    if not is_transient(exc):
+                        raise  # a defect: the supervisor logs it and starts the relay again
+                    log.warning("outbox relay: %s; retrying", type(exc).__name__)
+                self.is_leader = False
+                await asyncio.sleep(backoff.next())
+        finally:
+            await self.close()
+
+    async def close(self) -> None:
+        """Stop the producer the relay made for itself, if it made one (the given one belongs
+        to its owner)."""
+        if self._producer is not self._given:
+            own, self._producer = self._producer, self._given
+            with contextlib.suppress(Exception):
+                await asyncio.shield(own.stop())
+
+    async def _mend_gap(self) -> None:
+        """Before sending: a fresh producer if the current one's numbering has a gap.
+
+        An idempotent producer numbers its records per partition, and the broker expects each
+        batch to follow the last one it accepted.  A batch the broker refused (for its size)
+        used its numbers all the same, so the broker would refuse every later record of that
+        partition (``OutOfOrderSequenceNumber``) and the relay would be stuck.  A new producer
+        has a new producer id and numbers from the start again."""
+        if self._gap is None:
+            return
+        log.warning("outbox relay: a fresh producer after %s", self._gap)
+        fresh = self._new_producer()
+        await fresh.start()
+        await self.close()
+        self._producer = fresh
+        self._gap = None
+        self.producers_renewed += 1
 
     async def _run_once(self, backoff: Backoff) -> None:
         conn: asyncpg.Connection = await asyncpg.connect(
@@ -165,10 +207,8 @@ class OutboxRelay:
             await conn.add_listener(OUTBOX_CHANNEL, self._on_notify)
             while True:
                 self._wake.clear()
-                published = await self.publish_pending(conn)
+                await self.drain(conn)
                 backoff.reset()
-                if published >= self._batch_size:
-                    continue
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._wake.wait(), self._idle_poll)
         finally:
@@ -225,15 +265,69 @@ class OutboxRelay:
         if not rows:
             await self._report_after(conn, 0)
             return 0
-        unsent = await self.publish(rows)
+        await self._settle(conn, rows, await self.publish(rows), last=True)
+        return len(rows)
+
+    async def drain(self, conn: asyncpg.Connection) -> int:
+        """Publish batch after batch until one is short (nothing more waits); return how many
+        rows were handled.  ``conn`` is the leader's lock connection, as for
+        :meth:`publish_pending`.
+
+        The broker's waits and the database's overlap: while a batch is sent and acknowledged,
+        the connection marks the batch before it sent and reads the next one (the unsent rows
+        not in flight, in position order).  Order holds as in :meth:`publish_pending`: a batch
+        is sent only once the one before it was acknowledged, and a failure republishes from
+        the first batch not marked.  A batch with a row refused for its size is settled (the
+        row parked) before anything more is read, since the rows read meanwhile may hold its
+        stream's later events, which wait behind it."""
+        handled = 0
+        rows = await self.fetch_pending(conn)
+        acked: tuple[list[PendingRow], dict[int, str | None]] | None = None
+        while rows:
+            publishing = asyncio.ensure_future(self.publish(rows))
+            try:
+                if acked is not None:
+                    await self._settle(conn, *acked, last=False)
+                    acked = None
+                full = len(rows) >= self._batch_size
+                ahead = await self.fetch_pending(conn, rows) if full else []
+            except BaseException:
+                publishing.cancel()
+                await asyncio.gather(publishing, return_exceptions=True)
+                raise
+            unsent = await publishing
+            handled += len(rows)
+            if unsent:  # parked or held back: settled before the next batch is read again
+                await self._settle(conn, rows, unsent, last=not full)
+                ahead = await self.fetch_pending(conn) if full else []
+            else:
+                acked = (rows, unsent)
+            rows = ahead
+        if acked is not None:
+            await self._settle(conn, *acked, last=True)
+        elif not handled:
+            await self._report_after(conn, 0)
+        return handled
+
+    async def _settle(
+        self,
+        conn: asyncpg.Connection,
+        rows: list[PendingRow],
+        unsent: dict[int, str | None],
+        *,
+        last: bool,
+    ) -> None:
+        """Park the rows the broker refused for their size and mark the others sent; report the
+        backlog after the last batch of a drain and at most once a second before it."""
         too_large = {p: e for p, e in unsent.items() if e is not None}
         if too_large:
             await self.park(conn, too_large)
             self._parked = None  # counted again below
-        sent = [r.position for r in rows if r.position not in unsent]
-        await self.mark_sent(sent, conn)
-        await self._report_after(conn, len(rows))
-        return len(rows)
+        await self.mark_sent([r.position for r in rows if r.position not in unsent], conn)
+        now = asyncio.get_running_loop().time()
+        if last or too_large or now - self._reported_at >= 1.0:
+            self._reported_at = now
+            await self._report_after(conn, len(rows) if last else self._batch_size)
 
     async def _report_after(self, conn: asyncpg.Connection, handled: int) -> None:
         """Report the backlog after a batch, counting it only when something may still wait:
@@ -246,11 +340,14 @@ class OutboxRelay:
         else:
             self._report(Backlog(pending=0, oldest_seconds=0.0, parked=0))
 
-    async def fetch_pending(self, conn: asyncpg.Connection | None = None) -> list[PendingRow]:
-        """The next batch in commit order, without the streams that have a parked event."""
+    async def fetch_pending(
+        self, conn: asyncpg.Connection | None = None, in_flight: list[PendingRow] | None = None
+    ) -> list[PendingRow]:
+        """The next batch in commit order, without the streams that have a parked event and
+        without the rows ``in_flight`` (being sent, not marked yet)."""
         if conn is None:
             async with self._pool.acquire() as own:
-                return await self.fetch_pending(own)
+                return await self.fetch_pending(own, in_flight)
         records = await conn.fetch(
             "SELECT o.position, o.topic, o.trace_context,"
             "       e.stream_id, e.version, e.event_id, e.type, e.occurred_at, e.data::text AS raw"
@@ -259,8 +356,10 @@ class OutboxRelay:
             "   AND e.stream_id <> ALL(ARRAY(SELECT pe.stream_id FROM outbox p"
             "       JOIN events pe USING (event_id)"
             "       WHERE p.parked_at IS NOT NULL AND p.sent_at IS NULL))"
+            "   AND o.position <> ALL($2::bigint[])"
             " ORDER BY o.position LIMIT $1",
             self._batch_size,
+            [r.position for r in in_flight or ()],
         )
         return [
             PendingRow(
@@ -286,6 +385,7 @@ class OutboxRelay:
         Returns the rows not sent: refused for their size (position → error; they can never be
         sent as they are) or held back behind such a row of their stream (position → None).
         Any other failure raises, and the whole batch is sent again."""
+        await self._mend_gap()
         tracer = self._telemetry.tracer
         sending: list[tuple[PendingRow, Any, Any]] = []  # row, span, ack future
         too_large: dict[int, str] = {}
@@ -332,7 +432,11 @@ class OutboxRelay:
                 self._metrics.outbox_published.labels(row.topic).inc()
             span.end()
         if failure is not None:
+            if isinstance(failure, OutOfOrderSequenceNumber):
+                self._gap = type(failure).__name__
             raise failure
+        if refused:
+            self._gap = "the broker refused a batch for its size"
         return await self._one_by_one(sorted(refused + held, key=lambda r: r.position), too_large)
 
     async def _one_by_one(
@@ -349,6 +453,7 @@ class OutboxRelay:
                 unsent[row.position] = None
                 continue
             record = to_kafka_record(row.event, {})
+            await self._mend_gap()
             try:
                 await self._producer.send_and_wait(
                     row.topic, record.value, key=record.key, headers=record.headers
@@ -356,6 +461,7 @@ class OutboxRelay:
             except _TOO_LARGE as exc:
                 unsent[row.position] = f"{type(exc).__name__} ({len(record.value)} bytes)"
                 blocked.add(row.event.stream_id)
+                self._gap = "the broker refused a record for its size"
                 continue
             if self._metrics is not None:
                 self._metrics.outbox_published.labels(row.topic).inc()

@@ -200,13 +200,17 @@ def create_app(
                 await keyring_pool.close()
             await pool.close()
             raise
-        producer = AIOKafkaProducer(
-            bootstrap_servers=settings.kafka_bootstrap,
-            acks="all",
-            enable_idempotence=True,
-            linger_ms=5,
-            client_id=f"complaints-{spec.name}",
-        )
+
+        def new_producer() -> AIOKafkaProducer:
+            return AIOKafkaProducer(
+                bootstrap_servers=settings.kafka_bootstrap,
+                acks="all",
+                enable_idempotence=True,
+                linger_ms=5,
+                client_id=f"complaints-{spec.name}",
+            )
+
+        producer = new_producer()
         link = BrokerLink(settings, topics, producer)
         wakeup = Wakeup(pool)
         store = PostgresEventStore(
@@ -236,6 +240,7 @@ def create_app(
             name=f"{name} relay",
             pool=pool,
             producer=producer,
+            new_producer=new_producer,
             source=store.source,
             telemetry=telemetry,
             metrics=metrics,
