@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any
 
 import asyncpg
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from aiokafka import AIOKafkaConsumer
 from http_intake import Harness, _stop, _wait_ready, free_port, service_env
 
 from complaints_shared.envelope import Event, to_kafka_record
@@ -37,6 +37,7 @@ from complaints_shared.events import followup as fu
 from complaints_shared.events import intake as it
 from complaints_shared.events import resolution as rs
 from complaints_shared.eventstore import sealed_payloads
+from complaints_shared.outbox import new_producer
 from complaints_shared.privacy import PostgresKeyring, load_master_key
 from complaints_shared.topics import Topics, delete_topics, ensure_topics
 
@@ -107,9 +108,7 @@ async def _seed(h: Harness, keyring_dsn: str, topics: Topics, complaints: int) -
     """Every complaint's history on the topics, sealed as the services seal it; how many."""
     pool = await asyncpg.create_pool(keyring_dsn, min_size=1, max_size=4)
     keyring = PostgresKeyring(pool, load_master_key(h.master_key))
-    producer = AIOKafkaProducer(
-        bootstrap_servers=h.bootstrap, acks="all", enable_idempotence=True, linger_ms=5
-    )
+    producer = new_producer(h.bootstrap)
     await producer.start()
     start = datetime.now(UTC) - timedelta(days=60)
     sent = 0

@@ -80,7 +80,7 @@ from complaints_shared.eventstore import (  # noqa: E402
     unit_of_work,
 )
 from complaints_shared.metrics import ServiceMetrics  # noqa: E402
-from complaints_shared.outbox import OutboxRelay  # noqa: E402
+from complaints_shared.outbox import OutboxRelay, new_producer  # noqa: E402
 from complaints_shared.privacy import PostgresKeyring, load_master_key, new_master_key  # noqa: E402
 from complaints_shared.schema import migrate, shared_migrations  # noqa: E402
 from complaints_shared.telemetry import setup_telemetry  # noqa: E402
@@ -150,9 +150,7 @@ async def event_path(
         await migrate(conn, shared_migrations())
         await conn.execute("CREATE TABLE projection (id uuid PRIMARY KEY, subject text)")
         await conn.execute("CREATE TABLE raw_projection (id uuid PRIMARY KEY, subject text)")
-    producer = AIOKafkaProducer(
-        bootstrap_servers=bootstrap, acks="all", enable_idempotence=True, linger_ms=5
-    )
+    producer = new_producer(bootstrap)  # as the services' (the relay's and the raw baseline's)
     await producer.start()
     telemetry = setup_telemetry("bench")
     # the keyring in its own database and pool, as the services keep it
@@ -256,9 +254,7 @@ async def event_path(
             dsn=dsn,
             pool=pool,
             producer=producer,
-            new_producer=lambda: AIOKafkaProducer(
-                bootstrap_servers=bootstrap, acks="all", enable_idempotence=True, linger_ms=5
-            ),
+            new_producer=lambda: new_producer(bootstrap),
             source=store.source,
             telemetry=telemetry,
         )

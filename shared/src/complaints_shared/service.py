@@ -30,7 +30,7 @@ from complaints_shared.faults import Backoff, is_transient, supervise
 from complaints_shared.limits import RequestLimits
 from complaints_shared.logs import configure_logging
 from complaints_shared.metrics import ServiceMetrics
-from complaints_shared.outbox import OutboxRelay, backlog
+from complaints_shared.outbox import OutboxRelay, backlog, new_producer
 from complaints_shared.policy import Policy, load_policy
 from complaints_shared.privacy import PostgresKeyring, load_master_key
 from complaints_shared.problems import document_problems, install_problem_handlers, problem
@@ -201,16 +201,10 @@ def create_app(
             await pool.close()
             raise
 
-        def new_producer() -> AIOKafkaProducer:
-            return AIOKafkaProducer(
-                bootstrap_servers=settings.kafka_bootstrap,
-                acks="all",
-                enable_idempotence=True,
-                linger_ms=5,
-                client_id=f"complaints-{spec.name}",
-            )
+        def service_producer() -> AIOKafkaProducer:
+            return new_producer(settings.kafka_bootstrap, f"complaints-{spec.name}")
 
-        producer = new_producer()
+        producer = service_producer()
         link = BrokerLink(settings, topics, producer)
         wakeup = Wakeup(pool)
         store = PostgresEventStore(
@@ -240,7 +234,7 @@ def create_app(
             name=f"{name} relay",
             pool=pool,
             producer=producer,
-            new_producer=new_producer,
+            new_producer=service_producer,
             source=store.source,
             telemetry=telemetry,
             metrics=metrics,
