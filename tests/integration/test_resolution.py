@@ -15,6 +15,7 @@ from aiokafka import AIOKafkaProducer
 from complaints_resolution.commands import AssignCase, By, Owner, assign
 from complaints_resolution.domain import fold
 from complaints_resolution.projection import load_case, save
+from complaints_resolution.sla import deadlines
 from complaints_resolution.worker import fire_due
 from complaints_shared.envelope import Event, to_kafka_record
 from complaints_shared.events import resolution as rs
@@ -451,3 +452,37 @@ async def test_an_agents_command_and_a_due_timer_on_one_case_do_not_deadlock(
     case = (await http.get(f"{p.url('resolution')}/cases/{cid}")).json()
     assert case["owner"]["id"] == "agent-7"
     assert case["sla"]["first_response"]["breached"] is True
+
+
+async def test_a_cases_timers_are_replaced_by_the_deadlines_it_has_after_each_change(
+    start_platform: StartPlatform, http
+):
+    """The projection keeps exactly the timers the case needs now: a deadline met takes its
+    timers away, a pause moves or removes the others, and those unchanged stay."""
+    clock = ManualClock(MONDAY_9)
+    p = await start_platform("intake", "resolution", clock=clock)
+    cid = uuid.UUID(await new_case(p, http))
+    rt = p.servers["resolution"].app.state.runtime
+    base = f"{p.url('resolution')}/cases/{cid}"
+
+    async def stored() -> dict[str, datetime]:
+        rows = await rt.pool.fetch("SELECT key, due_at FROM timers WHERE complaint_id = $1", cid)
+        return {r["key"]: r["due_at"] for r in rows}
+
+    async def needed() -> dict[str, datetime]:
+        case, _ = await load_case(rt.pool, rt, cid)
+        return {t.key: t.due_at for t in deadlines(case, rt.policy, rt.clock())}
+
+    opened = await stored()
+    assert opened == await needed()
+    assert {k.split(":")[0] for k in opened} == {"first_response", "resolution"}
+    clock.advance(H)
+    assert (await http.post(f"{base}/assign", json={"owner": AGENT})).status_code == 200
+    assigned = await stored()
+    assert assigned == await needed()
+    assert {k.split(":")[0] for k in assigned} == {"resolution"}  # the first response is given
+    assert all(opened[k] == due for k, due in assigned.items())
+    clock.advance(H)
+    r = await http.post(f"{base}/clarification-requests", json={"questions": ["¿Fecha?"]})
+    assert r.json()["sla"]["resolution"]["paused"] is True
+    assert await stored() == await needed() != assigned

@@ -32,15 +32,33 @@ def cases(rt: Runtime) -> Repository[Case | None]:
     return Repository(rt.store, fold, project)
 
 
+_SAVE = """
+WITH worklist AS (
+    INSERT INTO cases (complaint_id, reference, state, severity, category, owner_id,
+                       escalation_level, next_deadline_at, received_at, updated_at, version)
+    VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)
+    ON CONFLICT (complaint_id) DO UPDATE SET state = $3, severity = $4, category = $5,
+        owner_id = $6, escalation_level = $7, next_deadline_at = $8, updated_at = $10,
+        version = $11
+), gone AS (
+    DELETE FROM timers WHERE complaint_id = $1 AND key <> ALL($12::text[])
+), kept AS (
+    INSERT INTO timers AS t (complaint_id, key, due_at)
+    SELECT $1, d.key, d.due_at FROM unnest($12::text[], $13::timestamptz[]) AS d(key, due_at)
+    ON CONFLICT (complaint_id, key) DO UPDATE SET due_at = excluded.due_at
+        WHERE t.due_at IS DISTINCT FROM excluded.due_at
+)
+SELECT 1
+"""
+
+
 async def save(conn: asyncpg.Connection, policy: Policy, case: Case, now: datetime) -> None:
-    """Refresh the worklist row and replace the case's timers (in the caller's transaction)."""
+    """Refresh the worklist row and replace the case's timers (in the caller's transaction),
+    in one round trip: the timers the case no longer has go, the others are set (the
+    sub-statements touch disjoint timer rows, as one statement's must)."""
+    timers = deadlines(case, policy, now)
     await conn.execute(
-        "INSERT INTO cases (complaint_id, reference, state, severity, category, owner_id,"
-        " escalation_level, next_deadline_at, received_at, updated_at, version)"
-        " VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)"
-        " ON CONFLICT (complaint_id) DO UPDATE SET state = $3, severity = $4, category = $5,"
-        " owner_id = $6,"
-        " escalation_level = $7, next_deadline_at = $8, updated_at = $10, version = $11",
+        _SAVE,
         case.complaint_id,
         case.reference,
         case.state.value,
@@ -52,11 +70,8 @@ async def save(conn: asyncpg.Connection, policy: Policy, case: Case, now: dateti
         case.received_at,
         now,
         case.version,
-    )
-    await conn.execute("DELETE FROM timers WHERE complaint_id = $1", case.complaint_id)
-    await conn.executemany(
-        "INSERT INTO timers (complaint_id, key, due_at) VALUES ($1, $2, $3)",
-        [(case.complaint_id, t.key, t.due_at) for t in deadlines(case, policy, now)],
+        [t.key for t in timers],
+        [t.due_at for t in timers],
     )
 
 
