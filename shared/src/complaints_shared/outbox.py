@@ -200,7 +200,12 @@ class OutboxRelay:
             return
         log.warning("outbox relay: a fresh producer after %s", self._gap)
         fresh = self._new_producer()
-        await fresh.start()
+        try:
+            await fresh.start()
+        except BaseException:  # the broker, say: tried again before the next send
+            with contextlib.suppress(Exception):
+                await asyncio.shield(fresh.stop())
+            raise
         await self.close()
         self._producer = fresh
         self._gap = None
