@@ -348,7 +348,7 @@ class OutboxRelay:
         now = asyncio.get_running_loop().time()
         if last or too_large or now - self._reported_at >= 1.0:
             self._reported_at = now
-            await self._report_after(conn, len(rows) if last else self._batch_size)
+            await self._report_after(conn, len(rows))  # a batch not last is a full one
 
     async def _report_after(self, conn: asyncpg.Connection, handled: int) -> None:
         """Report the backlog after a batch, counting it only when something may still wait:
