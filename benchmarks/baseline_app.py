@@ -3,12 +3,14 @@
 A FastAPI app under uvicorn (the same server, event loop and HTTP parser as the services) that
 validates a body comparable to a complaint with pydantic and commits one INSERT per request
 through an asyncpg pool, then answers 201 with the stored id.  Nothing else: no token, no
-rules, no events, no outbox.  ``python benchmarks/baseline_app.py --port P --dsn DSN``.
+rules, no events, no outbox.  ``python benchmarks/baseline_app.py --port P --dsn DSN``;
+with ``--workers N``, N processes share the port (as ``COMPLAINTS_WORKERS`` runs a service).
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -71,18 +73,37 @@ def create_app(dsn: str) -> FastAPI:
     return app
 
 
+_DSN_VARIABLE = "BENCH_BASELINE_DSN"
+
+
+def app_from_environment() -> FastAPI:
+    """The app of one worker process (``--workers`` > 1)."""
+    return create_app(os.environ[_DSN_VARIABLE])
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--port", type=int, required=True)
     parser.add_argument("--dsn", required=True)
+    parser.add_argument("--workers", type=int, default=1)
     args = parser.parse_args()
-    uvicorn.run(
-        create_app(args.dsn),
-        host="127.0.0.1",
-        port=args.port,
-        log_level="warning",
-        access_log=False,
-    )
+    options: dict[str, Any] = {
+        "host": "127.0.0.1",
+        "port": args.port,
+        "log_level": "warning",
+        "access_log": False,
+    }
+    if args.workers > 1:
+        os.environ[_DSN_VARIABLE] = args.dsn
+        uvicorn.run(
+            "baseline_app:app_from_environment",
+            factory=True,
+            workers=args.workers,
+            app_dir=os.path.dirname(os.path.abspath(__file__)),
+            **options,
+        )
+    else:
+        uvicorn.run(create_app(args.dsn), **options)
 
 
 if __name__ == "__main__":

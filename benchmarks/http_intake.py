@@ -315,9 +315,10 @@ def bench_stored(h: Harness, *, seconds: float, counts: list[int]) -> dict[str, 
 
 
 def _start_intake(
-    h: Harness, name: str, services_from: Path | None
+    h: Harness, name: str, services_from: Path | None, workers: int = 1
 ) -> tuple[subprocess.Popen[bytes], str, str]:
-    """An intake process on fresh databases and topics named ``name``; its URL and database."""
+    """An intake process (``workers`` processes sharing its port) on fresh databases and topics
+    named ``name``; its URL and database."""
     intake_db = h.create_database(name)
     keyring_db = h.create_database(f"{name}_keyring")
     port = free_port()
@@ -326,6 +327,7 @@ def _start_intake(
         env={
             **service_env(services_from),
             **h.service_env(intake_db, keyring_db, f"{name}.", port),
+            "COMPLAINTS_WORKERS": str(workers),
         },
         stdin=subprocess.DEVNULL,
         stdout=subprocess.DEVNULL,
@@ -334,12 +336,15 @@ def _start_intake(
     return proc, f"http://127.0.0.1:{port}", intake_db
 
 
-def bench(h: Harness, *, seconds: float, services_from: Path | None = None) -> dict[str, Any]:
-    """Both servers, one after the other on the same machine; returns the figures."""
+def bench(
+    h: Harness, *, seconds: float, services_from: Path | None = None, workers: int = 1
+) -> dict[str, Any]:
+    """Both servers, one after the other on the same machine, each as ``workers`` processes;
+    returns the figures."""
     suffix = os.urandom(3).hex()
     base_db = h.create_database(f"bench_base_{suffix}")
-    results: dict[str, Any] = {}
-    intake, url, _ = _start_intake(h, f"bench_intake_{suffix}", services_from)
+    results: dict[str, Any] = {"workers": workers}
+    intake, url, _ = _start_intake(h, f"bench_intake_{suffix}", services_from, workers)
     try:
         _wait_ready(url, intake)
         wrk(url, h.token, 3)  # warm-up: connections, prepared statements, the JWKS
@@ -362,6 +367,8 @@ def bench(h: Harness, *, seconds: float, services_from: Path | None = None) -> d
             str(port),
             "--dsn",
             f"{h.server}/{base_db}",
+            "--workers",
+            str(workers),
         ],
         stdin=subprocess.DEVNULL,
     )

@@ -1,6 +1,7 @@
 """Benchmarks of the platform's hot paths, each against a baseline measured in the same run.
 
-    ./dev bench [--events N] [--seconds S] [--complaints N] [--only STAGE,...] [--json PATH]
+    ./dev bench [--events N] [--seconds S] [--workers N] [--complaints N] [--only STAGE,...]
+                [--json PATH]
 
 Stages (``--only`` picks some; all by default):
 
@@ -19,7 +20,8 @@ Stages (``--only`` picks some; all by default):
   projection rows in batches of 200.
 - ``intake``: ``POST /complaints`` at 32 connections against a minimal FastAPI + one-INSERT
   app, and intake's latency at half its own rate, offered open-loop and evenly spaced
-  (``benchmarks/http_intake.py``).
+  (``benchmarks/http_intake.py``).  ``--workers N`` runs both servers as N processes sharing
+  their port (intake with ``COMPLAINTS_WORKERS=N``, each process a replica).
 - ``stored`` (not in the default run): intake at saturation with ``--stored`` complaints
   already in its database (default 0, 10k, 100k, 1M), and the customer-history query's plan.
 - ``pipeline``: all four services at ``--rate`` complaints/s offered for ``--pipeline-seconds``
@@ -391,13 +393,15 @@ async def drop_databases(server: str, names: list[str]) -> None:
 
 def intake_rows(figures: dict[str, Any]) -> list[Row]:
     i, b, h = figures["intake"], figures["baseline"], figures["intake_half_load"]
+    workers = figures.get("workers", 1)
+    each = f", {workers} processes each" if workers > 1 else ""
     return [
         Row(
             "intake",
-            "POST /complaints, 32 connections",
+            f"POST /complaints, 32 connections{each}",
             i["rate"],
             "requests/s",
-            "FastAPI + one INSERT, 32 connections",
+            f"FastAPI + one INSERT, 32 connections{each}",
             b["rate"],
             "≥ 0.5x",
         ),
@@ -550,6 +554,9 @@ def main() -> None:
     parser.add_argument("--events", type=int, default=5000)
     parser.add_argument("--seconds", type=float, default=15, help="each HTTP load run")
     parser.add_argument(
+        "--workers", type=int, default=1, help="intake: processes of intake and of the baseline"
+    )
+    parser.add_argument(
         "--complaints", type=int, default=100_000, help="stored texts for the similar index"
     )
     parser.add_argument("--rate", type=float, default=300, help="pipeline: complaints/s offered")
@@ -617,7 +624,10 @@ def main() -> None:
 
         if "intake" in stages:
             details["intake"] = http_intake.bench(
-                harness(), seconds=args.seconds, services_from=args.services_from
+                harness(),
+                seconds=args.seconds,
+                services_from=args.services_from,
+                workers=args.workers,
             )
             rows += intake_rows(details["intake"])
         if "stored" in stages:
