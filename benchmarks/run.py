@@ -252,6 +252,7 @@ async def event_path(
             await asyncio.gather(*acks)
 
         raw_relay = await timed(raw_publish)
+        relay_metrics = ServiceMetrics()  # as the services' relays have: the backlog counted
         relay = OutboxRelay(
             dsn=dsn,
             pool=pool,
@@ -259,11 +260,25 @@ async def event_path(
             new_producer=lambda: new_producer(bootstrap),
             source=store.source,
             telemetry=telemetry,
+            metrics=relay_metrics,
         )
+
+        def acknowledged() -> float:
+            return sum(
+                s.value
+                for m in relay_metrics.outbox_published.collect()
+                for s in m.samples
+                if s.name.endswith("_total")
+            )
 
         async def relay_backlog() -> None:
             task = asyncio.create_task(relay.run())
             try:
+                # watched in this process until the broker acknowledged all (a query every few
+                # milliseconds would load the database the relay works with), then until the
+                # last batch is marked sent
+                while acknowledged() < n:
+                    await asyncio.sleep(0.005)
                 while await pool.fetchval("SELECT count(*) FROM outbox WHERE sent_at IS NULL"):
                     await asyncio.sleep(0.005)
             finally:
