@@ -39,7 +39,10 @@ before a change) under the same harness, to compare two versions on the same mac
 It starts the local Kafka, PostgreSQL and (for ``intake``) Keycloak unless they run already,
 prints one table of figures with their baselines and ratios, and writes the same as JSON
 (``.local/bench/<time>.json``, or ``--json``).  Ratios, not absolute figures, are what to
-compare between runs: these machines are shared and noisy.
+compare between runs: these machines are shared and noisy.  Before each stage it waits (up to a
+minute) until the machine is quiet, so that what the stage before left running (a checkpoint,
+dropped databases' files, deleted topics' logs, a backlog still draining) is not measured with
+it; the JSON's ``settle`` says how long each stage waited and how busy the cores were then.
 """
 
 from __future__ import annotations
@@ -129,6 +132,34 @@ class Row:
 
 def now() -> datetime:
     return datetime.now(UTC)
+
+
+QUIET_BUSY = 0.25  # the share of all cores' time busy over a second that counts as quiet
+QUIET_WITHIN = 60.0  # seconds: a machine busy with something else is measured as it is
+
+
+def _cpu_times() -> tuple[int, int]:
+    """Busy and total time of all cores since boot, in clock ticks (``/proc/stat``)."""
+    with open("/proc/stat") as f:
+        ticks = [int(x) for x in f.readline().split()[1:9]]  # user .. steal
+    idle = ticks[3] + ticks[4]  # idle, iowait
+    return sum(ticks) - idle, sum(ticks)
+
+
+def settle(stage: str, waits: dict[str, Any]) -> None:
+    """Wait until the cores are quiet (or :data:`QUIET_WITHIN` passed) before ``stage``."""
+    if not os.path.exists("/proc/stat"):
+        return
+    t0 = time.monotonic()
+    busy, total = _cpu_times()
+    while True:
+        time.sleep(1.0)
+        now_busy, now_total = _cpu_times()
+        share = (now_busy - busy) / max(now_total - total, 1)
+        busy, total = now_busy, now_total
+        if share < QUIET_BUSY or time.monotonic() - t0 >= QUIET_WITHIN:
+            break
+    waits[stage] = {"waited_seconds": round(time.monotonic() - t0, 1), "busy": round(share, 2)}
 
 
 async def timed(work: Callable[[], Any]) -> float:
@@ -605,9 +636,11 @@ def main() -> None:
     started = infra.up(identity=bool(stages & {"intake", "stored", "pipeline", "rebuild"}))
     os.environ.setdefault("PGPASSFILE", str(infra.postgres.passfile))
     rows: list[Row] = []
-    details: dict[str, Any] = {}
+    waits: dict[str, Any] = {}
+    details: dict[str, Any] = {"settle": waits}
     try:
         if stages & {"append", "relay", "consume"}:
+            settle("append, relay, consume", waits)
             rows += asyncio.run(
                 event_path(
                     args.events,
@@ -638,6 +671,7 @@ def main() -> None:
             )
 
         if "intake" in stages:
+            settle("intake", waits)
             details["intake"] = http_intake.bench(
                 harness(),
                 seconds=args.seconds,
@@ -646,6 +680,7 @@ def main() -> None:
             )
             rows += intake_rows(details["intake"])
         if "stored" in stages:
+            settle("stored", waits)
             details["stored"] = http_intake.bench_stored(
                 harness(),
                 seconds=args.seconds,
@@ -653,6 +688,7 @@ def main() -> None:
             )
             rows += stored_rows(details["stored"])
         if "pipeline" in stages:
+            settle("pipeline", waits)
             details["pipeline"] = pipeline.bench(
                 harness(),
                 rate=args.rate,
@@ -662,6 +698,7 @@ def main() -> None:
             )
             rows += pipeline_rows(details["pipeline"])
         if "rebuild" in stages:
+            settle("rebuild", waits)
             details["rebuild"] = rebuild.bench(
                 harness(),
                 admin_token=infra.keycloak.token("admin"),
@@ -673,6 +710,7 @@ def main() -> None:
     finally:
         infra.down(started)
     if "similar" in stages:
+        settle("similar", waits)
         details["similar"] = similar.bench(args.complaints, 200)
         rows += similar_rows(details["similar"])
 
