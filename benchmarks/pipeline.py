@@ -27,13 +27,22 @@ import sys
 import tempfile
 import time
 import uuid
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import asyncpg
 import openloop
 from aiokafka import AIOKafkaConsumer
-from http_intake import Harness, _stop, _wait_ready, complaint_posts, free_port, service_env
+from http_intake import (
+    Harness,
+    _preload,
+    _stop,
+    _wait_ready,
+    complaint_posts,
+    free_port,
+    service_env,
+)
 
 from complaints_shared.topics import delete_topics
 
@@ -150,6 +159,8 @@ async def _measure(
     t0 = time.perf_counter()
     load = await openloop.run("127.0.0.1", port, request, rate, seconds)
     loaded = time.perf_counter()
+    sampling.cancel()  # before the drain's own counts: they use the same connections
+    await asyncio.gather(sampling, return_exceptions=True)
     drained_at: float | None = None
     while time.perf_counter() - loaded < drain_within:
         counts = await _count(conns)
@@ -161,10 +172,9 @@ async def _measure(
     cpu_after = cpu_seconds(pids)
     xacts_after = await _transactions(stats, dsns)
     await stats.close()
-    sampling.cancel()
     await asyncio.sleep(1)  # the last CaseOpened records
     watching.cancel()
-    await asyncio.gather(sampling, watching, return_exceptions=True)
+    await asyncio.gather(watching, return_exceptions=True)
     await reader.stop()
     received = {
         str(r["id"]): r["received_at"].timestamp()
@@ -229,8 +239,13 @@ def bench(
     seconds: float,
     kafka_pid: int | None = None,
     services_from: Path | None = None,
+    stored: int = 0,
+    settle: Callable[[], None] | None = None,
 ) -> dict[str, Any]:
-    """Start the platform, offer the load, stop it; the figures."""
+    """Start the platform, offer the load, stop it; the figures.  With ``stored``, intake's
+    database holds that many complaints before the load (as ``bench_stored`` preloads them:
+    each customer's history and duplicates are looked up among them), and ``settle`` runs
+    after the preload, before the load."""
     suffix = os.urandom(3).hex()
     databases = {s: h.create_database(f"bench_{s}_{suffix}") for s in (*SERVICES, "keyring")}
     prefix = f"benchpipe{suffix}."
@@ -269,7 +284,14 @@ def bench(
         for s, proc in zip(SERVICES, procs[1:], strict=True):
             _wait_ready(f"http://127.0.0.1:{ports[s]}", proc)
         dsns = {s: f"{h.server}/{databases[s]}" for s in SERVICES}
-        return asyncio.run(
+        preloaded: dict[str, Any] = {}
+        if stored:
+            t0 = time.monotonic()
+            preloaded["history_plan"] = asyncio.run(_preload(dsns["intake"], stored))
+            preloaded["preload_seconds"] = round(time.monotonic() - t0, 1)
+        if settle is not None:
+            settle()
+        figures = asyncio.run(
             _measure(
                 dsns=dsns,
                 port=ports["intake"],
@@ -286,6 +308,7 @@ def bench(
                 },
             )
         )
+        return {**figures, "stored": stored, **preloaded}
     finally:
         for proc in procs:
             _stop(proc)

@@ -23,7 +23,10 @@ Stages (``--only`` picks some; all by default):
   (``benchmarks/http_intake.py``).  ``--workers N`` runs both servers as N processes sharing
   their port (intake with ``COMPLAINTS_WORKERS=N``, each process a replica).
 - ``stored`` (not in the default run): intake at saturation with ``--stored`` complaints
-  already in its database (default 0, 10k, 100k, 1M), and the customer-history query's plan.
+  already in its database (default 0, 10k, 100k, 1M), and the customer-history query's plan;
+  then the whole pipeline at ``--stored-rate`` complaints/s (below saturation, so that latency
+  shows the work per complaint, not a queue) for ``--stored-seconds`` with each count stored
+  in intake's database, against the same with the first count.
 - ``pipeline``: all four services at ``--rate`` complaints/s offered for ``--pipeline-seconds``
   (``benchmarks/pipeline.py``): POST latency, each stage's completion rate and backlog growth,
   the drain time, and receipt → ``CaseOpened`` on Kafka (p50, p99).
@@ -482,6 +485,52 @@ def stored_rows(f: dict[str, Any]) -> list[Row]:
     return rows
 
 
+def stored_pipeline_rows(f: dict[str, Any]) -> list[Row]:
+    """Per count stored: the slowest stage's completion rate and receipt → ``CaseOpened``
+    p99, each against the run with the first count."""
+    first = next(iter(f.values()), None)
+    first_count = int(next(iter(f), "0"))
+
+    def slowest(r: dict[str, Any]) -> float:
+        return float(min(s["completed_per_s"] for s in r["stages"].values()))
+
+    rows = []
+    for count, r in f.items():
+        rows.append(
+            Row(
+                "stored",
+                f"pipeline at {r['offered_per_s']:.0f}/s, {int(count):,} stored: slowest stage",
+                slowest(r),
+                "complaints/s",
+                f"with {first_count:,} stored",
+                slowest(first) if first else None,
+                "≈ 1x",
+            )
+        )
+        rows.append(
+            Row(
+                "stored",
+                f"  receipt → CaseOpened p99, {int(count):,} stored",
+                r["received_to_case_opened_p99_ms"],
+                "ms",
+                f"with {first_count:,} stored",
+                first["received_to_case_opened_p99_ms"] if first else None,
+                "≈ 1x",
+            )
+        )
+        rows.append(
+            Row(
+                "stored",
+                f"  CPU per complaint: intake, {int(count):,} stored",
+                r["cpu_ms_per_complaint"].get("intake", float("nan")),
+                "ms",
+                f"with {first_count:,} stored",
+                first["cpu_ms_per_complaint"].get("intake") if first else None,
+            )
+        )
+    return rows
+
+
 def pipeline_rows(f: dict[str, Any]) -> list[Row]:
     offered = f["offered_per_s"]
     rows = [
@@ -620,6 +669,12 @@ def main() -> None:
         default=",".join(DEFAULT_STAGES),
         help=f"comma-separated stages of {', '.join(STAGES)} (stored is not in the default)",
     )
+    parser.add_argument(
+        "--stored-rate", type=float, default=40, help="stored: pipeline complaints/s offered"
+    )
+    parser.add_argument(
+        "--stored-seconds", type=float, default=30, help="stored: how long each pipeline run"
+    )
     parser.add_argument("--json", type=Path, help="where to write the figures")
     parser.add_argument(
         "--services-from",
@@ -681,12 +736,22 @@ def main() -> None:
             rows += intake_rows(details["intake"])
         if "stored" in stages:
             settle("stored", waits)
+            counts = [int(c) for c in args.stored.split(",") if c.strip()]
             details["stored"] = http_intake.bench_stored(
-                harness(),
-                seconds=args.seconds,
-                counts=[int(c) for c in args.stored.split(",") if c.strip()],
+                harness(), seconds=args.seconds, counts=counts
             )
             rows += stored_rows(details["stored"])
+            details["stored_pipeline"] = {}
+            for count in counts:
+                details["stored_pipeline"][str(count)] = pipeline.bench(
+                    harness(),
+                    rate=args.stored_rate,
+                    seconds=args.stored_seconds,
+                    kafka_pid=infra.kafka.pid(),
+                    stored=count,
+                    settle=lambda count=count: settle(f"stored pipeline {count}", waits),
+                )
+            rows += stored_pipeline_rows(details["stored_pipeline"])
         if "pipeline" in stages:
             settle("pipeline", waits)
             details["pipeline"] = pipeline.bench(
