@@ -26,6 +26,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.request
 import uuid
 from collections.abc import Callable
 from pathlib import Path
@@ -71,6 +72,20 @@ def _body(i: int, run: str) -> bytes:
             " respondeu aos meus e-mails.",
         }
     ).encode()
+
+
+def _wait_all_ok(url: str, within: float = 60) -> None:
+    """Until ``url``'s readiness says ``ok`` on every check (its consumers have joined their
+    groups, Kafka is connected): the load then meets the steady state, not the start."""
+    deadline = time.monotonic() + within
+    answer: dict[str, Any] = {}
+    while time.monotonic() < deadline:
+        with urllib.request.urlopen(f"{url}/health/ready", timeout=5) as r:
+            answer = json.loads(r.read())
+        if answer.get("status") == "ok":
+            return
+        time.sleep(0.2)
+    raise RuntimeError(f"{url}: still {answer.get('checks')} after {within:.0f}s")
 
 
 def cpu_seconds(pids: dict[str, list[int]]) -> dict[str, float]:
@@ -219,6 +234,7 @@ async def _measure(
         "drained_after_s": round(drained_at - loaded, 1) if drained_at else None,
         "received_to_case_opened_p50_ms": round(pct(to_opened, 50) * 1000, 1),
         "received_to_case_opened_p99_ms": round(pct(to_opened, 99) * 1000, 1),
+        "received_to_case_opened_max_ms": round(max(to_opened, default=float("nan")) * 1000, 1),
         "cases_opened_seen": len(to_opened),
         # CPU per accepted complaint, load and drain together (PostgreSQL: sessions that
         # ended meanwhile are not counted)
@@ -283,6 +299,8 @@ def bench(
             )
         for s, proc in zip(SERVICES, procs[1:], strict=True):
             _wait_ready(f"http://127.0.0.1:{ports[s]}", proc)
+        for s in SERVICES:
+            _wait_all_ok(f"http://127.0.0.1:{ports[s]}")
         dsns = {s: f"{h.server}/{databases[s]}" for s in SERVICES}
         preloaded: dict[str, Any] = {}
         if stored:
