@@ -243,8 +243,10 @@ async def _preload(dsn: str, count: int) -> str:
     try:
         for start in range(1, count + 1, 100_000):
             await conn.execute(_PRELOAD, start, min(count, start + 99_999))
-        # vacuumed and analysed now: autovacuum would otherwise do it during the measurement
+        # vacuumed, analysed and written out now: autovacuum and the checkpointer would
+        # otherwise work through the new rows during the measurement
         await conn.execute("VACUUM ANALYZE")
+        await conn.execute("CHECKPOINT")
         plan = json.loads(  # intake's own history query, for a customer with a complaint
             await conn.fetchval(
                 f"EXPLAIN (FORMAT JSON) {_HISTORY}",
