@@ -80,8 +80,11 @@ def _wait_all_ok(url: str, within: float = 60) -> None:
     deadline = time.monotonic() + within
     answer: dict[str, Any] = {}
     while time.monotonic() < deadline:
-        with urllib.request.urlopen(f"{url}/health/ready", timeout=5) as r:
-            answer = json.loads(r.read())
+        try:
+            with urllib.request.urlopen(f"{url}/health/ready", timeout=5) as r:
+                answer = json.loads(r.read())
+        except OSError as exc:  # a 503 (the database away) or no answer: asked again
+            answer = {"checks": type(exc).__name__}
         if answer.get("status") == "ok":
             return
         time.sleep(0.2)
