@@ -466,68 +466,71 @@ def intake_rows(figures: dict[str, Any]) -> list[Row]:
     ]
 
 
+def _against_first(
+    f: dict[str, Any],
+    count: str,
+    what: str,
+    unit: str,
+    figure: Callable[[dict[str, Any]], float],
+    goal: str = "≈ 1x",
+) -> Row:
+    """A figure of the run with ``count`` stored against the same of the first count's run."""
+    first_count, first = next(iter(f.items()))
+    baseline = f"with {int(first_count):,} stored"
+    return Row("stored", what, figure(f[count]), unit, baseline, figure(first), goal)
+
+
 def stored_rows(f: dict[str, Any]) -> list[Row]:
-    first = next(iter(f.values()), None)
     rows = []
     for count, r in f.items():
+        n = f"{int(count):,}"
         rows.append(
-            Row(
-                "stored",
-                f"POST /complaints with {int(count):,} stored, 32 connections",
-                r["rate"],
+            _against_first(
+                f,
+                count,
+                f"POST /complaints with {n} stored, 32 connections",
                 "requests/s",
-                f"with {int(next(iter(f))):,} stored",
-                first["rate"] if first else None,
-                "≈ 1x",
+                lambda r: float(r["rate"]),
             )
         )
-        rows.append(Row("stored", f"  p99 with {int(count):,} stored", r["p99_ms"], "ms"))
+        rows.append(Row("stored", f"  p99 with {n} stored", r["p99_ms"], "ms"))
     return rows
 
 
 def stored_pipeline_rows(f: dict[str, Any]) -> list[Row]:
-    """Per count stored: the slowest stage's completion rate and receipt → ``CaseOpened``
-    p99, each against the run with the first count."""
-    first = next(iter(f.values()), None)
-    first_count = int(next(iter(f), "0"))
+    """Per count stored: the slowest stage's completion rate, receipt → ``CaseOpened`` p99 and
+    intake's CPU per complaint, each against the run with the first count."""
 
     def slowest(r: dict[str, Any]) -> float:
         return float(min(s["completed_per_s"] for s in r["stages"].values()))
 
     rows = []
     for count, r in f.items():
-        rows.append(
-            Row(
-                "stored",
-                f"pipeline at {r['offered_per_s']:.0f}/s, {int(count):,} stored: slowest stage",
-                slowest(r),
+        n = f"{int(count):,}"
+        rows += [
+            _against_first(
+                f,
+                count,
+                f"pipeline at {r['offered_per_s']:.0f}/s, {n} stored: slowest stage",
                 "complaints/s",
-                f"with {first_count:,} stored",
-                slowest(first) if first else None,
-                "≈ 1x",
-            )
-        )
-        rows.append(
-            Row(
-                "stored",
-                f"  receipt → CaseOpened p99, {int(count):,} stored",
-                r["received_to_case_opened_p99_ms"],
+                slowest,
+            ),
+            _against_first(
+                f,
+                count,
+                f"  receipt → CaseOpened p99, {n} stored",
                 "ms",
-                f"with {first_count:,} stored",
-                first["received_to_case_opened_p99_ms"] if first else None,
-                "≈ 1x",
-            )
-        )
-        rows.append(
-            Row(
-                "stored",
-                f"  CPU per complaint: intake, {int(count):,} stored",
-                r["cpu_ms_per_complaint"].get("intake", float("nan")),
+                lambda r: float(r["received_to_case_opened_p99_ms"]),
+            ),
+            _against_first(
+                f,
+                count,
+                f"  CPU per complaint: intake, {n} stored",
                 "ms",
-                f"with {first_count:,} stored",
-                first["cpu_ms_per_complaint"].get("intake") if first else None,
-            )
-        )
+                lambda r: float(r["cpu_ms_per_complaint"].get("intake", float("nan"))),
+                goal="",
+            ),
+        ]
     return rows
 
 
