@@ -9,7 +9,7 @@ from collections import defaultdict
 
 import asyncpg
 import pytest
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
 from complaints_shared.consumer import ConsumerRunner, Subscription
@@ -18,7 +18,7 @@ from complaints_shared.errors import ConcurrencyConflict
 from complaints_shared.eventstore import PostgresEventStore as EventStore
 from complaints_shared.eventstore import Wakeup, unit_of_work
 from complaints_shared.metrics import ServiceMetrics
-from complaints_shared.outbox import _LEADER_LOCK, OutboxRelay
+from complaints_shared.outbox import _LEADER_LOCK, OutboxRelay, new_producer
 from complaints_shared.telemetry import setup_telemetry
 from complaints_shared.topics import ensure_topics
 from tests.events import Counted, Happened, Pinged
@@ -39,11 +39,7 @@ def make_relay(infrastructure, database: str, pool, producer, **kw) -> OutboxRel
         dsn=database,
         pool=pool,
         producer=producer,
-        new_producer=lambda: AIOKafkaProducer(
-            bootstrap_servers=infrastructure.kafka_bootstrap,
-            acks="all",
-            enable_idempotence=True,
-        ),
+        new_producer=lambda: new_producer(infrastructure.kafka_bootstrap),
         source="/complaints/test",
         telemetry=setup_telemetry("test"),
         **kw,
