@@ -146,19 +146,26 @@ def wrk(
     return Load(int(n), int(ok), float(secs), float(p50), float(p99), float(mx))
 
 
-def _wait_ready(url: str, proc: subprocess.Popen[bytes], within: float = 120) -> None:
+def _wait_ready(
+    url: str, proc: subprocess.Popen[bytes], within: float = 120, *, all_ok: bool = False
+) -> None:
+    """Until ``url`` answers its readiness with 200; with ``all_ok``, until that answer says
+    ``ok`` on every check (consumers joined, Kafka connected), not ``degraded``."""
     deadline = time.monotonic() + within
+    answer: Any = None
     while time.monotonic() < deadline:
         if proc.poll() is not None:
             raise RuntimeError(f"{url}: the server exited with {proc.returncode} during start")
         try:
             with urllib.request.urlopen(f"{url}/health/ready", timeout=2) as r:
-                if r.status == 200:
+                answer = json.loads(r.read()) if all_ok else None
+                if r.status == 200 and (not all_ok or answer.get("status") == "ok"):
                     return
-        except (urllib.error.URLError, OSError):
+        except (urllib.error.URLError, OSError, ValueError):
             pass
         time.sleep(0.2)
-    raise RuntimeError(f"{url}: not ready after {within:.0f}s")
+    checks = f" ({answer.get('checks')})" if isinstance(answer, dict) else ""
+    raise RuntimeError(f"{url}: not ready after {within:.0f}s{checks}")
 
 
 def _stop(proc: subprocess.Popen[bytes]) -> None:
