@@ -21,7 +21,7 @@ async def test_a_service_process_moves_what_it_started_with_out_of_the_collector
     """Once a process's own app has started, what start-up made (modules, models, the app)
     is frozen: full collections under load no longer walk it (they took 90-100 ms every few
     seconds in intake at saturation).  An app started among others in one process, as in
-    this suite, freezes nothing."""
+    this suite, freezes nothing and keeps Python's collection thresholds."""
     for name, value in {
         "COMPLAINTS_SERVICE_SPEC": "complaints_learning.app:SPEC",
         "COMPLAINTS_OIDC_ISSUER": infrastructure.oidc_issuer,
@@ -34,11 +34,16 @@ async def test_a_service_process_moves_what_it_started_with_out_of_the_collector
         monkeypatch.setenv(name, value)
     monkeypatch.setattr(service, "configure_logging", lambda *args: None)  # the suite's stays
     assert gc.get_freeze_count() == 0  # the apps of the earlier tests froze nothing
+    thresholds = gc.get_threshold()
+    assert thresholds[0] < service.YOUNG_COLLECTION_THRESHOLD
     running = await serve(service.app_from_environment())
     try:
         async with httpx.AsyncClient() as http:
             assert (await http.get(f"{running.url}/health/live")).status_code == 200
         assert gc.get_freeze_count() > 10_000
+        # the youngest generation is collected less often; the older ones as before
+        assert gc.get_threshold() == (service.YOUNG_COLLECTION_THRESHOLD, *thresholds[1:])
     finally:
         await running.stop()
         gc.unfreeze()  # the rest of the suite runs as before
+        gc.set_threshold(*thresholds)
