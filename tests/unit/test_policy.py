@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import timedelta
+from datetime import date, timedelta
 from pathlib import Path
 
 import pytest
@@ -63,3 +63,19 @@ def test_invalid_policies_name_the_offending_setting(tmp_path, text, message):
 def test_shipped_policies_load(name):
     p = load_policy(ROOT / "deploy" / "policies" / name)
     assert set(p.sla) >= {"low", "medium", "high", "critical"}
+
+
+def test_the_calendar_is_built_once_from_the_policy_file(tmp_path):
+    p = load_policy(
+        write(
+            tmp_path,
+            '[calendar]\ntimezone = "Europe/Lisbon"\nholidays = [2026-12-25]\n'
+            '[calendar.hours]\nmon = "08:00-12:00, 13:00-17:00"\nsat = "closed"\n',
+        )
+    )
+    calendar = p.calendar.business_calendar()
+    assert calendar is p.calendar.business_calendar()  # every due date counts in the same one
+    assert str(calendar.timezone) == "Europe/Lisbon" and calendar.holidays == {date(2026, 12, 25)}
+    assert [len(day) for day in calendar.week] == [2, 0, 0, 0, 0, 0, 0]
+    always = load_policy(write(tmp_path, "[calendar]\nalways_open = true\n")).calendar
+    assert always.business_calendar().always_open

@@ -141,6 +141,7 @@ class CalendarPolicy(_Section):
     always_open: bool = False
     hours: dict[str, str] = Field(default_factory=_default_hours)
     holidays: tuple[date, ...] = ()
+    _calendar: BusinessCalendar = PrivateAttr()
 
     @model_validator(mode="after")
     def _valid(self) -> CalendarPolicy:
@@ -156,14 +157,20 @@ class CalendarPolicy(_Section):
             raise ValueError("the calendar has no opening hours: set some or always_open")
         return self
 
-    def business_calendar(self) -> BusinessCalendar:
-        if self.always_open:
-            return BusinessCalendar.twenty_four_seven()
-        return BusinessCalendar(
-            ZoneInfo(self.timezone),
-            tuple(parse_hours(self.hours.get(d, "")) for d in WEEKDAYS),
-            frozenset(self.holidays),
+    def model_post_init(self, context: Any) -> None:
+        # built once: every SLA clock and due date counts in it (the policy is frozen)
+        self._calendar = (
+            BusinessCalendar.twenty_four_seven()
+            if self.always_open
+            else BusinessCalendar(
+                ZoneInfo(self.timezone),
+                tuple(parse_hours(self.hours.get(d, "")) for d in WEEKDAYS),
+                frozenset(self.holidays),
+            )
         )
+
+    def business_calendar(self) -> BusinessCalendar:
+        return self._calendar
 
 
 class FollowupPolicy(_Section):
