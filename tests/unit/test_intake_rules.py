@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import re
+import unicodedata
 import uuid
 from datetime import UTC, datetime
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from complaints_intake.domain import ComplaintCreate, History, receive
 from complaints_intake.language import Detection
@@ -38,6 +42,24 @@ def test_normalise_and_lexicon_ignore_case_accents_and_endings():
         "nao funciona",
     ]
     assert lex.matches("billing and bills") == []  # no star: whole words only
+
+
+@given(st.text() | st.text(st.characters(max_codepoint=127)))
+def test_normalise_is_the_case_folded_decomposition_without_marks_and_extra_spaces(text):
+    """ASCII text takes a shorter way; every text gives what the definition gives."""
+    decomposed = unicodedata.normalize("NFKD", text.casefold())
+    unmarked = "".join(c for c in decomposed if not unicodedata.combining(c))
+    assert normalise(text) == re.sub(r"\s+", " ", unmarked).strip()
+    assert normalise(" Ab\tC\n\x0bd  ") == "ab c d"
+
+
+def test_rules_given_the_normalised_text_decide_as_without_it():
+    text = "A torradeira da LOJA pegou FOGO!!! Vou ao Facebook e à DECO, é uma vergonha"
+    norm = normalise(text)
+    assert RULES.signals(text, norm) == RULES.signals(text)
+    assert RULES.suggest_category(text, norm) == RULES.suggest_category(text)
+    assert RULES.negative_wording(text, norm) == RULES.negative_wording(text)
+    assert RULES.signals(text).safety and RULES.negative_wording(text).score >= 2
 
 
 @pytest.mark.parametrize(

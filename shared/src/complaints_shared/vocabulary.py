@@ -94,9 +94,11 @@ def normalise(text: str | None) -> str:
     """Lower case, no accents, single spaces: ``"Péssimo  Dia"`` → ``"pessimo dia"``."""
     if not text:
         return ""
-    decomposed = unicodedata.normalize("NFKD", text.casefold())
-    stripped = "".join(c for c in decomposed if not unicodedata.combining(c))
-    return _SPACE.sub(" ", stripped).strip()
+    folded = text.casefold()
+    if not folded.isascii():  # ASCII has no accents to take off (and NFKD leaves it as it is)
+        decomposed = unicodedata.normalize("NFKD", folded)
+        folded = "".join(c for c in decomposed if not unicodedata.combining(c))
+    return _SPACE.sub(" ", folded).strip()
 
 
 def format_when(at: datetime, language: str, timezone: str, *, zone_name: bool = False) -> str:

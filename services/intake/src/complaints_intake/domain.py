@@ -355,11 +355,13 @@ def receive(
         )
     template = templates.get(language) or templates[ip.default_language]
 
-    negative = rules.negative_wording(complaint.text)
-    signals = rules.signals(complaint.text)
+    text = complaint.text
+    norm = normalise(text)  # once for every rule below
+    negative = rules.negative_wording(text, norm)
+    signals = rules.signals(text, norm)
     category, category_suggested = complaint.category, False
     if category is None:
-        category, _ = rules.suggest_category(complaint.text)
+        category, _ = rules.suggest_category(text, norm)
         category_suggested = True
     severity, severity_suggested = complaint.severity, False
     if severity is None:

@@ -56,18 +56,19 @@ class IntakeRules:
             {code: Lexicon.of(v["terms"]) for code, v in signals["safety"].items()},
         )
 
-    def signals(self, text: str) -> Signals:
-        """The reason codes of public exposure and of a safety incident the text suggests."""
-        norm = normalise(text)
+    def signals(self, text: str, norm: str | None = None) -> Signals:
+        """The reason codes of public exposure and of a safety incident the text suggests
+        (``norm``: the text normalised, when the caller has it already; so in each method)."""
+        norm = normalise(text) if norm is None else norm
         public = tuple(c for c, lex in self.public_exposure.items() if lex.matches(norm))
         safety = tuple(c for c, lex in self.safety.items() if lex.matches(norm))
         if safety == (CHILD,):  # a child alone is no safety incident
             safety = ()
         return Signals(public, safety)
 
-    def suggest_category(self, text: str) -> tuple[str, list[str]]:
+    def suggest_category(self, text: str, norm: str | None = None) -> tuple[str, list[str]]:
         """The category with most keyword matches (ties: policy order), else ``other``."""
-        norm = normalise(text)
+        norm = normalise(text) if norm is None else norm
         best, best_hits = "other", list[str]()
         for category, lexicon in self.categories.items():
             hits = lexicon.matches(norm)
@@ -75,8 +76,8 @@ class IntakeRules:
                 best, best_hits = category, hits
         return best, best_hits
 
-    def negative_wording(self, text: str) -> NegativeWording:
-        norm = normalise(text)
+    def negative_wording(self, text: str, norm: str | None = None) -> NegativeWording:
+        norm = normalise(text) if norm is None else norm
         score, terms = 0, []
         for weight, lexicon in self.weighted_negative:
             hits = lexicon.matches(norm)
