@@ -11,6 +11,9 @@ Stages (``--only`` picks some; all by default):
   inserting the same event and outbox rows, one transaction each, with the same 8 connections,
   and against the ``eventsourcing`` library's PostgreSQL application recorder appending the same
   events with 8 threads (``benchmarks/reference.py``).
+  The ``append``, ``relay`` and ``consume`` stages run in this process, with the garbage
+  collector set up as a service process's once started (what start-up made frozen, the young
+  generation collected less often); their baselines run alike.
 - ``relay``: the outbox relay publishing a backlog of N committed events until the broker
   acknowledged all and they are marked sent, against an ``acks=all`` idempotent producer
   sending the same N records.
@@ -91,6 +94,7 @@ from complaints_shared.metrics import ServiceMetrics  # noqa: E402
 from complaints_shared.outbox import OutboxRelay, new_producer  # noqa: E402
 from complaints_shared.privacy import PostgresKeyring, load_master_key, new_master_key  # noqa: E402
 from complaints_shared.schema import migrate, shared_migrations  # noqa: E402
+from complaints_shared.service import settle_after_start  # noqa: E402
 from complaints_shared.telemetry import setup_telemetry  # noqa: E402
 from complaints_shared.topics import delete_topics, ensure_topics  # noqa: E402
 from infra import LocalInfra  # noqa: E402
@@ -195,6 +199,8 @@ async def event_path(
     keyring = PostgresKeyring(keyring_pool, load_master_key(new_master_key()))
     await keyring.migrate()
     store = PostgresEventStore(source="/complaints/bench", topic=outbox_topic, keyring=keyring)
+    # the garbage collector as in a service process once started (the baselines share it)
+    settle_after_start()
     rows: list[Row] = []
     try:
         # the complaints' customers, registered as intake does on receipt (not measured)

@@ -157,6 +157,14 @@ YOUNG_COLLECTION_THRESHOLD = 20_000
 (see ``freeze_after_start``); cycles of garbage still go, a little later."""
 
 
+def settle_after_start() -> None:
+    """What a service process does once started (see ``create_app``'s ``freeze_after_start``):
+    what start-up made is frozen, and the youngest generation is collected less often."""
+    gc.collect()  # what start-up left behind goes now, not frozen with the rest
+    gc.freeze()
+    gc.set_threshold(YOUNG_COLLECTION_THRESHOLD, *gc.get_threshold()[1:])
+
+
 def create_app(
     spec: ServiceSpec,
     settings: ServiceSettings | None = None,
@@ -296,9 +304,7 @@ def create_app(
             store.topic,
         )
         if freeze_after_start:
-            gc.collect()  # what start-up left behind goes now, not frozen with the rest
-            gc.freeze()
-            gc.set_threshold(YOUNG_COLLECTION_THRESHOLD, *gc.get_threshold()[1:])
+            settle_after_start()
         try:
             yield
         finally:
