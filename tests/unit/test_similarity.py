@@ -81,3 +81,21 @@ def test_a_text_seen_again_under_a_new_version_is_not_vectorised_again(monkeypat
     monkeypatch.setattr(similarity, "vectorise", vectorise)
     after = [(m.key, m.score) for m in index.rank(STORIES["en"], limit=5, threshold=0.0)]
     assert [k for k, _ in after][:3] == [k for k, _ in before][:3]
+
+
+def test_each_text_is_its_log_scaled_counts_at_unit_length_alone_or_in_a_batch():
+    texts = ["", STORIES["pt"], "   ", STORIES["queue"], STORIES["pt"] + " " + STORIES["pt"], ""]
+    batch = vectorise(texts)
+    assert batch.shape == (len(texts), similarity.FEATURES) and batch.dtype == np.float32
+    for i, text in enumerate(texts):
+        row = batch[i].toarray().ravel()
+        assert np.array_equal(row, vectorise([text]).toarray().ravel())  # as if alone
+        counts = similarity._VECTORIZER.transform([text]).toarray().ravel()
+        if not counts.any():
+            assert not row.any()  # nothing to count: a zero row, not NaN
+            continue
+        assert np.linalg.norm(row) == pytest.approx(1.0, abs=1e-6)
+        expected = np.log1p(counts)
+        assert np.allclose(row, expected / np.linalg.norm(expected), atol=1e-6)
+    # a text said twice counts each n-gram twice: log-scaled, so not the same vector as once
+    assert not np.allclose(batch[1].toarray(), batch[4].toarray())

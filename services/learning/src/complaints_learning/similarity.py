@@ -59,12 +59,20 @@ class Match:
 
 
 def vectorise(texts: list[str]) -> sp.csr_matrix:
-    """Unit-length, log-scaled n-gram counts, one row per text."""
+    """Unit-length, log-scaled n-gram counts, one row per text.
+
+    Scaled in place, row by row, on the matrix's own values: a product with a diagonal matrix
+    costs time in the number of columns (2**20), about 6 ms even for one text."""
     m = _VECTORIZER.transform(texts).tocsr().astype(np.float32)
-    m.data = np.log1p(m.data)
-    norms = np.sqrt(np.asarray(m.multiply(m).sum(axis=1)).ravel())
+    np.log1p(m.data, out=m.data)
+    lengths = np.diff(m.indptr)
+    squares = np.zeros(m.shape[0], dtype=np.float32)
+    filled = lengths > 0
+    squares[filled] = np.add.reduceat(np.square(m.data), m.indptr[:-1][filled])
+    norms = np.sqrt(squares)
     norms[norms == 0] = 1.0
-    return sp.csr_matrix(sp.diags(1.0 / norms) @ m, dtype=np.float32)
+    m.data *= np.repeat((1.0 / norms).astype(np.float32), lengths)
+    return m
 
 
 class SimilarIndex:
