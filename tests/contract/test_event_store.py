@@ -176,6 +176,45 @@ async def test_a_conflict_leaves_the_callers_transaction_usable(backend: Backend
     assert ns(await backend.load(stream)) == [1, 2, 3]
 
 
+async def test_several_new_streams_are_created_at_once_each_queued_in_its_order(
+    backend: Backend,
+):
+    first, second, third = uuid.uuid4(), uuid.uuid4(), uuid.uuid4()
+    await backend.keyring.register_many([(first, "customer-1"), (second, "customer-2")])
+    async with backend.transaction() as conn:
+        created = await backend.store.create_many(
+            conn,
+            {first: [confided(1), ev(2)], second: [ev(3)], third: [ev(4), ev(5), ev(6)]},
+        )
+    assert {s: [e.version for e in es] for s, es in created.items()} == {
+        first: [1, 2],
+        second: [1],
+        third: [1, 2, 3],
+    }
+    assert [e.payload for e in created[first]] == [confided(1), ev(2)]
+    for stream, expected in ((first, [2]), (second, [3]), (third, [4, 5, 6])):
+        loaded = await backend.load(stream)
+        assert [e.event_id for e in loaded] == [e.event_id for e in created[stream]]
+        assert ns(loaded) == expected
+    assert (await backend.load(first))[0].payload == confided(1)
+    assert "Eva" not in await backend.stored(first)  # sealed for its customer
+    versions = [v for _, v in await backend.queued()]
+    assert versions == [1, 2, 1, 1, 2, 3]  # in the order given, each stream's in version order
+
+
+async def test_creating_streams_of_which_one_exists_writes_none_of_them(backend: Backend):
+    taken, fresh = uuid.uuid4(), uuid.uuid4()
+    await backend.append(taken, 0, [ev(1), ev(2)])
+    async with backend.transaction() as conn:
+        with pytest.raises(ConcurrencyConflict) as conflict:
+            await backend.store.create_many(conn, {fresh: [ev(3)], taken: [ev(4)]})
+        assert (conflict.value.stream_id, conflict.value.actual_version) == (taken, 2)
+        await backend.store.append(conn, taken, 2, [ev(5)])  # the transaction goes on
+    assert await backend.load(fresh) == []
+    assert ns(await backend.load(taken)) == [1, 2, 5]
+    assert await backend.queued() == [(TOPIC, 1), (TOPIC, 2), (TOPIC, 3)]
+
+
 async def test_two_concurrent_appends_at_the_same_version_exactly_one_wins(backend: Backend):
     for _ in range(10):
         stream = uuid.uuid4()
@@ -465,3 +504,17 @@ async def test_keyring_keeps_one_key_per_customer_until_erased(backend: Backend)
     assert fresh.key_id != key.key_id and await keyring.key_for_stream(first) is None
     with pytest.raises(UnknownDataSubject):
         await keyring.key_for_stream(uuid.uuid4())
+
+
+async def test_keyring_registers_several_streams_at_once_as_one_by_one(backend: Backend):
+    keyring = backend.keyring
+    known, a, b = uuid.uuid4(), uuid.uuid4(), uuid.uuid4()
+    theirs = await keyring.register(known, "customer-1")
+    keys = await keyring.register_many([(a, "customer-1"), (b, "customer-2")])
+    assert keys[a] == theirs  # a customer known already keeps their key
+    assert keys[b] != theirs
+    for stream, customer in ((a, "customer-1"), (b, "customer-2")):
+        assert await keyring.key_for_stream(stream) == keys[stream]
+        assert await keyring.subject_of(stream) == customer
+    assert await keyring.streams_of("customer-1") == [known, a]
+    assert await keyring.register_many([(a, "customer-1")]) == {a: theirs}  # idempotent

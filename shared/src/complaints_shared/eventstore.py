@@ -73,6 +73,13 @@ class EventRecorder(Protocol):
         self, conn: Any, stream_id: UUID, expected_version: int, events: Sequence[DomainEvent]
     ) -> list[Event[DomainEvent]]: ...
 
+    async def create_many(
+        self,
+        conn: Any,
+        streams: Mapping[UUID, Sequence[DomainEvent]],
+        trace_contexts: Mapping[UUID, Mapping[str, str]] | None = None,
+    ) -> dict[UUID, list[Event[DomainEvent]]]: ...
+
     async def load(
         self, conn: Any, stream_id: UUID, from_version: int = 1
     ) -> list[Event[DomainEvent]]: ...
@@ -182,6 +189,30 @@ SELECT (SELECT count(*) FROM queued) AS appended, $10::text AS woken""",
 assert _APPEND_QUIETLY != _APPEND
 
 
+# New streams, several at once: every event and its outbox row (in the order given: each
+# stream's in version order), none when any of the streams exists already.
+_CREATE = """
+WITH x AS (
+    SELECT * FROM unnest($1::uuid[], $2::int[], $3::uuid[], $4::text[], $5::text[], $6::text[])
+        WITH ORDINALITY AS x(stream_id, version, event_id, type, data, trace_context, n)
+), inserted AS (
+    INSERT INTO events (stream_id, version, event_id, type, occurred_at, data)
+    SELECT stream_id, version, event_id, type, $7, data::jsonb FROM x
+     WHERE NOT EXISTS (SELECT 1 FROM events e WHERE e.stream_id = ANY($1::uuid[]))
+     ORDER BY n
+    ON CONFLICT DO NOTHING
+    RETURNING event_id
+), queued AS (
+    INSERT INTO outbox (event_id, topic, trace_context)
+    SELECT x.event_id, $8, x.trace_context::jsonb FROM x
+     WHERE x.event_id IN (SELECT event_id FROM inserted)
+     ORDER BY x.n
+    RETURNING event_id
+)
+SELECT count(*) AS appended FROM queued
+"""
+
+
 class Wakeup:
     """Wakes the outbox relay after commits that queued events (see the module's docstring).
 
@@ -240,6 +271,16 @@ class _Unit:
 _UNIT: ContextVar[_Unit | None] = ContextVar("complaints_unit_of_work", default=None)
 
 
+def _woken_after_unit() -> bool:
+    """For an append: whether it runs in an open unit of work, which then wakes the relay
+    once its transaction has ended (else the append notifies in its own statement)."""
+    unit = _UNIT.get()
+    if unit is None or not unit.open:
+        return False
+    unit.appended = True
+    return True
+
+
 @asynccontextmanager
 async def unit_of_work(
     pool: asyncpg.Pool, wakeup: Wakeup | None
@@ -291,13 +332,9 @@ class PostgresEventStore:
         if not events:
             return []
         recorded = _new_events(self.source, stream_id, expected_version, events, self.clock())
-        unit = _UNIT.get()
-        if unit is not None and not unit.open:
-            unit = None
-        if unit is not None:
-            unit.appended = True  # woken when the unit's transaction has ended
+        in_unit = _woken_after_unit()
         row = await conn.fetchrow(
-            _APPEND if unit is None else _APPEND_QUIETLY,
+            _APPEND_QUIETLY if in_unit else _APPEND,
             stream_id,
             [e.version for e in recorded],
             [e.event_id for e in recorded],
@@ -319,6 +356,53 @@ class PostgresEventStore:
                 await conn.execute("DELETE FROM events WHERE event_id = ANY($1::uuid[])", ours)
             actual = await self.version(conn, stream_id)
             raise ConcurrencyConflict(stream_id, expected_version, actual)
+        return recorded
+
+    async def create_many(
+        self,
+        conn: asyncpg.Connection,
+        streams: Mapping[UUID, Sequence[DomainEvent]],
+        trace_contexts: Mapping[UUID, Mapping[str, str]] | None = None,
+    ) -> dict[UUID, list[Event[DomainEvent]]]:
+        """Start several new streams in one round trip, inside the caller's transaction: each
+        stream's events from version 1, queued in the order given, each stream's carrying its
+        own trace context (``trace_contexts``; else the running span's).
+
+        Raises :class:`ConcurrencyConflict` (with its version) for a stream that exists
+        already; then nothing of the call is written.
+        """
+        if not conn.is_in_transaction():
+            raise RuntimeError("PostgresEventStore.create_many must run inside a transaction")
+        now = self.clock()
+        recorded = {s: _new_events(self.source, s, 0, e, now) for s, e in streams.items() if e}
+        if not recorded:
+            return {}
+        in_unit = _woken_after_unit()
+        here = orjson.dumps(current_trace_context()).decode()
+        rows: list[tuple[UUID, int, UUID, str, str, str]] = []
+        for stream_id, events in recorded.items():
+            context = (
+                orjson.dumps(dict(trace_contexts[stream_id])).decode()
+                if trace_contexts is not None and stream_id in trace_contexts
+                else here
+            )
+            sealed = await sealed_payloads(self.keyring, stream_id, streams[stream_id])
+            rows.extend(
+                (stream_id, e.version, e.event_id, e.type, orjson.dumps(d).decode(), context)
+                for e, d in zip(events, sealed, strict=True)
+            )
+        columns = [list(c) for c in zip(*rows, strict=True)]
+        appended = await conn.fetchval(_CREATE, *columns, now, self.topic)
+        if appended != len(rows):
+            ours = columns[2]
+            await conn.execute("DELETE FROM outbox WHERE event_id = ANY($1::uuid[])", ours)
+            await conn.execute("DELETE FROM events WHERE event_id = ANY($1::uuid[])", ours)
+            for stream_id in recorded:
+                if actual := await self.version(conn, stream_id):
+                    raise ConcurrencyConflict(stream_id, 0, actual)
+            raise ConcurrencyConflict(next(iter(recorded)), 0, 0)  # pragma: no cover
+        if not in_unit:
+            await conn.execute("SELECT pg_notify($1, '')", OUTBOX_CHANNEL)
         return recorded
 
     async def version(self, conn: asyncpg.Connection | asyncpg.Pool, stream_id: UUID) -> int:
@@ -411,6 +495,17 @@ class InMemoryEventStore:
         stream.extend(recorded)
         self.queued.extend(recorded)
         return recorded
+
+    async def create_many(
+        self,
+        conn: Any,
+        streams: Mapping[UUID, Sequence[DomainEvent]],
+        trace_contexts: Mapping[UUID, Mapping[str, str]] | None = None,
+    ) -> dict[UUID, list[Event[DomainEvent]]]:
+        for stream_id, events in streams.items():
+            if events and self.streams.get(stream_id):
+                raise ConcurrencyConflict(stream_id, 0, len(self.streams[stream_id]))
+        return {s: await self.append(conn, s, 0, e) for s, e in streams.items() if e}
 
     async def _read(
         self, events: list[Event[DomainEvent]], stored: list[dict[str, Any]]

@@ -23,7 +23,7 @@ from __future__ import annotations
 import base64
 import os
 import time
-from collections.abc import Callable, Collection, Iterable, Mapping
+from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 from uuid import UUID
@@ -175,6 +175,11 @@ class Keyring(Protocol):
 
     async def register(self, stream_id: UUID, customer_key: str) -> DataKey: ...
 
+    async def register_many(self, subjects: Sequence[tuple[UUID, str]]) -> dict[UUID, DataKey]:
+        """:meth:`register` for several ``(stream, customer key)`` pairs at once (one customer
+        at most once): each stream's key."""
+        ...
+
     async def key_for_stream(self, stream_id: UUID) -> DataKey | None:
         """The stream's live key; ``None`` when its customer was erased; raises
         :class:`UnknownDataSubject` for a stream never registered."""
@@ -260,6 +265,9 @@ class InMemoryKeyring:
         self._subjects.setdefault(stream_id, (customer_key, key.key_id))
         return key
 
+    async def register_many(self, subjects: Sequence[tuple[UUID, str]]) -> dict[UUID, DataKey]:
+        return {stream_id: await self.register(stream_id, c) for stream_id, c in subjects}
+
     async def key_for_stream(self, stream_id: UUID) -> DataKey | None:
         if stream_id not in self._subjects:
             raise UnknownDataSubject(stream_id)
@@ -313,6 +321,24 @@ WITH k AS (
 )
 SELECT key_id, wrapped FROM k
 """
+# several streams' subjects at once (one row per customer: ON CONFLICT DO UPDATE may not touch
+# a row twice in one statement), each stream answered with its customer's key
+_REGISTER_MANY = """
+WITH x AS (
+    SELECT * FROM unnest($1::uuid[], $2::text[], $3::text[], $4::bytea[])
+        AS x(stream_id, customer_key, key_id, wrapped)
+), k AS (
+    INSERT INTO data_keys AS d (key_id, customer_key, wrapped)
+    SELECT key_id, customer_key, wrapped FROM x
+    ON CONFLICT (customer_key) DO UPDATE SET customer_key = d.customer_key
+    RETURNING key_id, customer_key, wrapped
+), s AS (
+    INSERT INTO data_subjects (stream_id, customer_key, key_id)
+    SELECT x.stream_id, k.customer_key, k.key_id FROM x JOIN k USING (customer_key)
+    ON CONFLICT (stream_id) DO NOTHING
+)
+SELECT x.stream_id, k.key_id, k.wrapped FROM x JOIN k USING (customer_key)
+"""
 _REGISTERED_KEPT = 1000
 _REGISTERED_FOR = 5.0  # seconds: the hand-over from a registration to its first append
 
@@ -360,10 +386,36 @@ class PostgresKeyring:
         assert row is not None
         key_id: str = row["key_id"]
         key = new if key_id == new.key_id else DataKey(key_id, self._unwrap(key_id, row["wrapped"]))
+        self._remember(stream_id, key)
+        return key
+
+    async def register_many(self, subjects: Sequence[tuple[UUID, str]]) -> dict[UUID, DataKey]:
+        """One statement for every pair, as :meth:`register` does for one."""
+        customers = [c for _, c in subjects]
+        if len(set(customers)) != len(customers):
+            raise ValueError("register_many takes each customer at most once")
+        new = {c: _new_key() for c in customers}
+        rows = await self.pool.fetch(
+            _REGISTER_MANY,
+            [s for s, _ in subjects],
+            customers,
+            [new[c].key_id for c in customers],
+            [self._wrap(new[c]) for c in customers],
+        )
+        made = {k.key_id: k for k in new.values()}
+        keys: dict[UUID, DataKey] = {}
+        for r in rows:
+            key_id = r["key_id"]
+            key = made.get(key_id) or DataKey(key_id, self._unwrap(key_id, r["wrapped"]))
+            keys[r["stream_id"]] = key
+            self._remember(r["stream_id"], key)
+        return keys
+
+    def _remember(self, stream_id: UUID, key: DataKey) -> None:
+        """Hand the key over to the stream's first append (see ``_registered``)."""
         self._registered[stream_id] = (key, time.monotonic())
         while len(self._registered) > _REGISTERED_KEPT:
             del self._registered[next(iter(self._registered))]
-        return key
 
     async def key_for_stream(self, stream_id: UUID) -> DataKey | None:
         registered = self._registered.pop(stream_id, None)
