@@ -40,7 +40,7 @@ from typing import Any
 import asyncpg
 import openloop
 
-from complaints_intake.api.complaints import _HISTORY
+from complaints_intake.submissions import _HISTORIES
 from complaints_shared.topics import delete_topics
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -256,8 +256,8 @@ async def _preload(dsn: str, count: int) -> str:
         await conn.execute("CHECKPOINT")
         plan = json.loads(  # intake's own history query, for a customer with a complaint
             await conn.fetchval(
-                f"EXPLAIN (FORMAT JSON) {_HISTORY}",
-                hashlib.md5(b"customer 42").hexdigest(),
+                f"EXPLAIN (FORMAT JSON) {_HISTORIES}",
+                [hashlib.md5(b"customer 42").hexdigest()],
                 datetime.now(UTC) - timedelta(days=30),
                 datetime.now(UTC) - timedelta(days=30),
             )

@@ -330,6 +330,7 @@ WITH x AS (
 ), k AS (
     INSERT INTO data_keys AS d (key_id, customer_key, wrapped)
     SELECT key_id, customer_key, wrapped FROM x
+     ORDER BY customer_key  -- one order of row locks for every writer: no deadlock
     ON CONFLICT (customer_key) DO UPDATE SET customer_key = d.customer_key
     RETURNING key_id, customer_key, wrapped
 ), s AS (

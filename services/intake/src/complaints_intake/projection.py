@@ -111,12 +111,8 @@ ON CONFLICT (event_id) DO NOTHING
 """
 
 
-async def record_timeline(
-    conn: asyncpg.Connection, complaint_id: UUID, *events: Event[DomainEvent]
-) -> None:
-    """The events' timeline entries, in their order, in one statement."""
-    await conn.execute(
-        _TIMELINE,
+def _timeline_args(complaint_id: UUID, events: Sequence[Event[DomainEvent]]) -> tuple[Any, ...]:
+    return (
         [e.event_id for e in events],
         complaint_id,
         [e.service for e in events],
@@ -127,15 +123,38 @@ async def record_timeline(
     )
 
 
+async def record_timeline(
+    conn: asyncpg.Connection, complaint_id: UUID, *events: Event[DomainEvent]
+) -> None:
+    """The events' timeline entries, in their order, in one statement."""
+    await conn.execute(_TIMELINE, *_timeline_args(complaint_id, events))
+
+
+_NEW_COMPLAINT = """
+INSERT INTO complaints (id, reference, status, channel, category, severity, language,
+                        customer_key, customer_id, subject, description, possible_duplicate_of,
+                        received, received_at, updated_at, version, acknowledgement, alerts)
+VALUES ($1, $2, 'received', $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17)
+"""
+
+
 async def project(
     conn: asyncpg.Connection, events: Sequence[Event[DomainEvent]], pseudonyms: bytes
 ) -> dict[UUID, asyncpg.Record]:
     """Apply intake's own new events to the read model and the timeline.  A new complaint's
-    acknowledgement and alert (appended with it) go into its first row: one INSERT, and the
-    timeline entries of each stream in one statement.  Returns the rows of the complaints it
-    created, as stored."""
+    acknowledgement and alert (appended with it) go into its first row.  The new rows of every
+    complaint received among ``events`` are written in one round trip (pipelined) before any
+    other statement, and so are the timeline entries of every stream, at the end.  Returns the
+    rows of the complaints it created, as stored."""
     timeline: dict[UUID, list[Event[DomainEvent]]] = {}
-    created: dict[UUID, asyncpg.Record] = {}
+    new_rows: list[tuple[Any, ...]] = []
+
+    async def insert_new() -> None:  # before anything else may read or change them
+        if new_rows:
+            await conn.executemany(_NEW_COMPLAINT, new_rows)
+            new_rows.clear()
+
+    created: list[UUID] = []
     i = 0
     while i < len(events):
         e = events[i]
@@ -157,33 +176,32 @@ async def project(
                     group.append(events[i])
                     i += 1
                 last = group[-1]
-                created[e.stream_id] = await conn.fetchrow(
-                    "INSERT INTO complaints (id, reference, status, channel, category, severity,"
-                    " language, customer_key, customer_id, subject, description,"
-                    " possible_duplicate_of, received, received_at, updated_at, version,"
-                    " acknowledgement, alerts)"
-                    " VALUES ($1, $2, 'received', $3, $4, $5, $6, $7, $8, $9, $10, $11, $12,"
-                    " $13, $14, $15, $16, $17) RETURNING *",
-                    e.stream_id,
-                    p.reference,
-                    p.channel.value,
-                    p.category,
-                    p.severity.value,
-                    p.language,
-                    customer_key(p.customer, pseudonyms),
-                    p.customer.id,
-                    p.subject,
-                    p.description,
-                    p.possible_duplicate_of,
-                    p.to_json(),
-                    e.occurred_at,
-                    last.occurred_at,
-                    last.version,
-                    acknowledgement,
-                    alerts,
+                created.append(e.stream_id)
+                new_rows.append(
+                    (
+                        e.stream_id,
+                        p.reference,
+                        p.channel.value,
+                        p.category,
+                        p.severity.value,
+                        p.language,
+                        customer_key(p.customer, pseudonyms),
+                        p.customer.id,
+                        p.subject,
+                        p.description,
+                        p.possible_duplicate_of,
+                        p.to_json(),
+                        e.occurred_at,
+                        last.occurred_at,
+                        last.version,
+                        acknowledgement,
+                        alerts,
+                    )
                 )
                 timeline.setdefault(e.stream_id, []).extend(group)
                 continue
+        await insert_new()
+        match p:
             case ev.ComplaintAcknowledged():
                 await conn.execute(
                     "UPDATE complaints SET acknowledgement = $2, version = $3, updated_at = $4"
@@ -231,6 +249,12 @@ async def project(
                     e.occurred_at,
                 )
         timeline.setdefault(e.stream_id, []).append(e)
-    for complaint_id, entries in timeline.items():
-        await record_timeline(conn, complaint_id, *entries)
-    return created
+    await insert_new()
+    if timeline:
+        await conn.executemany(
+            _TIMELINE, [_timeline_args(c, entries) for c, entries in timeline.items()]
+        )
+    if not created:
+        return {}
+    rows = await conn.fetch("SELECT * FROM complaints WHERE id = ANY($1::uuid[])", created)
+    return {r["id"]: r for r in rows}

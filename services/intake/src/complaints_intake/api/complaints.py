@@ -7,10 +7,10 @@ import json
 from collections.abc import Callable
 from datetime import datetime
 from typing import Annotated, Any, Literal
-from uuid import UUID, uuid4
+from uuid import UUID
 
 import asyncpg
-from fastapi import APIRouter, Depends, Header, Query, Response
+from fastapi import APIRouter, Depends, Header, Query, Request, Response
 from fastapi.responses import JSONResponse
 from pydantic import AwareDatetime, BaseModel, Field
 
@@ -19,20 +19,18 @@ from complaints_intake.domain import (
     ComplaintCreate,
     ComplaintStatus,
     DetailsCreate,
-    Earlier,
-    History,
     Status,
     WithdrawCreate,
     add_details,
     allowed_commands,
     customer_key,
     customer_keys_matching,
-    receive,
     withdraw,
 )
 from complaints_intake.language import detect_language
 from complaints_intake.projection import complaints
 from complaints_intake.resources import IntakeResources
+from complaints_intake.submissions import Replay, Submission, SubmissionGroups
 from complaints_shared.auth import Actor, access
 from complaints_shared.conditional import (
     ETAG_HEADER,
@@ -45,6 +43,7 @@ from complaints_shared.conditional import (
 )
 from complaints_shared.errors import NotFound
 from complaints_shared.events import DomainEvent
+from complaints_shared.eventstore import current_trace_context
 from complaints_shared.paging import Cursor, Limit, Page, bigint, decode_cursor, next_cursor
 from complaints_shared.problems import PROBLEM_RESPONSES, problem
 from complaints_shared.service import Runtime, RuntimeDep
@@ -196,36 +195,23 @@ async def _row(
     return row
 
 
+def _submissions(request: Request) -> SubmissionGroups:
+    """The app's submission groups (made at its first submission)."""
+    state = request.app.state
+    groups: SubmissionGroups | None = getattr(state, "intake_submissions", None)
+    if groups is None:
+        groups = state.intake_submissions = SubmissionGroups(
+            lambda row: _public(row).model_dump(mode="json")
+        )
+    return groups
+
+
+Groups = Annotated[SubmissionGroups, Depends(_submissions)]
+
+
 def _fingerprint(body: ComplaintCreate) -> str:
     canonical = json.dumps(body.model_dump(mode="json"), sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(canonical.encode()).hexdigest()
-
-
-_HISTORY = """
-SELECT nextval('complaint_reference_seq') AS seq,
-       (SELECT count(*) FROM complaints WHERE customer_key = $1 AND received_at >= $2) AS recent,
-       (SELECT coalesce(jsonb_agg(jsonb_build_array(c.id, c.subject, c.description)), '[]')
-          FROM (SELECT id, subject, description FROM complaints
-                 WHERE customer_key = $1 AND received_at >= $3 AND status <> 'withdrawn'
-                 ORDER BY received_at DESC LIMIT 50) c) AS candidates
-"""
-
-
-async def _history(
-    conn: asyncpg.Connection, rt: Runtime, body: ComplaintCreate, key: str, now: datetime
-) -> tuple[int, History]:
-    """The next reference number and the customer's history, in one round trip (both reads
-    are bound by the index on ``(customer_key, received_at)``)."""
-    ip = rt.policy.intake
-    row = await conn.fetchrow(_HISTORY, key, now - ip.repeat_window, now - ip.duplicate_window)
-    assert row is not None
-    history = History.of(
-        int(row["recent"]),
-        [Earlier(UUID(i), subject, description) for i, subject, description in row["candidates"]],
-        body.text,
-        ip.duplicate_similarity,
-    )
-    return int(row["seq"]), history
 
 
 @router.post(
@@ -242,6 +228,7 @@ async def submit_complaint(
     body: ComplaintCreate,
     rt: RuntimeDep,
     res: ResourcesDep,
+    groups: Groups,
     response: Response,
     actor: Actor,
     idempotency_key: IdempotencyKey = None,
@@ -252,51 +239,29 @@ async def submit_complaint(
         if body.customer.language is None
         else None
     )
-    key = customer_key(body.customer, rt.keyring.pseudonym_secret)
-    async with rt.transaction() as conn:
-        if idempotency_key is not None:
-            # a concurrent request with the same key waits here until this one commits
-            fresh = await conn.fetchval(
-                "INSERT INTO idempotency_keys (key, request_hash) VALUES ($1, $2)"
-                " ON CONFLICT DO NOTHING RETURNING true",
-                idempotency_key,
-                fingerprint,
-            )
-            if not fresh:
-                return await _replay(conn, idempotency_key, fingerprint)  # type: ignore[return-value]
-        now = rt.clock()
-        seq, history = await _history(conn, rt, body, key, now)
-        complaint_id = uuid4()
-        decision = receive(
-            body,
-            reference=f"CMP-{now:%Y}-{seq:06d}",
-            received_at=now,
-            history=history,
+    stored = await groups.submit(
+        rt,
+        res,
+        Submission(
+            body=body,
+            fingerprint=fingerprint,
             detection=detection,
-            policy=rt.policy,
-            rules=res.rules,
-            templates=res.templates,
+            customer_key=customer_key(body.customer, rt.keyring.pseudonym_secret),
+            idempotency_key=idempotency_key,
             submitted_by=None if actor.anonymous else actor.subject,
-        )
-        # the customer's data key seals their personal data from the first event on
-        await rt.keyring.register(complaint_id, key)
-        saved = await complaints(rt).create(conn, complaint_id, decision.events)
-        public = _public(saved.projected[complaint_id])  # the row as stored
-        if idempotency_key is not None:
-            await conn.execute(
-                "UPDATE idempotency_keys SET status_code = 201, response = $2 WHERE key = $1",
-                idempotency_key,
-                public.model_dump(mode="json"),
-            )
-    response.headers["Location"] = f"/complaints/{complaint_id}"
+            trace_context=current_trace_context(),
+        ),
+    )
+    if isinstance(stored, Replay):
+        return _replay(stored.row, fingerprint)  # type: ignore[return-value]
+    public = _public(stored)
+    response.headers["Location"] = f"/complaints/{public.complaint_id}"
     response.headers["ETag"] = etag(public.version)
     return public
 
 
-async def _replay(conn: asyncpg.Connection, key: str, fingerprint: str) -> Response:
-    row = await conn.fetchrow(
-        "SELECT request_hash, status_code, response FROM idempotency_keys WHERE key = $1", key
-    )
+def _replay(row: asyncpg.Record | None, fingerprint: str) -> Response:
+    """The answer to a request whose Idempotency-Key was used before (``row``: the key's)."""
     if row is None or row["response"] is None:  # pragma: no cover - the first one committed
         return problem(409, "Request in progress", "retry shortly", slug="idempotency-in-progress")
     if row["request_hash"] != fingerprint:

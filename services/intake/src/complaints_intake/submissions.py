@@ -1,0 +1,258 @@
+"""New complaints written in groups: one transaction for the submissions that arrive together.
+
+Under load, the submissions waiting when a group starts (up to ``MAX_GROUP``) are written in
+one transaction, with one statement per kind of write (the customers' histories, their keys,
+the events and outbox rows, the read-model rows, the timeline), instead of one transaction and
+seven round trips each.  Each request is answered once its group has committed.  At most
+``IN_FLIGHT`` groups run at once; a lone submission is a group of one and waits for nothing.
+
+Invariants:
+
+- **Decided as alone.**  Each submission is decided by the same rules (``receive``) on its
+  customer's history as read in its group's transaction.  A group holds at most one submission
+  per customer and per ``Idempotency-Key``: a second one waits for the next group, and then
+  sees the first as history (a repeat, a probable duplicate) or as the answer to replay.
+- **One fails alone.**  A submission the rules refuse writes nothing and is answered its error;
+  the others go on.  When the group's transaction fails, each of its submissions is written
+  again in a transaction of its own, so that an error is answered only to the submission that
+  causes it; a database that is unavailable fails them all at once (each answered 503).
+- **Its own trace.**  Each submission's events carry its request's trace context to the outbox.
+- **Answered as stored.**  The answer is the complaint's row as the transaction wrote it, and
+  an ``Idempotency-Key``'s first answer is kept in the same transaction.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextvars
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+from uuid import UUID, uuid4
+
+import asyncpg
+
+from complaints_intake.domain import ComplaintCreate, Earlier, History, Received, receive
+from complaints_intake.language import Detection
+from complaints_intake.projection import project
+from complaints_intake.resources import IntakeResources
+from complaints_shared.faults import database_unavailable
+from complaints_shared.service import Runtime
+
+MAX_GROUP = 32
+IN_FLIGHT = 2
+
+
+@dataclass(frozen=True)
+class Replay:
+    """The ``Idempotency-Key`` was used before: its row (request hash, status, answer)."""
+
+    row: asyncpg.Record | None
+
+
+@dataclass(eq=False)
+class Submission:
+    body: ComplaintCreate
+    fingerprint: str  # of the body, for the Idempotency-Key
+    detection: Detection | None
+    customer_key: str
+    idempotency_key: str | None
+    submitted_by: str | None
+    trace_context: dict[str, str]
+    answer: asyncio.Future[asyncpg.Record | Replay] = field(
+        default_factory=lambda: asyncio.get_running_loop().create_future()
+    )
+
+    def resolve(self, result: asyncpg.Record | Replay) -> None:
+        if not self.answer.done():  # a request that gave up (its client left) is not waiting
+            self.answer.set_result(result)
+
+    def fail(self, error: BaseException) -> None:
+        if not self.answer.done():
+            self.answer.set_exception(error)
+
+
+# Every submission's reference number and its customer's history, in one round trip (each
+# read is bound by the index on ``(customer_key, received_at)``).
+_HISTORIES = """
+SELECT nextval('complaint_reference_seq') AS seq,
+       (SELECT count(*) FROM complaints WHERE customer_key = x.key AND received_at >= $2)
+           AS recent,
+       (SELECT coalesce(jsonb_agg(jsonb_build_array(c.id, c.subject, c.description)), '[]')
+          FROM (SELECT id, subject, description FROM complaints
+                 WHERE customer_key = x.key AND received_at >= $3 AND status <> 'withdrawn'
+                 ORDER BY received_at DESC LIMIT 50) c) AS candidates
+  FROM unnest($1::text[]) WITH ORDINALITY AS x(key, n)
+ ORDER BY x.n
+"""
+
+# The keys not used before (in one order of locks for every writer: no deadlock)
+_CLAIM_KEYS = """
+WITH k AS (
+    INSERT INTO idempotency_keys (key, request_hash)
+    SELECT * FROM unnest($1::text[], $2::text[]) AS x(key, request_hash) ORDER BY key
+    ON CONFLICT DO NOTHING
+    RETURNING key
+)
+SELECT coalesce(array_agg(key), '{}') FROM k
+"""
+
+_REPLAY = "SELECT request_hash, status_code, response FROM idempotency_keys WHERE key = $1"
+
+_ANSWERED = """
+UPDATE idempotency_keys i SET status_code = 201, response = x.response
+  FROM unnest($1::text[], $2::jsonb[]) AS x(key, response)
+ WHERE i.key = x.key
+"""
+
+
+class SubmissionGroups:
+    """Gathers the submissions of one intake app into groups and writes each group at once.
+    ``answer`` turns a stored row into the answer kept for its ``Idempotency-Key``."""
+
+    def __init__(self, answer: Callable[[asyncpg.Record], dict[str, Any]]) -> None:
+        self.answer = answer
+        self._waiting: deque[Submission] = deque()
+        self._running: set[asyncio.Task[None]] = set()
+
+    async def submit(
+        self, rt: Runtime, res: IntakeResources, submission: Submission
+    ) -> asyncpg.Record | Replay:
+        """The complaint's row as stored, or the earlier answer of its Idempotency-Key."""
+        self._waiting.append(submission)
+        self._start(rt, res)
+        return await submission.answer
+
+    def _start(self, rt: Runtime, res: IntakeResources) -> None:
+        while len(self._running) < IN_FLIGHT and (group := self._take()):
+            # a context of its own: the group belongs to no one request's trace
+            task = asyncio.get_running_loop().create_task(
+                self._write(rt, res, group), context=contextvars.Context()
+            )
+            self._running.add(task)
+            task.add_done_callback(lambda t: self._done(t, rt, res))
+
+    def _done(self, task: asyncio.Task[None], rt: Runtime, res: IntakeResources) -> None:
+        self._running.discard(task)
+        self._start(rt, res)
+
+    def _take(self) -> list[Submission]:
+        """The next group: the waiting submissions in order, one per customer and per
+        Idempotency-Key (the others keep their place for the next group)."""
+        group: list[Submission] = []
+        customers: set[str] = set()
+        keys: set[str] = set()
+        kept: deque[Submission] = deque()
+        while self._waiting:
+            s = self._waiting.popleft()
+            if s.answer.done():
+                continue  # its request gave up before it was written
+            key = s.idempotency_key
+            if len(group) == MAX_GROUP or s.customer_key in customers or key in keys:
+                kept.append(s)
+                continue
+            group.append(s)
+            customers.add(s.customer_key)
+            if key is not None:
+                keys.add(key)
+        self._waiting = kept
+        return group
+
+    async def _write(self, rt: Runtime, res: IntakeResources, group: list[Submission]) -> None:
+        """Write ``group`` in one transaction; on failure, each submission in its own."""
+        try:
+            answers = await self._transaction(rt, res, group)
+        except Exception as exc:
+            if len(group) == 1 or database_unavailable(exc):
+                for s in group:
+                    s.fail(exc)
+                return
+            for s in group:  # which one fails, if one does, is answered alone
+                if not s.answer.done():  # (one the rules refused is answered already)
+                    await self._write(rt, res, [s])
+            return
+        except BaseException as exc:  # cancelled (the app is stopping): none was written
+            for s in group:
+                s.fail(exc)
+            raise
+        for s, result in answers:
+            s.resolve(result)
+
+    async def _transaction(
+        self, rt: Runtime, res: IntakeResources, group: list[Submission]
+    ) -> list[tuple[Submission, asyncpg.Record | Replay]]:
+        answers: list[tuple[Submission, asyncpg.Record | Replay]] = []
+        async with rt.transaction() as conn:
+            keyed = [s for s in group if s.idempotency_key is not None]
+            if keyed:
+                fresh = set(
+                    await conn.fetchval(
+                        _CLAIM_KEYS,
+                        [s.idempotency_key for s in keyed],
+                        [s.fingerprint for s in keyed],
+                    )
+                )
+                for s in keyed:
+                    if s.idempotency_key not in fresh:
+                        answers.append((s, Replay(await conn.fetchrow(_REPLAY, s.idempotency_key))))
+                group = [s for s in group if s.idempotency_key in fresh or not s.idempotency_key]
+            if not group:
+                return answers
+            now = rt.clock()
+            ip = rt.policy.intake
+            rows = await conn.fetch(
+                _HISTORIES,
+                [s.customer_key for s in group],
+                now - ip.repeat_window,
+                now - ip.duplicate_window,
+            )
+            decided: list[tuple[Submission, UUID, Received]] = []
+            refused: list[Submission] = []
+            for s, row in zip(group, rows, strict=True):
+                history = History.of(
+                    int(row["recent"]),
+                    [Earlier(UUID(i), subj, desc) for i, subj, desc in row["candidates"]],
+                    s.body.text,
+                    ip.duplicate_similarity,
+                )
+                try:
+                    decision = receive(
+                        s.body,
+                        reference=f"CMP-{now:%Y}-{int(row['seq']):06d}",
+                        received_at=now,
+                        history=history,
+                        detection=s.detection,
+                        policy=rt.policy,
+                        rules=res.rules,
+                        templates=res.templates,
+                        submitted_by=s.submitted_by,
+                    )
+                except Exception as exc:  # refused (or a defect): answered to this one only
+                    s.fail(exc)
+                    refused.append(s)
+                    continue
+                decided.append((s, uuid4(), decision))
+            if keys := [s.idempotency_key for s in refused if s.idempotency_key]:
+                await conn.execute("DELETE FROM idempotency_keys WHERE key = ANY($1)", keys)
+            if not decided:
+                return answers
+            # the customers' data keys seal their personal data from the first event on
+            await rt.keyring.register_many([(c, s.customer_key) for s, c, _ in decided])
+            recorded = await rt.store.create_many(
+                conn,
+                {c: d.events for _, c, d in decided},
+                {c: s.trace_context for s, c, _ in decided},
+            )
+            stored = await project(
+                conn,
+                [e for events in recorded.values() for e in events],
+                rt.keyring.pseudonym_secret,
+            )
+            kept = [(s.idempotency_key, stored[c]) for s, c, _ in decided if s.idempotency_key]
+            if kept:  # each key's first answer, for its retries
+                await conn.execute(
+                    _ANSWERED, [k for k, _ in kept], [self.answer(row) for _, row in kept]
+                )
+            answers.extend((s, stored[c]) for s, c, _ in decided)
+        return answers
