@@ -278,6 +278,96 @@ async def test_a_probable_duplicate_is_accepted_and_marked(intake, http):
     assert different["possible_duplicate_of"] is None
 
 
+async def test_submissions_arriving_together_are_written_together_each_as_alone(intake, http):
+    """Group commit: complaints submitted at once share transactions, and each is recorded
+    as it would be alone: its own reference, row, events in order and timeline."""
+    url = f"{intake.url('intake')}/complaints"
+    bodies = [
+        complaint(
+            subject=f"Shelf price {i}",
+            description=f"Aisle {i}: the shelf said 2.99 but I paid 3.49 at the till.",
+            customer={"id": f"c-group-{i}", "name": f"Ana {i}", "language": "en"},
+        )
+        for i in range(24)
+    ]
+    answers = await asyncio.gather(*(http.post(url, json=b) for b in bodies))
+    assert [a.status_code for a in answers] == [201] * 24, answers[0].text
+    created = [a.json() for a in answers]
+    assert len({c["reference"] for c in created}) == 24
+    assert [c["subject"] for c in created] == [b["subject"] for b in bodies]
+    pool = intake.pool("intake")
+    # fewer transactions than complaints: some were written together
+    assert await pool.fetchval("SELECT count(DISTINCT xmin::text) FROM complaints") < 24
+    for c in created:
+        got = (await http.get(f"{url}/{c['complaint_id']}")).json()
+        assert got == c
+        timeline = (await http.get(f"{url}/{c['complaint_id']}/timeline")).json()
+        assert [e["type"] for e in timeline["entries"]][:2] == [
+            "ComplaintReceived",
+            "ComplaintAcknowledged",
+        ]
+    queued = await pool.fetch(
+        "SELECT e.stream_id, e.version FROM outbox o JOIN events e USING (event_id)"
+        " ORDER BY o.position"
+    )
+    per_stream: dict[Any, list[int]] = {}
+    for r in queued:
+        per_stream.setdefault(r["stream_id"], []).append(r["version"])
+    assert len(per_stream) == 24
+    assert all(v == list(range(1, len(v) + 1)) for v in per_stream.values())
+
+
+async def test_one_customers_submissions_at_once_see_each_other(intake, http):
+    """Two submissions of one customer at the same moment: the second is decided on a
+    history that holds the first, as if it had come later (a probable duplicate)."""
+    url = f"{intake.url('intake')}/complaints"
+    first, second = await asyncio.gather(
+        http.post(url, json=complaint()),
+        http.post(url, json=complaint(description="The shelf said 2.99, I paid 3.49 at the till")),
+    )
+    assert (first.status_code, second.status_code) == (201, 201)
+    a, b = first.json(), second.json()
+    marks = (a["possible_duplicate_of"], b["possible_duplicate_of"])
+    assert marks in [(None, a["complaint_id"]), (b["complaint_id"], None)]
+
+
+async def test_a_submission_the_database_refuses_fails_alone(intake, http):
+    """One submission of a group fails in the database: it is answered its error and
+    leaves nothing behind; the others are recorded."""
+    pool = intake.pool("intake")
+    await pool.execute(
+        """
+        CREATE FUNCTION refuse_poison() RETURNS trigger LANGUAGE plpgsql AS $$
+        BEGIN
+            IF NEW.subject = 'poison' THEN
+                RAISE EXCEPTION 'refused' USING ERRCODE = 'check_violation';
+            END IF;
+            RETURN NEW;
+        END $$;
+        CREATE TRIGGER refuse_poison BEFORE INSERT ON complaints
+            FOR EACH ROW EXECUTE FUNCTION refuse_poison();
+        """
+    )
+    url = f"{intake.url('intake')}/complaints"
+    bodies = [
+        complaint(
+            subject="poison" if i == 7 else f"Fine {i}",
+            customer={"id": f"c-iso-{i}", "name": f"Rui {i}", "language": "en"},
+        )
+        for i in range(16)
+    ]
+    answers = await asyncio.gather(*(http.post(url, json=b) for b in bodies))
+    assert answers[7].status_code == 500
+    assert answers[7].headers["content-type"].startswith("application/problem+json")
+    assert "refused" not in answers[7].text  # the database's message is not told
+    assert [a.status_code for i, a in enumerate(answers) if i != 7] == [201] * 15
+    assert await pool.fetchval("SELECT count(*) FROM complaints") == 15
+    assert await pool.fetchval("SELECT count(*) FROM events WHERE type = 'ComplaintReceived'") == 15
+    assert await pool.fetchval("SELECT count(*) FROM outbox") == await pool.fetchval(
+        "SELECT count(*) FROM events"
+    )
+
+
 async def test_details_and_withdrawal(intake, http):
     base = intake.url("intake")
     created = await http.post(f"{base}/complaints", json=complaint())

@@ -9,9 +9,11 @@ seven round trips each.  Each request is answered once its group has committed. 
 Invariants:
 
 - **Decided as alone.**  Each submission is decided by the same rules (``receive``) on its
-  customer's history as read in its group's transaction.  A group holds at most one submission
-  per customer and per ``Idempotency-Key``: a second one waits for the next group, and then
-  sees the first as history (a repeat, a probable duplicate) or as the answer to replay.
+  customer's history as read in its group's transaction.  A customer's submissions, and those
+  with the same ``Idempotency-Key``, are written one group after another: a second one waits
+  until the group of the first has ended, and then sees the first as history (a repeat, a
+  probable duplicate) or as the answer to replay.  (Replicas in other processes still write
+  concurrently; the key's row lock keeps an ``Idempotency-Key`` single across them, as before.)
 - **One fails alone.**  A submission the rules refuse writes nothing and is answered its error;
   the others go on.  When the group's transaction fails, each of its submissions is written
   again in a transaction of its own, so that an error is answered only to the submission that
@@ -115,6 +117,10 @@ class SubmissionGroups:
         self.answer = answer
         self._waiting: deque[Submission] = deque()
         self._running: set[asyncio.Task[None]] = set()
+        # the customers and Idempotency-Keys of the groups being written: a submission of
+        # theirs waits until that group has ended, so it sees the group's writes
+        self._customers: set[str] = set()
+        self._keys: set[str] = set()
 
     async def submit(
         self, rt: Runtime, res: IntakeResources, submission: Submission
@@ -131,31 +137,36 @@ class SubmissionGroups:
                 self._write(rt, res, group), context=contextvars.Context()
             )
             self._running.add(task)
-            task.add_done_callback(lambda t: self._done(t, rt, res))
+            task.add_done_callback(lambda t, g=group: self._done(t, g, rt, res))
 
-    def _done(self, task: asyncio.Task[None], rt: Runtime, res: IntakeResources) -> None:
+    def _done(
+        self, task: asyncio.Task[None], group: list[Submission], rt: Runtime, res: IntakeResources
+    ) -> None:
         self._running.discard(task)
+        for s in group:
+            self._customers.discard(s.customer_key)
+            if s.idempotency_key is not None:
+                self._keys.discard(s.idempotency_key)
         self._start(rt, res)
 
     def _take(self) -> list[Submission]:
         """The next group: the waiting submissions in order, one per customer and per
-        Idempotency-Key (the others keep their place for the next group)."""
+        Idempotency-Key, none of a customer or key whose group is being written (those keep
+        their place for a later group)."""
         group: list[Submission] = []
-        customers: set[str] = set()
-        keys: set[str] = set()
         kept: deque[Submission] = deque()
         while self._waiting:
             s = self._waiting.popleft()
             if s.answer.done():
                 continue  # its request gave up before it was written
             key = s.idempotency_key
-            if len(group) == MAX_GROUP or s.customer_key in customers or key in keys:
+            if len(group) == MAX_GROUP or s.customer_key in self._customers or key in self._keys:
                 kept.append(s)
                 continue
             group.append(s)
-            customers.add(s.customer_key)
+            self._customers.add(s.customer_key)
             if key is not None:
-                keys.add(key)
+                self._keys.add(key)
         self._waiting = kept
         return group
 
