@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
+import functools
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -137,10 +138,10 @@ class SubmissionGroups:
                 self._write(rt, res, group), context=contextvars.Context()
             )
             self._running.add(task)
-            task.add_done_callback(lambda t, g=group: self._done(t, g, rt, res))
+            task.add_done_callback(functools.partial(self._done, group, rt, res))
 
     def _done(
-        self, task: asyncio.Task[None], group: list[Submission], rt: Runtime, res: IntakeResources
+        self, group: list[Submission], rt: Runtime, res: IntakeResources, task: asyncio.Task[None]
     ) -> None:
         self._running.discard(task)
         for s in group:
