@@ -7,6 +7,7 @@ from typing import Any
 from uuid import UUID
 
 import asyncpg
+import orjson
 
 from complaints_intake.domain import Complaint, customer_key, erased_complaints, fold
 from complaints_intake.timeline import erased_summary, summarise
@@ -111,8 +112,12 @@ ON CONFLICT (event_id) DO NOTHING
 """
 
 
-def _timeline_args(complaint_id: UUID, events: Sequence[Event[DomainEvent]]) -> tuple[Any, ...]:
-    return (
+async def record_timeline(
+    conn: asyncpg.Connection, complaint_id: UUID, *events: Event[DomainEvent]
+) -> None:
+    """The events' timeline entries, in their order, in one statement."""
+    await conn.execute(
+        _TIMELINE,
         [e.event_id for e in events],
         complaint_id,
         [e.service for e in events],
@@ -123,18 +128,36 @@ def _timeline_args(complaint_id: UUID, events: Sequence[Event[DomainEvent]]) -> 
     )
 
 
-async def record_timeline(
-    conn: asyncpg.Connection, complaint_id: UUID, *events: Event[DomainEvent]
-) -> None:
-    """The events' timeline entries, in their order, in one statement."""
-    await conn.execute(_TIMELINE, *_timeline_args(complaint_id, events))
-
-
-_NEW_COMPLAINT = """
+# New complaints' rows, in the order given, as stored (the JSON values travel as text; alerts
+# as a JSON array each: an array of arrays cannot be unnested row by row)
+_NEW_COMPLAINTS = """
 INSERT INTO complaints (id, reference, status, channel, category, severity, language,
                         customer_key, customer_id, subject, description, possible_duplicate_of,
                         received, received_at, updated_at, version, acknowledgement, alerts)
-VALUES ($1, $2, 'received', $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17)
+SELECT x.id, x.reference, 'received', x.channel, x.category, x.severity, x.language,
+       x.customer_key, x.customer_id, x.subject, x.description, x.possible_duplicate_of,
+       x.received::jsonb, x.received_at, x.updated_at, x.version, x.acknowledgement::jsonb,
+       ARRAY(SELECT jsonb_array_elements_text(x.alerts::jsonb))
+  FROM unnest($1::uuid[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[],
+              $7::text[], $8::text[], $9::text[], $10::text[], $11::uuid[], $12::text[],
+              $13::timestamptz[], $14::timestamptz[], $15::int[], $16::text[], $17::text[])
+       WITH ORDINALITY AS x(id, reference, channel, category, severity, language, customer_key,
+                            customer_id, subject, description, possible_duplicate_of, received,
+                            received_at, updated_at, version, acknowledgement, alerts, n)
+ ORDER BY x.n
+RETURNING *
+"""
+
+# The timeline entries of several complaints, each complaint's in their order
+_TIMELINES = """
+INSERT INTO timeline (event_id, complaint_id, service, type, occurred_at, version, summary)
+SELECT x.event_id, x.complaint_id, x.service, x.type, x.occurred_at, x.version, x.summary
+  FROM unnest($1::uuid[], $2::uuid[], $3::text[], $4::text[], $5::timestamptz[], $6::int[],
+              $7::text[])
+       WITH ORDINALITY AS x(event_id, complaint_id, service, type, occurred_at, version,
+                            summary, n)
+ ORDER BY x.n
+ON CONFLICT (event_id) DO NOTHING
 """
 
 
@@ -142,19 +165,21 @@ async def project(
     conn: asyncpg.Connection, events: Sequence[Event[DomainEvent]], pseudonyms: bytes
 ) -> dict[UUID, asyncpg.Record]:
     """Apply intake's own new events to the read model and the timeline.  A new complaint's
-    acknowledgement and alert (appended with it) go into its first row.  The new rows of every
-    complaint received among ``events`` are written in one round trip (pipelined) before any
-    other statement, and so are the timeline entries of every stream, at the end.  Returns the
-    rows of the complaints it created, as stored."""
+    acknowledgement and alert (appended with it) go into its first row.  The new rows of the
+    complaints received among ``events`` are written in one statement before any other, and
+    the timeline entries of every stream in one statement at the end.  Returns the rows of the
+    complaints it created, as stored."""
     timeline: dict[UUID, list[Event[DomainEvent]]] = {}
     new_rows: list[tuple[Any, ...]] = []
 
+    created: dict[UUID, asyncpg.Record] = {}
+
     async def insert_new() -> None:  # before anything else may read or change them
         if new_rows:
-            await conn.executemany(_NEW_COMPLAINT, new_rows)
+            columns = [list(c) for c in zip(*new_rows, strict=True)]
+            created.update((r["id"], r) for r in await conn.fetch(_NEW_COMPLAINTS, *columns))
             new_rows.clear()
 
-    created: list[UUID] = []
     i = 0
     while i < len(events):
         e = events[i]
@@ -176,7 +201,6 @@ async def project(
                     group.append(events[i])
                     i += 1
                 last = group[-1]
-                created.append(e.stream_id)
                 new_rows.append(
                     (
                         e.stream_id,
@@ -190,12 +214,12 @@ async def project(
                         p.subject,
                         p.description,
                         p.possible_duplicate_of,
-                        p.to_json(),
+                        orjson.dumps(p.to_json()).decode(),
                         e.occurred_at,
                         last.occurred_at,
                         last.version,
-                        acknowledgement,
-                        alerts,
+                        None if acknowledgement is None else orjson.dumps(acknowledgement).decode(),
+                        orjson.dumps(alerts).decode(),
                     )
                 )
                 timeline.setdefault(e.stream_id, []).extend(group)
@@ -250,11 +274,16 @@ async def project(
                 )
         timeline.setdefault(e.stream_id, []).append(e)
     await insert_new()
-    if timeline:
-        await conn.executemany(
-            _TIMELINE, [_timeline_args(c, entries) for c, entries in timeline.items()]
+    entries = [(c, e) for c, events in timeline.items() for e in events]
+    if entries:
+        await conn.execute(
+            _TIMELINES,
+            [e.event_id for _, e in entries],
+            [c for c, _ in entries],
+            [e.service for _, e in entries],
+            [e.type for _, e in entries],
+            [e.occurred_at for _, e in entries],
+            [e.version for _, e in entries],
+            [summarise(e.payload) for _, e in entries],
         )
-    if not created:
-        return {}
-    rows = await conn.fetch("SELECT * FROM complaints WHERE id = ANY($1::uuid[])", created)
-    return {r["id"]: r for r in rows}
+    return created

@@ -44,7 +44,7 @@ from complaints_shared.faults import database_unavailable
 from complaints_shared.service import Runtime
 
 MAX_GROUP = 32
-IN_FLIGHT = 2
+IN_FLIGHT = 4
 
 
 @dataclass(frozen=True)
@@ -184,9 +184,9 @@ class SubmissionGroups:
                 if not s.answer.done():  # (one the rules refused is answered already)
                     await self._write(rt, res, [s])
             return
-        except BaseException as exc:  # cancelled (the app is stopping): none was written
+        except BaseException:  # cancelled (the app is stopping): none was written
             for s in group:
-                s.fail(exc)
+                s.answer.cancel()
             raise
         for s, result in answers:
             s.resolve(result)
