@@ -44,7 +44,10 @@ from complaints_shared.faults import database_unavailable
 from complaints_shared.service import Runtime
 
 MAX_GROUP = 32
-IN_FLIGHT = 4
+# Groups written at once: while they wait on the database, the submissions arriving form the
+# next group.  Measured at 32 connections: 325 submissions/s with two, 315 with one; with four
+# the groups are smaller and answers come no sooner (p50 at 160/s offered: 56 ms, 47 with two).
+IN_FLIGHT = 2
 
 
 @dataclass(frozen=True)
