@@ -195,7 +195,7 @@ async def _row(
     return row
 
 
-def _submissions(request: Request) -> SubmissionGroups:
+async def _submissions(request: Request) -> SubmissionGroups:
     """The app's submission groups (made at its first submission)."""
     state = request.app.state
     groups: SubmissionGroups | None = getattr(state, "intake_submissions", None)
