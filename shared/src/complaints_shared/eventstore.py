@@ -190,7 +190,8 @@ assert _APPEND_QUIETLY != _APPEND
 
 
 # New streams, several at once: every event and its outbox row (in the order given: each
-# stream's in version order), none when any of the streams exists already.
+# stream's in version order).  A stream that exists already has a version 1: its rows are not
+# written, the count tells, and the caller removes the others.
 _CREATE = """
 WITH x AS (
     SELECT * FROM unnest($1::uuid[], $2::int[], $3::uuid[], $4::text[], $5::text[], $6::text[])
@@ -198,7 +199,6 @@ WITH x AS (
 ), inserted AS (
     INSERT INTO events (stream_id, version, event_id, type, occurred_at, data)
     SELECT stream_id, version, event_id, type, $7, data::jsonb FROM x
-     WHERE NOT EXISTS (SELECT 1 FROM events e WHERE e.stream_id = ANY($1::uuid[]))
      ORDER BY n
     ON CONFLICT DO NOTHING
     RETURNING event_id

@@ -392,6 +392,9 @@ class PostgresKeyring:
 
     async def register_many(self, subjects: Sequence[tuple[UUID, str]]) -> dict[UUID, DataKey]:
         """One statement for every pair, as :meth:`register` does for one."""
+        if len(subjects) == 1:  # its simpler statement is the quicker one
+            stream_id, customer_key = subjects[0]
+            return {stream_id: await self.register(stream_id, customer_key)}
         customers = [c for _, c in subjects]
         if len(set(customers)) != len(customers):
             raise ValueError("register_many takes each customer at most once")
