@@ -271,6 +271,13 @@ class _Unit:
 _UNIT: ContextVar[_Unit | None] = ContextVar("complaints_unit_of_work", default=None)
 
 
+async def _undo(conn: asyncpg.Connection, event_ids: Sequence[UUID]) -> None:
+    """Remove the events an append wrote before it found a conflict, and their outbox rows: a
+    failed append leaves nothing behind, and the caller's transaction goes on."""
+    await conn.execute("DELETE FROM outbox WHERE event_id = ANY($1::uuid[])", event_ids)
+    await conn.execute("DELETE FROM events WHERE event_id = ANY($1::uuid[])", event_ids)
+
+
 def _woken_after_unit() -> bool:
     """For an append: whether it runs in an open unit of work, which then wakes the relay
     once its transaction has ended (else the append notifies in its own statement)."""
@@ -351,9 +358,7 @@ class PostgresEventStore:
         )
         if row["appended"] != len(recorded):
             if row["appended"]:  # a writer took some of the versions meanwhile: undo ours
-                ours = [e.event_id for e in recorded]
-                await conn.execute("DELETE FROM outbox WHERE event_id = ANY($1::uuid[])", ours)
-                await conn.execute("DELETE FROM events WHERE event_id = ANY($1::uuid[])", ours)
+                await _undo(conn, [e.event_id for e in recorded])
             actual = await self.version(conn, stream_id)
             raise ConcurrencyConflict(stream_id, expected_version, actual)
         return recorded
@@ -394,9 +399,7 @@ class PostgresEventStore:
         columns = [list(c) for c in zip(*rows, strict=True)]
         appended = await conn.fetchval(_CREATE, *columns, now, self.topic)
         if appended != len(rows):
-            ours = columns[2]
-            await conn.execute("DELETE FROM outbox WHERE event_id = ANY($1::uuid[])", ours)
-            await conn.execute("DELETE FROM events WHERE event_id = ANY($1::uuid[])", ours)
+            await _undo(conn, columns[2])
             for stream_id in recorded:
                 if actual := await self.version(conn, stream_id):
                     raise ConcurrencyConflict(stream_id, 0, actual)

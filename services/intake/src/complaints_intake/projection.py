@@ -102,32 +102,6 @@ async def scrub(conn: asyncpg.Connection, complaint_ids: Iterable[UUID]) -> None
     )
 
 
-_TIMELINE = """
-INSERT INTO timeline (event_id, complaint_id, service, type, occurred_at, version, summary)
-SELECT x.event_id, $2, x.service, x.type, x.occurred_at, x.version, x.summary
-  FROM unnest($1::uuid[], $3::text[], $4::text[], $5::timestamptz[], $6::int[], $7::text[])
-       WITH ORDINALITY AS x(event_id, service, type, occurred_at, version, summary, n)
- ORDER BY x.n
-ON CONFLICT (event_id) DO NOTHING
-"""
-
-
-async def record_timeline(
-    conn: asyncpg.Connection, complaint_id: UUID, *events: Event[DomainEvent]
-) -> None:
-    """The events' timeline entries, in their order, in one statement."""
-    await conn.execute(
-        _TIMELINE,
-        [e.event_id for e in events],
-        complaint_id,
-        [e.service for e in events],
-        [e.type for e in events],
-        [e.occurred_at for e in events],
-        [e.version for e in events],
-        [summarise(e.payload) for e in events],
-    )
-
-
 # New complaints' rows, in the order given, as stored (the JSON values travel as text; alerts
 # as a JSON array each: an array of arrays cannot be unnested row by row)
 _NEW_COMPLAINTS = """
@@ -149,7 +123,7 @@ RETURNING *
 """
 
 # The timeline entries of several complaints, each complaint's in their order
-_TIMELINES = """
+_TIMELINE = """
 INSERT INTO timeline (event_id, complaint_id, service, type, occurred_at, version, summary)
 SELECT x.event_id, x.complaint_id, x.service, x.type, x.occurred_at, x.version, x.summary
   FROM unnest($1::uuid[], $2::uuid[], $3::text[], $4::text[], $5::timestamptz[], $6::int[],
@@ -277,7 +251,7 @@ async def project(
     entries = [(c, e) for c, events in timeline.items() for e in events]
     if entries:
         await conn.execute(
-            _TIMELINES,
+            _TIMELINE,
             [e.event_id for _, e in entries],
             [c for c, _ in entries],
             [e.service for _, e in entries],
