@@ -31,6 +31,7 @@ import urllib.parse
 import urllib.request
 import uuid
 import zipfile
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -86,6 +87,15 @@ def _tail(path: Path, lines: int = 15) -> str:
     if not path.exists():
         return "(no log)"
     return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+
+
+def kafka_cluster_id(draw: Callable[[], uuid.UUID] = uuid.uuid4) -> str:
+    """A Kafka cluster id: a random UUID in URL-safe base64, drawn again while it starts with
+    ``-`` (as Kafka's own ``Uuid.randomUuid`` does), which the storage tool would read as an
+    option (one id in 64)."""
+    while (cluster_id := base64.urlsafe_b64encode(draw().bytes).decode()[:22]).startswith("-"):
+        pass
+    return cluster_id
 
 
 @dataclass
@@ -179,7 +189,7 @@ class Kafka:
             )
         )
         if not (data / "meta.properties").exists():
-            cluster_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode()[:22]
+            cluster_id = kafka_cluster_id()
             result = subprocess.run(
                 [
                     "java",
