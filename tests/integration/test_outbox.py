@@ -11,6 +11,8 @@ import asyncpg
 import pytest
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from opentelemetry.trace import SpanContext, SpanKind
 
 from complaints_shared.consumer import ConsumerRunner, Subscription
 from complaints_shared.envelope import Event, decode_headers, from_kafka_record
@@ -18,8 +20,8 @@ from complaints_shared.errors import ConcurrencyConflict
 from complaints_shared.eventstore import PostgresEventStore as EventStore
 from complaints_shared.eventstore import Wakeup, unit_of_work
 from complaints_shared.metrics import ServiceMetrics
-from complaints_shared.outbox import _LEADER_LOCK, OutboxRelay, new_producer
-from complaints_shared.telemetry import setup_telemetry
+from complaints_shared.outbox import _LEADER_LOCK, PENDING, OutboxRelay, new_producer
+from complaints_shared.telemetry import TRACE_EACH_UP_TO, setup_telemetry
 from complaints_shared.topics import ensure_topics
 from tests.events import Counted, Happened, Pinged
 from tests.support import eventually, read_topic
@@ -176,6 +178,93 @@ async def test_wake_ups_asked_for_while_one_is_sent_are_covered_by_one_more(data
         assert wakeup.notified == 3 and len(heard) == 3
     finally:
         await listener.close()
+
+
+def traceparent_of(context: SpanContext) -> str:
+    return f"00-{context.trace_id:032x}-{context.span_id:016x}-{int(context.trace_flags):02x}"
+
+
+async def test_each_record_stays_in_its_events_trace_also_when_a_backlog_goes_under_one_span(
+    infrastructure, database, pool, producer, topic
+):
+    """A batch of up to TRACE_EACH_UP_TO rows: a publish span per record, a child of the
+    context its event was appended in, and the record carries that span's context.  A larger
+    batch (a backlog): one publish span linked to the events' contexts, and each record carries
+    the context its event was appended in, so the consumers' work stays in that trace."""
+    exporter = InMemorySpanExporter()
+    telemetry = setup_telemetry("test", exporter)
+    store = EventStore(source="/complaints/test", topic=topic)
+
+    async def append_in_spans(count: int) -> dict[uuid.UUID, SpanContext]:
+        appended: dict[uuid.UUID, SpanContext] = {}
+        for _ in range(count):
+            stream = uuid.uuid4()
+            with telemetry.tracer.start_as_current_span("append") as span:
+                async with pool.acquire() as conn, conn.transaction():
+                    await store.append(conn, stream, 0, [Pinged()])
+            appended[stream] = span.get_span_context()
+        return appended
+
+    relay = OutboxRelay(
+        dsn=database,
+        pool=pool,
+        producer=producer,
+        new_producer=lambda: new_producer(infrastructure.kafka_bootstrap),
+        source="/complaints/test",
+        telemetry=telemetry,
+    )
+    backlog = await append_in_spans(TRACE_EACH_UP_TO + 4)
+    assert await relay.publish_pending() == TRACE_EACH_UP_TO + 4
+    few = await append_in_spans(3)
+    assert await relay.publish_pending() == 3
+
+    records = await read_topic(infrastructure.kafka_bootstrap, topic, count=len(backlog) + 3)
+    carried = {uuid.UUID(r.key.decode()): decode_headers(r.headers)["traceparent"] for r in records}
+    publishes = [s for s in exporter.get_finished_spans() if s.name == f"{topic} publish"]
+    assert all(s.kind is SpanKind.PRODUCER for s in publishes)
+    (batch,) = [s for s in publishes if s.parent is None]
+    assert batch.attributes["messaging.batch.message_count"] == len(backlog)
+    assert batch.attributes["messaging.destination.name"] == topic
+    assert {link.context.span_id for link in batch.links} == {c.span_id for c in backlog.values()}
+    for stream, appended in backlog.items():
+        assert carried[stream] == traceparent_of(appended)  # as it was appended
+    own = {s.attributes["messaging.kafka.message.key"]: s for s in publishes if s.parent}
+    assert len(own) == 3
+    for stream, appended in few.items():
+        span = own[str(stream)]
+        assert span.parent.span_id == appended.span_id
+        assert span.context.trace_id == appended.trace_id
+        assert carried[stream] == traceparent_of(span.context)  # its publish span's
+
+
+async def test_the_relay_reads_a_backlog_along_the_unsent_index_whatever_the_statistics(
+    infrastructure, database, pool, producer, topic
+):
+    """The relay's session reads each next batch along the unsent rows' index in position
+    order, stopping at the batch's size, also while the planner's statistics still say that
+    few rows wait (as right after a backlog built up): a plain session would sort the whole
+    backlog, joined to its events, for every batch."""
+    async with pool.acquire() as conn:
+        for table in ("outbox", "events"):  # statistics as before the backlog: none
+            await conn.execute(f"ALTER TABLE {table} SET (autovacuum_enabled = off)")
+    store = EventStore(source="/complaints/test", topic=topic)
+    async with pool.acquire() as conn, conn.transaction():
+        for _ in range(30):
+            await store.append(conn, uuid.uuid4(), 0, [Counted(n=n) for n in range(100)])
+
+    def plan_of(rows: list[asyncpg.Record]) -> str:
+        return "\n".join(r[0] for r in rows)
+
+    async with pool.acquire() as plain:
+        assert "Sort" in plan_of(await plain.fetch(f"EXPLAIN {PENDING}", 500, []))  # the case
+    relay = make_relay(infrastructure, database, pool, producer)
+    own = await relay.connect()
+    try:
+        plan = plan_of(await own.fetch(f"EXPLAIN {PENDING}", 500, []))
+        assert "Sort" not in plan and "Index Scan using outbox_unsent" in plan, plan
+        assert len(await relay.fetch_pending(own)) == 500
+    finally:
+        await own.close()
 
 
 async def test_relay_crash_between_publish_and_mark_sent_republishes_and_inbox_keeps_one_effect(

@@ -51,7 +51,6 @@ from uuid import UUID
 import asyncpg
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
 from aiokafka.errors import CommitFailedError, IllegalStateError, KafkaError
-from opentelemetry import trace
 from opentelemetry.context import Context
 
 from complaints_shared.envelope import (
@@ -69,8 +68,12 @@ from complaints_shared.metrics import ServiceMetrics
 from complaints_shared.privacy import Keyring, open_payloads
 from complaints_shared.telemetry import (
     CONSUMER,
+    TRACE_EACH_UP_TO,
     Telemetry,
+    batch_attributes,
+    batch_span_name,
     extract_context,
+    links_to,
     record_error,
     safe_message,
 )
@@ -305,13 +308,6 @@ READ_CHUNK = 200
 
 def _position(record: ConsumerRecord) -> tuple[str, int, int]:
     return record.topic, record.partition, record.offset
-
-
-# A batch handler's call gets a span per event in each event's trace up to this many events;
-# a larger batch (a replay) gets one span, linked to at most MAX_LINKS of their traces (the
-# SDK's default limit).
-TRACE_EACH_UP_TO = 16
-MAX_LINKS = 128
 
 
 @dataclass(slots=True)
@@ -743,8 +739,8 @@ class ConsumerRunner:
     def _batch_spans(self, wanted: list[tuple[ConsumerRecord, dict[str, str], Event[Any]]]) -> Any:
         """The spans of a batch handler's call: up to :data:`TRACE_EACH_UP_TO` events, each
         event's ``process`` span, a child of its trace, as a handler's (each lasting the whole
-        call); more (a replay), one span for the batch, linked to up to :data:`MAX_LINKS` of
-        their traces."""
+        call); more (a replay), one span for the batch, linked to the first of
+        their traces (:data:`~complaints_shared.telemetry.MAX_LINKS`)."""
         if len(wanted) <= TRACE_EACH_UP_TO:
             spans = []
             for record, headers, event in wanted:
@@ -752,24 +748,16 @@ class ConsumerRunner:
                 span_attrs["messaging.batch.message_count"] = len(wanted)
                 spans.append(self._start_span(f"{record.topic} process", headers, span_attrs))
             return spans
-        topics = sorted({record.topic for record, _, _ in wanted})
-        links = []
-        for _, headers, _ in wanted[:MAX_LINKS]:
-            context = trace.get_current_span(extract_context(headers)).get_span_context()
-            if context.is_valid:
-                links.append(trace.Link(context))
-        span_attrs = attrs("process", topics[0])
-        if len(topics) > 1:
-            del span_attrs["messaging.destination.name"]
-        span_attrs["messaging.batch.message_count"] = len(wanted)
+        topics = [record.topic for record, _, _ in wanted]
+        span_attrs = batch_attributes("process", topics, len(wanted))
         span_attrs["messaging.consumer.group.name"] = self.subscription.name
         return [
             self.telemetry.tracer.start_as_current_span(
-                f"{topics[0]} process" if len(topics) == 1 else "process",
+                batch_span_name("process", topics),
                 context=Context(),  # a root: the batch belongs to no one event's trace
                 kind=CONSUMER,
                 attributes=span_attrs,
-                links=links,
+                links=links_to(headers for _, headers, _ in wanted),
                 record_exception=False,
                 set_status_on_exception=False,
             )

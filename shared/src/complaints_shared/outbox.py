@@ -25,6 +25,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -36,6 +37,8 @@ from aiokafka.errors import (
     OutOfOrderSequenceNumber,
     RecordTooLargeError,
 )
+from opentelemetry.context import Context
+from opentelemetry.trace import Span
 
 from complaints_shared.envelope import StoredEvent, to_kafka_record
 from complaints_shared.eventstore import OUTBOX_CHANNEL, Wakeup, init_connection
@@ -43,9 +46,13 @@ from complaints_shared.faults import Backoff, is_transient
 from complaints_shared.metrics import ServiceMetrics
 from complaints_shared.telemetry import (
     PRODUCER,
+    TRACE_EACH_UP_TO,
     Telemetry,
+    batch_attributes,
+    batch_span_name,
     extract_context,
     inject_context,
+    links_to,
     record_error,
 )
 from complaints_shared.telemetry import messaging_attributes as attrs
@@ -70,6 +77,21 @@ SELECT count(*) AS pending,
        coalesce(extract(epoch FROM now() - min(queued_at)), 0)::float8 AS oldest,
        count(*) FILTER (WHERE parked_at IS NOT NULL) AS parked
   FROM outbox WHERE sent_at IS NULL
+"""
+
+
+# The next batch: unsent rows in position order, without the streams that have a parked event
+# and without the rows in flight ($2).
+PENDING = """
+SELECT o.position, o.topic, o.trace_context,
+       e.stream_id, e.version, e.event_id, e.type, e.occurred_at, e.data::text AS raw
+  FROM outbox o JOIN events e USING (event_id)
+ WHERE o.sent_at IS NULL AND o.parked_at IS NULL
+   AND e.stream_id <> ALL(ARRAY(SELECT pe.stream_id FROM outbox p
+       JOIN events pe USING (event_id)
+       WHERE p.parked_at IS NOT NULL AND p.sent_at IS NULL))
+   AND o.position <> ALL($2::bigint[])
+ ORDER BY o.position LIMIT $1
 """
 
 
@@ -108,6 +130,13 @@ def new_producer(bootstrap: str, client_id: str | None = None) -> AIOKafkaProduc
         max_batch_size=256 * 1024,
         client_id=client_id,
     )
+
+
+def _told(own: Span | None, batch: Span | None) -> Span:
+    """The span that tells of a row's failure: its own, else its batch's."""
+    span = own if own is not None else batch
+    assert span is not None  # a row has its own span when its batch has none
+    return span
 
 
 @dataclass(frozen=True, slots=True)
@@ -211,14 +240,30 @@ class OutboxRelay:
         self._gap = None
         self.producers_renewed += 1
 
-    async def _run_once(self, backoff: Backoff) -> None:
+    async def connect(self) -> asyncpg.Connection:
+        """The relay's own session: it takes the leader lock, reads and marks the batches.
+
+        Sorting is off in it, so the next batch is always read along the unsent rows' index in
+        position order, stopping at the batch's size.  The planner would otherwise sort the
+        whole backlog (and join every row of it to its event) whenever its statistics still
+        say few rows are unsent, which is just when a backlog has built up since the last
+        ``ANALYZE``: 100 ms against 2-3 ms a batch over 30,000 unsent events."""
+        settings = {"enable_sort": "off"}
+        if self._name:
+            settings["application_name"] = self._name
         conn: asyncpg.Connection = await asyncpg.connect(
-            self._dsn,
-            password=self._password,
-            server_settings={"application_name": self._name} if self._name else None,
+            self._dsn, password=self._password, server_settings=settings
         )
         try:
             await init_connection(conn)
+        except BaseException:
+            await conn.close()
+            raise
+        return conn
+
+    async def _run_once(self, backoff: Backoff) -> None:
+        conn = await self.connect()
+        try:
             while not await conn.fetchval("SELECT pg_try_advisory_lock($1)", _LEADER_LOCK):
                 await self._watch(conn)
                 backoff.reset()
@@ -370,15 +415,7 @@ class OutboxRelay:
             async with self._pool.acquire() as own:
                 return await self.fetch_pending(own, in_flight)
         records = await conn.fetch(
-            "SELECT o.position, o.topic, o.trace_context,"
-            "       e.stream_id, e.version, e.event_id, e.type, e.occurred_at, e.data::text AS raw"
-            "  FROM outbox o JOIN events e USING (event_id)"
-            " WHERE o.sent_at IS NULL AND o.parked_at IS NULL"
-            "   AND e.stream_id <> ALL(ARRAY(SELECT pe.stream_id FROM outbox p"
-            "       JOIN events pe USING (event_id)"
-            "       WHERE p.parked_at IS NOT NULL AND p.sent_at IS NULL))"
-            "   AND o.position <> ALL($2::bigint[])"
-            " ORDER BY o.position LIMIT $1",
+            PENDING,
             self._batch_size,
             [r.position for r in in_flight or ()],
         )
@@ -405,10 +442,17 @@ class OutboxRelay:
 
         Returns the rows not sent: refused for their size (position → error; they can never be
         sent as they are) or held back behind such a row of their stream (position → None).
-        Any other failure raises, and the whole batch is sent again."""
+        Any other failure raises, and the whole batch is sent again.
+
+        Up to :data:`TRACE_EACH_UP_TO` rows, each record has its own ``"<topic> publish"``
+        span, a child of the context stored with its row, and carries that span's context.  A
+        larger batch (a backlog) has one ``publish`` span, linked to the rows' contexts, and
+        each record carries its row's stored context as it is (where the event was appended),
+        so that its consumers' work stays in the event's trace all the same."""
         await self._mend_gap()
         tracer = self._telemetry.tracer
-        sending: list[tuple[PendingRow, Any, Any]] = []  # row, span, ack future
+        batch = self._batch_span(rows) if len(rows) > TRACE_EACH_UP_TO else None
+        sending: list[tuple[PendingRow, Span | None, Any]] = []  # row, its own span, ack
         too_large: dict[int, str] = {}
         held: list[PendingRow] = []  # behind a too-large row of their stream
         try:
@@ -416,42 +460,53 @@ class OutboxRelay:
                 if too_large and any(h.event.stream_id == row.event.stream_id for h in held):
                     held.append(row)
                     continue
-                span = tracer.start_span(
-                    f"{row.topic} publish",
-                    context=extract_context(row.trace_context),
-                    kind=PRODUCER,
-                    attributes=attrs("publish", row.topic, row.event),
+                span = None
+                if batch is None:
+                    span = tracer.start_span(
+                        f"{row.topic} publish",
+                        context=extract_context(row.trace_context),
+                        kind=PRODUCER,
+                        attributes=attrs("publish", row.topic, row.event),
+                    )
+                record = to_kafka_record(
+                    row.event, row.trace_context if span is None else inject_context(span)
                 )
-                record = to_kafka_record(row.event, inject_context(span))
                 try:
                     ack = await self._producer.send(
                         row.topic, record.value, key=record.key, headers=record.headers
                     )
                 except _TOO_LARGE as exc:  # over the client's limit: refused before sending
-                    record_error(span, exc)
-                    span.end()
+                    record_error(_told(span, batch), exc)
+                    if span is not None:
+                        span.end()
                     too_large[row.position] = f"{type(exc).__name__} ({len(record.value)} bytes)"
                     held.append(row)
                     continue
                 sending.append((row, span, ack))
             results = await asyncio.gather(*(a for _, _, a in sending), return_exceptions=True)
         except BaseException as exc:
-            for _, span, _ in sending:
-                record_error(span, exc)
-                span.end()
+            for span in [s for _, s, _ in sending] + [batch]:
+                if span is not None:
+                    record_error(span, exc)
+                    span.end()
             raise
         failure: BaseException | None = None
         refused: list[PendingRow] = []
+        published: Counter[str] = Counter()
         for (row, span, _), result in zip(sending, results, strict=True):
             if isinstance(result, BaseException):
-                record_error(span, result)
+                record_error(_told(span, batch), result)
                 if isinstance(result, _TOO_LARGE):  # its whole producer batch was refused
                     refused.append(row)
                 else:
                     failure = failure or result
-            elif self._metrics is not None:
-                self._metrics.outbox_published.labels(row.topic).inc()
-            span.end()
+            else:
+                published[row.topic] += 1
+            if span is not None:
+                span.end()
+        if batch is not None:
+            batch.end()
+        self._count_published(published)
         if failure is not None:
             if isinstance(failure, OutOfOrderSequenceNumber):
                 self._gap = type(failure).__name__
@@ -459,6 +514,22 @@ class OutboxRelay:
         if refused:
             self._gap = "the broker refused a batch for its size"
         return await self._one_by_one(sorted(refused + held, key=lambda r: r.position), too_large)
+
+    def _batch_span(self, rows: list[PendingRow]) -> Span:
+        """The one ``publish`` span of a batch larger than :data:`TRACE_EACH_UP_TO` rows."""
+        topics = [row.topic for row in rows]
+        return self._telemetry.tracer.start_span(
+            batch_span_name("publish", topics),
+            context=Context(),  # a root: the batch belongs to no one event's trace
+            kind=PRODUCER,
+            attributes=batch_attributes("publish", topics, len(rows)),
+            links=links_to(row.trace_context for row in rows),
+        )
+
+    def _count_published(self, published: Counter[str]) -> None:
+        if self._metrics is not None:
+            for topic, count in published.items():
+                self._metrics.outbox_published.labels(topic).inc(count)
 
     async def _one_by_one(
         self, rows: list[PendingRow], too_large: dict[int, str]
@@ -484,8 +555,7 @@ class OutboxRelay:
                 blocked.add(row.event.stream_id)
                 self._gap = "the broker refused a record for its size"
                 continue
-            if self._metrics is not None:
-                self._metrics.outbox_published.labels(row.topic).inc()
+            self._count_published(Counter([row.topic]))
         return unsent
 
     async def park(self, conn: asyncpg.Connection, errors: dict[int, str]) -> None:

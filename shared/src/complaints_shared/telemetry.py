@@ -9,8 +9,9 @@ path and the query's names without their values (:func:`redacting_request_hook`)
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
+from itertools import islice
 from typing import Any
 from urllib.parse import parse_qsl
 
@@ -58,6 +59,37 @@ def setup_telemetry(service_name: str, exporter: SpanExporter | None = None) -> 
 def extract_context(carrier: Mapping[str, str]) -> Context:
     """The trace context carried in message headers (W3C ``traceparent``/``tracestate``)."""
     return propagate.extract(dict(carrier))
+
+
+# A batch of up to this many messages gets a span per message, each in its message's trace; a
+# larger batch (a backlog, a replay) gets one span, linked to at most MAX_LINKS of their traces
+# (the SDK's default limit), as the messaging conventions have it for batches.
+TRACE_EACH_UP_TO = 16
+MAX_LINKS = 128
+
+
+def links_to(carriers: Iterable[Mapping[str, str]]) -> list[trace.Link]:
+    """Links to the traces the first :data:`MAX_LINKS` carriers (message headers) hold."""
+    links = []
+    for carrier in islice(carriers, MAX_LINKS):
+        context = trace.get_current_span(extract_context(carrier)).get_span_context()
+        if context.is_valid:
+            links.append(trace.Link(context))
+    return links
+
+
+def batch_attributes(operation: str, topics: Sequence[str], count: int) -> dict[str, str | int]:
+    """A batch span's messaging attributes: its destination when it has one topic."""
+    span_attrs = messaging_attributes(operation, topics[0])
+    if len(set(topics)) > 1:
+        del span_attrs["messaging.destination.name"]
+    span_attrs["messaging.batch.message_count"] = count
+    return span_attrs
+
+
+def batch_span_name(operation: str, topics: Sequence[str]) -> str:
+    """``"<topic> <operation>"``, or the operation alone for a batch across topics."""
+    return f"{topics[0]} {operation}" if len(set(topics)) == 1 else operation
 
 
 def inject_context(span: Span) -> dict[str, str]:
