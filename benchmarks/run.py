@@ -11,7 +11,8 @@ Stages (``--only`` picks some; all by default):
   inserting the same event and outbox rows, one transaction each, with the same 8 connections,
   and against the ``eventsourcing`` library's PostgreSQL application recorder appending the same
   events with 8 threads (``benchmarks/reference.py``).
-  The ``append``, ``relay`` and ``consume`` stages run in this process, with the garbage
+  The ``append``, ``relay`` and ``consume`` stages run in this process, on uvloop (the event
+  loop of the services under uvicorn), with the garbage
   collector set up as a service process's once started (what start-up made frozen, the young
   generation collected less often); their baselines run alike.
 - ``relay``: the outbox relay publishing a backlog of N committed events until the broker
@@ -68,6 +69,7 @@ from pathlib import Path
 from typing import Any
 
 import asyncpg
+import uvloop
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -705,15 +707,17 @@ def main() -> None:
     try:
         if stages & {"append", "relay", "consume"}:
             settle("append, relay, consume", waits)
-            rows += asyncio.run(
-                event_path(
-                    args.events,
-                    infra.kafka.bootstrap,
-                    infra.postgres.url,
-                    infra.postgres.password(),
-                    stages,
+            # on the event loop the services run on (uvicorn's, uvloop), baselines alike
+            with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+                rows += runner.run(
+                    event_path(
+                        args.events,
+                        infra.kafka.bootstrap,
+                        infra.postgres.url,
+                        infra.postgres.password(),
+                        stages,
+                    )
                 )
-            )
         server = infra.postgres.url
 
         created: list[str] = []

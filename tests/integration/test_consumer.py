@@ -12,7 +12,9 @@ import asyncpg
 import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.errors import IllegalStateError
+from opentelemetry import trace
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from opentelemetry.trace import SpanContext
 
 from complaints_shared import consumer as consumer_module
 from complaints_shared import redrive
@@ -27,6 +29,7 @@ from complaints_shared.consumer import (
 )
 from complaints_shared.envelope import Event, decode_headers, to_kafka_record
 from complaints_shared.errors import PoisonEvent
+from complaints_shared.eventstore import current_trace_context
 from complaints_shared.metrics import ServiceMetrics
 from complaints_shared.telemetry import inject_context, setup_telemetry
 from complaints_shared.topics import ensure_topics
@@ -265,6 +268,59 @@ async def test_a_poison_records_error_text_stays_out_of_its_span(
         )
     )
     assert marker not in told and "Traceback" not in told
+
+
+async def test_a_backlog_is_handled_under_one_span_and_each_handler_in_its_events_trace(
+    infrastructure, pool, producer, topics, topic_prefix
+):
+    """A poll of more than TRACE_EACH_UP_TO events for handlers is one ``process`` span linked
+    to the events' traces, and each handler runs in its event's context (what it appends
+    carries that context on); a poll of a few gives each event its ``process`` span, a child of
+    its record's context, under which its handler runs."""
+    name = f"{topic_prefix}h"
+    sender = setup_telemetry("sender").tracer
+    sent: dict[int, SpanContext] = {}
+
+    async def send_in_span(n: int) -> None:
+        with sender.start_as_current_span("send") as sending:
+            r = to_kafka_record(event(n), inject_context(sending))
+        await producer.send_and_wait(topics[0], r.value, key=r.key, headers=r.headers)
+        sent[n] = sending.get_span_context()
+
+    seen: dict[int, tuple[SpanContext, str]] = {}  # n → handler's current span, what it appends
+
+    async def handle(conn: asyncpg.Connection, e: Event[Counted]) -> None:
+        current = trace.get_current_span().get_span_context()
+        seen[e.payload.n] = (current, current_trace_context()["traceparent"])
+
+    backlog = TRACE_EACH_UP_TO + 8
+    for n in range(backlog):
+        await send_in_span(n)
+    exporter = InMemorySpanExporter()
+    metrics = ServiceMetrics()
+    runner = runner_for(infrastructure, pool, producer, topics, {"Counted": handle}, metrics, name)
+    runner.telemetry = setup_telemetry("test", exporter)
+    async with Running(runner):
+        await counted(metrics, name, "the backlog processed", processed=backlog)
+        await send_in_span(backlog)
+        await counted(metrics, name, "one more processed", processed=backlog + 1)
+
+    spans = [s for s in exporter.get_finished_spans() if s.name == f"{topics[0]} process"]
+    (batch,) = [s for s in spans if s.parent is None]
+    assert batch.attributes["messaging.batch.message_count"] == backlog
+    assert batch.attributes["complaints.processed"] == backlog
+    assert {link.context.span_id for link in batch.links} == {
+        sent[n].span_id for n in range(backlog)
+    }
+    for n in range(backlog):
+        current, appended = seen[n]
+        assert current.span_id == sent[n].span_id  # the event's own context
+        assert appended.split("-")[1:3] == [f"{sent[n].trace_id:032x}", f"{sent[n].span_id:016x}"]
+    (own,) = [s for s in spans if s.parent is not None]
+    assert own.parent.span_id == sent[backlog].span_id
+    assert own.attributes["complaints.outcome"] == "processed"
+    current, appended = seen[backlog]
+    assert current.span_id == own.context.span_id and current.trace_id == sent[backlog].trace_id
 
 
 async def test_a_batch_handler_gets_a_polls_new_events_at_once_and_a_failing_one_poisons_only_it(

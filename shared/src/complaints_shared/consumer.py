@@ -25,9 +25,13 @@ work.  A record read ahead that cannot be read is poison when its batch runs, as
 A subscription may instead hand a batch's new events to one :class:`Batch` handler, in the
 batch's order, so that it can write them set-based (a statement per kind of write, not per
 event): what makes replaying a topic from offset 0 fast.  Its failure is narrowed down record by
-record like any other, and a lone event's is poison at once, as a handler's.  Up to
-``TRACE_EACH_UP_TO`` events, each has its ``process`` span in its own trace; a larger batch (a
-replay) is one span linked to the events' traces (OpenTelemetry's batch convention).
+record like any other, and a lone event's is poison at once, as a handler's.
+
+Tracing: up to ``TRACE_EACH_UP_TO`` events in a batch, each has its ``process`` span in its own
+trace (a child of the context its record carries), and its handler runs under it; a larger
+batch (a backlog, a replay) is one span linked to the events' traces (OpenTelemetry's batch
+convention), and each handler runs in its event's extracted context, so the events it appends
+carry the event's trace on either way.
 
 A rebuild starts the consumer over (:func:`start_over`, in the rebuild's transaction): its
 generation moves on, every replica's next batch sees that and rolls back, and each replica
@@ -42,6 +46,7 @@ import asyncio
 import contextlib
 import logging
 import time
+from collections import Counter
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from contextvars import ContextVar
 from dataclasses import dataclass, field
@@ -51,7 +56,7 @@ from uuid import UUID
 import asyncpg
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
 from aiokafka.errors import CommitFailedError, IllegalStateError, KafkaError
-from opentelemetry.context import Context
+from opentelemetry.context import Context, attach, detach
 
 from complaints_shared.envelope import (
     Event,
@@ -74,6 +79,7 @@ from complaints_shared.telemetry import (
     batch_span_name,
     extract_context,
     links_to,
+    links_to_contexts,
     record_error,
     safe_message,
 )
@@ -566,8 +572,8 @@ class ConsumerRunner:
                 continue
             for record, error in sorted(poison, key=lambda pe: pe[0].offset):
                 await self._dead_letter(record, error)
-            for outcome in outcomes:
-                self._count(outcome)
+            for outcome, count in Counter(outcomes).items():
+                self._count(outcome, count)
             return
 
     async def _apply_batch(self, records: list[ConsumerRecord]) -> list[str]:
@@ -602,6 +608,9 @@ class ConsumerRunner:
         if self.subscription.batch is not None:
             await self._apply_batched(conn, self.subscription.batch, records, read, fresh, outcomes)
             return
+        if sum(found is not None for found in read) > TRACE_EACH_UP_TO:
+            await self._apply_under_one_span(conn, records, read, fresh, outcomes)
+            return
         for record, found in zip(records, read, strict=True):
             if found is None:
                 outcomes.append("ignored")
@@ -622,6 +631,56 @@ class ConsumerRunner:
                     raise _Poisoned(record, exc) from exc
                 span.set_attribute("complaints.outcome", outcome)
                 outcomes.append(outcome)
+
+    async def _apply_under_one_span(
+        self,
+        conn: asyncpg.Connection,
+        records: list[ConsumerRecord],
+        read: list[tuple[dict[str, str], Handler, Event[Any]] | None],
+        fresh: set[UUID],
+        outcomes: list[str],
+    ) -> None:
+        """:meth:`_apply_all` for more than :data:`TRACE_EACH_UP_TO` events (a backlog): one
+        ``process`` span for the batch, linked to the events' traces; each handler runs in its
+        event's extracted context, so what it appends carries that context on (the event's
+        trace goes on), as under a span of its own."""
+        topics = [r.topic for r, found in zip(records, read, strict=True) if found is not None]
+        contexts = [extract_context(found[0]) for found in read if found is not None]
+        span_attrs = batch_attributes("process", topics, len(topics))
+        span_attrs["messaging.consumer.group.name"] = self.subscription.name
+        with self.telemetry.tracer.start_as_current_span(
+            batch_span_name("process", topics),
+            context=Context(),  # a root: the batch belongs to no one event's trace
+            kind=CONSUMER,
+            attributes=span_attrs,
+            links=links_to_contexts(contexts),
+            record_exception=False,
+            set_status_on_exception=False,
+        ) as span:
+            processed = 0
+            each = iter(contexts)
+            for record, found in zip(records, read, strict=True):
+                if found is None:
+                    outcomes.append("ignored")
+                    continue
+                _, handler, event = found
+                token = attach(next(each))
+                try:
+                    outcome = await self._apply(conn, handler, event, fresh)
+                except _QueuedWritesFailed as exc:
+                    assert exc.__cause__ is not None
+                    record_error(span, exc.__cause__)
+                    raise exc.__cause__ from None  # the batch's failure, not this handler's
+                except Exception as exc:
+                    record_error(span, exc)
+                    if is_transient(exc):
+                        raise
+                    raise _Poisoned(record, exc) from exc
+                finally:
+                    detach(token)
+                processed += outcome == "processed"
+                outcomes.append(outcome)
+            span.set_attribute("complaints.processed", processed)
 
     async def _read(self, records: list[ConsumerRecord]) -> list[Read | None]:
         """Each record's headers, handler and event (None: no handler wants it), the personal
@@ -850,6 +909,6 @@ class ConsumerRunner:
                 await asyncio.sleep(backoff.next())
         self._count("dead_lettered")
 
-    def _count(self, outcome: str) -> None:
+    def _count(self, outcome: str, count: int = 1) -> None:
         if self.metrics is not None:
-            self.metrics.consumed.labels(self.subscription.name, outcome).inc()
+            self.metrics.consumed.labels(self.subscription.name, outcome).inc(count)

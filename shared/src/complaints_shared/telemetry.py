@@ -70,11 +70,16 @@ MAX_LINKS = 128
 
 def links_to(carriers: Iterable[Mapping[str, str]]) -> list[trace.Link]:
     """Links to the traces the first :data:`MAX_LINKS` carriers (message headers) hold."""
+    return links_to_contexts(extract_context(c) for c in islice(carriers, MAX_LINKS))
+
+
+def links_to_contexts(contexts: Iterable[Context]) -> list[trace.Link]:
+    """Links to the first :data:`MAX_LINKS` of ``contexts`` (extracted ones) that hold a span."""
     links = []
-    for carrier in islice(carriers, MAX_LINKS):
-        context = trace.get_current_span(extract_context(carrier)).get_span_context()
-        if context.is_valid:
-            links.append(trace.Link(context))
+    for context in islice(contexts, MAX_LINKS):
+        span_context = trace.get_current_span(context).get_span_context()
+        if span_context.is_valid:
+            links.append(trace.Link(span_context))
     return links
 
 
