@@ -617,20 +617,35 @@ class ConsumerRunner:
                 continue
             headers, handler, event = found
             with self._span(record, event, headers) as span:
-                try:
-                    outcome = await self._apply(conn, handler, event, fresh)
-                except _QueuedWritesFailed as exc:
-                    assert exc.__cause__ is not None
-                    record_error(span, exc.__cause__)
-                    raise exc.__cause__ from None  # the batch's failure, not this handler's
-                except Exception as exc:
-                    record_error(span, exc)
-                    if is_transient(exc):
-                        raise
-                    span.set_attribute("complaints.outcome", "dead_lettered")
-                    raise _Poisoned(record, exc) from exc
+                outcome = await self._apply_told(conn, record, handler, event, fresh, span, True)
                 span.set_attribute("complaints.outcome", outcome)
                 outcomes.append(outcome)
+
+    async def _apply_told(
+        self,
+        conn: asyncpg.Connection,
+        record: ConsumerRecord,
+        handler: Handler,
+        event: Event[Any],
+        fresh: set[UUID],
+        span: Any,
+        own: bool,
+    ) -> str:
+        """:meth:`_apply`, a failure told on ``span`` (the event's ``own``, or its batch's) and
+        raised as the batch's (queued writes that failed), as transient, or as poison."""
+        try:
+            return await self._apply(conn, handler, event, fresh)
+        except _QueuedWritesFailed as exc:
+            assert exc.__cause__ is not None
+            record_error(span, exc.__cause__)
+            raise exc.__cause__ from None  # the batch's failure, not this handler's
+        except Exception as exc:
+            record_error(span, exc)
+            if is_transient(exc):
+                raise
+            if own:
+                span.set_attribute("complaints.outcome", "dead_lettered")
+            raise _Poisoned(record, exc) from exc
 
     async def _apply_under_one_span(
         self,
@@ -666,16 +681,9 @@ class ConsumerRunner:
                 _, handler, event = found
                 token = attach(next(each))
                 try:
-                    outcome = await self._apply(conn, handler, event, fresh)
-                except _QueuedWritesFailed as exc:
-                    assert exc.__cause__ is not None
-                    record_error(span, exc.__cause__)
-                    raise exc.__cause__ from None  # the batch's failure, not this handler's
-                except Exception as exc:
-                    record_error(span, exc)
-                    if is_transient(exc):
-                        raise
-                    raise _Poisoned(record, exc) from exc
+                    outcome = await self._apply_told(
+                        conn, record, handler, event, fresh, span, False
+                    )
                 finally:
                     detach(token)
                 processed += outcome == "processed"
