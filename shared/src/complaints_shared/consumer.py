@@ -57,6 +57,7 @@ import asyncpg
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
 from aiokafka.errors import CommitFailedError, IllegalStateError, KafkaError
 from opentelemetry.context import Context, attach, detach
+from opentelemetry.trace import Link
 
 from complaints_shared.envelope import (
     Event,
@@ -661,17 +662,7 @@ class ConsumerRunner:
         trace goes on), as under a span of its own."""
         topics = [r.topic for r, found in zip(records, read, strict=True) if found is not None]
         contexts = [extract_context(found[0]) for found in read if found is not None]
-        span_attrs = batch_attributes("process", topics, len(topics))
-        span_attrs["messaging.consumer.group.name"] = self.subscription.name
-        with self.telemetry.tracer.start_as_current_span(
-            batch_span_name("process", topics),
-            context=Context(),  # a root: the batch belongs to no one event's trace
-            kind=CONSUMER,
-            attributes=span_attrs,
-            links=links_to_contexts(contexts),
-            record_exception=False,
-            set_status_on_exception=False,
-        ) as span:
+        with self._batch_span(topics, links_to_contexts(contexts)) as span:
             processed = 0
             each = iter(contexts)
             for record, found in zip(records, read, strict=True):
@@ -816,19 +807,22 @@ class ConsumerRunner:
                 spans.append(self._start_span(f"{record.topic} process", headers, span_attrs))
             return spans
         topics = [record.topic for record, _, _ in wanted]
-        span_attrs = batch_attributes("process", topics, len(wanted))
+        return [self._batch_span(topics, links_to(headers for _, headers, _ in wanted))]
+
+    def _batch_span(self, topics: list[str], links: list[Link]) -> Any:
+        """The one ``process`` span of a batch of more than :data:`TRACE_EACH_UP_TO` events
+        (on ``topics``, one per event), linked to their traces: a root of its own."""
+        span_attrs = batch_attributes("process", topics, len(topics))
         span_attrs["messaging.consumer.group.name"] = self.subscription.name
-        return [
-            self.telemetry.tracer.start_as_current_span(
-                batch_span_name("process", topics),
-                context=Context(),  # a root: the batch belongs to no one event's trace
-                kind=CONSUMER,
-                attributes=span_attrs,
-                links=links_to(headers for _, headers, _ in wanted),
-                record_exception=False,
-                set_status_on_exception=False,
-            )
-        ]
+        return self.telemetry.tracer.start_as_current_span(
+            batch_span_name("process", topics),
+            context=Context(),  # a root: the batch belongs to no one event's trace
+            kind=CONSUMER,
+            attributes=span_attrs,
+            links=links,
+            record_exception=False,
+            set_status_on_exception=False,
+        )
 
     def _span(self, record: ConsumerRecord, event: Event[Any], headers: Mapping[str, str]) -> Any:
         return self._start_span(
