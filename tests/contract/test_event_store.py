@@ -518,3 +518,68 @@ async def test_keyring_registers_several_streams_at_once_as_one_by_one(backend: 
         assert await keyring.subject_of(stream) == customer
     assert await keyring.streams_of("customer-1") == [known, a]
     assert await keyring.register_many([(a, "customer-1")]) == {a: theirs}  # idempotent
+
+
+async def test_a_stream_is_sealed_for_with_its_key_and_not_after_its_erasure(backend: Backend):
+    stream = uuid.uuid4()
+    key = await backend.keyring.register(stream, "customer-1")
+    assert await backend.keyring.sealing_key(stream) == key
+    await backend.keyring.erase("customer-1")
+    assert await backend.keyring.sealing_key(stream) is None  # this process's erasure: at once
+    with pytest.raises(UnknownDataSubject):
+        await backend.keyring.sealing_key(uuid.uuid4())
+
+
+@pytest.mark.integration
+async def test_a_process_asks_for_a_streams_sealing_key_once_and_opens_only_with_live_keys(
+    database: str, monkeypatch: pytest.MonkeyPatch
+):
+    """Appends to a stream after its first need no keyring lookup (within SEALING_KEYS_FOR);
+    an erasure by another process is not waited for when sealing (what is sealed under the
+    destroyed key reads as erased), but is at once when opening."""
+    master = load_master_key(new_master_key())
+    pool, other_pool = await migrated_pool(database), await migrated_pool(database)
+    try:
+        ours, theirs = PostgresKeyring(pool, master), PostgresKeyring(other_pool, master)
+        await ours.migrate()
+        store = PostgresEventStore(source="/complaints/test", topic=TOPIC, keyring=ours)
+        stream = uuid.uuid4()
+        await theirs.register(stream, "customer-1")  # another process (intake) registered it
+        lookups: list[uuid.UUID] = []
+        looked_up = ours.key_for_stream
+
+        async def counted(stream_id: uuid.UUID) -> Any:
+            lookups.append(stream_id)
+            return await looked_up(stream_id)
+
+        monkeypatch.setattr(ours, "key_for_stream", counted)
+
+        async def append(version: int) -> Confided:
+            async with pool.acquire() as conn, conn.transaction():
+                await store.append(conn, stream, version, [confided(version + 1)])
+            async with pool.acquire() as conn:
+                loaded = (await store.load(conn, stream))[version].payload
+            assert isinstance(loaded, Confided)
+            return loaded
+
+        assert (await append(0)).secret == confided(1).secret
+        assert (await append(1)).secret == confided(2).secret
+        assert lookups == [stream]  # the second append sealed with the key it knew
+
+        await theirs.erase("customer-1")
+        after = await append(2)  # sealed under the key known, destroyed meanwhile
+        assert (after.secret, after.note) == (ERASED, None)
+        assert lookups == [stream]
+
+        monkeypatch.setattr("complaints_shared.privacy.SEALING_KEYS_FOR", 0.0)
+        later = await append(3)  # the key is asked for again: none is left
+        assert (later.secret, later.note) == (ERASED, None)
+        assert lookups == [stream, stream]
+        async with pool.acquire() as conn:
+            stored = await conn.fetchval(
+                "SELECT data::text FROM events WHERE stream_id = $1 AND version = 4", stream
+            )
+        assert "pii:1:" not in stored  # not sealed at all: nothing of it kept
+    finally:
+        await pool.close()
+        await other_pool.close()

@@ -14,8 +14,13 @@ Invariants:
   ``None`` (optional fields) or ``"erased"`` (required ones).  Events stay valid, so replays
   and rebuilds keep working and give the same counts.
 - Intake registers a stream's data subject when the complaint arrives.  A later personal value
-  for a stream whose customer was erased is not kept: it is stored as erased.  A personal value
-  for a stream nobody registered is refused (:class:`UnknownDataSubject`).
+  for a stream whose customer was erased is not kept: it is stored as erased, or, by a process
+  that knew the stream's key from less than :data:`SEALING_KEYS_FOR` before the erasure, sealed
+  under the destroyed key (which no one can open: it reads as erased).  A personal value for a
+  stream nobody registered is refused (:class:`UnknownDataSubject`).
+- A process keeps the keys it seals with (by stream, at most :data:`SEALING_KEYS_FOR` after it
+  registered or looked them up, and its own erasures drop them at once); the keys it opens with
+  are read from the keyring every time, so no erased value is opened after its erasure.
 """
 
 from __future__ import annotations
@@ -123,17 +128,48 @@ def needs_key(data: dict[str, Any], fields: Iterable[PersonalField]) -> bool:
     return found
 
 
-def sealed_key_ids(data: dict[str, Any], fields: Iterable[PersonalField]) -> set[str]:
-    ids: set[str] = set()
+Sealed = tuple[dict[str, Any], str, PersonalField, str, str]
+"""Where a sealed value sits: (the object holding it, its name there, its field, its key id,
+its ciphertext in base64)."""
 
-    def see(value: str) -> str:
-        if is_sealed(value):
-            ids.add(value[len(SEALED_PREFIX) :].split(":", 1)[0])
-        return value
+
+def _sealed_at(data: dict[str, Any], fields: Iterable[PersonalField]) -> list[Sealed]:
+    """Each sealed value of ``data`` at ``fields``, found in one walk."""
+    found: list[Sealed] = []
+
+    def visit(holder: Any, path: tuple[str, ...], f: PersonalField) -> None:
+        if isinstance(holder, list):
+            for item in holder:
+                visit(item, path, f)
+            return
+        if not isinstance(holder, dict) or (value := holder.get(path[0])) is None:
+            return
+        if len(path) > 1:
+            visit(value, path[1:], f)
+        elif isinstance(value, str) and value.startswith(SEALED_PREFIX):
+            key_id, _, blob = value[len(SEALED_PREFIX) :].partition(":")
+            found.append((holder, path[0], f, key_id, blob))
 
     for f in fields:
-        _walk(data, f.path, see)
-    return ids
+        visit(data, f.path, f)
+    return found
+
+
+def _open(sealed: Iterable[Sealed], keys: Mapping[str, bytes], ciphers: dict[str, AESGCM]) -> None:
+    """Open each of ``sealed`` in place (``ciphers``: one per key, kept by the caller for the
+    values it opens at once); a value whose key is gone, or that does not open, reads as
+    erased."""
+    for holder, name, f, key_id, blob in sealed:
+        secret = keys.get(key_id)
+        if secret is None:
+            holder[name] = _erased(f)
+            continue
+        cipher = ciphers.get(key_id) or ciphers.setdefault(key_id, AESGCM(secret))
+        try:
+            raw = base64.urlsafe_b64decode(blob)
+            holder[name] = cipher.decrypt(raw[:_NONCE], raw[_NONCE:], _aad(key_id, f)).decode()
+        except (InvalidTag, ValueError):  # damaged or moved: unreadable, as if erased
+            holder[name] = _erased(f)
 
 
 def open_sealed(
@@ -141,24 +177,7 @@ def open_sealed(
 ) -> None:
     """Open every sealed value of ``data`` (in place); a value whose key is gone reads as
     erased.  A value that was never sealed (a foreign producer's) is left as it is."""
-    ciphers: dict[str, AESGCM] = {}  # one per key for this payload's values (for this call only)
-    for f in fields:
-
-        def one(value: str, f: PersonalField = f) -> str | None:
-            if not is_sealed(value):
-                return value
-            key_id, _, blob = value[len(SEALED_PREFIX) :].partition(":")
-            secret = keys.get(key_id)
-            if secret is None:
-                return _erased(f)
-            cipher = ciphers.get(key_id) or ciphers.setdefault(key_id, AESGCM(secret))
-            try:
-                raw = base64.urlsafe_b64decode(blob)
-                return cipher.decrypt(raw[:_NONCE], raw[_NONCE:], _aad(key_id, f)).decode()
-            except (InvalidTag, ValueError):  # damaged or moved: unreadable, as if erased
-                return _erased(f)
-
-        _walk(data, f.path, one)
+    _open(_sealed_at(data, fields), keys, {})
 
 
 def erase_fields(data: dict[str, Any], fields: Iterable[PersonalField]) -> dict[str, Any]:
@@ -185,6 +204,12 @@ class Keyring(Protocol):
         :class:`UnknownDataSubject` for a stream never registered."""
         ...
 
+    async def sealing_key(self, stream_id: UUID) -> DataKey | None:
+        """The key to seal the stream's new personal values with: :meth:`key_for_stream`'s,
+        or the one this process registered or looked up for it less than
+        :data:`SEALING_KEYS_FOR` ago (see the module's invariants)."""
+        ...
+
     async def keys(self, key_ids: Collection[str]) -> dict[str, bytes]:
         """The live keys among ``key_ids`` (an erased one is absent)."""
         ...
@@ -209,7 +234,7 @@ async def seal_payloads(
     the stream's customer, fetching the key at most once."""
     wanted = [(fields, data) for name, data in items if needs_key(data, fields := fields_of(name))]
     if wanted:
-        key = await keyring.key_for_stream(stream_id)
+        key = await keyring.sealing_key(stream_id)
         for fields, data in wanted:
             seal(data, fields, key)
 
@@ -237,14 +262,15 @@ async def open_payloads(
         )
 
     plans = [by_type.get(t) or by_type.setdefault(t, plan(t)) for t, _ in items]
-    wanted: set[str] = set()
-    for (to_open, _), (_, data) in zip(plans, items, strict=True):
-        if to_open:
-            wanted |= sealed_key_ids(data, to_open)
-    keys = await keyring.keys(wanted) if wanted else {}
-    for (to_open, withheld), (_, data) in zip(plans, items, strict=True):
-        if to_open:
-            open_sealed(data, to_open, keys)
+    sealed = [
+        at
+        for (to_open, _), (_, data) in zip(plans, items, strict=True)
+        for at in _sealed_at(data, to_open)
+    ]
+    if sealed:
+        # the ciphers live for this call only: a key erased meanwhile is not used again
+        _open(sealed, await keyring.keys({at[3] for at in sealed}), {})
+    for (_, withheld), (_, data) in zip(plans, items, strict=True):
         if withheld:
             erase_fields(data, withheld)
 
@@ -274,6 +300,9 @@ class InMemoryKeyring:
         key_id = self._subjects[stream_id][1]
         secret = self._live.get(key_id)
         return DataKey(key_id, secret) if secret is not None else None
+
+    async def sealing_key(self, stream_id: UUID) -> DataKey | None:
+        return await self.key_for_stream(stream_id)
 
     async def keys(self, key_ids: Collection[str]) -> dict[str, bytes]:
         return {k: self._live[k] for k in key_ids if k in self._live}
@@ -340,8 +369,10 @@ WITH x AS (
 )
 SELECT x.stream_id, k.key_id, k.wrapped FROM x JOIN k USING (customer_key)
 """
-_REGISTERED_KEPT = 1000
-_REGISTERED_FOR = 5.0  # seconds: the hand-over from a registration to its first append
+SEALING_KEYS_FOR = 300.0
+"""Seconds a process seals a stream's values with the key it registered or looked up, without
+asking the keyring again (a stream's key changes only by its erasure)."""
+SEALING_KEYS_KEPT = 50_000  # streams whose sealing key a process keeps at most (the latest)
 
 
 class PostgresKeyring:
@@ -352,9 +383,11 @@ class PostgresKeyring:
             raise ValueError("the keyring master key must be 32 bytes (256 bits)")
         self.pool = pool
         self._master = AESGCM(master_key)
-        # streams registered by this process whose first append has not asked for the key yet
-        # (intake registers, then appends at once): that append needs no second lookup
-        self._registered: dict[UUID, tuple[DataKey, float]] = {}
+        # the keys this process seals with, by stream, and when each was registered or looked
+        # up: a stream's appends after the first ask the keyring again only after
+        # SEALING_KEYS_FOR (intake registers, then appends at once: no lookup at all)
+        self._sealing: dict[UUID, tuple[DataKey, float]] = {}
+        self._erasures = 0  # begun by this process: a lookup that overlapped one is not kept
         self.pseudonym_secret = HKDF(
             algorithm=hashes.SHA256(), length=32, salt=None, info=b"complaints customer keys"
         ).derive(master_key)
@@ -416,15 +449,25 @@ class PostgresKeyring:
         return keys
 
     def _remember(self, stream_id: UUID, key: DataKey) -> None:
-        """Hand the key over to the stream's first append (see ``_registered``)."""
-        self._registered[stream_id] = (key, time.monotonic())
-        while len(self._registered) > _REGISTERED_KEPT:
-            del self._registered[next(iter(self._registered))]
+        """Keep the key to seal the stream's values with (see ``_sealing``)."""
+        self._sealing.pop(stream_id, None)  # the latest last: the oldest go first
+        self._sealing[stream_id] = (key, time.monotonic())
+        while len(self._sealing) > SEALING_KEYS_KEPT:
+            del self._sealing[next(iter(self._sealing))]
+
+    async def sealing_key(self, stream_id: UUID) -> DataKey | None:
+        known = self._sealing.get(stream_id)
+        if known is not None and time.monotonic() - known[1] < SEALING_KEYS_FOR:
+            return known[0]
+        erasures = self._erasures
+        key = await self.key_for_stream(stream_id)
+        if key is None or erasures != self._erasures:
+            self._sealing.pop(stream_id, None)
+        else:
+            self._remember(stream_id, key)
+        return key
 
     async def key_for_stream(self, stream_id: UUID) -> DataKey | None:
-        registered = self._registered.pop(stream_id, None)
-        if registered is not None and time.monotonic() - registered[1] < _REGISTERED_FOR:
-            return registered[0]  # registered by this process just now, for this append
         row = await self.pool.fetchrow(
             "SELECT s.key_id, k.wrapped FROM data_subjects s"
             " LEFT JOIN data_keys k ON k.key_id = s.key_id WHERE s.stream_id = $1",
@@ -456,6 +499,7 @@ class PostgresKeyring:
         return found
 
     async def erase(self, customer_key: str) -> list[UUID]:
+        self._erasures += 1
         async with self.pool.acquire() as conn:
             deleted = await conn.execute(
                 "DELETE FROM data_keys WHERE customer_key = $1", customer_key
@@ -465,7 +509,7 @@ class PostgresKeyring:
                 await conn.execute("VACUUM data_keys")
         streams = await self.streams_of(customer_key)
         for stream_id in streams:
-            self._registered.pop(stream_id, None)
+            self._sealing.pop(stream_id, None)
         return streams
 
 
