@@ -5,12 +5,14 @@
 
 Stages (``--only`` picks some; all by default):
 
-- ``append``: N single-event appends (personal data sealed with the stream's key, read from
-  the keyring's own database and pool as the services keep it; outbox row; the relay's wake-up
-  after the commit, as in the services' units of work) with 8 writers, against raw asyncpg
-  inserting the same event and outbox rows, one transaction each, with the same 8 connections,
-  and against the ``eventsourcing`` library's PostgreSQL application recorder appending the same
-  events with 8 threads (``benchmarks/reference.py``).
+- ``append``: N single-event appends (personal data sealed with the stream's key, which this
+  process registered, as intake appends; outbox row; the relay's wake-up after the commit, as
+  in the services' units of work) with 8 writers, against raw asyncpg inserting the same event
+  and outbox rows, one transaction each, with the same 8 connections, and against the
+  ``eventsourcing`` library's PostgreSQL application recorder appending the same events with 8
+  threads (``benchmarks/reference.py``).  A third row appends to N streams another process
+  registered: each append first reads its stream's key from the keyring's own database and
+  pool (as resolution's first append to a complaint does).
   The ``append``, ``relay`` and ``consume`` stages run in this process, on uvloop (the event
   loop of the services under uvicorn), with the garbage
   collector set up as a service process's once started (what start-up made frozen, the young
