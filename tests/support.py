@@ -64,16 +64,24 @@ async def read_topic(
         auto_offset_reset="earliest",
         enable_auto_commit=False,
     )
-    await consumer.start()
+    deadline = time.monotonic() + timeout
+    try:  # bounded, so that a client that hangs fails the test with where it hung
+        async with asyncio.timeout(timeout):
+            await consumer.start()
+    except TimeoutError:
+        raise AssertionError(f"{topic}: the reading consumer did not start in {timeout}s") from None
     records: list[ConsumerRecord] = []
     try:
-        deadline = time.monotonic() + timeout
         while len(records) < count and time.monotonic() < deadline:
             batch = await consumer.getmany(timeout_ms=200)
             for recs in batch.values():
                 records.extend(recs)
     finally:
-        await consumer.stop()
+        try:
+            async with asyncio.timeout(10):
+                await consumer.stop()
+        except TimeoutError:
+            raise AssertionError(f"{topic}: the reading consumer did not stop in 10s") from None
     if len(records) < count:
         raise AssertionError(f"{topic}: {len(records)} records after {timeout}s, wanted {count}")
     return records
