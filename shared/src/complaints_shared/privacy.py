@@ -128,48 +128,17 @@ def needs_key(data: dict[str, Any], fields: Iterable[PersonalField]) -> bool:
     return found
 
 
-Sealed = tuple[dict[str, Any], str, PersonalField, str, str]
-"""Where a sealed value sits: (the object holding it, its name there, its field, its key id,
-its ciphertext in base64)."""
+def sealed_key_ids(data: dict[str, Any], fields: Iterable[PersonalField]) -> set[str]:
+    ids: set[str] = set()
 
-
-def _sealed_at(data: dict[str, Any], fields: Iterable[PersonalField]) -> list[Sealed]:
-    """Each sealed value of ``data`` at ``fields``, found in one walk."""
-    found: list[Sealed] = []
-
-    def visit(holder: Any, path: tuple[str, ...], f: PersonalField) -> None:
-        if isinstance(holder, list):
-            for item in holder:
-                visit(item, path, f)
-            return
-        if not isinstance(holder, dict) or (value := holder.get(path[0])) is None:
-            return
-        if len(path) > 1:
-            visit(value, path[1:], f)
-        elif isinstance(value, str) and value.startswith(SEALED_PREFIX):
-            key_id, _, blob = value[len(SEALED_PREFIX) :].partition(":")
-            found.append((holder, path[0], f, key_id, blob))
+    def see(value: str) -> str:
+        if is_sealed(value):
+            ids.add(value[len(SEALED_PREFIX) :].split(":", 1)[0])
+        return value
 
     for f in fields:
-        visit(data, f.path, f)
-    return found
-
-
-def _open(sealed: Iterable[Sealed], keys: Mapping[str, bytes], ciphers: dict[str, AESGCM]) -> None:
-    """Open each of ``sealed`` in place (``ciphers``: one per key, kept by the caller for the
-    values it opens at once); a value whose key is gone, or that does not open, reads as
-    erased."""
-    for holder, name, f, key_id, blob in sealed:
-        secret = keys.get(key_id)
-        if secret is None:
-            holder[name] = _erased(f)
-            continue
-        cipher = ciphers.get(key_id) or ciphers.setdefault(key_id, AESGCM(secret))
-        try:
-            raw = base64.urlsafe_b64decode(blob)
-            holder[name] = cipher.decrypt(raw[:_NONCE], raw[_NONCE:], _aad(key_id, f)).decode()
-        except (InvalidTag, ValueError):  # damaged or moved: unreadable, as if erased
-            holder[name] = _erased(f)
+        _walk(data, f.path, see)
+    return ids
 
 
 def open_sealed(
@@ -177,7 +146,24 @@ def open_sealed(
 ) -> None:
     """Open every sealed value of ``data`` (in place); a value whose key is gone reads as
     erased.  A value that was never sealed (a foreign producer's) is left as it is."""
-    _open(_sealed_at(data, fields), keys, {})
+    ciphers: dict[str, AESGCM] = {}  # one per key for this payload's values (for this call only)
+    for f in fields:
+
+        def one(value: str, f: PersonalField = f) -> str | None:
+            if not is_sealed(value):
+                return value
+            key_id, _, blob = value[len(SEALED_PREFIX) :].partition(":")
+            secret = keys.get(key_id)
+            if secret is None:
+                return _erased(f)
+            cipher = ciphers.get(key_id) or ciphers.setdefault(key_id, AESGCM(secret))
+            try:
+                raw = base64.urlsafe_b64decode(blob)
+                return cipher.decrypt(raw[:_NONCE], raw[_NONCE:], _aad(key_id, f)).decode()
+            except (InvalidTag, ValueError):  # damaged or moved: unreadable, as if erased
+                return _erased(f)
+
+        _walk(data, f.path, one)
 
 
 def erase_fields(data: dict[str, Any], fields: Iterable[PersonalField]) -> dict[str, Any]:
@@ -262,15 +248,14 @@ async def open_payloads(
         )
 
     plans = [by_type.get(t) or by_type.setdefault(t, plan(t)) for t, _ in items]
-    sealed = [
-        at
-        for (to_open, _), (_, data) in zip(plans, items, strict=True)
-        for at in _sealed_at(data, to_open)
-    ]
-    if sealed:
-        # the ciphers live for this call only: a key erased meanwhile is not used again
-        _open(sealed, await keyring.keys({at[3] for at in sealed}), {})
-    for (_, withheld), (_, data) in zip(plans, items, strict=True):
+    wanted: set[str] = set()
+    for (to_open, _), (_, data) in zip(plans, items, strict=True):
+        if to_open:
+            wanted |= sealed_key_ids(data, to_open)
+    keys = await keyring.keys(wanted) if wanted else {}
+    for (to_open, withheld), (_, data) in zip(plans, items, strict=True):
+        if to_open:
+            open_sealed(data, to_open, keys)
         if withheld:
             erase_fields(data, withheld)
 
