@@ -157,6 +157,58 @@ async def test_rotated_keys_are_fetched_when_a_new_kid_appears(issuer: Issuer):
     assert p.subject == "user-1" and issuer.jwks_fetches == fetches + 1
 
 
+async def test_keys_fetched_ahead_leave_the_first_request_nothing_to_wait_for(issuer: Issuer):
+    v = verifier(issuer)
+    v.refresh_soon()  # as a service does when it starts
+    v.refresh_soon()  # one fetch on its way is enough
+    for _ in range(100):
+        if issuer.jwks_fetches:
+            break
+        await asyncio.sleep(0.01)
+    await asyncio.sleep(0.05)
+    assert issuer.jwks_fetches == 1
+    assert (await v.verify(issuer.token())).subject == "user-1"
+    assert issuer.jwks_fetches == 1  # the request used the keys fetched ahead
+    await v.aclose()
+
+
+async def test_old_keys_are_fetched_again_behind_the_requests(issuer: Issuer):
+    """Once the key set is older than its time to live, requests go on with it while it is
+    fetched again; a key the issuer dropped is refused once the new set has arrived."""
+    answer = asyncio.Event()
+    answer.set()
+
+    async def slow(request: httpx.Request) -> httpx.Response:
+        await answer.wait()
+        return issuer.handler(request)
+
+    v = OidcVerifier(ISSUER, "complaints-api", transport=httpx.MockTransport(slow), jwks_ttl=0.05)
+    await v.verify(issuer.token())
+    assert issuer.jwks_fetches == 1
+    await asyncio.sleep(0.1)  # the keys are old now
+    answer.clear()  # and the issuer takes its time
+    issuer.keys["k2"] = new_key()
+    p = await asyncio.wait_for(v.verify(issuer.token(jti="another")), 1.0)
+    assert p.subject == "user-1"  # answered with the known keys, not after the issuer
+    answer.set()
+    for _ in range(100):
+        if issuer.jwks_fetches == 2:
+            break
+        await asyncio.sleep(0.01)
+    assert issuer.jwks_fetches == 2  # fetched once more, in the background
+    k1 = issuer.keys.pop("k1")  # the issuer drops the first key
+    await asyncio.sleep(0.1)
+    await v.verify(issuer.token(kid="k2"))  # old again: this request sets off a fetch
+    for _ in range(100):
+        if issuer.jwks_fetches == 3:
+            break
+        await asyncio.sleep(0.01)
+    await asyncio.sleep(0.02)
+    with pytest.raises(Unauthenticated, match="not signed by the issuer"):
+        await v.verify(issuer.token(key=k1, jti="a third"))  # a key no longer listed
+    await v.aclose()
+
+
 async def test_an_unreachable_issuer_is_a_401_not_a_crash():
     def down(request: httpx.Request) -> httpx.Response:
         raise httpx.ConnectError("refused")

@@ -9,8 +9,11 @@ Invariants:
 - A token is accepted only when its signature verifies with a key of the issuer's JWKS
   (fetched through discovery, cached, fetched again for an unknown ``kid``: key rotation), and
   its issuer, audience, expiry and not-before hold (PyJWT; asymmetric algorithms only).  The
-  same token sent again is taken from a bounded cache of verified tokens until it expires
-  (the cache is dropped when the issuer's key set changes).
+  keys are fetched when the service starts and, once older than ``jwks_ttl``, again behind
+  the requests (:meth:`OidcVerifier.refresh_soon`, over one kept connection): a request waits
+  for the issuer only when no key is known yet or its token names an unknown one.  The same
+  token sent again is taken from a bounded cache of verified tokens until it expires (the
+  cache is dropped when the issuer's key set changes).
 - Who acted comes from the token (``sub``), never from a request body.
 - Missing or bad token: 401 with ``WWW-Authenticate: Bearer``; a valid token without a
   needed role: 403.  Both problem+json; no token or claim value is logged or echoed.
@@ -112,16 +115,29 @@ class OidcVerifier:
     _fetched_at: float = field(default=-1e9, repr=False)
     _jwks_uri: str | None = field(default=None, repr=False)
     _lock: asyncio.Lock = field(default_factory=asyncio.Lock, repr=False)
+    _client: httpx.AsyncClient | None = field(default=None, repr=False)  # one, kept open
+    _refreshing: asyncio.Task[None] | None = field(default=None, repr=False)
     # tokens whose signature and claims verified: token → (principal, its expiry), so a caller
     # that sends the same token again (a channel gateway, a frontend) is not verified again
     _verified: dict[str, tuple[Principal, float]] = field(default_factory=dict, repr=False)
     verified_kept: int = 10_000
 
     async def _get(self, url: str) -> Any:
-        async with httpx.AsyncClient(timeout=5, transport=self.transport) as client:
-            r = await client.get(url)
-            r.raise_for_status()
-            return r.json()
+        if self._client is None:
+            self._client = httpx.AsyncClient(timeout=5, transport=self.transport)
+        r = await self._client.get(url)
+        r.raise_for_status()
+        return r.json()
+
+    async def aclose(self) -> None:
+        """Stop a refresh in flight and close the connection to the issuer."""
+        if self._refreshing is not None:
+            self._refreshing.cancel()
+            await asyncio.gather(self._refreshing, return_exceptions=True)
+            self._refreshing = None
+        if self._client is not None:
+            await self._client.aclose()
+            self._client = None
 
     async def _refresh(self, force: bool) -> None:
         async with self._lock:
@@ -149,15 +165,30 @@ class OidcVerifier:
             self._keys = keys
             self._fetched_at = time.monotonic()
 
-    async def key_for(self, kid: str) -> jwt.PyJWK | None:
+    async def _fetch(self, force: bool) -> None:
+        """:meth:`_refresh`, an issuer that cannot be reached logged (the known keys stay)."""
         try:
-            await self._refresh(force=False)
-            if kid not in self._keys:
-                await self._refresh(force=True)  # the issuer may have rotated its keys
+            await self._refresh(force)
         except (httpx.HTTPError, RuntimeError, KeyError, ValueError) as exc:
             log.warning("identity provider unavailable: %s", type(exc).__name__)
-            if not self._keys:
-                raise Unauthenticated("the identity provider cannot be reached") from None
+
+    def refresh_soon(self) -> None:
+        """Fetch the issuer's keys in the background, unless a fetch is on its way (at a
+        service's start, so that no request waits for them; when they grow old, while requests
+        go on with the known ones).  An issuer that cannot be reached is logged, and asked
+        again when a request needs it."""
+        if self._refreshing is None or self._refreshing.done():
+            self._refreshing = asyncio.get_running_loop().create_task(self._fetch(force=False))
+
+    async def key_for(self, kid: str) -> jwt.PyJWK | None:
+        if not self._keys:
+            await self._fetch(force=False)
+        elif time.monotonic() - self._fetched_at >= self.jwks_ttl:
+            self.refresh_soon()
+        if kid not in self._keys and self._keys:
+            await self._fetch(force=True)  # the issuer may have rotated its keys
+        if not self._keys:
+            raise Unauthenticated("the identity provider cannot be reached")
         return self._keys.get(kid)
 
     async def verify(self, token: str) -> Principal:

@@ -294,6 +294,8 @@ def create_app(
             ),
         ]
         tasks = [task(name, job) for name, job in jobs]
+        verifier: OidcVerifier = app.state.access.verifier
+        verifier.refresh_soon()  # the issuer's keys, before the first request needs them
         app.state.runtime = runtime
         app.state.background = _Background(link, relay, consumers, tasks, failing)
         log.info(
@@ -311,6 +313,7 @@ def create_app(
             for t in tasks:
                 t.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
+            await verifier.aclose()
             if link.up.is_set():
                 await producer.stop()
             await keyring_pool.close()
