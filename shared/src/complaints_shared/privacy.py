@@ -29,7 +29,7 @@ import base64
 import os
 import time
 from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Protocol
 from uuid import UUID
 
@@ -62,6 +62,10 @@ class UnknownDataSubject(LookupError):
 class DataKey:
     key_id: str
     secret: bytes
+    cipher: AESGCM = field(init=False, repr=False, compare=False)  # made once per key
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "cipher", AESGCM(self.secret))
 
 
 def fields_of(type_name: str) -> tuple[PersonalField, ...]:
@@ -99,17 +103,20 @@ def _aad(key_id: str, f: PersonalField) -> bytes:
 def seal(data: dict[str, Any], fields: Iterable[PersonalField], key: DataKey | None) -> None:
     """Seal every personal value of ``data`` (in place) under ``key``; with no key (the customer
     was erased) the values are not kept."""
-
+    if key is None:
+        for f in fields:
+            erased = _erased(f)
+            _walk(data, f.path, lambda v, erased=erased: v if is_sealed(v) else erased)
+        return
+    encrypt, prefix = key.cipher.encrypt, f"{SEALED_PREFIX}{key.key_id}:"
     for f in fields:
 
-        def one(value: str, f: PersonalField = f) -> str | None:
-            if is_sealed(value):
+        def one(value: str, aad: bytes = _aad(key.key_id, f)) -> str:
+            if value.startswith(SEALED_PREFIX):
                 return value
-            if key is None:
-                return _erased(f)
             nonce = os.urandom(_NONCE)
-            ct = AESGCM(key.secret).encrypt(nonce, value.encode(), _aad(key.key_id, f))
-            return f"{SEALED_PREFIX}{key.key_id}:{base64.urlsafe_b64encode(nonce + ct).decode()}"
+            sealed = nonce + encrypt(nonce, value.encode(), aad)
+            return prefix + base64.urlsafe_b64encode(sealed).decode()
 
         _walk(data, f.path, one)
 
