@@ -12,7 +12,10 @@ Stages (``--only`` picks some; all by default):
   ``eventsourcing`` library's PostgreSQL application recorder appending the same events with 8
   threads (``benchmarks/reference.py``).  A third row appends to N streams another process
   registered: each append first reads its stream's key from the keyring's own database and
-  pool (as resolution's first append to a complaint does).
+  pool (as resolution's first append to a complaint does).  The store's and raw asyncpg's
+  appends (and the third row's) alternate in rounds of N/6 each, each kind first in turn, and
+  each rate is N over its rounds' total time: so that a busy moment of the machine weighs on
+  both sides of the ratio.
   The ``append``, ``relay`` and ``consume`` stages run in this process, on uvloop (the event
   loop of the services under uvicorn), with the garbage
   collector set up as a service process's once started (what start-up made frozen, the young
@@ -106,6 +109,7 @@ from infra import LocalInfra  # noqa: E402
 STAGES = ("append", "relay", "consume", "intake", "stored", "pipeline", "rebuild", "similar")
 DEFAULT_STAGES = ("append", "relay", "consume", "intake", "pipeline", "rebuild", "similar")
 WRITERS = 8
+APPEND_ROUNDS = 6  # the append stage's rounds (see there)
 PAYLOAD = ComplaintWithdrawn(reason="Fila de espera " + "x" * 400)
 
 
@@ -254,22 +258,32 @@ async def event_path(
             async with sem, unit_of_work(pool, wakeup) as conn:  # as the services append
                 await store.append(conn, stream, 0, [PAYLOAD])
 
-        async def raw_all() -> None:
-            await asyncio.gather(*(raw_one(s, d) for s, d in zip(raw_streams, sealed, strict=True)))
+        async def raw_all(part: slice) -> None:
+            await asyncio.gather(
+                *(raw_one(s, d) for s, d in zip(raw_streams[part], sealed[part], strict=True))
+            )
 
-        async def store_all() -> None:
-            await asyncio.gather(*(store_one(s) for s in appended))
+        async def store_all(part: slice) -> None:
+            await asyncio.gather(*(store_one(s) for s in appended[part]))
 
         async def cold_one(stream: uuid.UUID) -> None:
             async with sem, unit_of_work(pool, wakeup) as conn:
                 await cold_store.append(conn, stream, 0, [PAYLOAD])
 
-        async def cold_all() -> None:
-            await asyncio.gather(*(cold_one(s) for s in elsewhere))
+        async def cold_all(part: slice) -> None:
+            await asyncio.gather(*(cold_one(s) for s in elsewhere[part]))
 
-        raw_append = await timed(raw_all)
-        store_append = await timed(store_all)
-        cold_append = await timed(cold_all) if elsewhere else 0.0
+        # in rounds, each kind a share of the events per round and first in turn, so that what
+        # the machine does meanwhile weighs on each alike; each rate from its rounds' total time
+        kinds: list[tuple[str, Callable[[slice], Any]]] = [("raw", raw_all), ("store", store_all)]
+        if elsewhere:
+            kinds.append(("cold", cold_all))
+        spent = {name: 0.0 for name, _ in kinds}
+        for r in range(APPEND_ROUNDS):
+            part = slice(r * n // APPEND_ROUNDS, (r + 1) * n // APPEND_ROUNDS)
+            for name, work in kinds[r % len(kinds) :] + kinds[: r % len(kinds)]:
+                spent[name] += await timed(lambda work=work, part=part: work(part))
+        raw_append, store_append, cold_append = spent["raw"], spent["store"], spent.get("cold")
         await pool.execute("DELETE FROM outbox WHERE topic = 'raw'")
         if "append" in stages:
             reference_rate = await asyncio.to_thread(
@@ -299,7 +313,7 @@ async def event_path(
                     "append",
                     f"the same, each stream's key looked up (registered elsewhere), {WRITERS}"
                     " writers",
-                    n / cold_append,
+                    n / (cold_append or 1.0),
                     "events/s",
                     f"raw asyncpg, same rows, {WRITERS} connections",
                     n / raw_append,
