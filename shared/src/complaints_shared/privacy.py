@@ -105,8 +105,11 @@ def seal(data: dict[str, Any], fields: Iterable[PersonalField], key: DataKey | N
     was erased) the values are not kept."""
     if key is None:
         for f in fields:
-            erased = _erased(f)
-            _walk(data, f.path, lambda v, erased=erased: v if is_sealed(v) else erased)
+
+            def gone(value: str, erased: str | None = _erased(f)) -> str | None:
+                return value if is_sealed(value) else erased
+
+            _walk(data, f.path, gone)
         return
     encrypt, prefix = key.cipher.encrypt, f"{SEALED_PREFIX}{key.key_id}:"
     for f in fields:
