@@ -218,6 +218,18 @@ async def test_an_unreachable_issuer_is_a_401_not_a_crash():
         await v.verify(Issuer().token())
 
 
+async def test_an_issuer_answering_no_key_set_is_as_one_that_cannot_be_reached():
+    def odd(request: httpx.Request) -> httpx.Response:
+        if request.url.path.endswith("/.well-known/openid-configuration"):
+            return httpx.Response(200, json={"issuer": ISSUER, "jwks_uri": f"{ISSUER}/certs"})
+        return httpx.Response(200, json=["not", "a", "key", "set"])
+
+    v = OidcVerifier(ISSUER, "complaints-api", transport=httpx.MockTransport(odd))
+    with pytest.raises(Unauthenticated, match="cannot be reached"):
+        await v.verify(Issuer().token())
+    await v.aclose()
+
+
 def test_anonymous_submissions_are_rate_limited_per_address():
     now = [0.0]
     limiter = RateLimiter(per_minute=3, clock=lambda: now[0])

@@ -169,7 +169,15 @@ class OidcVerifier:
         """:meth:`_refresh`, an issuer that cannot be reached logged (the known keys stay)."""
         try:
             await self._refresh(force)
-        except (httpx.HTTPError, RuntimeError, KeyError, ValueError) as exc:
+        except (
+            httpx.HTTPError,
+            RuntimeError,
+            KeyError,
+            ValueError,
+            TypeError,
+            AttributeError,
+        ) as exc:
+            # unreachable, or answering documents that are not what OpenID Connect describes
             log.warning("identity provider unavailable: %s", type(exc).__name__)
 
     def refresh_soon(self) -> None:
