@@ -451,3 +451,22 @@ class TcpProxy:
 
         await asyncio.gather(pipe(reader, up_writer), pipe(up_reader, writer))
         self._open -= {writer, up_writer}
+
+
+class CountingPool:
+    """A pool whose reads (``fetch``, ``fetchrow``) are counted into ``seen``, by name: what a
+    keyring asks its database."""
+
+    def __init__(self, pool: asyncpg.Pool, seen: list[str]) -> None:
+        self._pool, self._seen = pool, seen
+
+    async def fetch(self, *args: Any) -> Any:
+        self._seen.append("fetch")
+        return await self._pool.fetch(*args)
+
+    async def fetchrow(self, *args: Any) -> Any:
+        self._seen.append("fetchrow")
+        return await self._pool.fetchrow(*args)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._pool, name)

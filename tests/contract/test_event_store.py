@@ -10,7 +10,7 @@ import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 import orjson
 import pytest
@@ -30,7 +30,7 @@ from complaints_shared.privacy import (
 )
 from complaints_shared.repository import Repository, StateCache
 from tests.events import Confided, Happened, Item
-from tests.support import migrated_pool
+from tests.support import CountingPool, migrated_pool
 
 TOPIC = "complaints.test.v1"
 
@@ -528,6 +528,52 @@ async def test_a_stream_is_sealed_for_with_its_key_and_not_after_its_erasure(bac
     assert await backend.keyring.sealing_key(stream) is None  # this process's erasure: at once
     with pytest.raises(UnknownDataSubject):
         await backend.keyring.sealing_key(uuid.uuid4())
+
+
+async def test_sealing_keys_prepared_for_several_streams_are_each_streams_own(backend: Backend):
+    kept, erased, unknown = uuid.uuid4(), uuid.uuid4(), uuid.uuid4()
+    other = uuid.uuid4()
+    key = await backend.keyring.register(kept, "customer-1")
+    other_key = await backend.keyring.register(other, "customer-2")
+    await backend.keyring.register(erased, "customer-3")
+    await backend.keyring.erase("customer-3")
+    await backend.keyring.prepare_sealing([kept, other, erased, unknown])  # no error for any
+    assert await backend.keyring.sealing_key(kept) == key
+    assert await backend.keyring.sealing_key(other) == other_key != key
+    assert await backend.keyring.sealing_key(erased) is None
+    with pytest.raises(UnknownDataSubject):
+        await backend.keyring.sealing_key(unknown)
+
+
+@pytest.mark.integration
+async def test_a_batchs_sealing_keys_are_looked_up_at_once(database: str):
+    """Streams another process registered: one lookup prepares them all, and their appends
+    then ask the keyring nothing; an erasure by this process meanwhile keeps nothing."""
+    master = load_master_key(new_master_key())
+    pool, other_pool = await migrated_pool(database), await migrated_pool(database)
+    try:
+        ours, theirs = PostgresKeyring(pool, master), PostgresKeyring(other_pool, master)
+        await ours.migrate()
+        streams = [uuid.uuid4() for _ in range(5)]
+        for i, stream in enumerate(streams):
+            await theirs.register(stream, f"customer-{i}")
+        lookups: list[str] = []
+        ours.pool = cast(Any, CountingPool(ours.pool, lookups))
+        store = PostgresEventStore(source="/complaints/test", topic=TOPIC, keyring=ours)
+        await ours.prepare_sealing(streams + streams[:2])
+        assert lookups == ["fetch"]  # one statement for every stream
+        for stream in streams:
+            async with pool.acquire() as conn, conn.transaction():
+                await store.append(conn, stream, 0, [confided(1)])
+        assert lookups == ["fetch"]  # no append asked for its key
+        await ours.prepare_sealing(streams)
+        assert lookups == ["fetch"]  # known already: nothing asked
+        async with pool.acquire() as conn:
+            opened = [(await store.load(conn, s))[0].payload for s in streams]
+        assert all(isinstance(p, Confided) and p.secret == confided(1).secret for p in opened)
+    finally:
+        await pool.close()
+        await other_pool.close()
 
 
 @pytest.mark.integration

@@ -6,7 +6,7 @@ import asyncio
 import uuid
 from collections.abc import Sequence
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, cast
 
 import asyncpg
 import pytest
@@ -29,12 +29,13 @@ from complaints_shared.consumer import (
 )
 from complaints_shared.envelope import Event, decode_headers, to_kafka_record
 from complaints_shared.errors import PoisonEvent
-from complaints_shared.eventstore import current_trace_context
+from complaints_shared.eventstore import PostgresEventStore, current_trace_context
 from complaints_shared.metrics import ServiceMetrics
+from complaints_shared.privacy import PostgresKeyring, load_master_key, new_master_key
 from complaints_shared.telemetry import inject_context, setup_telemetry
 from complaints_shared.topics import ensure_topics
-from tests.events import Counted, SomethingElse
-from tests.support import eventually, read_topic
+from tests.events import Confided, Counted, SomethingElse
+from tests.support import CountingPool, eventually, read_topic
 
 pytestmark = pytest.mark.integration
 
@@ -505,6 +506,53 @@ async def test_transient_errors_are_retried_with_backoff_and_take_effect_once(
     assert metrics.consumer_retries.labels(name)._value.get() == 3
     assert [r["n"] for r in await pool.fetch("SELECT n FROM effects")] == [5]
     assert outcome(metrics, name, "dead_lettered") == 0
+
+
+@pytest.mark.parametrize("prepared", [True, False], ids=["prepared", "not prepared"])
+async def test_a_batchs_keys_to_seal_with_are_looked_up_at_once_for_handlers_appending_to_it(
+    infrastructure, pool, producer, topics, topic_prefix, prepared
+):
+    """Handlers that append personal values to their events' streams, which another process
+    registered (resolution's cases of intake's complaints): with the subscription saying so,
+    the batch's keys are looked up in one statement as it is read, and no append asks; else
+    each append asks on its own."""
+    master = load_master_key(new_master_key())
+    theirs = PostgresKeyring(pool, master)
+    await theirs.migrate()
+    streams = [uuid.uuid4() for _ in range(6)]
+    for i, stream in enumerate(streams):
+        await theirs.register(stream, f"customer-{i}")  # as intake does
+    lookups: list[str] = []
+    ours = PostgresKeyring(cast(Any, CountingPool(pool, lookups)), master)
+    store = PostgresEventStore(source="/complaints/test", topic=f"{topic_prefix}own", keyring=ours)
+
+    async def append(conn: asyncpg.Connection, e: Event[Counted]) -> None:
+        await store.append(
+            conn, e.stream_id, 0, [Confided(n=e.payload.n, secret=f"s{e.payload.n}")]
+        )
+
+    for i, stream in enumerate(streams):
+        await send(producer, topics[0], event(i, stream=stream))
+    name = f"{topic_prefix}sealing"
+    metrics = ServiceMetrics()
+    runner = ConsumerRunner(
+        Subscription(name, (topics[0],), {"Counted": append}, appends_to_their_streams=prepared),
+        infrastructure.kafka_bootstrap,
+        pool,
+        producer,
+        setup_telemetry("test"),
+        metrics,
+        dlq_topic=topics[1],
+        keyring=ours,
+    )
+    async with Running(runner):
+        await counted(metrics, name, "the appends", processed=len(streams))
+    looked_up_alone = lookups.count("fetchrow")
+    assert looked_up_alone == (0 if prepared else len(streams))
+    assert ("fetch" in lookups) == prepared  # the batch's, at once
+    for i, stream in enumerate(streams):
+        (appended,) = await store.load(pool, stream)
+        assert isinstance(appended.payload, Confided) and appended.payload.secret == f"s{i}"
 
 
 async def test_events_without_a_handler_are_acknowledged_without_effect(

@@ -19,8 +19,10 @@ narrowed down record by record like any failure outside one handler (the handler
 it off is not blamed for it).
 
 While a batch's transaction waits on the database, the records fetched since are read
-(decoded, opened, validated): they are the next batch, and their reading overlaps the database's
-work.  A record read ahead that cannot be read is poison when its batch runs, as it would be.
+(decoded, opened, validated; for a subscription whose handlers append to their events' streams,
+the keys to seal with are looked up for the whole batch): they are the next batch, and their
+reading overlaps the database's work.  A record read ahead that cannot be read is poison when
+its batch runs, as it would be.
 
 A subscription may instead hand a batch's new events to one :class:`Batch` handler, in the
 batch's order, so that it can write them set-based (a statement per kind of write, not per
@@ -283,6 +285,9 @@ class Subscription:
     # The personal fields (dotted) the handlers read, per event type: only those are opened,
     # every other personal value reads as erased and is never decrypted.  None: all opened.
     reads_personal: Mapping[str, frozenset[str]] | None = None
+    # The handlers append to the streams of the events they handle (a complaint's case, its
+    # checks): the keys to seal with are looked up for a batch at once, as it is read.
+    appends_to_their_streams: bool = False
 
     def __post_init__(self) -> None:
         if self.batch is not None and (self.handlers or self.fallback is not None):
@@ -741,6 +746,10 @@ class ConsumerRunner:
                 read.append(exc)
             if i % READ_CHUNK == 0:
                 await asyncio.sleep(0)
+        if self.keyring is not None and self.subscription.appends_to_their_streams:
+            await self.keyring.prepare_sealing(
+                {r[2].stream_id for r in read if isinstance(r, tuple)}
+            )
         return read
 
     async def _apply_batched(

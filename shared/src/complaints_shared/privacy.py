@@ -206,6 +206,12 @@ class Keyring(Protocol):
         :data:`SEALING_KEYS_FOR` ago (see the module's invariants)."""
         ...
 
+    async def prepare_sealing(self, stream_ids: Collection[UUID]) -> None:
+        """Look up at once the keys :meth:`sealing_key` will be asked for, of streams about to
+        be appended to (a consumer's batch): one lookup for all, not one per append.  A stream
+        nobody registered, or whose customer was erased, is left to :meth:`sealing_key`."""
+        ...
+
     async def keys(self, key_ids: Collection[str]) -> dict[str, bytes]:
         """The live keys among ``key_ids`` (an erased one is absent)."""
         ...
@@ -298,6 +304,9 @@ class InMemoryKeyring:
 
     async def sealing_key(self, stream_id: UUID) -> DataKey | None:
         return await self.key_for_stream(stream_id)
+
+    async def prepare_sealing(self, stream_ids: Collection[UUID]) -> None:
+        return None  # every lookup is in memory already
 
     async def keys(self, key_ids: Collection[str]) -> dict[str, bytes]:
         return {k: self._live[k] for k in key_ids if k in self._live}
@@ -461,6 +470,28 @@ class PostgresKeyring:
         else:
             self._remember(stream_id, key)
         return key
+
+    async def prepare_sealing(self, stream_ids: Collection[UUID]) -> None:
+        now = time.monotonic()
+        wanted = [
+            s
+            for s in set(stream_ids)
+            if (known := self._sealing.get(s)) is None or now - known[1] >= SEALING_KEYS_FOR
+        ]
+        if not wanted:
+            return
+        erasures = self._erasures
+        rows = await self.pool.fetch(
+            "SELECT s.stream_id, s.key_id, k.wrapped FROM data_subjects s"
+            " JOIN data_keys k ON k.key_id = s.key_id WHERE s.stream_id = ANY($1::uuid[])",
+            wanted,
+        )
+        if erasures != self._erasures:
+            return  # an erasure of this process overlapped: each append asks on its own
+        for r in rows:
+            self._remember(
+                r["stream_id"], DataKey(r["key_id"], self._unwrap(r["key_id"], r["wrapped"]))
+            )
 
     async def key_for_stream(self, stream_id: UUID) -> DataKey | None:
         row = await self.pool.fetchrow(

@@ -60,5 +60,6 @@ def subscriptions(rt: Runtime) -> list[Subscription]:
                     on(ReopenRequested, handler(reopen_requested)),
                 ]
             ),
+            appends_to_their_streams=True,  # each event's case is its complaint's stream
         )
     ]
