@@ -166,7 +166,7 @@ def _backoff(rt: Runtime, attempts: int) -> timedelta:
     return min(delay, fp.delivery_retry_max)
 
 
-HAND_OVERS_AT_ONCE = 8  # complaints whose messages are handed over at the same time
+HAND_OVERS_AT_ONCE = 16  # complaints whose messages are handed over at the same time
 # claimed at once: small enough that a batch is handed over well within the first retry delay
 # (a claimed row that fell due again could be claimed by another replica meanwhile)
 _DUE_BATCH = 4 * HAND_OVERS_AT_ONCE
