@@ -80,9 +80,12 @@ class Running:
         await asyncio.gather(self.task, return_exceptions=True)
 
 
-def runner_for(infrastructure, pool, producer, topics, handlers, metrics, name) -> ConsumerRunner:
+def runner_for(  # type: ignore[no-untyped-def]
+    infrastructure, pool, producer, topics, handlers, metrics, name, *, keyring=None, **options
+) -> ConsumerRunner:
+    """A runner of subscription ``name`` (``options``: the subscription's) on ``topics[0]``."""
     return ConsumerRunner(
-        Subscription(name, (topics[0],), handlers),
+        Subscription(name, (topics[0],), handlers, **options),
         infrastructure.kafka_bootstrap,
         pool,
         producer,
@@ -90,6 +93,7 @@ def runner_for(infrastructure, pool, producer, topics, handlers, metrics, name) 
         metrics,
         dlq_topic=topics[1],
         retry=RetryPolicy(initial_delay=0.05, max_delay=0.2),
+        keyring=keyring,
     )
 
 
@@ -535,15 +539,16 @@ async def test_a_batchs_keys_to_seal_with_are_looked_up_at_once_for_handlers_app
         await send(producer, topics[0], event(i, stream=stream))
     name = f"{topic_prefix}sealing"
     metrics = ServiceMetrics()
-    runner = ConsumerRunner(
-        Subscription(name, (topics[0],), {"Counted": append}, appends_to_their_streams=prepared),
-        infrastructure.kafka_bootstrap,
+    runner = runner_for(
+        infrastructure,
         pool,
         producer,
-        setup_telemetry("test"),
+        topics,
+        {"Counted": append},
         metrics,
-        dlq_topic=topics[1],
+        name,
         keyring=ours,
+        appends_to_their_streams=prepared,
     )
     async with Running(runner):
         await counted(metrics, name, "the appends", processed=len(streams))
