@@ -285,8 +285,8 @@ class Subscription:
     # The personal fields (dotted) the handlers read, per event type: only those are opened,
     # every other personal value reads as erased and is never decrypted.  None: all opened.
     reads_personal: Mapping[str, frozenset[str]] | None = None
-    # The handlers append to the streams of the events they handle (a complaint's case, its
-    # checks): the keys to seal with are looked up for a batch at once, as it is read.
+    # The handlers append to the streams of the events they handle (resolution: a complaint's
+    # case): the keys to seal with are looked up for a batch at once, as it is read.
     appends_to_their_streams: bool = False
 
     def __post_init__(self) -> None:
