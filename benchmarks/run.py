@@ -283,7 +283,7 @@ async def event_path(
             part = slice(r * n // APPEND_ROUNDS, (r + 1) * n // APPEND_ROUNDS)
             for name, work in kinds[r % len(kinds) :] + kinds[: r % len(kinds)]:
                 spent[name] += await timed(lambda work=work, part=part: work(part))
-        raw_append, store_append, cold_append = spent["raw"], spent["store"], spent.get("cold")
+        raw_append, store_append = spent["raw"], spent["store"]
         await pool.execute("DELETE FROM outbox WHERE topic = 'raw'")
         if "append" in stages:
             reference_rate = await asyncio.to_thread(
@@ -313,7 +313,7 @@ async def event_path(
                     "append",
                     f"the same, each stream's key looked up (registered elsewhere), {WRITERS}"
                     " writers",
-                    n / (cold_append or 1.0),
+                    n / spent["cold"],
                     "events/s",
                     f"raw asyncpg, same rows, {WRITERS} connections",
                     n / raw_append,

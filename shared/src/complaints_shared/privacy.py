@@ -115,7 +115,7 @@ def seal(data: dict[str, Any], fields: Iterable[PersonalField], key: DataKey | N
     for f in fields:
 
         def one(value: str, aad: bytes = _aad(key.key_id, f)) -> str:
-            if value.startswith(SEALED_PREFIX):
+            if is_sealed(value):
                 return value
             nonce = os.urandom(_NONCE)
             sealed = nonce + encrypt(nonce, value.encode(), aad)
@@ -413,6 +413,9 @@ class PostgresKeyring:
     def _unwrap(self, key_id: str, wrapped: bytes) -> bytes:
         return self._master.decrypt(wrapped[:_NONCE], wrapped[_NONCE:], key_id.encode())
 
+    def _data_key(self, key_id: str, wrapped: bytes) -> DataKey:
+        return DataKey(key_id, self._unwrap(key_id, wrapped))
+
     async def register(self, stream_id: UUID, customer_key: str) -> DataKey:
         """One statement: the customer's key (made now if they have none), and the stream as
         theirs.  ``ON CONFLICT DO UPDATE`` returns the key a concurrent first registration of
@@ -423,7 +426,7 @@ class PostgresKeyring:
         )
         assert row is not None
         key_id: str = row["key_id"]
-        key = new if key_id == new.key_id else DataKey(key_id, self._unwrap(key_id, row["wrapped"]))
+        key = new if key_id == new.key_id else self._data_key(key_id, row["wrapped"])
         self._remember(stream_id, key)
         return key
 
@@ -447,7 +450,7 @@ class PostgresKeyring:
         keys: dict[UUID, DataKey] = {}
         for r in rows:
             key_id = r["key_id"]
-            key = made.get(key_id) or DataKey(key_id, self._unwrap(key_id, r["wrapped"]))
+            key = made.get(key_id) or self._data_key(key_id, r["wrapped"])
             keys[r["stream_id"]] = key
             self._remember(r["stream_id"], key)
         return keys
@@ -459,10 +462,17 @@ class PostgresKeyring:
         while len(self._sealing) > SEALING_KEYS_KEPT:
             del self._sealing[next(iter(self._sealing))]
 
-    async def sealing_key(self, stream_id: UUID) -> DataKey | None:
+    def _kept(self, stream_id: UUID) -> DataKey | None:
+        """The stream's sealing key, if this process registered or looked it up less than
+        SEALING_KEYS_FOR ago."""
         known = self._sealing.get(stream_id)
         if known is not None and time.monotonic() - known[1] < SEALING_KEYS_FOR:
             return known[0]
+        return None
+
+    async def sealing_key(self, stream_id: UUID) -> DataKey | None:
+        if (kept := self._kept(stream_id)) is not None:
+            return kept
         erasures = self._erasures
         key = await self.key_for_stream(stream_id)
         if key is None or erasures != self._erasures:
@@ -472,12 +482,7 @@ class PostgresKeyring:
         return key
 
     async def prepare_sealing(self, stream_ids: Collection[UUID]) -> None:
-        now = time.monotonic()
-        wanted = [
-            s
-            for s in set(stream_ids)
-            if (known := self._sealing.get(s)) is None or now - known[1] >= SEALING_KEYS_FOR
-        ]
+        wanted = [s for s in set(stream_ids) if self._kept(s) is None]
         if not wanted:
             return
         erasures = self._erasures
@@ -489,9 +494,7 @@ class PostgresKeyring:
         if erasures != self._erasures:
             return  # an erasure of this process overlapped: each append asks on its own
         for r in rows:
-            self._remember(
-                r["stream_id"], DataKey(r["key_id"], self._unwrap(r["key_id"], r["wrapped"]))
-            )
+            self._remember(r["stream_id"], self._data_key(r["key_id"], r["wrapped"]))
 
     async def key_for_stream(self, stream_id: UUID) -> DataKey | None:
         row = await self.pool.fetchrow(
@@ -503,7 +506,7 @@ class PostgresKeyring:
             raise UnknownDataSubject(stream_id)
         if row["wrapped"] is None:
             return None
-        return DataKey(row["key_id"], self._unwrap(row["key_id"], row["wrapped"]))
+        return self._data_key(row["key_id"], row["wrapped"])
 
     async def keys(self, key_ids: Collection[str]) -> dict[str, bytes]:
         rows = await self.pool.fetch(
