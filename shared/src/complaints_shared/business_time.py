@@ -7,12 +7,13 @@ as the wall clock says, and never shift a deadline by an hour.
 from __future__ import annotations
 
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, time, timedelta
 from zoneinfo import ZoneInfo
 
 WEEKDAYS = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
 _HORIZON_DAYS = 3660  # a deadline further than ten years of opening days away is a policy error
+_DAYS_KEPT = 20_000  # days whose opening intervals a calendar keeps (then it starts over)
 
 
 def parse_hours(spec: str) -> tuple[tuple[time, time], ...]:
@@ -42,6 +43,11 @@ class BusinessCalendar:
     week: tuple[tuple[tuple[time, time], ...], ...]  # Monday first
     holidays: frozenset[date] = frozenset()
     always_open: bool = False
+    # each day's opening intervals as UTC instants, once computed: a deadline walks the same
+    # few days again and again, and placing a wall-clock time in a zone is the costly part
+    _days: dict[date, tuple[tuple[datetime, datetime], ...]] = field(
+        default_factory=dict, init=False, repr=False, compare=False, hash=False
+    )
 
     @classmethod
     def twenty_four_seven(cls) -> BusinessCalendar:
@@ -51,14 +57,26 @@ class BusinessCalendar:
         """Opening intervals (UTC instants) from the day of ``start`` on, in order."""
         day = start.astimezone(self.timezone).date()
         for _ in range(_HORIZON_DAYS):
-            if day not in self.holidays:
-                for opens, closes in self.week[day.weekday()]:
-                    a = datetime.combine(day, opens, self.timezone).astimezone(UTC)
-                    end_day = day + timedelta(days=1) if closes == time(0) else day
-                    b = datetime.combine(end_day, closes, self.timezone).astimezone(UTC)
-                    yield a, b
+            yield from self._opening(day)
             day += timedelta(days=1)
         raise ValueError("no opening hours within ten years: check the calendar policy")
+
+    def _opening(self, day: date) -> tuple[tuple[datetime, datetime], ...]:
+        """The day's opening intervals as UTC instants (none on a holiday)."""
+        found = self._days.get(day)
+        if found is None:
+            found = () if day in self.holidays else tuple(self._placed(day))
+            if len(self._days) >= _DAYS_KEPT:
+                self._days.clear()
+            self._days[day] = found
+        return found
+
+    def _placed(self, day: date) -> Iterator[tuple[datetime, datetime]]:
+        for opens, closes in self.week[day.weekday()]:
+            a = datetime.combine(day, opens, self.timezone).astimezone(UTC)
+            end_day = day + timedelta(days=1) if closes == time(0) else day
+            b = datetime.combine(end_day, closes, self.timezone).astimezone(UTC)
+            yield a, b
 
     def add(self, start: datetime, duration: timedelta) -> datetime:
         """The instant when ``duration`` of business time has passed after ``start``."""
