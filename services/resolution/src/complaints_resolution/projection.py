@@ -11,7 +11,7 @@ from uuid import UUID
 import asyncpg
 
 from complaints_resolution.domain import Case, fold
-from complaints_resolution.sla import deadlines, next_deadline
+from complaints_resolution.sla import next_deadline, open_deadlines, timers_of
 from complaints_shared.envelope import Event
 from complaints_shared.errors import NotFound
 from complaints_shared.events import DomainEvent
@@ -56,7 +56,8 @@ async def save(conn: asyncpg.Connection, policy: Policy, case: Case, now: dateti
     """Refresh the worklist row and replace the case's timers (in the caller's transaction),
     in one round trip: the timers the case no longer has go, the others are set (the
     sub-statements touch disjoint timer rows, as one statement's must)."""
-    timers = deadlines(case, policy, now)
+    open_now = open_deadlines(case, policy, now)
+    timers = timers_of(case, policy, open_now)
     await conn.execute(
         _SAVE,
         case.complaint_id,
@@ -66,7 +67,7 @@ async def save(conn: asyncpg.Connection, policy: Policy, case: Case, now: dateti
         case.category,
         case.owner.id if case.owner else None,
         case.escalation_level,
-        next_deadline(case, policy, now),
+        next_deadline(open_now),
         case.received_at,
         now,
         case.version,

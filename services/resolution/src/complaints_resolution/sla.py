@@ -124,10 +124,15 @@ def open_deadlines(case: Case, policy: Policy, now: datetime) -> list[OpenDeadli
 
 def deadlines(case: Case, policy: Policy, now: datetime) -> list[Timer]:
     """Every timer the case needs now, fired ones left out."""
+    return timers_of(case, policy, open_deadlines(case, policy, now))
+
+
+def timers_of(case: Case, policy: Policy, open_now: list[OpenDeadline]) -> list[Timer]:
+    """The timers of the case's open deadlines (:func:`open_deadlines`), fired ones left out."""
     cal = policy.calendar.business_calendar()
     rp = policy.resolution
     out: list[Timer] = []
-    for d in open_deadlines(case, policy, now):
+    for d in open_now:
         prefix = f"{d.deadline}:{d.ref}"
         if d.target is not None and d.start is not None:
             out.append(
@@ -155,9 +160,10 @@ def deadlines(case: Case, policy: Policy, now: datetime) -> list[Timer]:
     return [t for t in out if t.key not in case.fired]
 
 
-def next_deadline(case: Case, policy: Policy, now: datetime) -> datetime | None:
-    """The nearest deadline not met yet (in the past: overdue), for the worklist."""
-    return min((d.due_at for d in open_deadlines(case, policy, now)), default=None)
+def next_deadline(open_now: list[OpenDeadline]) -> datetime | None:
+    """The nearest of the case's open deadlines (:func:`open_deadlines`; in the past:
+    overdue), for the worklist."""
+    return min((d.due_at for d in open_now), default=None)
 
 
 def on_timer(case: Case, key: str, policy: Policy, now: datetime) -> list[DomainEvent]:
