@@ -157,13 +157,14 @@ def _new_events(
     ]
 
 
-_APPEND = """
+# An append: the events (the rows of ``{rows}``) and their outbox rows, written only while
+# the stream is at the expected version ($7), and the relay's wake-up ({wake}).
+_APPEND_TEMPLATE = """
 WITH current AS (
     SELECT coalesce(max(version), 0) AS version FROM events WHERE stream_id = $1
 ), inserted AS (
     INSERT INTO events (stream_id, version, event_id, type, occurred_at, data)
-    SELECT $1, x.version, x.event_id, x.type, $5, x.data::jsonb
-      FROM unnest($2::int[], $3::uuid[], $4::text[], $6::text[]) AS x(version, event_id, type, data)
+    {rows}
      WHERE (SELECT version FROM current) = $7
     ON CONFLICT DO NOTHING
     RETURNING event_id
@@ -171,22 +172,29 @@ WITH current AS (
     INSERT INTO outbox (event_id, topic, trace_context)
     SELECT event_id, $8, $9::text::jsonb FROM inserted
     RETURNING event_id
-), wake AS (
-    SELECT pg_notify($10, '')
-)
-SELECT (SELECT count(*) FROM queued) AS appended, (SELECT count(*) FROM wake) AS woken
+){wake}
 """
-
-
-_APPEND_QUIETLY = _APPEND.replace(
-    """, wake AS (
+_EVENTS = """SELECT $1, x.version, x.event_id, x.type, $5, x.data::jsonb
+      FROM unnest($2::int[], $3::uuid[], $4::text[], $6::text[])
+           AS x(version, event_id, type, data)"""
+# one event: its columns as they are (arrays of one cost the client more to encode)
+_ONE_EVENT = "SELECT $1, $2::int, $3::uuid, $4::text, $5, $6::text::jsonb"
+_NOTIFY = """, wake AS (
     SELECT pg_notify($10, '')
 )
-SELECT (SELECT count(*) FROM queued) AS appended, (SELECT count(*) FROM wake) AS woken""",
-    """
-SELECT (SELECT count(*) FROM queued) AS appended, $10::text AS woken""",
-)
-assert _APPEND_QUIETLY != _APPEND
+SELECT (SELECT count(*) FROM queued) AS appended, (SELECT count(*) FROM wake) AS woken"""
+# in a unit of work, which wakes the relay once its transaction has ended ($10 unused)
+_QUIETLY = """
+SELECT (SELECT count(*) FROM queued) AS appended, $10::text AS woken"""
+
+# [several events?][notify in the statement?]
+_APPENDS = {
+    (many, notify): _APPEND_TEMPLATE.format(
+        rows=_EVENTS if many else _ONE_EVENT, wake=_NOTIFY if notify else _QUIETLY
+    )
+    for many in (False, True)
+    for notify in (False, True)
+}
 
 
 # New streams, several at once: every event and its outbox row (in the order given: each
@@ -339,18 +347,25 @@ class PostgresEventStore:
         if not events:
             return []
         recorded = _new_events(self.source, stream_id, expected_version, events, self.clock())
-        in_unit = _woken_after_unit()
+        data = [
+            orjson.dumps(d).decode() for d in await sealed_payloads(self.keyring, stream_id, events)
+        ]
+        many = len(recorded) > 1
+        columns: tuple[Any, ...] = (
+            (
+                [e.version for e in recorded],
+                [e.event_id for e in recorded],
+                [e.type for e in recorded],
+            )
+            if many
+            else (recorded[0].version, recorded[0].event_id, recorded[0].type)
+        )
         row = await conn.fetchrow(
-            _APPEND_QUIETLY if in_unit else _APPEND,
+            _APPENDS[many, not _woken_after_unit()],
             stream_id,
-            [e.version for e in recorded],
-            [e.event_id for e in recorded],
-            [e.type for e in recorded],
+            *columns,
             recorded[0].occurred_at,
-            [
-                orjson.dumps(d).decode()
-                for d in await sealed_payloads(self.keyring, stream_id, events)
-            ],
+            data if many else data[0],
             expected_version,
             self.topic,
             orjson.dumps(current_trace_context()).decode(),  # text: see $9::text::jsonb
