@@ -264,6 +264,70 @@ async def test_a_handler_decision_is_taken_again_on_the_fresh_state(backend: Bac
     assert ns(await backend.load(stream)) == [1, 99, 3]
 
 
+def counting_loads(backend: Backend) -> list[uuid.UUID]:
+    """The streams the store is asked to read from now on."""
+    loads: list[uuid.UUID] = []
+    original = backend.store.load
+
+    async def load(conn: Any, stream_id: uuid.UUID, from_version: int = 1) -> Any:
+        loads.append(stream_id)
+        return await original(conn, stream_id, from_version)
+
+    backend.store.load = load  # type: ignore[method-assign]
+    return loads
+
+
+@pytest.mark.parametrize("cached", [False, True], ids=["folded", "cached"])
+async def test_a_stream_likely_new_is_written_without_being_read_first(
+    backend: Backend, cached: bool
+):
+    stream = uuid.uuid4()
+    loads = counting_loads(backend)
+    cache = StateCache(lambda state, events: state + count(events)) if cached else None
+    repository: Repository[int] = Repository(backend.store, count, cache=cache)
+    async with backend.transaction() as conn:
+        saved = await repository.execute(conn, stream, lambda s: [ev(s + 1)], likely_new=True)
+    assert loads == []
+    assert (saved.version, saved.state) == (1, 1)
+    assert ns(await backend.load(stream)) == [1]
+
+
+async def test_a_stream_likely_new_that_exists_is_read_and_decided_again(backend: Backend):
+    """The guess that the stream is new is checked by the append; a stream that exists makes
+    it a conflict, and the decision is taken on what the stream holds."""
+    stream = uuid.uuid4()
+    await backend.append(stream, 0, [ev(1), ev(2)])
+    seen: list[int] = []
+
+    def decide(state: int) -> list[DomainEvent]:
+        seen.append(state)
+        return [ev(state + 1)]
+
+    repository: Repository[int] = Repository(backend.store, count)
+    async with backend.transaction() as conn:
+        saved = await repository.execute(conn, stream, decide, likely_new=True)
+    assert seen == [0, 2]
+    assert (saved.version, saved.state) == (3, 3)
+    assert ns(await backend.load(stream)) == [1, 2, 3]
+    assert await backend.queued() == [(TOPIC, 1), (TOPIC, 2), (TOPIC, 3)]
+
+
+async def test_nothing_decided_on_a_likely_new_stream_is_decided_again_on_the_stream(
+    backend: Backend,
+):
+    """Deciding nothing on the empty state proves nothing about the stream: it is read, and
+    the decision taken on what it holds."""
+    stream = uuid.uuid4()
+    await backend.append(stream, 0, [ev(1)])
+    repository: Repository[int] = Repository(backend.store, count)
+    async with backend.transaction() as conn:
+        saved = await repository.execute(
+            conn, stream, lambda s: [ev(9)] if s else [], likely_new=True
+        )
+    assert saved.version == 2
+    assert ns(await backend.load(stream)) == [1, 9]
+
+
 async def test_a_command_with_a_stale_version_is_refused_with_the_current_one(backend: Backend):
     stream = uuid.uuid4()
     await backend.append(stream, 0, [ev(1), ev(2)])

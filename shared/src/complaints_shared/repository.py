@@ -193,14 +193,26 @@ class Repository(Generic[S]):
         *,
         expected_version: int | None = None,
         redecide: bool = True,
+        likely_new: bool = False,
     ) -> Saved[S]:
         """Decide on the stream's state and append what was decided (see the module's
-        conflict policy).  No new events: nothing is written, and the state is returned."""
+        conflict policy).  No new events: nothing is written, and the state is returned.
+
+        ``likely_new`` (a handler of the event that starts the stream): the first decision is
+        taken on the empty state and appended at version 0 without reading the stream first.
+        A stream that exists after all makes that append a conflict, and the decision is taken
+        again on what the stream holds, as for any conflict (an extra attempt); so is one that
+        decides nothing on the empty state (the stream's own state may say otherwise)."""
         attempts = self.attempts if redecide and expected_version is None else 1
+        guess = likely_new and attempts > 1
+        attempts += guess
         for attempt in range(1, attempts + 1):
-            if self.cache is not None:
+            so_far: list[Event[DomainEvent]] = []
+            guessed, guess = guess, False
+            if guessed:
+                current, version = self.fold([]), 0
+            elif self.cache is not None:
                 current, version = await self._current(conn, stream_id)
-                so_far: list[Event[DomainEvent]] = []
             else:
                 loaded = await self.load(conn, stream_id)
                 current, version, so_far = loaded.state, loaded.version, loaded.events
@@ -208,6 +220,8 @@ class Repository(Generic[S]):
                 raise ConcurrencyConflict(stream_id, expected_version, version)
             new = list(decide(current))
             if not new:
+                if guessed:
+                    continue
                 return Saved(current, version, [])
             try:
                 recorded = await self.store.append(conn, stream_id, version, new)

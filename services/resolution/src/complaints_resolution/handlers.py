@@ -33,7 +33,11 @@ def subscriptions(rt: Runtime) -> list[Subscription]:
     res: ResolutionResources = rt.resources
     repository = cases(rt)
 
-    def handler(decide: Callable[[Case | None, Any], Sequence[DomainEvent]]) -> Handler:
+    def handler(
+        decide: Callable[[Case | None, Any], Sequence[DomainEvent]], *, opens: bool = False
+    ) -> Handler:
+        """``opens``: the event starts its case (no stream to read first, but for a replay)."""
+
         async def handle(conn: asyncpg.Connection, event: Event[Any]) -> None:
             await repository.execute(
                 conn,
@@ -43,6 +47,7 @@ def subscriptions(rt: Runtime) -> list[Subscription]:
                     res.messages,
                     rt.policy.calendar.timezone,
                 ),
+                likely_new=opens,
             )
 
         return handle
@@ -54,7 +59,7 @@ def subscriptions(rt: Runtime) -> list[Subscription]:
             topics=(t.intake, t.followup),
             handlers=dict(
                 [
-                    on(ComplaintReceived, handler(open_case)),
+                    on(ComplaintReceived, handler(open_case, opens=True)),
                     on(ComplaintWithdrawn, handler(close_withdrawn)),
                     on(ComplaintDetailsAdded, handler(details_as_clarification)),
                     on(ReopenRequested, handler(reopen_requested)),
