@@ -22,6 +22,7 @@ from complaints_followup.tokens import sign
 from complaints_shared.errors import ConcurrencyConflict
 from complaints_shared.events import DomainEvent
 from complaints_shared.events import followup as ev
+from complaints_shared.events.intake import ComplaintAcknowledged
 from complaints_shared.events.resolution import SolutionAgreed
 from complaints_shared.faults import is_transient
 from complaints_shared.service import Runtime
@@ -275,8 +276,17 @@ async def _hand_over(rt: Runtime, d: asyncpg.Record) -> int:
         )
         if not marked:
             return 0
-        await checks(rt).execute(conn, d["complaint_id"], partial(_delivered, d=d, channel=channel))
+        await checks(rt).execute(
+            conn,
+            d["complaint_id"],
+            partial(_delivered, d=d, channel=channel),
+            likely_new=d["source_type"] == _FIRST_MESSAGE,  # it starts the complaint's stream
+        )
     return 1
+
+
+# what followup records first of nearly every complaint: its acknowledgement sent
+_FIRST_MESSAGE = ComplaintAcknowledged.event_name()
 
 
 async def _delivery_failed(
