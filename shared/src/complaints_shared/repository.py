@@ -205,7 +205,8 @@ class Repository(Generic[S]):
         decides nothing on the empty state (the stream's own state may say otherwise)."""
         attempts = self.attempts if redecide and expected_version is None else 1
         guess = likely_new and attempts > 1
-        attempts += guess
+        if guess:
+            attempts += 1  # the guess is an attempt of its own
         for attempt in range(1, attempts + 1):
             so_far: list[Event[DomainEvent]] = []
             guessed, guess = guess, False
