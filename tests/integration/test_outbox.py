@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import io
 import random
 import uuid
 from collections import defaultdict
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 
 import asyncpg
 import pytest
@@ -34,6 +37,24 @@ async def topic(infrastructure, topic_prefix: str) -> str:
     name = f"{topic_prefix}complaints.test.v1"
     await ensure_topics(infrastructure.kafka_bootstrap, [name, f"{topic_prefix}dlq"], 3)
     return name
+
+
+def tasks_now() -> str:
+    """Every task of the running loop and where it waits."""
+    out = io.StringIO()
+    for task in asyncio.all_tasks():
+        task.print_stack(limit=8, file=out)
+    return out.getvalue()
+
+
+@asynccontextmanager
+async def bounded(seconds: float) -> AsyncIterator[None]:
+    """Fail after ``seconds``, saying where every task waits (a hang is a failure to read)."""
+    try:
+        async with asyncio.timeout(seconds):
+            yield
+    except TimeoutError:
+        raise AssertionError(f"still waiting after {seconds}s; tasks:\n{tasks_now()}") from None
 
 
 def make_relay(infrastructure, database: str, pool, producer, **kw) -> OutboxRelay:
@@ -144,14 +165,16 @@ async def test_units_of_work_wake_the_relay_once_their_transactions_end(
         async with writers, unit_of_work(pool, wakeup) as conn:
             await store.append(conn, uuid.uuid4(), 0, [Pinged()])
 
-    try:
-        await eventually(lambda: asyncio.sleep(0, relay.is_leader), what="relay leadership")
-        await asyncio.sleep(0.5)  # the relay is now idle, waiting to be woken
-        await asyncio.gather(*(append_one() for _ in range(40)))
-        records = await read_topic(infrastructure.kafka_bootstrap, topic, count=40, timeout=20)
+    try:  # bounded: a wait that never ends fails with every task's stack (see tasks_now)
+        async with bounded(60):
+            await eventually(lambda: asyncio.sleep(0, relay.is_leader), what="relay leadership")
+            await asyncio.sleep(0.5)  # the relay is now idle, waiting to be woken
+            await asyncio.gather(*(append_one() for _ in range(40)))
+            records = await read_topic(infrastructure.kafka_bootstrap, topic, count=40, timeout=20)
     finally:
         relay_task.cancel()
-        await asyncio.gather(relay_task, return_exceptions=True)
+        async with bounded(15):
+            await asyncio.gather(relay_task, return_exceptions=True)
     assert len(records) == 40
     if relay_in == "this process":
         assert wakeup.notified == 0
