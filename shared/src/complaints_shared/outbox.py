@@ -104,6 +104,18 @@ class Backlog:
     parked: int  # refused by the broker for good; need an operator
 
 
+async def woken(event: asyncio.Event, seconds: float) -> None:
+    """Wait until ``event`` is set or ``seconds`` have passed.
+
+    Not ``asyncio.wait_for``: on Python 3.11 it swallows a cancellation that arrives just as
+    the event is set, and the task goes on as if never cancelled (the relay, waiting an idle
+    poll, kept its service from stopping).  ``asyncio.timeout`` tells its own expiry from a
+    cancellation."""
+    with contextlib.suppress(TimeoutError):
+        async with asyncio.timeout(seconds):
+            await event.wait()
+
+
 async def leader_session(conn: asyncpg.Connection | asyncpg.Pool) -> asyncpg.Record | None:
     """The database session of this database's relay leader (``pid``, ``application_name``,
     ``silent_for`` seconds), if there is one."""
@@ -275,8 +287,7 @@ class OutboxRelay:
                 self._wake.clear()
                 await self.drain(conn)
                 backoff.reset()
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._wake.wait(), self._idle_poll)
+                await woken(self._wake, self._idle_poll)
         finally:
             self.is_leader = False
             with contextlib.suppress(Exception):
@@ -307,7 +318,8 @@ class OutboxRelay:
 
     async def _broker_reachable(self) -> bool:
         try:
-            await asyncio.wait_for(self._producer.client.fetch_all_metadata(), 5)
+            async with asyncio.timeout(5):  # not wait_for: see woken
+                await self._producer.client.fetch_all_metadata()
         except Exception:
             return False
         return True
