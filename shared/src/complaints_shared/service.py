@@ -446,7 +446,8 @@ async def _outbox_check(runtime: Runtime, relay: OutboxRelay) -> str:
 
 async def _check(awaitable: Any) -> str:
     try:
-        await asyncio.wait_for(awaitable, timeout=3)
+        async with asyncio.timeout(3):  # not wait_for: see outbox.woken
+            await awaitable
     except Exception as exc:
         return f"unavailable: {type(exc).__name__}"
     return "ok"
