@@ -907,13 +907,17 @@ async def test_a_stalled_consumer_is_started_over_while_records_flow(
             getattr(stalls, f"stall_{stall}")()
             await send(producer, topics[0], event(2))
             await eventually(lambda: pool.fetchval("SELECT count(*) = 2 FROM effects"))
+            await eventually(
+                lambda: asyncio.sleep(0, len(stalls.made) >= 2),
+                timeout=20,
+                what="a new Kafka consumer to take over from the stalled one",
+            )
             await send(producer, topics[0], event(3))
             await eventually(
                 lambda: pool.fetchval("SELECT count(*) = 3 FROM effects"),
                 what="the event after the stall to take effect",
             )
             await asyncio.sleep(1)  # a redelivery of the uncommitted batch would land by now
-            assert len(stalls.made) >= 2  # a new Kafka consumer took over
         finally:
             stalls.released.set()
     assert await effects(pool) == [(1, 1), (2, 1), (3, 1)]
@@ -962,3 +966,36 @@ async def test_a_consumer_cancelled_as_its_commit_comes_back_stops(
     committing.cancel()
     with pytest.raises(asyncio.CancelledError):
         await committing
+
+
+async def test_a_consumer_stopping_lets_its_offset_commit_in_flight_finish(
+    infrastructure, pool, producer, topics, topic_prefix, monkeypatch
+):
+    """A batch's offset commit runs while the next batch is handled.  A consumer stopped while
+    one is still on its way waits for it: the records it handled are not delivered again."""
+    commits: list[str] = []
+
+    class SlowCommits(AIOKafkaConsumer):
+        async def commit(self, offsets: Any = None) -> None:
+            commits.append("sent")
+            await asyncio.sleep(0.5)  # the broker is slow to answer
+            await super().commit(offsets)
+            commits.append("answered")
+
+    monkeypatch.setattr(consumer_module, "AIOKafkaConsumer", SlowCommits)
+    name = f"{topic_prefix}g"
+    metrics = ServiceMetrics()
+    async with Running(
+        runner_for(
+            infrastructure, pool, producer, topics, {"Counted": record_effect}, metrics, name
+        )
+    ):
+        await send(producer, topics[0], event(1))
+        await eventually(lambda: asyncio.sleep(0, commits == ["sent"]), what="the commit sent")
+    assert commits == ["sent", "answered"]
+    admin = AIOKafkaConsumer(bootstrap_servers=infrastructure.kafka_bootstrap, group_id=name)
+    await admin.start()
+    try:
+        assert await admin.committed(TopicPartition(topics[0], 0)) == 1
+    finally:
+        await admin.stop()

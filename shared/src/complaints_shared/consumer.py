@@ -3,13 +3,14 @@
 For each record: the inbox row ``(consumer, event_id)``, the handler's new events (through the
 event store, so also their outbox rows) and its projection rows are written in the database
 transaction of the record's poll batch (every partition the poll returned records of, each
-partition's in order); the Kafka offsets are committed only after that transaction.  A
-redelivered event finds its inbox row and has no second effect.  Transient failures (database or
-broker unreachable, a concurrent writer) are retried with backoff and block the consumer;
-anything else is a poison event: it goes to the dead-letter topic with the error and its origin
-in headers, and the partition moves on.  A Kafka consumer whose offset commit does not finish,
-or whose client has no group coordinator, for ``stall_timeout`` is started over, so a client
-stalled after a broker restart cannot hold its partitions for good.
+partition's in order); the Kafka offsets are committed only after that transaction, while the next
+batch is handled (one commit in flight at a time, in order; a consumer that stops waits for it, up
+to ``STOP_SECONDS``).  A redelivered event finds its inbox row and has no second effect.  Transient
+failures (database or broker unreachable, a concurrent writer) are retried with backoff and block
+the consumer; anything else is a poison event: it goes to the dead-letter topic with the error and
+its origin in headers, and the partition moves on.  A Kafka consumer whose offset commit does not
+finish, or whose client has no group coordinator, for ``stall_timeout`` is started over, so a
+client stalled after a broker restart cannot hold its partitions for good.
 
 A handler may queue writes that need no answer with :func:`write`: within a batch they are sent
 together, in order (consecutive ones of the same statement in one pipelined round trip), before
@@ -314,8 +315,9 @@ async def _BATCHED(conn: asyncpg.Connection, event: Event[Any]) -> None:  # prag
     raise AssertionError("a batch subscription's events go to its batch handler")
 
 
-# records read at a time before the event loop may run the batch in flight on
-READ_CHUNK = 200
+# records read at a time before the event loop may run the batch in flight on (its next
+# statement waits for that: the smaller, the sooner the database gets it)
+READ_CHUNK = 50
 
 
 def _position(record: ConsumerRecord) -> tuple[str, int, int]:
@@ -428,6 +430,9 @@ class ConsumerRunner:
         checked = time.monotonic()
         lost_since: float | None = None  # when the client last lost its group coordinator
         upcoming: dict[TopicPartition, list[ConsumerRecord]] = {}
+        # the offset commit of the batch before, in flight while the next batch runs (one at a
+        # time: each waits for the one before it, so they reach the broker in order)
+        committing: asyncio.Future[None] | None = None
         self._ahead.clear()
         try:
             while True:
@@ -462,14 +467,34 @@ class ConsumerRunner:
                         consumer, [r for records in held.values() for r in records]
                     )
                 done = {tp: records[-1].offset + 1 for tp, records in held.items()}
-                if done:
-                    await self._commit(consumer, done)
+                if committing is not None:
+                    previous, committing = committing, None
+                    await previous
                     if backoff is not None:
                         backoff.reset()
+                if done:
+                    committing = asyncio.ensure_future(self._commit(consumer, done))
         finally:
             self.assigned = False
             self._ahead.clear()
-            await self._stop(consumer)
+            try:
+                if committing is not None:
+                    await self._last_commit(committing)
+            finally:
+                await self._stop(consumer)
+
+    async def _last_commit(self, committing: asyncio.Future[None]) -> None:
+        """Let the offset commit still in flight finish as the consumer stops (within
+        ``STOP_SECONDS``), so that its records are not delivered again.  Best effort: if it
+        does not, they are, and the inbox keeps them single."""
+        try:
+            async with asyncio.timeout(STOP_SECONDS):
+                await asyncio.shield(committing)
+        except Exception:
+            committing.cancel()
+        except asyncio.CancelledError:
+            committing.cancel()
+            raise
 
     async def _handle_reading_ahead(
         self, consumer: AIOKafkaConsumer, records: list[ConsumerRecord]

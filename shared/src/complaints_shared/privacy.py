@@ -26,9 +26,10 @@ Invariants:
 from __future__ import annotations
 
 import base64
+import binascii
 import os
 import time
-from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 from uuid import UUID
@@ -47,6 +48,8 @@ ERASED = "erased"
 """What a required personal field reads as once its customer's key is destroyed."""
 
 SEALED_PREFIX = "pii:1:"
+_PREFIX_LENGTH = len(SEALED_PREFIX)
+_FROM_URLSAFE = bytes.maketrans(b"-_", b"+/")  # base64url's alphabet to the standard one
 _NONCE = 12
 
 
@@ -75,17 +78,24 @@ def fields_of(type_name: str) -> tuple[PersonalField, ...]:
 
 def _walk(data: Any, path: tuple[str, ...], fn: Callable[[str], Any]) -> None:
     """Replace, in place, every string value at ``path`` of ``data`` by ``fn(value)``."""
+    for container, name in _places(data, path):
+        container[name] = fn(container[name])
+
+
+def _places(data: Any, path: tuple[str, ...]) -> Iterator[tuple[dict[str, Any], str]]:
+    """Where ``data`` holds a string at ``path``: (the dict that holds it, its name)."""
     if isinstance(data, list):
         for item in data:
-            _walk(item, path, fn)
+            yield from _places(item, path)
         return
-    if not isinstance(data, dict) or path[0] not in data:
+    if not isinstance(data, dict):
         return
+    name = path[0]
     if len(path) == 1:
-        if isinstance(data[path[0]], str):
-            data[path[0]] = fn(data[path[0]])
-        return
-    _walk(data[path[0]], path[1:], fn)
+        if isinstance(data.get(name), str):
+            yield data, name
+    elif name in data:
+        yield from _places(data[name], path[1:])
 
 
 def _erased(f: PersonalField) -> str | None:
@@ -138,42 +148,44 @@ def needs_key(data: dict[str, Any], fields: Iterable[PersonalField]) -> bool:
     return found
 
 
-def sealed_key_ids(data: dict[str, Any], fields: Iterable[PersonalField]) -> set[str]:
-    ids: set[str] = set()
-
-    def see(value: str) -> str:
-        if is_sealed(value):
-            ids.add(value[len(SEALED_PREFIX) :].split(":", 1)[0])
-        return value
-
-    for f in fields:
-        _walk(data, f.path, see)
-    return ids
-
-
 def open_sealed(
     data: dict[str, Any], fields: Iterable[PersonalField], keys: Mapping[str, bytes]
 ) -> None:
     """Open every sealed value of ``data`` (in place); a value whose key is gone reads as
     erased.  A value that was never sealed (a foreign producer's) is left as it is."""
-    ciphers: dict[str, AESGCM] = {}  # one per key for this payload's values (for this call only)
+    sealed = _sealed_in(data, fields)
+    ciphers = {key_id: AESGCM(keys[key_id]) for key_id in {s[3] for s in sealed} if key_id in keys}
+    _open_all(sealed, ciphers)
+
+
+# a sealed value where it sits: (its dict, its name, its field, its key id, its sealed bytes)
+_Sealed = tuple[dict[str, Any], str, PersonalField, str, str]
+
+
+def _sealed_in(data: dict[str, Any], fields: Iterable[PersonalField]) -> list[_Sealed]:
+    found: list[_Sealed] = []
     for f in fields:
+        for container, name in _places(data, f.path):
+            value = container[name]
+            if value.startswith(SEALED_PREFIX):
+                key_id, _, blob = value[_PREFIX_LENGTH:].partition(":")
+                found.append((container, name, f, key_id, blob))
+    return found
 
-        def one(value: str, f: PersonalField = f) -> str | None:
-            if not is_sealed(value):
-                return value
-            key_id, _, blob = value[len(SEALED_PREFIX) :].partition(":")
-            secret = keys.get(key_id)
-            if secret is None:
-                return _erased(f)
-            cipher = ciphers.get(key_id) or ciphers.setdefault(key_id, AESGCM(secret))
+
+def _open_all(sealed: list[_Sealed], ciphers: Mapping[str, AESGCM]) -> None:
+    """Each sealed value replaced by its plain text, or by its erased form when its key is
+    not in ``ciphers`` (destroyed) or it does not open (damaged, or moved to another field)."""
+    for container, name, f, key_id, blob in sealed:
+        cipher = ciphers.get(key_id)
+        opened: str | None = None
+        if cipher is not None:
             try:
-                raw = base64.urlsafe_b64decode(blob)
-                return cipher.decrypt(raw[:_NONCE], raw[_NONCE:], _aad(key_id, f)).decode()
+                raw = binascii.a2b_base64(blob.encode("ascii").translate(_FROM_URLSAFE))
+                opened = cipher.decrypt(raw[:_NONCE], raw[_NONCE:], _aad(key_id, f)).decode()
             except (InvalidTag, ValueError):  # damaged or moved: unreadable, as if erased
-                return _erased(f)
-
-        _walk(data, f.path, one)
+                opened = None
+        container[name] = _erased(f) if opened is None else opened
 
 
 def erase_fields(data: dict[str, Any], fields: Iterable[PersonalField]) -> dict[str, Any]:
@@ -263,17 +275,16 @@ async def open_payloads(
             tuple(f for f in fields if f.dotted not in read),
         )
 
-    plans = [by_type.get(t) or by_type.setdefault(t, plan(t)) for t, _ in items]
-    wanted: set[str] = set()
-    for (to_open, _), (_, data) in zip(plans, items, strict=True):
+    sealed: list[_Sealed] = []
+    for type_name, data in items:
+        to_open, withheld = by_type.get(type_name) or by_type.setdefault(type_name, plan(type_name))
         if to_open:
-            wanted |= sealed_key_ids(data, to_open)
-    keys = await keyring.keys(wanted) if wanted else {}
-    for (to_open, withheld), (_, data) in zip(plans, items, strict=True):
-        if to_open:
-            open_sealed(data, to_open, keys)
+            sealed += _sealed_in(data, to_open)
         if withheld:
             erase_fields(data, withheld)
+    if sealed:
+        keys = await keyring.keys({s[3] for s in sealed})
+        _open_all(sealed, {key_id: AESGCM(secret) for key_id, secret in keys.items()})
 
 
 class InMemoryKeyring:
