@@ -79,6 +79,26 @@ def test_unreadable_records_are_malformed(value, drop, change, reason):
         from_kafka_record(value if value is not None else r.value, headers)
 
 
+@pytest.mark.parametrize(
+    "spelling",
+    [str, lambda u: str(u).upper(), lambda u: u.hex, lambda u: f"{{{u}}}", lambda u: u.urn],
+)
+def test_ids_are_read_in_every_spelling_of_a_uuid(spelling):
+    e = sample()
+    r = to_kafka_record(e)
+    headers = [(k, spelling(e.event_id).encode() if k == "ce_id" else v) for k, v in r.headers]
+    read = from_kafka_record(r.value, headers)
+    assert read.event_id == e.event_id and isinstance(read.event_id, uuid.UUID)
+    assert hash(read.stream_id) == hash(e.stream_id)
+
+
+def test_every_missing_header_is_named_in_order():
+    r = to_kafka_record(sample())
+    headers = [(k, v) for k, v in r.headers if k not in ("ce_time", "ce_id")]
+    with pytest.raises(MalformedEvent, match=r"missing CloudEvents headers: ce_id, ce_time$"):
+        from_kafka_record(r.value, headers)
+
+
 def test_a_known_type_whose_data_breaks_its_schema_is_malformed_without_echoing_it():
     r = to_kafka_record(sample())
     with pytest.raises(MalformedEvent, match="ComplaintWithdrawn does not match") as caught:
