@@ -20,7 +20,9 @@ Invariants:
   stream nobody registered is refused (:class:`UnknownDataSubject`).
 - A process keeps the keys it seals with (by stream, at most :data:`SEALING_KEYS_FOR` after it
   registered or looked them up, and its own erasures drop them at once); the keys it opens with
-  are read from the keyring every time, so no erased value is opened after its erasure.
+  are read from the keyring every time, so no erased value is opened after its erasure (it keeps
+  a key's unwrapping only to use when the keyring answers with that key again, and drops it
+  when the keyring no longer has it).
 """
 
 from __future__ import annotations
@@ -224,7 +226,7 @@ class Keyring(Protocol):
         nobody registered, or whose customer was erased, is left to :meth:`sealing_key`."""
         ...
 
-    async def keys(self, key_ids: Collection[str]) -> dict[str, bytes]:
+    async def keys(self, key_ids: Collection[str]) -> dict[str, DataKey]:
         """The live keys among ``key_ids`` (an erased one is absent)."""
         ...
 
@@ -284,7 +286,7 @@ async def open_payloads(
             erase_fields(data, withheld)
     if sealed:
         keys = await keyring.keys({s[3] for s in sealed})
-        _open_all(sealed, {key_id: AESGCM(secret) for key_id, secret in keys.items()})
+        _open_all(sealed, {key_id: key.cipher for key_id, key in keys.items()})
 
 
 class InMemoryKeyring:
@@ -293,13 +295,13 @@ class InMemoryKeyring:
     def __init__(self) -> None:
         self._keys: dict[str, DataKey] = {}  # by customer key
         self._subjects: dict[UUID, tuple[str, str]] = {}  # stream → (customer key, key id)
-        self._live: dict[str, bytes] = {}
+        self._live: dict[str, DataKey] = {}
 
     async def register(self, stream_id: UUID, customer_key: str) -> DataKey:
         key = self._keys.get(customer_key)
         if key is None:
             key = self._keys[customer_key] = _new_key()
-            self._live[key.key_id] = key.secret
+            self._live[key.key_id] = key
         self._subjects.setdefault(stream_id, (customer_key, key.key_id))
         return key
 
@@ -310,8 +312,7 @@ class InMemoryKeyring:
         if stream_id not in self._subjects:
             raise UnknownDataSubject(stream_id)
         key_id = self._subjects[stream_id][1]
-        secret = self._live.get(key_id)
-        return DataKey(key_id, secret) if secret is not None else None
+        return self._live.get(key_id)
 
     async def sealing_key(self, stream_id: UUID) -> DataKey | None:
         return await self.key_for_stream(stream_id)
@@ -319,7 +320,7 @@ class InMemoryKeyring:
     async def prepare_sealing(self, stream_ids: Collection[UUID]) -> None:
         return None  # every lookup is in memory already
 
-    async def keys(self, key_ids: Collection[str]) -> dict[str, bytes]:
+    async def keys(self, key_ids: Collection[str]) -> dict[str, DataKey]:
         return {k: self._live[k] for k in key_ids if k in self._live}
 
     async def streams_of(self, customer_key: str) -> list[UUID]:
@@ -388,6 +389,7 @@ SEALING_KEYS_FOR = 300.0
 """Seconds a process seals a stream's values with the key it registered or looked up, without
 asking the keyring again (a stream's key changes only by its erasure)."""
 SEALING_KEYS_KEPT = 50_000  # streams whose sealing key a process keeps at most (the latest)
+OPENING_KEYS_KEPT = 50_000  # unwrapped keys a process keeps to open with (the oldest go first)
 
 
 class PostgresKeyring:
@@ -402,6 +404,9 @@ class PostgresKeyring:
         # up: a stream's appends after the first ask the keyring again only after
         # SEALING_KEYS_FOR (intake registers, then appends at once: no lookup at all)
         self._sealing: dict[UUID, tuple[DataKey, float]] = {}
+        # the keys this process opened with, unwrapped, by key id (with the wrapped bytes the
+        # keyring answered): only ever used when the keyring answers with that key again
+        self._opening: dict[str, tuple[bytes, DataKey]] = {}
         self._erasures = 0  # begun by this process: a lookup that overlapped one is not kept
         self.pseudonym_secret = HKDF(
             algorithm=hashes.SHA256(), length=32, salt=None, info=b"complaints customer keys"
@@ -519,11 +524,22 @@ class PostgresKeyring:
             return None
         return self._data_key(row["key_id"], row["wrapped"])
 
-    async def keys(self, key_ids: Collection[str]) -> dict[str, bytes]:
+    async def keys(self, key_ids: Collection[str]) -> dict[str, DataKey]:
         rows = await self.pool.fetch(
             "SELECT key_id, wrapped FROM data_keys WHERE key_id = ANY($1::text[])", list(key_ids)
         )
-        return {r["key_id"]: self._unwrap(r["key_id"], r["wrapped"]) for r in rows}
+        found: dict[str, DataKey] = {}
+        for key_id, wrapped in rows:
+            unwrapped = self._opening.get(key_id)
+            if unwrapped is None or unwrapped[0] != wrapped:
+                unwrapped = (wrapped, self._data_key(key_id, wrapped))
+                self._opening[key_id] = unwrapped
+            found[key_id] = unwrapped[1]
+        for gone in set(key_ids) - found.keys():
+            self._opening.pop(gone, None)  # erased: its key goes from this process too
+        while len(self._opening) > OPENING_KEYS_KEPT:
+            del self._opening[next(iter(self._opening))]
+        return found
 
     async def streams_of(self, customer_key: str) -> list[UUID]:
         rows = await self.pool.fetch(
