@@ -999,3 +999,36 @@ async def test_a_consumer_stopping_lets_its_offset_commit_in_flight_finish(
         assert await admin.committed(TopicPartition(topics[0], 0)) == 1
     finally:
         await admin.stop()
+
+
+async def test_a_consumer_stopping_while_it_waits_for_the_commit_before_lets_it_finish(
+    infrastructure, pool, producer, topics, topic_prefix, monkeypatch
+):
+    """The next batch was handled while the commit before it was on its way; the consumer
+    stops as it waits for that commit to send its own: the commit still finishes."""
+    commits: list[str] = []
+
+    class SlowCommits(AIOKafkaConsumer):
+        async def commit(self, offsets: Any = None) -> None:
+            commits.append("sent")
+            await asyncio.sleep(1.0)  # the broker is slow to answer
+            await super().commit(offsets)
+            commits.append("answered")
+
+    monkeypatch.setattr(consumer_module, "AIOKafkaConsumer", SlowCommits)
+    name = f"{topic_prefix}g"
+    async with Running(
+        runner_for(infrastructure, pool, producer, topics, {"Counted": record_effect}, None, name)
+    ):
+        await send(producer, topics[0], event(1))
+        await eventually(lambda: asyncio.sleep(0, commits == ["sent"]), what="the commit sent")
+        await send(producer, topics[0], event(2))
+        await eventually(lambda: pool.fetchval("SELECT count(*) = 2 FROM effects"))
+        assert commits == ["sent"]  # the second batch waits for the first one's commit
+    assert commits == ["sent", "answered"]
+    admin = AIOKafkaConsumer(bootstrap_servers=infrastructure.kafka_bootstrap, group_id=name)
+    await admin.start()
+    try:
+        assert await admin.committed(TopicPartition(topics[0], 0)) == 1
+    finally:
+        await admin.stop()

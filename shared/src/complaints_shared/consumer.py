@@ -468,8 +468,8 @@ class ConsumerRunner:
                     )
                 done = {tp: records[-1].offset + 1 for tp, records in held.items()}
                 if committing is not None:
-                    previous, committing = committing, None
-                    await previous
+                    await asyncio.shield(committing)  # stopping meanwhile: finished below
+                    committing = None
                     if backoff is not None:
                         backoff.reset()
                 if done:
