@@ -64,6 +64,24 @@ def test_a_sealed_value_opens_only_with_its_key_in_its_own_field():
     assert (gone["secret"], gone["note"], gone["items"][0]["name"]) == (ERASED, None, None)
 
 
+@pytest.mark.parametrize(
+    "damage",
+    [
+        lambda v: v[:-3],  # cut short
+        lambda v: v[:-8] + "!" + v[-7:],  # a character outside base64url
+        lambda v: v[:-8] + ("A" if v[-8] != "A" else "B") + v[-7:],  # a bit flipped
+        lambda v: v + "é",
+    ],
+)
+def test_a_damaged_sealed_value_reads_as_erased(damage):
+    fields = personal_fields(Confided)
+    data = {"n": 1, "secret": "Eva", "note": "call her", "items": []}
+    seal(data, fields, KEY)
+    data["secret"] = damage(data["secret"])
+    open_sealed(data, fields, {KEY.key_id: KEY.secret})
+    assert (data["secret"], data["note"]) == (ERASED, "call her")
+
+
 def test_values_that_were_never_sealed_pass_through_and_scrubbing_erases_them():
     fields = personal_fields(Confided)
     foreign = {"n": 1, "secret": "plain", "note": None}
