@@ -968,44 +968,10 @@ async def test_a_consumer_cancelled_as_its_commit_comes_back_stops(
         await committing
 
 
-async def test_a_consumer_stopping_lets_its_offset_commit_in_flight_finish(
-    infrastructure, pool, producer, topics, topic_prefix, monkeypatch
-):
-    """A batch's offset commit runs while the next batch is handled.  A consumer stopped while
-    one is still on its way waits for it: the records it handled are not delivered again."""
-    commits: list[str] = []
-
-    class SlowCommits(AIOKafkaConsumer):
-        async def commit(self, offsets: Any = None) -> None:
-            commits.append("sent")
-            await asyncio.sleep(0.5)  # the broker is slow to answer
-            await super().commit(offsets)
-            commits.append("answered")
-
-    monkeypatch.setattr(consumer_module, "AIOKafkaConsumer", SlowCommits)
-    name = f"{topic_prefix}g"
-    metrics = ServiceMetrics()
-    async with Running(
-        runner_for(
-            infrastructure, pool, producer, topics, {"Counted": record_effect}, metrics, name
-        )
-    ):
-        await send(producer, topics[0], event(1))
-        await eventually(lambda: asyncio.sleep(0, commits == ["sent"]), what="the commit sent")
-    assert commits == ["sent", "answered"]
-    admin = AIOKafkaConsumer(bootstrap_servers=infrastructure.kafka_bootstrap, group_id=name)
-    await admin.start()
-    try:
-        assert await admin.committed(TopicPartition(topics[0], 0)) == 1
-    finally:
-        await admin.stop()
-
-
-async def test_a_consumer_stopping_while_it_waits_for_the_commit_before_lets_it_finish(
-    infrastructure, pool, producer, topics, topic_prefix, monkeypatch
-):
-    """The next batch was handled while the commit before it was on its way; the consumer
-    stops as it waits for that commit to send its own: the commit still finishes."""
+@pytest.fixture
+def slow_commits(monkeypatch) -> list[str]:  # type: ignore[no-untyped-def]
+    """Kafka consumers whose offset commits take a second to come back; what they did, in
+    order ("sent", "answered")."""
     commits: list[str] = []
 
     class SlowCommits(AIOKafkaConsumer):
@@ -1016,19 +982,49 @@ async def test_a_consumer_stopping_while_it_waits_for_the_commit_before_lets_it_
             commits.append("answered")
 
     monkeypatch.setattr(consumer_module, "AIOKafkaConsumer", SlowCommits)
+    return commits
+
+
+async def committed_offset(bootstrap: str, group: str, tp: TopicPartition) -> int | None:
+    admin = AIOKafkaConsumer(bootstrap_servers=bootstrap, group_id=group)
+    await admin.start()
+    try:
+        offset: int | None = await admin.committed(tp)
+        return offset
+    finally:
+        await admin.stop()
+
+
+async def test_a_consumer_stopping_lets_its_offset_commit_in_flight_finish(
+    infrastructure, pool, producer, topics, topic_prefix, slow_commits
+):
+    """A batch's offset commit runs while the next batch is handled.  A consumer stopped while
+    one is still on its way waits for it: the records it handled are not delivered again."""
     name = f"{topic_prefix}g"
     async with Running(
         runner_for(infrastructure, pool, producer, topics, {"Counted": record_effect}, None, name)
     ):
         await send(producer, topics[0], event(1))
-        await eventually(lambda: asyncio.sleep(0, commits == ["sent"]), what="the commit sent")
+        await eventually(lambda: asyncio.sleep(0, slow_commits == ["sent"]), what="the commit sent")
+    assert slow_commits == ["sent", "answered"]
+    bootstrap = infrastructure.kafka_bootstrap
+    assert await committed_offset(bootstrap, name, TopicPartition(topics[0], 0)) == 1
+
+
+async def test_a_consumer_stopping_while_it_waits_for_the_commit_before_lets_it_finish(
+    infrastructure, pool, producer, topics, topic_prefix, slow_commits
+):
+    """The next batch was handled while the commit before it was on its way; the consumer
+    stops as it waits for that commit to send its own: the commit still finishes."""
+    name = f"{topic_prefix}g"
+    async with Running(
+        runner_for(infrastructure, pool, producer, topics, {"Counted": record_effect}, None, name)
+    ):
+        await send(producer, topics[0], event(1))
+        await eventually(lambda: asyncio.sleep(0, slow_commits == ["sent"]), what="the commit sent")
         await send(producer, topics[0], event(2))
         await eventually(lambda: pool.fetchval("SELECT count(*) = 2 FROM effects"))
-        assert commits == ["sent"]  # the second batch waits for the first one's commit
-    assert commits == ["sent", "answered"]
-    admin = AIOKafkaConsumer(bootstrap_servers=infrastructure.kafka_bootstrap, group_id=name)
-    await admin.start()
-    try:
-        assert await admin.committed(TopicPartition(topics[0], 0)) == 1
-    finally:
-        await admin.stop()
+        assert slow_commits == ["sent"]  # the second batch waits for the first one's commit
+    assert slow_commits == ["sent", "answered"]
+    bootstrap = infrastructure.kafka_bootstrap
+    assert await committed_offset(bootstrap, name, TopicPartition(topics[0], 0)) == 1
