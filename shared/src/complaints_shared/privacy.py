@@ -32,7 +32,7 @@ import os
 import time
 from collections.abc import Callable, Collection, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 from uuid import UUID
 
 import asyncpg
@@ -52,6 +52,9 @@ ERASED = "erased"
 SEALED_PREFIX = "pii:1:"
 _PREFIX_LENGTH = len(SEALED_PREFIX)
 _NONCE = 12
+
+K = TypeVar("K")
+V = TypeVar("V")
 
 
 class UnknownDataSubject(LookupError):
@@ -388,7 +391,7 @@ SEALING_KEYS_FOR = 300.0
 """Seconds a process seals a stream's values with the key it registered or looked up, without
 asking the keyring again (a stream's key changes only by its erasure)."""
 SEALING_KEYS_KEPT = 50_000  # streams whose sealing key a process keeps at most (the latest)
-OPENING_KEYS_KEPT = 50_000  # unwrapped keys a process keeps to open with (the oldest go first)
+OPENING_KEYS_KEPT = 50_000  # unwrapped keys a process keeps to open with (the latest)
 
 
 class PostgresKeyring:
@@ -472,10 +475,7 @@ class PostgresKeyring:
 
     def _remember(self, stream_id: UUID, key: DataKey) -> None:
         """Keep the key to seal the stream's values with (see ``_sealing``)."""
-        self._sealing.pop(stream_id, None)  # the latest last: the oldest go first
-        self._sealing[stream_id] = (key, time.monotonic())
-        while len(self._sealing) > SEALING_KEYS_KEPT:
-            del self._sealing[next(iter(self._sealing))]
+        _keep_latest(self._sealing, stream_id, (key, time.monotonic()), SEALING_KEYS_KEPT)
 
     def _kept(self, stream_id: UUID) -> DataKey | None:
         """The stream's sealing key, if this process registered or looked it up less than
@@ -532,12 +532,10 @@ class PostgresKeyring:
             unwrapped = self._opening.get(key_id)
             if unwrapped is None or unwrapped[0] != wrapped:
                 unwrapped = (wrapped, self._data_key(key_id, wrapped))
-                self._opening[key_id] = unwrapped
+                _keep_latest(self._opening, key_id, unwrapped, OPENING_KEYS_KEPT)
             found[key_id] = unwrapped[1]
         for gone in set(key_ids) - found.keys():
             self._opening.pop(gone, None)  # erased: its key goes from this process too
-        while len(self._opening) > OPENING_KEYS_KEPT:
-            del self._opening[next(iter(self._opening))]
         return found
 
     async def streams_of(self, customer_key: str) -> list[UUID]:
@@ -566,6 +564,14 @@ class PostgresKeyring:
         for stream_id in streams:
             self._sealing.pop(stream_id, None)
         return streams
+
+
+def _keep_latest(kept: dict[K, V], key: K, value: V, limit: int) -> None:
+    """Put ``value`` last in ``kept`` (insertion order), dropping the oldest beyond ``limit``."""
+    kept.pop(key, None)
+    kept[key] = value
+    while len(kept) > limit:
+        del kept[next(iter(kept))]
 
 
 def load_master_key(text: str) -> bytes:
