@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import threading
+
 import numpy as np
 import pytest
 
@@ -31,11 +33,22 @@ def test_the_same_story_in_other_languages_ranks_first():
     assert set(top[:3]) == {"pt", "es", "en"}
 
 
-@pytest.mark.parametrize("postings", ["added in place", "copied out"])
+@pytest.mark.parametrize("postings", ["added in place", "split between two threads", "copied out"])
 def test_increments_rank_as_a_fresh_comparison_of_every_text(monkeypatch, postings):
     monkeypatch.setattr(similarity, "TAIL", 3)  # merge into the posting lists often
     if postings == "copied out":  # the way taken where SciPy lacks the in-place one
         monkeypatch.setattr(similarity, "_add_columns", None)
+    threads: list[str] = []
+    if postings == "split between two threads":  # every query, even on a one-core machine
+        monkeypatch.setattr(similarity, "SPLIT_POSTINGS", 1)
+        monkeypatch.setattr(similarity.os, "cpu_count", lambda: 2)
+        adding = SimilarIndex._add_postings
+
+        def add_postings(self, out, cols, weights):
+            threads.append(threading.current_thread().name)
+            adding(self, out, cols, weights)
+
+        monkeypatch.setattr(SimilarIndex, "_add_postings", add_postings)
     rng = np.random.default_rng(7)
     words = ["toaster", "queue", "staff", "rude", "price", "shelf", "broken", "delivery"]
     words += ["late", "refund", "card", "fee"]
@@ -52,6 +65,9 @@ def test_increments_rank_as_a_fresh_comparison_of_every_text(monkeypatch, postin
     assert [k for k, _ in got] == [k for k, _ in expected] and "c3" not in dict(got)
     assert [s for _, s in got] == pytest.approx([s for _, s in expected], abs=1e-4)
     assert index._main.shape[0] > 30  # most of them were ranked from the posting lists
+    if postings == "split between two threads":
+        helper = [t for t in threads if t.startswith("similar-score")]
+        assert len(threads) == 2 and len(helper) == 1  # half by the thread that asked, half not
     assert len(index) == 39
     index.apply([("c5", 50, "an older version arrives late")])  # ignored: older
     assert index.version_of("c5") == 101

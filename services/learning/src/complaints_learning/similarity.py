@@ -15,13 +15,19 @@ to run on one worker thread (:class:`SimilarIndex` is not locked), off the event
 
 A query's cost is the length of its n-grams' posting lists (about a tenth of all postings for
 a typical text), so each posting list is added into the scores where it lies, in one compiled
-pass, without first copying the query's columns out of the matrix.
+pass, without first copying the query's columns out of the matrix.  That pass releases the GIL:
+a query with many postings (``SPLIT_POSTINGS``) has half of its posting lists added by a second
+thread into scores of its own, summed after; it only reads the matrix, while the thread that
+asked waits for it, so the index is still never used by two callers at once.
 """
 
 from __future__ import annotations
 
+import functools
 import hashlib
+import os
 from collections.abc import Iterable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import numpy as np
@@ -38,6 +44,9 @@ except ImportError:  # pragma: no cover - a SciPy without it takes the slower pu
 
 FEATURES = 2**20
 TAIL = 2048  # texts scanned whole before they are merged into the posting lists
+# A query with more postings than this is scored by two threads (on a machine with two cores
+# or more); below it, handing half over costs more than it saves.
+SPLIT_POSTINGS = 200_000
 
 _VECTORIZER = HashingVectorizer(
     analyzer="char_wb",
@@ -47,6 +56,12 @@ _VECTORIZER = HashingVectorizer(
     norm=None,
     preprocessor=normalise,
 )
+
+
+@functools.cache
+def _helper() -> ThreadPoolExecutor:
+    """The second thread that scores half of a large query's posting lists."""
+    return ThreadPoolExecutor(1, thread_name_prefix="similar-score")
 
 
 def _digest(text: str) -> bytes:
@@ -134,11 +149,27 @@ class SimilarIndex:
     def _score_main(self, out: np.ndarray, cols: np.ndarray, weights: np.ndarray) -> None:
         """``out += main[:, cols] @ weights``."""
         main = self._main
-        ptr, rows, values = main.indptr, main.indices, main.data
+        ptr, rows = main.indptr, main.indices
         if _add_columns is None or ptr.dtype != rows.dtype:
             out += main[:, cols] @ weights
             return
-        n = len(out)
+        reach = np.cumsum(ptr[cols + 1] - ptr[cols])  # postings up to each column
+        if not len(reach) or reach[-1] < SPLIT_POSTINGS or (os.cpu_count() or 1) < 2:
+            self._add_postings(out, cols, weights)
+            return
+        cut = int(np.searchsorted(reach, reach[-1] // 2)) + 1  # about half the postings
+        theirs = np.zeros_like(out)
+        done = _helper().submit(self._add_postings, theirs, cols[cut:], weights[cut:])
+        try:
+            self._add_postings(out, cols[:cut], weights[:cut])
+        finally:
+            done.result()  # never left reading the matrix after this returns
+        out += theirs
+
+    def _add_postings(self, out: np.ndarray, cols: np.ndarray, weights: np.ndarray) -> None:
+        """``out += main[:, cols] @ weights``, each column's posting list where it lies."""
+        main, n = self._main, len(out)
+        ptr, rows, values = main.indptr, main.indices, main.data
         for col, weight in zip(cols.tolist(), weights.tolist(), strict=True):
             _add_columns(
                 n, 1, ptr[col : col + 2], rows, values, np.array([weight], np.float32), out
