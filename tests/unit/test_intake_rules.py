@@ -44,6 +44,51 @@ def test_normalise_and_lexicon_ignore_case_accents_and_endings():
     assert lex.matches("billing and bills") == []  # no star: whole words only
 
 
+_LEXICONS = [  # the shipped ones, and one whose phrases hold its other terms
+    Lexicon.of(["nao funciona", "funciona", "func*", "nao", "a b c", "b", "b c*"]),
+    *RULES.categories.values(),
+    *(lex for _, lex in RULES.weighted_negative),
+    *RULES.public_exposure.values(),
+    *RULES.safety.values(),
+]
+_PIECES = sorted(
+    {
+        piece
+        for lex in _LEXICONS
+        for term in lex.terms
+        for word in normalise(term.rstrip("*")).split(" ")
+        for piece in (word, word[:3], f"{word}s", f"x{word}")
+    }
+)
+
+
+def _one_search(lex: Lexicon, text: str) -> list[str]:
+    """What the lexicon's single pattern finds, searched at every position of ``text``."""
+    assert lex.pattern is not None
+    return list(dict.fromkeys(m.group(0) for m in lex.pattern.finditer(text)))
+
+
+@given(
+    st.lists(
+        st.sampled_from(_PIECES) | st.sampled_from([" ", "  ", "-", ".", ", ", "'", "_", "1"]),
+        max_size=40,
+    ),
+    st.sampled_from(range(len(_LEXICONS))),
+)
+def test_a_lexicon_finds_at_word_starts_what_one_search_of_the_text_finds(pieces, which):
+    """Words, stems, phrases, parts and extensions of the terms, run together or apart by
+    spaces, punctuation and digits: matching only where a word starts finds the same."""
+    lex, text = _LEXICONS[which], "".join(pieces)
+    assert lex.matches(text) == _one_search(lex, text)
+
+
+def test_a_match_hides_the_terms_within_it_and_a_term_may_start_with_no_letter():
+    assert _LEXICONS[0].matches("nao funciona, a b c b cd") == ["nao funciona", "a b c", "b cd"]
+    lex = Lexicon.of(["#fail", "@shop*", "bad"])
+    assert lex.matches("so #fail, bad @shopping") == ["#fail", "bad", "@shopping"]
+    assert lex.matches("so#fail") == _one_search(lex, "so#fail")
+
+
 @given(st.text() | st.text(st.characters(max_codepoint=127)))
 def test_normalise_is_the_case_folded_decomposition_without_marks_and_extra_spaces(text):
     """ASCII text takes a shorter way; every text gives what the definition gives."""
