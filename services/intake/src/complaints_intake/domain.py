@@ -25,6 +25,7 @@ from rapidfuzz import fuzz
 from complaints_intake.language import MIN_CONFIDENCE, Detection
 from complaints_intake.messages import Template, render
 from complaints_intake.rules import IntakeRules
+from complaints_intake.text import words
 from complaints_shared.envelope import Event
 from complaints_shared.errors import CommandRejected, InputRejected
 from complaints_shared.events import DomainEvent
@@ -356,7 +357,7 @@ def receive(
     template = templates.get(language) or templates[ip.default_language]
 
     text = complaint.text
-    norm = normalise(text)  # once for every rule below
+    norm = words(text)  # once for every rule below
     negative = rules.negative_wording(text, norm)
     signals = rules.signals(text, norm)
     category, category_suggested = complaint.category, False

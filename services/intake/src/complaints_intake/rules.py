@@ -8,10 +8,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from complaints_intake.text import Lexicon
+from complaints_intake.text import Lexicon, words
 from complaints_shared.datafiles import read_data_file
 from complaints_shared.policy import IntakePolicy
-from complaints_shared.vocabulary import normalise
 
 SHOUTING_RATIO = 0.6
 SHOUTING_MIN_LETTERS = 20
@@ -58,8 +57,9 @@ class IntakeRules:
 
     def signals(self, text: str, norm: str | None = None) -> Signals:
         """The reason codes of public exposure and of a safety incident the text suggests
-        (``norm``: the text normalised, when the caller has it already; so in each method)."""
-        norm = normalise(text) if norm is None else norm
+        (``norm``: the text normalised, when the caller has it already, best as
+        :func:`~complaints_intake.text.words`; so in each method)."""
+        norm = words(text) if norm is None else norm
         public = tuple(c for c, lex in self.public_exposure.items() if lex.matches(norm))
         safety = tuple(c for c, lex in self.safety.items() if lex.matches(norm))
         if safety == (CHILD,):  # a child alone is no safety incident
@@ -68,7 +68,7 @@ class IntakeRules:
 
     def suggest_category(self, text: str, norm: str | None = None) -> tuple[str, list[str]]:
         """The category with most keyword matches (ties: policy order), else ``other``."""
-        norm = normalise(text) if norm is None else norm
+        norm = words(text) if norm is None else norm
         best, best_hits = "other", list[str]()
         for category, lexicon in self.categories.items():
             hits = lexicon.matches(norm)
@@ -77,7 +77,7 @@ class IntakeRules:
         return best, best_hits
 
     def negative_wording(self, text: str, norm: str | None = None) -> NegativeWording:
-        norm = normalise(text) if norm is None else norm
+        norm = words(text) if norm is None else norm
         score, terms = 0, []
         for weight, lexicon in self.weighted_negative:
             hits = lexicon.matches(norm)
