@@ -4,7 +4,7 @@ A lexicon's terms match only where a word starts, so a text is searched only the
 starts are found once and kept with the text (:class:`Words`) for the next lexicons asked
 about it, and at each one only the terms that begin with its character are tried, in the
 lexicon's own order (longest first).  That finds exactly what one search with all the terms
-finds, at a fraction of the cost: every rule asks about the same text, about twenty lexicons
+finds, in about 60% of its time: every rule asks about the same text, about twenty lexicons
 in all.
 """
 
@@ -67,21 +67,20 @@ class Lexicon:
         by_first = {c: re.compile("(?:" + "|".join(ps) + ")") for c, ps in grouped.items()}
         return cls(cleaned, pattern, by_first)
 
-    def matches(self, normalised_text: str) -> list[str]:
+    def matches(self, text: str) -> list[str]:
         """The distinct matched words/phrases of an already normalised text, in order (a
         :class:`Words` finds its word starts once for every lexicon)."""
         if self.pattern is None:
             return []
         if self.by_first is None:
-            return list(dict.fromkeys(m.group(0) for m in self.pattern.finditer(normalised_text)))
+            return list(dict.fromkeys(m.group(0) for m in self.pattern.finditer(text)))
         found: dict[str, None] = {}
         searched_to = 0  # as one search goes on after each match's end
         get = self.by_first.get
-        text = normalised_text
         for start in text.starts if isinstance(text, Words) else _word_starts(text):
-            if start < searched_to or (term := get(normalised_text[start])) is None:
+            if start < searched_to or (term := get(text[start])) is None:
                 continue
-            if m := term.match(normalised_text, start):
+            if m := term.match(text, start):
                 found[m.group(0)] = None
                 searched_to = m.end()
         return list(found)
