@@ -406,6 +406,10 @@ class Inbox:
     def to(self, address: str) -> list[EmailMessage]:
         return [m for m in self.messages if m["To"] == address]
 
+    def messages_to(self, prefix: str) -> list[EmailMessage]:
+        """The messages to addresses that start with ``prefix``."""
+        return [m for m in self.messages if str(m["To"]).startswith(prefix)]
+
 
 class TcpProxy:
     """A TCP forwarder in front of a real server, to cut the network to it and restore it:

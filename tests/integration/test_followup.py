@@ -351,6 +351,112 @@ async def test_a_burst_of_messages_goes_out_over_a_few_kept_connections_in_each_
     )
 
 
+async def _hand_overs_meeting_a_locked_record(
+    p: Platform, clock: ManualClock, inbox: Inbox, name: str, broken: int | None = None
+) -> list[uuid.UUID]:
+    """Twelve complaints with a message each, due at once; the ``broken`` one is a check whose
+    reference is no check id (its record cannot be written).  Their rows are locked while
+    they are handed over, so the first record waits and the other hand-overs end meanwhile.
+    Returns the complaints once the lock is let go."""
+    pool = p.pool("followup")
+    complaints = [uuid.uuid4() for _ in range(12)]
+    inbox.hold()
+    try:
+        async with pool.acquire() as conn, conn.transaction():
+            for i, complaint_id in enumerate(complaints):
+                await conn.execute(
+                    "INSERT INTO contact_preferences (complaint_id, channel, language, reference,"
+                    " email) VALUES ($1, 'email', 'en', $2, $3)",
+                    complaint_id,
+                    f"CMP-{name}-{i}",
+                    f"{name}{i}@example.com",
+                )
+                await conn.execute(
+                    "INSERT INTO deliveries (id, complaint_id, kind, ref, source_type, channel,"
+                    " language, subject, body, next_attempt_at) VALUES ($1, $2, $3, $4, $5,"
+                    " 'email', 'en', $6, 'Hello', $7)",
+                    uuid.uuid4(),
+                    complaint_id,
+                    "check" if i == broken else "message",
+                    "no-check-id" if i == broken else str(uuid.uuid4()),
+                    "SatisfactionCheck" if i == broken else "CaseAssigned",
+                    f"{name} {i}",
+                    clock() - timedelta(seconds=1),
+                )
+        await eventually(
+            lambda: pool.fetchval(
+                "SELECT count(*) = 12 FROM deliveries WHERE complaint_id = ANY($1::uuid[])"
+                " AND attempts = 1",
+                complaints,
+            ),
+            what="all twelve claimed",
+        )
+        async with pool.acquire() as conn, conn.transaction():
+            await conn.execute(
+                "SELECT 1 FROM deliveries WHERE complaint_id = ANY($1::uuid[]) FOR UPDATE",
+                complaints,
+            )
+            inbox.release()
+            await eventually(
+                lambda: asyncio.sleep(0, len(inbox.messages_to(name)) == 12),
+                what="all twelve handed over",
+            )
+            await asyncio.sleep(0.3)  # the hand-overs' records wait for the lock
+    finally:
+        inbox.release()
+    return complaints
+
+
+async def test_hand_overs_that_end_while_one_is_recorded_are_recorded_together(loop):
+    """The hand-overs that end while another is being recorded as sent wait and are recorded
+    in one transaction, not one each."""
+    p, clock, inbox = loop
+    pool = p.pool("followup")
+    complaints = await _hand_overs_meeting_a_locked_record(p, clock, inbox, "together")
+    await eventually(
+        lambda: pool.fetchval(
+            "SELECT count(*) = 12 FROM events WHERE type = 'CustomerMessageSent'"
+            " AND stream_id = ANY($1::uuid[])",
+            complaints,
+        ),
+        what="every message recorded as sent",
+    )
+    transactions = await pool.fetchval(
+        "SELECT count(DISTINCT xmin::text) FROM deliveries"
+        " WHERE complaint_id = ANY($1::uuid[]) AND status = 'sent'",
+        complaints,
+    )
+    assert transactions == 2  # the first, then every one that ended while it waited
+
+
+async def test_a_hand_over_whose_record_fails_fails_alone(loop):
+    """Of hand-overs recorded together, one whose record cannot be written stays pending with
+    its error (to be sent again); the others are recorded as sent."""
+    p, clock, inbox = loop
+    pool = p.pool("followup")
+    complaints = await _hand_overs_meeting_a_locked_record(p, clock, inbox, "alone", broken=5)
+    others = complaints[:5] + complaints[6:]
+    await eventually(
+        lambda: pool.fetchval(
+            "SELECT count(*) = 11 FROM events WHERE type = 'CustomerMessageSent'"
+            " AND stream_id = ANY($1::uuid[])",
+            others,
+        ),
+        what="every other message recorded as sent",
+    )
+
+    async def failed_alone() -> bool:
+        row = await pool.fetchrow(
+            "SELECT status, last_error FROM deliveries WHERE complaint_id = $1", complaints[5]
+        )
+        return (row["status"], row["last_error"]) == ("pending", "ValueError")
+
+    await eventually(failed_alone, what="the broken delivery pending with its error")
+    assert not await pool.fetchval(
+        "SELECT count(*) FROM events WHERE stream_id = $1", complaints[5]
+    )
+
+
 async def test_delivery_failures_are_retried_and_sent_is_recorded_only_after_hand_over(loop, http):
     p, clock, inbox = loop
     cid = await submit(p, http, "joana@example.pt")

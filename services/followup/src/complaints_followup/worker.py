@@ -24,7 +24,7 @@ from complaints_shared.events import DomainEvent
 from complaints_shared.events import followup as ev
 from complaints_shared.events.intake import ComplaintAcknowledged
 from complaints_shared.events.resolution import SolutionAgreed
-from complaints_shared.faults import is_transient
+from complaints_shared.faults import database_unavailable, is_transient
 from complaints_shared.service import Runtime
 from complaints_shared.vocabulary import Channel, format_when
 
@@ -204,18 +204,21 @@ async def deliver_due(rt: Runtime) -> int:
 
     The messages of several complaints go out at the same time (at most
     :data:`HAND_OVERS_AT_ONCE`); one complaint's messages go out one after another, in the
-    order they fell due.  The round takes batches until nothing due is left (an attempted
-    row is due again only after its backoff), so a burst is not spread over many rounds."""
+    order they fell due, each once the one before is recorded as sent.  The hand-overs that
+    end while others are being recorded are recorded together (:class:`SentRecords`).  The
+    round takes batches until nothing due is left (an attempted row is due again only after
+    its backoff), so a burst is not spread over many rounds."""
     now = rt.clock()
     max_attempts = rt.policy.followup.delivery_max_attempts
     res: FollowupResources = rt.resources
     gate = asyncio.Semaphore(HAND_OVERS_AT_ONCE)
+    records = SentRecords(rt)
 
     async def one_complaint(rows: list[asyncpg.Record]) -> int:
         handed = 0
         for row in rows:
             async with gate:
-                handed += await _deliver_one(rt, row, max_attempts)
+                handed += await _deliver_one(rt, records, row, max_attempts)
         return handed
 
     backoffs = [_backoff(rt, n) for n in range(1, max_attempts + 2)]
@@ -240,13 +243,15 @@ async def deliver_due(rt: Runtime) -> int:
         await res.notifier.close_idle()
 
 
-async def _deliver_one(rt: Runtime, d: asyncpg.Record, max_attempts: int) -> int:
+async def _deliver_one(
+    rt: Runtime, records: SentRecords, d: asyncpg.Record, max_attempts: int
+) -> int:
     """Hand over one claimed delivery (its attempt is recorded already)."""
     if d["attempts"] > max_attempts:  # the copies are bounded, even across crashes
         await _delivery_failed(rt, d, "AttemptsExhausted", None, final=True)
         return 0
     try:
-        return await _hand_over(rt, d)
+        return await _hand_over(rt, records, d)
     except Exception as exc:
         if is_transient(exc) and not isinstance(exc, DeliveryFailed):
             raise  # the database: the attempt is recorded, the round waits
@@ -256,7 +261,7 @@ async def _deliver_one(rt: Runtime, d: asyncpg.Record, max_attempts: int) -> int
         return 0
 
 
-async def _hand_over(rt: Runtime, d: asyncpg.Record) -> int:
+async def _hand_over(rt: Runtime, records: SentRecords, d: asyncpg.Record) -> int:
     """Hand one claimed delivery to its channel, then record it as sent (1) — unless it was
     cancelled while it was on its way (0)."""
     res: FollowupResources = rt.resources
@@ -267,22 +272,91 @@ async def _hand_over(rt: Runtime, d: asyncpg.Record) -> int:
     await res.notifier.send(
         Outbound(str(d["id"]), channel, to, d["subject"], d["body"], d["language"])
     )
-    async with rt.transaction() as conn:
-        marked = await conn.fetchval(
-            "UPDATE deliveries SET status = 'sent', sent_at = $2 WHERE id = $1"
-            " AND status = 'pending' RETURNING true",
-            d["id"],
-            rt.clock(),
-        )
-        if not marked:
-            return 0
-        await checks(rt).execute(
-            conn,
-            d["complaint_id"],
-            partial(_delivered, d=d, channel=channel),
-            likely_new=d["source_type"] == _FIRST_MESSAGE,  # it starts the complaint's stream
-        )
-    return 1
+    return await records.record(d, channel)
+
+
+class SentRecords:
+    """Hand-overs recorded as sent, in groups: those that end while a group is being written
+    wait and go into the next one together, one transaction for the group (each delivery's
+    mark and the event that records it) instead of one each.  A hand-over waits for nothing
+    else: when none is being written, its group starts at once.
+
+    A group that fails is written again one delivery at a time, so that an error reaches only
+    the delivery it belongs to; a database that is unavailable fails the whole group (each
+    delivery is sent again after its backoff, as alone)."""
+
+    def __init__(self, rt: Runtime) -> None:
+        self.rt = rt
+        self._waiting: list[tuple[asyncpg.Record, str, asyncio.Future[int]]] = []
+        self._writing: asyncio.Task[None] | None = None
+
+    async def record(self, d: asyncpg.Record, channel: str) -> int:
+        """Record the delivery ``d``, handed over on ``channel``, as sent: 1, or 0 when it was
+        cancelled meanwhile."""
+        recorded: asyncio.Future[int] = asyncio.get_running_loop().create_future()
+        self._waiting.append((d, channel, recorded))
+        if self._writing is None:
+            self._writing = asyncio.create_task(self._write_waiting())
+        return await recorded
+
+    async def _write_waiting(self) -> None:
+        try:
+            while self._waiting:
+                group, self._waiting = self._waiting, []
+                await self._write(group)
+        finally:
+            self._writing = None
+            for *_, recorded in self._waiting:  # stopped (cancelled): none of these written
+                recorded.cancel()
+            self._waiting = []
+
+    async def _write(self, group: list[tuple[asyncpg.Record, str, asyncio.Future[int]]]) -> None:
+        try:
+            async with self.rt.transaction() as conn:
+                marked = await _mark_sent(conn, self.rt, [(d, channel) for d, channel, _ in group])
+        except Exception as exc:
+            if len(group) > 1 and not database_unavailable(exc):
+                for one in group:  # which one fails, if one does, learns it alone
+                    await self._write([one])
+                return
+            for *_, recorded in group:
+                if not recorded.done():
+                    recorded.set_exception(exc)
+            return
+        except BaseException:
+            for *_, recorded in group:
+                recorded.cancel()
+            raise
+        for (*_, recorded), n in zip(group, marked, strict=True):
+            if not recorded.done():
+                recorded.set_result(n)
+
+
+_MARK_SENT = """
+WITH marked AS (
+    UPDATE deliveries SET status = 'sent', sent_at = $2
+     WHERE id = ANY($1::uuid[]) AND status = 'pending'
+    RETURNING id
+)
+SELECT coalesce(array_agg(id), '{}') FROM marked
+"""
+
+
+async def _mark_sent(
+    conn: asyncpg.Connection, rt: Runtime, handed: list[tuple[asyncpg.Record, str]]
+) -> list[int]:
+    """Mark the handed-over deliveries sent and record each one's event (none for one that was
+    cancelled meanwhile); 1 or 0 for each."""
+    marked = set(await conn.fetchval(_MARK_SENT, [d["id"] for d, _ in handed], rt.clock()))
+    for d, channel in handed:
+        if d["id"] in marked:
+            await checks(rt).execute(
+                conn,
+                d["complaint_id"],
+                partial(_delivered, d=d, channel=channel),
+                likely_new=d["source_type"] == _FIRST_MESSAGE,  # it starts the complaint's stream
+            )
+    return [int(d["id"] in marked) for d, _ in handed]
 
 
 # what followup records first of nearly every complaint: its acknowledgement sent
