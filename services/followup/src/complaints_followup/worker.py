@@ -203,11 +203,11 @@ async def deliver_due(rt: Runtime) -> int:
     ``delivery_max_attempts`` times in all.
 
     The messages of several complaints go out at the same time (at most
-    :data:`HAND_OVERS_AT_ONCE`); one complaint's messages go out one after another, in the
-    order they fell due, each once the one before is recorded as sent.  The hand-overs that
-    end while others are being recorded are recorded together (:class:`SentRecords`).  The
-    round takes batches until nothing due is left (an attempted row is due again only after
-    its backoff), so a burst is not spread over many rounds."""
+    :data:`HAND_OVERS_AT_ONCE` at the channel at once); one complaint's messages go out one
+    after another, in the order they fell due, each once the one before is recorded as sent.
+    The hand-overs that end while others are being recorded are recorded together
+    (:class:`SentRecords`).  The round takes batches until nothing due is left (an attempted
+    row is due again only after its backoff), so a burst is not spread over many rounds."""
     now = rt.clock()
     max_attempts = rt.policy.followup.delivery_max_attempts
     res: FollowupResources = rt.resources
@@ -217,8 +217,7 @@ async def deliver_due(rt: Runtime) -> int:
     async def one_complaint(rows: list[asyncpg.Record]) -> int:
         handed = 0
         for row in rows:
-            async with gate:
-                handed += await _deliver_one(rt, records, row, max_attempts)
+            handed += await _deliver_one(rt, gate, records, row, max_attempts)
         return handed
 
     backoffs = [_backoff(rt, n) for n in range(1, max_attempts + 2)]
@@ -244,14 +243,14 @@ async def deliver_due(rt: Runtime) -> int:
 
 
 async def _deliver_one(
-    rt: Runtime, records: SentRecords, d: asyncpg.Record, max_attempts: int
+    rt: Runtime, gate: asyncio.Semaphore, records: SentRecords, d: asyncpg.Record, max_attempts: int
 ) -> int:
     """Hand over one claimed delivery (its attempt is recorded already)."""
     if d["attempts"] > max_attempts:  # the copies are bounded, even across crashes
         await _delivery_failed(rt, d, "AttemptsExhausted", None, final=True)
         return 0
     try:
-        return await _hand_over(rt, records, d)
+        return await _hand_over(rt, gate, records, d)
     except Exception as exc:
         if is_transient(exc) and not isinstance(exc, DeliveryFailed):
             raise  # the database: the attempt is recorded, the round waits
@@ -261,17 +260,20 @@ async def _deliver_one(
         return 0
 
 
-async def _hand_over(rt: Runtime, records: SentRecords, d: asyncpg.Record) -> int:
-    """Hand one claimed delivery to its channel, then record it as sent (1) — unless it was
-    cancelled while it was on its way (0)."""
+async def _hand_over(
+    rt: Runtime, gate: asyncio.Semaphore, records: SentRecords, d: asyncpg.Record
+) -> int:
+    """Hand one claimed delivery to its channel (``gate``: one of the hand-overs at once),
+    then record it as sent (1) — unless it was cancelled while it was on its way (0)."""
     res: FollowupResources = rt.resources
-    target = await address(rt.pool, d["complaint_id"], d["channel"])
-    if target is None:
-        raise Undeliverable(f"no contact for the {d['channel']} channel")
-    channel, to = target
-    await res.notifier.send(
-        Outbound(str(d["id"]), channel, to, d["subject"], d["body"], d["language"])
-    )
+    async with gate:  # the record does not hold a place: the next complaint's goes on
+        target = await address(rt.pool, d["complaint_id"], d["channel"])
+        if target is None:
+            raise Undeliverable(f"no contact for the {d['channel']} channel")
+        channel, to = target
+        await res.notifier.send(
+            Outbound(str(d["id"]), channel, to, d["subject"], d["body"], d["language"])
+        )
     return await records.record(d, channel)
 
 
