@@ -13,6 +13,7 @@ is idempotent, readiness is awaited.
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import contextlib
 import glob
@@ -42,6 +43,7 @@ KEYCLOAK_VERSION = "26.4.5"
 REALM = "complaints"
 SERVICES = ("intake", "resolution", "followup", "learning")
 PORTS = {"intake": 8001, "resolution": 8002, "followup": 8003, "learning": 8004}
+OFFSETS_PARTITIONS = 10  # of the broker's group-offsets topic
 
 
 def service_port(name: str) -> str:
@@ -87,6 +89,56 @@ def _tail(path: Path, lines: int = 15) -> str:
     if not path.exists():
         return "(no log)"
     return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+
+
+def _java_string_hash(text: str) -> int:
+    """Java's ``String.hashCode`` of an ASCII text (each character one UTF-16 unit)."""
+    h = 0
+    for c in text:
+        h = (31 * h + ord(c)) & 0xFFFFFFFF
+    return h - (1 << 32) if h >= 1 << 31 else h
+
+
+def _group_on_each_offsets_partition() -> list[str]:
+    """A group name for every partition of the group-offsets topic (the broker places a group
+    by its name's Java hash)."""
+    named: dict[int, str] = {}
+    n = 0
+    while len(named) < OFFSETS_PARTITIONS:
+        group = f"complaints-infra-ready-{n}"
+        h = _java_string_hash(group)
+        named.setdefault((0 if h == -(1 << 31) else abs(h)) % OFFSETS_PARTITIONS, group)
+        n += 1
+    return list(named.values())
+
+
+async def _group_coordinators_ready(bootstrap: str, deadline: float) -> None:
+    """Until every partition of a fresh broker's group-offsets topic has a coordinator that
+    has loaded it (the first request creates the topic).  Services that join their groups
+    before would each log errors (``GroupCoordinatorNotAvailable``, "Marking the coordinator
+    dead") until it is ready."""
+    from aiokafka.client import AIOKafkaClient, CoordinationType
+    from aiokafka.errors import KafkaError, for_code
+    from aiokafka.protocol.commit import OffsetFetchRequest
+
+    client = AIOKafkaClient(bootstrap_servers=bootstrap)
+    try:
+        await client.bootstrap()
+        for group in _group_on_each_offsets_partition():
+            while True:
+                try:
+                    node = await client.coordinator_lookup(CoordinationType.GROUP, group)
+                    answer = await client.send(node, OffsetFetchRequest(group, None))
+                    error = for_code(answer.error_code)
+                    if error.errno == 0:
+                        break
+                except KafkaError as exc:
+                    error = type(exc)
+                if time.monotonic() > deadline:
+                    raise InfraError(f"Kafka's group coordinators are not ready: {error.__name__}")
+                await asyncio.sleep(0.2)
+    finally:
+        await client.close()
 
 
 def kafka_cluster_id(draw: Callable[[], uuid.UUID] = uuid.uuid4) -> str:
@@ -177,7 +229,7 @@ class Kafka:
                     f"log.dirs={data}",
                     "num.partitions=3",
                     "offsets.topic.replication.factor=1",
-                    "offsets.topic.num.partitions=10",
+                    f"offsets.topic.num.partitions={OFFSETS_PARTITIONS}",
                     "transaction.state.log.replication.factor=1",
                     "transaction.state.log.min.isr=1",
                     "share.coordinator.state.topic.replication.factor=1",
@@ -255,6 +307,11 @@ class Kafka:
             if "Kafka Server started" in self.log_file.read_text(errors="replace") and port_open(
                 self.port
             ):
+                try:
+                    asyncio.run(_group_coordinators_ready(self.bootstrap, deadline))
+                except InfraError:
+                    self.stop()
+                    raise
                 return True
             time.sleep(0.2)
         self.stop()
