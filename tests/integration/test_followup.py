@@ -9,6 +9,7 @@ from datetime import UTC, datetime, timedelta
 from email.message import EmailMessage
 from pathlib import Path
 
+import asyncpg
 import httpx
 import pytest
 
@@ -292,6 +293,45 @@ async def test_a_reopened_case_cancels_its_check_and_a_new_resolution_gets_a_new
     assert await statuses(2) == ["cancelled", "scheduled"]
 
 
+async def _email_contact(
+    conn: asyncpg.Connection, complaint_id: uuid.UUID, reference: str, email: str
+) -> None:
+    """A complaint's contact details as followup keeps them: replies by e-mail."""
+    await conn.execute(
+        "INSERT INTO contact_preferences (complaint_id, channel, language, reference, email)"
+        " VALUES ($1, 'email', 'en', $2, $3)",
+        complaint_id,
+        reference,
+        email,
+    )
+
+
+async def _queue_email(
+    conn: asyncpg.Connection,
+    complaint_id: uuid.UUID,
+    subject: str,
+    due: datetime,
+    *,
+    kind: str = "message",
+) -> None:
+    """An e-mail to the complaint's customer, due at ``due``: a message about the case, or
+    (``kind="check"``) a check whose reference is no check id, so its record cannot be
+    written."""
+    check = kind == "check"
+    await conn.execute(
+        "INSERT INTO deliveries (id, complaint_id, kind, ref, source_type, channel, language,"
+        " subject, body, next_attempt_at) VALUES ($1, $2, $3, $4, $5, 'email', 'en', $6,"
+        " 'Hello', $7)",
+        uuid.uuid4(),
+        complaint_id,
+        kind,
+        "no-check-id" if check else str(uuid.uuid4()),
+        "SatisfactionCheck" if check else "CaseAssigned",
+        subject,
+        due,
+    )
+
+
 async def test_a_burst_of_messages_goes_out_over_a_few_kept_connections_in_each_complaints_order(
     loop,
 ):
@@ -305,28 +345,13 @@ async def test_a_burst_of_messages_goes_out_over_a_few_kept_connections_in_each_
     now = clock()
     async with pool.acquire() as conn, conn.transaction():  # all due in the same instant
         for i, complaint_id in enumerate(complaints):
-            await conn.execute(
-                "INSERT INTO contact_preferences (complaint_id, channel, language, reference,"
-                " email) VALUES ($1, 'email', 'en', $2, $3)",
-                complaint_id,
-                f"CMP-BURST-{i}",
-                f"burst{i}@example.com",
-            )
+            await _email_contact(conn, complaint_id, f"CMP-BURST-{i}", f"burst{i}@example.com")
             for order, due in (
                 ("first", now - timedelta(seconds=1)),
                 ("second", now),
                 ("third", now),  # queued after the second, due at the same instant
             ):
-                await conn.execute(
-                    "INSERT INTO deliveries (id, complaint_id, kind, ref, source_type, channel,"
-                    " language, subject, body, next_attempt_at) VALUES ($1, $2, 'message', $3,"
-                    " 'CaseAssigned', 'email', 'en', $4, 'Hello', $5)",
-                    uuid.uuid4(),
-                    complaint_id,
-                    str(uuid.uuid4()),
-                    f"{order} {i}",
-                    due,
-                )
+                await _queue_email(conn, complaint_id, f"{order} {i}", due)
 
     def burst() -> list[int]:
         return [n for n, m in enumerate(inbox.messages) if m["To"].startswith("burst")]
@@ -364,25 +389,12 @@ async def _hand_overs_meeting_a_locked_record(
     try:
         async with pool.acquire() as conn, conn.transaction():
             for i, complaint_id in enumerate(complaints):
-                await conn.execute(
-                    "INSERT INTO contact_preferences (complaint_id, channel, language, reference,"
-                    " email) VALUES ($1, 'email', 'en', $2, $3)",
-                    complaint_id,
-                    f"CMP-{name}-{i}",
-                    f"{name}{i}@example.com",
+                await _email_contact(
+                    conn, complaint_id, f"CMP-{name}-{i}", f"{name}{i}@example.com"
                 )
-                await conn.execute(
-                    "INSERT INTO deliveries (id, complaint_id, kind, ref, source_type, channel,"
-                    " language, subject, body, next_attempt_at) VALUES ($1, $2, $3, $4, $5,"
-                    " 'email', 'en', $6, 'Hello', $7)",
-                    uuid.uuid4(),
-                    complaint_id,
-                    "check" if i == broken else "message",
-                    "no-check-id" if i == broken else str(uuid.uuid4()),
-                    "SatisfactionCheck" if i == broken else "CaseAssigned",
-                    f"{name} {i}",
-                    clock() - timedelta(seconds=1),
-                )
+                due = clock() - timedelta(seconds=1)
+                kind = "check" if i == broken else "message"
+                await _queue_email(conn, complaint_id, f"{name} {i}", due, kind=kind)
         await eventually(
             lambda: pool.fetchval(
                 "SELECT count(*) = 12 FROM deliveries WHERE complaint_id = ANY($1::uuid[])"
