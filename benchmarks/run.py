@@ -25,8 +25,9 @@ Stages (``--only`` picks some; all by default):
   sending the same N records (half of them before the relay runs, half after).
 - ``consume``: the inbox consumer (inbox row + projection row per event, the projection row
   queued with :func:`complaints_shared.consumer.write`, one transaction per poll batch, then
-  the offset) over N records, against raw asyncpg writing the same inbox and
-  projection rows in batches of 200 (half of them before the consumer runs, half after).
+  the offset) over N records, against raw asyncpg writing the same inbox and projection rows
+  in batches as large as the consumer's polls (half of them before the consumer runs, half
+  after).
 - ``intake``: ``POST /complaints`` at 32 connections against a minimal FastAPI + one-INSERT
   app, and intake's latency at half its own rate, offered open-loop and evenly spaced
   (``benchmarks/http_intake.py``).  ``--workers N`` runs both servers as N processes sharing
@@ -87,7 +88,12 @@ import rebuild  # noqa: E402
 import reference  # noqa: E402
 import similar  # noqa: E402
 
-from complaints_shared.consumer import ConsumerRunner, Subscription, write  # noqa: E402
+from complaints_shared.consumer import (  # noqa: E402
+    MAX_POLL_RECORDS,
+    ConsumerRunner,
+    Subscription,
+    write,
+)
 from complaints_shared.db import create_pool  # noqa: E402
 from complaints_shared.envelope import Event, to_kafka_record  # noqa: E402
 from complaints_shared.events.intake import ComplaintWithdrawn  # noqa: E402
@@ -430,13 +436,15 @@ async def consume(
             records.extend(recs)
     await bare.stop()
 
-    # raw asyncpg: the same inbox and projection rows, 200 a transaction
+    # raw asyncpg: the same inbox and projection rows, as many a transaction as the consumer
+    # takes a poll
     ids = [uuid.UUID(dict(r.headers)["ce_id"].decode()) for r in records]
+    per = MAX_POLL_RECORDS
 
     async def raw_rows(part: list[uuid.UUID]) -> None:
         async with pool.acquire() as conn:
-            for start in range(0, len(part), 200):
-                chunk = part[start : start + 200]
+            for start in range(0, len(part), per):
+                chunk = part[start : start + per]
                 async with conn.transaction():
                     await conn.executemany(
                         "INSERT INTO inbox (consumer, event_id, event_type) VALUES ($1, $2, $3)",
@@ -487,7 +495,7 @@ async def consume(
             "inbox consumer: read, open, inbox + projection, commit",
             n / inbox,
             "events/s",
-            "raw asyncpg, same rows, 200 a transaction",
+            f"raw asyncpg, same rows, {MAX_POLL_RECORDS} a transaction",
             n / raw_write,
             "≥ 0.5x",
         ),

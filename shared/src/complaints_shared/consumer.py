@@ -315,6 +315,12 @@ async def _BATCHED(conn: asyncpg.Connection, event: Event[Any]) -> None:  # prag
     raise AssertionError("a batch subscription's events go to its batch handler")
 
 
+# Records a poll takes at most (a handler-per-event subscription's): a backlog's batches share
+# the per-batch costs (the claim, the commits, the batch's span) among more events.  Measured on
+# the bench's consume stage, alternating in one process: 500 a poll consumed 1.4x as fast as 200
+# (median 15,000 against 10,900 events/s), 1,000 no faster than 500.
+MAX_POLL_RECORDS = 500
+
 # records read at a time before the event loop may run the batch in flight on (its next
 # statement waits for that: the smaller, the sooner the database gets it)
 READ_CHUNK = 50
@@ -344,7 +350,7 @@ class ConsumerRunner:
     metrics: ServiceMetrics | None = None
     dlq_topic: str = DLQ_TOPIC
     retry: RetryPolicy = field(default_factory=RetryPolicy)
-    max_poll_records: int = 200
+    max_poll_records: int = MAX_POLL_RECORDS
     keyring: Keyring | None = None  # opens the personal values the handlers read
     assigned: bool = False
     generation: int = 0  # of the consumer group this runner consumes in
