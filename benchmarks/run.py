@@ -22,7 +22,8 @@ Stages (``--only`` picks some; all by default):
   generation collected less often); their baselines run alike.
 - ``relay``: the outbox relay publishing a backlog of N committed events until the broker
   acknowledged all and they are marked sent, against an ``acks=all`` idempotent producer
-  sending the same N records (half of them before the relay runs, half after).
+  sending the same N records (half of them before the relay runs, half after).  Each event
+  carries a W3C trace context, as the services' events carry their request's.
 - ``consume``: the inbox consumer (inbox row + projection row per event, the projection row
   queued with :func:`complaints_shared.consumer.write`, one transaction per poll batch, then
   the offset) over N records, against raw asyncpg writing the same inbox and projection rows
@@ -149,6 +150,11 @@ class Row:
             "ratio": round(self.ratio, 3) if self.ratio is not None else None,
             "goal": self.goal,
         }
+
+
+def _traceparent() -> dict[str, str]:
+    """A W3C trace context, as a request's span would give."""
+    return {"traceparent": f"00-{os.urandom(16).hex()}-{os.urandom(8).hex()}-01"}
 
 
 def now() -> datetime:
@@ -340,10 +346,18 @@ async def event_path(
             for stream, data in zip(raw_streams, sealed, strict=True)
         ]
 
+        # each event in the trace of the request that appended it, as the services' are: the
+        # relay's records carry the context stored with their rows, the raw ones the same
+        await pool.execute(
+            "UPDATE outbox SET trace_context = jsonb_build_object('traceparent', '00-'"
+            " || md5(random()::text) || '-' || left(md5(random()::text), 16) || '-01')"
+        )
+        traced = {e.event_id: _traceparent() for e in events}
+
         async def raw_publish(part: list[Event[ComplaintWithdrawn]]) -> None:
             acks = []
             for e in part:
-                r = to_kafka_record(e)
+                r = to_kafka_record(e, traced[e.event_id])
                 acks.append(await producer.send(raw_topic, r.value, key=r.key, headers=r.headers))
             await asyncio.gather(*acks)
 

@@ -9,6 +9,7 @@ path and the query's names without their values (:func:`redacting_request_hook`)
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from itertools import islice
@@ -16,11 +17,22 @@ from typing import Any
 from urllib.parse import parse_qsl
 
 from opentelemetry import propagate, trace
+from opentelemetry.baggage.propagation import W3CBaggagePropagator
 from opentelemetry.context import Context
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, SimpleSpanProcessor, SpanExporter
-from opentelemetry.trace import Span, SpanKind, Status, StatusCode, Tracer
+from opentelemetry.trace import (
+    NonRecordingSpan,
+    Span,
+    SpanContext,
+    SpanKind,
+    Status,
+    StatusCode,
+    TraceFlags,
+    Tracer,
+)
+from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 from starlette.routing import Match
 
 from complaints_shared.envelope import Event, StoredEvent
@@ -56,8 +68,44 @@ def setup_telemetry(service_name: str, exporter: SpanExporter | None = None) -> 
     return Telemetry(service_name, provider, provider.get_tracer("complaints_shared"))
 
 
+# A version-00 ``traceparent`` exactly as the W3C propagator writes it.
+_TRACEPARENT = re.compile(r"00-([0-9a-f]{32})-([0-9a-f]{16})-([0-9a-f]{2})")
+_DEFAULT_PROPAGATORS = [TraceContextTextMapPropagator, W3CBaggagePropagator]
+_checked: tuple[object, bool] | None = None  # the global propagator, and whether it is the default
+
+
+def _default_propagators() -> bool:
+    """Whether the global propagator is OpenTelemetry's default: W3C trace context, then
+    W3C baggage (``OTEL_PROPAGATORS`` unset, or ``tracecontext,baggage``)."""
+    global _checked
+    current = propagate.get_global_textmap()
+    if _checked is None or _checked[0] is not current:
+        inner = getattr(current, "_propagators", None)
+        _checked = (current, [type(p) for p in inner or ()] == _DEFAULT_PROPAGATORS)
+    return _checked[1]
+
+
 def extract_context(carrier: Mapping[str, str]) -> Context:
-    """The trace context carried in message headers (W3C ``traceparent``/``tracestate``)."""
+    """The trace context carried in message headers (W3C ``traceparent``/``tracestate``).
+
+    Every consumed event and every event appended from it needs its own, so the usual case is
+    read directly: a ``traceparent`` of version 00 alone (no ``tracestate``, no ``baggage``),
+    under the default propagators, gives the very context they would give, in about a fifth of
+    their time.  Anything else goes through the configured propagators."""
+    traceparent = carrier.get("traceparent")
+    if (
+        traceparent is not None
+        and "tracestate" not in carrier
+        and "baggage" not in carrier
+        and _default_propagators()
+        and (m := _TRACEPARENT.fullmatch(traceparent)) is not None
+    ):
+        trace_id, span_id = int(m[1], 16), int(m[2], 16)
+        if trace_id and span_id:  # all zeros: invalid, which the propagator decides
+            span_context = SpanContext(
+                trace_id, span_id, is_remote=True, trace_flags=TraceFlags(int(m[3], 16))
+            )
+            return trace.set_span_in_context(NonRecordingSpan(span_context), Context())
     return propagate.extract(dict(carrier))
 
 
