@@ -770,9 +770,9 @@ class ConsumerRunner:
             if not isinstance(d, tuple):
                 read.append(d)
                 continue
-            headers, _, handler, data = d
+            headers, name, handler, data = d
             try:
-                read.append((headers, handler, event_from_data(data, headers)))
+                read.append((headers, handler, event_from_data(data, headers, name)))
             except MalformedEvent as exc:
                 read.append(exc)
             if i % READ_CHUNK == 0:

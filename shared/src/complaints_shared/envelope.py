@@ -197,8 +197,13 @@ def decode_value(value: bytes | None) -> dict[str, Any]:
     return data
 
 
-def event_from_data(data: dict[str, Any], h: Mapping[str, str]) -> Event[Any]:
-    """The event of a record's decoded value and headers."""
+def event_from_data(
+    data: dict[str, Any], h: Mapping[str, str], name: str | None = None
+) -> Event[Any]:
+    """The event of a record's decoded value and headers (``name``: its event name, when
+    :func:`event_type_of` has read it already)."""
+    if name is None:
+        name = event_type_of(h)
     try:
         return Event(
             event_id=_uuid(h["ce_id"]),
@@ -206,12 +211,10 @@ def event_from_data(data: dict[str, Any], h: Mapping[str, str]) -> Event[Any]:
             version=int(h.get("ce_sequence", "1")),
             occurred_at=_aware(datetime.fromisoformat(h["ce_time"])),
             source=h["ce_source"],
-            payload=REGISTRY.parse(event_type_of(h), data),
+            payload=REGISTRY.parse(name, data),
         )
     except ValidationError as exc:
-        raise MalformedEvent(
-            f"{event_type_of(h)} does not match its schema: {_errors(exc)}"
-        ) from exc
+        raise MalformedEvent(f"{name} does not match its schema: {_errors(exc)}") from exc
     except ValueError as exc:
         raise MalformedEvent(f"invalid CloudEvents attributes: {exc}") from exc
 

@@ -169,6 +169,12 @@ _Sealed = tuple[dict[str, Any], str, PersonalField, str, str]
 def _sealed_in(data: dict[str, Any], fields: Iterable[PersonalField]) -> list[_Sealed]:
     found: list[_Sealed] = []
     for f in fields:
+        if len(f.path) == 1:  # a top-level field (most are): no walk
+            value = data.get(f.path[0])
+            if isinstance(value, str) and value.startswith(SEALED_PREFIX):
+                key_id, _, blob = value[_PREFIX_LENGTH:].partition(":")
+                found.append((data, f.path[0], f, key_id, blob))
+            continue
         for container, name in _places(data, f.path):
             value = container[name]
             if value.startswith(SEALED_PREFIX):
