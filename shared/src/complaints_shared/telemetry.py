@@ -90,7 +90,7 @@ def extract_context(carrier: Mapping[str, str]) -> Context:
 
     Every consumed event and every event appended from it needs its own, so the usual case is
     read directly: a ``traceparent`` of version 00 alone (no ``tracestate``, no ``baggage``),
-    under the default propagators, gives the very context they would give, in about a fifth of
+    under the default propagators, gives the very context they would give, in less than half
     their time.  Anything else goes through the configured propagators."""
     traceparent = carrier.get("traceparent")
     if (
