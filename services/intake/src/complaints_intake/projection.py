@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable, Sequence
 from typing import Any
 from uuid import UUID
@@ -135,14 +136,31 @@ ON CONFLICT (event_id) DO NOTHING
 """
 
 
+_PARAMETER = re.compile(r"\$(\d+)")
+
+
+def _after(sql: str, first: str) -> str:
+    """``sql`` with its parameters numbered on after those of ``first``."""
+    taken = max(int(n) for n in _PARAMETER.findall(first))
+    return _PARAMETER.sub(lambda m: f"${int(m[1]) + taken}", sql)
+
+
+# The new complaints' rows and the timeline entries in one statement: what a batch of new
+# complaints alone (a submission group) writes to the read models, in one round trip
+_NEW_COMPLAINTS_AND_TIMELINE = (
+    f"WITH timeline_ AS ({_after(_TIMELINE, _NEW_COMPLAINTS)}) {_NEW_COMPLAINTS}"
+)
+
+
 async def project(
     conn: asyncpg.Connection, events: Sequence[Event[DomainEvent]], pseudonyms: bytes
 ) -> dict[UUID, asyncpg.Record]:
     """Apply intake's own new events to the read model and the timeline.  A new complaint's
     acknowledgement and alert (appended with it) go into its first row.  The new rows of the
     complaints received among ``events`` are written in one statement before any other, and
-    the timeline entries of every stream in one statement at the end.  Returns the rows of the
-    complaints it created, as stored."""
+    the timeline entries of every stream in one statement at the end (the same statement when
+    no other write came between: new complaints alone).  Returns the rows of the complaints it
+    created, as stored."""
     timeline: dict[UUID, list[Event[DomainEvent]]] = {}
     new_rows: list[tuple[Any, ...]] = []
 
@@ -247,11 +265,9 @@ async def project(
                     e.occurred_at,
                 )
         timeline.setdefault(e.stream_id, []).append(e)
-    await insert_new()
     entries = [(c, e) for c, events in timeline.items() for e in events]
-    if entries:
-        await conn.execute(
-            _TIMELINE,
+    columns = (
+        [
             [e.event_id for _, e in entries],
             [c for c, _ in entries],
             [e.service for _, e in entries],
@@ -259,5 +275,17 @@ async def project(
             [e.occurred_at for _, e in entries],
             [e.version for _, e in entries],
             [summarise(e.payload) for _, e in entries],
+        ]
+        if entries
+        else []
+    )
+    if new_rows and entries:  # nothing else written since: both in one round trip
+        rows = [list(c) for c in zip(*new_rows, strict=True)]
+        created.update(
+            (r["id"], r) for r in await conn.fetch(_NEW_COMPLAINTS_AND_TIMELINE, *rows, *columns)
         )
+        return created
+    await insert_new()
+    if entries:
+        await conn.execute(_TIMELINE, *columns)
     return created
