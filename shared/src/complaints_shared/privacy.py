@@ -30,7 +30,7 @@ from __future__ import annotations
 import base64
 import os
 import time
-from collections.abc import Callable, Collection, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol, TypeVar
 from uuid import UUID
@@ -86,20 +86,38 @@ def _walk(data: Any, path: tuple[str, ...], fn: Callable[[str], Any]) -> None:
         container[name] = fn(container[name])
 
 
-def _places(data: Any, path: tuple[str, ...]) -> Iterator[tuple[dict[str, Any], str]]:
-    """Where ``data`` holds a string at ``path``: (the dict that holds it, its name)."""
-    if isinstance(data, list):
-        for item in data:
-            yield from _places(item, path)
-        return
-    if not isinstance(data, dict):
-        return
-    name = path[0]
-    if len(path) == 1:
-        if isinstance(data.get(name), str):
-            yield data, name
-    elif name in data:
-        yield from _places(data[name], path[1:])
+def _places(data: Any, path: tuple[str, ...]) -> list[tuple[dict[str, Any], str]]:
+    """Where ``data`` holds a string at ``path``: (the dict that holds it, its name).  A list
+    on the way holds the path in each of its items.  Every personal value of every event read
+    or written passes here, so it walks without generators, and a top-level field (most are)
+    without any walk."""
+    if len(path) == 1 and isinstance(data, dict):
+        return [(data, path[0])] if isinstance(data.get(path[0]), str) else []
+    found: list[tuple[dict[str, Any], str]] = []
+    _find(data, path, 0, found)
+    return found
+
+
+def _find(
+    data: Any, path: tuple[str, ...], i: int, found: list[tuple[dict[str, Any], str]]
+) -> None:
+    last = len(path) - 1
+    while True:  # down the path's dicts; a list's items each on their own
+        if isinstance(data, list):
+            for item in data:
+                _find(item, path, i, found)
+            return
+        if not isinstance(data, dict):
+            return
+        name = path[i]
+        if i == last:
+            if isinstance(data.get(name), str):
+                found.append((data, name))
+            return
+        if name not in data:
+            return
+        data = data[name]
+        i += 1
 
 
 def _erased(f: PersonalField) -> str | None:
@@ -169,12 +187,6 @@ _Sealed = tuple[dict[str, Any], str, PersonalField, str, str]
 def _sealed_in(data: dict[str, Any], fields: Iterable[PersonalField]) -> list[_Sealed]:
     found: list[_Sealed] = []
     for f in fields:
-        if len(f.path) == 1:  # a top-level field (most are): no walk
-            value = data.get(f.path[0])
-            if isinstance(value, str) and value.startswith(SEALED_PREFIX):
-                key_id, _, blob = value[_PREFIX_LENGTH:].partition(":")
-                found.append((data, f.path[0], f, key_id, blob))
-            continue
         for container, name in _places(data, f.path):
             value = container[name]
             if value.startswith(SEALED_PREFIX):

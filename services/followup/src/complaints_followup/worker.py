@@ -350,9 +350,10 @@ async def _mark_sent(
     """Mark the handed-over deliveries sent and record each one's event (none for one that was
     cancelled meanwhile); 1 or 0 for each."""
     marked = set(await conn.fetchval(_MARK_SENT, [d["id"] for d, _ in handed], rt.clock()))
+    repository = checks(rt)
     for d, channel in handed:
         if d["id"] in marked:
-            await checks(rt).execute(
+            await repository.execute(
                 conn,
                 d["complaint_id"],
                 partial(_delivered, d=d, channel=channel),
