@@ -72,6 +72,8 @@ def setup_telemetry(service_name: str, exporter: SpanExporter | None = None) -> 
 _TRACEPARENT = re.compile(r"00-([0-9a-f]{32})-([0-9a-f]{16})-([0-9a-f]{2})")
 _DEFAULT_PROPAGATORS = [TraceContextTextMapPropagator, W3CBaggagePropagator]
 _checked: tuple[object, bool] | None = None  # the global propagator, and whether it is the default
+_FLAGS = {f"{n:02x}": TraceFlags(n) for n in range(256)}  # a traceparent's flags, read once
+_NO_CONTEXT = Context()  # what a read context starts from (copied, never changed)
 
 
 def _default_propagators() -> bool:
@@ -102,10 +104,8 @@ def extract_context(carrier: Mapping[str, str]) -> Context:
     ):
         trace_id, span_id = int(m[1], 16), int(m[2], 16)
         if trace_id and span_id:  # all zeros: invalid, which the propagator decides
-            span_context = SpanContext(
-                trace_id, span_id, is_remote=True, trace_flags=TraceFlags(int(m[3], 16))
-            )
-            return trace.set_span_in_context(NonRecordingSpan(span_context), Context())
+            span_context = SpanContext(trace_id, span_id, is_remote=True, trace_flags=_FLAGS[m[3]])
+            return trace.set_span_in_context(NonRecordingSpan(span_context), _NO_CONTEXT)
     return propagate.extract(dict(carrier))
 
 

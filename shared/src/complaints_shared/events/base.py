@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from functools import cache
 from typing import Annotated, Any, ClassVar, TypeVar
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, model_validator
+from pydantic import BaseModel, ConfigDict, Field
 from pydantic.fields import FieldInfo
 
 PERSONAL_DATA = "x-personal-data"
@@ -34,28 +34,17 @@ def personal(**kwargs: Any) -> Any:
     return Field(json_schema_extra={PERSONAL_DATA: True}, **kwargs)
 
 
-TOLERANT = {"tolerant": True}
-"""Validation context of reading: unknown fields (a newer producer's) are ignored."""
+def _open_schema(schema: dict[str, Any]) -> None:
+    """Refusing unknown fields is the builders' rule, not the contract's: a schema does not
+    forbid what a newer producer adds (readers ignore it)."""
+    schema.pop("additionalProperties", None)
 
 
 class Payload(BaseModel):
     """A part of an event (nested object), frozen.  Built in code, an unknown field is an error;
-    read from the store or a topic (:data:`TOLERANT` context), it is ignored."""
+    read from the store or a topic (:meth:`Registry.parse`), it is ignored."""
 
-    model_config = ConfigDict(frozen=True, extra="ignore")
-
-    @model_validator(mode="before")
-    @classmethod
-    def _known_fields(cls, data: Any, info: ValidationInfo) -> Any:
-        if (
-            isinstance(data, dict)
-            and cls.model_config.get("extra") != "allow"
-            and not (info.context or {}).get("tolerant")
-        ):
-            unknown = set(data) - set(cls.model_fields)
-            if unknown:
-                raise ValueError(f"{cls.__name__} has no field(s) {', '.join(sorted(unknown))}")
-        return data
+    model_config = ConfigDict(frozen=True, extra="forbid", json_schema_extra=_open_schema)
 
 
 class DomainEvent(Payload):
@@ -119,8 +108,8 @@ class Registry:
         :class:`UnknownEvent`.  Raises ``pydantic.ValidationError`` for a bad payload."""
         cls = self._by_name.get(name)
         if cls is None:
-            return UnknownEvent.model_validate({**data, "type_name": name}, context=TOLERANT)
-        return cls.model_validate(data, context=TOLERANT)
+            return UnknownEvent.model_validate({**data, "type_name": name})
+        return cls.model_validate(data, extra="ignore")  # a newer producer's fields: ignored
 
     def __iter__(self) -> Iterator[type[DomainEvent]]:
         return iter(self._by_name.values())
