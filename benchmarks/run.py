@@ -355,9 +355,13 @@ async def event_path(
 
         # each event in the trace of the request that appended it, as the services' are: the
         # relay's records carry the context stored with their rows, the raw ones the same
+        backlog = [r["event_id"] for r in await pool.fetch("SELECT event_id FROM outbox")]
         await pool.execute(
-            "UPDATE outbox SET trace_context = jsonb_build_object('traceparent', '00-'"
-            " || md5(random()::text) || '-' || left(md5(random()::text), 16) || '-01')"
+            "UPDATE outbox o SET trace_context = x.context::jsonb"
+            " FROM unnest($1::uuid[], $2::text[]) AS x(event_id, context)"
+            " WHERE o.event_id = x.event_id",
+            backlog,
+            [json.dumps(_traceparent()) for _ in backlog],
         )
         traced = {e.event_id: _traceparent() for e in events}
 
