@@ -90,6 +90,31 @@ def test_values_that_were_never_sealed_pass_through_and_scrubbing_erases_them():
     assert erase_fields(foreign, fields) == {"n": 1, "secret": ERASED, "note": None}
 
 
+def test_scrubbing_erases_every_personal_string_at_any_depth_and_leaves_the_rest():
+    fields = (
+        PersonalField(("a",), False),
+        PersonalField(("c", "x"), True),
+        PersonalField(("c", "y"), False),
+        PersonalField(("l", "z"), True),
+    )
+    data = {
+        "a": "Eva",
+        "b": "kept",
+        "c": {"x": "Eva", "y": None, "w": "kept"},
+        "l": [{"z": "Eva", "k": "kept"}, [{"z": "Eva"}], "kept", {"q": 1}, None],
+        "n": 5,
+    }
+    assert erase_fields(data, fields) == {
+        "a": ERASED,
+        "b": "kept",
+        "c": {"x": None, "y": None, "w": "kept"},
+        "l": [{"z": None, "k": "kept"}, [{"z": None}], "kept", {"q": 1}, None],
+        "n": 5,
+    }
+    odd = {"a": 1, "c": "not a dict", "l": {"z": "Eva"}}  # a foreign producer's shapes
+    assert erase_fields(odd, fields) == {"a": 1, "c": "not a dict", "l": {"z": None}}
+
+
 def test_master_keys_are_32_bytes_of_base64():
     assert len(load_master_key(new_master_key())) == 32
     with pytest.raises(ValueError, match="32 bytes"):

@@ -28,6 +28,7 @@ Invariants:
 from __future__ import annotations
 
 import base64
+import functools
 import os
 import time
 from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
@@ -213,10 +214,45 @@ def _open_all(sealed: list[_Sealed], ciphers: Mapping[str, AESGCM]) -> None:
 def erase_fields(data: dict[str, Any], fields: Iterable[PersonalField]) -> dict[str, Any]:
     """``data`` (in place, and returned) with every personal value replaced by its erased
     form: for scrubbing the copies kept in read models."""
-    for f in fields:
-        erased = _erased(f)
-        _walk(data, f.path, lambda _v, erased=erased: erased)  # type: ignore[misc]
+    _erase(data, _erasure(tuple(fields)))
     return data
+
+
+# Where to erase, as a tree of the fields' paths: a name maps to the erased form of the string
+# it holds (a leaf), or to the tree of what it holds (a dict, or a list of them).  One pass
+# over the payload erases every field, each container visited once.
+_Erasure = dict[str, "str | _Erasure | None"]
+
+
+@functools.cache
+def _erasure(fields: tuple[PersonalField, ...]) -> _Erasure:
+    tree: _Erasure = {}
+    for f in fields:
+        node = tree
+        for name in f.path[:-1]:
+            inner = node.setdefault(name, {})
+            assert isinstance(inner, dict), f"{f.dotted}: a personal field holds a string"
+            node = inner
+        node[f.path[-1]] = _erased(f)
+    return tree
+
+
+def _erase(data: Any, tree: _Erasure) -> None:
+    """Every string at a leaf of ``tree`` in ``data`` replaced by the leaf's erased form (as
+    :func:`_walk`: a list on the way holds the rest of the path in each of its items)."""
+    if isinstance(data, list):
+        for item in data:
+            _erase(item, tree)
+        return
+    if not isinstance(data, dict):
+        return
+    for name, inner in tree.items():
+        value = data.get(name)
+        if isinstance(inner, dict):
+            if value is not None:
+                _erase(value, inner)
+        elif isinstance(value, str):
+            data[name] = inner
 
 
 class Keyring(Protocol):
@@ -284,17 +320,17 @@ async def open_payloads(
     keys they need at once.  With ``reads`` (the dotted personal fields the reader uses, per
     type name), only those are opened; every other personal value is withheld: it reads as
     erased, and is never decrypted."""
-    Plan = tuple[tuple[PersonalField, ...], tuple[PersonalField, ...]]  # (open, withhold)
+    Plan = tuple[tuple[PersonalField, ...], _Erasure]  # (open, where to withhold)
     by_type: dict[str, Plan] = {}
 
     def plan(type_name: str) -> Plan:
         fields = fields_of(type_name)
         if reads is None:
-            return fields, ()
+            return fields, {}
         read = reads.get(type_name, ())
         return (
             tuple(f for f in fields if f.dotted in read),
-            tuple(f for f in fields if f.dotted not in read),
+            _erasure(tuple(f for f in fields if f.dotted not in read)),
         )
 
     sealed: list[_Sealed] = []
@@ -303,7 +339,7 @@ async def open_payloads(
         if to_open:
             sealed += _sealed_in(data, to_open)
         if withheld:
-            erase_fields(data, withheld)
+            _erase(data, withheld)
     if sealed:
         keys = await keyring.keys({s[3] for s in sealed})
         _open_all(sealed, {key_id: key.cipher for key_id, key in keys.items()})
