@@ -819,6 +819,44 @@ async def test_a_rebuild_waits_for_the_batch_in_flight_and_the_consumer_replays_
     assert [(r["n"], r["c"]) for r in rows] == [(1, 1), (2, 1), (3, 1)]
 
 
+async def test_an_idle_consumer_told_of_a_rebuild_in_its_process_starts_over_at_once(
+    infrastructure, pool, producer, topics, topic_prefix
+):
+    """``check_generation_soon`` (the rebuild's own replica) ends a consumer's idle poll at
+    once: it starts over under the new generation without waiting for the poll to time out,
+    and a poll cut short loses no record."""
+    name = f"{topic_prefix}g"
+    await send(producer, topics[0], event(1))
+    metrics = ServiceMetrics()
+    runner = runner_for(
+        infrastructure, pool, producer, topics, {"Counted": record_effect}, metrics, name
+    )
+    runner.idle_poll_ms = 120_000  # an idle poll that outlasts the test unless it is cut short
+    async with Running(runner):
+        await counted(metrics, name, "the first record handled", processed=1)
+        await asyncio.sleep(0.5)  # idle: waiting for records in a poll
+
+        runner.check_generation_soon()  # no rebuild: the generation stands, the poll goes on
+        await asyncio.sleep(0.5)
+        await send(producer, topics[0], event(2))
+        await counted(metrics, name, "a record sent after a poll cut short", processed=2)
+        await asyncio.sleep(0.5)
+
+        async with pool.acquire() as conn, conn.transaction():
+            await start_over(conn, name)
+            await conn.execute("DELETE FROM inbox WHERE consumer = $1", name)
+            await conn.execute("DELETE FROM effects")
+        runner.check_generation_soon()
+        await eventually(
+            lambda: pool.fetchval("SELECT count(*) = 2 FROM effects"),
+            timeout=20,
+            what="both records replayed under the new generation, within the idle poll",
+        )
+        assert runner.generation == 1
+    rows = await pool.fetch("SELECT n, count(*) AS c FROM effects GROUP BY n ORDER BY n")
+    assert [(r["n"], r["c"]) for r in rows] == [(1, 1), (2, 1)]
+
+
 class Stalls:
     """A consumer runner on the real broker whose Kafka consumers are kept (``made``), with a
     short ``stall_timeout``; ``stall_lookup`` makes the first one lose its group coordinator

@@ -232,6 +232,7 @@ class _FlushedTransaction:
 
 
 GENERATION_CHECK_SECONDS = 5.0  # an idle replica still notices a rebuild this soon
+IDLE_POLL_MS = 500  # how long a poll waits for records (records arriving end it at once)
 STOP_SECONDS = 10.0  # a Kafka consumer that takes longer to close is abandoned
 
 
@@ -361,7 +362,10 @@ class ConsumerRunner:
     # new consumer's group redelivers the records from the last commit; the inbox keeps them
     # single.
     stall_timeout: float = 30.0
-    _recheck: bool = False  # check the generation at the next idle poll, not in 5 s
+    idle_poll_ms: int = IDLE_POLL_MS
+    # set by a rebuild in this process: the generation is checked now, not in up to 5 s, and an
+    # idle poll stops waiting for records
+    _recheck: asyncio.Event = field(default_factory=asyncio.Event)
     # the next poll's records, read while the batch before them waited on the database
     _ahead: dict[tuple[str, int, int], tuple[Read | MalformedEvent | None]] = field(
         default_factory=dict
@@ -369,8 +373,9 @@ class ConsumerRunner:
 
     def check_generation_soon(self) -> None:
         """A rebuild in this process has just moved the generation on: this replica starts
-        over at its next idle poll (the others notice within ``GENERATION_CHECK_SECONDS``)."""
-        self._recheck = True
+        over at once if idle, else after its batch in flight (the others notice within
+        ``GENERATION_CHECK_SECONDS``)."""
+        self._recheck.set()
 
     async def run(self) -> None:
         """Consume forever; restarts the Kafka consumer with backoff after broker or database
@@ -442,7 +447,7 @@ class ConsumerRunner:
         self._ahead.clear()
         try:
             while True:
-                batch = upcoming or await consumer.getmany(timeout_ms=500)
+                batch = upcoming or await self._poll(consumer)
                 upcoming = {}
                 self.assigned = bool(consumer.assignment())
                 if _coordinator_known(consumer):
@@ -458,9 +463,9 @@ class ConsumerRunner:
                     )
                     raise TimeoutError("no group coordinator")  # transient: run() starts over
                 if not batch and (
-                    self._recheck or time.monotonic() - checked > GENERATION_CHECK_SECONDS
+                    self._recheck.is_set() or time.monotonic() - checked > GENERATION_CHECK_SECONDS
                 ):
-                    self._recheck = False
+                    self._recheck.clear()
                     await self._check_generation()
                     checked = time.monotonic()
                 # revoked meanwhile: its new owner reads it from the commit
@@ -488,6 +493,23 @@ class ConsumerRunner:
                     await self._last_commit(committing)
             finally:
                 await self._stop(consumer)
+
+    async def _poll(self, consumer: AIOKafkaConsumer) -> dict[TopicPartition, list[ConsumerRecord]]:
+        """The records fetched, waiting up to ``idle_poll_ms`` for some; a rebuild in this
+        process (:meth:`check_generation_soon`) ends the wait at once.  A poll cut short has
+        taken no records: the client hands them over only once it stops waiting."""
+        if self._recheck.is_set():
+            return {}
+        polling = asyncio.ensure_future(consumer.getmany(timeout_ms=self.idle_poll_ms))
+        woken = asyncio.ensure_future(self._recheck.wait())
+        try:
+            await asyncio.wait((polling, woken), return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            woken.cancel()
+            if not polling.done():
+                polling.cancel()
+                await asyncio.gather(polling, return_exceptions=True)
+        return {} if polling.cancelled() else polling.result()
 
     async def _last_commit(self, committing: asyncio.Future[None]) -> None:
         """Let the offset commit still in flight finish as the consumer stops (within
