@@ -8,6 +8,7 @@ from datetime import UTC, datetime, timedelta
 from complaints_learning.domain import (
     CorrectiveActionCompletion,
     CorrectiveActionCreate,
+    Counted,
     Problem,
     Signature,
     complete_action,
@@ -15,6 +16,7 @@ from complaints_learning.domain import (
     occurrence,
     plan_action,
     recurrence_window,
+    resume,
     verify,
     withdraw_occurrence,
 )
@@ -124,6 +126,41 @@ def test_a_complaint_from_before_the_fix_is_no_recurrence_after_it():
     assert isinstance(before, ev.RecurrenceDetected)
     [after] = occurrence(problem, sig, late, [], False, happened_at=fixed_at + timedelta(hours=1))
     assert isinstance(after, ev.RecurrenceAfterFix)
+
+
+def test_a_problems_states_each_keep_the_complaints_they_counted():
+    """Successive states share what they counted: a later state adding a complaint changes
+    no earlier one, and an earlier one adding another goes its own way."""
+    a, b, c, d = (str(uuid.uuid4()) for _ in range(4))
+    first = Counted([a, b, a])  # each once, in order
+    assert first == (a, b) and len(first) == 2 and list(first) == [a, b]
+    second = first.add(c)
+    third = second.add(d)
+    assert first == (a, b) and c not in first and d not in first
+    assert second == (a, b, c) and d not in second and second[-1] == c
+    assert third == (a, b, c, d) and third.add(b) is third
+    other = first.add(d)  # from an earlier state: its own
+    assert other == (a, b, d) and c not in other and third == (a, b, c, d)
+    assert second.without(a) == (b, c) and second == (a, b, c)
+    assert third.without(c).add(c) == (a, b, d, c)
+
+
+def test_folding_a_problem_counts_each_complaint_in_order_as_it_went():
+    sig = Signature.of("capacity", "waiting_time", None)
+    a, b, *more = (str(uuid.uuid4()) for _ in range(6))
+    [opened] = occurrence(None, sig, b, [a, b], False)
+    events = [_recorded(sig.problem_id, 1, opened)]
+    problem = fold(events)
+    states = [problem]
+    for c in more:
+        assert problem is not None
+        [recurred] = occurrence(problem, sig, c, [], False)
+        events.append(_recorded(sig.problem_id, len(events) + 1, recurred))
+        problem = resume(problem, events[-1:])
+        states.append(problem)
+    assert problem is not None and problem.complaints == (a, b, *more)
+    assert problem == fold(events) and problem.version == len(events)
+    assert [len(s.complaints) for s in states if s] == [2, 3, 4, 5, 6]  # each as it was
 
 
 def _recorded(stream: uuid.UUID, version: int, payload):  # type: ignore[no-untyped-def]

@@ -5,11 +5,12 @@ complaint changes nothing: replaying the topics rebuilds the same answers."""
 from __future__ import annotations
 
 import functools
+import itertools
 import uuid
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, replace
 from datetime import datetime
-from typing import Annotated
+from typing import Annotated, Any, overload
 
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, StringConstraints
 
@@ -84,16 +85,86 @@ class Action:
     completed_at: datetime | None = None
 
 
+class Counted(Sequence[str]):
+    """The complaints a problem counts, in the order they were counted, each once: an
+    immutable ordered set.
+
+    A problem's successive states share one buffer that only grows, each state seeing its own
+    first ``n`` ids.  Adding to the latest state appends to the buffer, so folding a problem's
+    events takes time in their number, not its square, and a membership test takes one
+    lookup; adding to an earlier state, or taking a complaint away, copies."""
+
+    __slots__ = ("_buffer", "_index", "_n")
+
+    def __init__(self, ids: Iterable[str] = ()) -> None:
+        self._buffer = list(dict.fromkeys(ids))
+        self._index = {c: i for i, c in enumerate(self._buffer)}
+        self._n = len(self._buffer)
+
+    def _first(self, n: int) -> Counted:
+        view = Counted.__new__(Counted)
+        view._buffer, view._index, view._n = self._buffer, self._index, n
+        return view
+
+    def add(self, complaint_id: str) -> Counted:
+        if complaint_id in self:
+            return self
+        if len(self._buffer) != self._n:  # an earlier state: the buffer went on without it
+            return Counted([*self, complaint_id])
+        self._buffer.append(complaint_id)
+        self._index[complaint_id] = self._n
+        return self._first(self._n + 1)
+
+    def without(self, complaint_id: str) -> Counted:
+        if complaint_id not in self:
+            return self
+        return Counted(c for c in self if c != complaint_id)
+
+    def __contains__(self, complaint_id: object) -> bool:
+        i = self._index.get(complaint_id)  # type: ignore[call-overload]
+        return i is not None and i < self._n
+
+    def __len__(self) -> int:
+        return self._n
+
+    def __iter__(self) -> Iterator[str]:
+        return itertools.islice(self._buffer, self._n)
+
+    @overload
+    def __getitem__(self, i: int) -> str: ...
+
+    @overload
+    def __getitem__(self, i: slice) -> tuple[str, ...]: ...
+
+    def __getitem__(self, i: int | slice) -> str | tuple[str, ...]:
+        return tuple(self)[i]
+
+    def __eq__(self, other: object) -> bool:
+        if isinstance(other, Counted | tuple | list):
+            return tuple(self) == tuple(other)
+        return NotImplemented
+
+    def __hash__(self) -> int:
+        return hash(tuple(self))
+
+    def __repr__(self) -> str:
+        return f"Counted({list(self)!r})"
+
+
 @dataclass(frozen=True)
 class Problem:
     problem_id: uuid.UUID
     signature: Signature
-    complaints: tuple[str, ...]
+    complaints: Counted
     actions: tuple[Action, ...] = ()
     fixed_at: datetime | None = None  # when the last planned action was completed
     resolved_at: datetime | None = None
     recurrences_after_fix: int = 0
     version: int = 0
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.complaints, Counted):  # ids given as a tuple or list
+            object.__setattr__(self, "complaints", Counted(self.complaints))
 
     @property
     def status(self) -> str:
@@ -111,38 +182,37 @@ def evolve(p: Problem | None, e: Event[DomainEvent]) -> Problem | None:
         return Problem(
             e.stream_id,
             Signature(s.root_cause, s.category, s.product),
-            tuple(str(c) for c in d.complaint_ids),
+            Counted(str(c) for c in d.complaint_ids),
             version=e.version,
         )
     if p is None:
         return None
-    p = replace(p, version=e.version)
+    changes: dict[str, Any] = {}  # with the version, one copy of the state per event
     match d:
         case ev.RecurrenceDetected():
-            return replace(p, complaints=(*p.complaints, str(d.complaint_id)))
+            changes = {"complaints": p.complaints.add(str(d.complaint_id))}
         case ev.OccurrenceWithdrawn():
-            return replace(p, complaints=tuple(c for c in p.complaints if c != str(d.complaint_id)))
+            changes = {"complaints": p.complaints.without(str(d.complaint_id))}
         case ev.RecurrenceAfterFix():
-            return replace(
-                p,
-                complaints=(*p.complaints, str(d.complaint_id)),
-                fixed_at=None,
-                resolved_at=None,
-                recurrences_after_fix=p.recurrences_after_fix + 1,
-            )
+            changes = {
+                "complaints": p.complaints.add(str(d.complaint_id)),
+                "fixed_at": None,
+                "resolved_at": None,
+                "recurrences_after_fix": p.recurrences_after_fix + 1,
+            }
         case ev.CorrectiveActionPlanned():
             action = Action(d.action_id, d.type, d.owner, d.due_at)
-            return replace(p, actions=(*p.actions, action), fixed_at=None)
+            changes = {"actions": (*p.actions, action), "fixed_at": None}
         case ev.CorrectiveActionCompleted():
             actions = tuple(
                 replace(a, completed_at=e.occurred_at) if a.action_id == d.action_id else a
                 for a in p.actions
             )
             done = all(a.completed_at for a in actions)
-            return replace(p, actions=actions, fixed_at=e.occurred_at if done else None)
+            changes = {"actions": actions, "fixed_at": e.occurred_at if done else None}
         case ev.ProblemResolved():
-            return replace(p, resolved_at=e.occurred_at)
-    return p
+            changes = {"resolved_at": e.occurred_at}
+    return replace(p, version=e.version, **changes)
 
 
 def resume(p: Problem | None, events: Iterable[Event[DomainEvent]]) -> Problem | None:

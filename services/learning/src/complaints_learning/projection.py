@@ -40,7 +40,7 @@ async def project(
     # the complaints these events counted (not all of the problem's again: one row per
     # occurrence, however large the problem grows); a withdrawn one is unlinked by the handler
     counted = {str(c) for e in events for c in counted_by(e.payload)}
-    linked = [UUID(c) for c in problem.complaints if c in counted]
+    linked = [UUID(c) for c in counted if c in problem.complaints]
     await conn.execute(
         "WITH p AS (INSERT INTO problems (problem_id, signature, root_cause, category, product,"
         " status, occurrences, recurrences_after_fix, opened_at, fixed_at, resolved_at,"
