@@ -115,7 +115,9 @@ ON CONFLICT (complaint_id) DO UPDATE SET score = EXCLUDED.score, solved = EXCLUD
 """
 
 # A complaint counted for a signature, and the complaints counted for it in the window around
-# it (this one included: the insert's row is not yet visible to the statement's own read).
+# it (this one included: the insert's row is not yet visible to the statement's own read).  The
+# window opens a problem; once the signature has one, it decides nothing and is not read (it
+# grows with the complaints, and every later one would read all of it again).
 OCCURRED = """
 WITH added AS (
     INSERT INTO occurrences (signature, complaint_id, occurred_at) VALUES ($1, $2, $3)
@@ -124,6 +126,7 @@ WITH added AS (
 ), window_ AS (
     SELECT complaint_id, occurred_at FROM occurrences
      WHERE signature = $1 AND occurred_at >= $4 AND occurred_at <= $5
+       AND NOT EXISTS (SELECT FROM problems WHERE signature = $1)
     UNION
     SELECT complaint_id, occurred_at FROM added
 )
