@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import uuid
 from collections.abc import Sequence
 from datetime import UTC, datetime
@@ -820,11 +821,12 @@ async def test_a_rebuild_waits_for_the_batch_in_flight_and_the_consumer_replays_
 
 
 async def test_an_idle_consumer_told_of_a_rebuild_in_its_process_starts_over_at_once(
-    infrastructure, pool, producer, topics, topic_prefix
+    infrastructure, pool, producer, topics, topic_prefix, caplog
 ):
     """``check_generation_soon`` (the rebuild's own replica) ends a consumer's idle poll at
-    once: it starts over under the new generation without waiting for the poll to time out,
-    and a poll cut short loses no record."""
+    once: it starts over under the new generation (and says which) without waiting for the
+    poll to time out, and a poll cut short loses no record."""
+    caplog.set_level(logging.INFO, logger="complaints_shared.consumer")
     name = f"{topic_prefix}g"
     await send(producer, topics[0], event(1))
     metrics = ServiceMetrics()
@@ -855,6 +857,8 @@ async def test_an_idle_consumer_told_of_a_rebuild_in_its_process_starts_over_at_
         assert runner.generation == 1
     rows = await pool.fetch("SELECT n, count(*) AS c FROM effects GROUP BY n ORDER BY n")
     assert [(r["n"], r["c"]) for r in rows] == [(1, 1), (2, 1)]
+    said = [r.getMessage() for r in caplog.records if "starting over" in r.getMessage()]
+    assert said == [f"consumer {name}: starting over as generation 1"]
 
 
 class Stalls:

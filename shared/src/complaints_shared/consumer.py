@@ -263,6 +263,10 @@ def group_id(consumer: str, generation: int) -> str:
 class _StartOver(Exception):
     """The consumer's generation moved on: rejoin under the new consumer group."""
 
+    def __init__(self, generation: int) -> None:
+        super().__init__(generation)
+        self.generation = generation  # the new one
+
 
 class _Poisoned(Exception):
     def __init__(self, record: ConsumerRecord, error: BaseException) -> None:
@@ -386,11 +390,11 @@ class ConsumerRunner:
                 await self._consume(backoff)
             except asyncio.CancelledError:
                 raise
-            except _StartOver:
+            except _StartOver as moved:
                 log.info(
                     "consumer %s: starting over as generation %d",
                     self.subscription.name,
-                    self.generation,
+                    moved.generation,
                 )
                 continue
             except Exception as exc:
@@ -418,8 +422,9 @@ class ConsumerRunner:
 
     async def _check_generation(self) -> None:
         async with self.pool.acquire() as conn:
-            if await self._current_generation(conn, share=False) != self.generation:
-                raise _StartOver
+            current = await self._current_generation(conn, share=False)
+        if current != self.generation:
+            raise _StartOver(current)
 
     async def _consume(self, backoff: Backoff | None = None) -> None:
         async with self.pool.acquire() as conn:
@@ -931,7 +936,7 @@ class ConsumerRunner:
             row = await claim()
         assert row is not None
         if row["generation"] != self.generation:
-            raise _StartOver  # a rebuild cleared what this batch would write to
+            raise _StartOver(row["generation"])  # a rebuild cleared what this batch would write to
         return set(row["fresh"])
 
     async def _apply(
