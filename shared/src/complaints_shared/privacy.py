@@ -31,7 +31,7 @@ import base64
 import functools
 import os
 import time
-from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
+from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol, TypeVar
 from uuid import UUID
@@ -81,44 +81,54 @@ def fields_of(type_name: str) -> tuple[PersonalField, ...]:
     return personal_fields(model) if model is not None else ()
 
 
-def _walk(data: Any, path: tuple[str, ...], fn: Callable[[str], Any]) -> None:
-    """Replace, in place, every string value at ``path`` of ``data`` by ``fn(value)``."""
-    for container, name in _places(data, path):
-        container[name] = fn(container[name])
+# Where a set of personal fields sits, as a tree of their paths: a name maps to the field whose
+# string it holds (a leaf), or to the tree of what it holds (a dict, or a list of them).
+_Tree = dict[str, "PersonalField | _Tree"]
 
 
-def _places(data: Any, path: tuple[str, ...]) -> list[tuple[dict[str, Any], str]]:
-    """Where ``data`` holds a string at ``path``: (the dict that holds it, its name).  A list
-    on the way holds the path in each of its items.  Every personal value of every event read
-    or written passes here, so it walks without generators, and a top-level field (most are)
-    without any walk."""
-    if len(path) == 1 and isinstance(data, dict):
-        return [(data, path[0])] if isinstance(data.get(path[0]), str) else []
-    found: list[tuple[dict[str, Any], str]] = []
-    _find(data, path, 0, found)
+@functools.cache
+def _tree(fields: tuple[PersonalField, ...]) -> _Tree:
+    tree: _Tree = {}
+    for f in fields:
+        node = tree
+        for name in f.path[:-1]:
+            inner = node.setdefault(name, {})
+            assert isinstance(inner, dict), f"{f.dotted}: a personal field holds a string"
+            node = inner
+        node[f.path[-1]] = f
+    return tree
+
+
+@functools.cache
+def _tree_of(type_name: str) -> _Tree:
+    """The tree of an event type's personal fields (by name: no field hashed per payload)."""
+    return _tree(fields_of(type_name))
+
+
+def _places(data: Any, tree: _Tree) -> list[tuple[dict[str, Any], str, PersonalField]]:
+    """Where ``data`` holds a string of a field of ``tree``: (the dict that holds it, its name,
+    the field).  A list on the way holds the rest of the path in each of its items.  Every
+    personal value of every event read or written passes here: one walk finds them all, each
+    container visited once."""
+    found: list[tuple[dict[str, Any], str, PersonalField]] = []
+    _find(data, tree, found)
     return found
 
 
-def _find(
-    data: Any, path: tuple[str, ...], i: int, found: list[tuple[dict[str, Any], str]]
-) -> None:
-    last = len(path) - 1
-    while True:  # down the path's dicts; a list's items each on their own
-        if isinstance(data, list):
-            for item in data:
-                _find(item, path, i, found)
-            return
-        if not isinstance(data, dict):
-            return
-        name = path[i]
-        if i == last:
-            if isinstance(data.get(name), str):
-                found.append((data, name))
-            return
-        if name not in data:
-            return
-        data = data[name]
-        i += 1
+def _find(data: Any, tree: _Tree, found: list[tuple[dict[str, Any], str, PersonalField]]) -> None:
+    if isinstance(data, list):
+        for item in data:
+            _find(item, tree, found)
+        return
+    if not isinstance(data, dict):
+        return
+    for name, inner in tree.items():
+        value = data.get(name)
+        if isinstance(inner, dict):
+            if value is not None:
+                _find(value, inner, found)
+        elif isinstance(value, str):
+            found.append((data, name, inner))
 
 
 def _erased(f: PersonalField) -> str | None:
@@ -136,39 +146,32 @@ def _aad(key_id: str, f: PersonalField) -> bytes:
 def seal(data: dict[str, Any], fields: Iterable[PersonalField], key: DataKey | None) -> None:
     """Seal every personal value of ``data`` (in place) under ``key``; with no key (the customer
     was erased) the values are not kept."""
+    _seal(_places(data, _tree(tuple(fields))), key)
+
+
+def _seal(places: list[tuple[dict[str, Any], str, PersonalField]], key: DataKey | None) -> None:
     if key is None:
-        for f in fields:
-
-            def gone(value: str, erased: str | None = _erased(f)) -> str | None:
-                return value if is_sealed(value) else erased
-
-            _walk(data, f.path, gone)
+        for container, name, f in places:
+            if not is_sealed(container[name]):
+                container[name] = _erased(f)
         return
     encrypt, prefix = key.cipher.encrypt, f"{SEALED_PREFIX}{key.key_id}:"
-    for f in fields:
-
-        def one(value: str, aad: bytes = _aad(key.key_id, f)) -> str:
-            if is_sealed(value):
-                return value
-            nonce = os.urandom(_NONCE)
-            sealed = nonce + encrypt(nonce, value.encode(), aad)
-            return prefix + pybase64.urlsafe_b64encode(sealed).decode()
-
-        _walk(data, f.path, one)
+    for container, name, f in places:
+        value = container[name]
+        if is_sealed(value):
+            continue
+        nonce = os.urandom(_NONCE)
+        sealed = nonce + encrypt(nonce, value.encode(), _aad(key.key_id, f))
+        container[name] = prefix + pybase64.urlsafe_b64encode(sealed).decode()
 
 
 def needs_key(data: dict[str, Any], fields: Iterable[PersonalField]) -> bool:
     """Whether ``data`` holds a personal value to seal."""
-    found = False
+    return _unsealed(_places(data, _tree(tuple(fields))))
 
-    def see(value: str) -> str:
-        nonlocal found
-        found = found or not is_sealed(value)
-        return value
 
-    for f in fields:
-        _walk(data, f.path, see)
-    return found
+def _unsealed(places: list[tuple[dict[str, Any], str, PersonalField]]) -> bool:
+    return any(not is_sealed(c[n]) for c, n, _ in places)
 
 
 def open_sealed(
@@ -176,7 +179,7 @@ def open_sealed(
 ) -> None:
     """Open every sealed value of ``data`` (in place); a value whose key is gone reads as
     erased.  A value that was never sealed (a foreign producer's) is left as it is."""
-    sealed = _sealed_in(data, fields)
+    sealed = _sealed_in(data, _tree(tuple(fields)))
     ciphers = {key_id: AESGCM(keys[key_id]) for key_id in {s[3] for s in sealed} if key_id in keys}
     _open_all(sealed, ciphers)
 
@@ -185,14 +188,13 @@ def open_sealed(
 _Sealed = tuple[dict[str, Any], str, PersonalField, str, str]
 
 
-def _sealed_in(data: dict[str, Any], fields: Iterable[PersonalField]) -> list[_Sealed]:
+def _sealed_in(data: dict[str, Any], tree: _Tree) -> list[_Sealed]:
     found: list[_Sealed] = []
-    for f in fields:
-        for container, name in _places(data, f.path):
-            value = container[name]
-            if value.startswith(SEALED_PREFIX):
-                key_id, _, blob = value[_PREFIX_LENGTH:].partition(":")
-                found.append((container, name, f, key_id, blob))
+    for container, name, f in _places(data, tree):
+        value = container[name]
+        if value.startswith(SEALED_PREFIX):
+            key_id, _, blob = value[_PREFIX_LENGTH:].partition(":")
+            found.append((container, name, f, key_id, blob))
     return found
 
 
@@ -214,45 +216,13 @@ def _open_all(sealed: list[_Sealed], ciphers: Mapping[str, AESGCM]) -> None:
 def erase_fields(data: dict[str, Any], fields: Iterable[PersonalField]) -> dict[str, Any]:
     """``data`` (in place, and returned) with every personal value replaced by its erased
     form: for scrubbing the copies kept in read models."""
-    _erase(data, _erasure(tuple(fields)))
+    _erase(data, _tree(tuple(fields)))
     return data
 
 
-# Where to erase, as a tree of the fields' paths: a name maps to the erased form of the string
-# it holds (a leaf), or to the tree of what it holds (a dict, or a list of them).  One pass
-# over the payload erases every field, each container visited once.
-_Erasure = dict[str, "str | _Erasure | None"]
-
-
-@functools.cache
-def _erasure(fields: tuple[PersonalField, ...]) -> _Erasure:
-    tree: _Erasure = {}
-    for f in fields:
-        node = tree
-        for name in f.path[:-1]:
-            inner = node.setdefault(name, {})
-            assert isinstance(inner, dict), f"{f.dotted}: a personal field holds a string"
-            node = inner
-        node[f.path[-1]] = _erased(f)
-    return tree
-
-
-def _erase(data: Any, tree: _Erasure) -> None:
-    """Every string at a leaf of ``tree`` in ``data`` replaced by the leaf's erased form (as
-    :func:`_walk`: a list on the way holds the rest of the path in each of its items)."""
-    if isinstance(data, list):
-        for item in data:
-            _erase(item, tree)
-        return
-    if not isinstance(data, dict):
-        return
-    for name, inner in tree.items():
-        value = data.get(name)
-        if isinstance(inner, dict):
-            if value is not None:
-                _erase(value, inner)
-        elif isinstance(value, str):
-            data[name] = inner
+def _erase(data: dict[str, Any], tree: _Tree) -> None:
+    for container, name, f in _places(data, tree):
+        container[name] = _erased(f)
 
 
 class Keyring(Protocol):
@@ -304,11 +274,12 @@ async def seal_payloads(
 ) -> None:
     """Seal, in place, the personal values of one stream's ``(type name, payload)`` pairs for
     the stream's customer, fetching the key at most once."""
-    wanted = [(fields, data) for name, data in items if needs_key(data, fields := fields_of(name))]
+    found = [_places(data, _tree_of(name)) for name, data in items]
+    wanted = [places for places in found if _unsealed(places)]
     if wanted:
         key = await keyring.sealing_key(stream_id)
-        for fields, data in wanted:
-            seal(data, fields, key)
+        for places in wanted:
+            _seal(places, key)
 
 
 async def open_payloads(
@@ -320,17 +291,17 @@ async def open_payloads(
     keys they need at once.  With ``reads`` (the dotted personal fields the reader uses, per
     type name), only those are opened; every other personal value is withheld: it reads as
     erased, and is never decrypted."""
-    Plan = tuple[tuple[PersonalField, ...], _Erasure]  # (open, where to withhold)
+    Plan = tuple[_Tree, _Tree]  # (where to open, where to withhold)
     by_type: dict[str, Plan] = {}
 
     def plan(type_name: str) -> Plan:
         fields = fields_of(type_name)
         if reads is None:
-            return fields, {}
+            return _tree_of(type_name), {}
         read = reads.get(type_name, ())
         return (
-            tuple(f for f in fields if f.dotted in read),
-            _erasure(tuple(f for f in fields if f.dotted not in read)),
+            _tree(tuple(f for f in fields if f.dotted in read)),
+            _tree(tuple(f for f in fields if f.dotted not in read)),
         )
 
     sealed: list[_Sealed] = []
