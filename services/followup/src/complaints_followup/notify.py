@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
-from email.charset import Charset
+from email.charset import QP, Charset
 from email.header import Header
 from email.message import EmailMessage, Message
 from email.utils import formataddr, parseaddr
@@ -46,6 +47,9 @@ def message_id(delivery_id: object) -> str:
 _UTF8_8BIT = Charset("utf-8")
 # 8bit: readable as stored, links stay whole (None is documented; the stubs only know int)
 _UTF8_8BIT.body_encoding = None  # type: ignore[assignment]
+# headers: quoted-printable, without first measuring base64 against it for every subject
+_UTF8_QP = Charset("utf-8")
+_UTF8_QP.header_encoding = QP
 
 
 def _one_line(value: str) -> str:
@@ -59,7 +63,15 @@ def _subject(value: str) -> str:
     """The subject header's text, RFC 2047-encoded (and folded) when it is not ASCII."""
     if _one_line(value).isascii():
         return value
-    return Header(value, "utf-8", header_name="Subject").encode()
+    return Header(value, _UTF8_QP, header_name="Subject").encode()
+
+
+@functools.lru_cache(maxsize=8)
+def _sender(sender: str) -> tuple[str, str]:
+    """The From header of ``sender`` (``Name <address>``, a setting: read once) and its bare
+    address, which the SMTP envelope carries."""
+    name, address = parseaddr(_one_line(sender))
+    return formataddr((name, address), charset="utf-8"), address
 
 
 def email_message(sender: str, message: Outbound) -> Message:
@@ -69,12 +81,13 @@ def email_message(sender: str, message: Outbound) -> Message:
     Built with the standard library's plain MIME classes: the ``EmailMessage`` API parses and
     re-folds every header it is given, about four times the CPU per message, built and flattened.
     """
-    if not (message.to.isascii() and parseaddr(sender)[1].isascii()):
+    from_header, address = _sender(sender)
+    if not (message.to.isascii() and address.isascii()):
         return _internationalised(sender, message)
     mail = Message()
     mail["MIME-Version"] = "1.0"
     mail.set_payload(message.body, _UTF8_8BIT)  # text/plain; charset="utf-8"
-    mail["From"] = formataddr(parseaddr(_one_line(sender)), charset="utf-8")
+    mail["From"] = from_header
     mail["To"] = _one_line(message.to)
     mail["Subject"] = _subject(message.subject)
     mail["Message-ID"] = message_id(message.delivery_id)
@@ -138,7 +151,10 @@ class SmtpNotifier:
         try:
             client = await self._connection()
             try:
-                await client.send_message(mail)
+                # the envelope given: the client would parse it back out of the headers
+                await client.send_message(
+                    mail, sender=_sender(s.smtp_from)[1], recipients=[message.to]
+                )
             except BaseException:
                 client.close()
                 raise

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from datetime import datetime
 from email.parser import BytesHeaderParser
 from pathlib import Path
@@ -137,24 +137,32 @@ async def enqueue(
     )
 
 
-async def address(
-    conn: asyncpg.Connection | asyncpg.Pool, complaint_id: UUID, channel: str
-) -> tuple[str, str] | None:
-    """Where to reach the customer on ``channel`` (or on e-mail, if they consented); None if
-    they cannot be reached there.  Raises :class:`NotYetKnown` while the complaint's contact
-    details have not arrived (resolution's message came before intake's ComplaintReceived)."""
-    c = await conn.fetchrow(
-        "SELECT * FROM contact_preferences WHERE complaint_id = $1", complaint_id
-    )
-    if c is None or (c["channel"] is None and not c["erased"]):
+# The contact details a delivery goes to, read with the delivery (``c``: its complaint's row of
+# ``contact_preferences``, outer-joined), as :func:`address` takes them.
+CONTACT_COLUMNS = """
+c.complaint_id IS NOT NULL AS contact_known, c.channel AS contact_channel,
+c.erased AS contact_erased, c.reference AS contact_reference, c.email AS contact_email,
+c.phone AS contact_phone, c.postal_address AS contact_postal_address,
+c.consent_to_other_channel AS contact_consent
+"""
+
+
+def address(d: Mapping[str, Any]) -> tuple[str, str] | None:
+    """Where to reach the customer of the delivery ``d`` (its ``complaint_id`` and ``channel``,
+    and the ``contact_*`` columns of :data:`CONTACT_COLUMNS`) on its channel, or on e-mail if
+    they consented; None if they cannot be reached there.  Raises :class:`NotYetKnown` while
+    the complaint's contact details have not arrived (resolution's message came before
+    intake's ComplaintReceived)."""
+    if not d["contact_known"] or (d["contact_channel"] is None and not d["contact_erased"]):
         raise NotYetKnown("the complaint's contact details have not arrived yet")
+    channel = d["channel"]
     field = CONTACT_FIELD.get(channel)
     if field is None:  # chat, social, web, in person: the gateway knows the customer by reference
-        return channel, str(c["reference"] or complaint_id)
-    if c[field]:
-        return channel, str(c[field])
-    if c["consent_to_other_channel"] and c["email"]:
-        return "email", str(c["email"])
+        return channel, str(d["contact_reference"] or d["complaint_id"])
+    if d[f"contact_{field}"]:
+        return channel, str(d[f"contact_{field}"])
+    if d["contact_consent"] and d["contact_email"]:
+        return "email", str(d["contact_email"])
     return None
 
 

@@ -16,7 +16,7 @@ import asyncpg
 from complaints_followup.domain import Followup, expire, sent
 from complaints_followup.messages import render
 from complaints_followup.notify import DeliveryFailed, Outbound, Undeliverable
-from complaints_followup.projection import address, checks, enqueue
+from complaints_followup.projection import CONTACT_COLUMNS, address, checks, enqueue
 from complaints_followup.resources import FollowupResources
 from complaints_followup.tokens import sign
 from complaints_shared.errors import ConcurrencyConflict
@@ -176,10 +176,11 @@ _DUE_BATCH = 4 * HAND_OVERS_AT_ONCE
 # moved out by its backoff (``$3``: :func:`_backoff` of attempt 1, 2, ..., the last one
 # standing for any later attempt), committed before any hand-over.  Rows another worker holds
 # are skipped; ``due_at`` (when each fell due) and ``seq`` (the order they were queued in)
-# order one complaint's messages.
-_CLAIM_DUE = """
+# order one complaint's messages.  Each comes with its customer's contact details, read in the
+# same statement (the message itself is read here too).
+_CLAIM_DUE = f"""
 WITH due AS (
-    SELECT id, next_attempt_at AS due_at FROM deliveries
+    SELECT id, complaint_id, next_attempt_at AS due_at FROM deliveries
      WHERE status = 'pending' AND next_attempt_at <= $1
      ORDER BY next_attempt_at, seq LIMIT $2
        FOR UPDATE SKIP LOCKED
@@ -187,8 +188,9 @@ WITH due AS (
 UPDATE deliveries d
    SET attempts = d.attempts + 1,
        next_attempt_at = $1 + ($3::interval[])[least(d.attempts + 1, cardinality($3))]
-  FROM due WHERE d.id = due.id
-RETURNING d.*, due.due_at
+  FROM due LEFT JOIN contact_preferences c ON c.complaint_id = due.complaint_id
+ WHERE d.id = due.id
+RETURNING d.*, due.due_at, {CONTACT_COLUMNS}
 """
 
 
@@ -267,7 +269,7 @@ async def _hand_over(
     then record it as sent (1) — unless it was cancelled while it was on its way (0)."""
     res: FollowupResources = rt.resources
     async with gate:  # the record does not hold a place: the next complaint's goes on
-        target = await address(rt.pool, d["complaint_id"], d["channel"])
+        target = address(d)
         if target is None:
             raise Undeliverable(f"no contact for the {d['channel']} channel")
         channel, to = target
