@@ -6,9 +6,10 @@ Every service speaks these words; each is defined here and nowhere else.
 
 from __future__ import annotations
 
+import functools
 import re
 import unicodedata
-from datetime import datetime
+from datetime import date, datetime
 from decimal import Decimal
 from enum import StrEnum
 from zoneinfo import ZoneInfo
@@ -105,8 +106,15 @@ def format_when(at: datetime, language: str, timezone: str, *, zone_name: bool =
     """A date and time as a customer of ``language`` reads it, in the business time zone:
     ``"12 de março de 2026 14:30"`` (with ``zone_name``: ``"… 14:30 (WET)"``)."""
     local = at.astimezone(ZoneInfo(timezone))
-    text = f"{format_date(local, format='long', locale=language)} {local:%H:%M}"
+    text = f"{_long_date(local.date(), language)} {local:%H:%M}"
     return f"{text} ({local.tzname()})" if zone_name else text
+
+
+@functools.lru_cache(maxsize=4096)
+def _long_date(day: date, language: str) -> str:
+    """A day in ``language``'s long form (about 20 µs in the formatting library; the days
+    messages name are few: deadlines and appointments of the coming weeks)."""
+    return format_date(day, format="long", locale=language)
 
 
 ONE_LINE = r"^[^\x00-\x1f\x7f]*$"
