@@ -382,6 +382,39 @@ async def test_nothing_decided_writes_nothing_and_projects_nothing(backend: Back
     assert projected == [2] and saved.version == 2
 
 
+async def test_several_new_streams_are_started_at_once_each_projected(backend: Backend):
+    first, second = uuid.uuid4(), uuid.uuid4()
+    projected: list[tuple[int, list[int]]] = []
+
+    async def project(conn: Any, state: int, recorded: Any) -> None:
+        projected.append((state, [e.version for e in recorded]))
+
+    repository: Repository[int] = Repository(backend.store, count, project)
+    async with backend.transaction() as conn:
+        saved = await repository.create_many(conn, {first: [ev(1), ev(2)], second: [ev(3)]})
+    assert {s: (v.state, v.version) for s, v in saved.items()} == {first: (2, 2), second: (1, 1)}
+    assert sorted(projected) == [(1, [1]), (2, [1, 2])]
+    assert ns(await backend.load(first)) == [1, 2] and ns(await backend.load(second)) == [3]
+
+
+async def test_starting_streams_of_which_one_exists_writes_and_projects_none(backend: Backend):
+    taken, fresh = uuid.uuid4(), uuid.uuid4()
+    await backend.append(taken, 0, [ev(1)])
+    projected: list[int] = []
+
+    async def project(conn: Any, state: int, recorded: Any) -> None:
+        projected.append(state)
+
+    repository: Repository[int] = Repository(backend.store, count, project)
+    async with backend.transaction() as conn:
+        with pytest.raises(ConcurrencyConflict):
+            await repository.create_many(conn, {fresh: [ev(2)], taken: [ev(3)]})
+        await repository.execute(conn, taken, lambda s: [ev(4)])  # the transaction goes on
+    assert projected == [2]  # only the append after the conflict
+    assert await backend.load(fresh) == []
+    assert ns(await backend.load(taken)) == [1, 4]
+
+
 async def test_load_from_a_version_returns_that_event_and_the_later_ones(backend: Backend):
     stream = uuid.uuid4()
     await backend.append(stream, 0, [ev(1), ev(2), ev(3)])

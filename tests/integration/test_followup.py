@@ -299,7 +299,7 @@ async def _email_contact(
     """A complaint's contact details as followup keeps them: replies by e-mail."""
     await conn.execute(
         "INSERT INTO contact_preferences (complaint_id, channel, language, reference, email)"
-        " VALUES ($1, 'email', 'en', $2, $3)",
+        " VALUES ($1, 'email', 'en', $2, $3) ON CONFLICT (complaint_id) DO NOTHING",
         complaint_id,
         reference,
         email,
@@ -313,10 +313,11 @@ async def _queue_email(
     due: datetime,
     *,
     kind: str = "message",
+    source_type: str = "CaseAssigned",
 ) -> None:
-    """An e-mail to the complaint's customer, due at ``due``: a message about the case, or
-    (``kind="check"``) a check whose reference is no check id, so its record cannot be
-    written."""
+    """An e-mail to the complaint's customer, due at ``due``: a message about the case (its
+    ``source_type``: the event it tells of), or (``kind="check"``) a check whose reference is
+    no check id, so its record cannot be written."""
     check = kind == "check"
     await conn.execute(
         "INSERT INTO deliveries (id, complaint_id, kind, ref, source_type, channel, language,"
@@ -326,7 +327,7 @@ async def _queue_email(
         complaint_id,
         kind,
         "no-check-id" if check else str(uuid.uuid4()),
-        "SatisfactionCheck" if check else "CaseAssigned",
+        "SatisfactionCheck" if check else source_type,
         subject,
         due,
     )
@@ -376,15 +377,27 @@ async def test_a_burst_of_messages_goes_out_over_a_few_kept_connections_in_each_
     )
 
 
+def _subjects_from(inbox: Inbox, prefix: str) -> list[str]:
+    """The subjects of the messages handed over whose subjects start with ``prefix``."""
+    return [str(m["Subject"]) for m in inbox.messages if str(m["Subject"]).startswith(prefix)]
+
+
 async def _hand_overs_meeting_a_locked_record(
-    p: Platform, clock: ManualClock, inbox: Inbox, name: str, broken: int | None = None
+    p: Platform,
+    clock: ManualClock,
+    inbox: Inbox,
+    name: str,
+    broken: int | None = None,
+    source_type: str = "CaseAssigned",
+    complaints: list[uuid.UUID] | None = None,
 ) -> list[uuid.UUID]:
-    """Twelve complaints with a message each, due at once; the ``broken`` one is a check whose
-    reference is no check id (its record cannot be written).  Their rows are locked while
-    they are handed over, so the first record waits and the other hand-overs end meanwhile.
-    Returns the complaints once the lock is let go."""
+    """Twelve complaints (new ones, or ``complaints``) with a message each (telling of
+    ``source_type``), due at once; the ``broken`` one is a check whose reference is no check
+    id (its record cannot be written).  Their rows are locked while they are handed over, so
+    the first record waits and the other hand-overs end meanwhile.  Returns the complaints
+    once the lock is let go."""
     pool = p.pool("followup")
-    complaints = [uuid.uuid4() for _ in range(12)]
+    complaints = complaints or [uuid.uuid4() for _ in range(12)]
     inbox.hold()
     try:
         async with pool.acquire() as conn, conn.transaction():
@@ -394,23 +407,28 @@ async def _hand_overs_meeting_a_locked_record(
                 )
                 due = clock() - timedelta(seconds=1)
                 kind = "check" if i == broken else "message"
-                await _queue_email(conn, complaint_id, f"{name} {i}", due, kind=kind)
+                await _queue_email(
+                    conn, complaint_id, f"{name} {i}", due, kind=kind, source_type=source_type
+                )
         await eventually(
             lambda: pool.fetchval(
                 "SELECT count(*) = 12 FROM deliveries WHERE complaint_id = ANY($1::uuid[])"
-                " AND attempts = 1",
+                " AND attempts = 1 AND subject LIKE $2",
                 complaints,
+                f"{name} %",
             ),
             what="all twelve claimed",
         )
         async with pool.acquire() as conn, conn.transaction():
             await conn.execute(
-                "SELECT 1 FROM deliveries WHERE complaint_id = ANY($1::uuid[]) FOR UPDATE",
+                "SELECT 1 FROM deliveries WHERE complaint_id = ANY($1::uuid[])"
+                " AND subject LIKE $2 FOR UPDATE",
                 complaints,
+                f"{name} %",
             )
             inbox.release()
             await eventually(
-                lambda: asyncio.sleep(0, len(inbox.messages_to(name)) == 12),
+                lambda: asyncio.sleep(0, len(_subjects_from(inbox, f"{name} ")) == 12),
                 what="all twelve handed over",
             )
             await eventually(
@@ -447,6 +465,45 @@ async def test_hand_overs_that_end_while_one_is_recorded_are_recorded_together(l
     )
     # the first, then the ones that ended while it waited (one late answer may start a third)
     assert transactions <= 3
+
+
+async def _sent_versions(pool: asyncpg.Pool, complaints: list[uuid.UUID]) -> list[list[int]]:
+    """Each complaint's versions of ``CustomerMessageSent`` in its stream."""
+    rows = await pool.fetch(
+        "SELECT stream_id, array_agg(version ORDER BY version) AS versions FROM events"
+        " WHERE type = 'CustomerMessageSent' AND stream_id = ANY($1::uuid[]) GROUP BY stream_id",
+        complaints,
+    )
+    by_stream = {r["stream_id"]: list(r["versions"]) for r in rows}
+    return [by_stream.get(c, []) for c in complaints]
+
+
+async def test_acknowledgements_recorded_together_start_their_complaints_streams(loop):
+    """The acknowledgements of several complaints, recorded together, each start their
+    complaint's stream (written at once); where the streams exist already (a message was
+    recorded before), each is recorded after what is there."""
+    p, clock, inbox = loop
+    pool = p.pool("followup")
+    first = await _hand_overs_meeting_a_locked_record(
+        p, clock, inbox, "acknowledged", source_type="ComplaintAcknowledged"
+    )
+
+    async def recorded(complaints: list[uuid.UUID], versions: list[int]) -> bool:
+        return await _sent_versions(pool, complaints) == [versions] * len(complaints)
+
+    await eventually(lambda: recorded(first, [1]), what="each stream started by its message")
+    assert await pool.fetchval(
+        "SELECT count(*) = 12 FROM outbox o JOIN events e USING (event_id)"
+        " WHERE e.stream_id = ANY($1::uuid[])",
+        first,
+    )
+
+    told = await _hand_overs_meeting_a_locked_record(p, clock, inbox, "assigned")
+    await eventually(lambda: recorded(told, [1]), what="the streams started")
+    again = await _hand_overs_meeting_a_locked_record(
+        p, clock, inbox, "late", source_type="ComplaintAcknowledged", complaints=told
+    )
+    await eventually(lambda: recorded(again, [1, 2]), what="each recorded after the first")
 
 
 async def test_a_hand_over_whose_record_fails_fails_alone(loop):

@@ -29,7 +29,7 @@ for aggregates whose state holds no personal data: a cached state would outlive 
 from __future__ import annotations
 
 from collections import OrderedDict
-from collections.abc import Awaitable, Callable, Iterable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
 from uuid import UUID
@@ -184,6 +184,20 @@ class Repository(Generic[S]):
         state = self.fold(recorded)
         projected = await self.project(conn, state, recorded) if self.project else None
         return Saved(state, len(recorded), recorded, projected)
+
+    async def create_many(
+        self, conn: Any, streams: Mapping[UUID, Sequence[DomainEvent]]
+    ) -> dict[UUID, Saved[S]]:
+        """:meth:`create` for several new streams, written in one round trip, each projected.
+        A stream that exists already raises :class:`ConcurrencyConflict`; then nothing of the
+        call is written or projected, and the caller's transaction goes on."""
+        recorded = await self.store.create_many(conn, streams)
+        saved: dict[UUID, Saved[S]] = {}
+        for stream_id, events in recorded.items():
+            state = self.fold(events)
+            projected = await self.project(conn, state, events) if self.project else None
+            saved[stream_id] = Saved(state, len(events), events, projected)
+        return saved
 
     async def execute(
         self,

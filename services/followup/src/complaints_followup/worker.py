@@ -25,6 +25,7 @@ from complaints_shared.events import followup as ev
 from complaints_shared.events.intake import ComplaintAcknowledged
 from complaints_shared.events.resolution import SolutionAgreed
 from complaints_shared.faults import database_unavailable, is_transient
+from complaints_shared.repository import Repository
 from complaints_shared.service import Runtime
 from complaints_shared.vocabulary import Channel, format_when
 
@@ -353,8 +354,10 @@ async def _mark_sent(
     cancelled meanwhile); 1 or 0 for each."""
     marked = set(await conn.fetchval(_MARK_SENT, [d["id"] for d, _ in handed], rt.clock()))
     repository = checks(rt)
-    for d, channel in handed:
-        if d["id"] in marked:
+    done = [(d, channel) for d, channel in handed if d["id"] in marked]
+    written = await _start_streams(conn, repository, done)
+    for d, channel in done:
+        if d["id"] not in written:
             await repository.execute(
                 conn,
                 d["complaint_id"],
@@ -362,6 +365,26 @@ async def _mark_sent(
                 likely_new=d["source_type"] == _FIRST_MESSAGE,  # it starts the complaint's stream
             )
     return [int(d["id"] in marked) for d, _ in handed]
+
+
+async def _start_streams(
+    conn: asyncpg.Connection, repository: Repository[Followup], done: list[tuple[Any, str]]
+) -> set[UUID]:
+    """Record the first messages of several complaints (each starts its complaint's stream)
+    in one statement; the deliveries so recorded.  When a complaint has more than one
+    delivery in the group, or a stream exists after all, none is: each is recorded on its own,
+    in order, by the caller."""
+    first = [(d, channel) for d, channel in done if d["source_type"] == _FIRST_MESSAGE]
+    if len(first) < 2 or len({d["complaint_id"] for d, _ in done}) < len(done):
+        return set()
+    empty = repository.fold([])
+    try:
+        await repository.create_many(
+            conn, {d["complaint_id"]: _delivered(empty, d=d, channel=ch) for d, ch in first}
+        )
+    except ConcurrencyConflict:
+        return set()  # nothing of it was written
+    return {d["id"] for d, _ in first}
 
 
 # what followup records first of nearly every complaint: its acknowledgement sent
