@@ -180,10 +180,7 @@ class Repository(Generic[S]):
     async def create(self, conn: Any, stream_id: UUID, events: Sequence[DomainEvent]) -> Saved[S]:
         """Start a new stream with ``events``: nothing to load or fold first.  A stream that
         exists already raises :class:`ConcurrencyConflict` (the append's version check)."""
-        recorded = await self.store.append(conn, stream_id, 0, events)
-        state = self.fold(recorded)
-        projected = await self.project(conn, state, recorded) if self.project else None
-        return Saved(state, len(recorded), recorded, projected)
+        return await self._started(conn, await self.store.append(conn, stream_id, 0, events))
 
     async def create_many(
         self, conn: Any, streams: Mapping[UUID, Sequence[DomainEvent]]
@@ -192,12 +189,13 @@ class Repository(Generic[S]):
         A stream that exists already raises :class:`ConcurrencyConflict`; then nothing of the
         call is written or projected, and the caller's transaction goes on."""
         recorded = await self.store.create_many(conn, streams)
-        saved: dict[UUID, Saved[S]] = {}
-        for stream_id, events in recorded.items():
-            state = self.fold(events)
-            projected = await self.project(conn, state, events) if self.project else None
-            saved[stream_id] = Saved(state, len(events), events, projected)
-        return saved
+        return {s: await self._started(conn, events) for s, events in recorded.items()}
+
+    async def _started(self, conn: Any, recorded: list[Event[DomainEvent]]) -> Saved[S]:
+        """A new stream's state after ``recorded`` (all its events), projected."""
+        state = self.fold(recorded)
+        projected = await self.project(conn, state, recorded) if self.project else None
+        return Saved(state, len(recorded), recorded, projected)
 
     async def execute(
         self,
