@@ -25,6 +25,7 @@ from complaints_shared.consumer import (
     ConsumerRunner,
     RetryPolicy,
     Subscription,
+    defer,
     start_over,
     write,
 )
@@ -492,6 +493,96 @@ async def test_a_queued_write_failing_at_a_later_handlers_read_poisons_its_own_r
     assert [r["n"] for r in await pool.fetch("SELECT n FROM effects ORDER BY n")] == [1, 4]
     dead = await read_topic(infrastructure.kafka_bootstrap, topics[1], count=1)
     assert decode_headers(dead[0].headers)["ce_id"] == str(sent[1].event_id)
+
+
+async def test_deferred_items_reach_their_work_together_in_order_with_the_batchs_writes(
+    infrastructure, pool, producer, topics, topic_prefix
+):
+    """Items deferred by consecutive handlers reach their work in one call, in order; a
+    handler's read sends what was deferred before it first, and sees it; what the work queues
+    lands before the writes that later handlers queued."""
+    name = f"{topic_prefix}g"
+    calls: list[list[int]] = []
+    seen: list[int] = []
+
+    async def insert_all(conn: asyncpg.Connection, items: list[tuple[uuid.UUID, int]]) -> None:
+        calls.append([n for _, n in items])
+        for event_id, n in items:
+            await write(conn, "INSERT INTO effects VALUES ($1, $2)", event_id, n)
+
+    async def deferring(conn: asyncpg.Connection, e: Event[Counted]) -> None:
+        await defer(conn, insert_all, (e.event_id, e.payload.n))
+
+    async def scaling(conn: asyncpg.Connection, e: Event[SomethingElse]) -> None:
+        if e.payload.n == 0:
+            seen.append(await conn.fetchval("SELECT coalesce(sum(n), 0) FROM effects"))
+        await write(conn, "UPDATE effects SET n = n * 10")
+
+    stream = uuid.uuid4()  # one partition: one batch, in this order
+    sent = [
+        event(1, stream=stream),
+        event(2, stream=stream),
+        event(0, SomethingElse, stream),  # reads, then scales
+        event(3, stream=stream),
+        event(4, stream=stream),
+        event(7, SomethingElse, stream),  # scales
+    ]
+    for e in sent:
+        await send(producer, topics[0], e)
+    metrics = ServiceMetrics()
+    handlers = {"Counted": deferring, "SomethingElse": scaling}
+    async with Running(runner_for(infrastructure, pool, producer, topics, handlers, metrics, name)):
+        await counted(metrics, name, "six events processed", processed=6)
+    assert calls == [[1, 2], [3, 4]]
+    assert seen == [3]  # the first two items' work, sent before the read
+    rows = await pool.fetch("SELECT n FROM effects ORDER BY n")
+    # 1 and 2 scaled twice; 3 and 4, inserted by the work before the last write, once
+    assert [r["n"] for r in rows] == [30, 40, 100, 200]
+
+
+async def test_a_deferred_item_that_fails_poisons_only_its_record(
+    infrastructure, pool, producer, topics, topic_prefix
+):
+    """The work fails for the items deferred together: the batch is narrowed down record by
+    record, the failing item's record is dead-lettered and the others take effect once."""
+    name = f"{topic_prefix}g"
+    await pool.execute("ALTER TABLE effects ADD CONSTRAINT not_13 CHECK (n <> 13)")
+    calls: list[list[int]] = []
+
+    async def insert_all(conn: asyncpg.Connection, items: list[tuple[uuid.UUID, int]]) -> None:
+        calls.append([n for _, n in items])
+        await conn.executemany("INSERT INTO effects VALUES ($1, $2)", items)
+
+    async def deferring(conn: asyncpg.Connection, e: Event[Counted]) -> None:
+        await defer(conn, insert_all, (e.event_id, e.payload.n))
+
+    stream = uuid.uuid4()
+    sent = [event(n, stream=stream) for n in (1, 13, 2)]
+    for e in sent:
+        await send(producer, topics[0], e)
+    metrics = ServiceMetrics()
+    async with Running(
+        runner_for(infrastructure, pool, producer, topics, {"Counted": deferring}, metrics, name)
+    ):
+        await counted(
+            metrics, name, "two processed, one dead-lettered", processed=2, dead_lettered=1
+        )
+    assert calls == [[1, 13, 2], [1], [13], [2]]
+    assert [r["n"] for r in await pool.fetch("SELECT n FROM effects ORDER BY n")] == [1, 2]
+    dead = await read_topic(infrastructure.kafka_bootstrap, topics[1], count=1)
+    assert decode_headers(dead[0].headers)["ce_id"] == str(sent[1].event_id)
+
+
+async def test_deferred_work_outside_a_batch_is_done_at_once(pool):
+    """Outside a consumer's batch (a re-drive, a script) a deferred item is worked on at once."""
+    calls: list[list[int]] = []
+
+    async def work(conn: asyncpg.Connection, items: list[int]) -> None:
+        calls.append(items)
+
+    async with pool.acquire() as conn:
+        await defer(conn, work, 5)
+    assert calls == [[5]]
 
 
 async def test_transient_errors_are_retried_with_backoff_and_take_effect_once(

@@ -17,7 +17,7 @@ from complaints_resolution.domain import fold
 from complaints_resolution.projection import load_case, save
 from complaints_resolution.sla import deadlines
 from complaints_resolution.worker import fire_due
-from complaints_shared.envelope import Event, to_kafka_record
+from complaints_shared.envelope import Event, decode_headers, to_kafka_record
 from complaints_shared.events import resolution as rs
 from complaints_shared.events.followup import ReopenRequested
 from complaints_shared.service import create_app
@@ -30,6 +30,7 @@ from tests.support import (
     await_case,
     drive_to_agreed,
     eventually,
+    read_topic,
     resolve_case,
     serve,
 )
@@ -84,6 +85,58 @@ async def test_intake_and_resolution_agree_on_the_first_response_deadline(
     promised = datetime.fromisoformat(complaint["acknowledgement"]["first_response_due"])
     counted = datetime.fromisoformat(case["sla"]["first_response"]["due_at"])
     assert promised == counted
+
+
+async def test_cases_of_a_backlog_open_together_each_in_its_complaints_trace(
+    start_platform: StartPlatform, http
+):
+    """Complaints received while resolution was down: their cases are opened together (one
+    write, so one moment) when it comes up, each case once, with its worklist row, and each
+    CaseOpened continues the trace of its own complaint's request."""
+    received = 12
+    intake = await start_platform("intake")
+    cids = []
+    for i in range(received):
+        r = await http.post(
+            f"{intake.url('intake')}/complaints",
+            json={
+                "channel": "email",
+                "subject": f"Cobro duplicado {i}",
+                "description": "Me han cobrado dos veces la misma factura.",
+                "customer": {"name": "Lucía", "email": f"lucia{i}@example.es", "language": "es"},
+                "category": "billing",
+                "severity": "high",
+            },
+        )
+        assert r.status_code == 201, r.text
+        cids.append(r.json()["complaint_id"])
+    bootstrap = intake.servers["intake"].app.state.runtime.settings.kafka_bootstrap
+    on_intake = await read_topic(
+        bootstrap, f"{intake.prefix}complaints.intake.v2", count=2 * received
+    )
+    trace_of = {
+        h["ce_subject"]: h["traceparent"].split("-")[1]
+        for h in map(decode_headers, (r.headers for r in on_intake))
+        if h["ce_type"].endswith(".ComplaintReceived")
+    }
+    assert len(set(trace_of.values())) == received  # a trace of its own for each
+
+    p = await start_platform("resolution", **intake.keyring)
+    for cid in cids:
+        await await_case(http, p.url("resolution"), cid)
+    opened = await read_topic(bootstrap, f"{p.prefix}complaints.resolution.v2", count=received)
+    headers = [decode_headers(r.headers) for r in opened]
+    assert sorted(h["ce_subject"] for h in headers) == sorted(cids)  # each case once
+    assert {h["ce_type"] for h in headers} == {"complaints.resolution.CaseOpened"}
+    for h in headers:
+        assert h["traceparent"].split("-")[1] == trace_of[h["ce_subject"]]
+    # opened together: the cases of a batch were written at one moment, not one by one
+    assert len({h["ce_time"] for h in headers}) < received
+    worklist = (await http.get(f"{p.url('resolution')}/cases", params={"limit": 50})).json()
+    assert sorted(c["complaint_id"] for c in worklist["items"]) == sorted(cids)
+    assert all(c["next_deadline_at"] and c["version"] == 1 for c in worklist["items"])
+    timers = await p.pool("resolution").fetchval("SELECT count(DISTINCT complaint_id) FROM timers")
+    assert timers == received
 
 
 async def test_a_whole_lifecycle_keeps_the_customer_informed_in_their_language(

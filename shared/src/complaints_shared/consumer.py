@@ -15,9 +15,12 @@ client stalled after a broker restart cannot hold its partitions for good.
 A handler may queue writes that need no answer with :func:`write`: within a batch they are sent
 together, in order (consecutive ones of the same statement in one pipelined round trip), before
 any other statement of the batch's connection runs and before the batch commits, so every
-statement still sees every earlier write, whichever handler made it.  A failed flush is
-narrowed down record by record like any failure outside one handler (the handler whose read set
-it off is not blamed for it).
+statement still sees every earlier write, whichever handler made it.  A handler may likewise
+:func:`defer` work that needs no answer and costs less done for many at once (starting new
+streams: one statement for all): consecutive items for the same work are handed to it in one
+call, in the queue's order, and what that call queues is sent before what was queued after it.
+A failed flush is narrowed down record by record like any failure outside one handler (the
+handler whose read set it off is not blamed for it).
 
 While a batch's transaction waits on the database, the records fetched since are read
 (decoded, opened, validated; for a subscription whose handlers append to their events' streams,
@@ -94,6 +97,8 @@ log = logging.getLogger(__name__)
 DLQ_TOPIC = "complaints.dlq.v1"
 
 Handler = Callable[[asyncpg.Connection, Event[Any]], Awaitable[None]]
+# work a handler defers: the items queued by consecutive handlers, in one call
+Deferred = Callable[[asyncpg.Connection, list[Any]], Awaitable[None]]
 Read = tuple[dict[str, str], Handler, Event[Any]]  # a record's headers, handler and event
 BatchHandler = Callable[[asyncpg.Connection, Sequence[Event[Any]]], Awaitable[None]]
 E = TypeVar("E", bound=DomainEvent)
@@ -123,10 +128,10 @@ WITH g AS (
 SELECT (SELECT generation FROM g) AS generation, ARRAY(SELECT event_id FROM fresh) AS fresh
 """
 
-# the writes queued by the handlers of the batch in flight (None: no batch, write at once)
-_QUEUED: ContextVar[list[tuple[str, tuple[Any, ...]]] | None] = ContextVar(
-    "complaints_queued_writes", default=None
-)
+# what the handlers of the batch in flight queued, in order: a write (its statement and
+# arguments) or a deferred item (its work and the item); None: no batch, at once
+Queued = list[tuple[str | Deferred, tuple[Any, ...]]]
+_QUEUED: ContextVar[Queued | None] = ContextVar("complaints_queued_writes", default=None)
 
 
 async def write(conn: asyncpg.Connection, sql: str, *args: Any) -> None:
@@ -139,22 +144,47 @@ async def write(conn: asyncpg.Connection, sql: str, *args: Any) -> None:
         queued.append((sql, args))
 
 
-async def _flush(conn: asyncpg.Connection, queued: list[tuple[str, tuple[Any, ...]]]) -> None:
-    """The queued writes in order, each run of one statement in one round trip; the queue is
-    empty afterwards."""
-    pending = list(queued)
-    queued.clear()
-    i = 0
-    while i < len(pending):
-        sql = pending[i][0]
-        j = i + 1
-        while j < len(pending) and pending[j][0] == sql:
-            j += 1
-        if j - i == 1:
-            await conn.execute(sql, *pending[i][1])
-        else:
-            await conn.executemany(sql, [args for _, args in pending[i:j]])
-        i = j
+async def defer(conn: asyncpg.Connection, work: Deferred, item: Any) -> None:
+    """A handler's work that needs no answer, done for many items at once: queued with the
+    batch's writes, and consecutive items for the same ``work`` (the same object) handed to it
+    in one call (see the module's docstring); at once, alone, outside a consumer batch."""
+    queued = _QUEUED.get()
+    if queued is None:
+        await work(conn, [item])
+    else:
+        queued.append((work, (item,)))
+
+
+async def _flush(conn: asyncpg.Connection, queued: Queued) -> None:
+    """What was queued, in order: each run of one statement in one round trip, each run of one
+    deferred work in one call (what that call queues goes first of what is left); the queue
+    is empty afterwards."""
+    try:
+        while queued:
+            key = queued[0][0]
+            j = 1
+            while j < len(queued) and queued[j][0] == key:
+                j += 1
+            run = queued[:j]
+            del queued[:j]
+            if isinstance(key, str):
+                if j == 1:
+                    await conn.execute(key, *run[0][1])
+                else:
+                    await conn.executemany(key, [args for _, args in run])
+                continue
+            own: Queued = []
+            token = _QUEUED.set(own)
+            try:
+                await key(cast(asyncpg.Connection, _FlushFirst(conn, own)), [a[0] for _, a in run])
+            except _QueuedWritesFailed as exc:  # what the work queued failed: that error
+                assert exc.__cause__ is not None
+                raise exc.__cause__ from None
+            finally:
+                _QUEUED.reset(token)
+            queued[:0] = own
+    finally:
+        queued.clear()
 
 
 class _QueuedWritesFailed(Exception):
@@ -182,7 +212,7 @@ class _FlushFirst:
         }
     )
 
-    def __init__(self, conn: asyncpg.Connection, queued: list[tuple[str, tuple[Any, ...]]]):
+    def __init__(self, conn: asyncpg.Connection, queued: Queued):
         self._conn = conn
         self._queued = queued
 
@@ -644,7 +674,7 @@ class ConsumerRunner:
         outcomes: list[str] = []
         read = await self._read(records)
         wanted = [found[2] for found in read if found is not None]
-        queued: list[tuple[str, tuple[Any, ...]]] = []
+        queued: Queued = []
         async with unit_of_work(self.pool, self.wakeup) as conn:
             fresh = await self._claim(conn, wanted)
             token = _QUEUED.set(queued)

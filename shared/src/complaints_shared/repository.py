@@ -183,12 +183,16 @@ class Repository(Generic[S]):
         return await self._started(conn, await self.store.append(conn, stream_id, 0, events))
 
     async def create_many(
-        self, conn: Any, streams: Mapping[UUID, Sequence[DomainEvent]]
+        self,
+        conn: Any,
+        streams: Mapping[UUID, Sequence[DomainEvent]],
+        trace_contexts: Mapping[UUID, Mapping[str, str]] | None = None,
     ) -> dict[UUID, Saved[S]]:
-        """:meth:`create` for several new streams, written in one round trip, each projected.
-        A stream that exists already raises :class:`ConcurrencyConflict`; then nothing of the
-        call is written or projected, and the caller's transaction goes on."""
-        recorded = await self.store.create_many(conn, streams)
+        """:meth:`create` for several new streams, written in one round trip, each projected;
+        each stream's events carry its own trace context (``trace_contexts``; else the running
+        span's).  A stream that exists already raises :class:`ConcurrencyConflict`; then
+        nothing of the call is written or projected, and the caller's transaction goes on."""
+        recorded = await self.store.create_many(conn, streams, trace_contexts)
         return {s: await self._started(conn, events) for s, events in recorded.items()}
 
     async def _started(self, conn: Any, recorded: list[Event[DomainEvent]]) -> Saved[S]:

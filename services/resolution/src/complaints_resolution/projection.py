@@ -12,6 +12,7 @@ import asyncpg
 
 from complaints_resolution.domain import Case, fold
 from complaints_resolution.sla import next_deadline, open_deadlines, timers_of
+from complaints_shared.consumer import write
 from complaints_shared.envelope import Event
 from complaints_shared.errors import NotFound
 from complaints_shared.events import DomainEvent
@@ -54,11 +55,14 @@ SELECT 1
 
 async def save(conn: asyncpg.Connection, policy: Policy, case: Case, now: datetime) -> None:
     """Refresh the worklist row and replace the case's timers (in the caller's transaction),
-    in one round trip: the timers the case no longer has go, the others are set (the
-    sub-statements touch disjoint timer rows, as one statement's must)."""
+    in one statement: the timers the case no longer has go, the others are set (the
+    sub-statements touch disjoint timer rows, as one statement's must).  In a consumer's
+    batch the statement is queued with the batch's writes (the cases opened together are
+    saved in one round trip)."""
     open_now = open_deadlines(case, policy, now)
     timers = timers_of(case, policy, open_now)
-    await conn.execute(
+    await write(
+        conn,
         _SAVE,
         case.complaint_id,
         case.reference,
