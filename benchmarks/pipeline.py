@@ -316,3 +316,146 @@ def bench(
             _stop(proc)
         shutil.rmtree(spool, ignore_errors=True)
         asyncio.run(delete_topics(h.bootstrap, prefix))
+
+
+# what each service catching up is measured by: the stages it completes (see REACHED)
+CATCHING_UP = {
+    "resolution": ("resolution",),
+    "followup": ("followup", "acknowledgement sent"),
+    "learning": ("learning",),
+}
+
+
+async def _post_all(port: int, token: str, complaints: int, rate: float) -> int:
+    """Offer ``complaints`` at ``rate``/s; the number accepted."""
+    run = uuid.uuid4().hex[:6]
+    load = await openloop.run(
+        "127.0.0.1", port, complaint_posts(token, lambda i: _body(i, run)), rate, complaints / rate
+    )
+    return load.ok
+
+
+async def _published(dsn: str, within: float = 120) -> None:
+    """Until intake's outbox has nothing left to publish."""
+    conn = await asyncpg.connect(dsn)
+    try:
+        deadline = time.monotonic() + within
+        while await conn.fetchval("SELECT count(*) FROM outbox WHERE sent_at IS NULL"):
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"intake's outbox not published within {within:.0f} s")
+            await asyncio.sleep(0.2)
+    finally:
+        await conn.close()
+
+
+async def _catching_up(
+    dsn: str, stages: tuple[str, ...], target: int, pid: int, within: float
+) -> dict[str, Any]:
+    """Sample ``stages``' counts every 0.1 s until each reached ``target``: each stage's rate
+    from its first count above zero (the consumer joined and began) to its last, and the
+    process's CPU over the same time."""
+    conn = await asyncpg.connect(dsn)
+    first: dict[str, tuple[float, int, float]] = {}  # when, count, CPU seconds
+    done: dict[str, tuple[float, float]] = {}
+    deadline = time.monotonic() + within
+    try:
+        while len(done) < len(stages) and time.monotonic() < deadline:
+            now = time.perf_counter()
+            cpu = cpu_seconds({"p": [pid]})["p"]
+            for stage in stages:
+                if stage in done:
+                    continue
+                try:
+                    n = int(await conn.fetchval(REACHED[stage][1]))
+                except asyncpg.UndefinedTableError:  # the service has not migrated yet
+                    n = 0
+                if n and stage not in first:
+                    first[stage] = (now, n, cpu)
+                if n >= target:
+                    done[stage] = (now, cpu)
+            await asyncio.sleep(0.1)
+    finally:
+        await conn.close()
+    out: dict[str, Any] = {}
+    for stage in stages:
+        if stage not in done or stage not in first:
+            out[stage] = {"caught_up": False}
+            continue
+        (t0, n0, c0), (t1, c1) = first[stage], done[stage]
+        out[stage] = {
+            "caught_up": True,
+            "seconds": round(t1 - t0, 2),
+            "per_s": round((target - n0) / (t1 - t0), 1) if t1 > t0 else float("nan"),
+            "cpu_ms_per_complaint": round((c1 - c0) * 1000 / max(target - n0, 1), 2),
+        }
+    return out
+
+
+def catch_up(
+    h: Harness,
+    *,
+    complaints: int,
+    rate: float = 150,
+    services_from: Path | None = None,
+    settle: Callable[[], None] | None = None,
+) -> dict[str, Any]:
+    """A backlog: intake alone accepts ``complaints`` (offered at ``rate``/s) and publishes
+    them; then resolution, followup and learning start one after another, each alone on the
+    machine but for the ones caught up already, and each catches up with the backlog: its
+    rate once its consumer began, and its CPU per complaint."""
+    suffix = os.urandom(3).hex()
+    databases = {s: h.create_database(f"bench_{s}_{suffix}") for s in (*SERVICES, "keyring")}
+    dsns = {s: f"{h.server}/{databases[s]}" for s in SERVICES}
+    prefix = f"benchcatch{suffix}."
+    spool = Path(tempfile.mkdtemp(prefix="bench-mail-"))
+    mail = spool / "maildir"
+    mailbox.Maildir(mail, create=True)
+    smtp = free_port()
+    procs: list[subprocess.Popen[bytes]] = [
+        subprocess.Popen(
+            [
+                *(sys.executable, "-m", "aiosmtpd", "-n", "-l", f"127.0.0.1:{smtp}"),
+                *("-c", "aiosmtpd.handlers.Mailbox", str(mail)),
+            ],
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+    ]
+    ports = {s: free_port() for s in SERVICES}
+
+    def start(s: str) -> subprocess.Popen[bytes]:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", f"complaints_{s}"],
+            env={
+                **service_env(services_from),
+                **h.service_env(databases[s], databases["keyring"], prefix, ports[s]),
+                "COMPLAINTS_SMTP_HOST": "127.0.0.1",
+                "COMPLAINTS_SMTP_PORT": str(smtp),
+            },
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        procs.append(proc)
+        return proc
+
+    try:
+        intake = start("intake")
+        _wait_ready(f"http://127.0.0.1:{ports['intake']}", intake, all_ok=True)
+        accepted = asyncio.run(_post_all(ports["intake"], h.token, complaints, rate))
+        asyncio.run(_published(dsns["intake"]))
+        if settle is not None:
+            settle()
+        figures: dict[str, Any] = {"complaints": accepted, "services": {}}
+        for s, stages in CATCHING_UP.items():
+            proc = start(s)
+            figures["services"][s] = asyncio.run(
+                _catching_up(dsns[s], stages, accepted, proc.pid, within=max(120, accepted / 20))
+            )
+        return figures
+    finally:
+        for proc in procs:
+            _stop(proc)
+        shutil.rmtree(spool, ignore_errors=True)
+        asyncio.run(delete_topics(h.bootstrap, prefix))

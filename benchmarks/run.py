@@ -41,6 +41,11 @@ Stages (``--only`` picks some; all by default):
 - ``pipeline``: all four services at ``--rate`` complaints/s offered for ``--pipeline-seconds``
   (``benchmarks/pipeline.py``): POST latency, each stage's completion rate and backlog growth,
   the drain time, and receipt → ``CaseOpened`` on Kafka (p50, p99).
+- ``catchup``: a backlog of ``--catchup-complaints`` complaints that intake alone accepted
+  (offered at 150/s) and published; then resolution, followup and learning start one after
+  another, and each catches up with it (``benchmarks/pipeline.py``): its rate from its first
+  complaint handled to the last (acknowledgement e-mails too), and its CPU per complaint.
+  What recovery from a downstream outage looks like.
 - ``rebuild``: learning's ``POST /admin/rebuild`` replaying ``--rebuild-complaints``
   complaints' history (receipt, cause, resolution, satisfaction) from offset 0, against a bare
   consumer reading the same records (``benchmarks/rebuild.py``).
@@ -113,8 +118,18 @@ from complaints_shared.telemetry import setup_telemetry  # noqa: E402
 from complaints_shared.topics import delete_topics, ensure_topics  # noqa: E402
 from infra import LocalInfra  # noqa: E402
 
-STAGES = ("append", "relay", "consume", "intake", "stored", "pipeline", "rebuild", "similar")
-DEFAULT_STAGES = ("append", "relay", "consume", "intake", "pipeline", "rebuild", "similar")
+STAGES = (
+    "append",
+    "relay",
+    "consume",
+    "intake",
+    "stored",
+    "pipeline",
+    "catchup",
+    "rebuild",
+    "similar",
+)
+DEFAULT_STAGES = tuple(s for s in STAGES if s != "stored")
 WRITERS = 8
 APPEND_ROUNDS = 6  # the append stage's rounds (see there)
 PAYLOAD = ComplaintWithdrawn(reason="Fila de espera " + "x" * 400)
@@ -683,6 +698,25 @@ def pipeline_rows(f: dict[str, Any]) -> list[Row]:
     return rows
 
 
+def catchup_rows(f: dict[str, Any]) -> list[Row]:
+    rows = []
+    for stages in f["services"].values():
+        for stage, s in stages.items():
+            if not s["caught_up"]:
+                rows.append(Row("catchup", f"{stage}: NOT caught up in time", float("nan"), ""))
+                continue
+            rows.append(
+                Row(
+                    "catchup",
+                    f"{stage}: catching up with {f['complaints']:,} complaints"
+                    f" ({s['cpu_ms_per_complaint']:.2f} ms CPU each)",
+                    s["per_s"],
+                    "complaints/s",
+                )
+            )
+    return rows
+
+
 def rebuild_rows(f: dict[str, Any]) -> list[Row]:
     return [
         Row(
@@ -756,6 +790,9 @@ def main() -> None:
     parser.add_argument("--rate", type=float, default=300, help="pipeline: complaints/s offered")
     parser.add_argument("--pipeline-seconds", type=float, default=60, help="pipeline: how long")
     parser.add_argument(
+        "--catchup-complaints", type=int, default=3000, help="catchup: the backlog's complaints"
+    )
+    parser.add_argument(
         "--rebuild-complaints", type=int, default=10_000, help="rebuild: complaints' histories"
     )
     parser.add_argument(
@@ -778,7 +815,7 @@ def main() -> None:
     parser.add_argument(
         "--services-from",
         type=Path,
-        help="intake, pipeline, rebuild: run the services of this other checkout (a baseline)",
+        help="intake, pipeline, catchup, rebuild: run the services of this other checkout",
     )
     args = parser.parse_args()
     stages = {s.strip() for s in args.only.split(",") if s.strip()}
@@ -787,7 +824,9 @@ def main() -> None:
         parser.error(f"unknown stages {sorted(unknown)}; pick from {', '.join(STAGES)}")
 
     infra = LocalInfra.from_env()
-    started = infra.up(identity=bool(stages & {"intake", "stored", "pipeline", "rebuild"}))
+    started = infra.up(
+        identity=bool(stages & {"intake", "stored", "pipeline", "catchup", "rebuild"})
+    )
     os.environ.setdefault("PGPASSFILE", str(infra.postgres.passfile))
     rows: list[Row] = []
     waits: dict[str, Any] = {}
@@ -863,6 +902,15 @@ def main() -> None:
                 services_from=args.services_from,
             )
             rows += pipeline_rows(details["pipeline"])
+        if "catchup" in stages:
+            settle("catchup", waits)
+            details["catchup"] = pipeline.catch_up(
+                harness(),
+                complaints=args.catchup_complaints,
+                services_from=args.services_from,
+                settle=lambda: settle("catchup: the backlog published", waits),
+            )
+            rows += catchup_rows(details["catchup"])
         if "rebuild" in stages:
             settle("rebuild", waits)
             details["rebuild"] = rebuild.bench(
