@@ -17,7 +17,7 @@ from complaints_followup.projection import checks
 from complaints_followup.worker import HAND_OVERS_AT_ONCE
 from complaints_shared.events.followup import CustomerMessageSent
 from tests.integration.conftest import Platform, StartPlatform
-from tests.support import Inbox, ManualClock, await_case, eventually, resolve_case
+from tests.support import Inbox, ManualClock, await_case, eventually, read_topic, resolve_case
 
 pytestmark = pytest.mark.integration
 
@@ -331,6 +331,58 @@ async def _queue_email(
         subject,
         due,
     )
+
+
+async def test_a_backlog_of_complaints_gets_each_acknowledgement_once_at_its_own_address(
+    start_platform: StartPlatform, smtp, followup_policy, http
+):
+    """Complaints received while followup was down: when it comes up, their contact details
+    and acknowledgements are recorded together (each kind in one statement), and each
+    customer gets their own acknowledgement once."""
+    inbox, port = smtp
+    received = 10
+    intake = await start_platform("intake", policy=followup_policy)
+    references = {}
+    for i in range(received):
+        r = await http.post(
+            f"{intake.url('intake')}/complaints",
+            json={
+                "channel": "web",
+                "subject": "Produto avariado",
+                "description": "A torradeira deixou de funcionar ao fim de dois dias.",
+                "customer": {
+                    "name": f"Ana {i}",
+                    "email": f"backlog{i}@example.pt",
+                    "preferred_channel": "email",
+                    "language": "pt",
+                },
+                "category": "product_defect",
+                "severity": "medium",
+            },
+        )
+        assert r.status_code == 201, r.text
+        references[f"backlog{i}@example.pt"] = r.json()["reference"]
+    bootstrap = intake.servers["intake"].app.state.runtime.settings.kafka_bootstrap
+    await read_topic(bootstrap, f"{intake.prefix}complaints.intake.v2", count=2 * received)
+
+    p = await start_platform(
+        "followup",
+        policy=followup_policy,
+        smtp_host="127.0.0.1",
+        smtp_port=port,
+        **intake.keyring,
+    )
+
+    def acknowledged() -> bool:
+        return all(inbox.to(address) for address in references)
+
+    await eventually(lambda: asyncio.sleep(0, acknowledged()), what="every acknowledgement")
+    await asyncio.sleep(0.5)  # a second copy would be on its way by now
+    for address, reference in references.items():
+        (ack,) = inbox.to(address)
+        assert reference in ack["Subject"] and f"Ana {address[7:-11]}" in ack.get_content()
+    pool = p.pool("followup")
+    assert await pool.fetchval("SELECT count(*) FROM contact_preferences") == received
 
 
 async def test_a_burst_of_messages_goes_out_over_a_few_kept_connections_in_each_complaints_order(

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, fields
 from datetime import datetime
 from email.parser import BytesHeaderParser
 from pathlib import Path
@@ -104,37 +105,82 @@ async def record_answer_row(
     )
 
 
-async def enqueue(
-    conn: asyncpg.Connection,
-    rt: Runtime,
-    *,
-    complaint_id: UUID,
-    kind: str,
-    ref: str,
-    source_type: str,
-    channel: str,
-    language: str,
-    subject: str,
-    body: str,
-) -> None:
-    """Queue a message for the customer (once per kind and ref; never for an erased one)."""
+@dataclass(frozen=True, slots=True)
+class Delivery:
+    """A message to queue for a customer: ``kind`` (check, reminder, message) and ``ref``
+    (the check, or the event whose message it is) make it once."""
+
+    complaint_id: UUID
+    kind: str
+    ref: str
+    source_type: str
+    channel: str
+    language: str
+    subject: str
+    body: str
+
+
+_ENQUEUE = """
+INSERT INTO deliveries (id, complaint_id, kind, ref, source_type, channel, language, subject,
+                        body, next_attempt_at)
+SELECT x.id, x.complaint_id, x.kind, x.ref, x.source_type, x.channel, x.language, x.subject,
+       x.body, $10
+  FROM unnest($1::uuid[], $2::uuid[], $3::text[], $4::text[], $5::text[], $6::text[],
+              $7::text[], $8::text[], $9::text[]) WITH ORDINALITY
+       AS x(id, complaint_id, kind, ref, source_type, channel, language, subject, body, n)
+ WHERE NOT EXISTS (SELECT 1 FROM contact_preferences c
+                    WHERE c.complaint_id = x.complaint_id AND c.erased)
+ ORDER BY x.n
+ON CONFLICT (kind, ref) DO NOTHING
+"""
+
+
+async def enqueue(conn: asyncpg.Connection, rt: Runtime, deliveries: Sequence[Delivery]) -> None:
+    """Queue messages for customers in one statement, in order (each once per kind and ref;
+    never for an erased customer)."""
     await conn.execute(
-        "INSERT INTO deliveries (id, complaint_id, kind, ref, source_type, channel, language,"
-        " subject, body, next_attempt_at)"
-        " SELECT $1, $2, $3, $4, $5, $6, $7, $8, $9, $10 WHERE NOT EXISTS"
-        " (SELECT 1 FROM contact_preferences WHERE complaint_id = $2 AND erased)"
-        " ON CONFLICT (kind, ref) DO NOTHING",
-        uuid4(),
-        complaint_id,
-        kind,
-        ref,
-        source_type,
-        channel,
-        language,
-        subject,
-        body,
+        _ENQUEUE,
+        [uuid4() for _ in deliveries],
+        *([getattr(d, f.name) for d in deliveries] for f in fields(Delivery)),
         rt.clock(),
     )
+
+
+_CONTACTS = """
+INSERT INTO contact_preferences (complaint_id, channel, language, reference, name, email, phone,
+                                 postal_address, consent_to_other_channel, category,
+                                 received_channel)
+SELECT * FROM unnest($1::uuid[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[],
+                     $7::text[], $8::text[], $9::boolean[], $10::text[], $11::text[])
+ON CONFLICT (complaint_id) DO UPDATE SET channel = excluded.channel,
+    language = excluded.language, reference = excluded.reference, name = excluded.name,
+    email = excluded.email, phone = excluded.phone, postal_address = excluded.postal_address,
+    consent_to_other_channel = excluded.consent_to_other_channel,
+    category = excluded.category, received_channel = excluded.received_channel
+"""
+
+_CONTACT_FIELDS = (
+    "complaint_id",
+    "channel",
+    "language",
+    "reference",
+    "name",
+    "email",
+    "phone",
+    "postal_address",
+    "consent",
+    "category",
+    "received_channel",
+)
+
+
+async def record_contacts(
+    conn: asyncpg.Connection, received: Sequence[Event[ComplaintReceived]]
+) -> None:
+    """Keep each received complaint's contact details and preferences (:func:`contact_row`),
+    in one statement; of several for one complaint, the last."""
+    rows = list({r["complaint_id"]: r for r in map(contact_row, received)}.values())
+    await conn.execute(_CONTACTS, *([r[f] for r in rows] for f in _CONTACT_FIELDS))
 
 
 # The contact details a delivery goes to, read with the delivery (``c``: its complaint's row of

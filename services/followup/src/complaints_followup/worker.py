@@ -16,7 +16,13 @@ import asyncpg
 from complaints_followup.domain import Followup, expire, sent
 from complaints_followup.messages import render
 from complaints_followup.notify import DeliveryFailed, Outbound, Undeliverable
-from complaints_followup.projection import CONTACT_COLUMNS, address, checks, enqueue
+from complaints_followup.projection import (
+    CONTACT_COLUMNS,
+    Delivery,
+    address,
+    checks,
+    enqueue,
+)
 from complaints_followup.resources import FollowupResources
 from complaints_followup.tokens import sign
 from complaints_shared.errors import ConcurrencyConflict
@@ -76,9 +82,7 @@ async def queue_checks_and_reminders(rt: Runtime) -> None:
                 resolved_ago=now - (r["due_at"] - rt.policy.followup.satisfaction_check_delay),
             )
             async with rt.transaction() as conn:
-                await enqueue(
-                    conn,
-                    rt,
+                delivery = Delivery(
                     complaint_id=r["complaint_id"],
                     kind=r["kind"],
                     ref=str(r["check_id"]),
@@ -88,6 +92,7 @@ async def queue_checks_and_reminders(rt: Runtime) -> None:
                     subject=subject,
                     body=body,
                 )
+                await enqueue(conn, rt, [delivery])
         except Exception as exc:
             if is_transient(exc):
                 raise  # the database: the whole round waits
