@@ -585,6 +585,38 @@ async def test_deferred_work_outside_a_batch_is_done_at_once(pool):
     assert calls == [[5]]
 
 
+async def test_a_partitions_lag_counts_the_records_not_handled_yet_down_to_zero(
+    infrastructure, pool, producer, topics, topic_prefix
+):
+    """Operators watch a backlog drain: after each batch, the records of the partition that
+    are not handled yet (the second batch in flight is not), then 0 once all are."""
+    name = f"{topic_prefix}lag"
+    stream = uuid.uuid4()  # one partition
+    for n in range(12):
+        await send(producer, topics[0], event(n, stream=stream))
+    inside, go_on = asyncio.Event(), asyncio.Event()
+
+    async def handle(conn: asyncpg.Connection, e: Event[Counted]) -> None:
+        if e.payload.n == 4:  # the first of the second batch
+            inside.set()
+            await go_on.wait()
+
+    metrics = ServiceMetrics()
+    runner = runner_for(infrastructure, pool, producer, topics, {"Counted": handle}, metrics, name)
+    runner.max_poll_records = 4
+
+    def lag() -> float | None:
+        labels = {"consumer": name, "topic": topics[0], "partition": "0"}
+        return metrics.registry.get_sample_value("complaints_consumer_lag", labels)
+
+    async with Running(runner):
+        await asyncio.wait_for(inside.wait(), 30)
+        assert lag() == 8  # the first batch handled; the second in flight counts
+        go_on.set()
+        await counted(metrics, name, "all twelve", processed=12)
+        await eventually(lambda: asyncio.sleep(0, lag() == 0), what="the lag to reach 0")
+
+
 async def test_transient_errors_are_retried_with_backoff_and_take_effect_once(
     infrastructure, pool, producer, topics, topic_prefix, consume
 ):

@@ -404,6 +404,8 @@ class ConsumerRunner:
     _ahead: dict[tuple[str, int, int], tuple[Read | MalformedEvent | None]] = field(
         default_factory=dict
     )
+    # the next offset to handle of each partition held, for its lag
+    _next_offsets: dict[TopicPartition, int] = field(default_factory=dict)
 
     def check_generation_soon(self) -> None:
         """A rebuild in this process has just moved the generation on: this replica starts
@@ -480,6 +482,8 @@ class ConsumerRunner:
         # time: each waits for the one before it, so they reach the broker in order)
         committing: asyncio.Future[None] | None = None
         self._ahead.clear()
+        for tp in list(self._next_offsets):  # a new consumer (group): where it is, unknown yet
+            self._forget_lag(tp)
         try:
             while True:
                 batch = upcoming or await self._poll(consumer)
@@ -513,6 +517,7 @@ class ConsumerRunner:
                         consumer, [r for records in held.values() for r in records]
                     )
                 done = {tp: records[-1].offset + 1 for tp, records in held.items()}
+                self._report_lag(consumer, done)
                 if committing is not None:
                     await asyncio.shield(committing)  # stopping meanwhile: finished below
                     committing = None
@@ -528,6 +533,34 @@ class ConsumerRunner:
                     await self._last_commit(committing)
             finally:
                 await self._stop(consumer)
+
+    def _report_lag(self, consumer: AIOKafkaConsumer, handled: dict[TopicPartition, int]) -> None:
+        """The lag of each partition held (``handled``: the next offset to handle of those
+        just handled): the end of the partition as the last fetch saw it, minus the next
+        offset to handle.  A partition no longer held drops out."""
+        if self.metrics is None:
+            return
+        self._next_offsets.update(handled)
+        held = consumer.assignment()
+        gauge = self.metrics.consumer_lag
+        for tp in list(self._next_offsets):
+            labels = (self.subscription.name, tp.topic, str(tp.partition))
+            if tp not in held:
+                self._forget_lag(tp)
+                continue
+            end = consumer.last_stable_offset(tp)
+            if end is None or end < 0:
+                end = consumer.highwater(tp)
+            if end is not None:
+                gauge.labels(*labels).set(max(end - self._next_offsets[tp], 0))
+
+    def _forget_lag(self, tp: TopicPartition) -> None:
+        self._next_offsets.pop(tp, None)
+        if self.metrics is not None:
+            with contextlib.suppress(KeyError):
+                self.metrics.consumer_lag.remove(
+                    self.subscription.name, tp.topic, str(tp.partition)
+                )
 
     async def _poll(self, consumer: AIOKafkaConsumer) -> dict[TopicPartition, list[ConsumerRecord]]:
         """The records fetched, waiting up to ``idle_poll_ms`` for some; a rebuild in this

@@ -43,6 +43,14 @@ class ServiceMetrics:
             ["consumer", "outcome"],
             registry=self.registry,
         )
+        self.consumer_lag = Gauge(
+            "complaints_consumer_lag",
+            "Records of a partition this process holds that are not handled yet (the end the"
+            " broker last reported minus the next offset to handle); from the first record of"
+            " the partition the process handled",
+            ["consumer", "topic", "partition"],
+            registry=self.registry,
+        )
         self.consumer_retries = Counter(
             "complaints_consumer_retries",
             "Transient handler failures retried with backoff",
