@@ -233,6 +233,48 @@ async def _measure(
     }
 
 
+def _mail_catcher(spool: Path) -> tuple[subprocess.Popen[bytes], int]:
+    """A local SMTP server spooling to a Maildir under ``spool``; the process and its port."""
+    mail = spool / "maildir"  # Maildir makes its folders only for a path that does not exist
+    mailbox.Maildir(mail, create=True)
+    port = free_port()
+    proc = subprocess.Popen(
+        [
+            *(sys.executable, "-m", "aiosmtpd", "-n", "-l", f"127.0.0.1:{port}"),
+            *("-c", "aiosmtpd.handlers.Mailbox", str(mail)),
+        ],
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    return proc, port
+
+
+def _service(
+    h: Harness,
+    service: str,
+    *,
+    databases: dict[str, str],
+    prefix: str,
+    port: int,
+    smtp: int,
+    services_from: Path | None,
+) -> subprocess.Popen[bytes]:
+    """One service's process on ``port``, on its database, the shared keyring and ``smtp``."""
+    return subprocess.Popen(
+        [sys.executable, "-m", f"complaints_{service}"],
+        env={
+            **service_env(services_from),
+            **h.service_env(databases[service], databases["keyring"], prefix, port),
+            "COMPLAINTS_SMTP_HOST": "127.0.0.1",
+            "COMPLAINTS_SMTP_PORT": str(smtp),
+        },
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+
+
 def bench(
     h: Harness,
     *,
@@ -251,35 +293,20 @@ def bench(
     databases = {s: h.create_database(f"bench_{s}_{suffix}") for s in (*SERVICES, "keyring")}
     prefix = f"benchpipe{suffix}."
     spool = Path(tempfile.mkdtemp(prefix="bench-mail-"))
-    mail = spool / "maildir"  # Maildir makes its folders only for a path that does not exist
-    mailbox.Maildir(mail, create=True)
-    smtp = free_port()
-    procs: list[subprocess.Popen[bytes]] = [
-        subprocess.Popen(
-            [
-                *(sys.executable, "-m", "aiosmtpd", "-n", "-l", f"127.0.0.1:{smtp}"),
-                *("-c", "aiosmtpd.handlers.Mailbox", str(mail)),
-            ],
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-    ]
+    catcher, smtp = _mail_catcher(spool)
+    procs: list[subprocess.Popen[bytes]] = [catcher]
     ports = {s: free_port() for s in SERVICES}
     try:
         for s in SERVICES:
             procs.append(
-                subprocess.Popen(
-                    [sys.executable, "-m", f"complaints_{s}"],
-                    env={
-                        **service_env(services_from),
-                        **h.service_env(databases[s], databases["keyring"], prefix, ports[s]),
-                        "COMPLAINTS_SMTP_HOST": "127.0.0.1",
-                        "COMPLAINTS_SMTP_PORT": str(smtp),
-                    },
-                    stdin=subprocess.DEVNULL,
-                    stdout=subprocess.DEVNULL,
-                    stderr=subprocess.DEVNULL,
+                _service(
+                    h,
+                    s,
+                    databases=databases,
+                    prefix=prefix,
+                    port=ports[s],
+                    smtp=smtp,
+                    services_from=services_from,
                 )
             )
         # the load meets the steady state, not the start: every check ok
@@ -408,34 +435,19 @@ def catch_up(
     dsns = {s: f"{h.server}/{databases[s]}" for s in SERVICES}
     prefix = f"benchcatch{suffix}."
     spool = Path(tempfile.mkdtemp(prefix="bench-mail-"))
-    mail = spool / "maildir"
-    mailbox.Maildir(mail, create=True)
-    smtp = free_port()
-    procs: list[subprocess.Popen[bytes]] = [
-        subprocess.Popen(
-            [
-                *(sys.executable, "-m", "aiosmtpd", "-n", "-l", f"127.0.0.1:{smtp}"),
-                *("-c", "aiosmtpd.handlers.Mailbox", str(mail)),
-            ],
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-    ]
+    catcher, smtp = _mail_catcher(spool)
+    procs: list[subprocess.Popen[bytes]] = [catcher]
     ports = {s: free_port() for s in SERVICES}
 
     def start(s: str) -> subprocess.Popen[bytes]:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", f"complaints_{s}"],
-            env={
-                **service_env(services_from),
-                **h.service_env(databases[s], databases["keyring"], prefix, ports[s]),
-                "COMPLAINTS_SMTP_HOST": "127.0.0.1",
-                "COMPLAINTS_SMTP_PORT": str(smtp),
-            },
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
+        proc = _service(
+            h,
+            s,
+            databases=databases,
+            prefix=prefix,
+            port=ports[s],
+            smtp=smtp,
+            services_from=services_from,
         )
         procs.append(proc)
         return proc
