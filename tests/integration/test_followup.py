@@ -496,6 +496,49 @@ async def _hand_overs_meeting_a_locked_record(
     return complaints
 
 
+async def test_a_delivery_cancelled_while_on_its_way_is_not_recorded_as_sent(loop):
+    """Of two messages handed over together, one is cancelled (its complaint withdrawn) while
+    the mail server still holds them: the other is recorded as sent, the cancelled one stays
+    cancelled and no event records it as sent."""
+    p, clock, inbox = loop
+    pool = p.pool("followup")
+    complaints = [uuid.uuid4(), uuid.uuid4()]
+    inbox.hold()
+    try:
+        async with pool.acquire() as conn, conn.transaction():
+            for i, complaint_id in enumerate(complaints):
+                await _email_contact(conn, complaint_id, f"CMP-WAY-{i}", f"way{i}@example.com")
+                await _queue_email(conn, complaint_id, f"on its way {i}", clock())
+        await eventually(
+            lambda: asyncio.sleep(0, inbox.holding.is_set()), what="the mail server to hold one"
+        )
+        await pool.execute(
+            "UPDATE deliveries SET status = 'cancelled' WHERE complaint_id = $1", complaints[0]
+        )
+    finally:
+        inbox.release()
+    await eventually(
+        lambda: pool.fetchval(
+            "SELECT status = 'sent' FROM deliveries WHERE complaint_id = $1", complaints[1]
+        ),
+        what="the other message recorded as sent",
+    )
+    statuses = await pool.fetch(
+        "SELECT complaint_id, status FROM deliveries WHERE complaint_id = ANY($1::uuid[])",
+        complaints,
+    )
+    assert {r["complaint_id"]: r["status"] for r in statuses} == {
+        complaints[0]: "cancelled",
+        complaints[1]: "sent",
+    }
+    sent = await pool.fetch(
+        "SELECT stream_id FROM events WHERE type = 'CustomerMessageSent'"
+        " AND stream_id = ANY($1::uuid[])",
+        complaints,
+    )
+    assert [r["stream_id"] for r in sent] == [complaints[1]]
+
+
 async def test_hand_overs_that_end_while_one_is_recorded_are_recorded_together(loop):
     """The hand-overs that end while another is being recorded as sent wait and are recorded
     in one transaction, not one each."""
