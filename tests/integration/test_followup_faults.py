@@ -5,10 +5,13 @@ more are not sent."""
 from __future__ import annotations
 
 import asyncio
+import urllib.parse
 import uuid
+from collections import Counter
 from datetime import timedelta
 from pathlib import Path
 
+import asyncpg
 import pytest
 
 from complaints_followup.handlers import subscriptions as followup_subscriptions
@@ -18,16 +21,19 @@ from complaints_shared.events import intake as it
 from complaints_shared.events import resolution as rs
 from complaints_shared.events.followup import FollowupParked
 from tests.integration.conftest import StartPlatform
+from tests.integration.test_faults import behind, password_file
 from tests.integration.test_followup import (
     DAY,
     START,
+    _email_contact,
+    _queue_email,
     followup_events,
     mail,
     start_loop,
     submit,
 )
 from tests.integration.test_learning import ev
-from tests.support import eventually, resolve_case
+from tests.support import ManualClock, TcpProxy, eventually, resolve_case
 
 pytestmark = pytest.mark.integration
 
@@ -243,3 +249,63 @@ async def test_a_withdrawal_and_a_resolution_at_the_same_moment_schedule_no_surv
         )
         == 0
     )
+
+
+async def test_a_round_stops_handing_over_once_the_database_is_gone(
+    start_platform: StartPlatform, smtp, followup_policy, new_database, tmp_path
+):
+    """The database goes away while a round's messages are with the mail server: their records
+    of "sent" fail, and the round hands over none of its other messages (each would go out
+    again after its backoff, recorded or not). Once the database is back, every message goes
+    out and is recorded, none more than twice."""
+    inbox, port = smtp
+    dsn = await new_database()
+    proxy = await TcpProxy("127.0.0.1", urllib.parse.urlsplit(dsn).port or 5432).restore()
+    clock = ManualClock(START)
+    await start_platform(
+        "followup",
+        policy=followup_policy,
+        clock=clock,
+        smtp_host="127.0.0.1",
+        smtp_port=port,
+        followup_database_url=behind(proxy, dsn),
+        **password_file(tmp_path),
+    )
+    direct = await asyncpg.connect(dsn)
+    complaints = [uuid.uuid4() for _ in range(40)]
+    try:
+        inbox.hold()
+        async with direct.transaction():
+            for i, complaint_id in enumerate(complaints):
+                await _email_contact(direct, complaint_id, f"CMP-GONE-{i}", f"gone{i}@example.com")
+                await _queue_email(direct, complaint_id, f"gone {i}", clock())
+        await eventually(
+            lambda: asyncio.sleep(0, inbox.holding.is_set()), what="the mail server to hold"
+        )
+        await asyncio.sleep(0.3)  # the round's first hand-overs all reach the mail server
+        await proxy.cut()
+        inbox.release()
+        await asyncio.sleep(1.5)
+        during = len([m for m in inbox.messages if m["To"].startswith("gone")])
+        # the first hand-overs, and those that took their places before a record failed
+        assert during < len(complaints), during
+        await proxy.restore()
+        clock.advance(timedelta(hours=1))  # past every retry's backoff
+
+        async def all_sent() -> bool:
+            return bool(
+                await direct.fetchval(
+                    "SELECT count(*) = $2 FROM deliveries"
+                    " WHERE complaint_id = ANY($1::uuid[]) AND status = 'sent'",
+                    complaints,
+                    len(complaints),
+                )
+            )
+
+        await eventually(all_sent, what="every message recorded as sent", timeout=60)
+        copies = Counter(m["To"] for m in inbox.messages if m["To"].startswith("gone"))
+        assert len(copies) == len(complaints) and max(copies.values()) <= 2
+    finally:
+        inbox.release()
+        await proxy.restore() if proxy._server is None else None
+        await direct.close()

@@ -275,6 +275,10 @@ async def _hand_over(
     then record it as sent (1) — unless it was cancelled while it was on its way (0)."""
     res: FollowupResources = rt.resources
     async with gate:  # the record does not hold a place: the next complaint's goes on
+        if records.unavailable is not None:
+            # a record found the database gone: what goes out now could not be recorded as
+            # sent, and would go out again after its backoff; the round stops instead
+            raise ConnectionError("the database became unavailable during the round")
         target = address(d)
         if target is None:
             raise Undeliverable(f"no contact for the {d['channel']} channel")
@@ -299,6 +303,8 @@ class SentRecords:
         self.rt = rt
         self._waiting: list[tuple[asyncpg.Record, str, asyncio.Future[int]]] = []
         self._writing: asyncio.Task[None] | None = None
+        # set once a record found the database unavailable: no more hand-overs this round
+        self.unavailable: BaseException | None = None
 
     async def record(self, d: asyncpg.Record, channel: str) -> int:
         """Record the delivery ``d``, handed over on ``channel``, as sent: 1, or 0 when it was
@@ -329,6 +335,8 @@ class SentRecords:
                 for one in group:  # which one fails, if one does, learns it alone
                     await self._write([one])
                 return
+            if database_unavailable(exc):
+                self.unavailable = exc
             for *_, recorded in group:
                 if not recorded.done():
                     recorded.set_exception(exc)
