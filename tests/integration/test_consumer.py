@@ -617,6 +617,42 @@ async def test_a_partitions_lag_counts_the_records_not_handled_yet_down_to_zero(
         await eventually(lambda: asyncio.sleep(0, lag() == 0), what="the lag to reach 0")
 
 
+async def test_a_batch_that_takes_long_shows_its_partitions_lag_growing_meanwhile(
+    infrastructure, pool, producer, topics, topic_prefix
+):
+    """The first batch after a start cannot finish (its handler waits, as a batch retries while
+    the database is away): the partition's lag shows at once, before any record is handled,
+    and grows with the records that arrive meanwhile; then drains to 0."""
+    name = f"{topic_prefix}lag-stuck"
+    stream = uuid.uuid4()  # one partition
+    for n in range(4):
+        await send(producer, topics[0], event(n, stream=stream))
+    inside, go_on = asyncio.Event(), asyncio.Event()
+
+    async def handle(conn: asyncpg.Connection, e: Event[Counted]) -> None:
+        inside.set()
+        await go_on.wait()
+
+    metrics = ServiceMetrics()
+    runner = runner_for(infrastructure, pool, producer, topics, {"Counted": handle}, metrics, name)
+    runner.max_poll_records = 4
+    runner.lag_refresh_seconds = 0.3
+
+    def lag() -> float | None:
+        labels = {"consumer": name, "topic": topics[0], "partition": "0"}
+        return metrics.registry.get_sample_value("complaints_consumer_lag", labels)
+
+    async with Running(runner):
+        await asyncio.wait_for(inside.wait(), 30)
+        assert lag() == 4  # the batch in flight, nothing handled yet
+        for n in range(4, 10):
+            await send(producer, topics[0], event(n, stream=stream))
+        await eventually(lambda: asyncio.sleep(0, lag() == 10), what="the lag to reach 10")
+        go_on.set()
+        await counted(metrics, name, "all ten", processed=10)
+        await eventually(lambda: asyncio.sleep(0, lag() == 0), what="the lag to reach 0")
+
+
 async def test_transient_errors_are_retried_with_backoff_and_take_effect_once(
     infrastructure, pool, producer, topics, topic_prefix, consume
 ):

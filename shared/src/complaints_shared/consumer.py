@@ -263,6 +263,7 @@ class _FlushedTransaction:
 
 GENERATION_CHECK_SECONDS = 5.0  # an idle replica still notices a rebuild this soon
 IDLE_POLL_MS = 500  # how long a poll waits for records (records arriving end it at once)
+LAG_REFRESH_SECONDS = 5.0  # see ConsumerRunner.lag_refresh_seconds
 STOP_SECONDS = 10.0  # a Kafka consumer that takes longer to close is abandoned
 
 
@@ -397,6 +398,9 @@ class ConsumerRunner:
     # single.
     stall_timeout: float = 30.0
     idle_poll_ms: int = IDLE_POLL_MS
+    # a batch that takes longer (retrying while the database is away, say) has the ends of its
+    # partitions asked of the broker this often, so that their lag grows with what arrives
+    lag_refresh_seconds: float = LAG_REFRESH_SECONDS
     # set by a rebuild in this process: the generation is checked now, not in up to 5 s, and an
     # idle poll stops waiting for records
     _recheck: asyncio.Event = field(default_factory=asyncio.Event)
@@ -513,6 +517,7 @@ class ConsumerRunner:
                     ours = {_position(r) for records in held.values() for r in records}
                     self._ahead = {k: v for k, v in self._ahead.items() if k in ours}
                 if held:  # one transaction, then one commit, for every partition of the poll
+                    self._report_lag(consumer, {tp: rs[0].offset for tp, rs in held.items()})
                     upcoming = await self._handle_reading_ahead(
                         consumer, [r for records in held.values() for r in records]
                     )
@@ -534,13 +539,19 @@ class ConsumerRunner:
             finally:
                 await self._stop(consumer)
 
-    def _report_lag(self, consumer: AIOKafkaConsumer, handled: dict[TopicPartition, int]) -> None:
-        """The lag of each partition held (``handled``: the next offset to handle of those
-        just handled): the end of the partition as the last fetch saw it, minus the next
-        offset to handle.  A partition no longer held drops out."""
+    def _report_lag(
+        self,
+        consumer: AIOKafkaConsumer,
+        next_offsets: dict[TopicPartition, int],
+        ends: Mapping[TopicPartition, int] | None = None,
+    ) -> None:
+        """The lag of each partition held (``next_offsets``: the next offset to handle of
+        those in the batch taken, or just handled): the end of the partition (``ends``, else
+        as the last fetch saw it), minus the next offset to handle.  A partition no longer
+        held drops out."""
         if self.metrics is None:
             return
-        self._next_offsets.update(handled)
+        self._next_offsets.update(next_offsets)
         held = consumer.assignment()
         gauge = self.metrics.consumer_lag
         for tp in list(self._next_offsets):
@@ -548,11 +559,41 @@ class ConsumerRunner:
             if tp not in held:
                 self._forget_lag(tp)
                 continue
-            end = consumer.last_stable_offset(tp)
+            end = None if ends is None else ends.get(tp)
+            if end is None:
+                end = consumer.last_stable_offset(tp)
             if end is None or end < 0:
                 end = consumer.highwater(tp)
             if end is not None:
                 gauge.labels(*labels).set(max(end - self._next_offsets[tp], 0))
+
+    async def _refresh_lag_while(
+        self, handling: asyncio.Future[None], consumer: AIOKafkaConsumer
+    ) -> None:
+        """:meth:`_refresh_lag`, given up as soon as the batch is done."""
+        refreshing = asyncio.ensure_future(self._refresh_lag(consumer))
+        try:
+            await asyncio.wait({handling, refreshing}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            if not refreshing.done():
+                refreshing.cancel()
+                await asyncio.gather(refreshing, return_exceptions=True)
+
+    async def _refresh_lag(self, consumer: AIOKafkaConsumer) -> None:
+        """While a batch takes long: the lag against the partitions' ends as the broker has
+        them now (the client fetches no further meanwhile).  Best effort: with the broker away
+        too, the last figures stand."""
+        if self.metrics is None:
+            return
+        held = [tp for tp in self._next_offsets if tp in consumer.assignment()]
+        if not held:
+            return
+        try:
+            async with asyncio.timeout(self.lag_refresh_seconds):
+                ends = await consumer.end_offsets(held)
+        except (KafkaError, OSError, TimeoutError):
+            return
+        self._report_lag(consumer, {}, ends)
 
     def _forget_lag(self, tp: TopicPartition) -> None:
         self._next_offsets.pop(tp, None)
@@ -603,7 +644,9 @@ class ConsumerRunner:
             upcoming = await consumer.getmany(timeout_ms=0)
             if upcoming and not handling.done():
                 await self._read_ahead([r for rs in upcoming.values() for r in rs])
-            await asyncio.shield(handling)
+            while not (await asyncio.wait({handling}, timeout=self.lag_refresh_seconds))[0]:
+                await self._refresh_lag_while(handling, consumer)
+            handling.result()
         except BaseException:
             handling.cancel()
             await asyncio.gather(handling, return_exceptions=True)
