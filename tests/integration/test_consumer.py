@@ -617,6 +617,23 @@ async def test_a_partitions_lag_counts_the_records_not_handled_yet_down_to_zero(
         await eventually(lambda: asyncio.sleep(0, lag() == 0), what="the lag to reach 0")
 
 
+async def test_a_partition_with_nothing_to_read_shows_a_lag_of_zero(
+    infrastructure, pool, producer, topics, topic_prefix
+):
+    """An alert on the lag needs the series: a consumer that takes over a partition with
+    nothing in it shows 0 there, not nothing."""
+    name = f"{topic_prefix}lag-idle"
+    metrics = ServiceMetrics()
+    runner = runner_for(infrastructure, pool, producer, topics, {}, metrics, name)
+
+    def lag() -> float | None:
+        labels = {"consumer": name, "topic": topics[0], "partition": "0"}
+        return metrics.registry.get_sample_value("complaints_consumer_lag", labels)
+
+    async with Running(runner):
+        await eventually(lambda: asyncio.sleep(0, lag() == 0), what="a lag of 0")
+
+
 async def test_a_batch_that_takes_long_shows_its_partitions_lag_growing_meanwhile(
     infrastructure, pool, producer, topics, topic_prefix
 ):

@@ -505,6 +505,8 @@ class ConsumerRunner:
                         self.stall_timeout,
                     )
                     raise TimeoutError("no group coordinator")  # transient: run() starts over
+                if not batch:
+                    await self._note_idle_lag(consumer)
                 if not batch and (
                     self._recheck.is_set() or time.monotonic() - checked > GENERATION_CHECK_SECONDS
                 ):
@@ -566,6 +568,23 @@ class ConsumerRunner:
                 end = consumer.highwater(tp)
             if end is not None:
                 gauge.labels(*labels).set(max(end - self._next_offsets[tp], 0))
+
+    async def _note_idle_lag(self, consumer: AIOKafkaConsumer) -> None:
+        """After a poll that brought nothing: each partition held whose lag is unknown yet
+        (nothing of it taken since this consumer started) shows its own, from the client's
+        position in it, once a fetch of it has come back (a partition with nothing to read
+        shows 0, not nothing)."""
+        if self.metrics is None:
+            return
+        for tp in consumer.assignment():
+            if tp in self._next_offsets or consumer.highwater(tp) is None:
+                continue
+            try:
+                async with asyncio.timeout(self.lag_refresh_seconds):
+                    position = await consumer.position(tp)  # known: a fetch of it came back
+            except (IllegalStateError, TimeoutError):  # revoked, or being reset meanwhile
+                continue
+            self._report_lag(consumer, {tp: position})
 
     async def _refresh_lag_while(
         self, handling: asyncio.Future[None], consumer: AIOKafkaConsumer
