@@ -582,7 +582,7 @@ class ConsumerRunner:
             try:
                 async with asyncio.timeout(self.lag_refresh_seconds):
                     position = await consumer.position(tp)  # known: a fetch of it came back
-            except (IllegalStateError, TimeoutError):  # revoked, or being reset meanwhile
+            except (KafkaError, TimeoutError):  # revoked (IllegalStateError), or being reset
                 continue
             self._report_lag(consumer, {tp: position})
 
