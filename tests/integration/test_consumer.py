@@ -585,6 +585,12 @@ async def test_deferred_work_outside_a_batch_is_done_at_once(pool):
     assert calls == [[5]]
 
 
+def partition_lag(metrics: ServiceMetrics, consumer: str, topic: str) -> float | None:
+    """``complaints_consumer_lag`` of the topic's one partition, as ``/metrics`` shows it."""
+    labels = {"consumer": consumer, "topic": topic, "partition": "0"}
+    return metrics.registry.get_sample_value("complaints_consumer_lag", labels)
+
+
 async def test_a_partitions_lag_counts_the_records_not_handled_yet_down_to_zero(
     infrastructure, pool, producer, topics, topic_prefix
 ):
@@ -606,8 +612,7 @@ async def test_a_partitions_lag_counts_the_records_not_handled_yet_down_to_zero(
     runner.max_poll_records = 4
 
     def lag() -> float | None:
-        labels = {"consumer": name, "topic": topics[0], "partition": "0"}
-        return metrics.registry.get_sample_value("complaints_consumer_lag", labels)
+        return partition_lag(metrics, name, topics[0])
 
     async with Running(runner):
         await asyncio.wait_for(inside.wait(), 30)
@@ -627,8 +632,7 @@ async def test_a_partition_with_nothing_to_read_shows_a_lag_of_zero(
     runner = runner_for(infrastructure, pool, producer, topics, {}, metrics, name)
 
     def lag() -> float | None:
-        labels = {"consumer": name, "topic": topics[0], "partition": "0"}
-        return metrics.registry.get_sample_value("complaints_consumer_lag", labels)
+        return partition_lag(metrics, name, topics[0])
 
     async with Running(runner):
         await eventually(lambda: asyncio.sleep(0, lag() == 0), what="a lag of 0")
@@ -656,8 +660,7 @@ async def test_a_batch_that_takes_long_shows_its_partitions_lag_growing_meanwhil
     runner.lag_refresh_seconds = 0.3
 
     def lag() -> float | None:
-        labels = {"consumer": name, "topic": topics[0], "partition": "0"}
-        return metrics.registry.get_sample_value("complaints_consumer_lag", labels)
+        return partition_lag(metrics, name, topics[0])
 
     async with Running(runner):
         await asyncio.wait_for(inside.wait(), 30)
