@@ -6,6 +6,7 @@ import asyncio
 import itertools
 import json
 import mailbox
+import os
 import socket
 import threading
 import time
@@ -97,8 +98,8 @@ async def open_records(keyring: Keyring, records: list[ConsumerRecord]) -> list[
     return [event_from_data(d, h) for h, _, d in items]
 
 
-async def migrated_pool(dsn: str) -> asyncpg.Pool:
-    pool = await create_pool(dsn, max_size=20)
+async def migrated_pool(dsn: str, password: str | None = None) -> asyncpg.Pool:
+    pool = await create_pool(dsn, max_size=20, password=password)
     async with pool.acquire() as conn:
         await migrate(conn, shared_migrations())
     return pool
@@ -409,6 +410,25 @@ class Inbox:
     def messages_to(self, prefix: str) -> list[EmailMessage]:
         """The messages to addresses that start with ``prefix``."""
         return [m for m in self.messages if str(m["To"]).startswith(prefix)]
+
+
+def server_password() -> str | None:
+    """The local server's password, from ``PGPASSFILE`` (whose entry names the server's real
+    port, so that a connection through a proxy does not find it there)."""
+    pgpass = os.environ.get("PGPASSFILE")
+    if not pgpass:
+        return None
+    return Path(pgpass).read_text().splitlines()[0].rsplit(":", 1)[1]
+
+
+def behind(proxy: TcpProxy, dsn: str) -> str:
+    """``dsn`` with the proxy's address in place of the server's."""
+    u = urllib.parse.urlsplit(dsn)
+    netloc = u.netloc.rsplit("@", 1)
+    host = f"127.0.0.1:{proxy.port}"
+    return urllib.parse.urlunsplit(
+        u._replace(netloc=f"{netloc[0]}@{host}" if len(netloc) == 2 else host)
+    )
 
 
 class TcpProxy:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import urllib.parse
 import uuid
 from collections.abc import Sequence
 from datetime import UTC, datetime
@@ -37,7 +38,15 @@ from complaints_shared.privacy import PostgresKeyring, load_master_key, new_mast
 from complaints_shared.telemetry import inject_context, setup_telemetry
 from complaints_shared.topics import ensure_topics
 from tests.events import Confided, Counted, SomethingElse
-from tests.support import CountingPool, eventually, read_topic
+from tests.support import (
+    CountingPool,
+    TcpProxy,
+    behind,
+    eventually,
+    migrated_pool,
+    read_topic,
+    server_password,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -671,6 +680,50 @@ async def test_a_batch_that_takes_long_shows_its_partitions_lag_growing_meanwhil
         go_on.set()
         await counted(metrics, name, "all ten", processed=10)
         await eventually(lambda: asyncio.sleep(0, lag() == 0), what="the lag to reach 0")
+
+
+async def test_during_a_database_outage_the_lag_grows_with_what_arrives(
+    infrastructure, database, producer, topics, topic_prefix
+):
+    """The consumer's database goes away (its connections cut): the batch taken retries, and
+    the lag counts it and what arrives behind it; once the database is back, all is handled
+    and the lag drains to 0."""
+    name = f"{topic_prefix}lag-outage"
+    proxy = await TcpProxy("127.0.0.1", urllib.parse.urlsplit(database).port or 5432).restore()
+    pool = await migrated_pool(behind(proxy, database), server_password())
+    async with pool.acquire() as conn:
+        await conn.execute("CREATE TABLE effects (event_id uuid, n int)")
+    stream = uuid.uuid4()  # one partition
+    metrics = ServiceMetrics()
+    runner = runner_for(
+        infrastructure, pool, producer, topics, {"Counted": record_effect}, metrics, name
+    )
+    runner.max_poll_records = 4
+    runner.lag_refresh_seconds = 0.3
+
+    def lag() -> float | None:
+        return partition_lag(metrics, name, topics[0])
+
+    try:
+        async with Running(runner):
+            for n in range(2):
+                await send(producer, topics[0], event(n, stream=stream))
+            await counted(metrics, name, "the first two", processed=2)
+            await eventually(lambda: asyncio.sleep(0, lag() == 0), what="a lag of 0")
+            await proxy.cut()
+            for n in range(2, 10):
+                await send(producer, topics[0], event(n, stream=stream))
+            await eventually(lambda: asyncio.sleep(0, lag() == 8), what="the lag to reach 8")
+            assert outcome(metrics, name, "processed") == 2
+            assert metrics.consumer_retries.labels(name)._value.get() > 0
+            await proxy.restore()
+            await counted(metrics, name, "all ten", processed=10)
+            await eventually(lambda: asyncio.sleep(0, lag() == 0), what="the lag to drain")
+    finally:
+        if proxy._server is None:  # cut: the pool closes its connections through it
+            await proxy.restore()
+        await pool.close()
+        await proxy.cut()
 
 
 async def test_transient_errors_are_retried_with_backoff_and_take_effect_once(

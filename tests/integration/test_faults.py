@@ -3,7 +3,6 @@ start.  The network to the real servers is cut with a TCP proxy; nothing is fake
 
 from __future__ import annotations
 
-import os
 import urllib.parse
 from pathlib import Path
 
@@ -12,27 +11,18 @@ import pytest
 
 from tests.integration.conftest import StartPlatform
 from tests.integration.test_intake import complaint
-from tests.support import TcpProxy, eventually, free_port
+from tests.support import TcpProxy, behind, eventually, free_port, server_password
 
 pytestmark = pytest.mark.integration
 
 
-def behind(proxy: TcpProxy, dsn: str) -> str:
-    u = urllib.parse.urlsplit(dsn)
-    netloc = u.netloc.rsplit("@", 1)
-    host = f"127.0.0.1:{proxy.port}"
-    return urllib.parse.urlunsplit(
-        u._replace(netloc=f"{netloc[0]}@{host}" if len(netloc) == 2 else host)
-    )
-
-
 def password_file(tmp_path: Path) -> dict[str, Path]:
     """The server's password as a secret file (the PGPASSFILE entry names the real port)."""
-    pgpass = os.environ.get("PGPASSFILE")
-    if not pgpass:
+    password = server_password()
+    if password is None:
         return {}
     secret = tmp_path / "db-password"
-    secret.write_text(Path(pgpass).read_text().splitlines()[0].rsplit(":", 1)[1])
+    secret.write_text(password)
     return {"database_password_file": secret}
 
 

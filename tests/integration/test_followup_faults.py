@@ -21,7 +21,7 @@ from complaints_shared.events import intake as it
 from complaints_shared.events import resolution as rs
 from complaints_shared.events.followup import FollowupParked
 from tests.integration.conftest import StartPlatform
-from tests.integration.test_faults import behind, password_file
+from tests.integration.test_faults import password_file
 from tests.integration.test_followup import (
     DAY,
     START,
@@ -33,7 +33,7 @@ from tests.integration.test_followup import (
     submit,
 )
 from tests.integration.test_learning import ev
-from tests.support import ManualClock, TcpProxy, eventually, resolve_case
+from tests.support import ManualClock, TcpProxy, behind, eventually, resolve_case
 
 pytestmark = pytest.mark.integration
 
