@@ -586,33 +586,22 @@ class ConsumerRunner:
                 continue
             self._report_lag(consumer, {tp: position})
 
-    async def _refresh_lag_while(
-        self, handling: asyncio.Future[None], consumer: AIOKafkaConsumer
-    ) -> None:
-        """:meth:`_refresh_lag`, given up as soon as the batch is done."""
-        refreshing = asyncio.ensure_future(self._refresh_lag(consumer))
-        try:
-            await asyncio.wait({handling, refreshing}, return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            if not refreshing.done():
-                refreshing.cancel()
-                await asyncio.gather(refreshing, return_exceptions=True)
-
     async def _refresh_lag(self, consumer: AIOKafkaConsumer) -> None:
-        """While a batch takes long: the lag against the partitions' ends as the broker has
-        them now (the client fetches no further meanwhile).  Best effort: with the broker away
-        too, the last figures stand."""
-        if self.metrics is None:
-            return
-        held = [tp for tp in self._next_offsets if tp in consumer.assignment()]
-        if not held:
-            return
-        try:
-            async with asyncio.timeout(self.lag_refresh_seconds):
-                ends = await consumer.end_offsets(held)
-        except (KafkaError, OSError, TimeoutError):
-            return
-        self._report_lag(consumer, {}, ends)
+        """Beside a batch (cancelled when it is done): every ``lag_refresh_seconds`` it runs,
+        the lag against the partitions' ends as the broker has them now (the client fetches
+        no further meanwhile).  Best effort: with the broker away too, the last figures
+        stand."""
+        while True:
+            await asyncio.sleep(self.lag_refresh_seconds)
+            held = [tp for tp in self._next_offsets if tp in consumer.assignment()]
+            if self.metrics is None or not held:
+                return
+            try:
+                async with asyncio.timeout(self.lag_refresh_seconds):
+                    ends = await consumer.end_offsets(held)
+            except (KafkaError, OSError, TimeoutError):
+                continue
+            self._report_lag(consumer, {}, ends)
 
     def _forget_lag(self, tp: TopicPartition) -> None:
         self._next_offsets.pop(tp, None)
@@ -658,18 +647,20 @@ class ConsumerRunner:
         """Handle ``records``; meanwhile take the records fetched already and read them (what
         the database's work leaves the process free for).  Returns them: the next batch."""
         handling = asyncio.ensure_future(self.handle_batch(records))
+        refreshing = asyncio.ensure_future(self._refresh_lag(consumer))  # a long batch's lag
         try:
             upcoming: dict[TopicPartition, list[ConsumerRecord]]
             upcoming = await consumer.getmany(timeout_ms=0)
             if upcoming and not handling.done():
                 await self._read_ahead([r for rs in upcoming.values() for r in rs])
-            while not (await asyncio.wait({handling}, timeout=self.lag_refresh_seconds))[0]:
-                await self._refresh_lag_while(handling, consumer)
-            handling.result()
+            await asyncio.shield(handling)
         except BaseException:
             handling.cancel()
             await asyncio.gather(handling, return_exceptions=True)
             raise
+        finally:
+            refreshing.cancel()
+            await asyncio.gather(refreshing, return_exceptions=True)
         return upcoming
 
     async def _stop(self, consumer: AIOKafkaConsumer) -> None:

@@ -46,8 +46,8 @@ class ServiceMetrics:
         self.consumer_lag = Gauge(
             "complaints_consumer_lag",
             "Records of a partition this process holds that are not handled yet (the end the"
-            " broker last reported minus the next offset to handle); from the first record of"
-            " the partition the process handled",
+            " broker last reported minus the next offset to handle); from the first batch the"
+            " process took of it, or its first fetch when there was nothing to take",
             ["consumer", "topic", "partition"],
             registry=self.registry,
         )
