@@ -6,7 +6,7 @@ import asyncio
 import logging
 import urllib.parse
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from typing import Any, cast
 
@@ -594,10 +594,24 @@ async def test_deferred_work_outside_a_batch_is_done_at_once(pool):
     assert calls == [[5]]
 
 
-def partition_lag(metrics: ServiceMetrics, consumer: str, topic: str) -> float | None:
-    """``complaints_consumer_lag`` of the topic's one partition, as ``/metrics`` shows it."""
+def lag_of(metrics: ServiceMetrics, consumer: str, topic: str) -> Callable[[], float | None]:
+    """Reads ``complaints_consumer_lag`` of the topic's one partition, as ``/metrics`` shows
+    it (``None``: no series)."""
     labels = {"consumer": consumer, "topic": topic, "partition": "0"}
-    return metrics.registry.get_sample_value("complaints_consumer_lag", labels)
+    return lambda: metrics.registry.get_sample_value("complaints_consumer_lag", labels)
+
+
+def holding(at: int | None = None) -> tuple[Any, asyncio.Event, asyncio.Event]:
+    """A handler that stops at the record numbered ``at`` (at the first, for ``None``) until
+    let go; the event set once it is there, and the one that lets it go."""
+    inside, go_on = asyncio.Event(), asyncio.Event()
+
+    async def handle(conn: asyncpg.Connection, e: Event[Counted]) -> None:
+        if at is None or e.payload.n == at:
+            inside.set()
+            await go_on.wait()
+
+    return handle, inside, go_on
 
 
 async def test_a_partitions_lag_counts_the_records_not_handled_yet_down_to_zero(
@@ -609,19 +623,12 @@ async def test_a_partitions_lag_counts_the_records_not_handled_yet_down_to_zero(
     stream = uuid.uuid4()  # one partition
     for n in range(12):
         await send(producer, topics[0], event(n, stream=stream))
-    inside, go_on = asyncio.Event(), asyncio.Event()
-
-    async def handle(conn: asyncpg.Connection, e: Event[Counted]) -> None:
-        if e.payload.n == 4:  # the first of the second batch
-            inside.set()
-            await go_on.wait()
-
+    handle, inside, go_on = holding(at=4)  # the first of the second batch
     metrics = ServiceMetrics()
     runner = runner_for(infrastructure, pool, producer, topics, {"Counted": handle}, metrics, name)
     runner.max_poll_records = 4
 
-    def lag() -> float | None:
-        return partition_lag(metrics, name, topics[0])
+    lag = lag_of(metrics, name, topics[0])
 
     async with Running(runner):
         await asyncio.wait_for(inside.wait(), 30)
@@ -640,8 +647,7 @@ async def test_a_partition_with_nothing_to_read_shows_a_lag_of_zero(
     metrics = ServiceMetrics()
     runner = runner_for(infrastructure, pool, producer, topics, {}, metrics, name)
 
-    def lag() -> float | None:
-        return partition_lag(metrics, name, topics[0])
+    lag = lag_of(metrics, name, topics[0])
 
     async with Running(runner):
         await eventually(lambda: asyncio.sleep(0, lag() == 0), what="a lag of 0")
@@ -657,19 +663,13 @@ async def test_a_batch_that_takes_long_shows_its_partitions_lag_growing_meanwhil
     stream = uuid.uuid4()  # one partition
     for n in range(4):
         await send(producer, topics[0], event(n, stream=stream))
-    inside, go_on = asyncio.Event(), asyncio.Event()
-
-    async def handle(conn: asyncpg.Connection, e: Event[Counted]) -> None:
-        inside.set()
-        await go_on.wait()
-
+    handle, inside, go_on = holding()
     metrics = ServiceMetrics()
     runner = runner_for(infrastructure, pool, producer, topics, {"Counted": handle}, metrics, name)
     runner.max_poll_records = 4
     runner.lag_refresh_seconds = 0.3
 
-    def lag() -> float | None:
-        return partition_lag(metrics, name, topics[0])
+    lag = lag_of(metrics, name, topics[0])
 
     async with Running(runner):
         await asyncio.wait_for(inside.wait(), 30)
@@ -701,8 +701,7 @@ async def test_during_a_database_outage_the_lag_grows_with_what_arrives(
     runner.max_poll_records = 4
     runner.lag_refresh_seconds = 0.3
 
-    def lag() -> float | None:
-        return partition_lag(metrics, name, topics[0])
+    lag = lag_of(metrics, name, topics[0])
 
     try:
         async with Running(runner):
