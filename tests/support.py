@@ -24,7 +24,7 @@ from typing import Any, TypeVar
 import asyncpg
 import uvicorn
 from aiokafka import AIOKafkaConsumer, ConsumerRecord
-from fastapi import FastAPI
+from fastapi import FastAPI, Request, Response
 
 from complaints_shared.db import create_pool
 from complaints_shared.envelope import (
@@ -410,6 +410,40 @@ class Inbox:
     def messages_to(self, prefix: str) -> list[EmailMessage]:
         """The messages to addresses that start with ``prefix``."""
         return [m for m in self.messages if str(m["To"]).startswith(prefix)]
+
+
+@dataclass
+class Posted:
+    """A message a :class:`Gateway` was posted: its JSON, its headers, the client port of the
+    connection it came over (one port, one connection), and the status answered."""
+
+    json: dict[str, Any]
+    headers: dict[str, str]
+    connection: int
+    status: int
+
+
+class Gateway:
+    """A real HTTP message gateway (the webhook followup hands other channels' messages to):
+    serve ``app``, post to ``/messages``.  It keeps what it is posted and answers each recipient
+    (``to``) the statuses listed for them in ``answers`` in turn, then 200."""
+
+    def __init__(self) -> None:
+        self.posted: list[Posted] = []
+        self.answers: dict[str, list[int]] = {}
+        self.app = FastAPI()
+
+        @self.app.post("/messages")
+        async def receive(request: Request) -> Response:
+            body = await request.json()
+            waiting = self.answers.get(body.get("to"), [])
+            status = waiting.pop(0) if waiting else 200
+            assert request.client is not None
+            self.posted.append(Posted(body, dict(request.headers), request.client.port, status))
+            return Response(status_code=status)
+
+    def to(self, recipient: str) -> list[Posted]:
+        return [p for p in self.posted if p.json.get("to") == recipient]
 
 
 def server_password() -> str | None:

@@ -26,6 +26,7 @@ from complaints_shared.service import ServiceSpec, create_app
 from complaints_shared.settings import ServiceSettings
 from complaints_shared.telemetry import setup_telemetry
 from tests.support import (
+    Gateway,
     Inbox,
     RunningServer,
     Tokens,
@@ -113,6 +114,15 @@ async def start_platform(
 
     yield start
     await asyncio.gather(*(s.stop() for s in started))
+
+
+@pytest.fixture
+async def gateway() -> AsyncIterator[tuple[Gateway, str]]:
+    """A real HTTP message gateway on a free port, and the URL to post messages to."""
+    g = Gateway()
+    server = await serve(g.app)
+    yield g, f"{server.url}/messages"
+    await server.stop()
 
 
 @pytest.fixture

@@ -17,7 +17,14 @@ from complaints_followup.projection import checks
 from complaints_followup.worker import HAND_OVERS_AT_ONCE
 from complaints_shared.events.followup import CustomerMessageSent
 from tests.integration.conftest import Platform, StartPlatform
-from tests.support import Inbox, ManualClock, await_case, eventually, read_topic, resolve_case
+from tests.support import (
+    Inbox,
+    ManualClock,
+    await_case,
+    eventually,
+    read_topic,
+    resolve_case,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -314,22 +321,40 @@ async def _queue_email(
     *,
     kind: str = "message",
     source_type: str = "CaseAssigned",
-) -> None:
-    """An e-mail to the complaint's customer, due at ``due``: a message about the case (its
-    ``source_type``: the event it tells of), or (``kind="check"``) a check whose reference is
-    no check id, so its record cannot be written."""
+    channel: str = "email",
+) -> uuid.UUID:
+    """An e-mail (or a message on another ``channel``) to the complaint's customer, due at
+    ``due``: a message about the case (its ``source_type``: the event it tells of), or
+    (``kind="check"``) a check whose reference is no check id, so its record cannot be
+    written.  Its delivery id."""
     check = kind == "check"
+    delivery_id = uuid.uuid4()
     await conn.execute(
         "INSERT INTO deliveries (id, complaint_id, kind, ref, source_type, channel, language,"
-        " subject, body, next_attempt_at) VALUES ($1, $2, $3, $4, $5, 'email', 'en', $6,"
+        " subject, body, next_attempt_at) VALUES ($1, $2, $3, $4, $5, $8, 'en', $6,"
         " 'Hello', $7)",
-        uuid.uuid4(),
+        delivery_id,
         complaint_id,
         kind,
         "no-check-id" if check else str(uuid.uuid4()),
         "SatisfactionCheck" if check else source_type,
         subject,
         due,
+        channel,
+    )
+    return delivery_id
+
+
+async def _phone_contact(
+    conn: asyncpg.Connection, complaint_id: uuid.UUID, reference: str, phone: str
+) -> None:
+    """A complaint's contact details as followup keeps them: replies by phone."""
+    await conn.execute(
+        "INSERT INTO contact_preferences (complaint_id, channel, language, reference, phone)"
+        " VALUES ($1, 'phone', 'en', $2, $3)",
+        complaint_id,
+        reference,
+        phone,
     )
 
 
@@ -427,6 +452,125 @@ async def test_a_burst_of_messages_goes_out_over_a_few_kept_connections_in_each_
         ),
         what="all 45 recorded as sent",
     )
+
+
+async def test_a_burst_of_messages_to_the_gateway_goes_out_over_a_few_kept_connections(
+    start_platform: StartPlatform, smtp, followup_policy, gateway
+):
+    """Messages on the other channels (here phone) go to the webhook gateway as its contract
+    says (the delivery's id, also as the ``Idempotency-Key``; channel, address, subject, body,
+    language), each complaint's in the order they fell due, over HTTP connections kept for the
+    round, as SMTP's are: not one connection (and, over TLS, one handshake) per message."""
+    g, url = gateway
+    p, clock, _ = await start_loop(start_platform, smtp, followup_policy, webhook_url=url)
+    pool = p.pool("followup")
+    complaints = [uuid.uuid4() for _ in range(15)]
+    now = clock()
+    queued: dict[uuid.UUID, list[uuid.UUID]] = {}
+    async with pool.acquire() as conn, conn.transaction():  # all due in the same instant
+        for i, complaint_id in enumerate(complaints):
+            await _phone_contact(conn, complaint_id, f"CMP-PHONE-{i}", f"+3519100000{i:02}")
+            queued[complaint_id] = [
+                await _queue_email(conn, complaint_id, f"{order} {i}", due, channel="phone")
+                for order, due in (
+                    ("first", now - timedelta(seconds=1)),
+                    ("second", now),
+                    ("third", now),  # queued after the second, due at the same instant
+                )
+            ]
+
+    await eventually(lambda: asyncio.sleep(0, len(g.posted) == 45), what="all 45 messages")
+    for i, complaint_id in enumerate(complaints):
+        posted = g.to(f"+3519100000{i:02}")
+        assert [m.json for m in posted] == [
+            {
+                "id": str(delivery_id),
+                "channel": "phone",
+                "to": f"+3519100000{i:02}",
+                "subject": f"{order} {i}",
+                "body": "Hello",
+                "language": "en",
+            }
+            for order, delivery_id in zip(
+                ("first", "second", "third"), queued[complaint_id], strict=True
+            )
+        ]
+        assert [m.headers["idempotency-key"] for m in posted] == [
+            str(d) for d in queued[complaint_id]
+        ]
+    connections = {m.connection for m in g.posted}
+    assert len(connections) <= HAND_OVERS_AT_ONCE, connections
+    await eventually(
+        lambda: pool.fetchval(
+            "SELECT count(*) = 45 FROM deliveries"
+            " WHERE complaint_id = ANY($1::uuid[]) AND status = 'sent'",
+            complaints,
+        ),
+        what="all 45 recorded as sent",
+    )
+
+
+async def test_the_gateways_answer_decides_between_sent_retried_and_failed(
+    start_platform: StartPlatform, smtp, followup_policy, gateway
+):
+    """2xx: sent. 5xx, 429 or a redirect: retried after the backoff, with the same
+    ``Idempotency-Key`` (and on a new connection: the round's connections are closed at its
+    end). Another 4xx: the gateway cannot reach that customer, so the delivery fails at once
+    (parked)."""
+    g, url = gateway
+    p, clock, _ = await start_loop(start_platform, smtp, followup_policy, webhook_url=url)
+    pool = p.pool("followup")
+    first = {503: "pending", 429: "pending", 307: "pending", 404: "failed"}
+    phones = {status: f"+35191000{status}" for status in first}
+    g.answers = {phone: [status] for status, phone in phones.items()}
+    ids = {}
+    async with pool.acquire() as conn, conn.transaction():
+        for status, phone in phones.items():
+            complaint_id = uuid.uuid4()
+            await _phone_contact(conn, complaint_id, f"CMP-ANS-{status}", phone)
+            ids[status] = await _queue_email(
+                conn, complaint_id, f"news {status}", clock(), channel="phone"
+            )
+
+    def rows_are(expected: dict[int, tuple[str, int]]):  # type: ignore[no-untyped-def]
+        async def probe() -> bool:
+            found = await pool.fetch(
+                "SELECT id, status, attempts FROM deliveries WHERE id = ANY($1::uuid[])",
+                list(ids.values()),
+            )
+            by_id = {r["id"]: (r["status"], r["attempts"]) for r in found}
+            return {status: by_id.get(i) for status, i in ids.items()} == expected
+
+        return probe
+
+    await eventually(
+        rows_are({status: (state, 1) for status, state in first.items()}),
+        what="the first answers",
+    )
+    await asyncio.sleep(0.3)
+    assert len(g.posted) == len(first)  # no retry before the backoff has passed
+    errors = await pool.fetch(
+        "SELECT id, last_error FROM deliveries WHERE id = ANY($1::uuid[])", list(ids.values())
+    )
+    assert {r["id"]: r["last_error"] for r in errors} == {
+        ids[503]: "gateway answered 503",
+        ids[429]: "gateway answered 429",
+        ids[307]: "gateway answered 307",
+        ids[404]: "gateway refused: 404",
+    }
+    clock.advance(timedelta(seconds=11))  # the first retry after 10 s
+    await eventually(
+        rows_are({503: ("sent", 2), 429: ("sent", 2), 307: ("sent", 2), 404: ("failed", 1)}),
+        what="the retried ones sent",
+    )
+    for status, phone in phones.items():
+        posted = g.to(phone)
+        assert [m.status for m in posted] == ([404] if status == 404 else [status, 200])
+        if status != 404:
+            before, after = posted
+            assert before.headers["idempotency-key"] == after.headers["idempotency-key"]
+            assert before.connection != after.connection  # the round's connection was closed
+    assert await pool.fetchval("SELECT count(*) FROM events WHERE type = 'FollowupParked'") == 1
 
 
 def _subjects_from(inbox: Inbox, prefix: str) -> list[str]:

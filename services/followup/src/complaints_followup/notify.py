@@ -174,10 +174,21 @@ class SmtpNotifier:
 
 
 class WebhookNotifier:
-    """POSTs the message as JSON to a gateway (SMS, phone call list, chat, social, post)."""
+    """POSTs the message as JSON to a gateway (SMS, phone call list, chat, social, post).
+
+    As for SMTP, connections are kept between the messages of one round of the worker (HTTP
+    keep-alive: one per message handed over at the same time) and closed by
+    :meth:`close_idle` at the end of the round; a connection on which a request failed is
+    dropped by the client, never used again."""
 
     def __init__(self, url: str | None) -> None:
         self.url = url
+        self._client: httpx.AsyncClient | None = None
+
+    def _http(self) -> httpx.AsyncClient:
+        if self._client is None:
+            self._client = httpx.AsyncClient(timeout=15)
+        return self._client
 
     async def send(self, message: Outbound) -> None:
         if not self.url:
@@ -185,28 +196,31 @@ class WebhookNotifier:
                 f"no gateway for the {message.channel} channel (COMPLAINTS_WEBHOOK_URL)"
             )
         try:
-            async with httpx.AsyncClient(timeout=15) as client:
-                r = await client.post(
-                    self.url,
-                    json={
-                        "id": message.delivery_id,
-                        "channel": message.channel,
-                        "to": message.to,
-                        "subject": message.subject,
-                        "body": message.body,
-                        "language": message.language,
-                    },
-                    headers={"Idempotency-Key": message.delivery_id},
-                )
+            r = await self._http().post(
+                self.url,
+                json={
+                    "id": message.delivery_id,
+                    "channel": message.channel,
+                    "to": message.to,
+                    "subject": message.subject,
+                    "body": message.body,
+                    "language": message.language,
+                },
+                headers={"Idempotency-Key": message.delivery_id},
+            )
         except httpx.HTTPError as exc:
             raise DeliveryFailed(f"{type(exc).__name__}: {exc}") from exc
-        if r.status_code >= 500 or r.status_code == 429:
-            raise DeliveryFailed(f"gateway answered {r.status_code}")
-        if r.status_code >= 400:
+        if r.is_success:
+            return
+        if r.is_client_error and r.status_code != 429:
             raise Undeliverable(f"gateway refused: {r.status_code}")
+        # a 5xx or 429, and a redirect too (a gateway moved: not a hand-over), is tried again
+        raise DeliveryFailed(f"gateway answered {r.status_code}")
 
     async def close_idle(self) -> None:
-        return None  # one HTTP client per message
+        client, self._client = self._client, None
+        if client is not None:
+            await client.aclose()
 
 
 class ChannelRouter:
