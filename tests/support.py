@@ -15,15 +15,21 @@ import urllib.request
 import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from email import message_from_bytes
 from email.message import EmailMessage
 from email.policy import default
+from ipaddress import ip_address
 from pathlib import Path
 from typing import Any, TypeVar
 
 import asyncpg
 import uvicorn
 from aiokafka import AIOKafkaConsumer, ConsumerRecord
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
 from fastapi import FastAPI, Request, Response
 
 from complaints_shared.db import create_pool
@@ -372,6 +378,7 @@ class Inbox:
     def __init__(self, spool: Path | None = None) -> None:
         self.messages: list[EmailMessage] = []
         self.sessions: list[int] = []  # the SMTP session each message came over (numbered)
+        self.secured: list[bool] = []  # whether each message came over TLS (STARTTLS)
         self._session_numbers = itertools.count(1)
         self.fail = 0
         self.refused = 0
@@ -400,6 +407,7 @@ class Inbox:
         if not hasattr(session, "complaints_number"):
             session.complaints_number = next(self._session_numbers)
         self.sessions.append(session.complaints_number)
+        self.secured.append(session.ssl is not None)
         if self.spool is not None:
             self.spool.add(envelope.content)
         return "250 OK"
@@ -444,6 +452,36 @@ class Gateway:
 
     def to(self, recipient: str) -> list[Posted]:
         return [p for p in self.posted if p.json.get("to") == recipient]
+
+
+def self_signed_certificate(directory: Path, host: str = "127.0.0.1") -> tuple[Path, Path]:
+    """A certificate for ``host`` (an IP address) signed by its own key, and that key, as PEM
+    files in ``directory``: what a server with a private authority presents."""
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, host)])
+    now = datetime.now(UTC)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - timedelta(minutes=5))
+        .not_valid_after(now + timedelta(days=1))
+        .add_extension(x509.SubjectAlternativeName([x509.IPAddress(ip_address(host))]), False)
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .sign(key, hashes.SHA256())
+    )
+    cert_path, key_path = directory / "server.pem", directory / "server.key"
+    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key_path.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
+    return cert_path, key_path
 
 
 def server_password() -> str | None:

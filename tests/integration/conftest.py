@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import ssl
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,6 +35,7 @@ from tests.support import (
     migrated_pool,
     open_records,
     read_topic,
+    self_signed_certificate,
     serve,
 )
 
@@ -123,6 +125,23 @@ async def gateway() -> AsyncIterator[tuple[Gateway, str]]:
     server = await serve(g.app)
     yield g, f"{server.url}/messages"
     await server.stop()
+
+
+@pytest.fixture
+def smtp_tls(tmp_path: Path) -> Iterator[tuple[Inbox, int, Path]]:
+    """A real SMTP server on a free port that takes mail only after STARTTLS, with a
+    certificate of its own authority (not trusted unless ``SSL_CERT_FILE`` names the file
+    given)."""
+    cert, key = self_signed_certificate(tmp_path)
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.load_cert_chain(cert, key)
+    inbox, port = Inbox(), free_port()
+    controller = Controller(
+        inbox, hostname="127.0.0.1", port=port, tls_context=context, require_starttls=True
+    )
+    controller.start()
+    yield inbox, port, cert
+    controller.stop()
 
 
 @pytest.fixture

@@ -573,6 +573,62 @@ async def test_the_gateways_answer_decides_between_sent_retried_and_failed(
     assert await pool.fetchval("SELECT count(*) FROM events WHERE type = 'FollowupParked'") == 1
 
 
+async def _queue_burst(pool: asyncpg.Pool, due: datetime, prefix: str, complaints: int) -> None:
+    """Two e-mails for each of ``complaints`` complaints, due at ``due``."""
+    async with pool.acquire() as conn, conn.transaction():
+        for i in range(complaints):
+            complaint_id = uuid.uuid4()
+            await _email_contact(
+                conn, complaint_id, f"CMP-{prefix}-{i}", f"{prefix}{i}@example.com"
+            )
+            for order in ("first", "second"):
+                await _queue_email(conn, complaint_id, f"{order} {i}", due)
+
+
+async def test_e_mail_goes_over_starttls_to_a_server_whose_certificate_is_trusted(
+    start_platform: StartPlatform, smtp_tls, followup_policy, monkeypatch
+):
+    """With ``smtp_starttls``, every connection is upgraded to TLS before any mail goes, and
+    the server's certificate is verified against the trusted authorities (here one of its
+    own, named by ``SSL_CERT_FILE``, as an operator names a private one)."""
+    inbox, port, cert = smtp_tls
+    monkeypatch.setenv("SSL_CERT_FILE", str(cert))
+    p, clock, _ = await start_loop(
+        start_platform, (inbox, port), followup_policy, smtp_starttls=True
+    )
+    await _queue_burst(p.pool("followup"), clock(), "tls", 10)
+    await eventually(lambda: asyncio.sleep(0, len(inbox.messages) == 20), what="all 20 e-mails")
+    assert all(inbox.secured) and len(inbox.secured) == 20
+    for i in range(10):
+        assert [m["Subject"] for m in inbox.to(f"tls{i}@example.com")] == [
+            f"first {i}",
+            f"second {i}",
+        ]
+
+
+async def test_e_mail_is_not_sent_to_a_server_whose_certificate_is_not_trusted(
+    start_platform: StartPlatform, smtp_tls, followup_policy
+):
+    """A certificate no trusted authority signed: nothing is sent, and each delivery is left
+    to be tried again after its backoff (the operator may fix the trust), its error saying
+    why."""
+    inbox, port, _ = smtp_tls
+    p, clock, _ = await start_loop(
+        start_platform, (inbox, port), followup_policy, smtp_starttls=True
+    )
+    pool = p.pool("followup")
+    await _queue_burst(pool, clock(), "untrusted", 2)
+
+    async def tried() -> list[asyncpg.Record] | None:
+        rows = await pool.fetch("SELECT status, attempts, last_error FROM deliveries")
+        return rows if rows and all(r["last_error"] for r in rows) else None
+
+    for row in await eventually(tried, what="each delivery tried"):
+        assert (row["status"], row["attempts"]) == ("pending", 1)
+        assert "CERTIFICATE_VERIFY_FAILED" in row["last_error"], row["last_error"]
+    assert inbox.messages == []
+
+
 def _subjects_from(inbox: Inbox, prefix: str) -> list[str]:
     """The subjects of the messages handed over whose subjects start with ``prefix``."""
     return [str(m["Subject"]) for m in inbox.messages if str(m["Subject"]).startswith(prefix)]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import ssl
 from dataclasses import dataclass
 from email.charset import QP, Charset
 from email.header import Header
@@ -125,6 +126,15 @@ class SmtpNotifier:
     def __init__(self, settings: ServiceSettings) -> None:
         self.settings = settings
         self._idle: list[aiosmtplib.SMTP] = []
+        self._tls: ssl.SSLContext | None = None
+
+    def _tls_context(self) -> ssl.SSLContext:
+        """The TLS settings of every connection: the system's trusted authorities (or those of
+        ``SSL_CERT_FILE``), certificates and host names verified.  Made once: the client would
+        otherwise load the trust store for each new connection (about 30 ms of CPU)."""
+        if self._tls is None:
+            self._tls = ssl.create_default_context(ssl.Purpose.SERVER_AUTH)
+        return self._tls
 
     async def _connection(self) -> aiosmtplib.SMTP:
         while self._idle:
@@ -138,6 +148,7 @@ class SmtpNotifier:
             username=s.smtp_username,
             password=s.smtp_password,
             start_tls=s.smtp_starttls,
+            tls_context=self._tls_context() if s.smtp_starttls else None,
             timeout=15,
         )
         await client.connect()  # STARTTLS and login as configured
