@@ -300,16 +300,23 @@ async def test_a_reopened_case_cancels_its_check_and_a_new_resolution_gets_a_new
     assert await statuses(2) == ["cancelled", "scheduled"]
 
 
-async def _email_contact(
-    conn: asyncpg.Connection, complaint_id: uuid.UUID, reference: str, email: str
+async def _contact(
+    conn: asyncpg.Connection,
+    complaint_id: uuid.UUID,
+    reference: str,
+    address: str,
+    channel: str = "email",
 ) -> None:
-    """A complaint's contact details as followup keeps them: replies by e-mail."""
+    """A complaint's contact details as followup keeps them: replies on ``channel`` (e-mail or
+    phone) to ``address``."""
+    column = {"email": "email", "phone": "phone"}[channel]
     await conn.execute(
-        "INSERT INTO contact_preferences (complaint_id, channel, language, reference, email)"
-        " VALUES ($1, 'email', 'en', $2, $3) ON CONFLICT (complaint_id) DO NOTHING",
+        "INSERT INTO contact_preferences (complaint_id, channel, language, reference,"
+        f" {column}) VALUES ($1, $4, 'en', $2, $3) ON CONFLICT (complaint_id) DO NOTHING",
         complaint_id,
         reference,
-        email,
+        address,
+        channel,
     )
 
 
@@ -343,19 +350,6 @@ async def _queue_email(
         channel,
     )
     return delivery_id
-
-
-async def _phone_contact(
-    conn: asyncpg.Connection, complaint_id: uuid.UUID, reference: str, phone: str
-) -> None:
-    """A complaint's contact details as followup keeps them: replies by phone."""
-    await conn.execute(
-        "INSERT INTO contact_preferences (complaint_id, channel, language, reference, phone)"
-        " VALUES ($1, 'phone', 'en', $2, $3)",
-        complaint_id,
-        reference,
-        phone,
-    )
 
 
 async def test_a_backlog_of_complaints_gets_each_acknowledgement_once_at_its_own_address(
@@ -423,7 +417,7 @@ async def test_a_burst_of_messages_goes_out_over_a_few_kept_connections_in_each_
     now = clock()
     async with pool.acquire() as conn, conn.transaction():  # all due in the same instant
         for i, complaint_id in enumerate(complaints):
-            await _email_contact(conn, complaint_id, f"CMP-BURST-{i}", f"burst{i}@example.com")
+            await _contact(conn, complaint_id, f"CMP-BURST-{i}", f"burst{i}@example.com")
             for order, due in (
                 ("first", now - timedelta(seconds=1)),
                 ("second", now),
@@ -443,15 +437,7 @@ async def test_a_burst_of_messages_goes_out_over_a_few_kept_connections_in_each_
         ]
     sessions = {inbox.sessions[n] for n in burst()}
     assert len(sessions) <= HAND_OVERS_AT_ONCE, sessions
-    # each is recorded as sent just after its hand-over
-    await eventually(
-        lambda: pool.fetchval(
-            "SELECT count(*) = 45 FROM deliveries"
-            " WHERE complaint_id = ANY($1::uuid[]) AND status = 'sent'",
-            complaints,
-        ),
-        what="all 45 recorded as sent",
-    )
+    await _all_sent(pool, complaints, 45)  # each recorded just after its hand-over
 
 
 async def test_a_burst_of_messages_to_the_gateway_goes_out_over_a_few_kept_connections(
@@ -469,7 +455,7 @@ async def test_a_burst_of_messages_to_the_gateway_goes_out_over_a_few_kept_conne
     queued: dict[uuid.UUID, list[uuid.UUID]] = {}
     async with pool.acquire() as conn, conn.transaction():  # all due in the same instant
         for i, complaint_id in enumerate(complaints):
-            await _phone_contact(conn, complaint_id, f"CMP-PHONE-{i}", f"+3519100000{i:02}")
+            await _contact(conn, complaint_id, f"CMP-PHONE-{i}", f"+3519100000{i:02}", "phone")
             queued[complaint_id] = [
                 await _queue_email(conn, complaint_id, f"{order} {i}", due, channel="phone")
                 for order, due in (
@@ -500,14 +486,7 @@ async def test_a_burst_of_messages_to_the_gateway_goes_out_over_a_few_kept_conne
         ]
     connections = {m.connection for m in g.posted}
     assert len(connections) <= HAND_OVERS_AT_ONCE, connections
-    await eventually(
-        lambda: pool.fetchval(
-            "SELECT count(*) = 45 FROM deliveries"
-            " WHERE complaint_id = ANY($1::uuid[]) AND status = 'sent'",
-            complaints,
-        ),
-        what="all 45 recorded as sent",
-    )
+    await _all_sent(pool, complaints, 45)
 
 
 async def test_the_gateways_answer_decides_between_sent_retried_and_failed(
@@ -527,7 +506,7 @@ async def test_the_gateways_answer_decides_between_sent_retried_and_failed(
     async with pool.acquire() as conn, conn.transaction():
         for status, phone in phones.items():
             complaint_id = uuid.uuid4()
-            await _phone_contact(conn, complaint_id, f"CMP-ANS-{status}", phone)
+            await _contact(conn, complaint_id, f"CMP-ANS-{status}", phone, "phone")
             ids[status] = await _queue_email(
                 conn, complaint_id, f"news {status}", clock(), channel="phone"
             )
@@ -578,9 +557,7 @@ async def _queue_burst(pool: asyncpg.Pool, due: datetime, prefix: str, complaint
     async with pool.acquire() as conn, conn.transaction():
         for i in range(complaints):
             complaint_id = uuid.uuid4()
-            await _email_contact(
-                conn, complaint_id, f"CMP-{prefix}-{i}", f"{prefix}{i}@example.com"
-            )
+            await _contact(conn, complaint_id, f"CMP-{prefix}-{i}", f"{prefix}{i}@example.com")
             for order in ("first", "second"):
                 await _queue_email(conn, complaint_id, f"{order} {i}", due)
 
@@ -629,6 +606,19 @@ async def test_e_mail_is_not_sent_to_a_server_whose_certificate_is_not_trusted(
     assert inbox.messages == []
 
 
+async def _all_sent(pool: asyncpg.Pool, complaints: list[uuid.UUID], count: int) -> None:
+    """Wait until the ``count`` deliveries of ``complaints`` are recorded as sent."""
+    await eventually(
+        lambda: pool.fetchval(
+            "SELECT count(*) = $2 FROM deliveries"
+            " WHERE complaint_id = ANY($1::uuid[]) AND status = 'sent'",
+            complaints,
+            count,
+        ),
+        what=f"all {count} recorded as sent",
+    )
+
+
 def _subjects_from(inbox: Inbox, prefix: str) -> list[str]:
     """The subjects of the messages handed over whose subjects start with ``prefix``."""
     return [str(m["Subject"]) for m in inbox.messages if str(m["Subject"]).startswith(prefix)]
@@ -654,9 +644,7 @@ async def _hand_overs_meeting_a_locked_record(
     try:
         async with pool.acquire() as conn, conn.transaction():
             for i, complaint_id in enumerate(complaints):
-                await _email_contact(
-                    conn, complaint_id, f"CMP-{name}-{i}", f"{name}{i}@example.com"
-                )
+                await _contact(conn, complaint_id, f"CMP-{name}-{i}", f"{name}{i}@example.com")
                 due = clock() - timedelta(seconds=1)
                 kind = "check" if i == broken else "message"
                 await _queue_email(
@@ -707,7 +695,7 @@ async def test_a_delivery_cancelled_while_on_its_way_is_not_recorded_as_sent(loo
     try:
         async with pool.acquire() as conn, conn.transaction():
             for i, complaint_id in enumerate(complaints):
-                await _email_contact(conn, complaint_id, f"CMP-WAY-{i}", f"way{i}@example.com")
+                await _contact(conn, complaint_id, f"CMP-WAY-{i}", f"way{i}@example.com")
                 await _queue_email(conn, complaint_id, f"on its way {i}", clock())
         await eventually(
             lambda: asyncio.sleep(0, inbox.holding.is_set()), what="the mail server to hold one"

@@ -25,7 +25,7 @@ from tests.integration.test_faults import password_file
 from tests.integration.test_followup import (
     DAY,
     START,
-    _email_contact,
+    _contact,
     _queue_email,
     followup_events,
     mail,
@@ -277,7 +277,7 @@ async def test_a_round_stops_handing_over_once_the_database_is_gone(
         inbox.hold()
         async with direct.transaction():
             for i, complaint_id in enumerate(complaints):
-                await _email_contact(direct, complaint_id, f"CMP-GONE-{i}", f"gone{i}@example.com")
+                await _contact(direct, complaint_id, f"CMP-GONE-{i}", f"gone{i}@example.com")
                 await _queue_email(direct, complaint_id, f"gone {i}", clock())
         await eventually(
             lambda: asyncio.sleep(0, inbox.holding.is_set()), what="the mail server to hold"
