@@ -122,10 +122,15 @@ def router(service: str, records: Records | None) -> APIRouter:
                 records=await records(conn, ids) if records else {},
             )
         services = {service: own}
-        if scope == "platform" and rt.settings.peers:
+        if scope == "platform" and rt.settings.peers and rt.peers_http is not None:
             answers = await asyncio.gather(
                 *(
-                    _ask(url, customer_key, request.headers.get("authorization", ""))
+                    _ask(
+                        rt.peers_http,
+                        url,
+                        customer_key,
+                        request.headers.get("authorization", ""),
+                    )
                     for url in rt.settings.peers.values()
                 ),
                 return_exceptions=True,
@@ -157,13 +162,14 @@ def router(service: str, records: Records | None) -> APIRouter:
     return r
 
 
-async def _ask(base: str, customer_key: str, authorization: str) -> ServiceData:
-    async with httpx.AsyncClient(timeout=10) as client:
-        r = await client.get(
-            f"{base.rstrip('/')}/customers/{customer_key}/data",
-            params={"scope": "service"},
-            headers={"Authorization": authorization},
-        )
-        r.raise_for_status()
-        parts = r.json()["services"]
-        return ServiceData.model_validate(next(iter(parts.values())))
+async def _ask(
+    client: httpx.AsyncClient, base: str, customer_key: str, authorization: str
+) -> ServiceData:
+    r = await client.get(
+        f"{base.rstrip('/')}/customers/{customer_key}/data",
+        params={"scope": "service"},
+        headers={"Authorization": authorization},
+    )
+    r.raise_for_status()
+    parts = r.json()["services"]
+    return ServiceData.model_validate(next(iter(parts.values())))

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from typing import Annotated, Any
 
 import asyncpg
+import httpx
 from aiokafka import AIOKafkaProducer
 from fastapi import APIRouter, Depends, FastAPI, Request, Response
 from fastapi.middleware.cors import CORSMiddleware
@@ -61,6 +62,8 @@ class Runtime:
     clock: Clock
     resources: Any = None  # what the service prepared at start (templates, rules, ...)
     wakeup: Wakeup | None = None  # of the outbox relay, after units of work that appended
+    # the connections to the other services (``settings.peers``), kept while the service runs
+    peers_http: httpx.AsyncClient | None = None
 
     def transaction(self) -> AbstractAsyncContextManager[asyncpg.Connection]:
         """A unit of work: a pooled connection in a transaction; the relay learns of the
@@ -244,6 +247,8 @@ def create_app(
             clock,
             resources,
             wakeup,
+            # made once: a client loads the TLS trust store when it is made (tens of ms)
+            httpx.AsyncClient(timeout=10) if settings.peers else None,
         )
         relay = OutboxRelay(
             dsn=dsn,
@@ -314,6 +319,8 @@ def create_app(
                 t.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
             await verifier.aclose()
+            if runtime.peers_http is not None:
+                await runtime.peers_http.aclose()
             if link.up.is_set():
                 await producer.stop()
             await keyring_pool.close()
