@@ -81,11 +81,13 @@ def run() -> int:
         busy = [f"{service_port(n)} ({n})" for n in SERVICES if port_open(int(service_port(n)))]
         if not os.environ.get("COMPLAINTS_SMTP_HOST") and port_open(int(_smtp_port())):
             busy.append(f"{_smtp_port()} (mail catcher)")
+        if not os.environ.get("COMPLAINTS_WEBHOOK_URL") and port_open(int(_gateway_port())):
+            busy.append(f"{_gateway_port()} (message catcher)")
         if busy:
             raise InfraError(
                 f"port {', '.join(busy)} in use: is the platform running already?"
                 " Stop it, or set COMPLAINTS_<SERVICE>_PORT /"
-                " COMPLAINTS_LOCAL_SMTP_PORT"
+                " COMPLAINTS_LOCAL_SMTP_PORT / COMPLAINTS_LOCAL_GATEWAY_PORT"
             )
         if database:
             server = _server_url(database)
@@ -101,13 +103,20 @@ def run() -> int:
         if not issuer:
             started["keycloak"] = infra.keycloak.start()
             issuer = infra.keycloak.issuer
-        mail_env, maildir = {}, None
+        delivery_env, maildir = {}, None
         if not os.environ.get("COMPLAINTS_SMTP_HOST"):
             maildir, smtp_port = _start_mail_catcher(infra, procs)
-            mail_env = {
+            delivery_env = {
                 "COMPLAINTS_SMTP_HOST": "127.0.0.1",
                 "COMPLAINTS_SMTP_PORT": smtp_port,
                 "COMPLAINTS_MAIL_SPOOL": str(maildir),  # scrubbed when a customer is erased
+            }
+        messages = None
+        if not os.environ.get("COMPLAINTS_WEBHOOK_URL"):
+            messages, gateway_url = _start_message_catcher(infra, procs)
+            delivery_env |= {
+                "COMPLAINTS_WEBHOOK_URL": gateway_url,
+                "COMPLAINTS_MESSAGE_SPOOL": str(messages),  # scrubbed when a customer is erased
             }
 
         for name in SERVICES:
@@ -122,7 +131,7 @@ def run() -> int:
                 "COMPLAINTS_PORT": service_port(name),
                 "OTEL_SERVICE_NAME": os.environ.get("OTEL_SERVICE_NAME", name),
                 "PYTHONUNBUFFERED": "1",
-                **mail_env,
+                **delivery_env,
             }
             if name == "intake":  # answers subject access requests for the whole platform
                 env.setdefault(
@@ -178,6 +187,11 @@ def run() -> int:
                     f"  mail       {maildir}  (Maildir: every message customers would"
                     " receive; e.g. ls new/)"
                 )
+            if messages:
+                print(
+                    f"  messages   {messages}  (every phone, letter, chat, social and web"
+                    " message, as <delivery id>.json)"
+                )
             print(flush=True)
         while not stopping.is_set():
             for name, proc in procs.items():
@@ -232,6 +246,37 @@ def _start_mail_catcher(
     procs["mail"] = proc
     threading.Thread(target=_pump, args=("mail", proc.stdout), daemon=True).start()
     return maildir, port
+
+
+def _start_message_catcher(
+    infra: LocalInfra, procs: dict[str, subprocess.Popen[str]]
+) -> tuple[Path, str]:
+    """A local message gateway that keeps every message of the other channels as a file under
+    the local data dir (``message_catcher.py``)."""
+    port = _gateway_port()
+    spool = infra.kafka.home.parent / "messages"
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            str(Path(__file__).with_name("message_catcher.py")),
+            "--port",
+            port,
+            "--spool",
+            str(spool),
+        ],
+        text=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        stdin=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    procs["messages"] = proc
+    threading.Thread(target=_pump, args=("messages", proc.stdout), daemon=True).start()
+    return spool, f"http://127.0.0.1:{port}/messages"
+
+
+def _gateway_port() -> str:
+    return os.environ.get("COMPLAINTS_LOCAL_GATEWAY_PORT", "8026")
 
 
 def _smtp_port() -> str:

@@ -9,6 +9,7 @@ services over HTTP.
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import re
 from datetime import UTC, datetime, timedelta
@@ -19,10 +20,11 @@ import asyncpg
 import httpx
 import pytest
 from aiokafka import AIOKafkaConsumer
+from message_catcher import create_app as message_catcher  # deploy/local, on the tests' path
 
 from complaints_shared.logs import JsonFormatter
 from tests.integration.conftest import Platform, StartPlatform
-from tests.support import Inbox, ManualClock, Tokens, await_case, eventually
+from tests.support import Inbox, ManualClock, Tokens, await_case, eventually, serve
 
 pytestmark = pytest.mark.integration
 
@@ -306,3 +308,66 @@ async def test_personal_data_is_sealed_exported_and_erased_everywhere(
     # and nothing of it ever reached a topic, a span or a log line
     assert [r for r in await raw_topics(p) if found_in(r.decode("utf-8", "replace"))] == []
     assert found_in(span_text(p)) == [] and found_in(log_text(caplog)) == []
+
+
+async def test_the_local_message_catcher_keeps_each_message_once_until_its_customer_is_erased(
+    start_platform: StartPlatform,
+    http: httpx.AsyncClient,
+    tokens: Tokens,
+    smtp: tuple[Inbox, int],
+    followup_policy: Path,
+    tmp_path: Path,
+):
+    """``./dev run``'s message gateway: the acknowledgement of a complaint answered by phone is
+    kept as ``<delivery id>.json``, once even when posted again (a retry); when the customer is
+    erased, followup deletes it, as it deletes their spooled e-mail."""
+    spool = tmp_path / "messages"
+    catcher = await serve(message_catcher(spool))
+    try:
+        _, port = smtp
+        p = await start_platform(
+            "intake",
+            "followup",
+            policy=followup_policy,
+            smtp_host="127.0.0.1",
+            smtp_port=port,
+            webhook_url=f"{catcher.url}/messages",
+            message_spool=spool,
+        )
+        r = await http.post(
+            f"{p.url('intake')}/complaints",
+            json={
+                "channel": "phone",
+                "subject": "Encomenda atrasada",
+                "description": "A encomenda chegou com duas semanas de atraso.",
+                "customer": {"name": "Rui Telefone", "phone": "+351 910 000 111"},
+            },
+        )
+        assert r.status_code == 201, r.text
+        complaint = r.json()
+
+        async def kept() -> list[Path] | None:
+            return sorted(spool.glob("*.json")) or None
+
+        (path,) = await eventually(kept, what="the acknowledgement kept by the catcher")
+        message = json.loads(path.read_text())
+        assert (message["channel"], message["to"]) == ("phone", "+351 910 000 111")
+        assert complaint["reference"] in message["subject"] + message["body"]
+        assert path.name == f"{message['id']}.json"
+        again = await http.post(f"{catcher.url}/messages", json=message)  # a retry
+        assert again.status_code == 200 and sorted(spool.glob("*.json")) == [path]
+        bad = await http.post(f"{catcher.url}/messages", json={**message, "id": "../x"})
+        assert bad.status_code == 400 and sorted(spool.glob("*")) == [path]
+
+        privacy = await tokens.headers("privacy")
+        erased = await http.post(
+            f"{p.url('intake')}/customers/{complaint['customer_key']}/erasure", headers=privacy
+        )
+        assert erased.status_code == 200, erased.text
+
+        async def removed() -> bool:
+            return not any(spool.iterdir())
+
+        await eventually(removed, what="the kept message deleted on erasure")
+    finally:
+        await catcher.stop()

@@ -88,6 +88,11 @@ class ServiceSettings(BaseSettings):
     webhook_url: str | None = Field(
         None, description="gateway for SMS, phone, chat, social, web and letter messages"
     )
+    message_spool: Path | None = Field(
+        None,
+        description="a local folder where a development gateway keeps each message it is"
+        " handed as <delivery id>.json: scrubbed of a customer's messages when they are erased",
+    )
     public_url: str = Field("http://127.0.0.1:8003", description="base of survey links")
     survey_secret: str | None = Field(
         None, min_length=16, description="signs survey tokens; default: kept in the database"

@@ -126,7 +126,7 @@ def subscriptions(rt: Runtime) -> list[Subscription]:
         conn: asyncpg.Connection, event: Event[it.PersonalDataErased]
     ) -> None:
         ids = event.payload.complaint_ids
-        await scrub(conn, ids, rt.settings.mail_spool)
+        await scrub(conn, ids, rt.settings.mail_spool, rt.settings.message_spool)
         for cid in ids:  # no survey for someone erased
             await repository.execute(conn, cid, lambda s: cancel_open_checks(s, "erased"))
 

@@ -231,10 +231,14 @@ def contact_row(event: Event[ComplaintReceived]) -> dict[str, Any]:
 
 
 async def scrub(
-    conn: asyncpg.Connection, complaint_ids: Sequence[UUID], mail_spool: Path | None
+    conn: asyncpg.Connection,
+    complaint_ids: Sequence[UUID],
+    mail_spool: Path | None,
+    message_spool: Path | None,
 ) -> None:
     """Erase what followup keeps of these complaints' customer outside its events: contact
-    details, the messages (pending ones are not sent), and their copies in the mail spool."""
+    details, the messages (pending ones are not sent), and their copies in the local spools
+    of e-mail and of the other channels' messages."""
     ids = list(complaint_ids)
     await conn.execute(
         "INSERT INTO contact_preferences (complaint_id, erased)"
@@ -251,6 +255,20 @@ async def scrub(
     )
     if mail_spool is not None and deliveries:
         await asyncio.to_thread(remove_from_spool, mail_spool, {d["id"] for d in deliveries})
+    if message_spool is not None and deliveries:
+        await asyncio.to_thread(remove_messages, message_spool, {d["id"] for d in deliveries})
+
+
+def remove_messages(spool: Path, delivery_ids: set[UUID]) -> int:
+    """Delete the kept copies (``<delivery id>.json``, a local gateway's) of these deliveries;
+    return how many."""
+    removed = 0
+    for delivery_id in delivery_ids:
+        path = spool / f"{delivery_id}.json"
+        if path.exists():
+            path.unlink(missing_ok=True)
+            removed += 1
+    return removed
 
 
 def remove_from_spool(maildir: Path, delivery_ids: set[UUID]) -> int:
