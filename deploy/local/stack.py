@@ -225,26 +225,8 @@ def _start_mail_catcher(
     port = _smtp_port()
     maildir = infra.kafka.home.parent / "mail"
     mailbox.Maildir(maildir, create=True)  # tmp/, new/, cur/
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "aiosmtpd",
-            "-n",
-            "-l",
-            f"127.0.0.1:{port}",
-            "-c",
-            "aiosmtpd.handlers.Mailbox",
-            str(maildir),
-        ],
-        text=True,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        stdin=subprocess.DEVNULL,
-        start_new_session=True,
-    )
-    procs["mail"] = proc
-    threading.Thread(target=_pump, args=("mail", proc.stdout), daemon=True).start()
+    args = ["-m", "aiosmtpd", "-n", "-l", f"127.0.0.1:{port}"]
+    _start_helper("mail", [*args, "-c", "aiosmtpd.handlers.Mailbox", str(maildir)], procs)
     return maildir, port
 
 
@@ -255,24 +237,24 @@ def _start_message_catcher(
     the local data dir (``message_catcher.py``)."""
     port = _gateway_port()
     spool = infra.kafka.home.parent / "messages"
+    catcher = str(Path(__file__).with_name("message_catcher.py"))
+    _start_helper("messages", [catcher, "--port", port, "--spool", str(spool)], procs)
+    return spool, f"http://127.0.0.1:{port}/messages"
+
+
+def _start_helper(name: str, args: list[str], procs: dict[str, subprocess.Popen[str]]) -> None:
+    """A Python helper process beside the services (``python ARGS``), its output shown under
+    ``name``, stopped with them."""
     proc = subprocess.Popen(
-        [
-            sys.executable,
-            str(Path(__file__).with_name("message_catcher.py")),
-            "--port",
-            port,
-            "--spool",
-            str(spool),
-        ],
+        [sys.executable, *args],
         text=True,
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         stdin=subprocess.DEVNULL,
         start_new_session=True,
     )
-    procs["messages"] = proc
-    threading.Thread(target=_pump, args=("messages", proc.stdout), daemon=True).start()
-    return spool, f"http://127.0.0.1:{port}/messages"
+    procs[name] = proc
+    threading.Thread(target=_pump, args=(name, proc.stdout), daemon=True).start()
 
 
 def _gateway_port() -> str:
