@@ -127,18 +127,22 @@ class RunningServer:
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+        scheme = "https" if self.server.config.ssl_certfile else "http"
+        return f"{scheme}://127.0.0.1:{self.port}"
 
     async def stop(self) -> None:
         self.server.should_exit = True
         await asyncio.wait_for(self.task, 30)
 
 
-async def serve(app: FastAPI, port: int | None = None) -> RunningServer:
-    """Run ``app`` under uvicorn on a free loopback port (or ``port``), lifespan included."""
+async def serve(app: FastAPI, port: int | None = None, **config: Any) -> RunningServer:
+    """Run ``app`` under uvicorn on a free loopback port (or ``port``), lifespan included;
+    ``config``: more of uvicorn's settings (``ssl_certfile``, say)."""
     port = port or free_port()
     server = uvicorn.Server(
-        uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="on")
+        uvicorn.Config(
+            app, host="127.0.0.1", port=port, log_level="warning", lifespan="on", **config
+        )
     )
     task = asyncio.create_task(server.serve())
     deadline = time.monotonic() + 60

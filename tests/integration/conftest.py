@@ -128,6 +128,17 @@ async def gateway() -> AsyncIterator[tuple[Gateway, str]]:
 
 
 @pytest.fixture
+async def gateway_tls(tmp_path: Path) -> AsyncIterator[tuple[Gateway, str, Path]]:
+    """A real HTTP message gateway over TLS, with a certificate of its own authority (not
+    trusted unless ``SSL_CERT_FILE`` names the file given), and the URL to post to."""
+    cert, key = self_signed_certificate(tmp_path)
+    g = Gateway()
+    server = await serve(g.app, ssl_certfile=str(cert), ssl_keyfile=str(key))
+    yield g, f"{server.url}/messages", cert
+    await server.stop()
+
+
+@pytest.fixture
 def smtp_tls(tmp_path: Path) -> Iterator[tuple[Inbox, int, Path]]:
     """A real SMTP server on a free port that takes mail only after STARTTLS, with a
     certificate of its own authority (not trusted unless ``SSL_CERT_FILE`` names the file

@@ -552,6 +552,44 @@ async def test_the_gateways_answer_decides_between_sent_retried_and_failed(
     assert await pool.fetchval("SELECT count(*) FROM events WHERE type = 'FollowupParked'") == 1
 
 
+async def test_messages_go_to_a_gateway_over_tls_only_when_its_certificate_is_trusted(
+    start_platform: StartPlatform, smtp, followup_policy, gateway_tls, monkeypatch
+):
+    """An ``https://`` gateway's certificate is verified against the trusted authorities (here
+    one of its own, named by ``SSL_CERT_FILE``): untrusted, nothing is posted and the delivery
+    waits for its retry, its error saying why; trusted (after a restart with the operator's
+    setting), the message goes out."""
+    g, url, cert = gateway_tls
+    p, clock, _ = await start_loop(start_platform, smtp, followup_policy, webhook_url=url)
+    pool = p.pool("followup")
+    async with pool.acquire() as conn, conn.transaction():
+        complaint_id = uuid.uuid4()
+        await _contact(conn, complaint_id, "CMP-TLS-1", "+351910000777", "phone")
+        await _queue_email(conn, complaint_id, "news", clock(), channel="phone")
+
+    async def row() -> asyncpg.Record | None:
+        found = await pool.fetchrow("SELECT status, attempts, last_error FROM deliveries")
+        return found if found and found["last_error"] else None
+
+    refused = await eventually(row, what="the first attempt")
+    assert (refused["status"], refused["attempts"]) == ("pending", 1)
+    assert "CERTIFICATE_VERIFY_FAILED" in refused["last_error"], refused["last_error"]
+    assert g.posted == []
+    # the trust is read once a notifier: a new start (as after the operator's change) takes it
+    monkeypatch.setenv("SSL_CERT_FILE", str(cert))
+    p2, clock2, _ = await start_loop(start_platform, smtp, followup_policy, webhook_url=url)
+    pool2 = p2.pool("followup")
+    async with pool2.acquire() as conn, conn.transaction():
+        complaint_id = uuid.uuid4()
+        await _contact(conn, complaint_id, "CMP-TLS-2", "+351910000778", "phone")
+        await _queue_email(conn, complaint_id, "news", clock2(), channel="phone")
+    await eventually(
+        lambda: asyncio.sleep(0, [m.json["to"] for m in g.posted] == ["+351910000778"]),
+        what="the message posted over TLS",
+    )
+    await _all_sent(pool2, [complaint_id], 1)
+
+
 async def _queue_burst(pool: asyncpg.Pool, due: datetime, prefix: str, complaints: int) -> None:
     """Two e-mails for each of ``complaints`` complaints, due at ``due``."""
     async with pool.acquire() as conn, conn.transaction():
