@@ -562,32 +562,44 @@ async def test_messages_go_to_a_gateway_over_tls_only_when_its_certificate_is_tr
     g, url, cert = gateway_tls
     p, clock, _ = await start_loop(start_platform, smtp, followup_policy, webhook_url=url)
     pool = p.pool("followup")
-    async with pool.acquire() as conn, conn.transaction():
-        complaint_id = uuid.uuid4()
-        await _contact(conn, complaint_id, "CMP-TLS-1", "+351910000777", "phone")
-        await _queue_email(conn, complaint_id, "news", clock(), channel="phone")
-
-    async def row() -> asyncpg.Record | None:
-        found = await pool.fetchrow("SELECT status, attempts, last_error FROM deliveries")
-        return found if found and found["last_error"] else None
-
-    refused = await eventually(row, what="the first attempt")
-    assert (refused["status"], refused["attempts"]) == ("pending", 1)
-    assert "CERTIFICATE_VERIFY_FAILED" in refused["last_error"], refused["last_error"]
+    await _queue_phone_message(pool, "CMP-TLS-1", "+351910000777", clock())
+    await _refused_for_their_certificate(pool)
     assert g.posted == []
     # the trust is read once a notifier: a new start (as after the operator's change) takes it
     monkeypatch.setenv("SSL_CERT_FILE", str(cert))
     p2, clock2, _ = await start_loop(start_platform, smtp, followup_policy, webhook_url=url)
     pool2 = p2.pool("followup")
-    async with pool2.acquire() as conn, conn.transaction():
-        complaint_id = uuid.uuid4()
-        await _contact(conn, complaint_id, "CMP-TLS-2", "+351910000778", "phone")
-        await _queue_email(conn, complaint_id, "news", clock2(), channel="phone")
+    complaint_id = await _queue_phone_message(pool2, "CMP-TLS-2", "+351910000778", clock2())
     await eventually(
         lambda: asyncio.sleep(0, [m.json["to"] for m in g.posted] == ["+351910000778"]),
         what="the message posted over TLS",
     )
     await _all_sent(pool2, [complaint_id], 1)
+
+
+async def _queue_phone_message(
+    pool: asyncpg.Pool, reference: str, phone: str, due: datetime
+) -> uuid.UUID:
+    """A new complaint whose customer is reached by phone, and one message to them due at
+    ``due``; the complaint's id."""
+    complaint_id = uuid.uuid4()
+    async with pool.acquire() as conn, conn.transaction():
+        await _contact(conn, complaint_id, reference, phone, "phone")
+        await _queue_email(conn, complaint_id, "news", due, channel="phone")
+    return complaint_id
+
+
+async def _refused_for_their_certificate(pool: asyncpg.Pool) -> None:
+    """Wait until every delivery has been tried, then check each was refused for its server's
+    certificate and waits for its retry."""
+
+    async def tried() -> list[asyncpg.Record] | None:
+        rows = await pool.fetch("SELECT status, attempts, last_error FROM deliveries")
+        return rows if rows and all(r["last_error"] for r in rows) else None
+
+    for row in await eventually(tried, what="each delivery tried"):
+        assert (row["status"], row["attempts"]) == ("pending", 1)
+        assert "CERTIFICATE_VERIFY_FAILED" in row["last_error"], row["last_error"]
 
 
 async def _queue_burst(pool: asyncpg.Pool, due: datetime, prefix: str, complaints: int) -> None:
@@ -634,13 +646,7 @@ async def test_e_mail_is_not_sent_to_a_server_whose_certificate_is_not_trusted(
     pool = p.pool("followup")
     await _queue_burst(pool, clock(), "untrusted", 2)
 
-    async def tried() -> list[asyncpg.Record] | None:
-        rows = await pool.fetch("SELECT status, attempts, last_error FROM deliveries")
-        return rows if rows and all(r["last_error"] for r in rows) else None
-
-    for row in await eventually(tried, what="each delivery tried"):
-        assert (row["status"], row["attempts"]) == ("pending", 1)
-        assert "CERTIFICATE_VERIFY_FAILED" in row["last_error"], row["last_error"]
+    await _refused_for_their_certificate(pool)
     assert inbox.messages == []
 
 
