@@ -591,10 +591,12 @@ class ConsumerRunner:
         the lag against the partitions' ends as the broker has them now (the client fetches
         no further meanwhile).  Best effort: with the broker away too, the last figures
         stand."""
+        if self.metrics is None:
+            return
         while True:
             await asyncio.sleep(self.lag_refresh_seconds)
             held = [tp for tp in self._next_offsets if tp in consumer.assignment()]
-            if self.metrics is None or not held:
+            if not held:
                 return
             try:
                 async with asyncio.timeout(self.lag_refresh_seconds):

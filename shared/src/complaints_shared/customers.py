@@ -122,7 +122,7 @@ def router(service: str, records: Records | None) -> APIRouter:
                 records=await records(conn, ids) if records else {},
             )
         services = {service: own}
-        if scope == "platform" and rt.settings.peers and rt.peers_http is not None:
+        if scope == "platform" and rt.peers_http is not None:  # made when there are peers
             answers = await asyncio.gather(
                 *(
                     _ask(

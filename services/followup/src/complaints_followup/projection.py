@@ -264,10 +264,11 @@ def remove_messages(spool: Path, delivery_ids: set[UUID]) -> int:
     return how many."""
     removed = 0
     for delivery_id in delivery_ids:
-        path = spool / f"{delivery_id}.json"
-        if path.exists():
-            path.unlink(missing_ok=True)
-            removed += 1
+        try:
+            (spool / f"{delivery_id}.json").unlink()
+        except FileNotFoundError:
+            continue
+        removed += 1
     return removed
 
 
