@@ -9,6 +9,7 @@ from hypothesis import strategies as st
 from opentelemetry import baggage, propagate, trace
 from opentelemetry.context import Context
 from opentelemetry.propagators.composite import CompositePropagator
+from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
 from complaints_shared.telemetry import extract_context
@@ -88,3 +89,32 @@ def test_other_propagators_are_honoured() -> None:
     finally:
         propagate.set_global_textmap(before)
     assert baggage.get_all(extract_context(carrier)) == {"tenant": "x"}
+
+
+@pytest.mark.parametrize(
+    ("traceparent", "parent"),
+    [
+        pytest.param(f"00-{TRACE}-{SPAN}-01", (int(TRACE, 16), int(SPAN, 16)), id="valid"),
+        pytest.param(f"00-{TRACE}-{'0' * 16}-01", None, id="zero span id"),
+        pytest.param(f"00-{TRACE}-{SPAN[:-1]}x-01", None, id="not hex"),
+    ],
+)
+def test_a_span_started_in_the_context_read_is_the_remote_spans_child(
+    traceparent: str, parent: tuple[int, int] | None
+) -> None:
+    """What the tracer sees when a consumer's span or an appended event's context is made
+    under the context read: the remote parent, or none (a new trace) when it is invalid."""
+    tracer = TracerProvider().get_tracer("test")
+    with tracer.start_as_current_span(
+        "process", context=extract_context({"traceparent": traceparent})
+    ) as span:
+        seen = span.parent
+        carried: dict[str, str] = {}
+        propagate.inject(carried)
+    if parent is None:
+        assert seen is None
+        assert carried["traceparent"].split("-")[1] != TRACE
+    else:
+        assert seen is not None and seen.is_remote
+        assert (seen.trace_id, seen.span_id) == parent
+        assert carried["traceparent"].split("-")[1] == TRACE

@@ -23,6 +23,7 @@ from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, SimpleSpanProcessor, SpanExporter
 from opentelemetry.trace import (
+    INVALID_SPAN_CONTEXT,
     NonRecordingSpan,
     Span,
     SpanContext,
@@ -91,22 +92,49 @@ def extract_context(carrier: Mapping[str, str]) -> Context:
     """The trace context carried in message headers (W3C ``traceparent``/``tracestate``).
 
     Every consumed event and every event appended from it needs its own, so the usual case is
-    read directly: a ``traceparent`` of version 00 alone (no ``tracestate``, no ``baggage``),
-    under the default propagators, gives the very context they would give, in less than half
-    their time.  Anything else goes through the configured propagators."""
+    read directly: a ``traceparent`` alone (no ``tracestate``, no ``baggage``), under the
+    default propagators, gives the very context they would give, its span's ids read from the
+    header only when first asked for (most of a backlog's events append and log nothing, and
+    their batch's span links only to the first :data:`MAX_LINKS`).  Anything else goes through
+    the configured propagators."""
     traceparent = carrier.get("traceparent")
     if (
         traceparent is not None
         and "tracestate" not in carrier
         and "baggage" not in carrier
         and _default_propagators()
-        and (m := _TRACEPARENT.fullmatch(traceparent)) is not None
     ):
+        return trace.set_span_in_context(_RemoteParent(traceparent), _NO_CONTEXT)
+    return propagate.extract(dict(carrier))
+
+
+_W3C = TraceContextTextMapPropagator()
+
+
+class _RemoteParent(NonRecordingSpan):
+    """The remote span a ``traceparent`` names, as the W3C propagator reads it (an invalid
+    one: no span), read when its context is first asked for."""
+
+    def __init__(self, traceparent: str) -> None:  # not super().__init__: every event makes one
+        self._context = INVALID_SPAN_CONTEXT
+        self._traceparent: str | None = traceparent
+
+    def get_span_context(self) -> SpanContext:
+        if self._traceparent is not None:
+            self._context = _read_traceparent(self._traceparent)
+            self._traceparent = None
+        return self._context
+
+
+def _read_traceparent(traceparent: str) -> SpanContext:
+    """A version-00 ``traceparent`` as the W3C propagator writes it, read directly (in less
+    than half its time); any other by the propagator."""
+    if (m := _TRACEPARENT.fullmatch(traceparent)) is not None:
         trace_id, span_id = int(m[1], 16), int(m[2], 16)
         if trace_id and span_id:  # all zeros: invalid, which the propagator decides
-            span_context = SpanContext(trace_id, span_id, is_remote=True, trace_flags=_FLAGS[m[3]])
-            return trace.set_span_in_context(NonRecordingSpan(span_context), _NO_CONTEXT)
-    return propagate.extract(dict(carrier))
+            return SpanContext(trace_id, span_id, is_remote=True, trace_flags=_FLAGS[m[3]])
+    context = _W3C.extract({"traceparent": traceparent})
+    return trace.get_current_span(context).get_span_context()
 
 
 # A batch of up to this many messages gets a span per message, each in its message's trace; a
