@@ -619,6 +619,21 @@ async def test_keyring_registers_several_streams_at_once_as_one_by_one(backend: 
     assert await keyring.register_many([(a, "customer-1")]) == {a: theirs}  # idempotent
 
 
+async def test_a_stream_never_written_is_forgotten_and_its_customer_keeps_the_rest(
+    backend: Backend,
+):
+    keyring = backend.keyring
+    kept, never = uuid.uuid4(), uuid.uuid4()
+    key = await keyring.register(kept, "customer-1")
+    assert await keyring.register_many([(never, "customer-1")]) == {never: key}
+    await keyring.forget([never, uuid.uuid4()])  # one nobody registered: no error
+    assert await keyring.streams_of("customer-1") == [kept]
+    assert await keyring.subject_of(never) is None
+    with pytest.raises(UnknownDataSubject):
+        await keyring.sealing_key(never)  # not even from this process's memory
+    assert await keyring.sealing_key(kept) == key
+
+
 async def test_a_stream_is_sealed_for_with_its_key_and_not_after_its_erasure(backend: Backend):
     stream = uuid.uuid4()
     key = await backend.keyring.register(stream, "customer-1")

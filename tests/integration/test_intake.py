@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+import asyncpg
 import httpx
 import pytest
 
@@ -333,7 +334,8 @@ async def test_one_customers_submissions_at_once_see_each_other(intake, http):
 
 async def test_a_submission_the_database_refuses_fails_alone(intake, http):
     """One submission of a group fails in the database: it is answered its error and
-    leaves nothing behind; the others are recorded."""
+    leaves nothing behind, not even a data subject in the keyring; the others are recorded,
+    each customer's data naming their one complaint (the group's failed attempt names none)."""
     pool = intake.pool("intake")
     await pool.execute(
         """
@@ -366,6 +368,18 @@ async def test_a_submission_the_database_refuses_fails_alone(intake, http):
     assert await pool.fetchval("SELECT count(*) FROM outbox") == await pool.fetchval(
         "SELECT count(*) FROM events"
     )
+    for a in answers[:7] + answers[8:]:
+        c = a.json()
+        export = await http.get(
+            f"{intake.url('intake')}/customers/{c['customer_key']}/data?scope=service"
+        )
+        assert export.json()["complaint_ids"] == [c["complaint_id"]]
+    keyring = await asyncpg.connect(intake.keyring["keyring_url"])
+    try:
+        subjects = await keyring.fetchval("SELECT count(*) FROM data_subjects")
+    finally:
+        await keyring.close()
+    assert subjects == 15  # the refused one's is gone too
 
 
 async def test_details_and_withdrawal(intake, http):

@@ -260,6 +260,12 @@ class Keyring(Protocol):
 
     async def subject_of(self, stream_id: UUID) -> str | None: ...
 
+    async def forget(self, stream_ids: Collection[UUID]) -> None:
+        """Registered streams that were never written (the transaction that was to start them
+        rolled back): they are no longer their customers' (not listed by :meth:`streams_of`).
+        Never for a stream whose writing may have committed."""
+        ...
+
     async def erase(self, customer_key: str) -> list[UUID]:
         """Destroy the customer's keys; return their streams.  Idempotent."""
         ...
@@ -356,6 +362,10 @@ class InMemoryKeyring:
     async def subject_of(self, stream_id: UUID) -> str | None:
         found = self._subjects.get(stream_id)
         return found[0] if found else None
+
+    async def forget(self, stream_ids: Collection[UUID]) -> None:
+        for stream_id in stream_ids:
+            self._subjects.pop(stream_id, None)
 
     async def erase(self, customer_key: str) -> list[UUID]:
         key = self._keys.pop(customer_key, None)
@@ -575,6 +585,13 @@ class PostgresKeyring:
             "SELECT customer_key FROM data_subjects WHERE stream_id = $1", stream_id
         )
         return found
+
+    async def forget(self, stream_ids: Collection[UUID]) -> None:
+        await self.pool.execute(
+            "DELETE FROM data_subjects WHERE stream_id = ANY($1::uuid[])", list(stream_ids)
+        )
+        for stream_id in stream_ids:
+            self._sealing.pop(stream_id, None)
 
     async def erase(self, customer_key: str) -> list[UUID]:
         self._erasures += 1

@@ -18,6 +18,10 @@ Invariants:
   the others go on.  When the group's transaction fails, each of its submissions is written
   again in a transaction of its own, so that an error is answered only to the submission that
   causes it; a database that is unavailable fails them all at once (each answered 503).
+- **No phantom complaint.**  A submission keeps its complaint id through every attempt, so
+  the keyring registers its data subject once; when its own transaction rolls back, the
+  subject is forgotten again, so a customer's data export and erasure name only complaints
+  that exist.  (After an unavailable database the outcome is unknown: the subject stays.)
 - **Its own trace.**  Each submission's events carry its request's trace context to the outbox.
 - **Answered as stored.**  The answer is the complaint's row as the transaction wrote it, and
   an ``Idempotency-Key``'s first answer is kept in the same transaction.
@@ -28,6 +32,7 @@ from __future__ import annotations
 import asyncio
 import contextvars
 import functools
+import logging
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -42,6 +47,8 @@ from complaints_intake.projection import project
 from complaints_intake.resources import IntakeResources
 from complaints_shared.faults import database_unavailable
 from complaints_shared.service import Runtime
+
+log = logging.getLogger(__name__)
 
 MAX_GROUP = 32
 # Groups written at once: while they wait on the database, the submissions arriving form the
@@ -66,6 +73,9 @@ class Submission:
     idempotency_key: str | None
     submitted_by: str | None
     trace_context: dict[str, str]
+    # the same in every attempt to write it (its group's, then its own): registered with the
+    # keyring once, whichever attempt commits
+    complaint_id: UUID = field(default_factory=uuid4)
     answer: asyncio.Future[asyncpg.Record | Replay] = field(
         default_factory=lambda: asyncio.get_running_loop().create_future()
     )
@@ -182,6 +192,8 @@ class SubmissionGroups:
             if len(group) == 1 or database_unavailable(exc):
                 for s in group:
                     s.fail(exc)
+                if not database_unavailable(exc):  # rolled back: its registration goes too
+                    await _forget(rt, group)
                 return
             for s in group:  # which one fails, if one does, is answered alone
                 if not s.answer.done():  # (one the rules refused is answered already)
@@ -247,7 +259,7 @@ class SubmissionGroups:
                     s.fail(exc)
                     refused.append(s)
                     continue
-                decided.append((s, uuid4(), decision))
+                decided.append((s, s.complaint_id, decision))
             if keys := [s.idempotency_key for s in refused if s.idempotency_key]:
                 await conn.execute("DELETE FROM idempotency_keys WHERE key = ANY($1)", keys)
             if not decided:
@@ -271,3 +283,13 @@ class SubmissionGroups:
                 )
             answers.extend((s, stored[c]) for s, c, _ in decided)
         return answers
+
+
+async def _forget(rt: Runtime, group: list[Submission]) -> None:
+    """The keyring's subjects of submissions whose transaction rolled back, so that no complaint
+    that does not exist is listed as their customers' (a data export, an erasure).  Best effort:
+    one left behind names a complaint that is nowhere else, and holds no data."""
+    try:
+        await rt.keyring.forget([s.complaint_id for s in group])
+    except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:  # keyring away
+        log.warning("intake: a failed submission's data subject kept: %s", type(exc).__name__)
