@@ -19,9 +19,10 @@ Invariants:
   again in a transaction of its own, so that an error is answered only to the submission that
   causes it; a database that is unavailable fails them all at once (each answered 503).
 - **No phantom complaint.**  A submission keeps its complaint id through every attempt, so
-  the keyring registers its data subject once; when its own transaction rolls back, the
-  subject is forgotten again, so a customer's data export and erasure name only complaints
-  that exist.  (After an unavailable database the outcome is unknown: the subject stays.)
+  the keyring registers its data subject once; when its own transaction fails and the
+  database has no such complaint, the subject is forgotten again, so a customer's data export
+  and erasure name only complaints that exist.  (With the database unavailable, nobody can
+  tell: the subject stays.)
 - **Its own trace.**  Each submission's events carry its request's trace context to the outbox.
 - **Answered as stored.**  The answer is the complaint's row as the transaction wrote it, and
   an ``Idempotency-Key``'s first answer is kept in the same transaction.
@@ -114,6 +115,8 @@ WITH k AS (
 SELECT coalesce(array_agg(key), '{}') FROM k
 """
 
+_WRITTEN = "SELECT coalesce(array_agg(id), '{}') FROM complaints WHERE id = ANY($1::uuid[])"
+
 _REPLAY = "SELECT request_hash, status_code, response FROM idempotency_keys WHERE key = $1"
 
 _ANSWERED = """
@@ -192,7 +195,7 @@ class SubmissionGroups:
             if len(group) == 1 or database_unavailable(exc):
                 for s in group:
                     s.fail(exc)
-                if not database_unavailable(exc):  # rolled back: its registration goes too
+                if not database_unavailable(exc):  # not written: its registration goes too
                     await _forget(rt, group)
                 return
             for s in group:  # which one fails, if one does, is answered alone
@@ -286,10 +289,13 @@ class SubmissionGroups:
 
 
 async def _forget(rt: Runtime, group: list[Submission]) -> None:
-    """The keyring's subjects of submissions whose transaction rolled back, so that no complaint
-    that does not exist is listed as their customers' (a data export, an erasure).  Best effort:
-    one left behind names a complaint that is nowhere else, and holds no data."""
+    """The keyring's subjects of submissions whose transaction failed and wrote nothing (asked
+    of the database, whatever the error said), so that no complaint that does not exist is
+    listed as their customers' (a data export, an erasure).  Best effort: one left behind names
+    a complaint that is nowhere else, and holds no data."""
+    ids = [s.complaint_id for s in group]
     try:
-        await rt.keyring.forget([s.complaint_id for s in group])
-    except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:  # keyring away
+        written = set(await rt.pool.fetchval(_WRITTEN, ids))
+        await rt.keyring.forget([i for i in ids if i not in written])
+    except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:  # a database away
         log.warning("intake: a failed submission's data subject kept: %s", type(exc).__name__)
