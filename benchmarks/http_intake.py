@@ -7,7 +7,9 @@ topics under a throw-away prefix, the real identity provider's token): what is m
 the service's own cost per submission, not the other services' work on the same cores.
 
 1. Saturation: 32 connections for ``seconds``: requests/s and latency percentiles of each;
-   the ratio is intake's rate over the baseline's.
+   the ratio is intake's rate over the baseline's.  Also the CPU each server's processes and
+   PostgreSQL's spent per answered request meanwhile: where a rate moves with what else the
+   machine does, this moves less, so it is the figure to compare a change by.
 2. Half load: intake at half of its own saturated rate, to read the latency a service at a
    comfortable load gives.  The requests are offered at that rate evenly spaced, whatever the
    answers' pace (:mod:`openloop`; latency counts from when each was due).  wrk's
@@ -144,6 +146,70 @@ def wrk(
         raise RuntimeError(f"wrk printed no result:\n{out}")
     n, ok, secs, p50, p99, mx = m.groups()
     return Load(int(n), int(ok), float(secs), float(p50), float(p99), float(mx))
+
+
+def cpu_seconds(pids: dict[str, list[int]]) -> dict[str, float]:
+    """User + system CPU seconds of each group of processes so far (Linux ``/proc``)."""
+    tick = os.sysconf("SC_CLK_TCK")
+    out: dict[str, float] = {}
+    for name, group in pids.items():
+        total = 0.0
+        for pid in group:
+            try:
+                fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            total += (int(fields[11]) + int(fields[12])) / tick  # utime, stime
+        out[name] = total
+    return out
+
+
+def process_tree(pid: int) -> list[int]:
+    """``pid`` and its descendants (a server's worker processes)."""
+    children: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                parent = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            except (OSError, IndexError, ValueError):
+                continue
+            children.setdefault(parent, []).append(int(entry.name))
+    tree, todo = [], [pid]
+    while todo:
+        tree.append(todo.pop())
+        todo.extend(children.get(tree[-1], ()))
+    return tree
+
+
+def postgres_pids() -> list[int]:
+    """The PostgreSQL server's processes (each session is one)."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                if (entry / "comm").read_text().strip() == "postgres":
+                    found.append(int(entry.name))
+            except OSError:
+                continue
+    return found
+
+
+def saturate(
+    url: str, token: str, seconds: float, server: subprocess.Popen[bytes]
+) -> dict[str, Any]:
+    """:func:`wrk` at 32 connections for ``seconds``: its figures, and the CPU milliseconds
+    per answered request that the server's processes and PostgreSQL's spent meanwhile
+    (``cpu_ms``: less sensitive than a rate to what else the machine's cores are doing)."""
+    pids = {"server": process_tree(server.pid), "postgres": postgres_pids()}
+    before = cpu_seconds(pids)
+    load = wrk(url, token, seconds)
+    pids["postgres"] = sorted(set(pids["postgres"]) | set(postgres_pids()))
+    after = cpu_seconds(pids)
+    per = max(load.ok, 1)
+    return {
+        **load.as_dict(),
+        "cpu_ms": {n: round((after[n] - before[n]) * 1000 / per, 3) for n in after},
+    }
 
 
 def _wait_ready(
@@ -358,12 +424,11 @@ def bench(
     try:
         _wait_ready(url, intake)
         wrk(url, h.token, 3)  # warm-up: connections, prepared statements, the JWKS
-        saturated = wrk(url, h.token, seconds)
-        half = open_loop(url, h.token, seconds, rate=saturated.rate / 2)
-        results["intake"] = saturated.as_dict()
+        results["intake"] = saturated = saturate(url, h.token, seconds, intake)
+        half = open_loop(url, h.token, seconds, rate=saturated["rate"] / 2)
         results["intake_half_load"] = {
             **half.as_dict(),
-            "offered": round(saturated.rate / 2, 1),
+            "offered": round(saturated["rate"] / 2, 1),
         }
     finally:
         _stop(intake)
@@ -386,7 +451,7 @@ def bench(
         url = f"http://127.0.0.1:{port}"
         _wait_ready(url, baseline)
         wrk(url, "", 3)
-        results["baseline"] = wrk(url, "", seconds).as_dict()
+        results["baseline"] = saturate(url, "", seconds, baseline)
     finally:
         _stop(baseline)
     return results

@@ -40,7 +40,9 @@ from http_intake import (
     _stop,
     _wait_ready,
     complaint_posts,
+    cpu_seconds,
     free_port,
+    postgres_pids,
     service_env,
 )
 
@@ -71,35 +73,6 @@ def _body(i: int, run: str) -> bytes:
             " respondeu aos meus e-mails.",
         }
     ).encode()
-
-
-def cpu_seconds(pids: dict[str, list[int]]) -> dict[str, float]:
-    """User + system CPU seconds of each group of processes so far (Linux ``/proc``)."""
-    tick = os.sysconf("SC_CLK_TCK")
-    out: dict[str, float] = {}
-    for name, group in pids.items():
-        total = 0.0
-        for pid in group:
-            try:
-                fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-            except OSError:
-                continue
-            total += (int(fields[11]) + int(fields[12])) / tick  # utime, stime
-        out[name] = total
-    return out
-
-
-def postgres_pids() -> list[int]:
-    """The PostgreSQL server's processes (each session is one)."""
-    found = []
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                if (entry / "comm").read_text().strip() == "postgres":
-                    found.append(int(entry.name))
-            except OSError:
-                continue
-    return found
 
 
 async def _transactions(conn: asyncpg.Connection, dsns: dict[str, str]) -> dict[str, int]:

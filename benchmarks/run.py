@@ -30,9 +30,11 @@ Stages (``--only`` picks some; all by default):
   in batches as large as the consumer's polls (half of them before the consumer runs, half
   after).
 - ``intake``: ``POST /complaints`` at 32 connections against a minimal FastAPI + one-INSERT
-  app, and intake's latency at half its own rate, offered open-loop and evenly spaced
-  (``benchmarks/http_intake.py``).  ``--workers N`` runs both servers as N processes sharing
-  their port (intake with ``COMPLAINTS_WORKERS=N``, each process a replica).
+  app, each with the CPU per answered request of its processes and of PostgreSQL's (steadier
+  than the rates on a busy machine), and intake's latency at half its own rate, offered
+  open-loop and evenly spaced (``benchmarks/http_intake.py``).  ``--workers N`` runs both
+  servers as N processes sharing their port (intake with ``COMPLAINTS_WORKERS=N``, each
+  process a replica).
 - ``stored`` (not in the default run): intake at saturation with ``--stored`` complaints
   already in its database (default 0, 10k, 100k, 1M), and the customer-history query's plan;
   then the whole pipeline at ``--stored-rate`` complaints/s (below saturation, so that latency
@@ -575,6 +577,22 @@ def intake_rows(figures: dict[str, Any]) -> list[Row]:
         Row("intake", "  p99 at saturation", i["p99_ms"], "ms", "baseline p99", b["p99_ms"]),
         Row(
             "intake",
+            "  CPU per request at saturation: intake",
+            i["cpu_ms"]["server"],
+            "ms",
+            "the baseline app's",
+            b["cpu_ms"]["server"],
+        ),
+        Row(
+            "intake",
+            "  CPU per request at saturation: PostgreSQL",
+            i["cpu_ms"]["postgres"],
+            "ms",
+            "for the baseline",
+            b["cpu_ms"]["postgres"],
+        ),
+        Row(
+            "intake",
             f"  p99 at half load ({h['offered']:.0f}/s offered evenly, {h['rate']:.0f}/s done)",
             h["p99_ms"],
             "ms",
@@ -793,6 +811,11 @@ def delivery_rows(figures: dict[str, dict[str, float]]) -> list[Row]:
     return rows
 
 
+def _figure(value: float) -> str:
+    """A figure as printed: small ones (CPU milliseconds) with two decimals, others with one."""
+    return f"{value:,.2f}" if abs(value) < 10 else f"{value:,.1f}"
+
+
 def print_table(rows: list[Row]) -> None:
     print()
     print(
@@ -800,10 +823,10 @@ def print_table(rows: list[Row]) -> None:
         f" {'ratio':>7}  goal"
     )
     for r in rows:
-        base = f"{r.baseline:,.1f} {r.unit}" if r.baseline is not None else ""
+        base = f"{_figure(r.baseline)} {r.unit}" if r.baseline is not None else ""
         ratio = f"{r.ratio:.2f}x" if r.ratio is not None else ""
         print(
-            f"{r.stage:<8} {r.what:<58} {r.value:>11,.1f} {r.unit:<4}  {r.baseline_what:<44}"
+            f"{r.stage:<8} {r.what:<58} {_figure(r.value):>11} {r.unit:<4}  {r.baseline_what:<44}"
             f" {base:>16} {ratio:>7}  {r.goal}"
         )
 
