@@ -24,6 +24,7 @@ from complaints_shared.errors import (
     Unauthenticated,
 )
 from complaints_shared.faults import database_unavailable, lost_race
+from complaints_shared.telemetry import redacted_target
 
 log = logging.getLogger(__name__)
 
@@ -222,7 +223,7 @@ def install_problem_handlers(app: FastAPI) -> None:
             status, title, detail, slug, retry = _UNAVAILABLE
         else:
             return _internal(request, exc)
-        log.warning("%s %s: %s (%s)", request.method, request.url.path, slug, type(exc).__name__)
+        log.warning("%s: %s (%s)", _logged(request), slug, type(exc).__name__)
         return problem(
             status,
             title,
@@ -270,9 +271,15 @@ class ContainUnexpectedErrors:
                 await response(scope, receive, send)
 
 
+def _logged(request: Request) -> str:
+    """A request as a log line names it: its method and route template, never its path (a
+    survey link's token is the customer's credential; a customer's key is theirs)."""
+    return f"{request.method} {redacted_target(request.app.routes, request.scope)[0]}"
+
+
 def _internal(request: Request, exc: Exception) -> JSONResponse:
     # only the type: a driver's message can quote the values it choked on
-    log.error("%s %s failed: %s", request.method, request.url.path, type(exc).__name__)
+    log.error("%s failed: %s", _logged(request), type(exc).__name__)
     return problem(
         500,
         "Internal error",
