@@ -6,11 +6,10 @@ import logging
 
 import httpx
 from fastapi import FastAPI
-from opentelemetry.instrumentation.fastapi import FastAPIInstrumentor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
 from complaints_shared.problems import install_problem_handlers
-from complaints_shared.telemetry import setup_telemetry
+from complaints_shared.telemetry import ServerSpans, setup_telemetry
 
 MARKER = "eva.kovacs@example.hu"
 
@@ -25,9 +24,7 @@ async def test_an_unexpected_error_is_a_500_problem_whose_text_no_span_or_log_ho
     async def boom() -> None:
         raise ValueError(f"Key (email)=({MARKER}) already exists")
 
-    FastAPIInstrumentor.instrument_app(
-        app, tracer_provider=telemetry.provider, exclude_spans=["receive", "send"]
-    )
+    app.add_middleware(ServerSpans, tracer=telemetry.tracer, routes=app.routes)
     transport = httpx.ASGITransport(app=app)  # an error raised out of the app fails the call
     with caplog.at_level(logging.DEBUG):
         async with httpx.AsyncClient(transport=transport, base_url="http://app") as client:

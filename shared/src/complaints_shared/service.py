@@ -19,7 +19,6 @@ from aiokafka import AIOKafkaProducer
 from fastapi import APIRouter, Depends, FastAPI, Request, Response
 from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import JSONResponse, PlainTextResponse
-from opentelemetry.instrumentation.fastapi import FastAPIInstrumentor
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from complaints_shared import customers, redrive
@@ -39,7 +38,7 @@ from complaints_shared.retention import SHARED as SHARED_RETENTION
 from complaints_shared.retention import Prune, run_pruning
 from complaints_shared.schema import migrate, package_migrations, shared_migrations
 from complaints_shared.settings import ServiceSettings
-from complaints_shared.telemetry import Telemetry, redacting_request_hook, setup_telemetry
+from complaints_shared.telemetry import ServerSpans, Telemetry, setup_telemetry
 from complaints_shared.topics import Topics, ensure_topics
 
 log = logging.getLogger(__name__)
@@ -357,13 +356,8 @@ def create_app(
     app.include_router(redrive.router(spec.name))
     check_declared(app)
     document_problems(app)
-    FastAPIInstrumentor.instrument_app(
-        app,
-        tracer_provider=telemetry.provider,
-        excluded_urls="health/.*,metrics",
-        server_request_hook=redacting_request_hook(app),
-        exclude_spans=["receive", "send"],  # one server span per request, not three
-    )
+    # outermost of the app's own middleware: requests refused before routing have spans too
+    app.add_middleware(ServerSpans, tracer=telemetry.tracer, routes=app.routes)
     return app
 
 

@@ -2,15 +2,15 @@
 
 Each service owns a :class:`Telemetry` (its own tracer provider and service name), so several
 services can run in one process, as the end-to-end tests do.  Spans carry ids, types and
-topics only: no customer personal data.  HTTP spans show the route template instead of the
-path and the query's names without their values (:func:`redacting_request_hook`).
+topics only: no customer personal data.  HTTP spans (:class:`ServerSpans`) show the route
+template instead of the path and the query's names without their values.
 """
 
 from __future__ import annotations
 
 import os
 import re
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from itertools import islice
 from typing import Any
@@ -215,43 +215,124 @@ def record_error(span: Span, exc: BaseException) -> None:
 
 
 REDACTED = "REDACTED"
-_URL_ATTRIBUTES = ("http.url", "url.full", "http.target", "url.path", "url.query")
+UNMATCHED = "(unmatched)"
 
 
 def redacted_target(routes: Sequence[Any], scope: Mapping[str, Any]) -> tuple[str, str]:
     """The request's path as its route template (``/surveys/{token}``: no token, no e-mail in
-    a path) and its query with every value redacted (``customer=REDACTED``)."""
-    path = "(unmatched)"
-    for route in routes:
-        match, _ = route.matches(scope)
-        if match == Match.FULL:
-            path = getattr(route, "path", path)
-            break
+    a path) and its query with every value redacted (``customer=REDACTED``).  The route is
+    the one the router chose, once it has run (``scope["route"]``), else the first of
+    ``routes`` that matches."""
+    path: str | None = getattr(scope.get("route"), "path", None)
+    if path is None:
+        path = UNMATCHED
+        for route in routes:
+            match, _ = route.matches(scope)
+            if match == Match.FULL:
+                path = getattr(route, "path", path)
+                break
+    return path, _redacted_query(scope)
+
+
+def _redacted_query(scope: Mapping[str, Any]) -> str:
     raw = scope.get("query_string") or b""
+    if not raw:
+        return ""
     names = [n for n, _ in parse_qsl(raw.decode("latin-1"), keep_blank_values=True)]
-    return path, "&".join(f"{n}={REDACTED}" for n in names)
+    return "&".join(f"{n}={REDACTED}" for n in names)
 
 
-def redacting_request_hook(app: Any) -> Callable[[Span, dict[str, Any]], None]:
-    """A server request hook for the HTTP instrumentation: the URL attributes it recorded
-    (the decoded query string, path tokens) are replaced by their redacted forms."""
+# request headers that carry a trace context, by their raw names (ASGI lower-cases them)
+_CARRIERS = {b"traceparent": "traceparent", b"tracestate": "tracestate", b"baggage": "baggage"}
 
-    def hook(span: Span, scope: dict[str, Any]) -> None:
-        if not span.is_recording() or scope.get("type") != "http":
+
+class ServerSpans:
+    """One ``SERVER`` span for each HTTP request, except those under the ``excluded`` path
+    prefixes (probes, metrics): a child of the W3C trace context in the request's headers, and
+    the current span while the app handles the request, so that its work and the events it
+    appends are in the request's trace.
+
+    Invariant: the span never holds the request's path or query, not even for a moment (a
+    survey link's token is the customer's credential; a query may name a customer): it
+    starts as ``"{method}"`` with the query's parameter names only, and once answered takes the
+    route template (:func:`redacted_target`) as its name (``"POST /complaints"``), ``url.path``
+    and ``http.route``.  Attributes follow the stable HTTP semantic conventions
+    (``http.request.method``, ``url.scheme``, ``url.path``, ``url.query``, ``http.route``,
+    ``http.response.status_code``, ``server.address``, ``server.port``, ``client.address``,
+    ``network.protocol.version``, ``user_agent.original``).  A 5xx answer sets the error status
+    and ``error.type`` (the code); an error raised through is told by :func:`record_error`.
+    """
+
+    def __init__(
+        self,
+        app: Any,
+        tracer: Tracer,
+        routes: Sequence[Any],
+        excluded: tuple[str, ...] = ("/health/", "/metrics"),
+    ) -> None:
+        self.app = app
+        self.tracer = tracer
+        self.routes = routes
+        self.excluded = excluded
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] != "http" or scope["path"].startswith(self.excluded):
+            await self.app(scope, receive, send)
             return
-        path, query = redacted_target(app.routes, scope)
-        target = f"{path}?{query}" if query else path
-        attributes = getattr(span, "attributes", None) or {}
-        for name in _URL_ATTRIBUTES:
-            if name in attributes:
-                value = {"url.path": path, "url.query": query, "http.target": target}.get(name)
-                if value is None:  # a full URL
-                    base = str(attributes[name]).split("://", 1)
-                    host = base[1].split("/", 1)[0] if len(base) == 2 else ""
-                    value = f"{base[0]}://{host}{target}" if host else target
-                span.set_attribute(name, value)
+        method = scope["method"]
+        span_attrs: dict[str, Any] = {
+            "http.request.method": method,
+            "url.scheme": scope.get("scheme", "http"),
+            "network.protocol.version": scope.get("http_version", "1.1"),
+        }
+        if server := scope.get("server"):
+            span_attrs["server.address"] = server[0]
+            if server[1] is not None:
+                span_attrs["server.port"] = server[1]
+        if client := scope.get("client"):
+            span_attrs["client.address"] = client[0]
+        if query := _redacted_query(scope):
+            span_attrs["url.query"] = query
+        carrier: dict[str, str] = {}
+        for name, value in scope["headers"]:
+            if name in _CARRIERS:
+                carrier[_CARRIERS[name]] = value.decode("latin-1")
+            elif name == b"user-agent":
+                span_attrs["user_agent.original"] = value.decode("latin-1")
+        status = 0
 
-    return hook
+        async def sending(message: Any) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        with self.tracer.start_as_current_span(
+            method,
+            context=extract_context(carrier),
+            kind=SpanKind.SERVER,
+            attributes=span_attrs,
+            record_exception=False,  # record_error tells the type and a safe message only
+            set_status_on_exception=False,
+        ) as span:
+            raised = False
+            try:
+                await self.app(scope, receive, sending)
+            except Exception as exc:
+                raised = True
+                record_error(span, exc)
+                raise
+            finally:
+                path = redacted_target(self.routes, scope)[0]
+                span.set_attribute("url.path", path)
+                if path != UNMATCHED:
+                    span.set_attribute("http.route", path)
+                    span.update_name(f"{method} {path}")
+                if status:
+                    span.set_attribute("http.response.status_code", status)
+                    if status >= 500 and not raised:
+                        span.set_attribute("error.type", str(status))
+                        span.set_status(Status(StatusCode.ERROR))
 
 
 PRODUCER = SpanKind.PRODUCER

@@ -1,0 +1,134 @@
+"""The HTTP server span of each request: in the caller's trace, named by its route, with the
+stable HTTP semantic conventions' attributes, and never holding the request's path or query."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import httpx
+import pytest
+from fastapi import FastAPI
+from opentelemetry.sdk.trace import ReadableSpan, Span, SpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from opentelemetry.trace import SpanKind, StatusCode
+
+from complaints_shared.problems import install_problem_handlers
+from complaints_shared.telemetry import ServerSpans, setup_telemetry
+
+TRACE = "0af7651916cd43dd8448eb211c80319c"
+SPAN = "b7ad6b7169203331"
+TOKEN = "c2VjcmV0LXN1cnZleS10b2tlbg"
+EMAIL = "eva.kovacs@example.hu"
+
+
+class SeenAtStart(SpanProcessor):
+    """What a span processor sees when each span starts (some export or sample then)."""
+
+    def __init__(self) -> None:
+        self.seen: list[str] = []
+
+    def on_start(self, span: Span, parent_context: Any = None) -> None:
+        self.seen.append(f"{span.name} {dict(span.attributes or {})}")
+
+
+@pytest.fixture
+def served() -> Iterator[tuple[httpx.AsyncClient, InMemorySpanExporter, SeenAtStart]]:
+    exporter = InMemorySpanExporter()
+    telemetry = setup_telemetry("test", exporter)
+    at_start = SeenAtStart()
+    telemetry.provider.add_span_processor(at_start)
+    app = FastAPI()
+    install_problem_handlers(app)
+
+    @app.get("/surveys/{token}")
+    async def survey(token: str) -> dict[str, str]:
+        return {"ok": "yes"}
+
+    @app.post("/boom")
+    async def boom() -> None:
+        raise ValueError(f"Key (email)=({EMAIL}) already exists")
+
+    @app.get("/health/live")
+    async def live() -> dict[str, str]:
+        return {"status": "ok"}
+
+    app.add_middleware(ServerSpans, tracer=telemetry.tracer, routes=app.routes)
+    transport = httpx.ASGITransport(app=app)
+    client = httpx.AsyncClient(transport=transport, base_url="http://complaints.example:8003")
+    yield client, exporter, at_start
+
+
+def _told(span: ReadableSpan) -> str:
+    return repr((span.name, dict(span.attributes or {}), span.status.description, span.events))
+
+
+async def test_a_request_span_is_the_callers_child_named_by_its_route(served):
+    client, exporter, at_start = served
+    r = await client.get(
+        f"/surveys/{TOKEN}?customer={EMAIL}&limit=5",
+        headers={"traceparent": f"00-{TRACE}-{SPAN}-01", "user-agent": "browser/1.0"},
+    )
+    assert r.status_code == 200
+    (span,) = exporter.get_finished_spans()
+    assert span.name == "GET /surveys/{token}"
+    assert span.kind is SpanKind.SERVER
+    assert span.parent is not None and span.parent.is_remote
+    assert (format(span.context.trace_id, "032x"), format(span.parent.span_id, "016x")) == (
+        TRACE,
+        SPAN,
+    )
+    assert dict(span.attributes or {}) == {
+        "http.request.method": "GET",
+        "url.scheme": "http",
+        "url.path": "/surveys/{token}",
+        "url.query": "customer=REDACTED&limit=REDACTED",
+        "http.route": "/surveys/{token}",
+        "http.response.status_code": 200,
+        "network.protocol.version": "1.1",
+        "server.address": "complaints.example",
+        "server.port": 8003,
+        "client.address": "127.0.0.1",
+        "user_agent.original": "browser/1.0",
+    }
+    assert span.status.status_code is StatusCode.UNSET
+    # neither the survey's token nor the e-mail address, at the end or when it started
+    for told in [_told(span), *at_start.seen]:
+        assert TOKEN not in told and EMAIL not in told and "eva.kovacs" not in told
+
+
+async def test_without_a_trace_context_a_request_starts_its_own_trace(served):
+    client, exporter, _ = served
+    await client.get(f"/surveys/{TOKEN}")
+    (span,) = exporter.get_finished_spans()
+    assert span.parent is None and span.context.trace_id != 0
+
+
+async def test_an_unmatched_path_is_told_as_such(served):
+    client, exporter, _ = served
+    r = await client.get(f"/customers/{EMAIL}/data")
+    assert r.status_code == 404
+    (span,) = exporter.get_finished_spans()
+    assert span.name == "GET"
+    attributes = dict(span.attributes or {})
+    assert attributes["url.path"] == "(unmatched)" and "http.route" not in attributes
+    assert attributes["http.response.status_code"] == 404
+    assert span.status.status_code is StatusCode.UNSET  # a client's error is not the server's
+    assert EMAIL not in _told(span)
+
+
+async def test_a_failed_request_is_an_error_span_without_the_errors_text(served):
+    client, exporter, _ = served
+    r = await client.post("/boom")
+    assert r.status_code == 500
+    (span,) = exporter.get_finished_spans()
+    assert span.name == "POST /boom"
+    assert span.status.status_code is StatusCode.ERROR
+    assert dict(span.attributes or {})["error.type"] == "500"
+    assert EMAIL not in _told(span) and "Traceback" not in _told(span)
+
+
+async def test_probes_have_no_span(served):
+    client, exporter, _ = served
+    assert (await client.get("/health/live")).status_code == 200
+    assert exporter.get_finished_spans() == ()
