@@ -1,5 +1,6 @@
 """The HTTP server span of each request: in the caller's trace, named by its route, with the
-stable HTTP semantic conventions' attributes, and never holding the request's path or query."""
+stable HTTP semantic conventions' attributes, and never holding the request's path or query;
+and its request counted and timed by route template."""
 
 from __future__ import annotations
 
@@ -12,7 +13,9 @@ from fastapi import FastAPI
 from opentelemetry.sdk.trace import ReadableSpan, Span, SpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import SpanKind, StatusCode
+from prometheus_client import generate_latest
 
+from complaints_shared.metrics import ServiceMetrics
 from complaints_shared.problems import install_problem_handlers
 from complaints_shared.telemetry import ServerSpans, setup_telemetry
 
@@ -33,7 +36,14 @@ class SeenAtStart(SpanProcessor):
 
 
 @pytest.fixture
-def served() -> Iterator[tuple[httpx.AsyncClient, InMemorySpanExporter, SeenAtStart]]:
+def metrics() -> ServiceMetrics:
+    return ServiceMetrics()
+
+
+@pytest.fixture
+def served(
+    metrics: ServiceMetrics,
+) -> Iterator[tuple[httpx.AsyncClient, InMemorySpanExporter, SeenAtStart]]:
     exporter = InMemorySpanExporter()
     telemetry = setup_telemetry("test", exporter)
     at_start = SeenAtStart()
@@ -53,7 +63,7 @@ def served() -> Iterator[tuple[httpx.AsyncClient, InMemorySpanExporter, SeenAtSt
     async def live() -> dict[str, str]:
         return {"status": "ok"}
 
-    app.add_middleware(ServerSpans, tracer=telemetry.tracer, routes=app.routes)
+    app.add_middleware(ServerSpans, tracer=telemetry.tracer, routes=app.routes, metrics=metrics)
     transport = httpx.ASGITransport(app=app)
     client = httpx.AsyncClient(transport=transport, base_url="http://complaints.example:8003")
     yield client, exporter, at_start
@@ -132,3 +142,39 @@ async def test_probes_have_no_span(served):
     client, exporter, _ = served
     assert (await client.get("/health/live")).status_code == 200
     assert exporter.get_finished_spans() == ()
+
+
+def _requests(metrics: ServiceMetrics, method: str, route: str, status: str) -> float | None:
+    labels = {"method": method, "route": route, "status": status}
+    return metrics.registry.get_sample_value("complaints_http_requests_total", labels)
+
+
+async def test_requests_are_counted_and_timed_by_route_template_and_status(served, metrics):
+    client, _, _ = served
+    for _ in range(2):
+        await client.get(f"/surveys/{TOKEN}?customer={EMAIL}")
+    await client.post("/boom")
+    await client.get(f"/customers/{EMAIL}/data")
+    await client.request("FROBNICATE", f"/surveys/{TOKEN}")
+    await client.get("/health/live")
+    assert _requests(metrics, "GET", "/surveys/{token}", "200") == 2
+    assert _requests(metrics, "POST", "/boom", "500") == 1
+    assert _requests(metrics, "GET", "(unmatched)", "404") == 1
+    assert _requests(metrics, "_OTHER", "/surveys/{token}", "405") == 1
+    timed = {"method": "GET", "route": "/surveys/{token}"}
+    get = metrics.registry.get_sample_value
+    assert get("complaints_http_request_duration_seconds_count", timed) == 2
+    assert 0 < (get("complaints_http_request_duration_seconds_sum", timed) or 0) < 10
+    exposed = generate_latest(metrics.registry).decode()
+    assert "/health/live" not in exposed  # probes are not counted
+    assert TOKEN not in exposed and "eva.kovacs" not in exposed and "FROBNICATE" not in exposed
+
+
+async def test_a_method_http_does_not_know_is_named_as_other(served):
+    client, exporter, _ = served
+    await client.request("FROBNICATE", f"/surveys/{TOKEN}")
+    (span,) = exporter.get_finished_spans()
+    assert span.name == "HTTP /surveys/{token}"
+    attributes = dict(span.attributes or {})
+    assert attributes["http.request.method"] == "_OTHER"
+    assert attributes["http.request.method_original"] == "FROBNICATE"

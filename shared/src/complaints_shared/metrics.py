@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Gauge
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 
 class ServiceMetrics:
@@ -49,6 +49,21 @@ class ServiceMetrics:
             " broker last reported minus the next offset to handle); from the first batch the"
             " process took of it, or its first fetch when there was nothing to take",
             ["consumer", "topic", "partition"],
+            registry=self.registry,
+        )
+        # labels of bounded values only: the route template (or "(unmatched)"), never the path
+        self.http_requests = Counter(
+            "complaints_http_requests",
+            "HTTP requests answered, by method, route template and status code (probes and"
+            " metrics not counted)",
+            ["method", "route", "status"],
+            registry=self.registry,
+        )
+        self.http_duration = Histogram(
+            "complaints_http_request_duration_seconds",
+            "Time from a request's arrival to its answer sent, by method and route template",
+            ["method", "route"],
+            buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0),
             registry=self.registry,
         )
         self.consumer_retries = Counter(

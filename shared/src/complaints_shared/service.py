@@ -357,7 +357,7 @@ def create_app(
     check_declared(app)
     document_problems(app)
     # outermost of the app's own middleware: requests refused before routing have spans too
-    app.add_middleware(ServerSpans, tracer=telemetry.tracer, routes=app.routes)
+    app.add_middleware(ServerSpans, tracer=telemetry.tracer, routes=app.routes, metrics=metrics)
     return app
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import re
+import time
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from itertools import islice
@@ -37,6 +38,7 @@ from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapProp
 from starlette.routing import Match
 
 from complaints_shared.envelope import Event, StoredEvent
+from complaints_shared.metrics import ServiceMetrics
 
 
 @dataclass(frozen=True, slots=True)
@@ -244,6 +246,10 @@ def _redacted_query(scope: Mapping[str, Any]) -> str:
 
 # request headers that carry a trace context, by their raw names (ASGI lower-cases them)
 _CARRIERS = {b"traceparent": "traceparent", b"tracestate": "tracestate", b"baggage": "baggage"}
+# the methods told by name; any other is "_OTHER" (a client chooses it: no unbounded labels)
+_METHODS = frozenset(
+    ("GET", "HEAD", "POST", "PUT", "DELETE", "CONNECT", "OPTIONS", "TRACE", "PATCH")
+)
 
 
 class ServerSpans:
@@ -259,8 +265,13 @@ class ServerSpans:
     and ``http.route``.  Attributes follow the stable HTTP semantic conventions
     (``http.request.method``, ``url.scheme``, ``url.path``, ``url.query``, ``http.route``,
     ``http.response.status_code``, ``server.address``, ``server.port``, ``client.address``,
-    ``network.protocol.version``, ``user_agent.original``).  A 5xx answer sets the error status
-    and ``error.type`` (the code); an error raised through is told by :func:`record_error`.
+    ``network.protocol.version``, ``user_agent.original``; a method not in HTTP's list is
+    ``_OTHER``, the span named ``"HTTP"``).  A 5xx answer sets the error status and
+    ``error.type`` (the code); an error raised through is told by :func:`record_error`.
+
+    With ``metrics``, each request is counted (``complaints_http_requests_total``) and timed
+    (``complaints_http_request_duration_seconds``) by method, route template and status: an
+    error raised through counts as the 500 it is answered with.
     """
 
     def __init__(
@@ -268,18 +279,21 @@ class ServerSpans:
         app: Any,
         tracer: Tracer,
         routes: Sequence[Any],
+        metrics: ServiceMetrics | None = None,
         excluded: tuple[str, ...] = ("/health/", "/metrics"),
     ) -> None:
         self.app = app
         self.tracer = tracer
         self.routes = routes
+        self.metrics = metrics
         self.excluded = excluded
 
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
         if scope["type"] != "http" or scope["path"].startswith(self.excluded):
             await self.app(scope, receive, send)
             return
-        method = scope["method"]
+        started = time.perf_counter()
+        method = scope["method"] if scope["method"] in _METHODS else "_OTHER"
         span_attrs: dict[str, Any] = {
             "http.request.method": method,
             "url.scheme": scope.get("scheme", "http"),
@@ -291,6 +305,8 @@ class ServerSpans:
                 span_attrs["server.port"] = server[1]
         if client := scope.get("client"):
             span_attrs["client.address"] = client[0]
+        if method == "_OTHER":
+            span_attrs["http.request.method_original"] = scope["method"]
         if query := _redacted_query(scope):
             span_attrs["url.query"] = query
         carrier: dict[str, str] = {}
@@ -307,8 +323,9 @@ class ServerSpans:
                 status = message["status"]
             await send(message)
 
+        named = method if method != "_OTHER" else "HTTP"
         with self.tracer.start_as_current_span(
-            method,
+            named,
             context=extract_context(carrier),
             kind=SpanKind.SERVER,
             attributes=span_attrs,
@@ -327,12 +344,18 @@ class ServerSpans:
                 span.set_attribute("url.path", path)
                 if path != UNMATCHED:
                     span.set_attribute("http.route", path)
-                    span.update_name(f"{method} {path}")
+                    span.update_name(f"{named} {path}")
                 if status:
                     span.set_attribute("http.response.status_code", status)
                     if status >= 500 and not raised:
                         span.set_attribute("error.type", str(status))
                         span.set_status(Status(StatusCode.ERROR))
+                if self.metrics is not None:
+                    answered = str(status) if status and not raised else "500"
+                    self.metrics.http_requests.labels(method, path, answered).inc()
+                    self.metrics.http_duration.labels(method, path).observe(
+                        time.perf_counter() - started
+                    )
 
 
 PRODUCER = SpanKind.PRODUCER
