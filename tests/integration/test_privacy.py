@@ -21,6 +21,7 @@ import httpx
 import pytest
 from aiokafka import AIOKafkaConsumer
 from message_catcher import create_app as message_catcher  # deploy/local, on the tests' path
+from opentelemetry.trace import SpanKind
 
 from complaints_shared.logs import JsonFormatter
 from tests.integration.conftest import Platform, StartPlatform
@@ -113,6 +114,30 @@ def span_text(p: Platform) -> str:
         if s.status.description:
             parts.append(s.status.description)
     return "\n".join(parts)
+
+
+async def export_trace(p: Platform) -> list[tuple[str, str]] | None:
+    """The services and span names of the trace of intake's answer to a subject access
+    request, once every span of it ended and each peer's request is a child of intake's call
+    to that peer (else None)."""
+    spans = p.spans.get_finished_spans()
+    route = "GET /customers/{customer_key}/data"
+    asked = [  # the 200 (not the analyst's 403), asked from outside
+        s
+        for s in spans
+        if s.name == route
+        and s.parent is None
+        and (s.attributes or {}).get("http.response.status_code") == 200
+    ]
+    if len(asked) != 1:
+        return None
+    trace_id = asked[0].context.trace_id
+    mine = [s for s in spans if s.context.trace_id == trace_id]
+    calls = {s.context.span_id for s in mine if s.kind is SpanKind.CLIENT}
+    peers = [s for s in mine if s.kind is SpanKind.SERVER and s is not asked[0]]
+    if len(calls) != 3 or len(peers) != 3 or any(s.parent.span_id not in calls for s in peers):
+        return None
+    return [(str(s.resource.attributes["service.name"]), s.name) for s in mine]
 
 
 def log_text(caplog: pytest.LogCaptureFixture) -> str:
@@ -253,6 +278,10 @@ async def test_personal_data_is_sealed_exported_and_erased_everywhere(
     assert MARKERS["what"] in text["resolution"] and MARKERS["summary"] in text["resolution"]
     assert MARKERS["comment"] in text["followup"] and MARKERS["email"] in text["followup"]
     assert MARKERS["description"] in text["learning"]
+    # one trace: intake's request, its call to each peer, and each peer's request
+    trace = await eventually(lambda: export_trace(p), what="the export's spans")
+    assert {name for name, _ in trace} == {"intake", "resolution", "followup", "learning"}
+    assert key not in str(trace)  # the spans name the path's template, not the key
     unknown = await http.get(f"{intake}/customers/{'0' * 64}/data", headers=privacy)
     assert unknown.status_code == 404
     assert (await http.get(f"{intake}/customers/nope/data", headers=privacy)).status_code == 422

@@ -19,11 +19,13 @@ import httpx
 from fastapi import APIRouter, Path, Query, Request
 from fastapi.encoders import jsonable_encoder
 from fastapi.responses import JSONResponse, Response
+from opentelemetry.trace import SpanKind, Status, StatusCode, Tracer
 from pydantic import BaseModel, Field
 
 from complaints_shared.auth import access
 from complaints_shared.errors import NotFound
 from complaints_shared.problems import PROBLEM_RESPONSES, problem
+from complaints_shared.telemetry import inject_context, record_error
 
 PRIVACY = access("privacy", "admin")
 
@@ -127,11 +129,13 @@ def router(service: str, records: Records | None) -> APIRouter:
                 *(
                     _ask(
                         rt.peers_http,
+                        rt.telemetry.tracer,
+                        name,
                         url,
                         customer_key,
                         request.headers.get("authorization", ""),
                     )
-                    for url in rt.settings.peers.values()
+                    for name, url in rt.settings.peers.items()
                 ),
                 return_exceptions=True,
             )
@@ -162,14 +166,48 @@ def router(service: str, records: Records | None) -> APIRouter:
     return r
 
 
+_PEER_PATH = "/customers/{customer_key}/data"
+
+
 async def _ask(
-    client: httpx.AsyncClient, base: str, customer_key: str, authorization: str
+    client: httpx.AsyncClient,
+    tracer: Tracer,
+    peer: str,
+    base: str,
+    customer_key: str,
+    authorization: str,
 ) -> ServiceData:
-    r = await client.get(
-        f"{base.rstrip('/')}/customers/{customer_key}/data",
-        params={"scope": "service"},
-        headers={"Authorization": authorization},
-    )
+    """A peer's part, asked under a ``CLIENT`` span whose context the request carries: the
+    peer's work is in the export's trace (the span names the path's template, not the key)."""
+    url = httpx.URL(f"{base.rstrip('/')}{_PEER_PATH.format(customer_key=customer_key)}")
+    span_attrs: dict[str, Any] = {
+        "http.request.method": "GET",
+        "url.template": _PEER_PATH,
+        "server.address": url.host,
+        "peer.service": peer,
+    }
+    if url.port is not None:
+        span_attrs["server.port"] = url.port
+    with tracer.start_as_current_span(
+        f"GET {_PEER_PATH}",
+        kind=SpanKind.CLIENT,
+        attributes=span_attrs,
+        record_exception=False,  # record_error: the type and a safe message only
+        set_status_on_exception=False,
+    ) as span:
+        try:
+            r = await client.get(
+                url,
+                params={"scope": "service"},
+                headers={"Authorization": authorization, **inject_context(span)},
+            )
+        except Exception as exc:
+            record_error(span, exc)
+            raise
+        span.set_attribute("http.response.status_code", r.status_code)
+        if r.status_code >= 400:
+            span.set_attribute("error.type", str(r.status_code))
+            span.set_status(Status(StatusCode.ERROR))
     r.raise_for_status()
     parts = r.json()["services"]
     return ServiceData.model_validate(next(iter(parts.values())))
