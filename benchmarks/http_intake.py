@@ -93,8 +93,13 @@ class Load:
 
 def service_env(services_from: Path | None) -> dict[str, str]:
     """The environment of service processes; with ``services_from`` (another checkout of the
-    project) they run that checkout's code, to compare two versions in one run."""
-    env = dict(os.environ)
+    project) they run that checkout's code, to compare two versions in one run.
+
+    Without the shell's ``COMPLAINTS_*`` settings: the harness alone configures the services.
+    A shell with the local infrastructure's (``./dev infra env``) passed on its master key
+    file, which the services read before the harness's key: they could not open what the bench
+    sealed (the rebuild stage's histories were dead-lettered, and the stage waited in vain)."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("COMPLAINTS_")}
     if services_from is not None:
         paths = [
             services_from / "shared" / "src",
