@@ -264,9 +264,10 @@ class ServerSpans:
     route template (:func:`redacted_target`) as its name (``"POST /complaints"``), ``url.path``
     and ``http.route``.  Attributes follow the stable HTTP semantic conventions
     (``http.request.method``, ``url.scheme``, ``url.path``, ``url.query``, ``http.route``,
-    ``http.response.status_code``, ``server.address``, ``server.port``, ``client.address``,
+    ``http.response.status_code``, ``server.address``, ``server.port``,
     ``network.protocol.version``, ``user_agent.original``; a method not in HTTP's list is
-    ``_OTHER``, the span named ``"HTTP"``).  A 5xx answer sets the error status and
+    ``_OTHER``, the span named ``"HTTP"``).  Not the client's address: a customer's (opening a
+    survey link) is personal data.  A 5xx answer sets the error status and
     ``error.type`` (the code); an error raised through is told by :func:`record_error`.
 
     With ``metrics``, each request is counted (``complaints_http_requests_total``) and timed
@@ -303,8 +304,6 @@ class ServerSpans:
             span_attrs["server.address"] = server[0]
             if server[1] is not None:
                 span_attrs["server.port"] = server[1]
-        if client := scope.get("client"):
-            span_attrs["client.address"] = client[0]
         if method == "_OTHER":
             span_attrs["http.request.method_original"] = scope["method"]
         if query := _redacted_query(scope):
