@@ -82,13 +82,15 @@ def by_complaint(*tables: str) -> Records:
     return records
 
 
+_PREFIX, _DATA = "/customers", "/{customer_key}/data"
+_PEER_PATH = _PREFIX + _DATA  # what a service asks its peers for
+
+
 def router(service: str, records: Records | None) -> APIRouter:
-    r = APIRouter(
-        prefix="/customers", tags=["customers (personal data)"], responses=PROBLEM_RESPONSES
-    )
+    r = APIRouter(prefix=_PREFIX, tags=["customers (personal data)"], responses=PROBLEM_RESPONSES)
 
     @r.get(
-        "/{customer_key}/data",
+        _DATA,
         summary="Everything held about one customer (subject access request)",
         response_model=SubjectData,
         responses={503: PROBLEM_RESPONSES[409] | {"description": "another service did not answer"}},
@@ -164,9 +166,6 @@ def router(service: str, records: Records | None) -> APIRouter:
         return JSONResponse(jsonable_encoder(body))
 
     return r
-
-
-_PEER_PATH = "/customers/{customer_key}/data"
 
 
 async def _ask(
