@@ -19,13 +19,13 @@ import httpx
 from fastapi import APIRouter, Path, Query, Request
 from fastapi.encoders import jsonable_encoder
 from fastapi.responses import JSONResponse, Response
-from opentelemetry.trace import SpanKind, Status, StatusCode, Tracer
+from opentelemetry.trace import SpanKind, Tracer
 from pydantic import BaseModel, Field
 
 from complaints_shared.auth import access
 from complaints_shared.errors import NotFound
 from complaints_shared.problems import PROBLEM_RESPONSES, problem
-from complaints_shared.telemetry import inject_context, record_error
+from complaints_shared.telemetry import inject_context, record_error, record_status
 
 PRIVACY = access("privacy", "admin")
 
@@ -203,10 +203,7 @@ async def _ask(
         except Exception as exc:
             record_error(span, exc)
             raise
-        span.set_attribute("http.response.status_code", r.status_code)
-        if r.status_code >= 400:
-            span.set_attribute("error.type", str(r.status_code))
-            span.set_status(Status(StatusCode.ERROR))
+        record_status(span, r.status_code, failed_from=400)
     r.raise_for_status()
     parts = r.json()["services"]
     return ServiceData.model_validate(next(iter(parts.values())))

@@ -24,7 +24,7 @@ from complaints_shared.errors import (
     Unauthenticated,
 )
 from complaints_shared.faults import database_unavailable, lost_race
-from complaints_shared.telemetry import redacted_target
+from complaints_shared.telemetry import route_template
 
 log = logging.getLogger(__name__)
 
@@ -274,7 +274,7 @@ class ContainUnexpectedErrors:
 def _logged(request: Request) -> str:
     """A request as a log line names it: its method and route template, never its path (a
     survey link's token is the customer's credential; a customer's key is theirs)."""
-    return f"{request.method} {redacted_target(request.app.routes, request.scope)[0]}"
+    return f"{request.method} {route_template(request.app.routes, request.scope)}"
 
 
 def _internal(request: Request, exc: Exception) -> JSONResponse:

@@ -216,24 +216,38 @@ def record_error(span: Span, exc: BaseException) -> None:
     span.add_event("exception", {"exception.type": type(exc).__qualname__})
 
 
+def record_status(span: Span, status: int, *, failed_from: int) -> None:
+    """An HTTP answer's status on ``span``; from ``failed_from`` on (a server's 5xx, a
+    client's 4xx, as the semantic conventions have it), the span failed with it as
+    ``error.type``."""
+    span.set_attribute("http.response.status_code", status)
+    if status >= failed_from:
+        span.set_attribute("error.type", str(status))
+        span.set_status(Status(StatusCode.ERROR))
+
+
 REDACTED = "REDACTED"
 UNMATCHED = "(unmatched)"
 
 
 def redacted_target(routes: Sequence[Any], scope: Mapping[str, Any]) -> tuple[str, str]:
+    """The request's path as its route template (:func:`route_template`) and its query with
+    every value redacted (``customer=REDACTED``)."""
+    return route_template(routes, scope), _redacted_query(scope)
+
+
+def route_template(routes: Sequence[Any], scope: Mapping[str, Any]) -> str:
     """The request's path as its route template (``/surveys/{token}``: no token, no e-mail in
-    a path) and its query with every value redacted (``customer=REDACTED``).  The route is
-    the one the router chose, once it has run (``scope["route"]``), else the first of
-    ``routes`` that matches."""
+    a path), or :data:`UNMATCHED`.  The route is the one the router chose, once it has run
+    (``scope["route"]``), else the first of ``routes`` that matches."""
     path: str | None = getattr(scope.get("route"), "path", None)
-    if path is None:
-        path = UNMATCHED
-        for route in routes:
-            match, _ = route.matches(scope)
-            if match == Match.FULL:
-                path = getattr(route, "path", path)
-                break
-    return path, _redacted_query(scope)
+    if path is not None:
+        return path
+    for route in routes:
+        match, _ = route.matches(scope)
+        if match == Match.FULL:
+            return str(getattr(route, "path", UNMATCHED))
+    return UNMATCHED
 
 
 def _redacted_query(scope: Mapping[str, Any]) -> str:
@@ -261,7 +275,7 @@ class ServerSpans:
     Invariant: the span never holds the request's path or query, not even for a moment (a
     survey link's token is the customer's credential; a query may name a customer): it
     starts as ``"{method}"`` with the query's parameter names only, and once answered takes the
-    route template (:func:`redacted_target`) as its name (``"POST /complaints"``), ``url.path``
+    route template (:func:`route_template`) as its name (``"POST /complaints"``), ``url.path``
     and ``http.route``.  Attributes follow the stable HTTP semantic conventions
     (``http.request.method``, ``url.scheme``, ``url.path``, ``url.query``, ``http.route``,
     ``http.response.status_code``, ``server.address``, ``server.port``,
@@ -339,16 +353,15 @@ class ServerSpans:
                 record_error(span, exc)
                 raise
             finally:
-                path = redacted_target(self.routes, scope)[0]
+                path = route_template(self.routes, scope)
                 span.set_attribute("url.path", path)
                 if path != UNMATCHED:
                     span.set_attribute("http.route", path)
                     span.update_name(f"{named} {path}")
-                if status:
+                if status and not raised:  # (raised: told by record_error)
+                    record_status(span, status, failed_from=500)
+                elif status:
                     span.set_attribute("http.response.status_code", status)
-                    if status >= 500 and not raised:
-                        span.set_attribute("error.type", str(status))
-                        span.set_status(Status(StatusCode.ERROR))
                 if self.metrics is not None:
                     answered = str(status) if status and not raised else "500"
                     self.metrics.http_requests.labels(method, path, answered).inc()
