@@ -29,6 +29,7 @@ from complaints_shared.privacy import (
 )
 from complaints_shared.telemetry import redacted_target, safe_message
 from tests.events import Confided
+from tests.support import unsealed_text
 
 KEY = DataKey("k1", bytes(range(32)))
 
@@ -45,7 +46,9 @@ def test_a_sealed_value_opens_only_with_its_key_in_its_own_field():
     fields = personal_fields(Confided)
     data = {"n": 1, "secret": "Eva", "note": "call her", "items": [{"label": "x", "name": "Eva"}]}
     seal(data, fields, KEY)
-    assert "Eva" not in orjson.dumps(data).decode() and data["n"] == 1
+    readable = unsealed_text(orjson.dumps(data).decode())
+    assert "Eva" not in readable and "call her" not in readable and data["n"] == 1
+    assert readable.count("<sealed>") == 3 and '"label":"x"' in readable
     assert data["secret"] != data["items"][0]["name"]  # a fresh nonce per value
 
     def copy() -> dict:
