@@ -35,6 +35,7 @@ import asyncpg
 import openloop
 from aiokafka import AIOKafkaConsumer
 from http_intake import (
+    ROOT,
     Harness,
     _preload,
     _stop,
@@ -213,8 +214,8 @@ def _mail_catcher(spool: Path) -> tuple[subprocess.Popen[bytes], int]:
     port = free_port()
     proc = subprocess.Popen(
         [
-            *(sys.executable, "-m", "aiosmtpd", "-n", "-l", f"127.0.0.1:{port}"),
-            *("-c", "aiosmtpd.handlers.Mailbox", str(mail)),
+            *(sys.executable, str(ROOT / "deploy" / "local" / "mail_catcher.py")),
+            *("--port", str(port), "--maildir", str(mail)),
         ],
         stdin=subprocess.DEVNULL,
         stdout=subprocess.DEVNULL,

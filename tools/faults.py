@@ -229,8 +229,8 @@ class Suite:
         smtp = free_port()
         self.mail_proc = subprocess.Popen(
             [
-                *(sys.executable, "-m", "aiosmtpd", "-n", "-l", f"127.0.0.1:{smtp}"),
-                *("-c", "aiosmtpd.handlers.Mailbox", str(self.maildir)),
+                *(sys.executable, str(ROOT / "deploy" / "local" / "mail_catcher.py")),
+                *("--port", str(smtp), "--maildir", str(self.maildir)),
             ],
             stdout=(self.dir / "mail.log").open("wb"),
             stderr=subprocess.STDOUT,

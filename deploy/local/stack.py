@@ -221,12 +221,13 @@ def run() -> int:
 def _start_mail_catcher(
     infra: LocalInfra, procs: dict[str, subprocess.Popen[str]]
 ) -> tuple[Path, str]:
-    """A local SMTP server that keeps every message in a Maildir under the local data dir."""
+    """A local SMTP server that keeps every message, as sent, in a Maildir under the local
+    data dir (``mail_catcher.py``)."""
     port = _smtp_port()
     maildir = infra.kafka.home.parent / "mail"
-    mailbox.Maildir(maildir, create=True)  # tmp/, new/, cur/
-    args = ["-m", "aiosmtpd", "-n", "-l", f"127.0.0.1:{port}"]
-    _start_helper("mail", [*args, "-c", "aiosmtpd.handlers.Mailbox", str(maildir)], procs)
+    mailbox.Maildir(maildir, create=True)  # tmp/, new/, cur/: there before the first message
+    catcher = str(Path(__file__).with_name("mail_catcher.py"))
+    _start_helper("mail", [catcher, "--port", port, "--maildir", str(maildir)], procs)
     return maildir, port
 
 
