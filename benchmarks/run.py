@@ -118,7 +118,12 @@ from complaints_shared.eventstore import (  # noqa: E402
 )
 from complaints_shared.metrics import ServiceMetrics  # noqa: E402
 from complaints_shared.outbox import OutboxRelay, new_producer  # noqa: E402
-from complaints_shared.privacy import PostgresKeyring, load_master_key, new_master_key  # noqa: E402
+from complaints_shared.privacy import (  # noqa: E402
+    KEYRING_SESSION,
+    PostgresKeyring,
+    load_master_key,
+    new_master_key,
+)
 from complaints_shared.schema import migrate, shared_migrations  # noqa: E402
 from complaints_shared.service import settle_after_start  # noqa: E402
 from complaints_shared.telemetry import setup_telemetry  # noqa: E402
@@ -238,7 +243,7 @@ async def event_path(
     telemetry = setup_telemetry("bench")
     # the keyring in its own database and pool, as the services keep it
     await admin.execute(f'CREATE DATABASE "{db}_keyring"')
-    keyring_pool = await create_pool(f"{server}/{db}_keyring", max_size=5)
+    keyring_pool = await create_pool(f"{server}/{db}_keyring", max_size=5, session=KEYRING_SESSION)
     master = load_master_key(new_master_key())
     keyring = PostgresKeyring(keyring_pool, master)
     await keyring.migrate()

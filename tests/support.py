@@ -115,6 +115,27 @@ def unsealed_text(stored: str) -> str:
     return _SEALED.sub("<sealed>", stored)
 
 
+async def plan_once_grown(
+    conn: asyncpg.Connection,
+    statement: str,
+    argument: str,
+    grow: Callable[[], Awaitable[None]],
+) -> str:
+    """The plan ``conn`` runs ``statement`` (one parameter, ``argument``, an SQL literal) with
+    after its table grew: prepared and run while the table is small (often enough for
+    PostgreSQL to settle on a plan kept for any later call), then ``grow`` fills the table, and
+    no ``ANALYZE`` runs meanwhile (as before autovacuum comes round)."""
+    await conn.execute(f"PREPARE grown AS {statement}")
+    try:
+        for _ in range(8):
+            await conn.execute(f"EXECUTE grown({argument})")
+        await grow()
+        rows = await conn.fetch(f"EXPLAIN EXECUTE grown({argument})")
+        return "\n".join(r[0] for r in rows)
+    finally:
+        await conn.execute("DEALLOCATE grown")
+
+
 async def migrated_pool(dsn: str, password: str | None = None) -> asyncpg.Pool:
     pool = await create_pool(dsn, max_size=20, password=password)
     async with pool.acquire() as conn:

@@ -15,12 +15,15 @@ from typing import Any, cast
 import orjson
 import pytest
 
+from complaints_shared.db import create_pool
 from complaints_shared.envelope import Event
 from complaints_shared.errors import ConcurrencyConflict
 from complaints_shared.events import DomainEvent
 from complaints_shared.eventstore import EventRecorder, InMemoryEventStore, PostgresEventStore
 from complaints_shared.privacy import (
     ERASED,
+    KEYRING_SESSION,
+    KEYS,
     InMemoryKeyring,
     Keyring,
     PostgresKeyring,
@@ -30,7 +33,7 @@ from complaints_shared.privacy import (
 )
 from complaints_shared.repository import Repository, StateCache
 from tests.events import Confided, Happened, Item
-from tests.support import CountingPool, migrated_pool, unsealed_text
+from tests.support import CountingPool, migrated_pool, plan_once_grown, unsealed_text
 
 TOPIC = "complaints.test.v1"
 
@@ -582,6 +585,49 @@ async def test_personal_data_of_an_unknown_subject_is_refused(backend: Backend):
     assert await backend.load(stream) == []
     await backend.append(stream, 0, [ev(1)])  # events without personal data need no subject
     assert ns(await backend.load(stream)) == [1]
+
+
+@pytest.mark.integration
+async def test_a_keyring_session_looks_keys_up_by_index_after_the_keyring_grew(database: str):
+    """A keyring pool's sessions (``KEYRING_SESSION``) plan each lookup for its call: opening a
+    batch's values stays an index lookup after the keyring grew from a few hundred customers
+    (a new deployment's first hours), where a plain session kept the plan it made while the
+    keyring was small and scanned every key for every batch."""
+    writer = await create_pool(database, max_size=1)
+    plain = await create_pool(database, max_size=1)
+    keyring = await create_pool(database, max_size=1, session=KEYRING_SESSION)
+    try:
+        await PostgresKeyring(writer, load_master_key(new_master_key())).migrate()
+        await writer.execute(
+            "ALTER TABLE data_keys SET (autovacuum_enabled = off)"  # no ANALYZE meanwhile
+        )
+
+        async def keys(first: int, last: int) -> None:
+            await writer.execute(
+                "INSERT INTO data_keys (key_id, customer_key, wrapped)"
+                " SELECT md5(i::text), 'customer-' || i, '\\x00'::bytea"
+                " FROM generate_series($1::int, $2::int) AS i",
+                first,
+                last,
+            )
+
+        async def grow() -> None:
+            await keys(801, 20_800)
+
+        # a batch's keys, as many as its customers: a plan for any such list is kept
+        wanted = "ARRAY[" + ", ".join(f"md5('{i}')" for i in range(1, 36)) + "]"
+        plans = {}
+        for name, pool in (("plain", plain), ("keyring", keyring)):
+            await writer.execute("TRUNCATE data_keys")  # a few hundred customers so far
+            await keys(1, 800)
+            async with pool.acquire() as conn:
+                plans[name] = await plan_once_grown(conn, KEYS, wanted, grow)
+        assert "Seq Scan on data_keys" in plans["plain"]  # the case
+        assert "Seq Scan" not in plans["keyring"], plans["keyring"]
+        assert "data_keys_pkey" in plans["keyring"]
+    finally:
+        for pool in (writer, plain, keyring):
+            await pool.close()
 
 
 async def test_keyring_keeps_one_key_per_customer_until_erased(backend: Backend):

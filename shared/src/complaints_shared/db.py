@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import os
 import socket
+from collections.abc import Mapping
 
 import asyncpg
 
@@ -31,17 +32,20 @@ async def create_pool(
     max_size: int = 10,
     password: str | None = None,
     name: str | None = None,
+    session: Mapping[str, str] | None = None,
 ) -> asyncpg.Pool:
     """An asyncpg pool whose connections speak JSON natively and carry ``name`` as their
-    ``application_name``.  The password comes from ``password``, else the DSN, ``PGPASSWORD``
-    or the ``PGPASSFILE`` (never from the code)."""
+    ``application_name`` (and the settings ``session``, set at connect).  The password comes
+    from ``password``, else the DSN, ``PGPASSWORD`` or the ``PGPASSFILE`` (never from the
+    code)."""
+    settings = {**({"application_name": name} if name else {}), **(session or {})}
     pool = await asyncpg.create_pool(
         dsn,
         min_size=min_size,
         max_size=max_size,
         init=init_connection,
         password=password,
-        server_settings={"application_name": name} if name else None,
+        server_settings=settings or None,
         reset=_keep_session,
     )
     assert pool is not None

@@ -32,7 +32,7 @@ from complaints_shared.logs import configure_logging
 from complaints_shared.metrics import ServiceMetrics
 from complaints_shared.outbox import OutboxRelay, backlog, new_producer
 from complaints_shared.policy import Policy, load_policy
-from complaints_shared.privacy import PostgresKeyring, load_master_key
+from complaints_shared.privacy import KEYRING_SESSION, PostgresKeyring, load_master_key
 from complaints_shared.problems import document_problems, install_problem_handlers, problem
 from complaints_shared.retention import SHARED as SHARED_RETENTION
 from complaints_shared.retention import Prune, run_pruning
@@ -207,7 +207,13 @@ def create_app(
         pool = await create_pool(dsn, password=password, name=name)
         keyring_pool = None
         try:
-            keyring_pool = await create_pool(keyring_dsn, max_size=5, password=password, name=name)
+            keyring_pool = await create_pool(
+                keyring_dsn,
+                max_size=5,
+                password=password,
+                name=name,
+                session=KEYRING_SESSION,
+            )
             keyring = PostgresKeyring(keyring_pool, master_key)
             await keyring.migrate()
             async with pool.acquire() as conn:
