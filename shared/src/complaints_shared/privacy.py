@@ -33,6 +33,7 @@ import os
 import time
 from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
+from types import MappingProxyType
 from typing import Any, Protocol, TypeVar
 from uuid import UUID
 
@@ -440,7 +441,7 @@ OPENING_KEYS_KEPT = 50_000  # unwrapped keys a process keeps to open with (the l
 # pipeline bench: 3-27 ms a lookup against 9,000 keys, the statement PostgreSQL spent most time
 # in; a custom plan: an index scan, about 0.4 ms against 20,000).  The keyring answers a few
 # statements per consumer batch or intake group: planning each costs far less.
-KEYRING_SESSION = {"plan_cache_mode": "force_custom_plan"}
+KEYRING_SESSION: Mapping[str, str] = MappingProxyType({"plan_cache_mode": "force_custom_plan"})
 
 
 class PostgresKeyring:
