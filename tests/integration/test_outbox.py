@@ -23,11 +23,11 @@ from complaints_shared.errors import ConcurrencyConflict
 from complaints_shared.eventstore import PostgresEventStore as EventStore
 from complaints_shared.eventstore import Wakeup, unit_of_work
 from complaints_shared.metrics import ServiceMetrics
-from complaints_shared.outbox import _LEADER_LOCK, PENDING, OutboxRelay, new_producer
+from complaints_shared.outbox import _LEADER_LOCK, MARK_SENT, PENDING, OutboxRelay, new_producer
 from complaints_shared.telemetry import TRACE_EACH_UP_TO, setup_telemetry
 from complaints_shared.topics import ensure_topics
 from tests.events import Counted, Happened, Pinged
-from tests.support import eventually, read_topic
+from tests.support import eventually, plan_once_grown, read_topic
 
 pytestmark = pytest.mark.integration
 
@@ -288,6 +288,47 @@ async def test_the_relay_reads_a_backlog_along_the_unsent_index_whatever_the_sta
         assert len(await relay.fetch_pending(own)) == 500
     finally:
         await own.close()
+
+
+async def test_the_relay_marks_a_batch_sent_by_index_after_the_outbox_grew(
+    infrastructure, database, pool, producer, topic
+):
+    """The relay's session plans each statement for its call: marking a batch sent stays a
+    lookup of its positions after the outbox grew from a few rows (a new deployment's first
+    minutes: autovacuum analysed it while it was small, and not again yet), where a plain session
+    kept the plan it made while the outbox was small and scanned every row for every batch."""
+    async with pool.acquire() as conn:
+        for table in ("outbox", "events"):  # no ANALYZE but the test's
+            await conn.execute(f"ALTER TABLE {table} SET (autovacuum_enabled = off)")
+    store = EventStore(source="/complaints/test", topic=topic)
+
+    async def append(streams: int, events: int) -> None:
+        async with pool.acquire() as conn, conn.transaction():
+            for _ in range(streams):
+                await store.append(conn, uuid.uuid4(), 0, [Counted(n=n) for n in range(events)])
+
+    async def grow() -> None:
+        await append(200, 100)
+
+    batch = "ARRAY[" + ", ".join(str(p) for p in range(1, 121)) + "]::bigint[]"
+    relay = make_relay(infrastructure, database, pool, producer)
+    own = await relay.connect()
+    plans = {}
+    try:
+        for name, session in (("plain", None), ("relay", own)):
+            await pool.execute("TRUNCATE outbox, events RESTART IDENTITY")
+            await append(1, 20)  # a few events so far, and statistics that say so
+            await pool.execute("ANALYZE outbox, events")
+            if session is None:
+                async with pool.acquire() as conn:
+                    plans[name] = await plan_once_grown(conn, MARK_SENT, batch, grow)
+            else:
+                plans[name] = await plan_once_grown(session, MARK_SENT, batch, grow)
+    finally:
+        await own.close()
+    assert "Seq Scan on outbox" in plans["plain"]  # the case
+    assert "Seq Scan" not in plans["relay"], plans["relay"]
+    assert "outbox_pkey" in plans["relay"]
 
 
 async def test_relay_crash_between_publish_and_mark_sent_republishes_and_inbox_keeps_one_effect(
