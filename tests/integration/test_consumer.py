@@ -252,6 +252,45 @@ async def test_records_read_while_a_batch_waits_on_the_database_are_handled_once
     assert decode_headers(dead.headers)["dlq_origin_offset"] == "12"
 
 
+async def test_records_arriving_close_together_wait_for_one_another_into_one_batch(
+    infrastructure, pool, producer, topics, topic_prefix
+):
+    """A consumer's fetch waits up to ``fetch_wait_ms`` for more records: ten records sent
+    50 ms apart are handled in one or two batches (one transaction each, so one inbox time
+    each), not one by one as the broker answers at the first record without the wait; the
+    last of them, too few to fill a fetch, is not held back for more."""
+
+    async def batches(name: str, wait_ms: int) -> int:
+        topic = f"{name}-in"
+        await ensure_topics(infrastructure.kafka_bootstrap, [topic], 1)
+        metrics = ServiceMetrics()
+        runner = runner_for(
+            infrastructure,
+            pool,
+            producer,
+            (topic, topics[1]),
+            {"Counted": record_effect},
+            metrics,
+            name,
+        )
+        runner.fetch_wait_ms = wait_ms
+        async with Running(runner):
+            await eventually(lambda: asyncio.sleep(0, runner.assigned), what="assigned")
+            await asyncio.sleep(0.5)  # its first fetch of the empty partition is out
+            for n in range(10):
+                await send(producer, topic, event(n))
+                await asyncio.sleep(0.05)
+            await counted(metrics, name, "all ten handled", processed=10)
+        return int(
+            await pool.fetchval(
+                "SELECT count(DISTINCT processed_at) FROM inbox WHERE consumer = $1", name
+            )
+        )
+
+    assert await batches(f"{topic_prefix}waits", 1000) <= 2
+    assert await batches(f"{topic_prefix}at-once", 0) >= 5  # the case
+
+
 async def test_a_poison_records_error_text_stays_out_of_its_span(
     infrastructure, pool, producer, topics, topic_prefix
 ):

@@ -22,6 +22,13 @@ call, in the queue's order, and what that call queues is sent before what was qu
 A failed flush is narrowed down record by record like any failure outside one handler (the
 handler whose read set it off is not blamed for it).
 
+Batches form from what arrived while the one before was handled; under load, a fetch also
+waits up to ``fetch_wait_ms`` (the service's ``consumer_fetch_wait_ms``) for
+``FETCH_MIN_BYTES`` of records before the broker answers it, so that a few records' arrival
+does not each pay a batch's fixed cost (its transaction's round trips, its offset commit, its
+fetch).  Traffic that fills a fetch sooner is not delayed; light traffic waits at most that
+long per hop.
+
 While a batch's transaction waits on the database, the records fetched since are read
 (decoded, opened, validated; for a subscription whose handlers append to their events' streams,
 the keys to seal with are looked up for the whole batch): they are the next batch, and their
@@ -263,6 +270,8 @@ class _FlushedTransaction:
 
 GENERATION_CHECK_SECONDS = 5.0  # an idle replica still notices a rebuild this soon
 IDLE_POLL_MS = 500  # how long a poll waits for records (records arriving end it at once)
+FETCH_WAIT_MS = 25  # see the module's docstring; 0: the broker answers at the first record
+FETCH_MIN_BYTES = 64 * 1024  # a fetch answered at once (about 60 records of these topics)
 LAG_REFRESH_SECONDS = 5.0  # see ConsumerRunner.lag_refresh_seconds
 STOP_SECONDS = 10.0  # a Kafka consumer that takes longer to close is abandoned
 
@@ -398,6 +407,7 @@ class ConsumerRunner:
     # single.
     stall_timeout: float = 30.0
     idle_poll_ms: int = IDLE_POLL_MS
+    fetch_wait_ms: int = FETCH_WAIT_MS
     # a batch that takes longer (retrying while the database is away, say) has the ends of its
     # partitions asked of the broker this often, so that their lag grows with what arrives
     lag_refresh_seconds: float = LAG_REFRESH_SECONDS
@@ -472,6 +482,8 @@ class ConsumerRunner:
             enable_auto_commit=False,
             auto_offset_reset="earliest",
             isolation_level="read_committed",
+            fetch_min_bytes=FETCH_MIN_BYTES if self.fetch_wait_ms else 1,
+            fetch_max_wait_ms=self.fetch_wait_ms or 500,  # 500: the client's own default
             max_poll_records=(
                 self.subscription.batch.max_records
                 if self.subscription.batch is not None

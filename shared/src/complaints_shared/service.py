@@ -279,6 +279,7 @@ def create_app(
                 dlq_topic=topics.dlq,
                 keyring=keyring,
                 wakeup=wakeup,
+                fetch_wait_ms=settings.consumer_fetch_wait_ms,
             )
             for sub in spec.subscriptions(runtime)
         ]

@@ -69,6 +69,14 @@ class ServiceSettings(BaseSettings):
         description="events waiting this long while the relay leader is silent as long: another"
         " instance ends the leader's session and takes over; readiness reports the stall",
     )
+    consumer_fetch_wait_ms: int = Field(
+        25,
+        ge=0,
+        le=500,
+        description="how long a consumer's fetch may wait for more records (64 KiB) before the"
+        " broker answers it: fewer, larger batches under load, at most this much latency per hop"
+        " when traffic is light; 0: answered at the first record",
+    )
     log_level: str = "INFO"
     log_format: Literal["json", "text"] = Field(
         "json", description="json: one object a line with trace_id and span_id; text: for people"
