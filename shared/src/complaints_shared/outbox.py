@@ -107,7 +107,7 @@ MARK_SENT = "UPDATE outbox SET sent_at = now() WHERE position = ANY($1::bigint[]
 #   a statement it prepared (after five calls) and keeps it until the table's statistics
 #   change: :data:`MARK_SENT`'s, made while the outbox held a few rows (a new deployment's
 #   first minutes, before autovacuum analyses it), scanned the whole outbox for every batch
-#   once it had grown (8-11 ms a batch over 2,000-25,000 rows, where looking each position up
+#   once it had grown (8-17 ms a batch over 2,000-25,000 rows, where looking each position up
 #   takes well under 1 ms).  The relay runs a few statements a batch; planning each is cheap.
 RELAY_SESSION: Mapping[str, str] = MappingProxyType(
     {"enable_sort": "off", "plan_cache_mode": "force_custom_plan"}
