@@ -31,7 +31,7 @@ import asyncpg
 from aiokafka import AIOKafkaConsumer
 from http_intake import Harness, _stop, _wait_ready, free_port, service_env
 
-from complaints_shared.envelope import Event, to_kafka_record
+from complaints_shared.envelope import Event, new_event_id, to_kafka_record
 from complaints_shared.events import DomainEvent
 from complaints_shared.events import followup as fu
 from complaints_shared.events import intake as it
@@ -123,7 +123,7 @@ async def _seed(h: Harness, keyring_dsn: str, topics: Topics, complaints: int) -
                     payload = payload.model_copy(update={"complaint_id": stream})
                 data = (await sealed_payloads(keyring, stream, [payload]))[0]
                 event = Event(
-                    event_id=uuid.uuid4(),
+                    event_id=new_event_id(),  # as the services' stores make them
                     stream_id=stream,
                     version=version,
                     occurred_at=when,

@@ -108,7 +108,7 @@ from complaints_shared.consumer import (  # noqa: E402
     write,
 )
 from complaints_shared.db import create_pool  # noqa: E402
-from complaints_shared.envelope import Event, to_kafka_record  # noqa: E402
+from complaints_shared.envelope import Event, new_event_id, to_kafka_record  # noqa: E402
 from complaints_shared.events.intake import ComplaintWithdrawn  # noqa: E402
 from complaints_shared.eventstore import (  # noqa: E402
     PostgresEventStore,
@@ -276,7 +276,7 @@ async def event_path(
         # 1. append ---------------------------------------------------------------------
         async def raw_one(stream: uuid.UUID, data: dict[str, Any]) -> None:
             async with sem, pool.acquire() as conn, conn.transaction():
-                event_id = uuid.uuid4()
+                event_id = new_event_id()  # as the store makes them
                 await conn.execute(
                     "INSERT INTO events (stream_id, version, event_id, type, occurred_at, data)"
                     " VALUES ($1, 1, $2, $3, $4, $5::text::jsonb)",
@@ -371,7 +371,7 @@ async def event_path(
         # 2. relay ----------------------------------------------------------------------
         events = [
             Event(
-                event_id=uuid.uuid4(),
+                event_id=new_event_id(),
                 stream_id=stream,
                 version=1,
                 occurred_at=now(),

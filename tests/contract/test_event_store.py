@@ -179,6 +179,25 @@ async def test_a_conflict_leaves_the_callers_transaction_usable(backend: Backend
     assert ns(await backend.load(stream)) == [1, 2, 3]
 
 
+async def test_event_ids_grow_in_the_order_the_events_are_appended(backend: Backend):
+    """Later events have greater ids as PostgreSQL orders uuids (by their 16 bytes), across
+    streams and appends: the tables keyed by event id (events, outbox, inboxes, timelines)
+    are written at the end of their indexes, not at a random page each."""
+    streams = [uuid.uuid4() for _ in range(3)]
+    for round_ in range(3):
+        for stream in streams:
+            await backend.append(stream, 2 * round_, [ev(1), ev(2)])
+    loaded = {stream: await backend.load(stream) for stream in streams}
+    in_append_order = [
+        e.event_id
+        for round_ in range(3)
+        for stream in streams
+        for e in loaded[stream][2 * round_ : 2 * round_ + 2]
+    ]
+    assert len(set(in_append_order)) == 18
+    assert sorted(in_append_order, key=lambda i: i.bytes) == in_append_order
+
+
 async def test_several_new_streams_are_created_at_once_each_queued_in_its_order(
     backend: Backend,
 ):

@@ -28,13 +28,13 @@ from contextvars import ContextVar
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from typing import Any, Protocol
-from uuid import UUID, uuid4
+from uuid import UUID
 
 import asyncpg
 import orjson
 from opentelemetry import propagate
 
-from complaints_shared.envelope import Event
+from complaints_shared.envelope import Event, new_event_id
 from complaints_shared.errors import ConcurrencyConflict
 from complaints_shared.events import REGISTRY, DomainEvent
 from complaints_shared.privacy import (
@@ -146,7 +146,7 @@ def _new_events(
 ) -> list[Event[DomainEvent]]:
     return [
         Event(
-            event_id=uuid4(),
+            event_id=new_event_id(),
             stream_id=stream_id,
             version=expected_version + i,
             occurred_at=now,
