@@ -198,6 +198,35 @@ async def test_event_ids_grow_in_the_order_the_events_are_appended(backend: Back
     assert sorted(in_append_order, key=lambda i: i.bytes) == in_append_order
 
 
+@pytest.mark.integration
+async def test_a_scan_reads_every_event_in_order_a_chunk_at_a_time(postgres_backend: Backend):
+    """A rebuild's read: every event (of the types asked), by stream and version, in chunks of
+    at most the size asked through a cursor, personal values opened: a rebuild holds one
+    chunk, however many events are stored."""
+    b = postgres_backend
+    streams = sorted((uuid.uuid4() for _ in range(3)), key=lambda s: s.bytes)  # as PG orders
+    await b.keyring.register_many([(s, f"customer-{i}") for i, s in enumerate(streams)])
+    for i, stream in enumerate(streams):
+        await b.append(stream, 0, [confided(10 * i), ev(10 * i + 1), ev(10 * i + 2)])
+    store = cast(PostgresEventStore, b.store)
+    async with b.transaction() as conn:
+        chunks = [c async for c in store.scan(conn, chunk=2)]
+        happened = [c async for c in store.scan(conn, types=[Happened.event_name()], chunk=4)]
+
+    assert [len(c) for c in chunks] == [2, 2, 2, 2, 1]
+    events = [e for c in chunks for e in c]
+    assert [(e.stream_id, e.version) for e in events] == [
+        (s, v) for s in streams for v in (1, 2, 3)
+    ]
+    assert [e.payload for e in events if isinstance(e.payload, Confided)] == [
+        confided(0),
+        confided(10),
+        confided(20),
+    ]  # opened
+    assert [len(c) for c in happened] == [4, 2]
+    assert [ns(c) for c in happened] == [[1, 2, 11, 12], [21, 22]]
+
+
 async def test_several_new_streams_are_created_at_once_each_queued_in_its_order(
     backend: Backend,
 ):

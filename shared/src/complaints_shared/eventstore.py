@@ -276,6 +276,8 @@ class _Unit:
     open: bool = True  # a task started inside it may outlive it (and then notifies itself)
 
 
+SCAN_CHUNK = 2000  # events a rebuild's scan reads at a time
+
 _UNIT: ContextVar[_Unit | None] = ContextVar("complaints_unit_of_work", default=None)
 
 
@@ -460,16 +462,21 @@ class PostgresEventStore:
             out.setdefault(event.stream_id, []).append(event)
         return out
 
-    async def load_all(
-        self, conn: asyncpg.Connection | asyncpg.Pool, types: Sequence[str] | None = None
-    ) -> list[Event[DomainEvent]]:
-        """Every event (of ``types``, if given), by stream and version: for rebuilds."""
-        rows = await conn.fetch(
+    async def scan(
+        self, conn: asyncpg.Connection, types: Sequence[str] | None = None, chunk: int = 0
+    ) -> AsyncIterator[list[Event[DomainEvent]]]:
+        """Every event (of ``types``, if given), by stream and version, in chunks of at most
+        ``chunk`` (:data:`SCAN_CHUNK` by default; a stream's events may span two): for
+        rebuilds.  Read through a cursor in the
+        caller's transaction, so a rebuild holds one chunk at a time, however many events
+        there are (it used to read them all at once: about 2 KB of memory an event)."""
+        cursor = await conn.cursor(
             "SELECT stream_id, version, event_id, type, occurred_at, data FROM events"
             " WHERE $1::text[] IS NULL OR type = ANY($1) ORDER BY stream_id, version",
             list(types) if types is not None else None,
         )
-        return await open_rows(rows, self.source, self.keyring)
+        while rows := await cursor.fetch(chunk or SCAN_CHUNK):
+            yield await open_rows(rows, self.source, self.keyring)
 
 
 class InMemoryEventStore:

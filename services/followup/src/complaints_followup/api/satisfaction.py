@@ -119,8 +119,9 @@ async def rebuild(rt: RuntimeDep) -> Rebuilt:
     async with rt.transaction() as conn:
         await conn.execute("LOCK TABLE satisfaction_answers IN EXCLUSIVE MODE")
         await conn.execute("DELETE FROM satisfaction_answers")
-        for e in await rt.store.load_all(conn, types=[SatisfactionRecorded.event_name()]):
-            assert isinstance(e.payload, SatisfactionRecorded)
-            await record_answer_row(conn, e.stream_id, e.occurred_at, e.payload)
+        async for chunk in rt.store.scan(conn, types=[SatisfactionRecorded.event_name()]):
+            for e in chunk:
+                assert isinstance(e.payload, SatisfactionRecorded)
+                await record_answer_row(conn, e.stream_id, e.occurred_at, e.payload)
         n = await conn.fetchval("SELECT count(*) FROM satisfaction_answers")
     return Rebuilt(answers=n)

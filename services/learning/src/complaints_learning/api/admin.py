@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-from uuid import UUID
-
+import asyncpg
 from fastapi import APIRouter, Request
 from pydantic import BaseModel
 
@@ -43,13 +42,23 @@ async def rebuild(request: Request, rt: RuntimeDep) -> Rebuild:
             await start_over(conn, c.subscription.name)
             await conn.execute("DELETE FROM inbox WHERE consumer = $1", c.subscription.name)
         await conn.execute("TRUNCATE complaint_facts, occurrences, problems")
-        streams: dict[UUID, list[Event[DomainEvent]]] = {}
-        for e in await rt.store.load_all(conn):
-            streams.setdefault(e.stream_id, []).append(e)
-        for events in streams.values():
-            problem = fold(events)
-            if problem is not None:
-                await project(conn, events, problem)
+        streams = 0
+        stream: list[Event[DomainEvent]] = []  # one problem's events, as the scan reads them
+        async for chunk in rt.store.scan(conn):
+            for e in chunk:
+                if stream and e.stream_id != stream[0].stream_id:
+                    await _project(conn, stream)
+                    streams, stream = streams + 1, []
+                stream.append(e)
+        if stream:
+            await _project(conn, stream)
+            streams += 1
     for c in background.consumers:
         c.check_generation_soon()  # committed: this replica's consumers start over now
-    return Rebuild(problems=len(streams), replaying=True)
+    return Rebuild(problems=streams, replaying=True)
+
+
+async def _project(conn: asyncpg.Connection, events: list[Event[DomainEvent]]) -> None:
+    problem = fold(events)
+    if problem is not None:
+        await project(conn, events, problem)
