@@ -467,9 +467,9 @@ class PostgresEventStore:
     ) -> AsyncIterator[list[Event[DomainEvent]]]:
         """Every event (of ``types``, if given), by stream and version, in chunks of at most
         ``chunk`` (:data:`SCAN_CHUNK` by default; a stream's events may span two): for
-        rebuilds.  Read through a cursor in the
-        caller's transaction, so a rebuild holds one chunk at a time, however many events
-        there are (it used to read them all at once: about 2 KB of memory an event)."""
+        rebuilds.  Read through a cursor in the caller's transaction, so a rebuild holds one
+        chunk at a time however many events there are (reading them all at once took 1.4 KB
+        of memory an event as read, and its row besides)."""
         cursor = await conn.cursor(
             "SELECT stream_id, version, event_id, type, occurred_at, data FROM events"
             " WHERE $1::text[] IS NULL OR type = ANY($1) ORDER BY stream_id, version",
