@@ -276,8 +276,6 @@ class _Unit:
     open: bool = True  # a task started inside it may outlive it (and then notifies itself)
 
 
-SCAN_CHUNK = 2000  # events a rebuild's scan reads at a time
-
 _UNIT: ContextVar[_Unit | None] = ContextVar("complaints_unit_of_work", default=None)
 
 
@@ -318,6 +316,9 @@ async def unit_of_work(
         _UNIT.reset(token)
         if unit.appended:
             wakeup.wake()
+
+
+SCAN_CHUNK = 2000  # events a rebuild's scan (:meth:`PostgresEventStore.scan`) reads at a time
 
 
 class PostgresEventStore:
