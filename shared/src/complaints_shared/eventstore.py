@@ -464,7 +464,10 @@ class PostgresEventStore:
         return out
 
     async def scan(
-        self, conn: asyncpg.Connection, types: Sequence[str] | None = None, chunk: int = 0
+        self,
+        conn: asyncpg.Connection,
+        types: Sequence[str] | None = None,
+        chunk: int | None = None,
     ) -> AsyncIterator[list[Event[DomainEvent]]]:
         """Every event (of ``types``, if given), by stream and version, in chunks of at most
         ``chunk`` (:data:`SCAN_CHUNK` by default; a stream's events may span two): for
@@ -476,7 +479,7 @@ class PostgresEventStore:
             " WHERE $1::text[] IS NULL OR type = ANY($1) ORDER BY stream_id, version",
             list(types) if types is not None else None,
         )
-        while rows := await cursor.fetch(chunk or SCAN_CHUNK):
+        while rows := await cursor.fetch(SCAN_CHUNK if chunk is None else chunk):
             yield await open_rows(rows, self.source, self.keyring)
 
 
