@@ -13,7 +13,8 @@ PostgreSQL's CPU per complaint (a tenth of a millisecond of it at 300/s).
 Figures: the POST latency, the rate each stage completed at during the load, each stage's
 backlog growth over the second half of the load (complaints/s; ≈0 when it keeps up), the
 drain time, and the latency from receipt (intake's ``received_at``) to the first resolution
-event on Kafka (``CaseOpened``: the record's producer timestamp), p50/p99.
+event on Kafka (``CaseOpened``: the record's producer timestamp) and to the acknowledgement
+e-mail handed to the SMTP server (followup's ``sent_at``), p50/p99.
 """
 
 from __future__ import annotations
@@ -161,6 +162,13 @@ async def _measure(
         str(r["id"]): r["received_at"].timestamp()
         for r in await conns["intake"].fetch("SELECT id, received_at FROM complaints")
     }
+    acknowledged = {
+        str(r["complaint_id"]): r["sent_at"].timestamp()
+        for r in await conns["followup"].fetch(
+            "SELECT complaint_id, sent_at FROM deliveries"
+            " WHERE source_type = 'ComplaintAcknowledged' AND status = 'sent'"
+        )
+    }
     for c in conns.values():
         await c.close()
 
@@ -183,6 +191,7 @@ async def _measure(
             "backlog_at_end": (during[-1][1]["intake"] - during[-1][1][s]) if during else None,
         }
     to_opened = sorted(opened[cid] - received[cid] for cid in opened if cid in received)
+    to_mailed = sorted(acknowledged[cid] - received[cid] for cid in acknowledged if cid in received)
 
     def pct(values: list[float], p: float) -> float:
         return values[min(len(values) - 1, int(p / 100 * len(values)))] if values else float("nan")
@@ -202,6 +211,9 @@ async def _measure(
         "received_to_case_opened_p99_ms": round(pct(to_opened, 99) * 1000, 1),
         "received_to_case_opened_max_ms": round(max(to_opened, default=float("nan")) * 1000, 1),
         "cases_opened_seen": len(to_opened),
+        # the acknowledgement e-mail handed to the SMTP server (followup's ``sent_at``)
+        "received_to_acknowledgement_sent_p50_ms": round(pct(to_mailed, 50) * 1000, 1),
+        "received_to_acknowledgement_sent_p99_ms": round(pct(to_mailed, 99) * 1000, 1),
         # CPU per accepted complaint, load and drain together (PostgreSQL: the services'
         # sessions, not those that ended meanwhile nor the bench's own counting ones)
         "transactions_per_complaint": {

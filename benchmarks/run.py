@@ -698,6 +698,13 @@ def pipeline_rows(f: dict[str, Any]) -> list[Row]:
             "ms",
             goal="< 250 ms at 300/s",
         ),
+        *(
+            Row("pipeline", f"  receipt → acknowledgement e-mail sent, {p}", f[key], "ms")
+            for p, key in (
+                ("p50", "received_to_acknowledgement_sent_p50_ms"),
+                ("p99", "received_to_acknowledgement_sent_p99_ms"),
+            )
+        ),
     ]
     for stage, s in f["stages"].items():
         rows.append(

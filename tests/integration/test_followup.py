@@ -352,6 +352,25 @@ async def _queue_email(
     return delivery_id
 
 
+async def test_a_queued_message_goes_out_at_once_not_at_the_workers_next_poll(
+    start_platform: StartPlatform, smtp, tmp_path: Path, http
+):
+    """The worker polls for due work only once an hour here: an acknowledgement still goes
+    out as soon as the transaction that queued it has committed (the consumer wakes the
+    worker), for each complaint in turn, not an hour later."""
+    policy = tmp_path / "hourly.toml"
+    policy.write_text(
+        '[calendar]\nalways_open = true\n[followup]\ntimer_poll = "PT1H"\n'
+        '[resolution]\ntimer_poll = "PT0.05S"\n'
+    )
+    p, _, inbox = await start_loop(start_platform, smtp, policy)
+    await asyncio.sleep(0.5)  # the worker's first round (at its start) is over: it now waits
+    for address in ("soon1@example.pt", "soon2@example.pt"):
+        await submit(p, http, address)
+        ack = await mail(inbox, address, "Recebemos a sua reclamação")
+        assert "Obrigado" in ack.get_content()
+
+
 async def test_a_backlog_of_complaints_gets_each_acknowledgement_once_at_its_own_address(
     start_platform: StartPlatform, smtp, followup_policy, http
 ):

@@ -21,7 +21,7 @@ from complaints_shared.consumer import ConsumerRunner, Subscription
 from complaints_shared.envelope import Event, decode_headers, from_kafka_record
 from complaints_shared.errors import ConcurrencyConflict
 from complaints_shared.eventstore import PostgresEventStore as EventStore
-from complaints_shared.eventstore import Wakeup, unit_of_work
+from complaints_shared.eventstore import Wakeup, after_commit, unit_of_work
 from complaints_shared.metrics import ServiceMetrics
 from complaints_shared.outbox import _LEADER_LOCK, MARK_SENT, PENDING, OutboxRelay, new_producer
 from complaints_shared.telemetry import TRACE_EACH_UP_TO, setup_telemetry
@@ -180,6 +180,40 @@ async def test_units_of_work_wake_the_relay_once_their_transactions_end(
         assert wakeup.notified == 0
     else:
         assert 1 <= wakeup.notified <= 40
+
+
+@pytest.mark.parametrize("wakeup", [False, True])
+async def test_after_commit_runs_once_the_unit_has_committed_and_never_after_a_rollback(
+    database, pool, wakeup
+):
+    """What a callback given to ``after_commit`` does (wake a worker) sees the unit's rows:
+    it runs once the unit has committed, once, and not at all for a unit that rolled back or
+    outside any unit (whose transaction is not known)."""
+    await pool.execute("CREATE TABLE queued (n int)")
+    looks: list[asyncio.Future[int]] = []
+
+    def look() -> None:  # as a woken worker would: another session reads the rows
+        looks.append(asyncio.ensure_future(pool.fetchval("SELECT count(*) FROM queued")))
+
+    async with unit_of_work(pool, Wakeup(pool) if wakeup else None) as conn:
+        await conn.execute("INSERT INTO queued VALUES (1)")
+        assert after_commit(look)
+        await asyncio.sleep(0.05)
+        assert looks == []  # not before the commit
+    assert len(looks) == 1
+    assert await looks[0] == 1
+
+    with pytest.raises(RuntimeError, match="the unit fails"):
+        async with unit_of_work(pool, None) as conn:
+            await conn.execute("INSERT INTO queued VALUES (2)")
+            assert after_commit(look)
+            raise RuntimeError("the unit fails")
+    assert len(looks) == 1  # rolled back: not called
+    assert await pool.fetchval("SELECT count(*) FROM queued") == 1
+
+    assert not after_commit(look)  # outside a unit: not registered, never called
+    await asyncio.sleep(0.05)
+    assert len(looks) == 1
 
 
 async def test_wake_ups_asked_for_while_one_is_sent_are_covered_by_one_more(database, pool):

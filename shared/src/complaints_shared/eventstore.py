@@ -16,6 +16,10 @@ directly, another process's leading relay by one ``NOTIFY`` at a time.  An appen
 unit of work notifies in its own statement.  A wake-up never precedes the commit it announces,
 and every unit that appended is followed by one; a lost one (the process died right after the
 commit) costs the relay's idle poll, not the event.
+
+Other work that waits for what a unit writes is woken the same way: :func:`after_commit`
+registers a callback that runs once the unit's transaction has committed (never for one
+that rolled back, never before the commit).
 """
 
 from __future__ import annotations
@@ -25,7 +29,7 @@ import contextlib
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from contextlib import asynccontextmanager
 from contextvars import ContextVar
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Any, Protocol
 from uuid import UUID
@@ -271,9 +275,10 @@ class Wakeup:
 
 @dataclass(slots=True)
 class _Unit:
-    wakeup: Wakeup
+    wakeup: Wakeup | None
     appended: bool = False
     open: bool = True  # a task started inside it may outlive it (and then notifies itself)
+    committed: list[Callable[[], None]] = field(default_factory=list)  # see after_commit
 
 
 _UNIT: ContextVar[_Unit | None] = ContextVar("complaints_unit_of_work", default=None)
@@ -287,12 +292,24 @@ async def _undo(conn: asyncpg.Connection, event_ids: Sequence[UUID]) -> None:
 
 
 def _woken_after_unit() -> bool:
-    """For an append: whether it runs in an open unit of work, which then wakes the relay
-    once its transaction has ended (else the append notifies in its own statement)."""
+    """For an append: whether it runs in an open unit of work that wakes the relay once its
+    transaction has ended (else the append notifies in its own statement)."""
+    unit = _UNIT.get()
+    if unit is None or not unit.open or unit.wakeup is None:
+        return False
+    unit.appended = True
+    return True
+
+
+def after_commit(callback: Callable[[], None]) -> bool:
+    """Call ``callback`` once the unit of work this runs in has committed (say, to wake a
+    worker for the rows it queued: before the commit the worker would not see them).
+    False, and never called, outside a unit of work: the caller's own transaction is then
+    not known here, and the one waiting must find the rows by itself (its poll)."""
     unit = _UNIT.get()
     if unit is None or not unit.open:
         return False
-    unit.appended = True
+    unit.committed.append(callback)
     return True
 
 
@@ -300,22 +317,24 @@ def _woken_after_unit() -> bool:
 async def unit_of_work(
     pool: asyncpg.Pool, wakeup: Wakeup | None
 ) -> AsyncIterator[asyncpg.Connection]:
-    """A connection in a transaction; events appended in it wake the relay once the
-    transaction has ended (committed or not: a needless wake-up is harmless)."""
-    if wakeup is None:
-        async with pool.acquire() as conn, conn.transaction():
-            yield conn
-        return
+    """A connection in a transaction; events appended in it wake the relay (``wakeup``) once
+    the transaction has ended (committed or not: a needless wake-up is harmless), and the
+    callbacks given to :func:`after_commit` in it run once it has committed."""
     unit = _Unit(wakeup)
     token = _UNIT.set(unit)
+    committed = False
     try:
         async with pool.acquire() as conn, conn.transaction():
             yield conn
+        committed = True
     finally:
         unit.open = False
         _UNIT.reset(token)
-        if unit.appended:
+        if unit.appended and wakeup is not None:
             wakeup.wake()
+        if committed:
+            for callback in unit.committed:
+                callback()
 
 
 SCAN_CHUNK = 2000  # events a rebuild's scan (:meth:`PostgresEventStore.scan`) reads at a time

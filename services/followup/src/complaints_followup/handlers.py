@@ -9,11 +9,13 @@ import asyncpg
 
 from complaints_followup.domain import cancel_open_checks, schedule_check
 from complaints_followup.projection import Delivery, checks, enqueue, record_contacts, scrub
+from complaints_followup.resources import FollowupResources
 from complaints_shared.consumer import Subscription, defer, on
 from complaints_shared.db import one_at_a_time
 from complaints_shared.envelope import Event
 from complaints_shared.events import intake as it
 from complaints_shared.events import resolution as rs
+from complaints_shared.eventstore import after_commit
 from complaints_shared.service import Runtime
 
 
@@ -32,6 +34,7 @@ async def cancel_deliveries(
 
 def subscriptions(rt: Runtime) -> list[Subscription]:
     repository = checks(rt)
+    res: FollowupResources = rt.resources
 
     async def record(
         conn: asyncpg.Connection, items: list[Event[it.ComplaintReceived] | Delivery]
@@ -46,6 +49,7 @@ def subscriptions(rt: Runtime) -> list[Subscription]:
             await record_contacts(conn, received)
         if deliveries:
             await enqueue(conn, rt, deliveries)
+            after_commit(res.queued.set)  # the worker hands them over without waiting to poll
 
     async def on_complaint_received(
         conn: asyncpg.Connection, event: Event[it.ComplaintReceived]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import secrets
 from dataclasses import dataclass, field
 from typing import Any
@@ -19,6 +20,8 @@ class FollowupResources:
     texts: dict[str, dict[str, Any]]
     notifier: Notifier
     configured_secret: str | None
+    # set once a unit of work that queued deliveries has committed: the worker goes on at once
+    queued: asyncio.Event = field(default_factory=asyncio.Event)
     _secret: bytes | None = field(default=None, repr=False)
 
     async def secret(self, pool: asyncpg.Pool) -> bytes:

@@ -5,6 +5,7 @@ comes from the service clock, so it survives restarts and tests control it."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from datetime import datetime, timedelta
 from functools import partial
@@ -201,7 +202,7 @@ RETURNING d.*, due.due_at, {CONTACT_COLUMNS}
 
 
 async def deliver_due(rt: Runtime) -> int:
-    """Attempt every delivery that is due; return how many were handed over.
+    """Attempt every delivery that is due; return how many were attempted.
 
     Each attempt is recorded (``attempts`` + 1, the next attempt moved out by the backoff)
     and committed before the hand-over (a batch of due deliveries claimed in one statement),
@@ -215,10 +216,10 @@ async def deliver_due(rt: Runtime) -> int:
     after another, in the order they fell due, each once the one before is recorded as sent.
     The hand-overs that end while others are being recorded are recorded together
     (:class:`SentRecords`).  The round takes batches until nothing due is left (an attempted
-    row is due again only after its backoff), so a burst is not spread over many rounds."""
+    row is due again only after its backoff), so a burst is not spread over many rounds.
+    The connections to the channels are kept for the next round (see :func:`run_followup`)."""
     now = rt.clock()
     max_attempts = rt.policy.followup.delivery_max_attempts
-    res: FollowupResources = rt.resources
     gate = asyncio.Semaphore(HAND_OVERS_AT_ONCE)
     records = SentRecords(rt)
 
@@ -229,25 +230,22 @@ async def deliver_due(rt: Runtime) -> int:
         return handed
 
     backoffs = [_backoff(rt, n) for n in range(1, max_attempts + 2)]
-    handed = 0
-    try:
-        while True:
-            due = await rt.pool.fetch(_CLAIM_DUE, now, _DUE_BATCH, backoffs)
-            by_complaint: dict[UUID, list[asyncpg.Record]] = {}
-            for row in sorted(due, key=lambda r: (r["due_at"], r["seq"])):
-                by_complaint.setdefault(row["complaint_id"], []).append(row)
-            results = await asyncio.gather(
-                *(one_complaint(rows) for rows in by_complaint.values()),
-                return_exceptions=True,
-            )
-            for result in results:
-                if isinstance(result, BaseException):
-                    raise result  # the database: the attempts are recorded, the round waits
-                handed += result
-            if len(due) < _DUE_BATCH:
-                return handed
-    finally:
-        await res.notifier.close_idle()
+    attempted = 0
+    while True:
+        due = await rt.pool.fetch(_CLAIM_DUE, now, _DUE_BATCH, backoffs)
+        attempted += len(due)
+        by_complaint: dict[UUID, list[asyncpg.Record]] = {}
+        for row in sorted(due, key=lambda r: (r["due_at"], r["seq"])):
+            by_complaint.setdefault(row["complaint_id"], []).append(row)
+        results = await asyncio.gather(
+            *(one_complaint(rows) for rows in by_complaint.values()),
+            return_exceptions=True,
+        )
+        for result in results:
+            if isinstance(result, BaseException):
+                raise result  # the database: the attempts are recorded, the round waits
+        if len(due) < _DUE_BATCH:
+            return attempted
 
 
 async def _deliver_one(
@@ -465,17 +463,55 @@ def _delivered(state: Followup, *, d: asyncpg.Record, channel: str) -> list[Doma
 
 
 async def run_followup(rt: Runtime) -> None:
-    """Forever: queue due checks and reminders, expire, deliver.  A row's own failure is
-    isolated (retried, then parked); the database's ends the round, retried next round; a
+    """Forever: every ``timer_poll``, queue due checks and reminders and expire; deliver what
+    is due then, and again at once whenever a consumer's transaction that queued messages has
+    committed (an acknowledgement goes out as soon as it is queued) and after every round that
+    attempted some (under load, what was queued meanwhile: no round waits for the poll).
+    The connections to the channels are closed once nothing was due for
+    :data:`KEEP_CONNECTIONS` (or until the timers).  A row's own failure is isolated
+    (retried, then parked); the database's ends the round, retried after ``timer_poll``; a
     defect ends the task, and its supervisor starts it again."""
+    res: FollowupResources = rt.resources
     interval = rt.policy.followup.timer_poll.total_seconds()
-    while True:
-        try:
-            await queue_checks_and_reminders(rt)
-            await expire_checks(rt)
-            await deliver_due(rt)
-        except Exception as exc:
-            if not is_transient(exc):
-                raise
-            log.warning("followup worker: database unavailable (%s)", type(exc).__name__)
-        await asyncio.sleep(interval)
+    loop = asyncio.get_running_loop()
+    timers_at = loop.time()  # when checks, reminders and expiry are looked at next
+    try:
+        while True:
+            attempted = 0
+            try:
+                if loop.time() >= timers_at:
+                    timers_at = loop.time() + interval
+                    await queue_checks_and_reminders(rt)
+                    await expire_checks(rt)
+                res.queued.clear()  # a commit from now on wakes the wait below
+                attempted = await deliver_due(rt)
+            except Exception as exc:
+                if not is_transient(exc):
+                    raise
+                log.warning("followup worker: database unavailable (%s)", type(exc).__name__)
+                await res.notifier.close_idle()
+                await asyncio.sleep(interval)
+                continue
+            if attempted:
+                continue  # attempted rows are due again only after their backoff: this ends
+            # nothing due: wait to be woken, or for the timers; the connections are kept for
+            # what is queued within KEEP_CONNECTIONS (not one connection per wake-up)
+            if not await _woken(res.queued, min(KEEP_CONNECTIONS, timers_at - loop.time())):
+                await res.notifier.close_idle()
+                await _woken(res.queued, timers_at - loop.time())
+    finally:
+        await res.notifier.close_idle()
+
+
+# seconds the channels' connections are kept open with nothing to send (well within the
+# idle time after which SMTP servers drop a client: five minutes, RFC 5321 4.5.3.2.7)
+KEEP_CONNECTIONS = 5.0
+
+
+async def _woken(event: asyncio.Event, within: float) -> bool:
+    """Whether ``event`` is set within ``within`` seconds."""
+    with contextlib.suppress(TimeoutError):
+        async with asyncio.timeout(max(0.0, within)):
+            await event.wait()
+            return True
+    return False
