@@ -182,7 +182,11 @@ class FollowupPolicy(_Section):
     delivery_max_attempts: int = Field(8, ge=1, le=50)
     delivery_retry: timedelta = Field(timedelta(seconds=30), description="first retry delay")
     delivery_retry_max: timedelta = timedelta(hours=1)
-    timer_poll: timedelta = timedelta(seconds=1)
+    timer_poll: timedelta = Field(
+        timedelta(seconds=1),
+        description="how often due checks, reminders, expiry and retries are looked at"
+        " (a newly queued message is handed over at once)",
+    )
 
     @model_validator(mode="after")
     def _reminder_before_expiry(self) -> FollowupPolicy:
