@@ -4,11 +4,13 @@ policy's periods, safely with several replicas pruning at once."""
 from __future__ import annotations
 
 import asyncio
+import logging
 import uuid
 from datetime import UTC, datetime, timedelta
 
 import asyncpg
 import pytest
+from aiokafka import AIOKafkaConsumer
 from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 
@@ -39,6 +41,39 @@ async def test_topics_are_created_with_infinite_retention(infrastructure, topic_
             configs = {c[0]: c[1] for c in resource[4]}
             seen[resource[3]] = (configs["retention.ms"], configs["retention.bytes"])
     assert seen == {t: ("-1", "-1") for t in topics.all()}
+
+
+async def test_created_topics_are_served_when_ensure_topics_returns(
+    infrastructure, topic_prefix, caplog
+):
+    """A consumer group that starts on topics just created reads them without a refused
+    offset request (which the Kafka client logs as an ERROR): the services starting on a
+    fresh platform log none."""
+    topics = Topics(topic_prefix)
+    names = [topics.intake, topics.resolution, topics.followup, topics.learning]
+    await ensure_topics(infrastructure.kafka_bootstrap, names, 3)
+    consumer = AIOKafkaConsumer(
+        *names,
+        bootstrap_servers=infrastructure.kafka_bootstrap,
+        group_id=f"{topic_prefix}served",
+        auto_offset_reset="earliest",
+        enable_auto_commit=False,
+    )
+    with caplog.at_level(logging.WARNING, logger="aiokafka"):
+        await consumer.start()
+        try:
+            for _ in range(50):  # until the group has assigned the partitions
+                await consumer.getmany(timeout_ms=100)
+                if consumer.assignment():
+                    break
+            assert len(consumer.assignment()) == 12
+            await consumer.getmany(timeout_ms=500)  # their offsets are looked up now
+            positions = [await consumer.position(tp) for tp in consumer.assignment()]
+        finally:
+            await consumer.stop()
+    assert positions == [0] * 12
+    errors = [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
+    assert errors == []
 
 
 async def test_pruning_removes_only_done_rows_past_their_period_across_replicas(pool):

@@ -6,8 +6,9 @@ import contextlib
 import logging
 from dataclasses import dataclass
 
+from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
-from aiokafka.errors import TopicAlreadyExistsError
+from aiokafka.errors import KafkaTimeoutError, TopicAlreadyExistsError
 
 log = logging.getLogger(__name__)
 
@@ -66,9 +67,29 @@ async def ensure_topics(
                     ]
                 )
             log.info("created topics %s", ", ".join(missing))
+            await _served(bootstrap, missing, partitions)
         return missing
     finally:
         await admin.close()
+
+
+async def _served(bootstrap: str, names: list[str], partitions: int, within: float = 30) -> None:
+    """Until the leader of every partition of the new topics answers for it.  A broker names
+    a new partition's leader a moment before that leader serves it: a consumer asking for its
+    offsets meanwhile is refused (the Kafka client logs an ERROR and retries), so the services
+    starting on a fresh platform would each log one."""
+    reader = AIOKafkaConsumer(
+        bootstrap_servers=bootstrap, enable_auto_commit=False, request_timeout_ms=int(within * 1000)
+    )
+    await reader.start()
+    try:  # the client retries a refused request quietly until it is answered
+        await reader.beginning_offsets(
+            [TopicPartition(n, p) for n in names for p in range(partitions)]
+        )
+    except KafkaTimeoutError:  # the services' consumers retry as well: only noisier
+        log.warning("new topics not served within %.0f s: %s", within, ", ".join(names))
+    finally:
+        await reader.stop()
 
 
 async def delete_topics(bootstrap: str, prefix: str) -> list[str]:
