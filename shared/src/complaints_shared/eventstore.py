@@ -303,9 +303,10 @@ def _woken_after_unit() -> bool:
 
 def after_commit(callback: Callable[[], None]) -> bool:
     """Call ``callback`` once the unit of work this runs in has committed (say, to wake a
-    worker for the rows it queued: before the commit the worker would not see them).
-    False, and never called, outside a unit of work: the caller's own transaction is then
-    not known here, and the one waiting must find the rows by itself (its poll)."""
+    worker for the rows it queued: before the commit the worker would not see them); it must
+    not fail, the unit having committed.  False, and never called, outside a unit of work:
+    the caller's own transaction is then not known here, and the one waiting must find the
+    rows by itself (its poll)."""
     unit = _UNIT.get()
     if unit is None or not unit.open:
         return False
