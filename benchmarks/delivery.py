@@ -2,8 +2,9 @@
 
     .venv/bin/python benchmarks/delivery.py [--messages 2000]
 
-This process hands messages over as followup's delivery worker does: 16 at a time, the
-notifier's kept connections closed at the end of each round of 400.  The other side runs as its
+This process hands messages over as followup's delivery worker does: as many at a time
+(``HAND_OVERS_AT_ONCE``), the notifier's kept connections closed at the end of each round of
+400.  The other side runs as its
 own process (its CPU is not counted):
 
 - ``gateway``: a real HTTP gateway (FastAPI under uvicorn, answering 200), through
@@ -12,8 +13,8 @@ own process (its CPU is not counted):
   certificate of its own authority, trusted here through ``SSL_CERT_FILE`` beside the
   system's authorities, as an operator adds a private one), through ``SmtpNotifier``.
 
-Each baseline is the least a client can do for the same messages: one ``httpx`` client, or 16
-SMTP connections, kept for the whole run.  Rounds of each pair alternate, each first in turn;
+Each baseline is the least a client can do for the same messages: one ``httpx`` client, or as
+many SMTP connections, kept for the whole run.  Rounds of each pair alternate, each first in turn;
 each figure is the messages over its rounds' total time, and this process's CPU per message.
 """
 
@@ -37,10 +38,11 @@ import httpx
 import uvloop
 
 from complaints_followup.notify import Outbound, SmtpNotifier, WebhookNotifier, email_message
+from complaints_followup.worker import HAND_OVERS_AT_ONCE
 from complaints_shared.settings import ServiceSettings
 
 ROOT = Path(__file__).resolve().parent.parent
-AT_ONCE = 16  # the worker's hand-overs at the same time (HAND_OVERS_AT_ONCE)
+AT_ONCE = HAND_OVERS_AT_ONCE  # the worker's hand-overs at the same time
 ROUND = 400
 SENDER = "Customer Care <care@complaints.local>"
 
