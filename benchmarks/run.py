@@ -53,10 +53,10 @@ Stages (``--only`` picks some; all by default):
   consumer reading the same records (``benchmarks/rebuild.py``).
 - ``similar``: the similar-complaints index at ``--complaints`` stored texts against the
   earlier per-query TF-IDF (``benchmarks/similar.py``).
-- ``delivery``: followup's hand-overs, 16 at a time with the connections kept for a round, to
-  a real HTTP message gateway and to a real SMTP server over STARTTLS (each its own process),
-  against clients sending the same messages over connections kept for the whole run
-  (``benchmarks/delivery.py``).
+- ``delivery``: followup's hand-overs, as many at a time as its worker's, the connections kept
+  for a round, to a real HTTP message gateway and to a real SMTP server over STARTTLS (each
+  its own process), against clients sending the same messages over connections kept for the
+  whole run (``benchmarks/delivery.py``).
 
 ``--services-from DIR`` runs the services of another checkout (say, a worktree of the commit
 before a change) under the same harness, to compare two versions on the same machine.
@@ -805,7 +805,7 @@ def delivery_rows(figures: dict[str, dict[str, float]]) -> list[Row]:
         (
             "mail",
             "hand-overs to the mail server (SMTP, STARTTLS)",
-            "16 SMTP connections for the run",
+            f"{delivery.AT_ONCE} SMTP connections for the run",
         ),
     ):
         f = figures[name]
