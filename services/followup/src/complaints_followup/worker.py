@@ -5,7 +5,6 @@ comes from the service clock, so it survives restarts and tests control it."""
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from datetime import datetime, timedelta
 from functools import partial
@@ -32,6 +31,7 @@ from complaints_shared.events import followup as ev
 from complaints_shared.events.intake import ComplaintAcknowledged
 from complaints_shared.events.resolution import SolutionAgreed
 from complaints_shared.faults import database_unavailable, is_transient
+from complaints_shared.outbox import woken
 from complaints_shared.repository import Repository
 from complaints_shared.service import Runtime
 from complaints_shared.vocabulary import Channel, format_when
@@ -500,9 +500,10 @@ async def run_followup(rt: Runtime) -> None:
                 continue  # attempted rows are due again only after their backoff: this ends
             # nothing due: wait to be woken, or for the timers; the connections are kept for
             # what is queued within KEEP_CONNECTIONS (not one connection per wake-up)
-            if not await _woken(res.queued, min(KEEP_CONNECTIONS, timers_at - loop.time())):
+            await woken(res.queued, min(KEEP_CONNECTIONS, timers_at - loop.time()))
+            if not res.queued.is_set():
                 await res.notifier.close_idle()
-                await _woken(res.queued, timers_at - loop.time())
+                await woken(res.queued, timers_at - loop.time())
     finally:
         await res.notifier.close_idle()
 
@@ -510,12 +511,3 @@ async def run_followup(rt: Runtime) -> None:
 # seconds the channels' connections are kept open with nothing to send (well within the
 # idle time after which SMTP servers drop a client: five minutes, RFC 5321 4.5.3.2.7)
 KEEP_CONNECTIONS = 5.0
-
-
-async def _woken(event: asyncio.Event, within: float) -> bool:
-    """Whether ``event`` is set within ``within`` seconds."""
-    with contextlib.suppress(TimeoutError):
-        async with asyncio.timeout(max(0.0, within)):
-            await event.wait()
-            return True
-    return False
