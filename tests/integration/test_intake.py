@@ -244,6 +244,7 @@ async def test_ten_parallel_retries_with_one_key_create_one_complaint(intake, ht
     assert len({a.json()["complaint_id"] for a in answers}) == 1
     assert sum(a.headers.get("idempotent-replayed") == "true" for a in answers) == 9
     assert await intake.pool("intake").fetchval("SELECT count(*) FROM complaints") == 1
+    assert await data_subjects(intake) == 1  # the nine answered from the key left none
     assert (
         await intake.pool("intake").fetchval(
             "SELECT count(*) FROM events WHERE type = 'ComplaintReceived'"
@@ -332,6 +333,29 @@ async def test_one_customers_submissions_at_once_see_each_other(intake, http):
     assert marks in [(None, a["complaint_id"]), (b["complaint_id"], None)]
 
 
+async def test_submissions_not_written_leave_no_data_subject(intake, http):
+    """Arriving together: a group's data subjects are registered while its transaction reads;
+    those refused by the rules, or answered from their Idempotency-Key, are forgotten again."""
+    url = f"{intake.url('intake')}/complaints"
+    bodies = [
+        complaint(
+            category="weather" if i % 4 == 0 else None,
+            customer={"id": f"c-mixed-{i}", "name": f"Ana {i}", "language": "pt"},
+        )
+        for i in range(12)
+    ]
+    keyed = complaint(customer={"id": "c-mixed-key", "name": "Rita", "language": "pt"})
+    answers = await asyncio.gather(
+        *(http.post(url, json=b) for b in bodies),
+        *(http.post(url, json=keyed, headers={"Idempotency-Key": "mixed-1"}) for _ in range(4)),
+    )
+    assert [a.status_code for a in answers[:12]] == [422 if i % 4 == 0 else 201 for i in range(12)]
+    assert {a.status_code for a in answers[12:]} == {201}
+    assert sum(a.headers.get("idempotent-replayed") == "true" for a in answers[12:]) == 3
+    assert await intake.pool("intake").fetchval("SELECT count(*) FROM complaints") == 10
+    assert await data_subjects(intake) == 10
+
+
 async def test_a_submission_the_database_refuses_fails_alone(intake, http):
     """One submission of a group fails in the database: it is answered its error and
     leaves nothing behind, not even a data subject in the keyring; the others are recorded,
@@ -374,12 +398,16 @@ async def test_a_submission_the_database_refuses_fails_alone(intake, http):
             f"{intake.url('intake')}/customers/{c['customer_key']}/data?scope=service"
         )
         assert export.json()["complaint_ids"] == [c["complaint_id"]]
+    assert await data_subjects(intake) == 15  # the refused one's is gone too
+
+
+async def data_subjects(intake: Any) -> int:
+    """The data subjects intake's keyring holds."""
     keyring = await asyncpg.connect(intake.keyring["keyring_url"])
     try:
-        subjects = await keyring.fetchval("SELECT count(*) FROM data_subjects")
+        return int(await keyring.fetchval("SELECT count(*) FROM data_subjects"))
     finally:
         await keyring.close()
-    assert subjects == 15  # the refused one's is gone too
 
 
 async def test_details_and_withdrawal(intake, http):
@@ -608,6 +636,7 @@ async def test_bad_input_is_refused_and_changes_nothing(intake, http):
     assert await pool.fetchval("SELECT count(*) FROM events") == 0
     assert await pool.fetchval("SELECT count(*) FROM outbox") == 0
     assert await pool.fetchval("SELECT count(*) FROM complaints") == 0
+    assert await data_subjects(intake) == 0  # nor a data subject in the keyring
     bootstrap = intake.servers["intake"].app.state.runtime.settings.kafka_bootstrap
     assert await topic_size(bootstrap, f"{intake.prefix}complaints.intake.v2") == 0
 

@@ -19,10 +19,12 @@ Invariants:
   again in a transaction of its own, so that an error is answered only to the submission that
   causes it; a database that is unavailable fails them all at once (each answered 503).
 - **No phantom complaint.**  A submission keeps its complaint id through every attempt, so
-  the keyring registers its data subject once; when its own transaction fails and the
-  database has no such complaint, the subject is forgotten again, so a customer's data export
-  and erasure name only complaints that exist.  (With the database unavailable, nobody can
-  tell: the subject stays.)
+  the keyring registers its data subject once (for a whole group at once, while its
+  transaction reads; the transaction seals nothing before that has committed); when the
+  submission is not written (answered from its ``Idempotency-Key``, refused, or its own
+  transaction fails) and the database has no such complaint, the subject is forgotten again,
+  so a customer's data export and erasure name only complaints that exist.  (With the
+  database unavailable, nobody can tell: the subject stays.)
 - **Its own trace.**  Each submission's events carry its request's trace context to the outbox.
 - **Answered as stored.**  The answer is the complaint's row as the transaction wrote it, and
   an ``Idempotency-Key``'s first answer is kept in the same transaction.
@@ -212,6 +214,35 @@ class SubmissionGroups:
     async def _transaction(
         self, rt: Runtime, res: IntakeResources, group: list[Submission]
     ) -> list[tuple[Submission, asyncpg.Record | Replay]]:
+        """The group's transaction.  The keyring registers the group's data subjects meanwhile
+        (its own database: its commit overlaps the transaction's reads instead of following
+        them), and the transaction waits for it before it seals anything; a submission that is
+        not written after all (answered from its ``Idempotency-Key``, or refused by the rules)
+        has its data subject forgotten again."""
+        registering = asyncio.ensure_future(
+            rt.keyring.register_many([(s.complaint_id, s.customer_key) for s in group])
+        )
+        unwritten: list[Submission] = []  # answered from its key, or refused
+        try:
+            return await self._attempt(rt, res, group, registering, unwritten)
+        except asyncio.CancelledError:  # the app is stopping: what was registered stays
+            registering.cancel()
+            raise
+        finally:
+            # also when the transaction did not need the keys: a registration cut short may
+            # still commit, and then nobody would forget it
+            await asyncio.gather(registering, return_exceptions=True)
+            if unwritten and not registering.cancelled() and registering.exception() is None:
+                await _forget(rt, unwritten)
+
+    async def _attempt(
+        self,
+        rt: Runtime,
+        res: IntakeResources,
+        group: list[Submission],
+        registering: asyncio.Future[Any],
+        unwritten: list[Submission],
+    ) -> list[tuple[Submission, asyncpg.Record | Replay]]:
         answers: list[tuple[Submission, asyncpg.Record | Replay]] = []
         async with rt.transaction() as conn:
             keyed = [s for s in group if s.idempotency_key is not None]
@@ -226,6 +257,7 @@ class SubmissionGroups:
                 for s in keyed:
                     if s.idempotency_key not in fresh:
                         answers.append((s, Replay(await conn.fetchrow(_REPLAY, s.idempotency_key))))
+                        unwritten.append(s)
                 group = [s for s in group if s.idempotency_key in fresh or not s.idempotency_key]
             if not group:
                 return answers
@@ -261,6 +293,7 @@ class SubmissionGroups:
                 except Exception as exc:  # refused (or a defect): answered to this one only
                     s.fail(exc)
                     refused.append(s)
+                    unwritten.append(s)
                     continue
                 decided.append((s, s.complaint_id, decision))
             if keys := [s.idempotency_key for s in refused if s.idempotency_key]:
@@ -268,7 +301,7 @@ class SubmissionGroups:
             if not decided:
                 return answers
             # the customers' data keys seal their personal data from the first event on
-            await rt.keyring.register_many([(c, s.customer_key) for s, c, _ in decided])
+            await registering
             recorded = await rt.store.create_many(
                 conn,
                 {c: d.events for _, c, d in decided},
@@ -289,10 +322,11 @@ class SubmissionGroups:
 
 
 async def _forget(rt: Runtime, group: list[Submission]) -> None:
-    """The keyring's subjects of submissions whose transaction failed and wrote nothing (asked
-    of the database, whatever the error said), so that no complaint that does not exist is
-    listed as their customers' (a data export, an erasure).  Best effort: one left behind names
-    a complaint that is nowhere else, and holds no data."""
+    """The keyring's subjects of submissions that were not written (asked of the database,
+    whatever an error said: their transaction failed, or they were answered without one), so
+    that no complaint that does not exist is listed as their customers' (a data export, an
+    erasure).  Best effort: one left behind names a complaint that is nowhere else, and holds
+    no data."""
     ids = [s.complaint_id for s in group]
     try:
         written = set(await rt.pool.fetchval(_WRITTEN, ids))
