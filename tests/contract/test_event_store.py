@@ -86,8 +86,8 @@ async def postgres_backend(database: str) -> AsyncIterator[Backend]:
             yield conn
 
     async def queued() -> list[tuple[str, int]]:
-        rows = await pool.fetch(
-            "SELECT o.topic, e.version FROM outbox o JOIN events e USING (event_id)"
+        rows = await pool.fetch(  # a row without its event would read as version None
+            "SELECT o.topic, e.version FROM outbox o LEFT JOIN events e USING (event_id)"
             " ORDER BY o.position"
         )
         return [(r["topic"], r["version"]) for r in rows]
