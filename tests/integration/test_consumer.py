@@ -256,9 +256,11 @@ async def test_records_arriving_close_together_wait_for_one_another_into_one_bat
     infrastructure, pool, producer, topics, topic_prefix
 ):
     """A consumer's fetch waits up to ``fetch_wait_ms`` for more records: ten records sent
-    50 ms apart are handled in one or two batches (one transaction each, so one inbox time
-    each), not one by one as the broker answers at the first record without the wait; the
-    last of them, too few to fill a fetch, is not held back for more."""
+    50 ms apart to an idle consumer are handled in at most three batches (one transaction
+    each, so one inbox time each): the first as it arrives (the consumer was idle), the next
+    by the fetch the client had sent meanwhile, and the rest together; not one by one as the
+    broker answers at the first record without the wait.  The last of them, too few to fill a
+    fetch, is not held back for more."""
 
     async def batches(name: str, wait_ms: int) -> int:
         topic = f"{name}-in"
@@ -287,8 +289,40 @@ async def test_records_arriving_close_together_wait_for_one_another_into_one_bat
             )
         )
 
-    assert await batches(f"{topic_prefix}waits", 1000) <= 2
+    assert await batches(f"{topic_prefix}waits", 1000) <= 3
     assert await batches(f"{topic_prefix}at-once", 0) >= 5  # the case
+
+
+async def test_an_idle_consumers_fetch_is_answered_at_the_first_record(
+    infrastructure, pool, producer, topics, topic_prefix
+):
+    """The wait for a fuller fetch is for records that come one after another: a consumer
+    that found nothing at its last poll asks for the first record, answered as it arrives.
+    With a 20 s wait for a fuller fetch, a lone record to an idle consumer is handled within
+    5 s (it waited the whole 20 s before: nothing filled the fetch)."""
+    name = f"{topic_prefix}idle"
+    topic = f"{name}-in"
+    await ensure_topics(infrastructure.kafka_bootstrap, [topic], 1)
+    metrics = ServiceMetrics()
+    runner = runner_for(
+        infrastructure,
+        pool,
+        producer,
+        (topic, topics[1]),
+        {"Counted": record_effect},
+        metrics,
+        name,
+    )
+    runner.fetch_wait_ms = 20_000
+    async with Running(runner):
+        await eventually(lambda: asyncio.sleep(0, runner.assigned), what="assigned")
+        await asyncio.sleep(1)  # idle: its fetch of the empty partition is out
+        await send(producer, topic, event(1))
+        await eventually(
+            lambda: asyncio.sleep(0, outcome(metrics, name, "processed") == 1),
+            timeout=5,
+            what="the lone record handled",
+        )
 
 
 async def test_a_poison_records_error_text_stays_out_of_its_span(

@@ -27,7 +27,10 @@ waits up to ``fetch_wait_ms`` (the service's ``consumer_fetch_wait_ms``) for
 ``FETCH_MIN_BYTES`` of records before the broker answers it, so that a few records' arrival
 does not each pay a batch's fixed cost (its transaction's round trips, its offset commit, its
 fetch).  Traffic that fills a fetch sooner is not delayed; light traffic waits at most that
-long per hop.
+long per hop.  A consumer whose last poll brought nothing is idle: its fetches ask for the
+first record and are answered as it arrives (or after ``IDLE_FETCH_WAIT_MS`` with none), so
+a lone record is not held back, and an idle consumer sends a fetch every half second rather
+than every ``fetch_wait_ms``.
 
 While a batch's transaction waits on the database, the records fetched since are read
 (decoded, opened, validated; for a subscription whose handlers append to their events' streams,
@@ -272,6 +275,7 @@ GENERATION_CHECK_SECONDS = 5.0  # an idle replica still notices a rebuild this s
 IDLE_POLL_MS = 500  # how long a poll waits for records (records arriving end it at once)
 FETCH_WAIT_MS = 25  # see the module's docstring; 0: the broker answers at the first record
 FETCH_MIN_BYTES = 64 * 1024  # a fetch answered at once (about 60 records of these topics)
+IDLE_FETCH_WAIT_MS = 500  # an idle consumer's fetch: answered at its first record, else then
 LAG_REFRESH_SECONDS = 5.0  # see ConsumerRunner.lag_refresh_seconds
 STOP_SECONDS = 10.0  # a Kafka consumer that takes longer to close is abandoned
 
@@ -482,8 +486,8 @@ class ConsumerRunner:
             enable_auto_commit=False,
             auto_offset_reset="earliest",
             isolation_level="read_committed",
-            fetch_min_bytes=FETCH_MIN_BYTES if self.fetch_wait_ms else 1,
-            fetch_max_wait_ms=self.fetch_wait_ms or 500,  # 500: the client's own default
+            fetch_min_bytes=1,  # idle until the first poll brings records (see _fetch_as)
+            fetch_max_wait_ms=IDLE_FETCH_WAIT_MS,
             max_poll_records=(
                 self.subscription.batch.max_records
                 if self.subscription.batch is not None
@@ -504,6 +508,7 @@ class ConsumerRunner:
             while True:
                 batch = upcoming or await self._poll(consumer)
                 upcoming = {}
+                self._fetch_as(consumer, busy=bool(batch))
                 self.assigned = bool(consumer.assignment())
                 if _coordinator_known(consumer):
                     lost_since = None
@@ -552,6 +557,17 @@ class ConsumerRunner:
                     await self._last_commit(committing)
             finally:
                 await self._stop(consumer)
+
+    def _fetch_as(self, consumer: AIOKafkaConsumer, *, busy: bool) -> None:
+        """How the Kafka client's next fetches wait (see the module's docstring): while records
+        come, up to ``fetch_wait_ms`` for ``FETCH_MIN_BYTES``; after a poll that brought none,
+        up to ``IDLE_FETCH_WAIT_MS`` for the first record, answered at once.  The client keeps
+        these settings to itself: a version without them keeps the idle ones."""
+        fetcher: Any = getattr(consumer, "_fetcher", None)
+        if not hasattr(fetcher, "_fetch_min_bytes") or not hasattr(fetcher, "_fetch_max_wait_ms"):
+            return
+        fetching = (FETCH_MIN_BYTES, self.fetch_wait_ms) if busy and self.fetch_wait_ms else None
+        fetcher._fetch_min_bytes, fetcher._fetch_max_wait_ms = fetching or (1, IDLE_FETCH_WAIT_MS)
 
     def _report_lag(
         self,
