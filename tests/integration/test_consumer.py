@@ -252,6 +252,27 @@ async def test_records_read_while_a_batch_waits_on_the_database_are_handled_once
     assert decode_headers(dead.headers)["dlq_origin_offset"] == "12"
 
 
+async def waiting(  # type: ignore[no-untyped-def]
+    infrastructure, pool, producer, topics, name: str, wait_ms: int
+) -> tuple[ConsumerRunner, ServiceMetrics, str]:
+    """A runner of consumer ``name`` on a new topic of one partition (its name the third),
+    whose fetches wait up to ``wait_ms`` for a fuller fetch; its metrics."""
+    topic = f"{name}-in"
+    await ensure_topics(infrastructure.kafka_bootstrap, [topic], 1)
+    metrics = ServiceMetrics()
+    runner = runner_for(
+        infrastructure,
+        pool,
+        producer,
+        (topic, topics[1]),
+        {"Counted": record_effect},
+        metrics,
+        name,
+    )
+    runner.fetch_wait_ms = wait_ms
+    return runner, metrics, topic
+
+
 async def test_records_arriving_close_together_wait_for_one_another_into_one_batch(
     infrastructure, pool, producer, topics, topic_prefix
 ):
@@ -263,19 +284,9 @@ async def test_records_arriving_close_together_wait_for_one_another_into_one_bat
     fetch, is not held back for more."""
 
     async def batches(name: str, wait_ms: int) -> int:
-        topic = f"{name}-in"
-        await ensure_topics(infrastructure.kafka_bootstrap, [topic], 1)
-        metrics = ServiceMetrics()
-        runner = runner_for(
-            infrastructure,
-            pool,
-            producer,
-            (topic, topics[1]),
-            {"Counted": record_effect},
-            metrics,
-            name,
+        runner, metrics, topic = await waiting(
+            infrastructure, pool, producer, topics, name, wait_ms
         )
-        runner.fetch_wait_ms = wait_ms
         async with Running(runner):
             await eventually(lambda: asyncio.sleep(0, runner.assigned), what="assigned")
             await asyncio.sleep(0.5)  # its first fetch of the empty partition is out
@@ -301,19 +312,7 @@ async def test_an_idle_consumers_fetch_is_answered_at_the_first_record(
     With a 20 s wait for a fuller fetch, a lone record to an idle consumer is handled within
     5 s (it waited the whole 20 s before: nothing filled the fetch)."""
     name = f"{topic_prefix}idle"
-    topic = f"{name}-in"
-    await ensure_topics(infrastructure.kafka_bootstrap, [topic], 1)
-    metrics = ServiceMetrics()
-    runner = runner_for(
-        infrastructure,
-        pool,
-        producer,
-        (topic, topics[1]),
-        {"Counted": record_effect},
-        metrics,
-        name,
-    )
-    runner.fetch_wait_ms = 20_000
+    runner, metrics, topic = await waiting(infrastructure, pool, producer, topics, name, 20_000)
     async with Running(runner):
         await eventually(lambda: asyncio.sleep(0, runner.assigned), what="assigned")
         await asyncio.sleep(1)  # idle: its fetch of the empty partition is out
