@@ -3,9 +3,10 @@
     .venv/bin/python benchmarks/delivery.py [--messages 2000]
 
 This process hands messages over as followup's delivery worker does: as many at a time
-(``HAND_OVERS_AT_ONCE``), the notifier's kept connections closed at the end of each round of
-400.  The other side runs as its
-own process (its CPU is not counted):
+(``HAND_OVERS_AT_ONCE``), through its notifiers.  The notifier's connections are closed after
+each round of 400, as the worker closes them once nothing was due for a while (while messages
+keep coming it keeps them longer: this is its costlier case).  The other side runs as its own
+process (its CPU is not counted):
 
 - ``gateway``: a real HTTP gateway (FastAPI under uvicorn, answering 200), through
   ``WebhookNotifier`` (phone, letter, chat, social, web messages);
@@ -14,8 +15,9 @@ own process (its CPU is not counted):
   system's authorities, as an operator adds a private one), through ``SmtpNotifier``.
 
 Each baseline is the least a client can do for the same messages: one ``httpx`` client, or as
-many SMTP connections, kept for the whole run.  Rounds of each pair alternate, each first in turn;
-each figure is the messages over its rounds' total time, and this process's CPU per message.
+many SMTP connections, kept for the whole run.  Rounds of each pair alternate, each first in
+turn; each figure is the messages over its rounds' total time, and this process's CPU per
+message.
 """
 
 from __future__ import annotations
@@ -148,7 +150,7 @@ async def _gateway(url: str, messages: int) -> dict[str, float]:
         try:
             await _round(notifier.send, start, "phone")
         finally:
-            await notifier.close_idle()  # the end of the worker's round
+            await notifier.close_idle()  # as the worker once nothing is due for a while
 
     try:
         return await _compare(
