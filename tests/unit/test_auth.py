@@ -126,6 +126,31 @@ async def test_a_token_sent_again_is_verified_once_and_only_until_it_expires(
     assert verified == 1
 
 
+async def test_the_latest_verified_tokens_are_kept_up_to_the_limit(
+    issuer: Issuer, monkeypatch: pytest.MonkeyPatch
+):
+    v = verifier(issuer, verified_kept=2)
+    tokens = [issuer.token(sub=f"user-{i}") for i in range(3)]
+    for token in tokens:
+        await v.verify(token)
+    verified: list[str] = []
+    original = v._verify
+
+    async def counting(t: str) -> Any:
+        verified.append(t)
+        return await original(t)
+
+    monkeypatch.setattr(v, "_verify", counting)
+    await v.verify(tokens[2])
+    await v.verify(tokens[1])
+    assert verified == []  # the latest two: kept
+    assert (await v.verify(tokens[0])).subject == "user-0"
+    assert verified == [tokens[0]]  # it had gone first, the oldest verified
+    await v.verify(tokens[2])
+    await v.verify(tokens[1])  # the oldest verified then: gone to make room for tokens[0]
+    assert verified == [tokens[0], tokens[1]]
+
+
 async def test_a_token_signed_by_another_key_is_refused(issuer: Issuer):
     forged = issuer.token(key=new_key())  # the issuer's kid, somebody else's key
     with pytest.raises(Unauthenticated, match="invalid"):

@@ -6,6 +6,7 @@ from __future__ import annotations
 import logging
 import sys
 import uuid
+from collections import OrderedDict
 
 import orjson
 import pytest
@@ -19,6 +20,7 @@ from complaints_shared.privacy import (
     DataKey,
     InMemoryKeyring,
     PersonalField,
+    _keep_latest,
     erase_fields,
     load_master_key,
     new_master_key,
@@ -231,3 +233,13 @@ async def test_a_reader_opens_only_the_personal_fields_it_reads_and_the_rest_sta
     asked.clear()
     await open_payloads(keyring, [("Confided", nothing)], {"Confided": {"note"}})
     assert nothing["secret"] == ERASED and asked == []  # nothing to open: no key fetched
+
+
+def test_a_process_keeps_the_latest_keys_up_to_its_limit_the_oldest_going_first():
+    kept: OrderedDict[int, str] = OrderedDict()
+    for i in range(1, 8):
+        _keep_latest(kept, i, f"key {i}", 4)
+    assert list(kept) == [4, 5, 6, 7]
+    _keep_latest(kept, 5, "key 5 again", 4)  # looked up again: the latest now
+    _keep_latest(kept, 8, "key 8", 4)
+    assert list(kept.items()) == [(6, "key 6"), (7, "key 7"), (5, "key 5 again"), (8, "key 8")]

@@ -24,6 +24,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections import OrderedDict
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Annotated, Any, Literal
@@ -118,8 +119,11 @@ class OidcVerifier:
     _client: httpx.AsyncClient | None = field(default=None, repr=False)  # one, kept open
     _refreshing: asyncio.Task[None] | None = field(default=None, repr=False)
     # tokens whose signature and claims verified: token → (principal, its expiry), so a caller
-    # that sends the same token again (a channel gateway, a frontend) is not verified again
-    _verified: dict[str, tuple[Principal, float]] = field(default_factory=dict, repr=False)
+    # that sends the same token again (a channel gateway, a frontend) is not verified again;
+    # the latest verified_kept, the oldest dropped first (in constant time, as an OrderedDict)
+    _verified: OrderedDict[str, tuple[Principal, float]] = field(
+        default_factory=OrderedDict, repr=False
+    )
     verified_kept: int = 10_000
 
     async def _get(self, url: str) -> Any:
@@ -208,7 +212,7 @@ class OidcVerifier:
         principal, expires = await self._verify(token)
         self._verified[token] = (principal, expires)
         while len(self._verified) > self.verified_kept:
-            del self._verified[next(iter(self._verified))]
+            self._verified.popitem(last=False)
         return principal
 
     async def _verify(self, token: str) -> tuple[Principal, float]:
