@@ -375,10 +375,6 @@ MAX_POLL_RECORDS = 500
 READ_CHUNK = 50
 
 
-def _position(record: ConsumerRecord) -> tuple[str, int, int]:
-    return record.topic, record.partition, record.offset
-
-
 @dataclass(slots=True)
 class RetryPolicy:
     initial_delay: float = 0.1
@@ -418,8 +414,9 @@ class ConsumerRunner:
     # set by a rebuild in this process: the generation is checked now, not in up to 5 s, and an
     # idle poll stops waiting for records
     _recheck: asyncio.Event = field(default_factory=asyncio.Event)
-    # the next poll's records, read while the batch before them waited on the database
-    _ahead: dict[tuple[str, int, int], tuple[Read | MalformedEvent | None]] = field(
+    # the next poll's records, read while the batch before them waited on the database: by
+    # the record's id(), with the record (which keeps that id its own while the entry lasts)
+    _ahead: dict[int, tuple[ConsumerRecord, Read | MalformedEvent | None]] = field(
         default_factory=dict
     )
     # the next offset to handle of each partition held, for its lag
@@ -532,8 +529,9 @@ class ConsumerRunner:
                     checked = time.monotonic()
                 # revoked meanwhile: its new owner reads it from the commit
                 held = {tp: records for tp, records in batch.items() if tp in consumer.assignment()}
-                if self._ahead:  # read ahead for a partition revoked meanwhile: not ours now
-                    ours = {_position(r) for records in held.values() for r in records}
+                if self._ahead and len(held) < len(batch):  # read ahead for a partition
+                    # revoked meanwhile: not ours now (else all of it is this batch's)
+                    ours = {id(r) for records in held.values() for r in records}
                     self._ahead = {k: v for k, v in self._ahead.items() if k in ours}
                 if held:  # one transaction, then one commit, for every partition of the poll
                     self._report_lag(consumer, {tp: rs[0].offset for tp, rs in held.items()})
@@ -894,12 +892,12 @@ class ConsumerRunner:
         """Each record's headers, handler and event (None: no handler wants it), the personal
         values opened with one keyring lookup, or as read ahead; a record that cannot be read
         is poison."""
-        ahead = [self._ahead.pop(_position(r), None) for r in records]
+        ahead = [self._ahead.pop(id(r), None) for r in records]
         unread = [r for r, a in zip(records, ahead, strict=True) if a is None]
         decoded = iter(await self._decode(unread))
         read: list[Read | None] = []
         for record, a in zip(records, ahead, strict=True):
-            result = next(decoded) if a is None else a[0]
+            result = next(decoded) if a is None else a[1]
             if isinstance(result, MalformedEvent):
                 raise _Poisoned(record, result) from result
             read.append(result)
@@ -912,7 +910,7 @@ class ConsumerRunner:
         except Exception:  # nothing lost: the records are read again when their batch runs
             return
         for record, result in zip(records, decoded, strict=True):
-            self._ahead[_position(record)] = (result,)
+            self._ahead[id(record)] = (record, result)
 
     async def _decode(self, records: list[ConsumerRecord]) -> list[Read | MalformedEvent | None]:
         """:meth:`_read`'s work, a record that cannot be read answered by its error."""
