@@ -14,13 +14,13 @@ from fastapi import FastAPI
 from opentelemetry.sdk.trace import TracerProvider
 
 from complaints_shared.events.intake import ComplaintReceived
+from complaints_shared.latest import keep_latest
 from complaints_shared.logs import JsonFormatter
 from complaints_shared.privacy import (
     ERASED,
     DataKey,
     InMemoryKeyring,
     PersonalField,
-    _keep_latest,
     erase_fields,
     load_master_key,
     new_master_key,
@@ -238,8 +238,8 @@ async def test_a_reader_opens_only_the_personal_fields_it_reads_and_the_rest_sta
 def test_a_process_keeps_the_latest_keys_up_to_its_limit_the_oldest_going_first():
     kept: OrderedDict[int, str] = OrderedDict()
     for i in range(1, 8):
-        _keep_latest(kept, i, f"key {i}", 4)
+        keep_latest(kept, i, f"key {i}", 4)
     assert list(kept) == [4, 5, 6, 7]
-    _keep_latest(kept, 5, "key 5 again", 4)  # looked up again: the latest now
-    _keep_latest(kept, 8, "key 8", 4)
+    keep_latest(kept, 5, "key 5 again", 4)  # looked up again: the latest now
+    keep_latest(kept, 8, "key 8", 4)
     assert list(kept.items()) == [(6, "key 6"), (7, "key 7"), (5, "key 5 again"), (8, "key 8")]

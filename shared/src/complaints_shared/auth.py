@@ -36,6 +36,7 @@ from fastapi.routing import APIRoute
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from complaints_shared.errors import Forbidden, TooManyRequests, Unauthenticated
+from complaints_shared.latest import keep_latest
 
 log = logging.getLogger(__name__)
 
@@ -120,7 +121,7 @@ class OidcVerifier:
     _refreshing: asyncio.Task[None] | None = field(default=None, repr=False)
     # tokens whose signature and claims verified: token → (principal, its expiry), so a caller
     # that sends the same token again (a channel gateway, a frontend) is not verified again;
-    # the latest verified_kept, the oldest dropped first (in constant time, as an OrderedDict)
+    # the latest verified_kept (complaints_shared.latest), the oldest dropped first
     _verified: OrderedDict[str, tuple[Principal, float]] = field(
         default_factory=OrderedDict, repr=False
     )
@@ -210,9 +211,7 @@ class OidcVerifier:
                 return known[0]
             del self._verified[token]
         principal, expires = await self._verify(token)
-        self._verified[token] = (principal, expires)
-        while len(self._verified) > self.verified_kept:
-            self._verified.popitem(last=False)
+        keep_latest(self._verified, token, (principal, expires), self.verified_kept)
         return principal
 
     async def _verify(self, token: str) -> tuple[Principal, float]:

@@ -35,7 +35,7 @@ from collections import OrderedDict
 from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from types import MappingProxyType
-from typing import Any, Protocol, TypeVar
+from typing import Any, Protocol
 from uuid import UUID
 
 import asyncpg
@@ -48,6 +48,7 @@ from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 from complaints_shared.events.base import REGISTRY
 from complaints_shared.events.base import PersonalField as PersonalField  # re-exported
 from complaints_shared.events.base import personal_fields as personal_fields  # re-exported
+from complaints_shared.latest import keep_latest
 
 ERASED = "erased"
 """What a required personal field reads as once its customer's key is destroyed."""
@@ -55,9 +56,6 @@ ERASED = "erased"
 SEALED_PREFIX = "pii:1:"
 _PREFIX_LENGTH = len(SEALED_PREFIX)
 _NONCE = 12
-
-K = TypeVar("K")
-V = TypeVar("V")
 
 
 class UnknownDataSubject(LookupError):
@@ -527,7 +525,7 @@ class PostgresKeyring:
 
     def _remember(self, stream_id: UUID, key: DataKey) -> None:
         """Keep the key to seal the stream's values with (see ``_sealing``)."""
-        _keep_latest(self._sealing, stream_id, (key, time.monotonic()), SEALING_KEYS_KEPT)
+        keep_latest(self._sealing, stream_id, (key, time.monotonic()), SEALING_KEYS_KEPT)
 
     def _kept(self, stream_id: UUID) -> DataKey | None:
         """The stream's sealing key, if this process registered or looked it up less than
@@ -582,7 +580,7 @@ class PostgresKeyring:
             unwrapped = self._opening.get(key_id)
             if unwrapped is None or unwrapped[0] != wrapped:
                 unwrapped = (wrapped, self._data_key(key_id, wrapped))
-                _keep_latest(self._opening, key_id, unwrapped, OPENING_KEYS_KEPT)
+                keep_latest(self._opening, key_id, unwrapped, OPENING_KEYS_KEPT)
             found[key_id] = unwrapped[1]
         for gone in set(key_ids) - found.keys():
             self._opening.pop(gone, None)  # erased: its key goes from this process too
@@ -621,17 +619,6 @@ class PostgresKeyring:
         for stream_id in streams:
             self._sealing.pop(stream_id, None)
         return streams
-
-
-def _keep_latest(kept: OrderedDict[K, V], key: K, value: V, limit: int) -> None:
-    """Put ``value`` last in ``kept``, dropping the oldest beyond ``limit``: constant time
-    however many went before.  (A plain dict's oldest entry, found as ``next(iter(d))``, lies
-    behind every slot deleted since the dict last resized: once past ``limit``, each put
-    scanned tens of thousands of them, 10-70 µs where this takes 1.5.)"""
-    kept[key] = value
-    kept.move_to_end(key)
-    while len(kept) > limit:
-        kept.popitem(last=False)
 
 
 def load_master_key(text: str) -> bytes:

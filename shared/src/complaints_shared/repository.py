@@ -38,6 +38,7 @@ from complaints_shared.envelope import Event
 from complaints_shared.errors import ConcurrencyConflict
 from complaints_shared.events import DomainEvent
 from complaints_shared.eventstore import EventRecorder
+from complaints_shared.latest import keep_latest
 
 S = TypeVar("S")
 
@@ -90,10 +91,7 @@ class StateCache(Generic[S]):
         return found
 
     def put(self, stream_id: UUID, state: S, last: Event[DomainEvent]) -> None:
-        self._states[stream_id] = _Cached(state, last.version, last.event_id)
-        self._states.move_to_end(stream_id)
-        while len(self._states) > self.size:
-            self._states.popitem(last=False)
+        keep_latest(self._states, stream_id, _Cached(state, last.version, last.event_id), self.size)
 
     def forget(self, stream_id: UUID) -> None:
         self._states.pop(stream_id, None)
