@@ -209,11 +209,15 @@ class SmtpNotifier:
             timeout=15,
         )
         await client.connect()  # STARTTLS and login as configured
-        if client.is_ehlo_or_helo_needed:  # what the server speaks, before the first message
-            try:
-                await client.ehlo()
-            except aiosmtplib.SMTPHeloError:
-                await client.helo()
+        try:
+            if client.is_ehlo_or_helo_needed:  # what the server speaks, before the first message
+                try:
+                    await client.ehlo()
+                except aiosmtplib.SMTPHeloError:
+                    await client.helo()
+        except BaseException:
+            client.close()
+            raise
         return client
 
     @staticmethod
