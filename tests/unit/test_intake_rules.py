@@ -15,7 +15,7 @@ from complaints_intake.domain import ComplaintCreate, History, receive
 from complaints_intake.language import Detection
 from complaints_intake.messages import load_templates
 from complaints_intake.rules import IntakeRules
-from complaints_intake.text import Lexicon
+from complaints_intake.text import Lexicon, Lexicons, words
 from complaints_intake.timeline import summarise
 from complaints_shared.errors import InputRejected
 from complaints_shared.events import UnknownEvent
@@ -50,6 +50,10 @@ _LEXICONS = [  # the shipped ones, and one whose phrases hold its other terms
     *(lex for _, lex in RULES.weighted_negative),
     *RULES.public_exposure.values(),
     *RULES.safety.values(),
+    # terms of one letter that match on: tried also where the text's next two letters start
+    # other terms, of the lexicon's own and of others
+    Lexicon.of(["b*", "bad", "ba c"]),
+    Lexicon.of(["c*"]),
 ]
 _PIECES = sorted(
     {
@@ -80,6 +84,33 @@ def test_a_lexicon_finds_at_word_starts_what_one_search_of_the_text_finds(pieces
     spaces, punctuation and digits: matching only where a word starts finds the same."""
     lex, text = _LEXICONS[which], "".join(pieces)
     assert lex.matches(text) == _one_search(lex, text)
+
+
+_ALL = Lexicons(_LEXICONS)
+
+
+@given(
+    st.lists(
+        st.sampled_from(_PIECES) | st.sampled_from([" ", "  ", "-", ".", ", ", "'", "_", "1"]),
+        max_size=40,
+    )
+)
+def test_lexicons_asked_at_once_find_what_each_one_search_finds(pieces):
+    """The same texts, every lexicon at once (a term of one letter, a phrase whose first word
+    has one letter, a term that starts with no letter among them)."""
+    text = "".join(pieces)
+    expected = [_one_search(lex, text) for lex in _LEXICONS]
+    assert _ALL.matches(text) == expected
+    assert _ALL.matches(words(text)) == [_one_search(lex, words(text)) for lex in _LEXICONS]
+
+
+def test_lexicons_asked_at_once_include_one_whose_terms_start_with_no_letter():
+    lexicons = Lexicons([Lexicon.of(["#fail", "bad"]), Lexicon.of(["b", "bad*"]), Lexicon.of([])])
+    assert lexicons.matches("so #fail, bad badly b") == [
+        ["#fail", "bad"],
+        ["bad", "badly", "b"],
+        [],
+    ]
 
 
 def test_a_match_hides_the_terms_within_it_and_a_term_may_start_with_no_letter():

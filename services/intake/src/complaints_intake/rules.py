@@ -3,12 +3,13 @@ negative wording, and the signals of public exposure and of a safety incident in
 
 from __future__ import annotations
 
+import itertools
 import tomllib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from complaints_intake.text import Lexicon, words
+from complaints_intake.text import Lexicon, Lexicons, words
 from complaints_shared.datafiles import read_data_file
 from complaints_shared.policy import IntakePolicy
 
@@ -43,6 +44,27 @@ class IntakeRules:
     weighted_negative: tuple[tuple[int, Lexicon], ...]
     public_exposure: dict[str, Lexicon]
     safety: dict[str, Lexicon]
+    # every lexicon above, in this order, asked about a text at once; and where each group's are
+    everything: Lexicons = field(init=False, repr=False, compare=False)
+    _groups: tuple[slice, ...] = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        groups = (
+            list(self.categories.values()),
+            [lexicon for _, lexicon in self.weighted_negative],
+            list(self.public_exposure.values()),
+            list(self.safety.values()),
+        )
+        object.__setattr__(self, "everything", Lexicons(itertools.chain(*groups)))
+        ends = list(itertools.accumulate(len(g) for g in groups))
+        bounds = tuple(slice(a, b) for a, b in zip([0, *ends[:-1]], ends, strict=True))
+        object.__setattr__(self, "_groups", bounds)
+
+    def _matches(self, norm: str) -> tuple[list[list[str]], ...]:
+        """What each lexicon finds in ``norm``: (categories, negative wording, public
+        exposure, safety), each in its lexicons' order."""
+        found = self.everything.matches(norm)
+        return tuple(found[g] for g in self._groups)
 
     @classmethod
     def load(cls, policy: IntakePolicy, override_dir: Path | None = None) -> IntakeRules:
@@ -60,8 +82,11 @@ class IntakeRules:
         (``norm``: the text normalised, when the caller has it already, best as
         :func:`~complaints_intake.text.words`; so in each method)."""
         norm = words(text) if norm is None else norm
-        public = tuple(c for c, lex in self.public_exposure.items() if lex.matches(norm))
-        safety = tuple(c for c, lex in self.safety.items() if lex.matches(norm))
+        _, _, public_found, safety_found = self._matches(norm)
+        public = tuple(
+            c for c, hits in zip(self.public_exposure, public_found, strict=True) if hits
+        )
+        safety = tuple(c for c, hits in zip(self.safety, safety_found, strict=True) if hits)
         if safety == (CHILD,):  # a child alone is no safety incident
             safety = ()
         return Signals(public, safety)
@@ -70,17 +95,15 @@ class IntakeRules:
         """The category with most keyword matches (ties: policy order), else ``other``."""
         norm = words(text) if norm is None else norm
         best, best_hits = "other", list[str]()
-        for category, lexicon in self.categories.items():
-            hits = lexicon.matches(norm)
+        for category, hits in zip(self.categories, self._matches(norm)[0], strict=True):
             if len(hits) > len(best_hits):
                 best, best_hits = category, hits
-        return best, best_hits
+        return best, list(best_hits)  # the text keeps what was found: a copy
 
     def negative_wording(self, text: str, norm: str | None = None) -> NegativeWording:
         norm = words(text) if norm is None else norm
         score, terms = 0, []
-        for weight, lexicon in self.weighted_negative:
-            hits = lexicon.matches(norm)
+        for (weight, _), hits in zip(self.weighted_negative, self._matches(norm)[1], strict=True):
             score += weight * len(hits)
             terms.extend(hits)
         letters = [c for c in text if c.isalpha()]
