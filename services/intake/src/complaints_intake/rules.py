@@ -56,9 +56,11 @@ class IntakeRules:
             list(self.safety.values()),
         )
         object.__setattr__(self, "everything", Lexicons(itertools.chain(*groups)))
-        ends = list(itertools.accumulate(len(g) for g in groups))
-        bounds = tuple(slice(a, b) for a, b in zip([0, *ends[:-1]], ends, strict=True))
-        object.__setattr__(self, "_groups", bounds)
+        bounds, start = [], 0
+        for group in groups:
+            bounds.append(slice(start, start + len(group)))
+            start += len(group)
+        object.__setattr__(self, "_groups", tuple(bounds))
 
     def _matches(self, norm: str) -> tuple[list[list[str]], ...]:
         """What each lexicon finds in ``norm``: (categories, negative wording, public
