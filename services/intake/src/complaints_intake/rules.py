@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from complaints_intake.text import Lexicon, Lexicons, words
+from complaints_intake.text import Found, Lexicon, Lexicons, words
 from complaints_shared.datafiles import read_data_file
 from complaints_shared.policy import IntakePolicy
 
@@ -62,10 +62,10 @@ class IntakeRules:
             start += len(group)
         object.__setattr__(self, "_groups", tuple(bounds))
 
-    def _matches(self, norm: str) -> tuple[list[list[str]], ...]:
+    def _matches(self, norm: str) -> tuple[Found, ...]:
         """What each lexicon finds in ``norm``: (categories, negative wording, public
         exposure, safety), each in its lexicons' order."""
-        found = self.everything.matches(norm)
+        found = self.everything.search(norm)
         return tuple(found[g] for g in self._groups)
 
     @classmethod
@@ -96,15 +96,15 @@ class IntakeRules:
     def suggest_category(self, text: str, norm: str | None = None) -> tuple[str, list[str]]:
         """The category with most keyword matches (ties: policy order), else ``other``."""
         norm = words(text) if norm is None else norm
-        best, best_hits = "other", list[str]()
+        best, best_hits = "other", tuple[str, ...]()
         for category, hits in zip(self.categories, self._matches(norm)[0], strict=True):
             if len(hits) > len(best_hits):
                 best, best_hits = category, hits
-        return best, list(best_hits)  # the text keeps what was found: a copy
+        return best, list(best_hits)
 
     def negative_wording(self, text: str, norm: str | None = None) -> NegativeWording:
         norm = words(text) if norm is None else norm
-        score, terms = 0, []
+        score, terms = 0, list[str]()
         for (weight, _), hits in zip(self.weighted_negative, self._matches(norm)[1], strict=True):
             score += weight * len(hits)
             terms.extend(hits)

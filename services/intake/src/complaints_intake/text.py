@@ -34,7 +34,7 @@ class Words(str):
         return _word_starts(self)
 
     @cached_property
-    def found(self) -> dict[Lexicons, list[list[str]]]:
+    def found(self) -> dict[Lexicons, Found]:
         """What each :class:`Lexicons` asked about the text found (kept with the text)."""
         return {}
 
@@ -73,7 +73,7 @@ class Lexicon:
     def matches(self, text: str) -> list[str]:
         """The distinct matched words/phrases of an already normalised text, in order (a
         :class:`Words` finds its word starts once for every lexicon)."""
-        return self._alone.matches(text)[0]
+        return list(self._alone.search(text)[0])
 
 
 def _key(stem: str) -> str:
@@ -86,6 +86,7 @@ def _key(stem: str) -> str:
 _WORD_CHARS = re.compile(r"\w\w")
 
 Candidates = tuple[tuple[int, re.Pattern[str]], ...]  # (which lexicon, its terms to try)
+Found = tuple[tuple[str, ...], ...]  # each lexicon's matches
 
 
 class Lexicons:
@@ -126,8 +127,12 @@ class Lexicons:
         self._by_one: dict[str, Candidates] = {k: tuple(v) for k, v in by_one.items()}
 
     def matches(self, text: str) -> list[list[str]]:
-        """Each lexicon's distinct matches in ``text`` (normalised), in order; a
-        :class:`Words` keeps them for the next call."""
+        """Each lexicon's distinct matches in ``text`` (normalised), in order."""
+        return [list(f) for f in self.search(text)]
+
+    def search(self, text: str) -> Found:
+        """:meth:`matches`, as a :class:`Words` keeps them for the next call (so immutable:
+        every caller gets the same)."""
         if isinstance(text, Words):
             kept = text.found.get(self)
             if kept is None:
@@ -135,7 +140,7 @@ class Lexicons:
             return kept
         return self._matches(text, _word_starts(text))
 
-    def _matches(self, text: str, starts: tuple[int, ...]) -> list[list[str]]:
+    def _matches(self, text: str, starts: tuple[int, ...]) -> Found:
         found: list[dict[str, None]] = [{} for _ in self.lexicons]
         searched_to = [0] * len(self.lexicons)  # each lexicon's search goes on after its match
         two, one = self._by_two.get, self._by_one.get
@@ -147,9 +152,9 @@ class Lexicons:
                 if start >= searched_to[i] and (m := term.match(text, start)):
                     found[i][m.group(0)] = None
                     searched_to[i] = m.end()
-        out = [list(f) for f in found]
+        out = [tuple(f) for f in found]
         for i in self._searched:
             pattern = self.lexicons[i].pattern
             assert pattern is not None
-            out[i] = list(dict.fromkeys(m.group(0) for m in pattern.finditer(text)))
-        return out
+            out[i] = tuple(dict.fromkeys(m.group(0) for m in pattern.finditer(text)))
+        return tuple(out)
