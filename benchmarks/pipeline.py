@@ -15,6 +15,10 @@ backlog growth over the second half of the load (complaints/s; ≈0 when it keep
 drain time, and the latency from receipt (intake's ``received_at``) to the first resolution
 event on Kafka (``CaseOpened``: the record's producer timestamp) and to the acknowledgement
 e-mail handed to the SMTP server (followup's ``sent_at``), p50/p99.
+
+The mail catcher stands in for the customers' mail servers, which are not on this machine: its
+spool is kept in memory (``/dev/shm``) where the machine has that file system, not on the disk
+PostgreSQL and Kafka write to (see :func:`spool_parent`).
 """
 
 from __future__ import annotations
@@ -232,6 +236,20 @@ async def _measure(
     }
 
 
+def spool_parent() -> Path | None:
+    """Where the mail catcher's spool goes: ``/dev/shm`` (memory) where there is one to write
+    to, else the default temporary directory (``None``).
+
+    On the disk the database and the broker write to, the catcher's file per message (create,
+    write, rename: 300 a second) disturbed what it stands beside.  In py-spy it spent 56-61% of
+    its time creating those files, in some runs with 11-20% of a core of kernel CPU, and the
+    whole pipeline's latency rose with it.  Three runs each, alternating, at 300/s: receipt →
+    ``CaseOpened`` p99 301-366 ms with the spool on disk, 205-242 ms in memory; acknowledgement
+    e-mails p99 1.9-3.6 s against 0.37-0.69 s.  The customers' mail servers are elsewhere."""
+    shm = Path("/dev/shm")
+    return shm if shm.is_dir() and os.access(shm, os.W_OK | os.X_OK) else None
+
+
 def _mail_catcher(spool: Path) -> tuple[subprocess.Popen[bytes], int]:
     """A local SMTP server spooling to a Maildir under ``spool``; the process and its port."""
     mail = spool / "maildir"  # Maildir makes its folders only for a path that does not exist
@@ -291,7 +309,7 @@ def bench(
     suffix = os.urandom(3).hex()
     databases = {s: h.create_database(f"bench_{s}_{suffix}") for s in (*SERVICES, "keyring")}
     prefix = f"benchpipe{suffix}."
-    spool = Path(tempfile.mkdtemp(prefix="bench-mail-"))
+    spool = Path(tempfile.mkdtemp(prefix="bench-mail-", dir=spool_parent()))
     catcher, smtp = _mail_catcher(spool)
     procs: list[subprocess.Popen[bytes]] = [catcher]
     ports = {s: free_port() for s in SERVICES}
@@ -336,7 +354,7 @@ def bench(
                 },
             )
         )
-        return {**figures, "stored": stored, **preloaded}
+        return {**figures, "stored": stored, "mail_spool": str(spool), **preloaded}
     finally:
         for proc in procs:
             _stop(proc)
@@ -433,7 +451,7 @@ def catch_up(
     databases = {s: h.create_database(f"bench_{s}_{suffix}") for s in (*SERVICES, "keyring")}
     dsns = {s: f"{h.server}/{databases[s]}" for s in SERVICES}
     prefix = f"benchcatch{suffix}."
-    spool = Path(tempfile.mkdtemp(prefix="bench-mail-"))
+    spool = Path(tempfile.mkdtemp(prefix="bench-mail-", dir=spool_parent()))
     catcher, smtp = _mail_catcher(spool)
     procs: list[subprocess.Popen[bytes]] = [catcher]
     ports = {s: free_port() for s in SERVICES}
