@@ -3,7 +3,10 @@
 Each request is due at ``start + i / rate``; it goes out on the first free keep-alive
 connection, and its latency counts from when it was due (a slow server is not allowed to
 lower the offered load, so queueing shows in the latency: no coordinated omission).  The
-client is plain asyncio streams, light enough to leave the cores to the servers.
+client is plain asyncio streams, light enough to leave the cores to the servers.  With
+``keep``, what it reads from each answer's body (a created resource's id) is kept with the
+request's due time on the wall clock, so that a later effect of the request (an event on
+Kafka) can be timed from when the request was due.
 """
 
 from __future__ import annotations
@@ -22,6 +25,8 @@ class Outcome:
     statuses: dict[int, int] = field(default_factory=dict)
     latencies: list[float] = field(default_factory=list)  # seconds, of the answered ones
     seconds: float = 0.0
+    # with ``keep``: what it read from each answered body → when that request was due (epoch s)
+    due_at: dict[str, float] = field(default_factory=dict)
 
     def percentile(self, p: float) -> float:
         if not self.latencies:
@@ -30,7 +35,7 @@ class Outcome:
         return ordered[min(len(ordered) - 1, int(p / 100 * len(ordered)))]
 
 
-async def _read_response(reader: asyncio.StreamReader) -> int:
+async def _read_response(reader: asyncio.StreamReader) -> tuple[int, bytes]:
     status_line = await reader.readline()
     if not status_line:
         raise ConnectionError("closed")
@@ -43,9 +48,7 @@ async def _read_response(reader: asyncio.StreamReader) -> int:
         name, _, value = line.partition(b":")
         if name.strip().lower() == b"content-length":
             length = int(value.strip())
-    if length:
-        await reader.readexactly(length)
-    return status
+    return status, (await reader.readexactly(length)) if length else b""
 
 
 async def run(
@@ -55,10 +58,11 @@ async def run(
     rate: float,
     seconds: float,
     connections: int = 64,
+    keep: Callable[[bytes], str | None] | None = None,
 ) -> Outcome:
     """Offer ``rate`` requests/s for ``seconds``; ``request(i)`` gives the i-th request's
-    bytes.  Returns what came back (requests still unanswered 10 s after the end count as
-    failed)."""
+    bytes; ``keep`` reads what to keep of a 2xx answer's body (see :attr:`Outcome.due_at`).
+    Returns what came back (requests still unanswered 10 s after the end count as failed)."""
     out = Outcome()
     free: asyncio.Queue[tuple[asyncio.StreamReader, asyncio.StreamWriter]] = asyncio.Queue()
     for _ in range(connections):
@@ -69,7 +73,7 @@ async def run(
         reader, writer = await free.get()
         try:
             writer.write(request(i))
-            status = await _read_response(reader)
+            status, body = await _read_response(reader)
         except (ConnectionError, asyncio.IncompleteReadError, ValueError, IndexError):
             out.failed += 1
             writer.close()
@@ -79,11 +83,13 @@ async def run(
         if 200 <= status < 300:
             out.ok += 1
             out.latencies.append(time.perf_counter() - due)
+            if keep is not None and (kept := keep(body)) is not None:
+                out.due_at[kept] = wall + (due - start)
         else:
             out.failed += 1
         free.put_nowait((reader, writer))
 
-    start = time.perf_counter()
+    start, wall = time.perf_counter(), time.time()
     total = int(rate * seconds)
     for i in range(total):
         due = start + i / rate

@@ -42,7 +42,9 @@ Stages (``--only`` picks some; all by default):
   in intake's database, against the same with the first count.
 - ``pipeline``: all four services at ``--rate`` complaints/s offered for ``--pipeline-seconds``
   (``benchmarks/pipeline.py``): POST latency, each stage's completion rate and backlog growth,
-  the drain time, and receipt → ``CaseOpened`` on Kafka (p50, p99).  The local mail catcher
+  the drain time, and POST → ``CaseOpened`` on Kafka (p50, p99: from when the client's
+  request was due) beside receipt → ``CaseOpened`` (from intake's ``received_at``, taken in
+  the transaction that writes the complaint).  The local mail catcher
   it hands the e-mails to keeps its spool in memory (``/dev/shm``) where there is one: it
   stands in for mail servers that are not on this machine (``pipeline.spool_parent``).
 - ``catchup``: a backlog of ``--catchup-complaints`` complaints that intake alone accepted
@@ -647,7 +649,7 @@ def stored_rows(f: dict[str, Any]) -> list[Row]:
 
 
 def stored_pipeline_rows(f: dict[str, Any]) -> list[Row]:
-    """Per count stored: the slowest stage's completion rate, receipt → ``CaseOpened`` p99 and
+    """Per count stored: the slowest stage's completion rate, POST → ``CaseOpened`` p99 and
     intake's CPU per complaint, each against the run with the first count."""
 
     def slowest(r: dict[str, Any]) -> float:
@@ -667,9 +669,9 @@ def stored_pipeline_rows(f: dict[str, Any]) -> list[Row]:
             _against_first(
                 f,
                 count,
-                f"  receipt → CaseOpened p99, {n} stored",
+                f"  POST → CaseOpened p99, {n} stored",
                 "ms",
-                lambda r: float(r["received_to_case_opened_p99_ms"]),
+                lambda r: float(r["post_to_case_opened_p99_ms"]),
             ),
             _against_first(
                 f,
@@ -701,16 +703,23 @@ def pipeline_rows(f: dict[str, Any]) -> list[Row]:
         Row("pipeline", "  POST p99 (open loop)", f["post_p99_ms"], "ms"),
         Row(
             "pipeline",
-            "  receipt → CaseOpened on Kafka, p50",
-            f["received_to_case_opened_p50_ms"],
+            "  POST → CaseOpened on Kafka, p50",
+            f["post_to_case_opened_p50_ms"],
             "ms",
         ),
         Row(
             "pipeline",
-            "  receipt → CaseOpened on Kafka, p99",
-            f["received_to_case_opened_p99_ms"],
+            "  POST → CaseOpened on Kafka, p99",
+            f["post_to_case_opened_p99_ms"],
             "ms",
             goal="< 250 ms at 300/s",
+        ),
+        *(
+            Row("pipeline", f"  receipt → CaseOpened on Kafka, {p}", f[key], "ms")
+            for p, key in (
+                ("p50", "received_to_case_opened_p50_ms"),
+                ("p99", "received_to_case_opened_p99_ms"),
+            )
         ),
         *(
             Row("pipeline", f"  receipt → acknowledgement e-mail sent, {p}", f[key], "ms")
