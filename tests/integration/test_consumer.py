@@ -28,6 +28,7 @@ from complaints_shared.consumer import (
     Subscription,
     defer,
     start_over,
+    watch_generations,
     write,
 )
 from complaints_shared.envelope import Event, decode_headers, to_kafka_record
@@ -1162,6 +1163,72 @@ async def test_an_idle_consumer_told_of_a_rebuild_in_its_process_starts_over_at_
     assert [(r["n"], r["c"]) for r in rows] == [(1, 1), (2, 1)]
     said = [r.getMessage() for r in caplog.records if "starting over" in r.getMessage()]
     assert said == [f"consumer {name}: starting over as generation 1"]
+
+
+async def test_an_idle_replica_elsewhere_hears_of_a_rebuild_and_starts_over_at_once(
+    infrastructure, pool, database, producer, topics, topic_prefix
+):
+    """A rebuild's transaction notifies (``start_over``): a replica in another process, which
+    nobody tells directly, hears it through ``watch_generations`` when it commits and starts
+    over within its idle poll.  A rebuild committed while no watch listened is noticed when
+    one connects."""
+    name = f"{topic_prefix}g"
+    await send(producer, topics[0], event(1))
+    metrics = ServiceMetrics()
+    runner = runner_for(
+        infrastructure, pool, producer, topics, {"Counted": record_effect}, metrics, name
+    )
+    runner.idle_poll_ms = 120_000  # an idle poll that outlasts the test unless it is cut short
+
+    async def connect() -> asyncpg.Connection:
+        return await asyncpg.connect(database)
+
+    async def rebuild() -> None:
+        async with pool.acquire() as conn, conn.transaction():
+            await start_over(conn, name)
+            await conn.execute("DELETE FROM inbox WHERE consumer = $1", name)
+            await conn.execute("DELETE FROM effects")
+
+    async def listening() -> bool:
+        return bool(
+            await pool.fetchval(
+                "SELECT count(*) FROM pg_stat_activity"
+                " WHERE datname = current_database() AND query LIKE 'LISTEN %generation%'"
+            )
+        )
+
+    async with Running(runner):
+        await counted(metrics, name, "the first record handled", processed=1)
+        watch = asyncio.create_task(watch_generations(connect, [runner]))
+        try:
+            await eventually(listening, what="the watch to listen")
+            await asyncio.sleep(0.5)  # idle again after the watch's first check
+            await rebuild()
+            await eventually(
+                lambda: pool.fetchval("SELECT count(*) = 1 FROM effects"),
+                timeout=20,
+                what="the record replayed under the new generation, within the idle poll",
+            )
+            assert runner.generation == 1
+        finally:
+            watch.cancel()
+            await asyncio.gather(watch, return_exceptions=True)
+
+        await asyncio.sleep(0.5)
+        await rebuild()  # nobody listens
+        await asyncio.sleep(1)
+        assert runner.generation == 1, "no watch listened: the idle poll goes on"
+        watch = asyncio.create_task(watch_generations(connect, [runner]))
+        try:
+            await eventually(
+                lambda: pool.fetchval("SELECT count(*) = 1 FROM effects"),
+                timeout=20,
+                what="the rebuild missed noticed once a watch connects",
+            )
+            assert runner.generation == 2
+        finally:
+            watch.cancel()
+            await asyncio.gather(watch, return_exceptions=True)
 
 
 class Stalls:

@@ -53,7 +53,11 @@ A rebuild starts the consumer over (:func:`start_over`, in the rebuild's transac
 generation moves on, every replica's next batch sees that and rolls back, and each replica
 rejoins under the new generation's consumer group, which has no committed offsets and so
 replays every partition from offset 0.  The generation is read under ``FOR SHARE`` in each
-batch's transaction, so a rebuild waits for batches in flight and none commits after it.
+batch's transaction, so a rebuild waits for batches in flight and none commits after it.  The
+rebuild's transaction also sends ``NOTIFY complaints_generation`` with the consumer's name: the
+replicas in other processes (:func:`watch_generations`) hear it when it commits and start over
+at once, as the rebuild's own replica does, rather than at their next batch or idle check
+(``GENERATION_CHECK_SECONDS``, which stays the fallback for a notification missed).
 """
 
 from __future__ import annotations
@@ -272,6 +276,8 @@ class _FlushedTransaction:
 
 
 GENERATION_CHECK_SECONDS = 5.0  # an idle replica still notices a rebuild this soon
+GENERATION_CHANNEL = "complaints_generation"  # NOTIFY'd with a consumer's name when it starts over
+GENERATION_PING_SECONDS = 30.0  # how often watch_generations checks its connection is alive
 IDLE_POLL_MS = 500  # how long a poll waits for records (records arriving end it at once)
 FETCH_WAIT_MS = 25  # see the module's docstring; 0: the broker answers at the first record
 FETCH_MIN_BYTES = 64 * 1024  # a fetch answered at once (about 60 records of these topics)
@@ -296,7 +302,59 @@ async def start_over(conn: asyncpg.Connection, consumer: str) -> int:
         " RETURNING generation",
         consumer,
     )
+    # delivered when the transaction commits, to every process's watch_generations
+    await conn.execute("SELECT pg_notify($1, $2)", GENERATION_CHANNEL, consumer)
     return generation
+
+
+async def watch_generations(
+    connect: Callable[[], Awaitable[asyncpg.Connection]],
+    runners: Sequence[ConsumerRunner],
+    retry: RetryPolicy | None = None,
+) -> None:
+    """Listen for rebuilds (:func:`start_over`, in any process) and tell this process's runners
+    of the consumer rebuilt to start over now (:meth:`ConsumerRunner.check_generation_soon`).
+
+    One dedicated connection (``connect``) for all of them.  Each time it is (re)connected
+    every runner checks its generation once, for a rebuild committed while nobody listened.
+    Its connection is checked every ``GENERATION_PING_SECONDS``; a lost one is made again with
+    backoff.  Meanwhile the runners' own checks (``GENERATION_CHECK_SECONDS``) still apply."""
+    by_name: dict[str, list[ConsumerRunner]] = {}
+    for runner in runners:
+        by_name.setdefault(runner.subscription.name, []).append(runner)
+    if not by_name:
+        return
+    backoff = (retry or RetryPolicy()).backoff()
+
+    def heard(_conn: object, _pid: int, _channel: str, consumer: str) -> None:
+        for runner in by_name.get(consumer, ()):
+            runner.check_generation_soon()
+
+    while True:
+        conn: asyncpg.Connection | None = None
+        try:
+            conn = await connect()
+            lost = asyncio.Event()
+            conn.add_termination_listener(lambda _conn, lost=lost: lost.set())
+            await conn.add_listener(GENERATION_CHANNEL, heard)
+            for runner in runners:
+                runner.check_generation_soon()
+            backoff.reset()
+            while not lost.is_set():
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(GENERATION_PING_SECONDS):
+                        await lost.wait()
+                if not lost.is_set():
+                    await conn.fetchval("SELECT 1")  # raises when the connection is gone
+        except Exception as exc:
+            if not is_transient(exc):
+                raise  # a defect: the supervisor logs it and starts the watch again
+            log.warning("generation watch: %s; listening again", type(exc).__name__)
+        finally:
+            if conn is not None and not conn.is_closed():
+                with contextlib.suppress(Exception):
+                    await asyncio.shield(conn.close(timeout=2))
+        await asyncio.sleep(backoff.next())
 
 
 def group_id(consumer: str, generation: int) -> str:

@@ -23,7 +23,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from complaints_shared import customers, redrive
 from complaints_shared.auth import Access, OidcVerifier, RateLimiter, check_declared, public
-from complaints_shared.consumer import ConsumerRunner, Subscription
+from complaints_shared.consumer import ConsumerRunner, Subscription, watch_generations
 from complaints_shared.db import application_name, create_pool
 from complaints_shared.eventstore import Clock, PostgresEventStore, Wakeup, unit_of_work, utc_now
 from complaints_shared.faults import Backoff, is_transient, supervise
@@ -296,6 +296,12 @@ def create_app(
             ("kafka-link", link.run),
             ("outbox-relay", lambda: link.then(relay.run)),
             *((f"consumer-{c.subscription.name}", lambda c=c: link.then(c.run)) for c in consumers),
+            # a rebuild in another process starts this one's consumers over at once
+            *(
+                [("generation-watch", lambda: watch_generations(relay.connect, consumers))]
+                if consumers
+                else []
+            ),
             *((getattr(job, "func", job).__name__, job) for job in spec.background(runtime)),
             (
                 "pruning",
