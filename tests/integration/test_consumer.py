@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import urllib.parse
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from datetime import UTC, datetime
 from typing import Any, cast
 
@@ -1094,12 +1095,6 @@ async def test_a_rebuild_waits_for_the_batch_in_flight_and_the_consumer_replays_
             await release.wait()
         await record_effect(conn, e)
 
-    async def rebuild() -> None:
-        async with pool.acquire() as conn, conn.transaction():
-            await start_over(conn, name)
-            await conn.execute("DELETE FROM inbox WHERE consumer = $1", name)
-            await conn.execute("DELETE FROM effects")
-
     for n in (1, 2):
         await send(producer, topics[0], event(n))
     metrics = ServiceMetrics()
@@ -1107,7 +1102,7 @@ async def test_a_rebuild_waits_for_the_batch_in_flight_and_the_consumer_replays_
         runner_for(infrastructure, pool, producer, topics, {"Counted": slow}, metrics, name)
     ) as runner:
         await asyncio.wait_for(entered.wait(), 30)
-        reset = asyncio.create_task(rebuild())
+        reset = asyncio.create_task(start_over_effects(pool, name))
         await asyncio.sleep(0.5)
         assert not reset.done(), "the reset must wait for the batch in flight"
         release.set()
@@ -1124,6 +1119,27 @@ async def test_a_rebuild_waits_for_the_batch_in_flight_and_the_consumer_replays_
     assert [(r["n"], r["c"]) for r in rows] == [(1, 1), (2, 1), (3, 1)]
 
 
+async def idle_after_one(  # type: ignore[no-untyped-def]
+    infrastructure, pool, producer, topics, metrics, name
+) -> ConsumerRunner:
+    """A runner of ``name`` with one record to handle, whose idle poll outlasts a test unless
+    it is cut short."""
+    await send(producer, topics[0], event(1))
+    runner = runner_for(
+        infrastructure, pool, producer, topics, {"Counted": record_effect}, metrics, name
+    )
+    runner.idle_poll_ms = 120_000
+    return runner
+
+
+async def start_over_effects(pool: asyncpg.Pool, name: str) -> None:
+    """A rebuild of consumer ``name``: started over, its inbox and effects cleared."""
+    async with pool.acquire() as conn, conn.transaction():
+        await start_over(conn, name)
+        await conn.execute("DELETE FROM inbox WHERE consumer = $1", name)
+        await conn.execute("DELETE FROM effects")
+
+
 async def test_an_idle_consumer_told_of_a_rebuild_in_its_process_starts_over_at_once(
     infrastructure, pool, producer, topics, topic_prefix, caplog
 ):
@@ -1132,12 +1148,8 @@ async def test_an_idle_consumer_told_of_a_rebuild_in_its_process_starts_over_at_
     poll to time out, and a poll cut short loses no record."""
     caplog.set_level(logging.INFO, logger="complaints_shared.consumer")
     name = f"{topic_prefix}g"
-    await send(producer, topics[0], event(1))
     metrics = ServiceMetrics()
-    runner = runner_for(
-        infrastructure, pool, producer, topics, {"Counted": record_effect}, metrics, name
-    )
-    runner.idle_poll_ms = 120_000  # an idle poll that outlasts the test unless it is cut short
+    runner = await idle_after_one(infrastructure, pool, producer, topics, metrics, name)
     async with Running(runner):
         await counted(metrics, name, "the first record handled", processed=1)
         await asyncio.sleep(0.5)  # idle: waiting for records in a poll
@@ -1148,10 +1160,7 @@ async def test_an_idle_consumer_told_of_a_rebuild_in_its_process_starts_over_at_
         await counted(metrics, name, "a record sent after a poll cut short", processed=2)
         await asyncio.sleep(0.5)
 
-        async with pool.acquire() as conn, conn.transaction():
-            await start_over(conn, name)
-            await conn.execute("DELETE FROM inbox WHERE consumer = $1", name)
-            await conn.execute("DELETE FROM effects")
+        await start_over_effects(pool, name)
         runner.check_generation_soon()
         await eventually(
             lambda: pool.fetchval("SELECT count(*) = 2 FROM effects"),
@@ -1173,21 +1182,11 @@ async def test_an_idle_replica_elsewhere_hears_of_a_rebuild_and_starts_over_at_o
     over within its idle poll.  A rebuild committed while no watch listened is noticed when
     one connects."""
     name = f"{topic_prefix}g"
-    await send(producer, topics[0], event(1))
     metrics = ServiceMetrics()
-    runner = runner_for(
-        infrastructure, pool, producer, topics, {"Counted": record_effect}, metrics, name
-    )
-    runner.idle_poll_ms = 120_000  # an idle poll that outlasts the test unless it is cut short
+    runner = await idle_after_one(infrastructure, pool, producer, topics, metrics, name)
 
     async def connect() -> asyncpg.Connection:
         return await asyncpg.connect(database)
-
-    async def rebuild() -> None:
-        async with pool.acquire() as conn, conn.transaction():
-            await start_over(conn, name)
-            await conn.execute("DELETE FROM inbox WHERE consumer = $1", name)
-            await conn.execute("DELETE FROM effects")
 
     async def listening() -> bool:
         return bool(
@@ -1197,38 +1196,35 @@ async def test_an_idle_replica_elsewhere_hears_of_a_rebuild_and_starts_over_at_o
             )
         )
 
-    async with Running(runner):
-        await counted(metrics, name, "the first record handled", processed=1)
+    @contextlib.asynccontextmanager
+    async def watching() -> AsyncIterator[None]:
         watch = asyncio.create_task(watch_generations(connect, [runner]))
         try:
-            await eventually(listening, what="the watch to listen")
-            await asyncio.sleep(0.5)  # idle again after the watch's first check
-            await rebuild()
-            await eventually(
-                lambda: pool.fetchval("SELECT count(*) = 1 FROM effects"),
-                timeout=20,
-                what="the record replayed under the new generation, within the idle poll",
-            )
-            assert runner.generation == 1
+            yield
         finally:
             watch.cancel()
             await asyncio.gather(watch, return_exceptions=True)
 
+    async def replayed(generation: int, what: str) -> None:
+        await eventually(
+            lambda: pool.fetchval("SELECT count(*) = 1 FROM effects"), timeout=20, what=what
+        )
+        assert runner.generation == generation
+
+    async with Running(runner):
+        await counted(metrics, name, "the first record handled", processed=1)
+        async with watching():
+            await eventually(listening, what="the watch to listen")
+            await asyncio.sleep(0.5)  # idle again after the watch's first check
+            await start_over_effects(pool, name)
+            await replayed(1, "the record replayed under the new generation, within the poll")
+
         await asyncio.sleep(0.5)
-        await rebuild()  # nobody listens
+        await start_over_effects(pool, name)  # nobody listens
         await asyncio.sleep(1)
         assert runner.generation == 1, "no watch listened: the idle poll goes on"
-        watch = asyncio.create_task(watch_generations(connect, [runner]))
-        try:
-            await eventually(
-                lambda: pool.fetchval("SELECT count(*) = 1 FROM effects"),
-                timeout=20,
-                what="the rebuild missed noticed once a watch connects",
-            )
-            assert runner.generation == 2
-        finally:
-            watch.cancel()
-            await asyncio.gather(watch, return_exceptions=True)
+        async with watching():
+            await replayed(2, "the rebuild missed noticed once a watch connects")
 
 
 class Stalls:
