@@ -373,7 +373,8 @@ def bench(
                 },
             )
         )
-        return {**figures, "stored": stored, "mail_spool": str(spool), **preloaded}
+        spooled = "memory" if spool_parent() is not None else "disk"
+        return {**figures, "stored": stored, "mail_spool": spooled, **preloaded}
     finally:
         for proc in procs:
             _stop(proc)

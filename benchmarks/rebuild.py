@@ -275,9 +275,7 @@ def bench(
             finally:
                 await admin.close()
                 await conn.close()
-            bare = await _read_bare(
-                h.bootstrap, [topics.intake, topics.resolution, topics.followup], total
-            )
+            bare = await _read_bare(h.bootstrap, read, total)
             return {
                 "complaints": complaints,
                 "events": total,

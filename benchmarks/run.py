@@ -44,9 +44,9 @@ Stages (``--only`` picks some; all by default):
   (``benchmarks/pipeline.py``): POST latency, each stage's completion rate and backlog growth,
   the drain time, and POST → ``CaseOpened`` on Kafka (p50, p99: from when the client's
   request was due) beside receipt → ``CaseOpened`` (from intake's ``received_at``, taken in
-  the transaction that writes the complaint).  The local mail catcher
-  it hands the e-mails to keeps its spool in memory (``/dev/shm``) where there is one: it
-  stands in for mail servers that are not on this machine (``pipeline.spool_parent``).
+  the transaction that writes the complaint).  The local mail catcher it hands the e-mails to
+  keeps its spool in memory (``/dev/shm``) where there is one: it stands in for mail servers
+  that are not on this machine (``pipeline.spool_parent``).
 - ``catchup``: a backlog of ``--catchup-complaints`` complaints that intake alone accepted
   (offered at 150/s) and published; then resolution, followup and learning start one after
   another, and each catches up with it (``benchmarks/pipeline.py``): its rate from its first
@@ -691,11 +691,7 @@ def pipeline_rows(f: dict[str, Any]) -> list[Row]:
         Row(
             "pipeline",
             f"POST accepted, {offered:.0f}/s offered for {f['seconds']:.0f} s"
-            + (
-                ""
-                if str(f.get("mail_spool", "")).startswith("/dev/shm")
-                else " (mail spool on disk)"
-            ),
+            + (" (mail spool on disk)" if f.get("mail_spool") == "disk" else ""),
             f["accepted"] / f["seconds"],
             "complaints/s",
             goal=f"{f['failed']} failed",

@@ -296,12 +296,9 @@ def create_app(
             ("kafka-link", link.run),
             ("outbox-relay", lambda: link.then(relay.run)),
             *((f"consumer-{c.subscription.name}", lambda c=c: link.then(c.run)) for c in consumers),
-            # a rebuild in another process starts this one's consumers over at once
-            *(
-                [("generation-watch", lambda: watch_generations(relay.connect, consumers))]
-                if consumers
-                else []
-            ),
+            # a rebuild in another process starts this one's consumers over at once (with no
+            # consumers, the watch returns at once: a job that returns is done)
+            ("generation-watch", lambda: watch_generations(relay.connect, consumers)),
             *((getattr(job, "func", job).__name__, job) for job in spec.background(runtime)),
             (
                 "pruning",
