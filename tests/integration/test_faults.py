@@ -3,15 +3,22 @@ start.  The network to the real servers is cut with a TCP proxy; nothing is fake
 
 from __future__ import annotations
 
+import gc
 import urllib.parse
+import warnings
+import weakref
 from pathlib import Path
 
 import httpx
 import pytest
 
+from complaints_intake.app import SPEC as INTAKE
+from complaints_shared.privacy import new_master_key
+from complaints_shared.service import create_app
+from complaints_shared.settings import ServiceSettings
 from tests.integration.conftest import StartPlatform
 from tests.integration.test_intake import complaint
-from tests.support import TcpProxy, behind, eventually, free_port, server_password
+from tests.support import TcpProxy, behind, eventually, free_port, serve, server_password
 
 pytestmark = pytest.mark.integration
 
@@ -114,6 +121,30 @@ async def test_intake_starts_and_takes_complaints_while_kafka_is_down_and_publis
         )
     finally:
         await broker.cut()
+
+
+async def test_a_service_stopped_before_the_broker_came_closes_its_kafka_client(
+    infrastructure, new_database, topic_prefix
+):
+    """A service that stops while the broker is still away leaves no Kafka client open: the
+    client's finaliser would log an error ("Unclosed AIOKafkaProducer") when it is collected."""
+    settings = ServiceSettings(
+        oidc_issuer=infrastructure.oidc_issuer,
+        topic_prefix=topic_prefix,
+        kafka_bootstrap=f"127.0.0.1:{free_port()}",  # nobody listens: no broker
+        database_url=await new_database(),
+        keyring_url=await new_database(),
+        keyring_master_key=new_master_key(),
+    )
+    server = await serve(create_app(INTAKE, settings))
+    producer = weakref.ref(server.app.state.runtime.producer)
+    await server.stop()
+    del server
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        gc.collect()
+    assert producer() is None  # collected: its finaliser ran
+    assert [str(w.message) for w in caught if "Unclosed" in str(w.message)] == []
 
 
 async def test_dead_letters_are_listed_and_replayed_by_admins_only(

@@ -549,7 +549,11 @@ class ConsumerRunner:
                 else self.max_poll_records
             ),
         )
-        await consumer.start()
+        try:
+            await consumer.start()
+        except BaseException:  # the broker went away meanwhile, say: the client is closed too
+            await self._stop(consumer)
+            raise
         checked = time.monotonic()
         lost_since: float | None = None  # when the client last lost its group coordinator
         upcoming: dict[TopicPartition, list[ConsumerRecord]] = {}

@@ -57,9 +57,9 @@ async def read_dead_letters(bootstrap: str, dlq_topic: str, consumers: set[str])
         enable_auto_commit=False,
         auto_offset_reset="earliest",
     )
-    await reader.start()
     latest: dict[tuple[str, str], Parked] = {}
     try:
+        await reader.start()
         tps = sorted(reader.assignment())
         ends = await reader.end_offsets(tps) if tps else {}
         while [tp for tp in tps if await reader.position(tp) < ends[tp]]:

@@ -330,8 +330,7 @@ def create_app(
             await verifier.aclose()
             if runtime.peers_http is not None:
                 await runtime.peers_http.aclose()
-            if link.up.is_set():
-                await producer.stop()
+            await producer.stop()  # also one never started: the broker did not come
             await keyring_pool.close()
             await pool.close()
             telemetry.provider.force_flush()

@@ -81,8 +81,8 @@ async def _served(bootstrap: str, names: list[str], partitions: int, within: flo
     reader = AIOKafkaConsumer(
         bootstrap_servers=bootstrap, enable_auto_commit=False, request_timeout_ms=int(within * 1000)
     )
-    await reader.start()
     try:  # the client retries a refused request quietly until it is answered
+        await reader.start()
         await reader.beginning_offsets(
             [TopicPartition(n, p) for n in names for p in range(partitions)]
         )
