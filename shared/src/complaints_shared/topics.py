@@ -53,8 +53,8 @@ async def ensure_topics(
 ) -> list[str]:
     """Create the topics that do not exist yet; return the ones created."""
     admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
-    await admin.start()
     try:
+        await admin.start()
         existing = set(await admin.list_topics())
         missing = [n for n in names if n not in existing]
         if missing:
@@ -98,8 +98,8 @@ async def delete_topics(bootstrap: str, prefix: str) -> list[str]:
     if not prefix:
         raise ValueError("a prefix is required: this never deletes a platform's own topics")
     admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
-    await admin.start()
     try:
+        await admin.start()
         mine = [t for t in await admin.list_topics() if t.startswith(prefix)]
         if mine:
             await admin.delete_topics(mine)
