@@ -328,7 +328,8 @@ def bench(
     suffix = os.urandom(3).hex()
     databases = {s: h.create_database(f"bench_{s}_{suffix}") for s in (*SERVICES, "keyring")}
     prefix = f"benchpipe{suffix}."
-    spool = Path(tempfile.mkdtemp(prefix="bench-mail-", dir=spool_parent()))
+    in_memory = spool_parent()
+    spool = Path(tempfile.mkdtemp(prefix="bench-mail-", dir=in_memory))
     catcher, smtp = _mail_catcher(spool)
     procs: list[subprocess.Popen[bytes]] = [catcher]
     ports = {s: free_port() for s in SERVICES}
@@ -373,7 +374,7 @@ def bench(
                 },
             )
         )
-        spooled = "memory" if spool_parent() is not None else "disk"
+        spooled = "memory" if in_memory is not None else "disk"
         return {**figures, "stored": stored, "mail_spool": spooled, **preloaded}
     finally:
         for proc in procs:

@@ -549,12 +549,6 @@ class ConsumerRunner:
                 else self.max_poll_records
             ),
         )
-        try:
-            await consumer.start()
-        except BaseException:  # the broker went away meanwhile, say: the client is closed too
-            await self._stop(consumer)
-            raise
-        checked = time.monotonic()
         lost_since: float | None = None  # when the client last lost its group coordinator
         upcoming: dict[TopicPartition, list[ConsumerRecord]] = {}
         # the offset commit of the batch before, in flight while the next batch runs (one at a
@@ -563,7 +557,9 @@ class ConsumerRunner:
         self._ahead.clear()
         for tp in list(self._next_offsets):  # a new consumer (group): where it is, unknown yet
             self._forget_lag(tp)
-        try:
+        try:  # the client is stopped below also when its start fails (the broker went away)
+            await consumer.start()
+            checked = time.monotonic()
             while True:
                 batch = upcoming or await self._poll(consumer)
                 upcoming = {}
