@@ -11,7 +11,7 @@ from datetime import UTC, datetime, timedelta
 import asyncpg
 import pytest
 from aiokafka import AIOKafkaConsumer
-from aiokafka.admin import AIOKafkaAdminClient
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 
 from complaints_shared.policy import RetentionPolicy
@@ -43,15 +43,25 @@ async def test_topics_are_created_with_infinite_retention(infrastructure, topic_
     assert seen == {t: ("-1", "-1") for t in topics.all()}
 
 
+@pytest.mark.parametrize("creator", ["this service", "another service, a moment before"])
 async def test_created_topics_are_served_when_ensure_topics_returns(
-    infrastructure, topic_prefix, caplog
+    infrastructure, topic_prefix, caplog, creator
 ):
     """A consumer group that starts on topics just created reads them without a refused
     offset request (which the Kafka client logs as an ERROR): the services starting on a
-    fresh platform log none."""
+    fresh platform log none, also the ones that find the topics another service has just
+    created (and so do not create them)."""
     topics = Topics(topic_prefix)
     names = [topics.intake, topics.resolution, topics.followup, topics.learning]
-    await ensure_topics(infrastructure.kafka_bootstrap, names, 3)
+    if creator != "this service":
+        admin = AIOKafkaAdminClient(bootstrap_servers=infrastructure.kafka_bootstrap)
+        await admin.start()
+        try:
+            await admin.create_topics([NewTopic(n, 3, 1) for n in names])
+        finally:
+            await admin.close()
+    created = await ensure_topics(infrastructure.kafka_bootstrap, names, 3)
+    assert sorted(created) == (sorted(names) if creator == "this service" else [])
     consumer = AIOKafkaConsumer(
         *names,
         bootstrap_servers=infrastructure.kafka_bootstrap,

@@ -51,11 +51,16 @@ class Topics:
 async def ensure_topics(
     bootstrap: str, names: list[str], partitions: int, replication_factor: int = 1
 ) -> list[str]:
-    """Create the topics that do not exist yet; return the ones created."""
+    """Create the topics that do not exist yet; return the ones created.  Returns once the
+    leader of every partition of ``names`` serves it, also of the topics that another service
+    has just created (found here, so not created)."""
     admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
     try:
         await admin.start()
-        existing = set(await admin.list_topics())
+        existing = {  # each topic's partitions
+            t["topic"]: [p["partition"] for p in t["partitions"]]
+            for t in await admin.describe_topics()
+        }
         missing = [n for n in names if n not in existing]
         if missing:
             # another service may create them in the meantime
@@ -67,27 +72,33 @@ async def ensure_topics(
                     ]
                 )
             log.info("created topics %s", ", ".join(missing))
-            await _served(bootstrap, missing, partitions)
+        await _served(
+            bootstrap,
+            [TopicPartition(n, p) for n in names for p in existing.get(n, range(partitions))],
+        )
         return missing
     finally:
         await admin.close()
 
 
-async def _served(bootstrap: str, names: list[str], partitions: int, within: float = 30) -> None:
-    """Until the leader of every partition of the new topics answers for it.  A broker names
-    a new partition's leader a moment before that leader serves it: a consumer asking for its
-    offsets meanwhile is refused (the Kafka client logs an ERROR and retries), so the services
-    starting on a fresh platform would each log one."""
+async def _served(bootstrap: str, partitions: list[TopicPartition], within: float = 30) -> None:
+    """Until the leader of each partition answers for it.  A broker names a new partition's
+    leader a moment before that leader serves it: a consumer asking for its offsets meanwhile
+    is refused (the Kafka client logs an ERROR and retries), so the services starting on a
+    fresh platform would each log one.  Partitions served already answer at once (about
+    30 ms for a service's topics)."""
     reader = AIOKafkaConsumer(
-        bootstrap_servers=bootstrap, enable_auto_commit=False, request_timeout_ms=int(within * 1000)
+        bootstrap_servers=bootstrap,
+        enable_auto_commit=False,
+        request_timeout_ms=int(within * 1000),
+        retry_backoff_ms=10,  # it first asks for the topics' metadata: not 100 ms a try
     )
     try:  # the client retries a refused request quietly until it is answered
         await reader.start()
-        await reader.beginning_offsets(
-            [TopicPartition(n, p) for n in names for p in range(partitions)]
-        )
+        await reader.beginning_offsets(partitions)
     except KafkaTimeoutError:  # the services' consumers retry as well: only noisier
-        log.warning("new topics not served within %.0f s: %s", within, ", ".join(names))
+        topics = sorted({tp.topic for tp in partitions})
+        log.warning("new topics not served within %.0f s: %s", within, ", ".join(topics))
     finally:
         await reader.stop()
 
