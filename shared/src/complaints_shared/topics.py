@@ -75,13 +75,21 @@ async def ensure_topics(
         await _served(
             bootstrap,
             [TopicPartition(n, p) for n in names for p in existing.get(n, range(partitions))],
+            # found: served already, or in a moment (another service has just created them);
+            # not waited for long: a partition whose leader is away (a cluster short of a
+            # broker) would hold the relay and the consumers back
+            within=NEW_TOPICS_SERVED_WITHIN if missing else TOPICS_SERVED_WITHIN,
         )
         return missing
     finally:
         await admin.close()
 
 
-async def _served(bootstrap: str, partitions: list[TopicPartition], within: float = 30) -> None:
+NEW_TOPICS_SERVED_WITHIN = 30.0  # seconds a start waits for the topics it has created
+TOPICS_SERVED_WITHIN = 5.0  # ... for topics that were there
+
+
+async def _served(bootstrap: str, partitions: list[TopicPartition], within: float) -> None:
     """Until the leader of each partition answers for it.  A broker names a new partition's
     leader a moment before that leader serves it: a consumer asking for its offsets meanwhile
     is refused (the Kafka client logs an ERROR and retries), so the services starting on a
@@ -91,14 +99,14 @@ async def _served(bootstrap: str, partitions: list[TopicPartition], within: floa
         bootstrap_servers=bootstrap,
         enable_auto_commit=False,
         request_timeout_ms=int(within * 1000),
-        retry_backoff_ms=10,  # it first asks for the topics' metadata: not 100 ms a try
+        retry_backoff_ms=25,  # it first asks for the topics' metadata: not 100 ms a try
     )
     try:  # the client retries a refused request quietly until it is answered
         await reader.start()
         await reader.beginning_offsets(partitions)
     except KafkaTimeoutError:  # the services' consumers retry as well: only noisier
         topics = sorted({tp.topic for tp in partitions})
-        log.warning("new topics not served within %.0f s: %s", within, ", ".join(topics))
+        log.warning("topics not served within %.0f s: %s", within, ", ".join(topics))
     finally:
         await reader.stop()
 
