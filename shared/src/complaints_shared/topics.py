@@ -94,7 +94,7 @@ async def _served(bootstrap: str, partitions: list[TopicPartition], within: floa
     leader a moment before that leader serves it: a consumer asking for its offsets meanwhile
     is refused (the Kafka client logs an ERROR and retries), so the services starting on a
     fresh platform would each log one.  Partitions served already answer at once (about
-    30 ms for a service's topics)."""
+    50 ms for a service's topics)."""
     reader = AIOKafkaConsumer(
         bootstrap_servers=bootstrap,
         enable_auto_commit=False,
