@@ -32,8 +32,8 @@ first record and are answered as it arrives (or after ``IDLE_FETCH_WAIT_MS`` wit
 a lone record is not held back, and an idle consumer sends a fetch every half second rather
 than every ``fetch_wait_ms``.  Every batch commits its offsets, although the inbox would make
 fewer commits safe: committing at most once a second (measured in the pipeline bench at 300
-complaints/s) took a fifth of Kafka's CPU per complaint, but PostgreSQL spent as much more and
-``CaseOpened`` came later.
+complaints/s) took a fifth to two fifths of Kafka's CPU per complaint, but PostgreSQL spent
+about as much more, and ``CaseOpened`` came later.
 
 While a batch's transaction waits on the database, the records fetched since are read
 (decoded, opened, validated; for a subscription whose handlers append to their events' streams,
