@@ -945,11 +945,14 @@ def main() -> None:
             created.append(name)
             return name
 
-        def next_stage(stage: str) -> None:
-            """Drop what the stages before made, then wait for quiet cores: a stage is not
-            measured beside the database's vacuuming of an earlier stage's tables."""
+        def drop_earlier() -> None:
+            """Drop the databases made so far: a run is not measured beside the database's
+            vacuuming of an earlier run's tables."""
             asyncio.run(drop_databases(server, created))
             created.clear()
+
+        def next_stage(stage: str) -> None:
+            drop_earlier()
             settle(stage, waits)
 
         def harness() -> http_intake.Harness:
@@ -981,8 +984,7 @@ def main() -> None:
             rows += stored_rows(details["stored"])
             details["stored_pipeline"] = {}
             for count in counts:
-                asyncio.run(drop_databases(server, created))  # the stage's or the last count's
-                created.clear()
+                drop_earlier()  # the stage's intake runs', or the last count's pipeline's
                 details["stored_pipeline"][str(count)] = pipeline.bench(
                     harness(),
                     rate=args.stored_rate,
