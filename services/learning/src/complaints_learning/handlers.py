@@ -222,13 +222,17 @@ def rounds(events: Sequence[Event[Any]]) -> list[dict[str, list[Row]]]:
     out: list[dict[str, list[Row]]] = []
     next_round: dict[UUID, int] = {}
     for e in events:
-        rows = FACTS[e.type].rows(e)
-        n = max((next_round.get(row[0], 0) for row in rows), default=0)
+        type_name = e.type
+        rows = FACTS[type_name].rows(e)
+        if len(rows) == 1:  # an event about one complaint (all but an erasure): no generator
+            n = next_round.get(rows[0][0], 0)
+        else:
+            n = max((next_round.get(row[0], 0) for row in rows), default=0)
         for row in rows:
             next_round[row[0]] = n + 1
         if len(out) == n:
             out.append({})
-        out[n].setdefault(e.type, []).extend(rows)
+        out[n].setdefault(type_name, []).extend(rows)
     return out
 
 
