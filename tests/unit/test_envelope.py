@@ -119,3 +119,9 @@ def test_an_unknown_type_is_read_as_unknown_not_rejected():
 def test_occurred_at_must_be_timezone_aware():
     with pytest.raises(ValueError):
         sample(occurred_at=datetime(2026, 5, 1, 9, 30))
+
+
+def test_headers_read_as_text_a_header_without_value_as_empty_the_last_of_a_name_winning():
+    headers = [("ce_id", b"first"), ("traceparent", None), ("ce_id", b"second")]
+    assert decode_headers(headers) == {"ce_id": "second", "traceparent": ""}
+    assert decode_headers(None) == {}
