@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import uuid
 from datetime import UTC, datetime, timedelta, timezone
 
@@ -125,3 +126,25 @@ def test_headers_read_as_text_a_header_without_value_as_empty_the_last_of_a_name
     headers = [("ce_id", b"first"), ("traceparent", None), ("ce_id", b"second")]
     assert decode_headers(headers) == {"ce_id": "second", "traceparent": ""}
     assert decode_headers(None) == {}
+
+
+def test_an_event_is_a_frozen_value_built_by_position_or_by_name():
+    event = sample()
+    by_position = Event(
+        event.event_id,
+        event.stream_id,
+        event.version,
+        event.occurred_at,
+        event.source,
+        event.payload,
+    )
+    assert by_position == event and hash(by_position) == hash(event)
+    assert dataclasses.astuple(by_position) == dataclasses.astuple(event)
+    assert dataclasses.replace(event, version=4).version == 4
+    assert dataclasses.replace(event, version=4).event_id == event.event_id
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        event.version = 4  # type: ignore[misc]
+    with pytest.raises(ValueError, match="versions start at 1"):
+        sample(version=0)
+    with pytest.raises(ValueError, match="versions start at 1"):
+        dataclasses.replace(event, version=0)

@@ -13,7 +13,7 @@ Invariants:
 from __future__ import annotations
 
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import cache
 from typing import Annotated, Any, ClassVar, TypeVar
 
@@ -145,10 +145,12 @@ class PersonalField:
 
     path: tuple[str, ...]
     nullable: bool
+    # its path as the JSON Schemas and the sealed values' associated data name it: joined once,
+    # not for every value sealed or opened
+    dotted: str = field(init=False, repr=False, compare=False)
 
-    @property
-    def dotted(self) -> str:
-        return ".".join(self.path)
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "dotted", ".".join(self.path))
 
 
 @cache
