@@ -149,6 +149,12 @@ def test_a_wrong_nested_field_is_refused_when_built_but_tolerated_when_read():
     newer = received.to_json() | {"from_v3": 1}
     newer["customer"] = newer["customer"] | {"nickname": "A"}
     assert REGISTRY.parse("ComplaintReceived", newer) == received
+    # as it travels: JSON types only, nested models and enums included, as model_dump gives
+    travels = received.to_json()
+    assert travels == received.model_dump(mode="json")
+    assert travels["received_at"] == "2026-01-05T09:00:00Z"
+    assert travels["channel"] == "email" and travels["severity"] == "medium"
+    assert travels["customer"]["email"] == "ana@example.pt"
 
 
 def test_event_names_are_unique():
