@@ -60,5 +60,5 @@ async def rebuild(request: Request, rt: RuntimeDep) -> Rebuild:
 
 async def _project(conn: asyncpg.Connection, events: list[Event[DomainEvent]]) -> None:
     problem = fold(events)
-    if problem is not None:
-        await project(conn, events, problem)
+    if problem is not None:  # the facts are empty: the replay links the complaints again
+        await project(conn, events, problem, link=False)
