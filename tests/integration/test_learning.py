@@ -12,6 +12,7 @@ import httpx
 import pytest
 from aiokafka import AIOKafkaProducer
 
+from complaints_learning.api import admin
 from complaints_learning.handlers import subscriptions as learning_subscriptions
 from complaints_shared import eventstore
 from complaints_shared.envelope import Event, from_kafka_record, to_kafka_record
@@ -499,6 +500,49 @@ async def test_insights_match_hand_computed_numbers_and_replay_gives_identical_a
     assert await answers(http, learning) == first
     assert [tuple(r) for r in await p.pool("learning").fetch(links)] == linked
     assert await topic_size(bootstrap(p), f"{p.prefix}complaints.learning.v1") == own_events
+
+
+async def test_a_rebuild_projects_what_was_appended_while_it_read_the_problems_unlocked(
+    start_platform: StartPlatform, http, monkeypatch
+):
+    """The rebuild reads every problem's events before it takes the read models' locks (they
+    answer meanwhile); what is appended after that read (here an action planned) is read
+    under the locks, so the problem's row is not left behind."""
+    p = await start_platform("learning")
+    learning = p.url("learning")
+    await publish(p, data_set())
+    await eventually(processed(p, len(data_set())), what="every event processed")
+    [problem] = (await http.get(f"{learning}/problems")).json()["items"]
+    assert problem["status"] == "open"
+    pid = problem["problem_id"]
+
+    read_unlocked = admin.fold_all
+    answered_meanwhile: list[int] = []
+
+    async def then_plan_an_action(*args: Any) -> Any:
+        folded = await read_unlocked(*args)
+        answered_meanwhile.append((await http.get(f"{learning}/problems")).status_code)
+        planned = await http.post(
+            f"{learning}/problems/{pid}/corrective-actions",
+            json={
+                "type": "change_policy",
+                "description": "Let staff refund without a receipt",
+                "owner": "quality-lead",
+                "due_at": "2099-01-01T00:00:00Z",
+            },
+        )
+        assert planned.status_code == 201, planned.text
+        return folded
+
+    monkeypatch.setattr(admin, "fold_all", then_plan_an_action)
+    r = await http.post(f"{learning}/admin/rebuild")
+    assert r.status_code == 200 and r.json() == {"problems": 1, "replaying": True}
+    assert answered_meanwhile == [200]
+    [row] = (await http.get(f"{learning}/problems")).json()["items"]
+    history = (await http.get(f"{learning}/problems/{pid}")).json()
+    assert (row["status"], history["status"]) == ("fixing", "fixing")
+    assert row["occurrences"] == problem["occurrences"] == 3
+    assert row["opened_at"] == problem["opened_at"]
 
 
 async def test_a_fix_without_recurrence_for_the_verification_window_resolves_the_problem(

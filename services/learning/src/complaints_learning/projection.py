@@ -3,16 +3,19 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
 from uuid import UUID
 
 import asyncpg
 
-from complaints_learning.domain import Problem, counted_by, fold
+from complaints_learning.domain import Problem, counted_by, evolve, fold
 from complaints_learning.resources import LearningResources
 from complaints_shared.envelope import Event
 from complaints_shared.errors import NotFound
 from complaints_shared.events import DomainEvent
 from complaints_shared.events import learning as ev
+from complaints_shared.eventstore import PostgresEventStore
 from complaints_shared.repository import Repository
 from complaints_shared.service import Runtime
 
@@ -31,26 +34,37 @@ def problems(rt: Runtime) -> Repository[Problem | None]:
 
 
 async def project(
-    conn: asyncpg.Connection,
-    events: Sequence[Event[DomainEvent]],
-    problem: Problem,
-    *,
-    link: bool = True,
+    conn: asyncpg.Connection, events: Sequence[Event[DomainEvent]], problem: Problem
 ) -> None:
-    """Refresh the problem's row and link the complaints the events counted (one statement).
-
-    ``link=False``: the row alone, for a rebuild's reset, which has just emptied the
-    complaints' facts (its replay links them again); linking a large problem's every
-    complaint there took about an eighth of the reset's time, and changed nothing."""
-    opened = next((e.occurred_at for e in events if isinstance(e.payload, ev.ProblemOpened)), None)
-    last = max(e.occurred_at for e in events)
-    s = problem.signature
+    """Refresh the problem's row and link the complaints the events counted (one statement)."""
     # the complaints these events counted (not all of the problem's again: one row per
     # occurrence, however large the problem grows); a withdrawn one is unlinked by the handler
-    linked: list[UUID] = []
-    if link:
-        counted = {str(c) for e in events for c in counted_by(e.payload)}
-        linked = [UUID(c) for c in counted if c in problem.complaints]
+    counted = {str(c) for e in events for c in counted_by(e.payload)}
+    await write_row(
+        conn,
+        problem,
+        opened=next(
+            (e.occurred_at for e in events if isinstance(e.payload, ev.ProblemOpened)), None
+        ),
+        last=max(e.occurred_at for e in events),
+        occurred=any(isinstance(e.payload, OCCURRENCES) for e in events),
+        linked=[UUID(c) for c in counted if c in problem.complaints],
+    )
+
+
+async def write_row(
+    conn: asyncpg.Connection,
+    problem: Problem,
+    *,
+    opened: datetime | None,
+    last: datetime,
+    occurred: bool,
+    linked: Sequence[UUID] = (),
+) -> None:
+    """The problem's row, as of events that opened it at ``opened`` (None: not among them)
+    and the latest of which happened at ``last`` (its last occurrence, if ``occurred``: any
+    of them counted a complaint), and the complaints in ``linked`` linked to it."""
+    s = problem.signature
     await conn.execute(
         "WITH p AS (INSERT INTO problems (problem_id, signature, root_cause, category, product,"
         " status, occurrences, recurrences_after_fix, opened_at, fixed_at, resolved_at,"
@@ -73,9 +87,59 @@ async def project(
         problem.resolved_at,
         last,
         problem.version,
-        any(isinstance(e.payload, OCCURRENCES) for e in events),
-        linked,
+        occurred,
+        list(linked),
     )
+
+
+@dataclass
+class Folded:
+    """A problem's state as of the events added so far, and what its row needs of them
+    (:func:`write_row`): for a rebuild, which reads every problem's events once."""
+
+    last: datetime  # when the latest of them happened
+    problem: Problem | None = None
+    version: int = 0
+    opened: datetime | None = None
+    occurred: bool = False
+
+    def add(self, e: Event[DomainEvent]) -> None:
+        self.problem = evolve(self.problem, e)
+        self.version = e.version
+        if self.opened is None and isinstance(e.payload, ev.ProblemOpened):
+            self.opened = e.occurred_at
+        self.last = max(self.last, e.occurred_at)
+        self.occurred = self.occurred or isinstance(e.payload, OCCURRENCES)
+
+
+async def fold_all(conn: asyncpg.Connection, store: PostgresEventStore) -> dict[UUID, Folded]:
+    """Every stream's state, its events read a chunk at a time (none kept)."""
+    folded: dict[UUID, Folded] = {}
+    async for chunk in store.scan(conn):
+        for e in chunk:
+            f = folded.get(e.stream_id)
+            if f is None:
+                f = folded[e.stream_id] = Folded(e.occurred_at)
+            f.add(e)
+    return folded
+
+
+async def catch_up(
+    conn: asyncpg.Connection, store: PostgresEventStore, folded: dict[UUID, Folded]
+) -> None:
+    """Add to ``folded`` (:func:`fold_all`) the events appended since it was read, new
+    streams' too."""
+    behind: dict[UUID, int] = {}  # stream → the first version not added yet
+    latest = "SELECT stream_id, max(version) AS version FROM events GROUP BY stream_id"
+    for r in await conn.fetch(latest):
+        f = folded.get(r["stream_id"])
+        if f is None or r["version"] > f.version:
+            behind[r["stream_id"]] = 1 if f is None else f.version + 1
+    if behind:
+        for stream_id, events in (await store.load_many(conn, behind)).items():
+            f = folded.setdefault(stream_id, Folded(events[0].occurred_at))
+            for e in events:
+                f.add(e)
 
 
 async def load_problem(

@@ -2,16 +2,12 @@
 
 from __future__ import annotations
 
-import asyncpg
 from fastapi import APIRouter, Request
 from pydantic import BaseModel
 
-from complaints_learning.domain import fold
-from complaints_learning.projection import project
+from complaints_learning.projection import catch_up, fold_all, write_row
 from complaints_shared.auth import access
 from complaints_shared.consumer import start_over
-from complaints_shared.envelope import Event
-from complaints_shared.events import DomainEvent
 from complaints_shared.service import RuntimeDep
 
 ADMIN = access("admin")
@@ -36,29 +32,22 @@ class Rebuild(BaseModel):
 )
 async def rebuild(request: Request, rt: RuntimeDep) -> Rebuild:
     background = request.app.state.background
+    # first every problem's state from learning's own events, with nothing locked: the read
+    # models answer meanwhile (this read grows with the problems' events)
+    async with rt.transaction() as conn:
+        folded = await fold_all(conn, rt.store)
     async with rt.transaction() as conn:
         for c in background.consumers:
             # first: waits for batches in flight, and no batch of the old generation commits
             await start_over(conn, c.subscription.name)
             await conn.execute("DELETE FROM inbox WHERE consumer = $1", c.subscription.name)
         await conn.execute("TRUNCATE complaint_facts, occurrences, problems")
-        streams = 0
-        stream: list[Event[DomainEvent]] = []  # one problem's events, as the scan reads them
-        async for chunk in rt.store.scan(conn):
-            for e in chunk:
-                if stream and e.stream_id != stream[0].stream_id:
-                    await _project(conn, stream)
-                    streams, stream = streams + 1, []
-                stream.append(e)
-        if stream:
-            await _project(conn, stream)
-            streams += 1
+        # what was appended since the first read (a batch, an action planned), read now that
+        # no one else can write a problem's row until this commits
+        await catch_up(conn, rt.store, folded)
+        for f in folded.values():
+            if f.problem is not None:  # its complaints' facts are empty: the replay links them
+                await write_row(conn, f.problem, opened=f.opened, last=f.last, occurred=f.occurred)
     for c in background.consumers:
         c.check_generation_soon()  # committed: this replica's consumers start over now
-    return Rebuild(problems=streams, replaying=True)
-
-
-async def _project(conn: asyncpg.Connection, events: list[Event[DomainEvent]]) -> None:
-    problem = fold(events)
-    if problem is not None:  # the facts are empty: the replay links the complaints again
-        await project(conn, events, problem, link=False)
+    return Rebuild(problems=len(folded), replaying=True)
