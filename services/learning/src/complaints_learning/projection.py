@@ -37,33 +37,45 @@ async def project(
     conn: asyncpg.Connection, events: Sequence[Event[DomainEvent]], problem: Problem
 ) -> None:
     """Refresh the problem's row and link the complaints the events counted (one statement)."""
+    row = Folded(events[0].occurred_at, problem)
+    for e in events:
+        row.note(e)
     # the complaints these events counted (not all of the problem's again: one row per
     # occurrence, however large the problem grows); a withdrawn one is unlinked by the handler
     counted = {str(c) for e in events for c in counted_by(e.payload)}
-    await write_row(
-        conn,
-        problem,
-        opened=next(
-            (e.occurred_at for e in events if isinstance(e.payload, ev.ProblemOpened)), None
-        ),
-        last=max(e.occurred_at for e in events),
-        occurred=any(isinstance(e.payload, OCCURRENCES) for e in events),
-        linked=[UUID(c) for c in counted if c in problem.complaints],
-    )
+    await write_row(conn, row, linked=[UUID(c) for c in counted if c in problem.complaints])
 
 
-async def write_row(
-    conn: asyncpg.Connection,
-    problem: Problem,
-    *,
-    opened: datetime | None,
-    last: datetime,
-    occurred: bool,
-    linked: Sequence[UUID] = (),
-) -> None:
-    """The problem's row, as of events that opened it at ``opened`` (None: not among them)
-    and the latest of which happened at ``last`` (its last occurrence, if ``occurred``: any
-    of them counted a complaint), and the complaints in ``linked`` linked to it."""
+@dataclass
+class Folded:
+    """A problem's state as of the events added so far, and what its row takes of them: when
+    the first opened it, when the latest happened, whether any counted a complaint."""
+
+    last: datetime
+    problem: Problem | None = None
+    version: int = 0
+    opened: datetime | None = None
+    occurred: bool = False
+
+    def add(self, e: Event[DomainEvent]) -> None:
+        """The state after ``e``, and what the row takes of it (a rebuild's read)."""
+        self.problem = evolve(self.problem, e)
+        self.version = e.version
+        self.note(e)
+
+    def note(self, e: Event[DomainEvent]) -> None:
+        """What the row takes of ``e``, which :attr:`problem` includes already."""
+        if self.opened is None and isinstance(e.payload, ev.ProblemOpened):
+            self.opened = e.occurred_at
+        self.last = max(self.last, e.occurred_at)
+        self.occurred = self.occurred or isinstance(e.payload, OCCURRENCES)
+
+
+async def write_row(conn: asyncpg.Connection, row: Folded, linked: Sequence[UUID] = ()) -> None:
+    """The problem's row (``row.occurred``: its last occurrence is ``row.last``), and the
+    complaints in ``linked`` linked to it."""
+    problem = row.problem
+    assert problem is not None, "a row is written for a problem that exists"
     s = problem.signature
     await conn.execute(
         "WITH p AS (INSERT INTO problems (problem_id, signature, root_cause, category, product,"
@@ -82,34 +94,14 @@ async def write_row(
         problem.status,
         len(problem.complaints),
         problem.recurrences_after_fix,
-        opened or last,
+        row.opened or row.last,
         problem.fixed_at,
         problem.resolved_at,
-        last,
+        row.last,
         problem.version,
-        occurred,
+        row.occurred,
         list(linked),
     )
-
-
-@dataclass
-class Folded:
-    """A problem's state as of the events added so far, and what its row needs of them
-    (:func:`write_row`): for a rebuild, which reads every problem's events once."""
-
-    last: datetime  # when the latest of them happened
-    problem: Problem | None = None
-    version: int = 0
-    opened: datetime | None = None
-    occurred: bool = False
-
-    def add(self, e: Event[DomainEvent]) -> None:
-        self.problem = evolve(self.problem, e)
-        self.version = e.version
-        if self.opened is None and isinstance(e.payload, ev.ProblemOpened):
-            self.opened = e.occurred_at
-        self.last = max(self.last, e.occurred_at)
-        self.occurred = self.occurred or isinstance(e.payload, OCCURRENCES)
 
 
 async def fold_all(conn: asyncpg.Connection, store: PostgresEventStore) -> dict[UUID, Folded]:

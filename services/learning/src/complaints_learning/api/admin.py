@@ -47,7 +47,7 @@ async def rebuild(request: Request, rt: RuntimeDep) -> Rebuild:
         await catch_up(conn, rt.store, folded)
         for f in folded.values():
             if f.problem is not None:  # its complaints' facts are empty: the replay links them
-                await write_row(conn, f.problem, opened=f.opened, last=f.last, occurred=f.occurred)
+                await write_row(conn, f)
     for c in background.consumers:
         c.check_generation_soon()  # committed: this replica's consumers start over now
     return Rebuild(problems=len(folded), replaying=True)
