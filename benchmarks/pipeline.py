@@ -17,7 +17,9 @@ to the first resolution event on Kafka (``CaseOpened``: the record's producer ti
 a client of the platform waits for; and from receipt (intake's ``received_at``, taken in the
 transaction that writes the complaint, after the request's queueing, its HTTP handling and
 its wait for a group) to ``CaseOpened`` and to the acknowledgement e-mail handed to the SMTP
-server (followup's ``sent_at``).
+server (followup's ``sent_at``).  Receipt → ``CaseOpened`` is also split into its two hops at
+``ComplaintReceived`` on Kafka (its record's producer timestamp): intake's relay, then
+resolution's fetch, batch and relay.
 
 The mail catcher stands in for the customers' mail servers, which are not on this machine: its
 spool is kept in memory (``/dev/shm``) where the machine has that file system, not on the disk
@@ -123,21 +125,24 @@ async def _measure(
     rate: float,
     seconds: float,
     bootstrap: str,
-    topic: str,
+    topics: tuple[str, str],
     drain_within: float,
     pids: dict[str, list[int]],
 ) -> dict[str, Any]:
     run = uuid.uuid4().hex[:6]
     conns = {s: await asyncpg.connect(dsns[s]) for s in SERVICES}
     opened: dict[str, float] = {}
-    reader = AIOKafkaConsumer(topic, bootstrap_servers=bootstrap, auto_offset_reset="earliest")
+    published: dict[str, float] = {}  # ComplaintReceived on Kafka (intake's relay's hop)
+    reader = AIOKafkaConsumer(*topics, bootstrap_servers=bootstrap, auto_offset_reset="earliest")
     await reader.start()
 
     async def read_opened() -> None:
         async for record in reader:
             headers = {k: v.decode() for k, v in record.headers or ()}
-            if headers.get("ce_type", "").endswith(".CaseOpened") and record.key:
-                opened.setdefault(record.key.decode(), record.timestamp / 1000)
+            kind = headers.get("ce_type", "").rsplit(".", 1)[-1]
+            seen = {"CaseOpened": opened, "ComplaintReceived": published}.get(kind)
+            if seen is not None and record.key:
+                seen.setdefault(record.key.decode(), record.timestamp / 1000)
 
     watching = asyncio.create_task(read_opened())
     samples: list[tuple[float, dict[str, int]]] = []
@@ -214,6 +219,12 @@ async def _measure(
             "backlog_at_end": (during[-1][1]["intake"] - during[-1][1][s]) if during else None,
         }
     to_opened = sorted(opened[cid] - received[cid] for cid in opened if cid in received)
+    # the two hops of receipt → CaseOpened: intake's relay (receipt → ComplaintReceived on
+    # Kafka), then resolution (its fetch, its batch, its relay: → CaseOpened on Kafka)
+    to_published = sorted(published[cid] - received[cid] for cid in published if cid in received)
+    to_opened_from_published = sorted(
+        opened[cid] - published[cid] for cid in opened if cid in published
+    )
     # from when the POST was due (the open-loop client's clock): what a client waits for, its
     # request's queueing, HTTP handling and wait for its group included
     from_post = sorted(opened[cid] - load.due_at[cid] for cid in opened if cid in load.due_at)
@@ -240,6 +251,10 @@ async def _measure(
         "received_to_case_opened_p99_ms": round(pct(to_opened, 99) * 1000, 1),
         "received_to_case_opened_max_ms": round(max(to_opened, default=float("nan")) * 1000, 1),
         "cases_opened_seen": len(to_opened),
+        "received_to_published_p50_ms": round(pct(to_published, 50) * 1000, 1),
+        "received_to_published_p99_ms": round(pct(to_published, 99) * 1000, 1),
+        "published_to_case_opened_p50_ms": round(pct(to_opened_from_published, 50) * 1000, 1),
+        "published_to_case_opened_p99_ms": round(pct(to_opened_from_published, 99) * 1000, 1),
         # the acknowledgement e-mail handed to the SMTP server (followup's ``sent_at``)
         "received_to_acknowledgement_sent_p50_ms": round(pct(to_mailed, 50) * 1000, 1),
         "received_to_acknowledgement_sent_p99_ms": round(pct(to_mailed, 99) * 1000, 1),
@@ -365,7 +380,8 @@ def bench(
                 rate=rate,
                 seconds=seconds,
                 bootstrap=h.bootstrap,
-                topic=f"{prefix}complaints.resolution.v2",
+                # ComplaintReceived's and CaseOpened's: each hop's share of the latency
+                topics=(f"{prefix}complaints.intake.v2", f"{prefix}complaints.resolution.v2"),
                 drain_within=max(60.0, seconds * 2),
                 pids={
                     "mail catcher": [procs[0].pid],
