@@ -151,9 +151,10 @@ def new_producer(bootstrap: str, client_id: str | None = None) -> AIOKafkaProduc
     """A producer as the services publish with: idempotent, ``acks=all``, records sent as soon
     as its sender runs (no linger).  The relay hands it a whole batch of rows before it lets the
     event loop run, so they travel together without one; a linger of 5 ms only held every hop
-    back (``./dev bench --only pipeline``, two alternating pairs: receipt → ``ComplaintReceived``
-    on Kafka p50 25-27 ms against 32-36, ``POST`` → ``CaseOpened`` p99 253-287 ms against
-    313-452, Kafka's CPU per complaint unchanged).  A partition's batches go one at a time, so a
+    back (``./dev bench --only pipeline``, four alternating pairs: receipt →
+    ``ComplaintReceived`` on Kafka p50 25-32 ms against 32-36, ``POST`` → ``CaseOpened`` p50
+    128-155 ms against 153-166 and p99 253-287 ms against 284-452, lower in every pair; Kafka's
+    CPU per complaint unchanged).  A partition's batches go one at a time, so a
     batch of up to 256 KiB (the client's default is 16 KiB) lets a backlog go in fewer round
     trips: the relay drained one 20-30% faster in ``./dev bench --only relay``.  It stays under
     the brokers' default record-batch limit (1 MiB, ``max.message.bytes``)."""
