@@ -46,7 +46,8 @@ Stages (``--only`` picks some; all by default):
   (``benchmarks/pipeline.py``): POST latency, each stage's completion rate and backlog growth,
   the drain time, and POST → ``CaseOpened`` on Kafka (p50, p99: from when the client's
   request was due) beside receipt → ``CaseOpened`` (from intake's ``received_at``, taken in
-  the transaction that writes the complaint).  The local mail catcher it hands the e-mails to
+  the transaction that writes the complaint), and that split at ``ComplaintReceived`` on Kafka
+  into its two hops (intake's relay, then resolution's fetch, batch and relay).  The local mail catcher it hands the e-mails to
   keeps its spool in memory (``/dev/shm``) where there is one: it stands in for mail servers
   that are not on this machine (``pipeline.spool_parent``).
 - ``catchup``: a backlog of ``--catchup-complaints`` complaints that intake alone accepted
