@@ -47,9 +47,9 @@ Stages (``--only`` picks some; all by default):
   the drain time, and POST → ``CaseOpened`` on Kafka (p50, p99: from when the client's
   request was due) beside receipt → ``CaseOpened`` (from intake's ``received_at``, taken in
   the transaction that writes the complaint), and that split at ``ComplaintReceived`` on Kafka
-  into its two hops (intake's relay, then resolution's fetch, batch and relay).  The local mail catcher it hands the e-mails to
-  keeps its spool in memory (``/dev/shm``) where there is one: it stands in for mail servers
-  that are not on this machine (``pipeline.spool_parent``).
+  into its two hops (intake's relay, then resolution's fetch, batch and relay).  The local
+  mail catcher it hands the e-mails to keeps its spool in memory (``/dev/shm``) where there is
+  one: it stands in for mail servers that are not on this machine (``pipeline.spool_parent``).
 - ``catchup``: a backlog of ``--catchup-complaints`` complaints that intake alone accepted
   (offered at 150/s) and published; then resolution, followup and learning start one after
   another, and each catches up with it (``benchmarks/pipeline.py``): its rate from its first
@@ -324,27 +324,18 @@ async def event_path(
         # in rounds, each kind a share of the events per round and first in turn, so that what
         # the machine does meanwhile weighs on each alike; each rate from its rounds' total time
         kinds: list[tuple[str, Callable[[slice], Any]]] = [("raw", raw_all), ("store", store_all)]
-        spent: dict[str, float] = {}
         recorder: reference.Reference | None = None
         if "append" in stages:  # the cold appends and the eventsourcing recorder's, in turn too
             kinds.append(("cold", cold_all))
-            made = await asyncio.to_thread(reference.Reference, dsn, password, WRITERS)
-            recorder = made
+            recorder = made = await asyncio.to_thread(reference.Reference, dsn, password, WRITERS)
             theirs = made.events([json.dumps(d).encode() for d in sealed])
-
-            async def reference_all(part: slice) -> None:
-                spent["reference"] += await asyncio.to_thread(made.append, theirs[part])
-
-            kinds.append(("reference", reference_all))
-        spent.update((name, 0.0) for name, _ in kinds)
+            kinds.append(("reference", lambda part: asyncio.to_thread(made.append, theirs[part])))
+        spent = {name: 0.0 for name, _ in kinds}
         try:
             for r in range(APPEND_ROUNDS):
                 part = slice(r * n // APPEND_ROUNDS, (r + 1) * n // APPEND_ROUNDS)
                 for name, work in kinds[r % len(kinds) :] + kinds[: r % len(kinds)]:
-                    if name == "reference":  # timed in its threads: its own pool's time only
-                        await work(part)
-                    else:
-                        spent[name] += await timed(lambda work=work, part=part: work(part))
+                    spent[name] += await timed(lambda work=work, part=part: work(part))
         finally:
             if recorder is not None:
                 await asyncio.to_thread(recorder.close)
@@ -756,7 +747,6 @@ def pipeline_rows(f: dict[str, Any]) -> list[Row]:
                 ("ComplaintReceived → CaseOpened", "p50", "published_to_case_opened_p50_ms"),
                 ("ComplaintReceived → CaseOpened", "p99", "published_to_case_opened_p99_ms"),
             )
-            if key in f  # absent from figures written before these were measured
         ),
         *(
             Row("pipeline", f"  receipt → acknowledgement e-mail sent, {p}", f[key], "ms")

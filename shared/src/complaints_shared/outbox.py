@@ -154,10 +154,10 @@ def new_producer(bootstrap: str, client_id: str | None = None) -> AIOKafkaProduc
     back (``./dev bench --only pipeline``, four alternating pairs: receipt →
     ``ComplaintReceived`` on Kafka p50 25-32 ms against 32-36, ``POST`` → ``CaseOpened`` p50
     128-155 ms against 153-166 and p99 253-287 ms against 284-452, lower in every pair; Kafka's
-    CPU per complaint unchanged).  A partition's batches go one at a time, so a
-    batch of up to 256 KiB (the client's default is 16 KiB) lets a backlog go in fewer round
-    trips: the relay drained one 20-30% faster in ``./dev bench --only relay``.  It stays under
-    the brokers' default record-batch limit (1 MiB, ``max.message.bytes``)."""
+    CPU per complaint unchanged).  A partition's batches go one at a time, so a batch of up to
+    256 KiB (the client's default is 16 KiB) lets a backlog go in fewer round trips: the relay
+    drained one 20-30% faster in ``./dev bench --only relay``.  It stays under the brokers'
+    default record-batch limit (1 MiB, ``max.message.bytes``)."""
     return AIOKafkaProducer(
         bootstrap_servers=bootstrap,
         acks="all",
