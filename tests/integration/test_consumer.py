@@ -210,11 +210,13 @@ async def test_poison_events_go_to_the_dlq_and_the_partition_keeps_moving(
 
 
 async def test_records_read_while_a_batch_waits_on_the_database_are_handled_once_in_order(
-    infrastructure, pool, producer, topics, topic_prefix
+    infrastructure, pool, producer, topics, topic_prefix, monkeypatch
 ):
-    """While a batch's transaction waits on the database, the consumer reads the records
-    fetched since; they are then handled as the next batch, once each, in order, and a
-    malformed one among them is dead-lettered as if it had been read with its batch."""
+    """While a batch's transaction waits on the database, the consumer takes the records
+    fetched since (here two at a time, up to a poll's five) and reads them; they are then
+    handled as the next batch, once each, in order, and a malformed one among them is
+    dead-lettered as if it had been read with its batch."""
+    monkeypatch.setattr(consumer_module, "TAKE_CHUNK", 2)
     name = f"{topic_prefix}g"
     sent = [event(n) for n in range(1, 31)]
     for e in sent[:12]:
@@ -232,10 +234,12 @@ async def test_records_read_while_a_batch_waits_on_the_database_are_handled_once
     runner = runner_for(infrastructure, pool, producer, topics, {"Counted": slow}, metrics, name)
     runner.max_poll_records = 5
     read_ahead: list[int] = []
+    sizes: list[int] = []  # of the next batches read ahead
     read = runner._read_ahead
 
     async def counting(records):  # type: ignore[no-untyped-def]
         read_ahead.extend(r.offset for r in records)
+        sizes.append(len(records))
         await read(records)
 
     runner._read_ahead = counting  # type: ignore[method-assign]
@@ -250,6 +254,7 @@ async def test_records_read_while_a_batch_waits_on_the_database_are_handled_once
     rows = await pool.fetch("SELECT n FROM effects ORDER BY seq")
     assert [r["n"] for r in rows] == list(range(1, 31))  # each once, in order
     assert 12 in read_ahead and len(read_ahead) >= 20  # most were read ahead, the bad one too
+    assert max(sizes) == 5  # a poll's worth, taken in parts
     (dead,) = await read_topic(infrastructure.kafka_bootstrap, topics[1], count=1)
     assert decode_headers(dead.headers)["dlq_origin_offset"] == "12"
 

@@ -27,6 +27,7 @@ Invariants:
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import functools
 import os
@@ -56,6 +57,7 @@ ERASED = "erased"
 SEALED_PREFIX = "pii:1:"
 _PREFIX_LENGTH = len(SEALED_PREFIX)
 _NONCE = 12
+OPEN_CHUNK = 50  # sealed values opened at a time before the event loop may run other work
 
 
 class UnknownDataSubject(LookupError):
@@ -296,7 +298,8 @@ async def open_payloads(
     """Open the sealed values of several ``(type name, payload)`` pairs in place, fetching the
     keys they need at once.  With ``reads`` (the dotted personal fields the reader uses, per
     type name), only those are opened; every other personal value is withheld: it reads as
-    erased, and is never decrypted."""
+    erased, and is never decrypted.  Between every ``OPEN_CHUNK`` values opened the event loop
+    runs other work (a consumer's batch in flight goes on with its next statement)."""
     Plan = tuple[_Tree, _Tree]  # (where to open, where to withhold)
     by_type: dict[str, Plan] = {}
 
@@ -319,7 +322,11 @@ async def open_payloads(
             _erase(data, withheld)
     if sealed:
         keys = await keyring.keys({s[3] for s in sealed})
-        _open_all(sealed, {key_id: key.cipher for key_id, key in keys.items()})
+        ciphers = {key_id: key.cipher for key_id, key in keys.items()}
+        for start in range(0, len(sealed), OPEN_CHUNK):
+            if start:
+                await asyncio.sleep(0)
+            _open_all(sealed[start : start + OPEN_CHUNK], ciphers)
 
 
 class InMemoryKeyring:
