@@ -19,7 +19,12 @@ from complaints_shared.db import create_pool
 from complaints_shared.envelope import Event
 from complaints_shared.errors import ConcurrencyConflict
 from complaints_shared.events import DomainEvent
-from complaints_shared.eventstore import EventRecorder, InMemoryEventStore, PostgresEventStore
+from complaints_shared.eventstore import (
+    LOAD_MANY,
+    EventRecorder,
+    InMemoryEventStore,
+    PostgresEventStore,
+)
 from complaints_shared.privacy import (
     ERASED,
     KEYRING_SESSION,
@@ -483,6 +488,33 @@ async def test_several_streams_load_in_one_call_each_from_its_own_version(backen
         got = await backend.store.load_many(conn, {a: 2, b: 1, none: 1})
         assert await backend.store.load_many(conn, {}) == {}
     assert {s: ns(events) for s, events in got.items()} == {a: [2, 3], b: [10]}
+
+
+@pytest.mark.integration
+async def test_several_streams_load_each_by_its_own_key_range_however_many_events_there_are(
+    database: str,
+):
+    """Catching cached states up (``load_many`` from each stream's cached version: a batch of
+    learning's, for every problem it counts) reads each stream's range of the primary key, not
+    the whole events table: as a plain join it hashed every event for any list of streams."""
+    pool = await migrated_pool(database)
+    try:
+        streams = [uuid.uuid4() for _ in range(40)]
+        await pool.execute(
+            "INSERT INTO events (stream_id, version, event_id, type, occurred_at, data)"
+            " SELECT s, v, gen_random_uuid(), 'Happened', now(), jsonb_build_object('n', v)"
+            " FROM unnest($1::uuid[]) AS s, generate_series(1, 500) AS v",
+            streams,
+        )
+        await pool.execute("ANALYZE events")
+        rows = await pool.fetch(f"EXPLAIN {LOAD_MANY}", streams, [500] * len(streams))
+        plan = "\n".join(r[0] for r in rows)
+        assert "Seq Scan on events" not in plan, plan
+        store = PostgresEventStore(source="/complaints/test", topic=TOPIC)
+        got = await store.load_many(pool, {s: 499 for s in streams})
+        assert {s: ns(events) for s, events in got.items()} == {s: [499, 500] for s in streams}
+    finally:
+        await pool.close()
 
 
 def total(events: Any) -> int:

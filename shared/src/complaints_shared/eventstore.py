@@ -338,6 +338,22 @@ async def unit_of_work(
                 callback()
 
 
+# Several streams' events from a version on, each stream read by its own range of the primary
+# key: a lateral subquery, which its ORDER BY keeps from being flattened into a join.  As a
+# plain join the planner hashed the whole events table for any list of streams (it expects a
+# third of each stream to be asked for, where a cached state asks for one event): 9 ms for 40
+# problems of 1,000 events each (learning's state cache, every batch), 0.3 ms as it is.
+LOAD_MANY = """
+SELECT e.stream_id, e.version, e.event_id, e.type, e.occurred_at, e.data
+  FROM unnest($1::uuid[], $2::int[]) AS w(stream_id, from_version)
+ CROSS JOIN LATERAL (
+       SELECT * FROM events e
+        WHERE e.stream_id = w.stream_id AND e.version >= w.from_version
+        ORDER BY e.version
+ ) e
+ ORDER BY e.stream_id, e.version
+"""
+
 SCAN_CHUNK = 2000  # events a rebuild's scan (:meth:`PostgresEventStore.scan`) reads at a time
 
 
@@ -470,14 +486,7 @@ class PostgresEventStore:
     ) -> dict[UUID, list[Event[DomainEvent]]]:
         """Several streams' events, each from its version in ``from_versions`` on, in one
         round trip (a stream with none there is absent from the answer)."""
-        rows = await conn.fetch(
-            "SELECT e.stream_id, e.version, e.event_id, e.type, e.occurred_at, e.data"
-            "  FROM unnest($1::uuid[], $2::int[]) AS w(stream_id, from_version)"
-            "  JOIN events e ON e.stream_id = w.stream_id AND e.version >= w.from_version"
-            " ORDER BY e.stream_id, e.version",
-            list(from_versions),
-            list(from_versions.values()),
-        )
+        rows = await conn.fetch(LOAD_MANY, list(from_versions), list(from_versions.values()))
         out: dict[UUID, list[Event[DomainEvent]]] = {}
         for event in await open_rows(rows, self.source, self.keyring):
             out.setdefault(event.stream_id, []).append(event)
