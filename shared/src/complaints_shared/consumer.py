@@ -747,10 +747,10 @@ class ConsumerRunner:
         refreshing = asyncio.ensure_future(self._refresh_lag(consumer))  # a long batch's lag
         try:
             upcoming: dict[TopicPartition, list[ConsumerRecord]] = {}
-            taken = 0
-            while taken < self._poll_records:
+            taken, limit = 0, self._poll_records
+            while taken < limit:
                 part = await consumer.getmany(
-                    timeout_ms=0, max_records=min(TAKE_CHUNK, self._poll_records - taken)
+                    timeout_ms=0, max_records=min(TAKE_CHUNK, limit - taken)
                 )
                 if not part:
                     break
