@@ -21,6 +21,16 @@ server (followup's ``sent_at``).  Receipt → ``CaseOpened`` is also split into 
 ``ComplaintReceived`` on Kafka (its record's producer timestamp): intake's relay, then
 resolution's fetch, batch and relay.
 
+The open-loop client and the bench's own reading stand in for the platform's clients, which are
+not on this machine either.  On these 2 cores they compete with the platform for the CPU: a
+client that gets its turn late sends late, and its lateness counts as the platform's latency.
+So the bench runs the load at a raised CPU priority (``CLIENT_PRIORITY``, only for its own
+process and only during the load: the services were started before and keep the default),
+where the operating system allows it (root, or ``CAP_SYS_NICE``); ``client_priority`` in the
+figures says whether it was raised.  At 300/s, on the same machine within the hour: ``POST``
+→ ``CaseOpened`` p99 220-246 ms in four runs with the load raised by 5, 332 and 507 ms in two
+at the default priority; the ``POST`` alone p99 147-166 against 235-363 ms.
+
 The mail catcher stands in for the customers' mail servers, which are not on this machine: its
 spool is kept in memory (``/dev/shm``) where the machine has that file system, not on the disk
 PostgreSQL and Kafka write to (see :func:`spool_parent`).
@@ -29,6 +39,7 @@ PostgreSQL and Kafka write to (see :func:`spool_parent`).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import mailbox
 import os
@@ -39,7 +50,7 @@ import sys
 import tempfile
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -62,6 +73,8 @@ from http_intake import (
 from complaints_shared.topics import delete_topics
 
 SERVICES = ("intake", "resolution", "followup", "learning")
+# How much the load's CPU priority is raised (``nice`` steps), where the system allows it
+CLIENT_PRIORITY = 5
 # How often the stages are counted during the load (and once as it starts).  Each round
 # of counts scans whole tables (12 ms of the database's CPU on average over 40 s at 300/s, and
 # growing with the tables; far more with a million complaints stored): counted every second,
@@ -164,10 +177,11 @@ async def _measure(
     pids = {**pids, "postgres": services_postgres()}
     cpu_before = cpu_seconds(pids)
     xacts_before = await _transactions(stats, dsns)
-    t0 = time.perf_counter()
-    samples.append((t0, await _count(conns)))
-    sampling = asyncio.create_task(sample())
-    load = await openloop.run("127.0.0.1", port, request, rate, seconds, keep=_complaint_id)
+    with raised_priority(CLIENT_PRIORITY) as client_priority:
+        t0 = time.perf_counter()
+        samples.append((t0, await _count(conns)))
+        sampling = asyncio.create_task(sample())
+        load = await openloop.run("127.0.0.1", port, request, rate, seconds, keep=_complaint_id)
     loaded = time.perf_counter()
     sampling.cancel()  # before the drain's own counts: they use the same connections
     await asyncio.gather(sampling, return_exceptions=True)
@@ -240,6 +254,7 @@ async def _measure(
         "accepted": load.ok,
         "failed": load.failed,
         "statuses": load.statuses,
+        "client_priority": client_priority,
         "post_p50_ms": round(load.percentile(50) * 1000, 1),
         "post_p99_ms": round(load.percentile(99) * 1000, 1),
         "stages": stages,
@@ -268,6 +283,23 @@ async def _measure(
             for name in cpu_after
         },
     }
+
+
+@contextlib.contextmanager
+def raised_priority(steps: int) -> Iterator[str]:
+    """This process's CPU priority raised by ``steps`` (its ``nice`` value lowered) while the
+    block runs, then set back; processes it starts meanwhile would inherit it.  Yields what it
+    ran at: ``"raised by N"``, or ``"default (not permitted)"`` where the system refuses."""
+    before = os.getpriority(os.PRIO_PROCESS, 0)
+    try:
+        os.setpriority(os.PRIO_PROCESS, 0, before - steps)
+    except PermissionError:
+        yield "default (not permitted)"
+        return
+    try:
+        yield f"raised by {steps}"
+    finally:
+        os.setpriority(os.PRIO_PROCESS, 0, before)  # lowering one's own is always allowed
 
 
 def spool_parent() -> Path | None:

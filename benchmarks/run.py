@@ -51,6 +51,8 @@ Stages (``--only`` picks some; all by default):
   into its two hops (intake's relay, then resolution's fetch, batch and relay).  The local
   mail catcher it hands the e-mails to keeps its spool in memory (``/dev/shm``) where there is
   one: it stands in for mail servers that are not on this machine (``pipeline.spool_parent``).
+  The load runs at a raised CPU priority where the system allows it, as its clients are not on
+  this machine either (``pipeline.raised_priority``; the table says when it could not be).
 - ``catchup``: a backlog of ``--catchup-complaints`` complaints that intake alone accepted
   (offered at 150/s) and published; then resolution, followup and learning start one after
   another, and each catches up with it (``benchmarks/pipeline.py``): its rate from its first
@@ -714,7 +716,13 @@ def pipeline_rows(f: dict[str, Any]) -> list[Row]:
         Row(
             "pipeline",
             f"POST accepted, {offered:.0f}/s offered for {f['seconds']:.0f} s"
-            + (" (mail spool on disk)" if f.get("mail_spool") == "disk" else ""),
+            + (" (mail spool on disk)" if f.get("mail_spool") == "disk" else "")
+            # the client competes with the platform for the cores where it could not be raised
+            + (
+                f"; load at {f['client_priority']} CPU priority"
+                if not str(f.get("client_priority", "raised")).startswith("raised")
+                else ""
+            ),
             f["accepted"] / f["seconds"],
             "complaints/s",
             goal=f"{f['failed']} failed",
