@@ -70,7 +70,7 @@ class Replay:
 @dataclass(eq=False)
 class Submission:
     body: ComplaintCreate
-    fingerprint: str  # of the body, for the Idempotency-Key
+    fingerprint: str | None  # of the body, for its Idempotency-Key (None: sent without one)
     detection: Detection | None
     customer_key: str
     idempotency_key: str | None

@@ -233,7 +233,8 @@ async def submit_complaint(
     actor: Actor,
     idempotency_key: IdempotencyKey = None,
 ) -> ComplaintPublic:
-    fingerprint = _fingerprint(body)
+    # what a retry with the same key must repeat (a request without a key has no retry)
+    fingerprint = None if idempotency_key is None else _fingerprint(body)
     detection = (
         detect_language(body.text, rt.policy.intake.languages)
         if body.customer.language is None
@@ -260,7 +261,7 @@ async def submit_complaint(
     return public
 
 
-def _replay(row: asyncpg.Record | None, fingerprint: str) -> Response:
+def _replay(row: asyncpg.Record | None, fingerprint: str | None) -> Response:
     """The answer to a request whose Idempotency-Key was used before (``row``: the key's)."""
     if row is None or row["response"] is None:  # pragma: no cover - the first one committed
         return problem(409, "Request in progress", "retry shortly", slug="idempotency-in-progress")
