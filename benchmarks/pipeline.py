@@ -294,12 +294,14 @@ def raised_priority(steps: int) -> Iterator[str]:
     try:
         os.setpriority(os.PRIO_PROCESS, 0, before - steps)
     except PermissionError:
-        yield "default (not permitted)"
-        return
+        raised = False
+    else:
+        raised = True
     try:
-        yield f"raised by {steps}"
+        yield f"raised by {steps}" if raised else "default (not permitted)"
     finally:
-        os.setpriority(os.PRIO_PROCESS, 0, before)  # lowering one's own is always allowed
+        if raised:  # lowering one's own priority is always allowed
+            os.setpriority(os.PRIO_PROCESS, 0, before)
 
 
 def spool_parent() -> Path | None:
