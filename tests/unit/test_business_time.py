@@ -86,3 +86,54 @@ def test_add_and_elapsed_agree(start, minutes):
     due = CAL.add(start, timedelta(minutes=minutes))
     assert due >= start
     assert CAL.elapsed(start, due) == timedelta(minutes=minutes)
+
+
+def _walked_add(cal: BusinessCalendar, start: datetime, duration: timedelta) -> datetime:
+    """:meth:`BusinessCalendar.add` as a walk over every opening interval, one by one."""
+    start = start.astimezone(UTC)
+    remaining = duration
+    for a, b in cal._intervals(start):
+        if b <= start:
+            continue
+        s = max(a, start)
+        if remaining <= b - s:
+            return s + remaining
+        remaining -= b - s
+    raise AssertionError("unreachable")
+
+
+def _walked_elapsed(cal: BusinessCalendar, start: datetime, end: datetime) -> timedelta:
+    """:meth:`BusinessCalendar.elapsed` as a walk over every opening interval, one by one."""
+    total = timedelta(0)
+    for a, b in cal._intervals(start):
+        if a >= end:
+            break
+        total += max(timedelta(0), min(b, end) - max(a, start))
+    return total if end > start else timedelta(0)
+
+
+# a calendar with a day open until midnight and two holidays on a weekday and a Saturday
+LATE = BusinessCalendar(
+    LISBON,
+    (WEEKDAY,) * 4 + (parse_hours("09:00-00:00"), parse_hours("10:00-13:00"), ()),
+    frozenset({date(2026, 12, 25), date(2027, 3, 27)}),
+)
+instants = st.datetimes(
+    min_value=datetime(2026, 1, 1), max_value=datetime(2027, 12, 31), timezones=st.just(UTC)
+)
+
+
+@pytest.mark.parametrize("cal", [CAL, LATE], ids=["weekdays", "late_fridays"])
+@given(start=instants, seconds=st.integers(min_value=1, max_value=3600 * 24 * 60))
+def test_add_skips_whole_days_to_the_same_deadline_as_walking_every_interval(cal, start, seconds):
+    """Deadlines up to 60 days of business time (weeks of calendar days, across holidays and
+    daylight-saving changes), whole hours and days included (where a deadline is exactly a
+    day's end)."""
+    for duration in (timedelta(seconds=seconds), timedelta(hours=seconds // 3600 + 1)):
+        assert cal.add(start, duration) == _walked_add(cal, start, duration)
+
+
+@pytest.mark.parametrize("cal", [CAL, LATE], ids=["weekdays", "late_fridays"])
+@given(start=instants, end=instants)
+def test_elapsed_adds_whole_days_as_walking_every_interval_does(cal, start, end):
+    assert cal.elapsed(start, end) == _walked_elapsed(cal, start, end)
