@@ -4,13 +4,19 @@ from __future__ import annotations
 
 import asyncio
 import json
+import uuid
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import asyncpg
 import httpx
 import pytest
+from aiokafka import AIOKafkaProducer
 
+from complaints_shared.envelope import Event, to_kafka_record
+from complaints_shared.events import DomainEvent
+from complaints_shared.events import resolution as rs
 from complaints_shared.events.intake import ComplaintAcknowledged, ComplaintAlertRaised
 from tests.integration.conftest import Platform, StartPlatform
 from tests.support import eventually, resolve_case, topic_size
@@ -547,6 +553,87 @@ async def test_timeline_holds_events_of_all_services_in_order(start_platform, ht
     assert one.headers["etag"] == f'"{one.json()["version"]}"'
     listed = await http.get(f"{p.url('intake')}/complaints", params={"status": "resolved"})
     assert [x["complaint_id"] for x in listed.json()["items"]] == [c["complaint_id"]]
+
+
+async def test_case_events_read_together_leave_each_complaint_at_its_last_status(intake, http):
+    """Resolution's events of several complaints, published together so that intake reads them
+    in one batch: each complaint intake knows gets every entry and ends at its last event's
+    status, a withdrawn one stays withdrawn, and one intake does not know gets nothing."""
+    base = intake.url("intake")
+    known = (await http.post(f"{base}/complaints", json=complaint())).json()
+    created = await http.post(
+        f"{base}/complaints", json=complaint(customer={"id": "c-2", "name": "Rui"})
+    )
+    withdrawn = created.json()
+    r = await http.post(
+        f"{base}/complaints/{withdrawn['complaint_id']}/withdraw",
+        json={},
+        headers={"If-Match": created.headers["etag"]},
+    )
+    assert r.json()["status"] == "withdrawn"
+    unknown = uuid.uuid4()
+
+    def case_event(complaint_id: uuid.UUID, version: int, payload: DomainEvent) -> Event[Any]:
+        return Event(
+            event_id=uuid.uuid4(),
+            stream_id=complaint_id,
+            version=version,
+            occurred_at=datetime.now(UTC),
+            source="/complaints/resolution",
+            payload=payload,
+        )
+
+    def opened(complaint_id: uuid.UUID) -> rs.CaseOpened:
+        return rs.CaseOpened(
+            complaint_id=complaint_id,
+            reference="CMP-1",
+            severity="low",
+            category="pricing_error",
+            language="en",
+            reply_channel="web",
+            received_at=datetime.now(UTC),
+        )
+
+    a, w = uuid.UUID(known["complaint_id"]), uuid.UUID(withdrawn["complaint_id"])
+    events = [
+        case_event(unknown, 1, opened(unknown)),
+        case_event(a, 1, opened(a)),
+        case_event(a, 2, rs.CaseClosed(complaint_id=a, reason="duplicate", closed_by="a7")),
+        case_event(w, 1, opened(w)),
+    ]
+    runtime = intake.servers["intake"].app.state.runtime
+    producer = AIOKafkaProducer(
+        bootstrap_servers=runtime.settings.kafka_bootstrap, acks="all", enable_idempotence=True
+    )
+    await producer.start()
+    try:  # sent together, not one by one: one fetch brings them all
+        for e in events:
+            record = to_kafka_record(e)
+            await producer.send(
+                runtime.topics.resolution, record.value, key=record.key, headers=record.headers
+            )
+        await producer.flush()
+    finally:
+        await producer.stop()
+
+    async def entries_with(complaint_id: uuid.UUID, event_type: str) -> list[str] | None:
+        r = await http.get(f"{base}/complaints/{complaint_id}/timeline")
+        found = [e["type"] for e in r.json()["entries"]]
+        return found if event_type in found else None
+
+    assert await eventually(lambda: entries_with(a, "CaseClosed"), what="CaseClosed") == [
+        "ComplaintReceived",
+        "ComplaintAcknowledged",
+        "CaseOpened",
+        "CaseClosed",
+    ]
+    await eventually(lambda: entries_with(w, "CaseOpened"), what="the withdrawn one's CaseOpened")
+    assert (await http.get(f"{base}/complaints/{a}")).json()["status"] == "closed"
+    assert (await http.get(f"{base}/complaints/{w}")).json()["status"] == "withdrawn"
+    pool = intake.pool("intake")
+    for table, column in (("timeline", "complaint_id"), ("complaints", "id")):
+        sql = f"SELECT count(*) FROM {table} WHERE {column} = $1"
+        assert await pool.fetchval(sql, unknown) == 0
 
 
 async def _ok(http: httpx.AsyncClient, url: str) -> bool:

@@ -2,32 +2,48 @@
 
 from __future__ import annotations
 
+from datetime import datetime
 from typing import Any
+from uuid import UUID
 
 import asyncpg
 
 from complaints_intake.domain import case_progress
 from complaints_intake.timeline import complaint_of, summarise
-from complaints_shared.consumer import Subscription, write
+from complaints_shared.consumer import Subscription, defer
 from complaints_shared.envelope import Event
 from complaints_shared.events import resolution as rs
 from complaints_shared.service import Runtime
 
-# Resolution's events come in order per complaint, so the status follows them; a withdrawn
-# complaint stays withdrawn.
+# The timeline entries of a run of the batch's events, and each complaint's status after them
+# (its last one: resolution's events come in order per complaint, so the status follows them),
+# for the complaints intake knows; a withdrawn complaint stays withdrawn.
 _TIMELINE_AND_STATUS = """
-WITH known AS (
-    SELECT id FROM complaints WHERE id = $2
-), entry AS (
+WITH entry AS (
     INSERT INTO timeline (event_id, complaint_id, service, type, occurred_at, version, summary)
-    SELECT $1, id, $3, $4, $5, $6, $7 FROM known
+    SELECT x.* FROM unnest($1::uuid[], $2::uuid[], $3::text[], $4::text[], $5::timestamptz[],
+                           $6::int[], $7::text[])
+                 AS x(event_id, complaint_id, service, type, occurred_at, version, summary)
+     WHERE EXISTS (SELECT FROM complaints c WHERE c.id = x.complaint_id)
     ON CONFLICT (event_id) DO NOTHING
-), progress AS (
-    UPDATE complaints SET status = $8
-     WHERE id = (SELECT id FROM known) AND $8::text IS NOT NULL AND status <> 'withdrawn'
 )
-SELECT 1
+UPDATE complaints c SET status = s.status
+  FROM unnest($8::uuid[], $9::text[]) AS s(id, status)
+ WHERE c.id = s.id AND c.status <> 'withdrawn'
 """
+
+# an entry: event id, complaint, service, type, when, version, summary; and the status after
+Entry = tuple[UUID, UUID, str, str, datetime, int, str, str | None]
+
+
+async def record_timeline(conn: asyncpg.Connection, entries: list[Entry]) -> None:
+    """The entries of consecutive events, in one statement (see :data:`_TIMELINE_AND_STATUS`)."""
+    statuses: dict[UUID, str] = {}
+    for entry in entries:
+        if (status := entry[7]) is not None:
+            statuses[entry[1]] = status
+    columns = [list(column) for column in zip(*(e[:7] for e in entries), strict=True)]
+    await conn.execute(_TIMELINE_AND_STATUS, *columns, list(statuses), list(statuses.values()))
 
 
 def subscriptions(rt: Runtime) -> list[Subscription]:
@@ -46,11 +62,9 @@ def subscriptions(rt: Runtime) -> list[Subscription]:
                 c.severity.value,
                 c.product,
             )
-        # the timeline entry and the status, for a complaint intake knows: queued with the
-        # batch's others (nothing later in the batch reads them)
-        await write(
-            conn,
-            _TIMELINE_AND_STATUS,
+        # the timeline entry and the status, for a complaint intake knows: deferred with the
+        # batch's others, written together (nothing later in the batch reads them)
+        entry: Entry = (
             event.event_id,
             complaint_id,
             event.service,
@@ -60,6 +74,7 @@ def subscriptions(rt: Runtime) -> list[Subscription]:
             summarise(event.payload),
             status.value if status is not None else None,
         )
+        await defer(conn, record_timeline, entry)
 
     t = rt.topics
     return [
