@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from datetime import UTC, date, datetime, timedelta
+from itertools import takewhile
 from zoneinfo import ZoneInfo
 
 import pytest
@@ -89,27 +90,27 @@ def test_add_and_elapsed_agree(start, minutes):
 
 
 def _walked_add(cal: BusinessCalendar, start: datetime, duration: timedelta) -> datetime:
-    """:meth:`BusinessCalendar.add` as a walk over every opening interval, one by one."""
+    """:meth:`BusinessCalendar.add` as a walk over every opening interval: the deadline lies
+    in the first interval by whose end ``duration`` has been used, as far back from its end as
+    was used beyond ``duration``."""
     start = start.astimezone(UTC)
-    remaining = duration
+    used = timedelta(0)
     for a, b in cal._intervals(start):
-        if b <= start:
-            continue
-        s = max(a, start)
-        if remaining <= b - s:
-            return s + remaining
-        remaining -= b - s
+        if b > start:
+            used += b - max(a, start)
+            if used >= duration:
+                return b - (used - duration)
     raise AssertionError("unreachable")
 
 
 def _walked_elapsed(cal: BusinessCalendar, start: datetime, end: datetime) -> timedelta:
-    """:meth:`BusinessCalendar.elapsed` as a walk over every opening interval, one by one."""
-    total = timedelta(0)
-    for a, b in cal._intervals(start):
-        if a >= end:
-            break
-        total += max(timedelta(0), min(b, end) - max(a, start))
-    return total if end > start else timedelta(0)
+    """:meth:`BusinessCalendar.elapsed` as the sum of every opening interval's overlap with
+    the span."""
+    if end <= start:
+        return timedelta(0)
+    reached = takewhile(lambda i: i[0] < end, cal._intervals(start))
+    overlaps = (min(b, end) - max(a, start) for a, b in reached)
+    return sum((o for o in overlaps if o > timedelta(0)), timedelta(0))
 
 
 # a calendar with a day open until midnight and two holidays on a weekday and a Saturday
