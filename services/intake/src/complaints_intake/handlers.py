@@ -9,6 +9,7 @@ from uuid import UUID
 import asyncpg
 
 from complaints_intake.domain import case_progress
+from complaints_intake.projection import timeline_entries
 from complaints_intake.timeline import complaint_of, summarise
 from complaints_shared.consumer import Subscription, defer
 from complaints_shared.envelope import Event
@@ -18,15 +19,8 @@ from complaints_shared.service import Runtime
 # The timeline entries of a run of the batch's events, and each complaint's status after them
 # (its last one: resolution's events come in order per complaint, so the status follows them),
 # for the complaints intake knows; a withdrawn complaint stays withdrawn.
-_TIMELINE_AND_STATUS = """
-WITH entry AS (
-    INSERT INTO timeline (event_id, complaint_id, service, type, occurred_at, version, summary)
-    SELECT x.* FROM unnest($1::uuid[], $2::uuid[], $3::text[], $4::text[], $5::timestamptz[],
-                           $6::int[], $7::text[])
-                 AS x(event_id, complaint_id, service, type, occurred_at, version, summary)
-     WHERE EXISTS (SELECT FROM complaints c WHERE c.id = x.complaint_id)
-    ON CONFLICT (event_id) DO NOTHING
-)
+_TIMELINE_AND_STATUS = f"""
+WITH entry AS ({timeline_entries("EXISTS (SELECT FROM complaints c WHERE c.id = x.complaint_id)")})
 UPDATE complaints c SET status = s.status
   FROM unnest($8::uuid[], $9::text[]) AS s(id, status)
  WHERE c.id = s.id AND c.status <> 'withdrawn'

@@ -123,17 +123,26 @@ SELECT x.id, x.reference, 'received', x.channel, x.category, x.severity, x.langu
 RETURNING *
 """
 
-# The timeline entries of several complaints, each complaint's in their order
-_TIMELINE = """
+
+def timeline_entries(where: str = "true") -> str:
+    """The statement inserting the timeline entries of several complaints (its parameters $1-$7:
+    event ids, complaints, services, types, times, versions, summaries), each complaint's in
+    their order (the entries of one instant keep it by their position); ``where``: which of
+    them, as a condition on ``x``."""
+    return f"""
 INSERT INTO timeline (event_id, complaint_id, service, type, occurred_at, version, summary)
 SELECT x.event_id, x.complaint_id, x.service, x.type, x.occurred_at, x.version, x.summary
   FROM unnest($1::uuid[], $2::uuid[], $3::text[], $4::text[], $5::timestamptz[], $6::int[],
               $7::text[])
        WITH ORDINALITY AS x(event_id, complaint_id, service, type, occurred_at, version,
                             summary, n)
+ WHERE {where}
  ORDER BY x.n
 ON CONFLICT (event_id) DO NOTHING
 """
+
+
+_TIMELINE = timeline_entries()
 
 
 _PARAMETER = re.compile(r"\$(\d+)")
