@@ -81,6 +81,10 @@ them, 332 and 288 ms without), then waits (up to a minute) until the machine is 
 what the stage before left running (a checkpoint, dropped databases' files, deleted topics'
 logs, a backlog still draining) is not measured with it; the JSON's ``settle`` says how long
 each stage waited and how busy the cores were then.
+
+Above the table, and in the JSON's ``machine``, it gives what the machine charges for waking a
+process on the other CPU (``benchmarks/machine.py``): a figure to compare machines by, since
+every hop of the platform waits on another process.
 """
 
 from __future__ import annotations
@@ -109,6 +113,7 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 
 import delivery  # noqa: E402
 import http_intake  # noqa: E402
+import machine  # noqa: E402
 import pipeline  # noqa: E402
 import rebuild  # noqa: E402
 import reference  # noqa: E402
@@ -1071,6 +1076,8 @@ def main() -> None:
         details["delivery"] = delivery.bench(args.messages)
         rows += delivery_rows(details["delivery"])
 
+    wake_ups = machine.wake_up_round_trips()  # after the stages: the machine is quiet again
+    print(f"\n{machine.describe(wake_ups)}")
     print_table(rows)
     out = args.json or ROOT / ".local" / "bench" / f"{datetime.now(UTC):%Y%m%dT%H%M%SZ}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -1078,7 +1085,11 @@ def main() -> None:
         json.dumps(
             {
                 "at": datetime.now(UTC).isoformat(),
-                "machine": {"cpus": os.cpu_count(), "python": platform.python_version()},
+                "machine": {
+                    "cpus": os.cpu_count(),
+                    "python": platform.python_version(),
+                    "wake_up_round_trip": wake_ups,
+                },
                 "events": args.events,
                 "rows": [r.as_dict() for r in rows],
                 "details": details,
