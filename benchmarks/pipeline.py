@@ -29,9 +29,9 @@ process and only during the load: the services were started before and keep the 
 where the operating system allows it (root, or ``CAP_SYS_NICE``); ``client_priority`` in the
 figures says whether it was raised.  At 300/s, on the same machine within the hour: ``POST``
 → ``CaseOpened`` p99 220-246 ms in four runs with the load raised by 5, 332 and 507 ms in two
-at the default priority; the ``POST`` alone p99 147-166 against 235-363 ms.  Over the day,
-twelve runs with the load raised gave 210-297 ms: the raised priority takes the client's waits
-out of the figure, not the machine's noise.
+at the default priority; the ``POST`` alone p99 147-166 against 235-363 ms.  Over two days,
+eighteen runs with the load raised gave 207-297 ms: the raised priority takes the client's
+waits out of the figure, not the machine's noise.
 
 The mail catcher stands in for the customers' mail servers, which are not on this machine: its
 spool is kept in memory (``/dev/shm``) where the machine has that file system, not on the disk
