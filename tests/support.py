@@ -136,6 +136,19 @@ async def plan_once_grown(
         await conn.execute("DEALLOCATE grown")
 
 
+async def plans_made(conn: asyncpg.Connection, statement: str) -> tuple[int, int]:
+    """How ``conn`` ran ``statement`` (prepared by the driver, as every statement it runs):
+    (calls with its generic plan, made once and kept; calls planned for their parameters)."""
+    row = await conn.fetchrow(
+        "SELECT coalesce(sum(generic_plans), 0)::int AS generic,"
+        " coalesce(sum(custom_plans), 0)::int AS custom"
+        " FROM pg_prepared_statements WHERE statement = $1",
+        statement,
+    )
+    assert row is not None
+    return row["generic"], row["custom"]
+
+
 async def migrated_pool(dsn: str, password: str | None = None) -> asyncpg.Pool:
     pool = await create_pool(dsn, max_size=20, password=password)
     async with pool.acquire() as conn:

@@ -38,7 +38,7 @@ from complaints_shared.privacy import (
 )
 from complaints_shared.repository import Repository, StateCache
 from tests.events import Confided, Happened, Item
-from tests.support import CountingPool, migrated_pool, plan_once_grown, unsealed_text
+from tests.support import CountingPool, migrated_pool, plan_once_grown, plans_made, unsealed_text
 
 TOPIC = "complaints.test.v1"
 
@@ -669,8 +669,8 @@ async def test_personal_data_of_an_unknown_subject_is_refused(backend: Backend):
 
 @pytest.mark.integration
 async def test_a_keyring_session_looks_keys_up_by_index_after_the_keyring_grew(database: str):
-    """A keyring pool's sessions (``KEYRING_SESSION``) plan each lookup for its call: opening a
-    batch's values stays an index lookup after the keyring grew from a few hundred customers
+    """A keyring pool's sessions (``KEYRING_SESSION``) look keys up by index whatever their plans
+    were made for: opening a batch's values stays an index lookup after the keyring grew from a few hundred customers
     (a new deployment's first hours), where a plain session kept the plan it made while the
     keyring was small and scanned every key for every batch."""
     writer = await create_pool(database, max_size=1)
@@ -708,6 +708,27 @@ async def test_a_keyring_session_looks_keys_up_by_index_after_the_keyring_grew(d
     finally:
         for pool in (writer, plain, keyring):
             await pool.close()
+
+
+@pytest.mark.integration
+async def test_a_keyring_session_plans_its_lookups_once(database: str):
+    """Batch after batch of lookups, a keyring session plans none of them again (planning each
+    cost PostgreSQL more than running it)."""
+    pool = await create_pool(database, max_size=1, session=KEYRING_SESSION)
+    try:
+        keyring = PostgresKeyring(pool, load_master_key(new_master_key()))
+        await keyring.migrate()
+        streams = [uuid.uuid4() for _ in range(40)]
+        keys = await keyring.register_many([(s, f"customer-{i}") for i, s in enumerate(streams)])
+        ids = [k.key_id for k in keys.values()]
+        for n in range(10):  # past the five calls after which a plan may be kept
+            found = await keyring.keys(ids[n : n + 5 + n])
+            assert set(found) == set(ids[n : n + 5 + n])
+        async with pool.acquire() as conn:
+            generic, custom = await plans_made(conn, KEYS)
+        assert custom == 0 and generic >= 10, (generic, custom)
+    finally:
+        await pool.close()
 
 
 async def test_keyring_keeps_one_key_per_customer_until_erased(backend: Backend):

@@ -27,7 +27,7 @@ from complaints_shared.outbox import _LEADER_LOCK, MARK_SENT, PENDING, OutboxRel
 from complaints_shared.telemetry import TRACE_EACH_UP_TO, setup_telemetry
 from complaints_shared.topics import ensure_topics
 from tests.events import Counted, Happened, Pinged
-from tests.support import eventually, plan_once_grown, read_topic
+from tests.support import eventually, plan_once_grown, plans_made, read_topic
 
 pytestmark = pytest.mark.integration
 
@@ -306,19 +306,26 @@ async def test_the_relay_reads_a_backlog_along_the_unsent_index_whatever_the_sta
 ):
     """The relay's session reads each next batch along the unsent rows' index in position
     order, stopping at the batch's size, also while the planner's statistics still say that
-    few rows wait (as right after a backlog built up): a plain session would sort the whole
-    backlog, joined to its events, for every batch."""
+    few rows wait (as right after a backlog built up), and with the plan it made while the
+    outbox held a few rows: a plain session would sort the whole backlog, joined to its
+    events, for every batch."""
     async with pool.acquire() as conn:
         for table in ("outbox", "events"):  # statistics as before the backlog: none
             await conn.execute(f"ALTER TABLE {table} SET (autovacuum_enabled = off)")
     store = EventStore(source="/complaints/test", topic=topic)
-    async with pool.acquire() as conn, conn.transaction():
-        for _ in range(30):
-            await store.append(conn, uuid.uuid4(), 0, [Counted(n=n) for n in range(100)])
+
+    async def append(streams: int, events: int) -> None:
+        async with pool.acquire() as conn, conn.transaction():
+            for _ in range(streams):
+                await store.append(conn, uuid.uuid4(), 0, [Counted(n=n) for n in range(events)])
+
+    async def grow() -> None:
+        await append(30, 100)
 
     def plan_of(rows: list[asyncpg.Record]) -> str:
         return "\n".join(r[0] for r in rows)
 
+    await append(30, 100)
     async with pool.acquire() as plain:
         assert "Sort" in plan_of(await plain.fetch(f"EXPLAIN {PENDING}", 500, []))  # the case
     relay = make_relay(infrastructure, database, pool, producer)
@@ -327,6 +334,38 @@ async def test_the_relay_reads_a_backlog_along_the_unsent_index_whatever_the_sta
         plan = plan_of(await own.fetch(f"EXPLAIN {PENDING}", 500, []))
         assert "Sort" not in plan and "Index Scan using outbox_unsent" in plan, plan
         assert len(await relay.fetch_pending(own)) == 500
+        # prepared while a few rows waited, then kept for every later batch
+        await pool.execute("TRUNCATE outbox, events RESTART IDENTITY")
+        await append(1, 20)
+        await pool.execute("ANALYZE outbox, events")
+        kept = await plan_once_grown(own, PENDING, "500, ARRAY[]::bigint[]", grow)
+        assert "Sort" not in kept and "Seq Scan" not in kept, kept
+        assert "Index Scan using outbox_unsent" in kept, kept
+        assert len(await relay.fetch_pending(own)) == 500
+    finally:
+        await own.close()
+
+
+async def test_the_relay_plans_its_statements_once_per_session(
+    infrastructure, database, pool, producer, topic
+):
+    """The relay reads and marks batch after batch without planning either statement again:
+    planning the next batch's read cost PostgreSQL more than running it."""
+    store = EventStore(source="/complaints/test", topic=topic)
+    async with pool.acquire() as conn, conn.transaction():
+        for _ in range(10):
+            await store.append(conn, uuid.uuid4(), 0, [Counted(n=n) for n in range(10)])
+    relay = make_relay(infrastructure, database, pool, producer, batch_size=10)
+    own = await relay.connect()
+    try:
+        for _ in range(10):  # past the five calls after which a plan may be kept
+            batch = await relay.fetch_pending(own)
+            assert len(batch) == 10
+            await relay.mark_sent([r.position for r in batch], own)
+        assert await relay.fetch_pending(own) == []
+        for statement in (PENDING, MARK_SENT):
+            generic, custom = await plans_made(own, statement)
+            assert custom == 0 and generic >= 10, (statement, generic, custom)
     finally:
         await own.close()
 
@@ -334,8 +373,8 @@ async def test_the_relay_reads_a_backlog_along_the_unsent_index_whatever_the_sta
 async def test_the_relay_marks_a_batch_sent_by_index_after_the_outbox_grew(
     infrastructure, database, pool, producer, topic
 ):
-    """The relay's session plans each statement for its call: marking a batch sent stays a
-    lookup of its positions after the outbox grew from a few rows (a new deployment's first
+    """The relay's session looks rows up by index whatever its plans were made for: marking a
+    batch sent stays a lookup of its positions after the outbox grew from a few rows (a new deployment's first
     minutes: autovacuum analysed it while it was small, and not again yet), where a plain session
     kept the plan it made while the outbox was small and scanned every row for every batch."""
     async with pool.acquire() as conn:

@@ -103,14 +103,17 @@ MARK_SENT = "UPDATE outbox SET sent_at = now() WHERE position = ANY($1::bigint[]
 #   (and join every row of it to its event) whenever its statistics still say few rows are
 #   unsent, which is just when a backlog has built up since the last ``ANALYZE``: 100 ms
 #   against 2-3 ms a batch over 30,000 unsent events.
-# - Each statement is planned for its call.  A session otherwise settles on a generic plan for
-#   a statement it prepared (after five calls) and keeps it until the table's statistics
-#   change: :data:`MARK_SENT`'s, made while the outbox held a few rows (a new deployment's
-#   first minutes, before autovacuum analyses it), scanned the whole outbox for every batch
-#   once it had grown (8-17 ms a batch over 2,000-25,000 rows, where looking each position up
-#   takes well under 1 ms).  The relay runs a few statements a batch; planning each is cheap.
+# - Sequential scans are off and each statement is planned once per session, for any
+#   parameters (a generic plan).  The planner would otherwise settle, for a statement
+#   prepared while the outbox held a few rows (a new deployment's first minutes, before
+#   autovacuum analyses it), on a plan that scans the whole outbox, and keep it until the
+#   table's statistics change: :data:`MARK_SENT`'s scanned it for every batch once it had grown
+#   (8-17 ms a batch over 2,000-25,000 rows, where looking each position up takes well under
+#   1 ms).  Every statement of the relay finds its rows by an index.  Planning each call
+#   instead cost more than running it: :data:`PENDING` took 320 µs of PostgreSQL's CPU to plan
+#   and 60-180 µs to run (the pipeline bench at 300 complaints/s).
 RELAY_SESSION: Mapping[str, str] = MappingProxyType(
-    {"enable_sort": "off", "plan_cache_mode": "force_custom_plan"}
+    {"enable_sort": "off", "enable_seqscan": "off", "plan_cache_mode": "force_generic_plan"}
 )
 
 

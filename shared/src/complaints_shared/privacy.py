@@ -440,14 +440,18 @@ OPENING_KEYS_KEPT = 50_000  # unwrapped keys a process keeps to open with (the l
 
 
 # The session settings of a keyring pool's connections (``create_pool(session=...)``): every
-# statement planned for the keys it names at each call, never by a plan cached for its first
-# callers.  The keyring grows from empty by one key per new customer, fastest in a
-# deployment's first hours, long before autovacuum analyses it again; a lookup's generic plan,
+# statement looks its rows up by an index, whatever the keyring's statistics say, and is
+# planned once per session.  The keyring grows from empty by one key per new customer, fastest
+# in a deployment's first hours, long before autovacuum analyses it again; a lookup's plan,
 # made while the table was small, scanned the whole table for each lookup from then on (the
 # pipeline bench: 3-27 ms a lookup against 9,000 keys, the statement PostgreSQL spent most time
-# in; a custom plan: an index scan, about 0.4 ms against 20,000).  The keyring answers a few
-# statements per consumer batch or intake group: planning each costs far less.
-KEYRING_SESSION: Mapping[str, str] = MappingProxyType({"plan_cache_mode": "force_custom_plan"})
+# in; by index: about 0.4 ms against 20,000).  Every statement of the keyring names its rows
+# by a key with an index, so sequential scans are off and the plan made once (generic, for any
+# keys) is kept.  Planning each call instead cost more than running it: 100-130 µs of
+# PostgreSQL's CPU a statement against 60-290 (the pipeline bench at 300 complaints/s).
+KEYRING_SESSION: Mapping[str, str] = MappingProxyType(
+    {"enable_seqscan": "off", "plan_cache_mode": "force_generic_plan"}
+)
 
 
 class PostgresKeyring:
