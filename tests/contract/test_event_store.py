@@ -669,10 +669,10 @@ async def test_personal_data_of_an_unknown_subject_is_refused(backend: Backend):
 
 @pytest.mark.integration
 async def test_a_keyring_session_looks_keys_up_by_index_after_the_keyring_grew(database: str):
-    """A keyring pool's sessions (``KEYRING_SESSION``) look keys up by index whatever their plans
-    were made for: opening a batch's values stays an index lookup after the keyring grew from a few hundred customers
-    (a new deployment's first hours), where a plain session kept the plan it made while the
-    keyring was small and scanned every key for every batch."""
+    """A keyring pool's sessions (``KEYRING_SESSION``) look keys up by index whatever their
+    plans were made for: opening a batch's values stays an index lookup after the keyring grew
+    from a few hundred customers (a new deployment's first hours), where a plain session kept
+    the plan it made while the keyring was small and scanned every key for every batch."""
     writer = await create_pool(database, max_size=1)
     plain = await create_pool(database, max_size=1)
     keyring = await create_pool(database, max_size=1, session=KEYRING_SESSION)

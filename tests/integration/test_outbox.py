@@ -374,9 +374,10 @@ async def test_the_relay_marks_a_batch_sent_by_index_after_the_outbox_grew(
     infrastructure, database, pool, producer, topic
 ):
     """The relay's session looks rows up by index whatever its plans were made for: marking a
-    batch sent stays a lookup of its positions after the outbox grew from a few rows (a new deployment's first
-    minutes: autovacuum analysed it while it was small, and not again yet), where a plain session
-    kept the plan it made while the outbox was small and scanned every row for every batch."""
+    batch sent stays a lookup of its positions after the outbox grew from a few rows (a new
+    deployment's first minutes: autovacuum analysed it while it was small, and not again yet),
+    where a plain session kept the plan it made while the outbox was small and scanned every
+    row for every batch."""
     async with pool.acquire() as conn:
         for table in ("outbox", "events"):  # no ANALYZE but the test's
             await conn.execute(f"ALTER TABLE {table} SET (autovacuum_enabled = off)")
