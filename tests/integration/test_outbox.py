@@ -305,10 +305,11 @@ async def test_the_relay_reads_a_backlog_along_the_unsent_index_whatever_the_sta
     infrastructure, database, pool, producer, topic
 ):
     """The relay's session reads each next batch along the unsent rows' index in position
-    order, stopping at the batch's size, also while the planner's statistics still say that
-    few rows wait (as right after a backlog built up), and with the plan it made while the
-    outbox held a few rows: a plain session would sort the whole backlog, joined to its
-    events, for every batch."""
+    order, stopping at the batch's size, and looks each row's event up by index, also while the
+    planner's statistics still say that few rows wait (as right after a backlog built up), and
+    with the plan it made while the outbox held a few rows: a plain session would sort the whole
+    backlog, joined to its events, for every batch, and the relay's own compared every row of
+    a batch with every event it had read."""
     async with pool.acquire() as conn:
         for table in ("outbox", "events"):  # statistics as before the backlog: none
             await conn.execute(f"ALTER TABLE {table} SET (autovacuum_enabled = off)")
@@ -341,6 +342,9 @@ async def test_the_relay_reads_a_backlog_along_the_unsent_index_whatever_the_sta
         kept = await plan_once_grown(own, PENDING, "500, ARRAY[]::bigint[]", grow)
         assert "Sort" not in kept and "Seq Scan" not in kept, kept
         assert "Index Scan using outbox_unsent" in kept, kept
+        # each row's event looked up by index: not every row compared with every event
+        assert "Index Cond: (event_id = o.event_id)" in kept, kept
+        assert "Join Filter" not in kept and "Materialize" not in kept, kept
         assert len(await relay.fetch_pending(own)) == 500
     finally:
         await own.close()
