@@ -7,7 +7,7 @@ import io
 import random
 import uuid
 from collections import defaultdict
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 
 import asyncpg
@@ -301,6 +301,22 @@ async def test_each_record_stays_in_its_events_trace_also_when_a_backlog_goes_un
         assert carried[stream] == traceparent_of(span.context)  # its publish span's
 
 
+async def appender_without_analyze(pool, topic: str) -> Callable[[int, int], Awaitable[None]]:
+    """``append(streams, events)``: that many new streams of that many events each, into the
+    store and its outbox; the two tables are analysed only when the test says so."""
+    async with pool.acquire() as conn:
+        for table in ("outbox", "events"):
+            await conn.execute(f"ALTER TABLE {table} SET (autovacuum_enabled = off)")
+    store = EventStore(source="/complaints/test", topic=topic)
+
+    async def append(streams: int, events: int) -> None:
+        async with pool.acquire() as conn, conn.transaction():
+            for _ in range(streams):
+                await store.append(conn, uuid.uuid4(), 0, [Counted(n=n) for n in range(events)])
+
+    return append
+
+
 async def test_the_relay_reads_a_backlog_along_the_unsent_index_whatever_the_statistics(
     infrastructure, database, pool, producer, topic
 ):
@@ -310,15 +326,7 @@ async def test_the_relay_reads_a_backlog_along_the_unsent_index_whatever_the_sta
     with the plan it made while the outbox held a few rows: a plain session would sort the whole
     backlog, joined to its events, for every batch, and the relay's own compared every row of
     a batch with every event it had read."""
-    async with pool.acquire() as conn:
-        for table in ("outbox", "events"):  # statistics as before the backlog: none
-            await conn.execute(f"ALTER TABLE {table} SET (autovacuum_enabled = off)")
-    store = EventStore(source="/complaints/test", topic=topic)
-
-    async def append(streams: int, events: int) -> None:
-        async with pool.acquire() as conn, conn.transaction():
-            for _ in range(streams):
-                await store.append(conn, uuid.uuid4(), 0, [Counted(n=n) for n in range(events)])
+    append = await appender_without_analyze(pool, topic)  # statistics as before the backlog
 
     async def grow() -> None:
         await append(30, 100)
@@ -382,15 +390,7 @@ async def test_the_relay_marks_a_batch_sent_by_index_after_the_outbox_grew(
     deployment's first minutes: autovacuum analysed it while it was small, and not again yet),
     where a plain session kept the plan it made while the outbox was small and scanned every
     row for every batch."""
-    async with pool.acquire() as conn:
-        for table in ("outbox", "events"):  # no ANALYZE but the test's
-            await conn.execute(f"ALTER TABLE {table} SET (autovacuum_enabled = off)")
-    store = EventStore(source="/complaints/test", topic=topic)
-
-    async def append(streams: int, events: int) -> None:
-        async with pool.acquire() as conn, conn.transaction():
-            for _ in range(streams):
-                await store.append(conn, uuid.uuid4(), 0, [Counted(n=n) for n in range(events)])
+    append = await appender_without_analyze(pool, topic)
 
     async def grow() -> None:
         await append(200, 100)
