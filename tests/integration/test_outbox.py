@@ -363,10 +363,8 @@ async def test_the_relay_plans_its_statements_once_per_session(
 ):
     """The relay reads and marks batch after batch without planning either statement again:
     planning the next batch's read cost PostgreSQL more than running it."""
-    store = EventStore(source="/complaints/test", topic=topic)
-    async with pool.acquire() as conn, conn.transaction():
-        for _ in range(10):
-            await store.append(conn, uuid.uuid4(), 0, [Counted(n=n) for n in range(10)])
+    append = await appender_without_analyze(pool, topic)
+    await append(10, 10)
     relay = make_relay(infrastructure, database, pool, producer, batch_size=10)
     own = await relay.connect()
     try:

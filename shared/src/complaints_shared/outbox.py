@@ -109,7 +109,8 @@ MARK_SENT = "UPDATE outbox SET sent_at = now() WHERE position = ANY($1::bigint[]
 #   autovacuum analyses it), on a plan that scans the whole outbox, and keep it until the
 #   table's statistics change: :data:`MARK_SENT`'s scanned it for every batch once it had grown
 #   (8-17 ms a batch over 2,000-25,000 rows, where looking each position up takes well under
-#   1 ms).  Every statement of the relay finds its rows by an index.  Planning each call
+#   1 ms).  Every statement of the relay on the outbox and the events finds its rows by an
+#   index (the leader's lookup reads the server's lock and session lists).  Planning each call
 #   instead cost more than running it: :data:`PENDING` took 320 µs of PostgreSQL's CPU to plan
 #   and 60-180 µs to run (the pipeline bench at 300 complaints/s).
 # - A batch's rows find their events one by one, by the events' index (a nested loop, no hash
