@@ -12,16 +12,31 @@ machine that charges less for it gives the same code more complaints a second at
 socket pair (each blocks in ``recv`` until the other answers), pinned to two different CPUs,
 then both to one.  The bench writes it into its figures (``machine``), so that runs on
 different machines can be told apart.
+
+The disk is the other thing a latency figure depends on more than the code.  PostgreSQL waits
+for its write-ahead log to reach the disk at every commit; when the kernel writes back a large
+batch of the page cache's dirty pages at once, those waits queue behind it.  On these machines
+the kernel writes a file's dirty pages once the oldest of them is 30 s old, all of them at once:
+a stage that wrote for 15 s (new table pages, Kafka's segments) left 170-180 MB, written back
+in one second about 30 s after it started, while the next stage ran.  Every CPU then waited on
+I/O for 50-145 ms, and intake's requests with them.  So the bench writes the dirty pages out
+(:func:`flush_page_cache`) before each measured window, and reports the longest stretch in which
+every runnable task waited on I/O during it (:class:`IoStalls`): a window's p99 can then be
+read with its stalls beside it.
 """
 
 from __future__ import annotations
 
 import os
 import socket
+import threading
 import time
+from types import TracebackType
 from typing import Any
 
 ROUND_TRIPS = 2000
+IO_PRESSURE = "/proc/pressure/io"  # Linux's pressure stall information (kernel 4.20 on)
+STALL_SAMPLE_SECONDS = 0.01
 
 
 def _ping_pong(cpus: tuple[int, int], n: int) -> dict[str, float]:
@@ -82,6 +97,73 @@ def describe(figures: dict[str, Any]) -> str:
         "wake-up round trip between two processes: "
         f"{two['wall_us']:.1f} µs ({two['cpu_us']:.1f} µs CPU) on two CPUs, {one_text}"
     )
+
+
+def flush_page_cache() -> None:
+    """Write the page cache's dirty pages out now (``sync``), so that the kernel does not write
+    back what an earlier stage wrote in the middle of the next one."""
+    os.sync()
+
+
+def io_stalled_seconds() -> float | None:
+    """Seconds so far in which every task that could run waited on I/O (the ``full`` line of
+    :data:`IO_PRESSURE`); ``None`` where the kernel does not tell."""
+    try:
+        with open(IO_PRESSURE) as f:
+            for line in f:
+                if line.startswith("full "):
+                    return int(line.rpartition("total=")[2]) / 1e6
+    except (OSError, ValueError):
+        pass
+    return None
+
+
+class IoStalls:
+    """While the ``with`` block runs, every :data:`STALL_SAMPLE_SECONDS`: how long every task
+    that could run waited on I/O.  :attr:`total_ms` sums it (each commit's wait for the disk
+    counts while nothing else runs); :attr:`longest_ms` is the longest stretch in which they
+    waited for most of each sample, the disk stalled: what a window's p99 can be read by.
+    Both ``None`` where the kernel does not tell."""
+
+    def __init__(self) -> None:
+        self.total_ms: float | None = None
+        self.longest_ms: float | None = None
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def __enter__(self) -> IoStalls:
+        if io_stalled_seconds() is not None:
+            self._thread = threading.Thread(target=self._watch, name="io-stalls", daemon=True)
+            self._thread.start()
+        return self
+
+    def __exit__(
+        self,
+        kind: type[BaseException] | None,
+        error: BaseException | None,
+        trace: TracebackType | None,
+    ) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join()
+
+    def _watch(self) -> None:
+        first = stalled = io_stalled_seconds()
+        at = time.perf_counter()
+        stretch = longest = 0.0
+        while not self._stop.wait(STALL_SAMPLE_SECONDS):
+            now, stalled_now = time.perf_counter(), io_stalled_seconds()
+            if stalled is None or stalled_now is None:
+                return
+            if stalled_now - stalled >= (now - at) / 2:  # most of the sample: stalled
+                stretch += now - at
+                longest = max(longest, stretch)
+            else:
+                stretch = 0.0
+            at, stalled = now, stalled_now
+        if first is not None and stalled is not None:
+            self.total_ms = round((stalled - first) * 1000, 1)
+            self.longest_ms = round(longest * 1000, 1)
 
 
 if __name__ == "__main__":

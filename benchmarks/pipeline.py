@@ -71,6 +71,7 @@ from http_intake import (
     postgres_pids,
     service_env,
 )
+from machine import IoStalls, flush_page_cache
 
 from complaints_shared.topics import delete_topics
 
@@ -177,9 +178,10 @@ async def _measure(
         return [pid for pid in postgres_pids() if pid not in own]
 
     pids = {**pids, "postgres": services_postgres()}
+    flush_page_cache()  # what the start-up wrote: not written back during the load
     cpu_before = cpu_seconds(pids)
     xacts_before = await _transactions(stats, dsns)
-    with raised_priority(CLIENT_PRIORITY) as client_priority:
+    with raised_priority(CLIENT_PRIORITY) as client_priority, IoStalls() as stalls:
         t0 = time.perf_counter()
         samples.append((t0, await _count(conns)))
         sampling = asyncio.create_task(sample())
@@ -257,6 +259,7 @@ async def _measure(
         "failed": load.failed,
         "statuses": load.statuses,
         "client_priority": client_priority,
+        "io_stalls_ms": {"total": stalls.total_ms, "longest": stalls.longest_ms},
         "post_p50_ms": round(load.percentile(50) * 1000, 1),
         "post_p99_ms": round(load.percentile(99) * 1000, 1),
         "stages": stages,

@@ -220,7 +220,10 @@ def _cpu_times() -> tuple[int, int]:
 
 
 def settle(stage: str, waits: dict[str, Any]) -> None:
-    """Wait until the cores are quiet (or :data:`QUIET_WITHIN` passed) before ``stage``."""
+    """Wait until the cores are quiet (or :data:`QUIET_WITHIN` passed) before ``stage``, the
+    page cache written out first (what the stages before wrote is not written back during
+    it: :mod:`machine`)."""
+    machine.flush_page_cache()
     if not os.path.exists("/proc/stat"):
         return
     t0 = time.monotonic()
@@ -644,7 +647,16 @@ def intake_rows(figures: dict[str, Any]) -> list[Row]:
             "ms",
             goal="< 50 ms",
         ),
+        Row("intake", "    longest stall of every task on I/O meanwhile", _stalled(h), "ms"),
     ]
+
+
+def _stalled(f: dict[str, Any]) -> float:
+    """The longest stretch of a window in which every runnable task waited on I/O
+    (:class:`machine.IoStalls`): a disk that stalls holds every commit, and the window's p99
+    with it."""
+    ms = (f.get("io_stalls_ms") or {}).get("longest")
+    return float("nan") if ms is None else float(ms)
 
 
 def _against_first(
@@ -746,6 +758,7 @@ def pipeline_rows(f: dict[str, Any]) -> list[Row]:
             "ms",
             goal="< 250 ms at 300/s",
         ),
+        Row("pipeline", "  longest stall of every task on I/O during the load", _stalled(f), "ms"),
         *(
             Row("pipeline", f"  receipt → CaseOpened on Kafka, {p}", f[key], "ms")
             for p, key in (
