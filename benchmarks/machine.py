@@ -36,7 +36,7 @@ from typing import Any
 
 ROUND_TRIPS = 2000
 IO_PRESSURE = "/proc/pressure/io"  # Linux's pressure stall information (kernel 4.20 on)
-STALL_SAMPLE_SECONDS = 0.01
+STALL_SAMPLE_SECONDS = 0.02  # a stall that holds a p99 lasts tens of ms or more
 
 
 def _ping_pong(cpus: tuple[int, int], n: int) -> dict[str, float]:
@@ -105,17 +105,20 @@ def flush_page_cache() -> None:
     os.sync()
 
 
-def io_stalled_seconds() -> float | None:
+def io_stalled_seconds(fd: int | None = None) -> float | None:
     """Seconds so far in which every task that could run waited on I/O (the ``full`` line of
-    :data:`IO_PRESSURE`); ``None`` where the kernel does not tell."""
+    :data:`IO_PRESSURE`, read through ``fd`` if open); ``None`` where the kernel does not
+    tell."""
     try:
-        with open(IO_PRESSURE) as f:
-            for line in f:
-                if line.startswith("full "):
-                    return int(line.rpartition("total=")[2]) / 1e6
-    except (OSError, ValueError):
-        pass
-    return None
+        if fd is None:
+            with open(IO_PRESSURE, "rb") as f:
+                text = f.read()
+        else:
+            text = os.pread(fd, 512, 0)
+        full = text[text.index(b"full ") :]
+        return int(full.rpartition(b"total=")[2].split()[0]) / 1e6
+    except (OSError, ValueError, IndexError):
+        return None
 
 
 class IoStalls:
@@ -148,19 +151,23 @@ class IoStalls:
             self._thread.join()
 
     def _watch(self) -> None:
-        first = stalled = io_stalled_seconds()
-        at = time.perf_counter()
-        stretch = longest = 0.0
-        while not self._stop.wait(STALL_SAMPLE_SECONDS):
-            now, stalled_now = time.perf_counter(), io_stalled_seconds()
-            if stalled is None or stalled_now is None:
-                return
-            if stalled_now - stalled >= (now - at) / 2:  # most of the sample: stalled
-                stretch += now - at
-                longest = max(longest, stretch)
-            else:
-                stretch = 0.0
-            at, stalled = now, stalled_now
+        fd = os.open(IO_PRESSURE, os.O_RDONLY)  # kept open: a read every sample, little else
+        try:
+            first = stalled = io_stalled_seconds(fd)
+            at = time.perf_counter()
+            stretch = longest = 0.0
+            while not self._stop.wait(STALL_SAMPLE_SECONDS):
+                now, stalled_now = time.perf_counter(), io_stalled_seconds(fd)
+                if stalled is None or stalled_now is None:
+                    return
+                if stalled_now - stalled >= (now - at) / 2:  # most of the sample: stalled
+                    stretch += now - at
+                    longest = max(longest, stretch)
+                else:
+                    stretch = 0.0
+                at, stalled = now, stalled_now
+        finally:
+            os.close(fd)
         if first is not None and stalled is not None:
             self.total_ms = round((stalled - first) * 1000, 1)
             self.longest_ms = round(longest * 1000, 1)
