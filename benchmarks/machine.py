@@ -27,9 +27,13 @@ read with its stalls beside it.
 
 from __future__ import annotations
 
+import contextlib
+import json
 import os
+import select
 import socket
-import threading
+import subprocess
+import sys
 import time
 from types import TracebackType
 from typing import Any
@@ -126,18 +130,25 @@ class IoStalls:
     that could run waited on I/O.  :attr:`total_ms` sums it (each commit's wait for the disk
     counts while nothing else runs); :attr:`longest_ms` is the longest stretch in which they
     waited for most of each sample, the disk stalled: what a window's p99 can be read by.
-    Both ``None`` where the kernel does not tell."""
+    Both ``None`` where the kernel does not tell.
+
+    The sampling runs in a process of its own (:func:`watch_io_stalls`): a thread beside a
+    load's client would take the interpreter's lock from it fifty times a second."""
 
     def __init__(self) -> None:
         self.total_ms: float | None = None
         self.longest_ms: float | None = None
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
+        self._watcher: subprocess.Popen[bytes] | None = None
 
     def __enter__(self) -> IoStalls:
         if io_stalled_seconds() is not None:
-            self._thread = threading.Thread(target=self._watch, name="io-stalls", daemon=True)
-            self._thread.start()
+            self._watcher = subprocess.Popen(
+                [sys.executable, __file__, "--io-stalls"],
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+            )
+            assert self._watcher.stdout is not None
+            self._watcher.stdout.readline()  # it has read where the stalls stand: started
         return self
 
     def __exit__(
@@ -146,32 +157,41 @@ class IoStalls:
         error: BaseException | None,
         trace: TracebackType | None,
     ) -> None:
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join()
+        if self._watcher is None:
+            return
+        out, _ = self._watcher.communicate(timeout=10)  # its stdin closed: it stops
+        with contextlib.suppress(ValueError):
+            figures = json.loads(out)
+            self.total_ms, self.longest_ms = figures["total_ms"], figures["longest_ms"]
 
-    def _watch(self) -> None:
-        fd = os.open(IO_PRESSURE, os.O_RDONLY)  # kept open: a read every sample, little else
-        try:
-            first = stalled = io_stalled_seconds(fd)
-            at = time.perf_counter()
-            stretch = longest = 0.0
-            while not self._stop.wait(STALL_SAMPLE_SECONDS):
-                now, stalled_now = time.perf_counter(), io_stalled_seconds(fd)
-                if stalled is None or stalled_now is None:
-                    return
-                if stalled_now - stalled >= (now - at) / 2:  # most of the sample: stalled
-                    stretch += now - at
-                    longest = max(longest, stretch)
-                else:
-                    stretch = 0.0
-                at, stalled = now, stalled_now
-        finally:
-            os.close(fd)
-        if first is not None and stalled is not None:
-            self.total_ms = round((stalled - first) * 1000, 1)
-            self.longest_ms = round(longest * 1000, 1)
+
+def watch_io_stalls() -> dict[str, float | None]:
+    """:class:`IoStalls`' sampling, until this process's standard input is closed."""
+    fd = os.open(IO_PRESSURE, os.O_RDONLY)  # kept open: a read every sample, little else
+    try:
+        first = stalled = io_stalled_seconds(fd)
+        print("started", flush=True)
+        at = time.perf_counter()
+        stretch = longest = 0.0
+        while not select.select([sys.stdin], [], [], STALL_SAMPLE_SECONDS)[0]:
+            now, stalled_now = time.perf_counter(), io_stalled_seconds(fd)
+            if stalled is None or stalled_now is None:
+                return {"total_ms": None, "longest_ms": None}
+            if stalled_now - stalled >= (now - at) / 2:  # most of the sample: stalled
+                stretch += now - at
+                longest = max(longest, stretch)
+            else:
+                stretch = 0.0
+            at, stalled = now, stalled_now
+    finally:
+        os.close(fd)
+    if first is None or stalled is None:
+        return {"total_ms": None, "longest_ms": None}
+    return {"total_ms": round((stalled - first) * 1000, 1), "longest_ms": round(longest * 1000, 1)}
 
 
 if __name__ == "__main__":
-    print(describe(wake_up_round_trips()))
+    if sys.argv[1:] == ["--io-stalls"]:
+        print(json.dumps(watch_io_stalls()))
+    else:
+        print(describe(wake_up_round_trips()))

@@ -181,7 +181,8 @@ async def _measure(
     flush_page_cache()  # what the start-up wrote: not written back during the load
     cpu_before = cpu_seconds(pids)
     xacts_before = await _transactions(stats, dsns)
-    with raised_priority(CLIENT_PRIORITY) as client_priority, IoStalls() as stalls:
+    # the stalls' sampler is started first: at the default priority, as the services
+    with IoStalls() as stalls, raised_priority(CLIENT_PRIORITY) as client_priority:
         t0 = time.perf_counter()
         samples.append((t0, await _count(conns)))
         sampling = asyncio.create_task(sample())
