@@ -41,7 +41,7 @@ from typing import Any
 
 import asyncpg
 import openloop
-from machine import IoStalls, flush_page_cache
+from machine import IoStalls
 
 from complaints_intake.submissions import _HISTORIES
 from complaints_shared.topics import delete_topics
@@ -203,22 +203,21 @@ def postgres_pids() -> list[int]:
 def saturate(
     url: str, token: str, seconds: float, server: subprocess.Popen[bytes]
 ) -> dict[str, Any]:
-    """:func:`wrk` at 32 connections for ``seconds``, the page cache written out first: its
-    figures, how long every task waited on I/O meanwhile (``io_stall_ms``), and the CPU
+    """:func:`wrk` at 32 connections for ``seconds``, in a window of its own (:class:`IoStalls`):
+    its figures, how long every task waited on I/O meanwhile (``io_stalls_ms``), and the CPU
     milliseconds per answered request that the server's processes and PostgreSQL's spent
     meanwhile (``cpu_ms``: less sensitive than a rate to what else the machine's cores are
     doing)."""
-    flush_page_cache()
-    pids = {"server": process_tree(server.pid), "postgres": postgres_pids()}
-    before = cpu_seconds(pids)
     with IoStalls() as stalls:
+        pids = {"server": process_tree(server.pid), "postgres": postgres_pids()}
+        before = cpu_seconds(pids)
         load = wrk(url, token, seconds)
     pids["postgres"] = sorted(set(pids["postgres"]) | set(postgres_pids()))
     after = cpu_seconds(pids)
     per = max(load.ok, 1)
     return {
         **load.as_dict(),
-        "io_stalls_ms": {"total": stalls.total_ms, "longest": stalls.longest_ms},
+        "io_stalls_ms": stalls.figures,
         "cpu_ms": {n: round((after[n] - before[n]) * 1000 / per, 3) for n in after},
     }
 
@@ -389,12 +388,11 @@ def bench_stored(h: Harness, *, seconds: float, counts: list[int]) -> dict[str, 
             plan = asyncio.run(_preload(f"{h.server}/{intake_db}", count)) if count else ""
             loaded = time.monotonic() - t0
             wrk(url, h.token, 3)
-            flush_page_cache()  # the preload's pages: not written back during the load
-            with IoStalls() as stalls:
+            with IoStalls() as stalls:  # the preload's pages: not written back during the load
                 load = wrk(url, h.token, seconds)
             results[str(count)] = {
                 **load.as_dict(),
-                "io_stalls_ms": {"total": stalls.total_ms, "longest": stalls.longest_ms},
+                "io_stalls_ms": stalls.figures,
                 "history_plan": plan,
                 "preload_seconds": round(loaded, 1),
             }
@@ -440,13 +438,12 @@ def bench(
         wrk(url, h.token, 3)  # warm-up: connections, prepared statements, the JWKS
         results["intake"] = saturated = saturate(url, h.token, seconds, intake)
         # what the saturation wrote is written out now, not in the middle of the half load
-        flush_page_cache()
         with IoStalls() as stalls:
             half = open_loop(url, h.token, seconds, rate=saturated["rate"] / 2)
         results["intake_half_load"] = {
             **half.as_dict(),
             "offered": round(saturated["rate"] / 2, 1),
-            "io_stalls_ms": {"total": stalls.total_ms, "longest": stalls.longest_ms},
+            "io_stalls_ms": stalls.figures,
         }
     finally:
         _stop(intake)

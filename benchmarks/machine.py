@@ -19,10 +19,10 @@ batch of the page cache's dirty pages at once, those waits queue behind it.  On 
 the kernel writes a file's dirty pages once the oldest of them is 30 s old, all of them at once:
 a stage that wrote for 15 s (new table pages, Kafka's segments) left 170-180 MB, written back
 in one second about 30 s after it started, while the next stage ran.  Every CPU then waited on
-I/O for 50-145 ms, and intake's requests with them.  So the bench writes the dirty pages out
-(:func:`flush_page_cache`) before each measured window, and reports the longest stretch in which
-every runnable task waited on I/O during it (:class:`IoStalls`): a window's p99 can then be
-read with its stalls beside it.
+I/O for 50-145 ms, and intake's requests with them.  So each measured window of the bench is
+an :class:`IoStalls` block: it writes the dirty pages out first (:func:`flush_page_cache`), and
+reports the longest stretch in which every runnable task waited on I/O during it: a window's
+p99 can then be read with its stalls beside it.
 """
 
 from __future__ import annotations
@@ -109,16 +109,11 @@ def flush_page_cache() -> None:
     os.sync()
 
 
-def io_stalled_seconds(fd: int | None = None) -> float | None:
+def io_stalled_seconds(fd: int) -> float | None:
     """Seconds so far in which every task that could run waited on I/O (the ``full`` line of
-    :data:`IO_PRESSURE`, read through ``fd`` if open); ``None`` where the kernel does not
-    tell."""
+    :data:`IO_PRESSURE`, open as ``fd``); ``None`` where the kernel does not tell."""
     try:
-        if fd is None:
-            with open(IO_PRESSURE, "rb") as f:
-                text = f.read()
-        else:
-            text = os.pread(fd, 512, 0)
+        text = os.pread(fd, 512, 0)
         full = text[text.index(b"full ") :]
         return int(full.rpartition(b"total=")[2].split()[0]) / 1e6
     except (OSError, ValueError, IndexError):
@@ -126,11 +121,13 @@ def io_stalled_seconds(fd: int | None = None) -> float | None:
 
 
 class IoStalls:
-    """While the ``with`` block runs, every :data:`STALL_SAMPLE_SECONDS`: how long every task
-    that could run waited on I/O.  :attr:`total_ms` sums it (each commit's wait for the disk
-    counts while nothing else runs); :attr:`longest_ms` is the longest stretch in which they
-    waited for most of each sample, the disk stalled: what a window's p99 can be read by.
-    Both ``None`` where the kernel does not tell.
+    """A measured window: entering it writes the page cache out (:func:`flush_page_cache`: what
+    was written before is not written back during it); while the ``with`` block runs, every
+    :data:`STALL_SAMPLE_SECONDS`, how long every task that could run waited on I/O.
+    :attr:`total_ms` sums it (each commit's wait for the disk counts while nothing else runs);
+    :attr:`longest_ms` is the longest stretch in which they waited for most of each sample, the
+    disk stalled: what a window's p99 can be read by.  Both ``None`` where the kernel does not
+    tell; :attr:`figures` gives them as the bench's JSON keeps them (``io_stalls_ms``).
 
     The sampling runs in a process of its own (:func:`watch_io_stalls`): a thread beside a
     load's client would take the interpreter's lock from it fifty times a second."""
@@ -140,8 +137,13 @@ class IoStalls:
         self.longest_ms: float | None = None
         self._watcher: subprocess.Popen[bytes] | None = None
 
+    @property
+    def figures(self) -> dict[str, float | None]:
+        return {"total": self.total_ms, "longest": self.longest_ms}
+
     def __enter__(self) -> IoStalls:
-        if io_stalled_seconds() is not None:
+        flush_page_cache()
+        if os.path.exists(IO_PRESSURE):
             self._watcher = subprocess.Popen(
                 [sys.executable, __file__, "--io-stalls"],
                 stdin=subprocess.PIPE,

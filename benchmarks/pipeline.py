@@ -71,7 +71,7 @@ from http_intake import (
     postgres_pids,
     service_env,
 )
-from machine import IoStalls, flush_page_cache
+from machine import IoStalls
 
 from complaints_shared.topics import delete_topics
 
@@ -178,15 +178,16 @@ async def _measure(
         return [pid for pid in postgres_pids() if pid not in own]
 
     pids = {**pids, "postgres": services_postgres()}
-    flush_page_cache()  # what the start-up wrote: not written back during the load
-    cpu_before = cpu_seconds(pids)
-    xacts_before = await _transactions(stats, dsns)
-    # the stalls' sampler is started first: at the default priority, as the services
-    with IoStalls() as stalls, raised_priority(CLIENT_PRIORITY) as client_priority:
-        t0 = time.perf_counter()
-        samples.append((t0, await _count(conns)))
-        sampling = asyncio.create_task(sample())
-        load = await openloop.run("127.0.0.1", port, request, rate, seconds, keep=_complaint_id)
+    # what the start-up wrote is written out first; the stalls' sampler runs at the default
+    # priority, as the services
+    with IoStalls() as stalls:
+        cpu_before = cpu_seconds(pids)
+        xacts_before = await _transactions(stats, dsns)
+        with raised_priority(CLIENT_PRIORITY) as client_priority:
+            t0 = time.perf_counter()
+            samples.append((t0, await _count(conns)))
+            sampling = asyncio.create_task(sample())
+            load = await openloop.run("127.0.0.1", port, request, rate, seconds, keep=_complaint_id)
     loaded = time.perf_counter()
     sampling.cancel()  # before the drain's own counts: they use the same connections
     await asyncio.gather(sampling, return_exceptions=True)
@@ -260,7 +261,7 @@ async def _measure(
         "failed": load.failed,
         "statuses": load.statuses,
         "client_priority": client_priority,
-        "io_stalls_ms": {"total": stalls.total_ms, "longest": stalls.longest_ms},
+        "io_stalls_ms": stalls.figures,
         "post_p50_ms": round(load.percentile(50) * 1000, 1),
         "post_p99_ms": round(load.percentile(99) * 1000, 1),
         "stages": stages,
