@@ -23,6 +23,11 @@ I/O for 50-145 ms, and intake's requests with them.  So each measured window of 
 an :class:`IoStalls` block: it writes the dirty pages out first (:func:`flush_page_cache`), and
 reports the longest stretch in which every runnable task waited on I/O during it: a window's
 p99 can then be read with its stalls beside it.
+
+The CPUs are the third: near its capacity, a machine's latencies grow with every percent of
+CPU it is busy, whatever the code does.  :func:`cpu_times` tells how busy it was during a window
+(the pipeline's load: all services, PostgreSQL, Kafka, the mail catcher and the load's own
+client share two cores there).
 """
 
 from __future__ import annotations
@@ -101,6 +106,16 @@ def describe(figures: dict[str, Any]) -> str:
         "wake-up round trip between two processes: "
         f"{two['wall_us']:.1f} µs ({two['cpu_us']:.1f} µs CPU) on two CPUs, {one_text}"
     )
+
+
+def cpu_times() -> tuple[float, float]:
+    """Seconds all CPUs together have been busy, and have run at all, since boot (the first
+    line of ``/proc/stat``: busy is everything but idle and waiting on I/O; a guest's time is
+    counted in user already).  Two readings around a window give how full the machine was."""
+    with open("/proc/stat", "rb") as f:
+        ticks = [int(v) for v in f.readline().split()[1:9]]  # user … steal
+    per_second = os.sysconf("SC_CLK_TCK")
+    return (sum(ticks) - ticks[3] - ticks[4]) / per_second, sum(ticks) / per_second
 
 
 def flush_page_cache() -> None:

@@ -19,7 +19,9 @@ transaction that writes the complaint, after the request's queueing, its HTTP ha
 its wait for a group) to ``CaseOpened`` and to the acknowledgement e-mail handed to the SMTP
 server (followup's ``sent_at``).  Receipt → ``CaseOpened`` is also split into its two hops at
 ``ComplaintReceived`` on Kafka (its record's producer timestamp): intake's relay, then
-resolution's fetch, batch and relay.
+resolution's fetch, batch and relay.  And how busy all CPUs were during the load, and
+the share of it the load's own client took: a latency's tail depends on it more than on
+anything else once the cores are nearly full.
 
 The open-loop client and the bench's own reading stand in for the platform's clients, which are
 not on this machine either.  On these 2 cores they compete with the platform for the CPU: a
@@ -71,7 +73,7 @@ from http_intake import (
     postgres_pids,
     service_env,
 )
-from machine import IoStalls
+from machine import IoStalls, cpu_times
 
 from complaints_shared.topics import delete_topics
 
@@ -187,7 +189,9 @@ async def _measure(
             t0 = time.perf_counter()
             samples.append((t0, await _count(conns)))
             sampling = asyncio.create_task(sample())
+            (busy_at, ran_at), client_at = cpu_times(), time.process_time()
             load = await openloop.run("127.0.0.1", port, request, rate, seconds, keep=_complaint_id)
+            (busy_now, ran_now), client_now = cpu_times(), time.process_time()
     loaded = time.perf_counter()
     sampling.cancel()  # before the drain's own counts: they use the same connections
     await asyncio.gather(sampling, return_exceptions=True)
@@ -262,6 +266,11 @@ async def _measure(
         "statuses": load.statuses,
         "client_priority": client_priority,
         "io_stalls_ms": stalls.figures,
+        # of all CPUs' time during the load: busy, and taken by this process (the load's client)
+        "cpu_busy_share": {
+            "all": round((busy_now - busy_at) / (ran_now - ran_at), 3),
+            "load_client": round((client_now - client_at) / (ran_now - ran_at), 3),
+        },
         "post_p50_ms": round(load.percentile(50) * 1000, 1),
         "post_p99_ms": round(load.percentile(99) * 1000, 1),
         "stages": stages,

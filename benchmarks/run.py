@@ -759,6 +759,13 @@ def pipeline_rows(f: dict[str, Any]) -> list[Row]:
             goal="< 250 ms at 300/s",
         ),
         Row("pipeline", "  longest stall of every task on I/O during the load", _stalled(f), "ms"),
+        Row(
+            "pipeline",
+            "  all CPUs' time busy during the load"
+            f" (the load's client: {f['cpu_busy_share']['load_client']:.0%})",
+            f["cpu_busy_share"]["all"] * 100,
+            "%",
+        ),
         *(
             Row("pipeline", f"  receipt → CaseOpened on Kafka, {p}", f[key], "ms")
             for p, key in (
