@@ -211,14 +211,6 @@ QUIET_BUSY = 0.25  # the share of all cores' time busy over a second that counts
 QUIET_WITHIN = 60.0  # seconds: a machine busy with something else is measured as it is
 
 
-def _cpu_times() -> tuple[int, int]:
-    """Busy and total time of all cores since boot, in clock ticks (``/proc/stat``)."""
-    with open("/proc/stat") as f:
-        ticks = [int(x) for x in f.readline().split()[1:9]]  # user .. steal
-    idle = ticks[3] + ticks[4]  # idle, iowait
-    return sum(ticks) - idle, sum(ticks)
-
-
 def settle(stage: str, waits: dict[str, Any]) -> None:
     """Wait until the cores are quiet (or :data:`QUIET_WITHIN` passed) before ``stage``, the
     page cache written out first (what the stages before wrote is not written back during
@@ -227,11 +219,11 @@ def settle(stage: str, waits: dict[str, Any]) -> None:
     if not os.path.exists("/proc/stat"):
         return
     t0 = time.monotonic()
-    busy, total = _cpu_times()
+    busy, total = machine.cpu_times()
     while True:
         time.sleep(1.0)
-        now_busy, now_total = _cpu_times()
-        share = (now_busy - busy) / max(now_total - total, 1)
+        now_busy, now_total = machine.cpu_times()
+        share = (now_busy - busy) / max(now_total - total, 1e-9)
         busy, total = now_busy, now_total
         if share < QUIET_BUSY or time.monotonic() - t0 >= QUIET_WITHIN:
             break
