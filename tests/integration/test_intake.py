@@ -407,6 +407,39 @@ async def test_a_submission_the_database_refuses_fails_alone(intake, http):
     assert await data_subjects(intake) == 15  # the refused one's is gone too
 
 
+async def test_a_submission_not_written_is_answered_once_its_data_subject_is_forgotten(
+    intake, http, monkeypatch
+):
+    """A submission's data subject is registered with its group's before the rules or the
+    database have decided; one that is not written is answered only once the keyring has
+    forgotten that subject again, so that nothing its client does next (a data export, an
+    erasure, or a test's count) finds a complaint that does not exist.  The keyring answers
+    slowly here, as one under load does."""
+    keyring = intake.servers["intake"].app.state.runtime.keyring
+    forget = keyring.forget
+
+    async def slow_forget(stream_ids: Any) -> None:
+        await asyncio.sleep(0.3)
+        await forget(stream_ids)
+
+    monkeypatch.setattr(keyring, "forget", slow_forget)
+    url = f"{intake.url('intake')}/complaints"
+    refused = await http.post(url, json=complaint(category="weather"))  # by the rules
+    assert refused.status_code == 422, refused.text
+    assert await data_subjects(intake) == 0
+    await intake.pool("intake").execute(
+        """
+        CREATE FUNCTION refuse_all() RETURNS trigger LANGUAGE plpgsql AS $$
+        BEGIN RAISE EXCEPTION 'refused' USING ERRCODE = 'check_violation'; END $$;
+        CREATE TRIGGER refuse_all BEFORE INSERT ON complaints
+            FOR EACH ROW EXECUTE FUNCTION refuse_all();
+        """
+    )
+    failed = await http.post(url, json=complaint())  # by the database, alone
+    assert failed.status_code == 500, failed.text
+    assert await data_subjects(intake) == 0
+
+
 async def data_subjects(intake: Any) -> int:
     """The data subjects intake's keyring holds."""
     keyring = await asyncpg.connect(intake.keyring["keyring_url"])

@@ -23,8 +23,9 @@ Invariants:
   transaction reads; the transaction seals nothing before that has committed); when the
   submission is not written (answered from its ``Idempotency-Key``, refused, or its own
   transaction fails) and the database has no such complaint, the subject is forgotten again,
-  so a customer's data export and erasure name only complaints that exist.  (With the
-  database unavailable, nobody can tell: the subject stays.)
+  so a customer's data export and erasure name only complaints that exist; its answer comes
+  after that, so nothing its client does next finds the subject.  (With the database
+  unavailable, nobody can tell: the subject stays.)
 - **Its own trace.**  Each submission's events carry its request's trace context to the outbox.
 - **Answered as stored.**  The answer is the complaint's row as the transaction wrote it, and
   an ``Idempotency-Key``'s first answer is kept in the same transaction.
@@ -195,10 +196,10 @@ class SubmissionGroups:
             answers = await self._transaction(rt, res, group)
         except Exception as exc:
             if len(group) == 1 or database_unavailable(exc):
-                for s in group:
-                    s.fail(exc)
                 if not database_unavailable(exc):  # not written: its registration goes too
                     await _forget(rt, group)
+                for s in group:
+                    s.fail(exc)
                 return
             for s in group:  # which one fails, if one does, is answered alone
                 if not s.answer.done():  # (one the rules refused is answered already)
@@ -218,13 +219,14 @@ class SubmissionGroups:
         (its own database: its commit overlaps the transaction's reads instead of following
         them), and the transaction waits for it before it seals anything; a submission that is
         not written after all (answered from its ``Idempotency-Key``, or refused by the rules)
-        has its data subject forgotten again."""
+        has its data subject forgotten again, and a refused one is answered after that."""
         registering = asyncio.ensure_future(
             rt.keyring.register_many([(s.complaint_id, s.customer_key) for s in group])
         )
         unwritten: list[Submission] = []  # answered from its key, or refused
+        refusals: list[tuple[Submission, Exception]] = []  # the rules' errors, to answer
         try:
-            return await self._attempt(rt, res, group, registering, unwritten)
+            return await self._attempt(rt, res, group, registering, unwritten, refusals)
         except asyncio.CancelledError:  # the app is stopping: what was registered stays
             registering.cancel()
             raise
@@ -234,6 +236,8 @@ class SubmissionGroups:
             await asyncio.gather(registering, return_exceptions=True)
             if unwritten and not registering.cancelled() and registering.exception() is None:
                 await _forget(rt, unwritten)
+            for s, exc in refusals:
+                s.fail(exc)
 
     async def _attempt(
         self,
@@ -242,6 +246,7 @@ class SubmissionGroups:
         group: list[Submission],
         registering: asyncio.Future[Any],
         unwritten: list[Submission],
+        refusals: list[tuple[Submission, Exception]],
     ) -> list[tuple[Submission, asyncpg.Record | Replay]]:
         answers: list[tuple[Submission, asyncpg.Record | Replay]] = []
         async with rt.transaction() as conn:
@@ -291,7 +296,7 @@ class SubmissionGroups:
                         submitted_by=s.submitted_by,
                     )
                 except Exception as exc:  # refused (or a defect): answered to this one only
-                    s.fail(exc)
+                    refusals.append((s, exc))
                     refused.append(s)
                     unwritten.append(s)
                     continue
