@@ -275,7 +275,6 @@ class SubmissionGroups:
                 now - ip.duplicate_window,
             )
             decided: list[tuple[Submission, UUID, Received]] = []
-            refused: list[Submission] = []
             for s, row in zip(group, rows, strict=True):
                 history = History.of(
                     int(row["recent"]),
@@ -297,11 +296,10 @@ class SubmissionGroups:
                     )
                 except Exception as exc:  # refused (or a defect): answered to this one only
                     refusals.append((s, exc))
-                    refused.append(s)
                     unwritten.append(s)
                     continue
                 decided.append((s, s.complaint_id, decision))
-            if keys := [s.idempotency_key for s in refused if s.idempotency_key]:
+            if keys := [s.idempotency_key for s, _ in refusals if s.idempotency_key]:
                 await conn.execute("DELETE FROM idempotency_keys WHERE key = ANY($1)", keys)
             if not decided:
                 return answers
