@@ -27,6 +27,7 @@ from tests.integration.conftest import SPECS, Platform, StartPlatform
 from tests.support import (
     AGENT,
     ManualClock,
+    RunningServer,
     await_case,
     drive_to_agreed,
     eventually,
@@ -325,52 +326,60 @@ async def test_breach_escalates_through_durable_timers_also_after_a_restart(
         **p.keyring,
     )
 
+    own: list[RunningServer] = []  # started here, so stopped here (the fixture does not)
+
     async def start_resolution():  # type: ignore[no-untyped-def]
         app = create_app(
             SPECS["resolution"], settings, telemetry=setup_telemetry("resolution"), clock=clock
         )
         server = await serve(app)
         p.servers["resolution"] = server
+        own.append(server)
         return server
 
-    server = await start_resolution()
-    cid = await new_case(p, http, severity="critical")  # first response due in 2 business h
-    base = f"{p.url('resolution')}/cases/{cid}"
-    case = (await http.get(base)).json()
-    assert case["sla"]["first_response"]["due_at"] == "2026-11-23T11:00:00Z"
+    try:
+        server = await start_resolution()
+        cid = await new_case(p, http, severity="critical")  # first response due in 2 business h
+        base = f"{p.url('resolution')}/cases/{cid}"
+        case = (await http.get(base)).json()
+        assert case["sla"]["first_response"]["due_at"] == "2026-11-23T11:00:00Z"
 
-    async def level(expected: str | None) -> dict | None:
-        c = (await http.get(f"{p.url('resolution')}/cases/{cid}")).json()
-        return c if c["escalation_level"] == expected else None
+        async def level(expected: str | None) -> dict | None:
+            c = (await http.get(f"{p.url('resolution')}/cases/{cid}")).json()
+            return c if c["escalation_level"] == expected else None
 
-    clock.advance(1.7 * H)  # past the warning (80 %)
-    await asyncio.sleep(0.3)
-    assert (await http.get(base)).json()["escalation_level"] is None
-    clock.advance(0.4 * H)  # past the breach
-    case = await eventually(lambda: level("team_lead"), what="escalation to the team lead")
-    assert case["sla"]["first_response"]["breached"] is True
-    worklist = (await http.get(f"{p.url('resolution')}/cases", params={"overdue": "true"})).json()
-    assert [c["complaint_id"] for c in worklist["items"]] == [cid]
+        clock.advance(1.7 * H)  # past the warning (80 %)
+        await asyncio.sleep(0.3)
+        assert (await http.get(base)).json()["escalation_level"] is None
+        clock.advance(0.4 * H)  # past the breach
+        case = await eventually(lambda: level("team_lead"), what="escalation to the team lead")
+        assert case["sla"]["first_response"]["breached"] is True
+        worklist = (
+            await http.get(f"{p.url('resolution')}/cases", params={"overdue": "true"})
+        ).json()
+        assert [c["complaint_id"] for c in worklist["items"]] == [cid]
 
-    await server.stop()  # the service goes down; the timers stay in PostgreSQL
-    clock.advance(4 * H)  # past manager_after (4 business hours after the breach)
-    await start_resolution()
-    await eventually(lambda: level("manager"), what="escalation to the manager after restart")
+        await server.stop()  # the service goes down; the timers stay in PostgreSQL
+        clock.advance(4 * H)  # past manager_after (4 business hours after the breach)
+        await start_resolution()
+        await eventually(lambda: level("manager"), what="escalation to the manager after restart")
 
-    events = await resolution_events(p, cid, 5)
-    assert [e.type for e in events] == [
-        "CaseOpened",
-        "DeadlineApproaching",
-        "DeadlineBreached",
-        "CaseEscalated",
-        "CaseEscalated",
-    ]
-    assert [e.payload.level for e in events if isinstance(e.payload, rs.CaseEscalated)] == [
-        "team_lead",
-        "manager",
-    ]
-    assert isinstance(events[2].payload, rs.DeadlineApproaching | rs.DeadlineBreached)
-    assert events[2].payload.deadline == "first_response"
+        events = await resolution_events(p, cid, 5)
+        assert [e.type for e in events] == [
+            "CaseOpened",
+            "DeadlineApproaching",
+            "DeadlineBreached",
+            "CaseEscalated",
+            "CaseEscalated",
+        ]
+        assert [e.payload.level for e in events if isinstance(e.payload, rs.CaseEscalated)] == [
+            "team_lead",
+            "manager",
+        ]
+        assert isinstance(events[2].payload, rs.DeadlineApproaching | rs.DeadlineBreached)
+        assert events[2].payload.deadline == "first_response"
+    finally:
+        await asyncio.gather(*(s.stop() for s in own))
 
 
 async def test_reopen_by_an_agent_and_by_followups_request(start_platform: StartPlatform, http):
