@@ -29,12 +29,8 @@ SPEC = ServiceSpec(
         partial(keep_index, rt.resources.search, rt.pool),
     ],
     subject_records=by_complaint("complaint_facts", "occurrences"),
-    # its work is batches of up to 2,000 events, whose objects live until the batch commits
-    # (and the next one's, read meanwhile).  Learning consuming 70,000 events, then replaying
-    # them: at 20,000 net allocations its youngest generation was collected 135 times (729 ms
-    # in all), at 100,000 30 times (47 ms), as a batch's objects mostly go before the count
-    # reaches it; the longest pause was 25 ms either way.  The replay: 18,800 events a second
-    # on average against 16,100 (six alternating pairs, higher in each); of 140,000 events,
-    # alike (15,900 against 16,300, five runs each)
+    # its work is batches of up to 2,000 events, whose objects live until the batch commits:
+    # collected after 20,000 net allocations, the youngest generation was walked again and
+    # again in mid-batch (the figures: docs/capacity.md, "Learning's rebuild")
     young_collections_after=100_000,
 )
