@@ -1274,6 +1274,11 @@ def stalls(infrastructure, pool, producer, topics, topic_prefix, monkeypatch) ->
 
     class Recorded(AIOKafkaConsumer):
         def __init__(self, *args: object, **kwargs: object) -> None:
+            # the new consumer's group waits for the stalled member's session to end at the
+            # broker: the shortest session it allows (``group.min.session.timeout.ms``), not
+            # the client's default of 10 s
+            kwargs.setdefault("session_timeout_ms", 6000)
+            kwargs.setdefault("heartbeat_interval_ms", 2000)
             super().__init__(*args, **kwargs)
             made.append(self)
 
