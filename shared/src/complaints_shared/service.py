@@ -73,8 +73,8 @@ class Runtime:
 YOUNG_COLLECTION_THRESHOLD = 20_000
 """Net allocations between two collections of the youngest generation, in a service process
 (see ``freeze_after_start``), unless its spec says otherwise; cycles of garbage still go, a
-little later.  More makes each collection's pause longer: at 100,000, intake's p99 at half its
-saturated rate was 41 ms in two runs, against 24-26 ms at 20,000."""
+little later.  More makes each collection's pause longer, and the requests in flight wait
+through it (intake's latency measured at both: docs/capacity.md, "Learning's rebuild")."""
 
 
 @dataclass(frozen=True)
