@@ -588,6 +588,54 @@ async def test_timeline_holds_events_of_all_services_in_order(start_platform, ht
     assert [x["complaint_id"] for x in listed.json()["items"]] == [c["complaint_id"]]
 
 
+def _case_event(complaint_id: uuid.UUID, version: int, payload: DomainEvent) -> Event[Any]:
+    """One of resolution's events about ``complaint_id``, as resolution would publish it."""
+    return Event(
+        event_id=uuid.uuid4(),
+        stream_id=complaint_id,
+        version=version,
+        occurred_at=datetime.now(UTC),
+        source="/complaints/resolution",
+        payload=payload,
+    )
+
+
+def _opened(complaint_id: uuid.UUID) -> rs.CaseOpened:
+    return rs.CaseOpened(
+        complaint_id=complaint_id,
+        reference="CMP-1",
+        severity="low",
+        category="pricing_error",
+        language="en",
+        reply_channel="web",
+        received_at=datetime.now(UTC),
+    )
+
+
+def _assigned(to: str) -> rs.CaseAssigned:
+    return rs.CaseAssigned(
+        owner=rs.Owner(id=to, name=to.title(), contact=f"{to}@example.com"), assigned_by="lead"
+    )
+
+
+async def _publish_case_events(platform: Platform, events: list[Event[Any]]) -> None:
+    """``events`` on resolution's topic, sent together (one fetch brings them all)."""
+    runtime = platform.servers["intake"].app.state.runtime
+    producer = AIOKafkaProducer(
+        bootstrap_servers=runtime.settings.kafka_bootstrap, acks="all", enable_idempotence=True
+    )
+    await producer.start()
+    try:
+        for e in events:
+            record = to_kafka_record(e)
+            await producer.send(
+                runtime.topics.resolution, record.value, key=record.key, headers=record.headers
+            )
+        await producer.flush()
+    finally:
+        await producer.stop()
+
+
 async def test_case_events_read_together_leave_each_complaint_at_its_last_status(intake, http):
     """Resolution's events of several complaints, published together so that intake reads them
     in one batch: each complaint intake knows gets every entry and ends at its last event's
@@ -606,48 +654,14 @@ async def test_case_events_read_together_leave_each_complaint_at_its_last_status
     assert r.json()["status"] == "withdrawn"
     unknown = uuid.uuid4()
 
-    def case_event(complaint_id: uuid.UUID, version: int, payload: DomainEvent) -> Event[Any]:
-        return Event(
-            event_id=uuid.uuid4(),
-            stream_id=complaint_id,
-            version=version,
-            occurred_at=datetime.now(UTC),
-            source="/complaints/resolution",
-            payload=payload,
-        )
-
-    def opened(complaint_id: uuid.UUID) -> rs.CaseOpened:
-        return rs.CaseOpened(
-            complaint_id=complaint_id,
-            reference="CMP-1",
-            severity="low",
-            category="pricing_error",
-            language="en",
-            reply_channel="web",
-            received_at=datetime.now(UTC),
-        )
-
     a, w = uuid.UUID(known["complaint_id"]), uuid.UUID(withdrawn["complaint_id"])
     events = [
-        case_event(unknown, 1, opened(unknown)),
-        case_event(a, 1, opened(a)),
-        case_event(a, 2, rs.CaseClosed(complaint_id=a, reason="duplicate", closed_by="a7")),
-        case_event(w, 1, opened(w)),
+        _case_event(unknown, 1, _opened(unknown)),
+        _case_event(a, 1, _opened(a)),
+        _case_event(a, 2, rs.CaseClosed(complaint_id=a, reason="duplicate", closed_by="a7")),
+        _case_event(w, 1, _opened(w)),
     ]
-    runtime = intake.servers["intake"].app.state.runtime
-    producer = AIOKafkaProducer(
-        bootstrap_servers=runtime.settings.kafka_bootstrap, acks="all", enable_idempotence=True
-    )
-    await producer.start()
-    try:  # sent together, not one by one: one fetch brings them all
-        for e in events:
-            record = to_kafka_record(e)
-            await producer.send(
-                runtime.topics.resolution, record.value, key=record.key, headers=record.headers
-            )
-        await producer.flush()
-    finally:
-        await producer.stop()
+    await _publish_case_events(intake, events)
 
     async def entries_with(complaint_id: uuid.UUID, event_type: str) -> list[str] | None:
         r = await http.get(f"{base}/complaints/{complaint_id}/timeline")
@@ -667,6 +681,40 @@ async def test_case_events_read_together_leave_each_complaint_at_its_last_status
     for table, column in (("timeline", "complaint_id"), ("complaints", "id")):
         sql = f"SELECT count(*) FROM {table} WHERE {column} = $1"
         assert await pool.fetchval(sql, unknown) == 0
+
+
+async def test_a_case_event_that_keeps_the_status_leaves_the_complaint_row_alone(intake, http):
+    """Most of a case's events keep the complaint where it is (every step of the work is "in
+    progress"): they add their timeline entry and do not write the complaint's row again (a
+    wide row with six indexes: each rewrite copies it and adds an entry to every index)."""
+    base = intake.url("intake")
+    c = uuid.UUID((await http.post(f"{base}/complaints", json=complaint())).json()["complaint_id"])
+    pool = intake.pool("intake")
+
+    async def row_after(event_type: str, count: int) -> tuple[str, str]:
+        async def seen() -> bool:
+            r = await http.get(f"{base}/complaints/{c}/timeline")
+            return [e["type"] for e in r.json()["entries"]].count(event_type) == count
+
+        await eventually(seen, what=f"{count} {event_type} in the timeline")
+        row = await pool.fetchrow(
+            "SELECT status, xmin::text AS written FROM complaints WHERE id = $1", c
+        )
+        return row["status"], row["written"]
+
+    await _publish_case_events(
+        intake, [_case_event(c, 1, _opened(c)), _case_event(c, 2, _assigned("rita"))]
+    )
+    status, written = await row_after("CaseAssigned", 1)
+    assert status == "in_progress"
+    await _publish_case_events(intake, [_case_event(c, 3, _assigned("rui"))])  # reassigned
+    assert await row_after("CaseAssigned", 2) == ("in_progress", written)
+    await _publish_case_events(
+        intake,
+        [_case_event(c, 4, rs.CaseClosed(complaint_id=c, reason="duplicate", closed_by="a7"))],
+    )
+    status, rewritten = await row_after("CaseClosed", 1)
+    assert (status, rewritten != written) == ("closed", True)
 
 
 async def _ok(http: httpx.AsyncClient, url: str) -> bool:

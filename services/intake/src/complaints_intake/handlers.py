@@ -18,12 +18,14 @@ from complaints_shared.service import Runtime
 
 # The timeline entries of a run of the batch's events, and each complaint's status after them
 # (its last one: resolution's events come in order per complaint, so the status follows them),
-# for the complaints intake knows; a withdrawn complaint stays withdrawn.
+# for the complaints intake knows; a withdrawn complaint stays withdrawn.  A status the complaint
+# has already (most of a case's steps are "in progress") leaves its row alone: rewriting it
+# would copy the wide row and add an entry to each of its indexes for nothing.
 _TIMELINE_AND_STATUS = f"""
 WITH entry AS ({timeline_entries("EXISTS (SELECT FROM complaints c WHERE c.id = x.complaint_id)")})
 UPDATE complaints c SET status = s.status
   FROM unnest($8::uuid[], $9::text[]) AS s(id, status)
- WHERE c.id = s.id AND c.status <> 'withdrawn'
+ WHERE c.id = s.id AND c.status <> 'withdrawn' AND c.status <> s.status
 """
 
 # an entry: event id, complaint, service, type, when, version, summary; and the status after
