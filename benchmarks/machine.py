@@ -24,7 +24,15 @@ an :class:`IoStalls` block: it writes the dirty pages out first (:func:`flush_pa
 reports the longest stretch in which every runnable task waited on I/O during it: a window's
 p99 can then be read with its stalls beside it.
 
-The CPUs are the third: near its capacity, a machine's latencies grow with every percent of
+The interpreter, and what the machine's CPUs give it today, are the fourth: the services spend
+most of their CPU in plain Python between library calls.  On the machines above, Debian's own
+``python3.11`` ran a fixed piece of such code (:func:`python_speed`) in 615 ns a turn where a
+``pyenv`` build of 3.11.7 without profile-guided optimisation took 1,000 (three runs each); and on
+a shared virtual machine the same interpreter took 1,840 ns a turn minutes after 1,000, when its
+neighbours were busy.  The bench measures it before its stages and after them, so that a run on
+a slower interpreter, or in a slow hour, shows as such.
+
+The CPUs are the fifth: near its capacity, a machine's latencies grow with every percent of
 CPU it is busy, whatever the code does.  :func:`cpu_times` tells how busy it was during a window
 (the pipeline's load: all services, PostgreSQL, Kafka, the mail catcher and the load's own
 client share two cores there).
@@ -35,6 +43,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import platform
 import select
 import socket
 import subprocess
@@ -46,6 +55,7 @@ from typing import Any
 ROUND_TRIPS = 2000
 IO_PRESSURE = "/proc/pressure/io"  # Linux's pressure stall information (kernel 4.20 on)
 STALL_SAMPLE_SECONDS = 0.02  # a stall that holds a p99 lasts tens of ms or more
+PYTHON_TURNS = 20_000  # of python_speed's loop: about 20 ms a round
 
 
 def _ping_pong(cpus: tuple[int, int], n: int) -> dict[str, float]:
@@ -92,6 +102,49 @@ def wake_up_round_trips(n: int = ROUND_TRIPS) -> dict[str, Any]:
         }
     except (AttributeError, OSError):  # not Linux, or the CPUs cannot be chosen
         return {"two_cpus": None, "one_cpu": None}
+
+
+class _Item:
+    __slots__ = ("key", "name", "tags")
+
+    def __init__(self, key: int, name: str, tags: tuple[int, ...]) -> None:
+        self.key, self.name, self.tags = key, name, tags
+
+
+def _plain_python(turns: int) -> int:
+    """A service's own kind of work: a dict built and read, a string formatted and changed, an
+    object made and its attributes read, a few calls and branches (no library, no I/O)."""
+    total = 0
+    for i in range(turns):
+        record = {"key": i, "name": f"c{i}", "tags": [i, i + 1]}
+        item = _Item(record["key"], record["name"].upper(), tuple(record["tags"]))
+        total += len(item.name) + sum(item.tags)
+        if item.name.startswith("C1"):
+            total ^= item.key
+    return total
+
+
+def python_speed(rounds: int = 7) -> dict[str, Any]:
+    """ns a turn of a fixed piece of plain Python (the best of ``rounds``), with the
+    interpreter that ran it (its version and installation)."""
+    best = float("inf")
+    for _ in range(rounds):
+        t0 = time.perf_counter()
+        _plain_python(PYTHON_TURNS)
+        best = min(best, time.perf_counter() - t0)
+    return {
+        "version": platform.python_version(),
+        "installed_at": sys.base_prefix,
+        "ns_a_turn": round(best / PYTHON_TURNS * 1e9),
+    }
+
+
+def describe_python(before: dict[str, Any], after: dict[str, Any]) -> str:
+    """One line for the table's heading: the interpreter, and its speed before and after."""
+    return (
+        f"Python {before['version']} ({before['installed_at']}): a fixed piece of plain Python"
+        f" took {before['ns_a_turn']:,} ns a turn before the stages, {after['ns_a_turn']:,} after"
+    )
 
 
 def describe(figures: dict[str, Any]) -> str:
@@ -212,3 +265,5 @@ if __name__ == "__main__":
         print(json.dumps(watch_io_stalls()))
     else:
         print(describe(wake_up_round_trips()))
+        speed = python_speed()
+        print(describe_python(speed, speed))

@@ -84,7 +84,10 @@ each stage waited and how busy the cores were then.
 
 Above the table, and in the JSON's ``machine``, it gives what the machine charges for waking a
 process on the other CPU (``benchmarks/machine.py``): a figure to compare machines by, since
-every hop of the platform waits on another process.
+every hop of the platform waits on another process.  Below it, the interpreter and what it took
+for a fixed piece of plain Python before the stages and after them: an interpreter built
+without profile-guided optimisation, or an hour in which a shared machine's neighbours are
+busy, reads slower there too.
 """
 
 from __future__ import annotations
@@ -973,6 +976,7 @@ def main() -> None:
         identity=bool(stages & {"intake", "stored", "pipeline", "catchup", "rebuild"})
     )
     os.environ.setdefault("PGPASSFILE", str(infra.postgres.passfile))
+    python_before = machine.python_speed()
     rows: list[Row] = []
     waits: dict[str, Any] = {}
     details: dict[str, Any] = {"settle": waits}
@@ -1089,7 +1093,9 @@ def main() -> None:
         rows += delivery_rows(details["delivery"])
 
     wake_ups = machine.wake_up_round_trips()  # after the stages: the machine is quiet again
+    python_after = machine.python_speed()
     print(f"\n{machine.describe(wake_ups)}")
+    print(machine.describe_python(python_before, python_after))
     print_table(rows)
     out = args.json or ROOT / ".local" / "bench" / f"{datetime.now(UTC):%Y%m%dT%H%M%SZ}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -1100,6 +1106,11 @@ def main() -> None:
                 "machine": {
                     "cpus": os.cpu_count(),
                     "python": platform.python_version(),
+                    "python_installed_at": python_before["installed_at"],
+                    "python_ns_a_turn": {
+                        "before": python_before["ns_a_turn"],
+                        "after": python_after["ns_a_turn"],
+                    },
                     "wake_up_round_trip": wake_ups,
                 },
                 "events": args.events,
