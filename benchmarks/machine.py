@@ -24,13 +24,13 @@ an :class:`IoStalls` block: it writes the dirty pages out first (:func:`flush_pa
 reports the longest stretch in which every runnable task waited on I/O during it: a window's
 p99 can then be read with its stalls beside it.
 
-The interpreter, and what the machine's CPUs give it today, are the fourth: the services spend
-most of their CPU in plain Python between library calls.  On the machines above, Debian's own
-``python3.11`` ran a fixed piece of such code (:func:`python_speed`) in 615 ns a turn where a
-``pyenv`` build of 3.11.7 without profile-guided optimisation took 1,000 (three runs each); and on
-a shared virtual machine the same interpreter took 1,840 ns a turn minutes after 1,000, when its
-neighbours were busy.  The bench measures it before its stages and after them, so that a run on
-a slower interpreter, or in a slow hour, shows as such.
+The interpreter, and what the machine's CPUs give it at the time, are the fourth: the services
+spend most of their CPU in plain Python between library calls.  :func:`python_speed` times a
+fixed piece of such code.  An interpreter built without profile-guided optimisation takes about
+half as long again for it as one built with it, and on a shared virtual machine the same
+interpreter can take nearly twice as long for minutes while its neighbours are busy (the figures
+are in ``docs/capacity.md``).  The bench measures it before its stages and after them, so that a
+run on a slower interpreter, or in a slow stretch, shows as such.
 
 The CPUs are the fifth: near its capacity, a machine's latencies grow with every percent of
 CPU it is busy, whatever the code does.  :func:`cpu_times` tells how busy it was during a window

@@ -971,12 +971,12 @@ def main() -> None:
     if unknown:
         parser.error(f"unknown stages {sorted(unknown)}; pick from {', '.join(STAGES)}")
 
+    python_before = machine.python_speed()  # before the infrastructure starts, if it must
     infra = LocalInfra.from_env()
     started = infra.up(
         identity=bool(stages & {"intake", "stored", "pipeline", "catchup", "rebuild"})
     )
     os.environ.setdefault("PGPASSFILE", str(infra.postgres.passfile))
-    python_before = machine.python_speed()
     rows: list[Row] = []
     waits: dict[str, Any] = {}
     details: dict[str, Any] = {"settle": waits}
