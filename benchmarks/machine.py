@@ -139,11 +139,15 @@ def python_speed(rounds: int = 7) -> dict[str, Any]:
     }
 
 
-def describe_python(before: dict[str, Any], after: dict[str, Any]) -> str:
-    """One line for the table's heading: the interpreter, and its speed before and after."""
+def describe_python(before: dict[str, Any], after: dict[str, Any] | None = None) -> str:
+    """One line for the table's heading: the interpreter, and its speed (before the stages
+    and ``after`` them, when there were any)."""
+    took = f"{before['ns_a_turn']:,} ns a turn"
+    if after is not None:
+        took += f" before the stages, {after['ns_a_turn']:,} after"
     return (
         f"Python {before['version']} ({before['installed_at']}): a fixed piece of plain Python"
-        f" took {before['ns_a_turn']:,} ns a turn before the stages, {after['ns_a_turn']:,} after"
+        f" took {took}"
     )
 
 
@@ -265,5 +269,4 @@ if __name__ == "__main__":
         print(json.dumps(watch_io_stalls()))
     else:
         print(describe(wake_up_round_trips()))
-        speed = python_speed()
-        print(describe_python(speed, speed))
+        print(describe_python(python_speed()))
