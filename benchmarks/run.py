@@ -96,7 +96,6 @@ import argparse
 import asyncio
 import json
 import os
-import platform
 import sys
 import time
 import uuid
@@ -1105,7 +1104,7 @@ def main() -> None:
                 "at": datetime.now(UTC).isoformat(),
                 "machine": {
                     "cpus": os.cpu_count(),
-                    "python": platform.python_version(),
+                    "python": python_before["version"],
                     "python_installed_at": python_before["installed_at"],
                     "python_ns_a_turn": {
                         "before": python_before["ns_a_turn"],
