@@ -26,12 +26,15 @@ Stages (``--only`` picks some; all by default):
   carries a W3C trace context, as the services' events carry their request's.
 - ``consume``: the inbox consumer (inbox row + projection row per event, the projection row
   queued with :func:`complaints_shared.consumer.write`, one transaction per poll batch, then
-  the offset) over N records, against raw asyncpg writing the same inbox and projection rows
-  in batches as large as the consumer's polls (half of them before the consumer runs, half
-  after); and this process's CPU per event while each ran.  The consumer's CPU is what bounds
-  it, not the database: with 60,000 events its statements took PostgreSQL about 13 µs an event
-  (statement log), while the consumer took 23-25 µs of CPU an event, and 24-33 µs of wall time
-  (it reads the next batch while the one before waits on the database).
+  the offset) against raw asyncpg writing the same inbox and projection rows in batches as
+  large as the consumer's polls; and this process's CPU per event while each ran.  N events,
+  at least 30,000, in six rounds, each kind first in turn (as the append stage's); each
+  round's consumer is a new one on a topic of its own, timed once it is assigned its
+  partitions, its records copies of the raw producer's, each a new event.  The consumer's CPU
+  is what bounds it, not the database: with 60,000 events its statements took PostgreSQL
+  about 13 µs an event (statement log), while the consumer took 37-41 µs of this process's
+  CPU an event (aiokafka's fetch about 6 of them), about as much as its wall time (it reads
+  the next batch while the one before waits on the database).
 - ``intake``: ``POST /complaints`` at 32 connections against a minimal FastAPI + one-INSERT
   app, each with the CPU per answered request of its processes and of PostgreSQL's (steadier
   than the rates on a busy machine), and intake's latency at half its own rate, offered
@@ -165,6 +168,8 @@ STAGES = (
 DEFAULT_STAGES = tuple(s for s in STAGES if s != "stored")
 WRITERS = 8
 APPEND_ROUNDS = 6  # the append stage's rounds (see there)
+CONSUME_ROUNDS = 6  # the consume stage's rounds (see there)
+CONSUME_EVENTS = 30_000  # at least, in all: a round of a few polls would be mostly start-up
 PAYLOAD = ComplaintWithdrawn(reason="Fila de espera " + "x" * 400)
 
 
@@ -498,9 +503,16 @@ async def consume(
     keyring: PostgresKeyring,
     prefix: str,
 ) -> list[Row]:
-    topic = f"{prefix}raw"
+    """The inbox consumer against raw asyncpg writing the same rows, in
+    :data:`CONSUME_ROUNDS` rounds of at least :data:`CONSUME_EVENTS` events in all, each
+    kind first in turn (as the append stage's): a busy moment of the machine, or a checkpoint
+    of what the stages before wrote, weighs on both sides of the ratio.  Each round is a new
+    consumer (its own group and inbox name) on a topic of its own, started and assigned its
+    partitions before it is timed; its records are copies of the raw producer's (the same
+    sealed payload, complaint and trace context), each a new event with an id of its own."""
+    source = f"{prefix}raw"
     bare = AIOKafkaConsumer(
-        topic,
+        source,
         bootstrap_servers=bootstrap,
         group_id=f"{prefix}bare",
         auto_offset_reset="earliest",
@@ -508,36 +520,28 @@ async def consume(
     )
     await bare.start()
     records: list[Any] = []
-    while len(records) < n:  # the records' ids, for the baseline (not measured)
+    while len(records) < n:  # not measured
         for recs in (await bare.getmany(timeout_ms=1000)).values():
             records.extend(recs)
     await bare.stop()
 
-    # raw asyncpg: the same inbox and projection rows, as many a transaction as the consumer
-    # takes a poll
-    ids = [uuid.UUID(dict(r.headers)["ce_id"].decode()) for r in records]
-    per = MAX_POLL_RECORDS
-
-    async def raw_rows(part: list[uuid.UUID]) -> None:
-        async with pool.acquire() as conn:
-            for start in range(0, len(part), per):
-                chunk = part[start : start + per]
-                async with conn.transaction():
-                    await conn.executemany(
-                        "INSERT INTO inbox (consumer, event_id, event_type) VALUES ($1, $2, $3)",
-                        [("raw", i, "ComplaintWithdrawn") for i in chunk],
-                    )
-                    await conn.executemany(
-                        "INSERT INTO raw_projection VALUES ($1, $2)",
-                        [(i, "Fila de espera xxxxx") for i in chunk],
-                    )
-
-    # half of the baseline before the consumer runs and half after, so that a busy phase of
-    # the machine weighs on both sides of the ratio
-    half = len(ids) // 2
-    cpu = time.process_time()
-    raw_write = await timed(lambda: raw_rows(ids[:half]))
-    raw_cpu = time.process_time() - cpu
+    per_round = max(n, CONSUME_EVENTS) // CONSUME_ROUNDS
+    topics = [f"{prefix}consume{i}" for i in range(CONSUME_ROUNDS)]
+    await ensure_topics(bootstrap, topics, 3)
+    rounds: list[list[uuid.UUID]] = []
+    acks = []
+    copied = 0
+    for topic in topics:  # not measured
+        ids = []
+        for _ in range(per_round):
+            r = records[copied % len(records)]
+            copied += 1
+            event_id = new_event_id()
+            headers = [(k, str(event_id).encode() if k == "ce_id" else v) for k, v in r.headers]
+            acks.append(await producer.send(topic, r.value, key=r.key, headers=headers))
+            ids.append(event_id)
+        rounds.append(ids)
+    await asyncio.gather(*acks)
 
     async def project(conn: asyncpg.Connection, e: Event[ComplaintWithdrawn]) -> None:
         await write(
@@ -548,36 +552,69 @@ async def consume(
         )
 
     metrics = ServiceMetrics()
-    runner = ConsumerRunner(
-        Subscription(f"{prefix}inbox", (topic,), {"ComplaintWithdrawn": project}),
-        bootstrap,
-        pool,
-        producer,
-        telemetry,
-        metrics,
-        dlq_topic=f"{prefix}dlq",
-        keyring=keyring,
-    )
-    task = asyncio.create_task(runner.run())
-    while not runner.assigned:  # the group join is not what is measured
-        await asyncio.sleep(0.001)
-    t0, cpu = time.perf_counter(), time.process_time()
-    while metrics.consumed.labels(f"{prefix}inbox", "processed")._value.get() < n:
-        await asyncio.sleep(0.005)
-    inbox, inbox_cpu = time.perf_counter() - t0, time.process_time() - cpu
-    task.cancel()
-    await asyncio.gather(task, return_exceptions=True)
-    cpu = time.process_time()
-    raw_write += await timed(lambda: raw_rows(ids[half:]))
-    raw_cpu += time.process_time() - cpu
+
+    async def consumer_round(i: int) -> tuple[float, float]:
+        name = f"{prefix}inbox{i}"
+        runner = ConsumerRunner(
+            Subscription(name, (topics[i],), {"ComplaintWithdrawn": project}),
+            bootstrap,
+            pool,
+            producer,
+            telemetry,
+            metrics,
+            dlq_topic=f"{prefix}dlq",
+            keyring=keyring,
+        )
+        task = asyncio.create_task(runner.run())
+        try:
+            while not runner.assigned:  # the group join is not what is measured
+                await asyncio.sleep(0.001)
+            t0, cpu = time.perf_counter(), time.process_time()
+            processed = metrics.consumed.labels(name, "processed")
+            while processed._value.get() < len(rounds[i]):
+                await asyncio.sleep(0.002)
+            return time.perf_counter() - t0, time.process_time() - cpu
+        finally:
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+
+    # raw asyncpg: the same inbox and projection rows, as many a transaction as the consumer
+    # takes a poll
+    per = MAX_POLL_RECORDS
+
+    async def raw_round(i: int) -> tuple[float, float]:
+        t0, cpu = time.perf_counter(), time.process_time()
+        async with pool.acquire() as conn:
+            for start in range(0, len(rounds[i]), per):
+                chunk = rounds[i][start : start + per]
+                async with conn.transaction():
+                    await conn.executemany(
+                        "INSERT INTO inbox (consumer, event_id, event_type) VALUES ($1, $2, $3)",
+                        [("raw", e, "ComplaintWithdrawn") for e in chunk],
+                    )
+                    await conn.executemany(
+                        "INSERT INTO raw_projection VALUES ($1, $2)",
+                        [(e, "Fila de espera xxxxx") for e in chunk],
+                    )
+        return time.perf_counter() - t0, time.process_time() - cpu
+
+    took = {"consumer": [0.0, 0.0], "raw": [0.0, 0.0]}
+    for i in range(CONSUME_ROUNDS):
+        kinds = [("consumer", consumer_round), ("raw", raw_round)]
+        for kind, run_round in kinds if i % 2 == 0 else kinds[::-1]:
+            wall, cpu = await run_round(i)
+            took[kind][0] += wall
+            took[kind][1] += cpu
+    total = per_round * CONSUME_ROUNDS
+    (inbox, inbox_cpu), (raw_write, raw_cpu) = took["consumer"], took["raw"]
     return [
         Row(
             "consume",
             "inbox consumer: read, open, inbox + projection, commit",
-            n / inbox,
+            total / inbox,
             "events/s",
             f"raw asyncpg, same rows, {MAX_POLL_RECORDS} a transaction",
-            n / raw_write,
+            total / raw_write,
             "≥ 0.5x",
         ),
         # this process's CPU while each ran: what bounds the consumer (PostgreSQL, on the
@@ -585,10 +622,10 @@ async def consume(
         Row(
             "consume",
             "  CPU per event in this process (lower is better)",
-            inbox_cpu / n * 1e6,
+            inbox_cpu / total * 1e6,
             "µs",
             "the same for the baseline",
-            raw_cpu / len(ids) * 1e6,
+            raw_cpu / total * 1e6,
         ),
     ]
 
