@@ -97,6 +97,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import itertools
 import json
 import os
 import sys
@@ -106,7 +107,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import asyncpg
 import uvloop
@@ -167,9 +168,9 @@ STAGES = (
 )
 DEFAULT_STAGES = tuple(s for s in STAGES if s != "stored")
 WRITERS = 8
-APPEND_ROUNDS = 6  # the append stage's rounds (see there)
-CONSUME_ROUNDS = 6  # the consume stage's rounds (see there)
+ROUNDS = 6  # the append and consume stages' rounds (see :func:`in_turn`)
 CONSUME_EVENTS = 30_000  # at least, in all: a round of a few polls would be mostly start-up
+T = TypeVar("T")
 PAYLOAD = ComplaintWithdrawn(reason="Fila de espera " + "x" * 400)
 
 
@@ -235,6 +236,14 @@ def settle(stage: str, waits: dict[str, Any]) -> None:
         if share < QUIET_BUSY or time.monotonic() - t0 >= QUIET_WITHIN:
             break
     waits[stage] = {"waited_seconds": round(time.monotonic() - t0, 1), "busy": round(share, 2)}
+
+
+def in_turn(kinds: list[T], r: int) -> list[T]:
+    """``kinds`` in the order of round ``r``: each first in turn.  The stages that compare
+    several kinds of work run them in :data:`ROUNDS` rounds, so that what the machine does
+    meanwhile weighs on each alike."""
+    first = r % len(kinds)
+    return kinds[first:] + kinds[:first]
 
 
 async def timed(work: Callable[[], Any]) -> float:
@@ -342,9 +351,9 @@ async def event_path(
             kinds.append(("reference", lambda part: asyncio.to_thread(made.append, theirs[part])))
         spent = {name: 0.0 for name, _ in kinds}
         try:
-            for r in range(APPEND_ROUNDS):
-                part = slice(r * n // APPEND_ROUNDS, (r + 1) * n // APPEND_ROUNDS)
-                for name, work in kinds[r % len(kinds) :] + kinds[: r % len(kinds)]:
+            for r in range(ROUNDS):
+                part = slice(r * n // ROUNDS, (r + 1) * n // ROUNDS)
+                for name, work in in_turn(kinds, r):
                     spent[name] += await timed(lambda work=work, part=part: work(part))
         finally:
             if recorder is not None:
@@ -503,13 +512,10 @@ async def consume(
     keyring: PostgresKeyring,
     prefix: str,
 ) -> list[Row]:
-    """The inbox consumer against raw asyncpg writing the same rows, in
-    :data:`CONSUME_ROUNDS` rounds of at least :data:`CONSUME_EVENTS` events in all, each
-    kind first in turn (as the append stage's): a busy moment of the machine, or a checkpoint
-    of what the stages before wrote, weighs on both sides of the ratio.  Each round is a new
-    consumer (its own group and inbox name) on a topic of its own, started and assigned its
-    partitions before it is timed; its records are copies of the raw producer's (the same
-    sealed payload, complaint and trace context), each a new event with an id of its own."""
+    """The inbox consumer against raw asyncpg writing the same rows, in rounds (see the
+    module's docstring).  A round's records are copies of the raw producer's (the same sealed
+    payload, complaint and trace context), each a new event with an id of its own: a copy
+    with an id seen before would take the inbox's cheaper path for duplicates."""
     source = f"{prefix}raw"
     bare = AIOKafkaConsumer(
         source,
@@ -525,17 +531,16 @@ async def consume(
             records.extend(recs)
     await bare.stop()
 
-    per_round = max(n, CONSUME_EVENTS) // CONSUME_ROUNDS
-    topics = [f"{prefix}consume{i}" for i in range(CONSUME_ROUNDS)]
+    per_round = max(n, CONSUME_EVENTS) // ROUNDS
+    topics = [f"{prefix}consume{i}" for i in range(ROUNDS)]
     await ensure_topics(bootstrap, topics, 3)
     rounds: list[list[uuid.UUID]] = []
     acks = []
-    copied = 0
+    copies = itertools.cycle(records)
     for topic in topics:  # not measured
         ids = []
         for _ in range(per_round):
-            r = records[copied % len(records)]
-            copied += 1
+            r = next(copies)
             event_id = new_event_id()
             headers = [(k, str(event_id).encode() if k == "ce_id" else v) for k, v in r.headers]
             acks.append(await producer.send(topic, r.value, key=r.key, headers=headers))
@@ -599,13 +604,13 @@ async def consume(
         return time.perf_counter() - t0, time.process_time() - cpu
 
     took = {"consumer": [0.0, 0.0], "raw": [0.0, 0.0]}
-    for i in range(CONSUME_ROUNDS):
-        kinds = [("consumer", consumer_round), ("raw", raw_round)]
-        for kind, run_round in kinds if i % 2 == 0 else kinds[::-1]:
+    kinds = [("consumer", consumer_round), ("raw", raw_round)]
+    for i in range(ROUNDS):
+        for kind, run_round in in_turn(kinds, i):
             wall, cpu = await run_round(i)
             took[kind][0] += wall
             took[kind][1] += cpu
-    total = per_round * CONSUME_ROUNDS
+    total = per_round * ROUNDS
     (inbox, inbox_cpu), (raw_write, raw_cpu) = took["consumer"], took["raw"]
     return [
         Row(
