@@ -21,7 +21,11 @@ from dataclasses import dataclass, field
 class Outcome:
     offered: int = 0
     ok: int = 0
-    failed: int = 0
+    failed: int = 0  # answered with an error status, or its connection lost
+    # still waiting when the client stopped (10 s after the load's end): sent but not answered,
+    # or never sent (in the client's own queue: every connection was busy)
+    unanswered: int = 0
+    unsent: int = 0
     statuses: dict[int, int] = field(default_factory=dict)
     latencies: list[float] = field(default_factory=list)  # seconds, of the answered ones
     seconds: float = 0.0
@@ -62,23 +66,28 @@ async def run(
 ) -> Outcome:
     """Offer ``rate`` requests/s for ``seconds``; ``request(i)`` gives the i-th request's
     bytes; ``keep`` reads what to keep of a 2xx answer's body (see :attr:`Outcome.due_at`).
-    Returns what came back (requests still unanswered 10 s after the end count as failed)."""
+    Returns what came back (requests still waiting 10 s after the end are given up, and counted
+    as unanswered or unsent)."""
     out = Outcome()
     free: asyncio.Queue[tuple[asyncio.StreamReader, asyncio.StreamWriter]] = asyncio.Queue()
     for _ in range(connections):
         free.put_nowait(await asyncio.open_connection(host, port))
     pending: set[asyncio.Task[None]] = set()
+    sent: set[int] = set()  # on the wire, not yet answered
 
     async def one(i: int, due: float) -> None:
         reader, writer = await free.get()
+        sent.add(i)
         try:
             writer.write(request(i))
             status, body = await _read_response(reader)
         except (ConnectionError, asyncio.IncompleteReadError, ValueError, IndexError):
+            sent.discard(i)
             out.failed += 1
             writer.close()
             free.put_nowait(await asyncio.open_connection(host, port))
             return
+        sent.discard(i)
         out.statuses[status] = out.statuses.get(status, 0) + 1
         if 200 <= status < 300:
             out.ok += 1
@@ -101,9 +110,9 @@ async def run(
         task.add_done_callback(pending.discard)
         out.offered += 1
     _, late = await asyncio.wait(pending, timeout=10) if pending else (set(), set())
+    out.unanswered, out.unsent = len(sent), len(late) - len(sent)
     for task in late:
         task.cancel()
-        out.failed += 1
     out.seconds = time.perf_counter() - start
     while not free.empty():
         _, writer = free.get_nowait()

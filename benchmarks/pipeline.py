@@ -260,9 +260,14 @@ async def _measure(
     return {
         "offered_per_s": rate,
         "seconds": seconds,
+        # from the load's start until the last answer (at most 10 s after the load's end)
+        "answered_within_seconds": round(load.seconds, 3),
         "posted": load.offered,
         "accepted": load.ok,
         "failed": load.failed,
+        # still waiting 10 s after the load's end, given up: sent, or in the client's own queue
+        "unanswered": load.unanswered,
+        "unsent": load.unsent,
         "statuses": load.statuses,
         "client_priority": client_priority,
         "io_stalls_ms": stalls.figures,
