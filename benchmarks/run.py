@@ -766,8 +766,7 @@ def stored_pipeline_rows(f: dict[str, Any]) -> list[Row]:
 def _given_up(f: dict[str, Any]) -> str:
     """The requests that got no 2xx: answered with an error (or their connection lost), and
     those the client gave up 10 s after the load, sent or still in its own queue."""
-    # (absent from figures written before they were counted apart)
-    late = [f"{f[k]} {k}" for k in ("unanswered", "unsent") if f.get(k)]
+    late = [f"{f[k]} {k}" for k in ("unanswered", "unsent") if f[k]]
     return ", ".join([f"{f['failed']} failed", *late])
 
 
@@ -784,9 +783,7 @@ def pipeline_rows(f: dict[str, Any]) -> list[Row]:
                 if not str(f.get("client_priority", "raised")).startswith("raised")
                 else ""
             ),
-            # over the time they took to be answered (figures written before that was kept:
-            # over the load's)
-            f["accepted"] / f.get("answered_within_seconds", f["seconds"]),
+            f["accepted"] / f["answered_within_seconds"],  # not the load's: answers come later
             "complaints/s",
             goal=_given_up(f),
         ),
