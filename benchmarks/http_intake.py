@@ -16,6 +16,10 @@ the service's own cost per submission, not the other services' work on the same 
    per-connection delay would send its 32 connections' requests in waves (they all start at
    once and wait the same time after each answer), so every wave queued behind itself: at the
    same rate it read p50 35-43 ms where the evenly spaced load reads 8-9 ms.
+
+Every complaint tells the same short story (88 characters), or with ``description_chars`` the
+same story told at that length (accents and all): what a long complaint costs, whose rules,
+language and duplicate check read every character.
 """
 
 from __future__ import annotations
@@ -48,8 +52,27 @@ from complaints_shared.topics import delete_topics
 
 ROOT = Path(__file__).resolve().parent.parent
 
+SHORT_DESCRIPTION = (
+    "A minha encomenda chegou com duas semanas de atraso e ninguem respondeu aos meus emails."
+)
+_SENTENCES = (
+    "A minha encomenda chegou com duas semanas de atraso e ninguém respondeu aos meus e-mails. ",
+    "Liguei três vezes para a linha de apoio e disseram-me sempre que o caso estava a ser visto. ",
+    "Quando finalmente chegou, a caixa vinha amolgada e faltava o carregador do aparelho. ",
+)
+
+
+def description(chars: int | None = None) -> str:
+    """The complaints' description: the short story, or the longer one cut at ``chars``."""
+    if chars is None:
+        return SHORT_DESCRIPTION
+    story = "".join(_SENTENCES)
+    return (story * (chars // len(story) + 1))[:chars].rstrip()
+
+
 _SCRIPT = """
 token = %(token)s
+description = [==[%(description)s]==]
 local counter = 0
 local tid = 0
 function setup(thread) tid = tid + 1; thread:set("tid", tid) end
@@ -58,8 +81,7 @@ request = function()
   counter = counter + 1
   local who = prefix .. "-" .. counter
   local body = '{"channel":"email","customer":{"name":"Cliente ' .. who .. '","email":"c' ..
-    who .. '@example.pt"},"subject":"Encomenda atrasada","description":"A minha encomenda' ..
-    ' chegou com duas semanas de atraso e ninguem respondeu aos meus emails."}'
+    who .. '@example.pt"},"subject":"Encomenda atrasada","description":' .. description .. '}'
   local headers = {["content-type"] = "application/json"}
   if token ~= "" then headers["authorization"] = "Bearer " .. token end
   return wrk.format("POST", "/complaints", headers, body)
@@ -117,15 +139,22 @@ def free_port() -> int:
 
 
 def wrk(
-    url: str, token: str, seconds: float, connections: int = 32, rate: float | None = None
+    url: str,
+    token: str,
+    seconds: float,
+    connections: int = 32,
+    rate: float | None = None,
+    text: str = SHORT_DESCRIPTION,
 ) -> Load:
-    """One wrk run; with ``rate``, each connection waits so that all of them together offer
-    about that many requests per second."""
+    """One wrk run, each complaint's description ``text``; with ``rate``, each connection waits
+    so that all of them together offer about that many requests per second."""
     if shutil.which("wrk") is None:
         raise RuntimeError("wrk not found: install the Debian package wrk (./dev bench does)")
     delay = f"function delay() return {1000.0 * connections / rate:.1f} end" if rate else ""
     with tempfile.NamedTemporaryFile("w", suffix=".lua", delete=False) as f:
-        f.write(_SCRIPT % {"token": json.dumps(token), "delay": delay})
+        f.write(
+            _SCRIPT % {"token": json.dumps(token), "delay": delay, "description": json.dumps(text)}
+        )
         script = f.name
     try:
         out = subprocess.run(
@@ -201,7 +230,11 @@ def postgres_pids() -> list[int]:
 
 
 def saturate(
-    url: str, token: str, seconds: float, server: subprocess.Popen[bytes]
+    url: str,
+    token: str,
+    seconds: float,
+    server: subprocess.Popen[bytes],
+    text: str = SHORT_DESCRIPTION,
 ) -> dict[str, Any]:
     """:func:`wrk` at 32 connections for ``seconds``, in a window of its own (:class:`IoStalls`):
     its figures, how long every task waited on I/O meanwhile (``io_stalls_ms``), and the CPU
@@ -211,7 +244,7 @@ def saturate(
     with IoStalls() as stalls:
         pids = {"server": process_tree(server.pid), "postgres": postgres_pids()}
         before = cpu_seconds(pids)
-        load = wrk(url, token, seconds)
+        load = wrk(url, token, seconds, text=text)
     pids["postgres"] = sorted(set(pids["postgres"]) | set(postgres_pids()))
     after = cpu_seconds(pids)
     per = max(load.ok, 1)
@@ -268,7 +301,9 @@ def complaint_posts(token: str, body: Callable[[int], bytes]) -> Callable[[int],
     return request
 
 
-def open_loop(url: str, token: str, seconds: float, rate: float) -> Load:
+def open_loop(
+    url: str, token: str, seconds: float, rate: float, text: str = SHORT_DESCRIPTION
+) -> Load:
     """``rate`` requests/s evenly spaced for ``seconds`` over 32 keep-alive connections, each
     from a distinct customer (the body wrk sends); latency from when each request was due."""
     host, _, port = url.removeprefix("http://").partition(":")
@@ -281,8 +316,7 @@ def open_loop(url: str, token: str, seconds: float, rate: float) -> Load:
                 "channel": "email",
                 "customer": {"name": f"Cliente {who}", "email": f"c{who}@example.pt"},
                 "subject": "Encomenda atrasada",
-                "description": "A minha encomenda chegou com duas semanas de atraso e ninguem"
-                " respondeu aos meus emails.",
+                "description": text,
             }
         ).encode()
 
@@ -425,21 +459,28 @@ def _start_intake(
 
 
 def bench(
-    h: Harness, *, seconds: float, services_from: Path | None = None, workers: int = 1
+    h: Harness,
+    *,
+    seconds: float,
+    services_from: Path | None = None,
+    workers: int = 1,
+    description_chars: int | None = None,
 ) -> dict[str, Any]:
-    """Both servers, one after the other on the same machine, each as ``workers`` processes;
-    returns the figures."""
+    """Both servers, one after the other on the same machine, each as ``workers`` processes,
+    each complaint's description ``description_chars`` long (else the short one); returns the
+    figures."""
     suffix = os.urandom(3).hex()
     base_db = h.create_database(f"bench_base_{suffix}")
-    results: dict[str, Any] = {"workers": workers}
+    text = description(description_chars)
+    results: dict[str, Any] = {"workers": workers, "description_chars": len(text)}
     intake, url, _ = _start_intake(h, f"bench_intake_{suffix}", services_from, workers)
     try:
         _wait_ready(url, intake)
-        wrk(url, h.token, 3)  # warm-up: connections, prepared statements, the JWKS
-        results["intake"] = saturated = saturate(url, h.token, seconds, intake)
+        wrk(url, h.token, 3, text=text)  # warm-up: connections, prepared statements, the JWKS
+        results["intake"] = saturated = saturate(url, h.token, seconds, intake, text)
         # what the saturation wrote is written out now, not in the middle of the half load
         with IoStalls() as stalls:
-            half = open_loop(url, h.token, seconds, rate=saturated["rate"] / 2)
+            half = open_loop(url, h.token, seconds, rate=saturated["rate"] / 2, text=text)
         results["intake_half_load"] = {
             **half.as_dict(),
             "offered": round(saturated["rate"] / 2, 1),
@@ -465,8 +506,8 @@ def bench(
     try:
         url = f"http://127.0.0.1:{port}"
         _wait_ready(url, baseline)
-        wrk(url, "", 3)
-        results["baseline"] = saturate(url, "", seconds, baseline)
+        wrk(url, "", 3, text=text)
+        results["baseline"] = saturate(url, "", seconds, baseline, text)
     finally:
         _stop(baseline)
     return results

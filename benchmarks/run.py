@@ -40,7 +40,8 @@ Stages (``--only`` picks some; all by default):
   than the rates on a busy machine), and intake's latency at half its own rate, offered
   open-loop and evenly spaced (``benchmarks/http_intake.py``).  ``--workers N`` runs both
   servers as N processes sharing their port (intake with ``COMPLAINTS_WORKERS=N``, each
-  process a replica).
+  process a replica); ``--description-chars N`` sends both complaints whose description is N
+  characters long (the same story told at length) instead of 88.
 - ``stored`` (not in the default run): intake at saturation with ``--stored`` complaints
   already in its database (default 0, 10k, 100k, 1M), and the customer-history query's plan;
   then the whole pipeline at ``--stored-rate`` complaints/s (below saturation, so that latency
@@ -648,6 +649,8 @@ def intake_rows(figures: dict[str, Any]) -> list[Row]:
     i, b, h = figures["intake"], figures["baseline"], figures["intake_half_load"]
     workers = figures.get("workers", 1)
     each = f", {workers} processes each" if workers > 1 else ""
+    if figures["description_chars"] != len(http_intake.SHORT_DESCRIPTION):
+        each += f", descriptions of {figures['description_chars']:,} characters"
     return [
         Row(
             "intake",
@@ -978,6 +981,11 @@ def main() -> None:
         "--workers", type=int, default=1, help="intake: processes of intake and of the baseline"
     )
     parser.add_argument(
+        "--description-chars",
+        type=int,
+        help="intake: each complaint's description this long (at most 5000; default: 88)",
+    )
+    parser.add_argument(
         "--complaints", type=int, default=100_000, help="stored texts for the similar index"
     )
     parser.add_argument("--rate", type=float, default=300, help="pipeline: complaints/s offered")
@@ -1079,6 +1087,7 @@ def main() -> None:
                 seconds=args.seconds,
                 services_from=args.services_from,
                 workers=args.workers,
+                description_chars=args.description_chars,
             )
             rows += intake_rows(details["intake"])
         if "stored" in stages:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import sys
 import unicodedata
 import uuid
 from datetime import UTC, datetime
@@ -10,11 +11,12 @@ from datetime import UTC, datetime
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
+from rapidfuzz import fuzz
 
-from complaints_intake.domain import ComplaintCreate, History, receive
-from complaints_intake.language import Detection
+from complaints_intake.domain import ComplaintCreate, Earlier, History, probable_duplicate, receive
+from complaints_intake.language import SAMPLE_CHARACTERS, Detection, detect_language
 from complaints_intake.messages import load_templates
-from complaints_intake.rules import IntakeRules
+from complaints_intake.rules import SHOUTING_MIN_LETTERS, SHOUTING_RATIO, IntakeRules
 from complaints_intake.text import Lexicon, Lexicons, words
 from complaints_intake.timeline import summarise
 from complaints_shared.errors import InputRejected
@@ -127,6 +129,20 @@ def test_normalise_is_the_case_folded_decomposition_without_marks_and_extra_spac
     unmarked = "".join(c for c in decomposed if not unicodedata.combining(c))
     assert normalise(text) == re.sub(r"\s+", " ", unmarked).strip()
     assert normalise(" Ab\tC\n\x0bd  ") == "ab c d"
+
+
+@pytest.mark.parametrize("plane", ["basic", "all"])
+def test_normalise_gives_the_definition_for_every_character(plane):
+    """Every code point after a letter: those that stay in the Basic Multilingual Plane once
+    decomposed (their marks taken off at once), and all of them in one text (the marks beyond
+    it, one by one)."""
+    chars = [chr(cp) for cp in range(sys.maxunicode + 1)]
+    if plane == "basic":
+        chars = [c for c in chars if max(unicodedata.normalize("NFKD", c.casefold())) <= "\uffff"]
+    text = "".join(f"a{c}" for c in chars)
+    decomposed = unicodedata.normalize("NFKD", text.casefold())
+    unmarked = "".join(c for c in decomposed if not unicodedata.combining(c))
+    assert normalise(text) == re.sub(r"\s+", " ", unmarked).strip()
 
 
 def test_rules_given_the_normalised_text_decide_as_without_it():
@@ -259,6 +275,37 @@ def test_negative_wording_scores():
     assert shouting.score == 2 and "(shouting)" in shouting.terms
 
 
+@given(st.text(st.sampled_from("aBcDéÉßΣ\u03c3 Ⓐⓐ1!ǅ")))
+def test_shouting_is_most_letters_in_capitals(text):
+    """Letters only are counted (a capital-looking symbol such as Ⓐ is none)."""
+    letters = [c for c in text if c.isalpha()]
+    shouting = len(letters) >= SHOUTING_MIN_LETTERS and (
+        sum(c.isupper() for c in letters) / len(letters) >= SHOUTING_RATIO
+    )
+    assert ("(shouting)" in RULES.negative_wording(text).terms) == shouting
+
+
+_WORDS = st.sampled_from(["late", "parcel", "Atraso", "encomenda", "é", "rude", "staff", "x"])
+_TEXTS = st.lists(_WORDS, max_size=12).map(" ".join)
+
+
+@given(
+    _TEXTS, st.lists(st.tuples(_TEXTS, _TEXTS), max_size=5), st.sampled_from([0.5, 0.57, 0.85, 1])
+)
+def test_the_probable_duplicate_is_the_first_most_alike_earlier_complaint(
+    text, earlier, similarity
+):
+    """What scoring each earlier complaint in turn gives: the first with the best score, if that
+    is ``similarity`` or more."""
+    candidates = [Earlier(uuid.uuid4(), subject, description) for subject, description in earlier]
+    best: tuple[float, uuid.UUID | None] = (0.0, None)
+    for c in candidates:
+        score = fuzz.token_sort_ratio(normalise(text), normalise(f"{c.subject}\n{c.description}"))
+        if score / 100 >= similarity and score > best[0]:
+            best = (score, c.complaint_id)
+    assert probable_duplicate(text, candidates, similarity) == best[1]
+
+
 def decide(**over):  # type: ignore[no-untyped-def]
     body = {
         "channel": "web",
@@ -305,6 +352,16 @@ def test_receive_falls_back_to_the_default_language_when_unsure():
         templates=TEMPLATES,
     )
     assert d.language == "en"
+
+
+def test_a_complaint_is_in_the_language_it_opens_in():
+    """What it quotes further down (an earlier mail, a signature) does not sway it."""
+    own = "A minha encomenda chegou com duas semanas de atraso e ninguém me respondeu. " * 14
+    quoted = "\n> Dear customer, thank you for your order. It will be delivered soon. " * 60
+    languages = POLICY.intake.languages
+    assert len(own) >= SAMPLE_CHARACTERS and len(quoted) > 3 * len(own)
+    assert detect_language(own + quoted, languages).language == "pt"
+    assert detect_language(quoted, languages).language == "en"
 
 
 def test_replying_by_email_needs_an_address():

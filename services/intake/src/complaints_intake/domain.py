@@ -20,7 +20,7 @@ from pydantic import (
     field_validator,
     model_validator,
 )
-from rapidfuzz import fuzz
+from rapidfuzz import fuzz, process
 
 from complaints_intake.language import MIN_CONFIDENCE, Detection
 from complaints_intake.messages import Template, render
@@ -252,13 +252,22 @@ class History:
 
 
 def probable_duplicate(text: str, candidates: list[Earlier], similarity: float) -> UUID | None:
-    norm = normalise(text)
-    best: tuple[float, UUID | None] = (0.0, None)
-    for c in candidates:
-        score = fuzz.token_sort_ratio(norm, normalise(f"{c.subject}\n{c.description}"))
-        if score / 100 >= similarity and score > best[0]:
-            best = (score, c.complaint_id)
-    return best[1]
+    """The earlier complaint whose normalised words, in any order, are the most alike
+    ``text``'s (the first of those), if ``similarity`` (0..1) alike or more.  One call for all
+    candidates: ``text``'s words are sorted once, and a candidate is given up as soon as it
+    cannot reach ``similarity`` (with long texts, about half the time of scoring each)."""
+    if not candidates:
+        return None
+    found = process.extractOne(
+        normalise(text),
+        [normalise(f"{c.subject}\n{c.description}") for c in candidates],
+        scorer=fuzz.token_sort_ratio,
+        # a hair lower, as the product may round below where the quotient does (checked below)
+        score_cutoff=similarity * 100 - 1e-9,
+    )
+    if found is None or found[1] / 100 < similarity:
+        return None
+    return candidates[found[2]].complaint_id
 
 
 @dataclass(frozen=True)

@@ -9,6 +9,13 @@ from py3langid.langid import MODEL_FILE, LanguageIdentifier
 
 MIN_CONFIDENCE = 0.6
 
+SAMPLE_CHARACTERS = 1000
+"""A text's language is read from its first this many characters: the language it opens in
+(what a long complaint quotes further down, an earlier mail or a signature, does not sway
+it), at a cost that stops growing with the text.  The identifier walks the text's bytes in
+plain Python: 5,000 characters took 630-790 µs, 1,000 150-220 (Portuguese, Hungarian,
+English, Spanish)."""
+
 
 @dataclass(frozen=True, slots=True)
 class Detection:
@@ -24,8 +31,10 @@ def _identifier(languages: tuple[str, ...]) -> LanguageIdentifier:
 
 
 def detect_language(text: str, languages: tuple[str, ...]) -> Detection:
-    """The most probable of ``languages`` for ``text``, with its normalised probability."""
-    language, confidence = _identifier(tuple(sorted(languages))).classify(text)
+    """The most probable of ``languages`` for ``text`` (its first :data:`SAMPLE_CHARACTERS`),
+    with its normalised probability."""
+    identifier = _identifier(tuple(sorted(languages)))
+    language, confidence = identifier.classify(text[:SAMPLE_CHARACTERS])
     return Detection(str(language), float(confidence))
 
 
