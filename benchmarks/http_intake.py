@@ -73,10 +73,11 @@ def description(chars: int | None = None) -> str:
 _SCRIPT = """
 token = %(token)s
 description = [==[%(description)s]==]
+run = "%(run)s"
 local counter = 0
 local tid = 0
 function setup(thread) tid = tid + 1; thread:set("tid", tid) end
-function init(args) prefix = tostring(tid) .. "-" .. tostring(math.random(1, 1000000000)) end
+function init(args) prefix = run .. "-" .. tostring(tid) end
 request = function()
   counter = counter + 1
   local who = prefix .. "-" .. counter
@@ -153,7 +154,15 @@ def wrk(
     delay = f"function delay() return {1000.0 * connections / rate:.1f} end" if rate else ""
     with tempfile.NamedTemporaryFile("w", suffix=".lua", delete=False) as f:
         f.write(
-            _SCRIPT % {"token": json.dumps(token), "delay": delay, "description": json.dumps(text)}
+            _SCRIPT
+            % {
+                "token": json.dumps(token),
+                "delay": delay,
+                "description": json.dumps(text),
+                # its own customers: wrk's random numbers are the same in every run, so a run
+                # named by them sent the customers of the run before (its warm-up's) again
+                "run": os.urandom(4).hex(),
+            }
         )
         script = f.name
     try:
