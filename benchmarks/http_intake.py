@@ -75,7 +75,7 @@ token = %(token)s
 description = [==[%(description)s]==]
 run = "%(run)s"
 local counter = 0
-local tid = 0
+tid = 0  -- a global: what setup sets in each thread's own state (a local would hide it)
 function setup(thread) tid = tid + 1; thread:set("tid", tid) end
 function init(args) prefix = run .. "-" .. tostring(tid) end
 request = function()
@@ -159,8 +159,9 @@ def wrk(
                 "token": json.dumps(token),
                 "delay": delay,
                 "description": json.dumps(text),
-                # its own customers: wrk's random numbers are the same in every run, so a run
-                # named by them sent the customers of the run before (its warm-up's) again
+                # its own customers: wrk's random numbers are the same in every run and
+                # thread, so a run named by them sent the customers of the run before (its
+                # warm-up's) again
                 "run": os.urandom(4).hex(),
             }
         )

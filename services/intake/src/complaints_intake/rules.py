@@ -4,6 +4,8 @@ negative wording, and the signals of public exposure and of a safety incident in
 from __future__ import annotations
 
 import itertools
+import re
+import string
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -15,6 +17,22 @@ from complaints_shared.policy import IntakePolicy
 
 SHOUTING_RATIO = 0.6
 SHOUTING_MIN_LETTERS = 20
+
+_ASCII_LETTERS = string.ascii_letters.encode()
+_ASCII_CAPITALS = string.ascii_uppercase.encode()
+_NOT_ASCII = re.compile(r"[^\x00-\x7f]+")
+
+
+def _letters(text: str) -> tuple[int, int]:
+    """How many letters ``text`` has (``str.isalpha``), and how many of them are capitals
+    (``str.isupper``).  Its ASCII characters are counted as bytes, in C; the others (a few in
+    most texts of Latin script) one by one: 5,000 characters of Portuguese in about 70 µs,
+    against 200 asking each."""
+    ascii_part = text.encode("ascii", "ignore")
+    letters = len(ascii_part) - len(ascii_part.translate(None, _ASCII_LETTERS))
+    capitals = len(ascii_part) - len(ascii_part.translate(None, _ASCII_CAPITALS))
+    others = list(filter(str.isalpha, "".join(_NOT_ASCII.findall(text))))
+    return letters + len(others), capitals + sum(map(str.isupper, others))
 
 
 def _load(name: str, override_dir: Path | None) -> dict[str, Any]:
@@ -108,10 +126,8 @@ class IntakeRules:
         for (weight, _), hits in zip(self.weighted_negative, self._matches(norm)[1], strict=True):
             score += weight * len(hits)
             terms.extend(hits)
-        letters = list(filter(str.isalpha, text))  # each character asked in C, not in a loop
-        if len(letters) >= SHOUTING_MIN_LETTERS and (
-            sum(map(str.isupper, letters)) / len(letters) >= SHOUTING_RATIO
-        ):
+        letters, capitals = _letters(text)
+        if letters >= SHOUTING_MIN_LETTERS and capitals / letters >= SHOUTING_RATIO:
             score, terms = score + 1, [*terms, "(shouting)"]
         if text.count("!") >= 3:
             score, terms = score + 1, [*terms, "(!!!)"]
