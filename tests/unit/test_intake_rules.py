@@ -9,7 +9,7 @@ import uuid
 from datetime import UTC, datetime
 
 import pytest
-from hypothesis import given
+from hypothesis import example, given
 from hypothesis import strategies as st
 from rapidfuzz import fuzz
 
@@ -275,7 +275,9 @@ def test_negative_wording_scores():
     assert shouting.score == 2 and "(shouting)" in shouting.terms
 
 
-@given(st.text(st.sampled_from("aBcDéÉßΣ\u03c3 Ⓐⓐ1!ǅ")))
+@example("ÉÉÉÉÉÉÉÉÉÉÉÉÉÉaaaaaaa")  # capitals beyond ASCII
+@example("ⒶⒶⒶⒶⒶⒶⒶⒶⒶⒶⒶⒶⒶⒶaaaaaaaBBBBBBBBBBBBBB")
+@given(st.text(st.sampled_from("aBcDéÉßΣ\u03c3 Ⓐⓐ1!ǅ"), min_size=15, max_size=60))
 def test_shouting_is_most_letters_in_capitals(text):
     """Letters only are counted (a capital-looking symbol such as Ⓐ is none)."""
     letters = [c for c in text if c.isalpha()]
