@@ -5,8 +5,9 @@ starts are found once and kept with the text (:class:`Words`).  :class:`Lexicons
 lexicons about a text in one walk over them: at each start, only the lexicons with a term that
 can start there (by the text's next two characters) try those terms, in each lexicon's own
 order (longest first).  That finds exactly what one search of the text with each lexicon's
-terms finds, in about 30% of the time of asking the lexicons one by one (the shipped rules'
-21 lexicons, 571 terms); a lone lexicon is asked the same way.
+terms finds, in about a fifth of the time of asking the lexicons one by one (the shipped
+rules' 21 lexicons, 571 terms; texts of 100 to 5,000 characters, finding the word starts
+included); a lone lexicon is asked the same way.
 """
 
 from __future__ import annotations
