@@ -168,7 +168,6 @@ class Lexicons:
 
 
 def _keyed(candidates: list[tuple[int, re.Pattern[str]]]) -> Keyed:
-    """``candidates`` with the one pattern that matches where any of them does."""
-    if len(candidates) == 1:
-        return candidates[0][1], tuple(candidates)
+    """``candidates`` with the one pattern that matches where any of them does (a lone
+    candidate's own: the same source, which ``re`` compiles once)."""
     return re.compile("|".join(p.pattern for _, p in candidates)), tuple(candidates)
