@@ -14,10 +14,10 @@ Figures: the POST latency, the rate each stage completed at during the load (fro
 count a filling time into it, ``FILLED_SECONDS``, to the last: counted from the load's start,
 a stage that keeps up read short of the offered rate by its own latency, e.g. 299 of 300 a
 second for a second's latency over 60 s), each stage's backlog growth over the second half of
-the load (complaints/s; ≈0 when it keeps up), the
-drain time, and p50/p99 of three latencies: from the POST (when the client's request was due)
-to the first resolution event on Kafka (``CaseOpened``: the record's producer timestamp), what
-a client of the platform waits for; and from receipt (intake's ``received_at``, taken in the
+the load (complaints/s; ≈0 when it keeps up), the drain time, and p50/p99 of three latencies:
+from the POST (when the client's request was due) to the first resolution event on Kafka
+(``CaseOpened``: the record's producer timestamp), what a client of the platform waits for;
+and from receipt (intake's ``received_at``, taken in the
 transaction that writes the complaint, after the request's queueing, its HTTP handling and
 its wait for a group) to ``CaseOpened`` and to the acknowledgement e-mail handed to the SMTP
 server (followup's ``sent_at``).  Receipt → ``CaseOpened`` is also split into its two hops at
