@@ -11,20 +11,19 @@ backlog to drain.  Those counts scan whole tables: the sessions that run them ar
 PostgreSQL's CPU per complaint (a tenth of a millisecond of it at 300/s).
 
 Figures: the POST latency, the rate each stage completed at during the load (from the first
-count a filling time into it, ``FILLED_SECONDS``, to the last: counted from the load's start,
-a stage that keeps up read short of the offered rate by its own latency, e.g. 299 of 300 a
-second for a second's latency over 60 s), each stage's backlog growth over the second half of
-the load (complaints/s; ≈0 when it keeps up), the drain time, and p50/p99 of three latencies:
-from the POST (when the client's request was due) to the first resolution event on Kafka
-(``CaseOpened``: the record's producer timestamp), what a client of the platform waits for;
-and from receipt (intake's ``received_at``, taken in the
-transaction that writes the complaint, after the request's queueing, its HTTP handling and
-its wait for a group) to ``CaseOpened`` and to the acknowledgement e-mail handed to the SMTP
-server (followup's ``sent_at``).  Receipt → ``CaseOpened`` is also split into its two hops at
-``ComplaintReceived`` on Kafka (its record's producer timestamp): intake's relay, then
-resolution's fetch, batch and relay.  And how busy all CPUs were during the load, and
-the share of it the load's own client took: a latency's tail depends on it more than on
-anything else once the cores are nearly full.
+count a filling time into it, ``FILLED_SECONDS``, to the last: counted from the load's start, a
+stage that keeps up read short of the offered rate by its own latency, e.g. 299 of 300 a second
+for a second's latency over 60 s), each stage's backlog growth over the second half of the load
+(complaints/s; ≈0 when it keeps up), the drain time, and p50/p99 of three latencies: from the
+POST (when the client's request was due) to the first resolution event on Kafka
+(``CaseOpened``: the record's producer timestamp), what a client of the platform waits for; and
+from receipt (intake's ``received_at``, taken in the transaction that writes the complaint,
+after the request's queueing, its HTTP handling and its wait for a group) to ``CaseOpened`` and
+to the acknowledgement e-mail handed to the SMTP server (followup's ``sent_at``).  Receipt →
+``CaseOpened`` is also split into its two hops at ``ComplaintReceived`` on Kafka (its record's
+producer timestamp): intake's relay, then resolution's fetch, batch and relay.  And how busy
+all CPUs were during the load, and the share of it the load's own client took: a latency's tail
+depends on it more than on anything else once the cores are nearly full.
 
 The open-loop client and the bench's own reading stand in for the platform's clients, which are
 not on this machine either.  On these 2 cores they compete with the platform for the CPU: a
