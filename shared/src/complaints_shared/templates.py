@@ -1,7 +1,8 @@
 """Per-language message templates: one TOML file per language, checked at start.
 
 Every service's customer texts load through :func:`load_language_templates`, so a missing
-section or key stops the service at start, never when a customer is written to.
+section or key stops the service at start, never when a customer is written to; and so does
+the formatting library's data for their languages (dates, amounts), read once a process.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from complaints_shared.datafiles import read_data_file
+from complaints_shared.vocabulary import load_formats
 
 
 def load_language_templates(
@@ -35,4 +37,5 @@ def load_language_templates(
                 where = f"[{section}]" if section else "the file"
                 raise ValueError(f"{name}: {where} lacks {sorted(missing)}")
         out[lang] = raw
+    load_formats(out)
     return out

@@ -9,6 +9,7 @@ from __future__ import annotations
 import functools
 import re
 import unicodedata
+from collections.abc import Iterable
 from datetime import date, datetime
 from decimal import Decimal
 from enum import StrEnum
@@ -145,6 +146,15 @@ def _long_date(day: date, language: str) -> str:
 ONE_LINE = r"^[^\x00-\x1f\x7f]*$"
 """A name or subject: no control characters (no line breaks), as it may end up in an e-mail
 header."""
+
+
+def load_formats(languages: Iterable[str]) -> None:
+    """Have the formatting library read ``languages``' data now.  It reads a language's data
+    from disk the first time it formats in it (5-14 ms a language, measured), which the first
+    customer written to in that language waited for, inside the transaction that recorded
+    the message (a complaint's acknowledgement: with the other complaints of its group)."""
+    for language in languages:
+        Locale.parse(language).date_formats  # noqa: B018 (read for its effect: the data loads)
 
 
 def known_language(code: str) -> bool:
