@@ -16,8 +16,9 @@ from babel.numbers import format_currency
 from complaints_followup.messages import load_texts
 from complaints_intake.messages import load_templates
 from complaints_resolution.messages import Messages
+from complaints_shared.policy import IntakePolicy
 
-LANGUAGES = ("en", "pt", "es", "hu")
+LANGUAGES = IntakePolicy().languages  # the default policy's
 LOADERS: dict[str, Callable[[], Any]] = {
     "intake": lambda: load_templates(LANGUAGES),
     "resolution": lambda: Messages.load(LANGUAGES, "en"),
