@@ -43,7 +43,9 @@ Stages (``--only`` picks some; all by default):
   process a replica); ``--description-chars N`` sends both complaints whose description is N
   characters long (the same story told at length) instead of 88.
 - ``stored`` (not in the default run): intake at saturation with ``--stored`` complaints
-  already in its database (default 0, 10k, 100k, 1M), and the customer-history query's plan;
+  already in its database (default 0, 10k, 100k, 1M): its rate, and the CPU per request of
+  intake and of PostgreSQL (which a query reading more rows as the table grows would raise),
+  each against the run with the first count, and the customer-history query's plan;
   then the whole pipeline at ``--stored-rate`` complaints/s (below saturation, so that latency
   shows the work per complaint, not a queue) for ``--stored-seconds`` with each count stored
   in intake's database, against the same with the first count.
@@ -712,6 +714,11 @@ def _against_first(
     return Row("stored", what, figure(f[count]), unit, baseline, figure(first), goal)
 
 
+def _cpu_ms(process: str) -> Callable[[dict[str, Any]], float]:
+    """A run's CPU milliseconds per answered request of ``process`` (see ``saturate``)."""
+    return lambda r: float(r["cpu_ms"][process])
+
+
 def stored_rows(f: dict[str, Any]) -> list[Row]:
     rows = []
     for count, r in f.items():
@@ -726,6 +733,16 @@ def stored_rows(f: dict[str, Any]) -> list[Row]:
             )
         )
         rows.append(Row("stored", f"  p99 with {n} stored", r["p99_ms"], "ms"))
+        for process, label in (("server", "intake"), ("postgres", "PostgreSQL")):
+            rows.append(
+                _against_first(
+                    f,
+                    count,
+                    f"  CPU per request: {label}, {n} stored",
+                    "ms",
+                    _cpu_ms(process),
+                )
+            )
     return rows
 
 
