@@ -435,7 +435,8 @@ def bench_stored(h: Harness, *, seconds: float, counts: list[int]) -> dict[str, 
             plan = asyncio.run(_preload(f"{h.server}/{intake_db}", count)) if count else ""
             loaded = time.monotonic() - t0
             wrk(url, h.token, 3)
-            # the preload's pages were written out (CHECKPOINT): not during the load
+            # saturate's window writes the page cache out first: the preload's pages are not
+            # written back during the load
             results[str(count)] = {
                 **saturate(url, h.token, seconds, intake),
                 "history_plan": plan,
