@@ -325,6 +325,30 @@ async def test_submissions_arriving_together_are_written_together_each_as_alone(
     assert all(v == list(range(1, len(v) + 1)) for v in per_stream.values())
 
 
+async def test_languages_of_submissions_arriving_together_are_each_their_own(intake, http):
+    """A group identifies its texts' languages together: each submission still gets its own
+    text's language, and one whose customer named a language keeps that one."""
+    url = f"{intake.url('intake')}/complaints"
+    seeds = [("000", "pt"), ("001", "hu"), ("003", "es")]
+    bodies, expected = [], []
+    for i in range(18):
+        seed, language = seeds[i % 3]
+        text = " ".join((SEEDS / f"{seed}.txt").read_text(encoding="utf-8").split())
+        named = i % 2 == 1
+        customer = {"id": f"c-lang-{i}", "name": f"Ana {i}"} | ({"language": "en"} if named else {})
+        bodies.append(complaint(customer=customer, subject=text[:120], description=text[:4000]))
+        expected.append(("en", False) if named else (language, True))
+    answers = await asyncio.gather(*(http.post(url, json=b) for b in bodies))
+    assert [a.status_code for a in answers] == [201] * 18, answers[0].text
+    got = [(a.json()["language"], a.json()["language_detected"]) for a in answers]
+    assert got == expected
+    ids = [uuid.UUID(a.json()["complaint_id"]) for a in answers]
+    transactions = await intake.pool("intake").fetchval(
+        "SELECT count(DISTINCT xmin::text) FROM complaints WHERE id = ANY($1::uuid[])", ids
+    )
+    assert transactions < 18  # some were written (and their languages read) together
+
+
 async def test_one_customers_submissions_at_once_see_each_other(intake, http):
     """Two submissions of one customer at the same moment: the second is decided on a
     history that holds the first, as if it had come later (a probable duplicate)."""

@@ -27,7 +27,6 @@ from complaints_intake.domain import (
     customer_keys_matching,
     withdraw,
 )
-from complaints_intake.language import detect_language
 from complaints_intake.projection import complaints
 from complaints_intake.resources import IntakeResources
 from complaints_intake.submissions import Replay, Submission, SubmissionGroups
@@ -235,18 +234,12 @@ async def submit_complaint(
 ) -> ComplaintPublic:
     # what a retry with the same key must repeat (a request without a key has no retry)
     fingerprint = None if idempotency_key is None else _fingerprint(body)
-    detection = (
-        detect_language(body.text, rt.policy.intake.languages)
-        if body.customer.language is None
-        else None
-    )
     stored = await groups.submit(
         rt,
         res,
         Submission(
             body=body,
             fingerprint=fingerprint,
-            detection=detection,
             customer_key=customer_key(body.customer, rt.keyring.pseudonym_secret),
             idempotency_key=idempotency_key,
             submitted_by=None if actor.anonymous else actor.subject,
