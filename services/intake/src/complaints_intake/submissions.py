@@ -30,8 +30,8 @@ Invariants:
   identified when its group is first written, for the whole group one after another (and kept
   for a later attempt): the identifier walks a model of about 40 MB, one byte at a time, and
   a text read right after another finds most of the model it needs in the CPU's caches still.
-  Read alone between other requests' work, a text took intake 0.22-0.26 ms of CPU; 50-60 µs
-  read in a group of 8 or more.
+  In one run at saturation a text read alone took 243 µs, in a group of 16 92 µs and in a
+  group of 32 59 µs (docs/capacity.md, "Language identification wants warm caches").
 - **Its own trace.**  Each submission's events carry its request's trace context to the outbox.
 - **Answered as stored.**  The answer is the complaint's row as the transaction wrote it, and
   an ``Idempotency-Key``'s first answer is kept in the same transaction.
