@@ -29,9 +29,8 @@ Invariants:
 - **Languages read together.**  The language of each submission whose customer named none is
   identified when its group is first written, for the whole group one after another (and kept
   for a later attempt): the identifier walks a model of about 40 MB, one byte at a time, and
-  a text read right after another finds most of the model it needs in the CPU's caches still.
-  In one run at saturation a text read alone took 243 µs, in a group of 16 92 µs and in a
-  group of 32 59 µs (docs/capacity.md, "Language identification wants warm caches").
+  a text read right after another finds most of the model it needs in the CPU's caches still
+  (the figures: docs/capacity.md, "Language identification wants warm caches").
 - **Its own trace.**  Each submission's events carry its request's trace context to the outbox.
 - **Answered as stored.**  The answer is the complaint's row as the transaction wrote it, and
   an ``Idempotency-Key``'s first answer is kept in the same transaction.
