@@ -274,7 +274,9 @@ def _wait_ready(
     answer: Any = None
     while time.monotonic() < deadline:
         if proc.poll() is not None:
-            raise RuntimeError(f"{url}: the server exited with {proc.returncode} during start")
+            raise RuntimeError(
+                f"{url}: the server exited with {proc.returncode} during start{_output(proc)}"
+            )
         try:
             with urllib.request.urlopen(f"{url}/health/ready", timeout=2) as r:
                 answer = json.loads(r.read()) if all_ok else None
@@ -284,7 +286,41 @@ def _wait_ready(
             pass
         time.sleep(0.2)
     checks = f" ({answer.get('checks')})" if isinstance(answer, dict) else ""
-    raise RuntimeError(f"{url}: not ready after {within:.0f}s{checks}")
+    raise RuntimeError(f"{url}: not ready after {within:.0f}s{checks}{_output(proc)}")
+
+
+class LoggedProcess(subprocess.Popen[bytes]):
+    """A process of the platform whose output (stdout and stderr) goes to the file ``log``,
+    appended to.  The services run at ``COMPLAINTS_LOG_LEVEL=WARNING``: every line there is a
+    warning, an error or a crash, and a figure measured beside one is suspect."""
+
+    def __init__(self, args: list[str], *, log: Path, env: dict[str, str] | None = None) -> None:
+        log.parent.mkdir(parents=True, exist_ok=True)
+        self.log = log
+        with log.open("ab") as out:
+            super().__init__(
+                args, env=env, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT
+            )
+
+
+def _output(proc: subprocess.Popen[bytes]) -> str:
+    return f"; its output: {proc.log}" if isinstance(proc, LoggedProcess) else ""
+
+
+def logged_lines(logs: Path) -> dict[str, int]:
+    """Lines in each process's output under ``logs`` (:class:`LoggedProcess`), by file name;
+    the files without any are removed, and ``logs`` too when none is left."""
+    lines: dict[str, int] = {}
+    for log in sorted(logs.glob("*.log")) if logs.is_dir() else ():
+        with log.open("rb") as f:
+            count = sum(1 for line in f if line.strip())
+        if count:
+            lines[log.name] = count
+        else:
+            log.unlink()
+    if logs.is_dir() and not any(logs.iterdir()):
+        logs.rmdir()
+    return lines
 
 
 def _stop(proc: subprocess.Popen[bytes]) -> None:
@@ -405,6 +441,10 @@ class Harness:
     token: str
     master_key: str
     create_database: Callable[[str], str]
+    logs: Path  # where each process of the platform writes its output (:class:`LoggedProcess`)
+
+    def log(self, name: str) -> Path:
+        return self.logs / f"{name}.log"
 
     def service_env(self, database: str, keyring: str, prefix: str, port: int) -> dict[str, str]:
         return {
@@ -456,16 +496,14 @@ def _start_intake(
     intake_db = h.create_database(name)
     keyring_db = h.create_database(f"{name}_keyring")
     port = free_port()
-    proc = subprocess.Popen(
+    proc = LoggedProcess(
         [sys.executable, "-m", "complaints_intake"],
         env={
             **service_env(services_from),
             **h.service_env(intake_db, keyring_db, f"{name}.", port),
             "COMPLAINTS_WORKERS": str(workers),
         },
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
+        log=h.log(f"{name}.intake"),
     )
     return proc, f"http://127.0.0.1:{port}", intake_db
 

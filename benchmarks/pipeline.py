@@ -66,6 +66,7 @@ from aiokafka import AIOKafkaConsumer
 from http_intake import (
     ROOT,
     Harness,
+    LoggedProcess,
     _preload,
     _stop,
     _wait_ready,
@@ -348,19 +349,17 @@ def spool_parent() -> Path | None:
     return shm if shm.is_dir() and os.access(shm, os.W_OK | os.X_OK) else None
 
 
-def _mail_catcher(spool: Path) -> tuple[subprocess.Popen[bytes], int]:
+def _mail_catcher(spool: Path, log: Path) -> tuple[subprocess.Popen[bytes], int]:
     """A local SMTP server spooling to a Maildir under ``spool``; the process and its port."""
     mail = spool / "maildir"  # Maildir makes its folders only for a path that does not exist
     mailbox.Maildir(mail, create=True)
     port = free_port()
-    proc = subprocess.Popen(
+    proc = LoggedProcess(
         [
             *(sys.executable, str(ROOT / "deploy" / "local" / "mail_catcher.py")),
             *("--port", str(port), "--maildir", str(mail)),
         ],
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
+        log=log,
     )
     return proc, port
 
@@ -376,7 +375,7 @@ def _service(
     services_from: Path | None,
 ) -> subprocess.Popen[bytes]:
     """One service's process on ``port``, on its database, the shared keyring and ``smtp``."""
-    return subprocess.Popen(
+    return LoggedProcess(
         [sys.executable, "-m", f"complaints_{service}"],
         env={
             **service_env(services_from),
@@ -384,9 +383,7 @@ def _service(
             "COMPLAINTS_SMTP_HOST": "127.0.0.1",
             "COMPLAINTS_SMTP_PORT": str(smtp),
         },
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
+        log=h.log(f"{prefix}{service}"),
     )
 
 
@@ -409,7 +406,7 @@ def bench(
     prefix = f"benchpipe{suffix}."
     in_memory = spool_parent()
     spool = Path(tempfile.mkdtemp(prefix="bench-mail-", dir=in_memory))
-    catcher, smtp = _mail_catcher(spool)
+    catcher, smtp = _mail_catcher(spool, h.log(f"{prefix}mail_catcher"))
     procs: list[subprocess.Popen[bytes]] = [catcher]
     ports = {s: free_port() for s in SERVICES}
     try:
@@ -553,7 +550,7 @@ def catch_up(
     dsns = {s: f"{h.server}/{databases[s]}" for s in SERVICES}
     prefix = f"benchcatch{suffix}."
     spool = Path(tempfile.mkdtemp(prefix="bench-mail-", dir=spool_parent()))
-    catcher, smtp = _mail_catcher(spool)
+    catcher, smtp = _mail_catcher(spool, h.log(f"{prefix}mail_catcher"))
     procs: list[subprocess.Popen[bytes]] = [catcher]
     ports = {s: free_port() for s in SERVICES}
 

@@ -19,7 +19,6 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-import subprocess
 import sys
 import time
 import urllib.request
@@ -31,7 +30,7 @@ from typing import Any
 import asyncpg
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
-from http_intake import Harness, _stop, _wait_ready, free_port, service_env
+from http_intake import Harness, LoggedProcess, _stop, _wait_ready, free_port, service_env
 
 from complaints_shared.consumer import group_id
 from complaints_shared.envelope import Event, new_event_id, to_kafka_record
@@ -238,12 +237,10 @@ def bench(
     topics = Topics(prefix)
     port = free_port()
     asyncio.run(ensure_topics(h.bootstrap, topics.all(), PARTITIONS))
-    proc = subprocess.Popen(
+    proc = LoggedProcess(
         [sys.executable, "-m", "complaints_learning"],
         env={**service_env(services_from), **h.service_env(database, keyring_db, prefix, port)},
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
+        log=h.log(f"{prefix}learning"),
     )
     url = f"http://127.0.0.1:{port}"
     try:

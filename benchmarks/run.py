@@ -79,7 +79,10 @@ before a change) under the same harness, to compare two versions on the same mac
 
 It starts the local Kafka, PostgreSQL and (for ``intake``) Keycloak unless they run already,
 prints one table of figures with their baselines and ratios, and writes the same as JSON
-(``.local/bench/<time>.json``, or ``--json``).  Ratios, not absolute figures, are what to
+(``.local/bench/<time>.json``, or ``--json``).  The processes of the platform it starts (the
+services, at ``COMPLAINTS_LOG_LEVEL=WARNING``, and the mail catcher) write their output beside
+it (``<time>.logs/``, a file each); the table's last row counts those lines, which should be
+none, and the files with any are kept.  Ratios, not absolute figures, are what to
 compare between runs: these machines are shared and noisy.  Before each stage it drops the
 databases of the stages before (else PostgreSQL vacuums their tables while the next stage is
 measured: two ``intake,pipeline`` runs gave ``POST`` → ``CaseOpened`` p99 398 and 408 ms with
@@ -170,6 +173,7 @@ STAGES = (
     "delivery",
 )
 DEFAULT_STAGES = tuple(s for s in STAGES if s != "stored")
+SERVICE_STAGES = {"intake", "stored", "pipeline", "catchup", "rebuild"}  # they run services
 WRITERS = 8
 ROUNDS = 6  # the append and consume stages' rounds (see :func:`in_turn`)
 CONSUME_EVENTS = 30_000  # at least, in all: a round of a few polls would be mostly start-up
@@ -971,7 +975,10 @@ def delivery_rows(figures: dict[str, dict[str, float]]) -> list[Row]:
 
 
 def _figure(value: float) -> str:
-    """A figure as printed: small ones (CPU milliseconds) with two decimals, others with one."""
+    """A figure as printed: small ones (CPU milliseconds) with two decimals, others with one,
+    a count as it is."""
+    if isinstance(value, int):
+        return f"{value:,}"
     return f"{value:,.2f}" if abs(value) < 10 else f"{value:,.1f}"
 
 
@@ -1044,11 +1051,11 @@ def main() -> None:
     if unknown:
         parser.error(f"unknown stages {sorted(unknown)}; pick from {', '.join(STAGES)}")
 
+    out = args.json or ROOT / ".local" / "bench" / f"{datetime.now(UTC):%Y%m%dT%H%M%SZ}.json"
+    logs = out.with_suffix(".logs")  # the output of every process of the platform it starts
     python_before = machine.python_speed()  # before the infrastructure starts, if it must
     infra = LocalInfra.from_env()
-    started = infra.up(
-        identity=bool(stages & {"intake", "stored", "pipeline", "catchup", "rebuild"})
-    )
+    started = infra.up(identity=bool(stages & SERVICE_STAGES))
     os.environ.setdefault("PGPASSFILE", str(infra.postgres.passfile))
     rows: list[Row] = []
     waits: dict[str, Any] = {}
@@ -1095,6 +1102,7 @@ def main() -> None:
                 token=infra.keycloak.token("channel-gateway"),
                 master_key=new_master_key(),
                 create_database=create_database,
+                logs=logs,
             )
 
         if "intake" in stages:
@@ -1166,12 +1174,21 @@ def main() -> None:
         details["delivery"] = delivery.bench(args.messages)
         rows += delivery_rows(details["delivery"])
 
+    # the services log at WARNING: a figure measured beside a warning or an error is suspect
+    logged = http_intake.logged_lines(logs)
+    if stages & SERVICE_STAGES:
+        lines = sum(logged.values())
+        rows.append(
+            Row("logs", "lines the services logged, WARNING and above", lines, "lines", goal="0")
+        )
+
     wake_ups = machine.wake_up_round_trips()  # after the stages: the machine is quiet again
     python_after = machine.python_speed()
     print(f"\n{machine.describe(wake_ups)}")
     print(machine.describe_python(python_before, python_after))
     print_table(rows)
-    out = args.json or ROOT / ".local" / "bench" / f"{datetime.now(UTC):%Y%m%dT%H%M%SZ}.json"
+    for name, count in logged.items():
+        print(f"  {count} lines in {logs / name}")
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(
         json.dumps(
@@ -1190,6 +1207,7 @@ def main() -> None:
                 "events": args.events,
                 "rows": [r.as_dict() for r in rows],
                 "details": details,
+                "service_logs": {"dir": str(logs), "lines": logged},
             },
             indent=2,
             default=str,
