@@ -209,6 +209,31 @@ def cpu_seconds(pids: dict[str, list[int]]) -> dict[str, float]:
     return out
 
 
+def run_queue_seconds(pids: dict[str, list[int]]) -> dict[str, float] | None:
+    """Seconds each group of processes has waited so far to run on a CPU when it could run
+    (its threads' ``run_delay`` in ``/proc/<pid>/task/<tid>/schedstat``); ``None`` where the
+    kernel does not keep it.  Two readings around a window give how long a process queued for
+    the cores: at a full machine, what makes its latency, as none of it shows as its CPU."""
+    out: dict[str, float] = {}
+    for name, group in pids.items():
+        total = 0
+        for pid in group:
+            try:
+                tasks = list(Path(f"/proc/{pid}/task").iterdir())
+            except OSError:
+                continue
+            for task in tasks:
+                try:
+                    total += int((task / "schedstat").read_text().split()[1])
+                except FileNotFoundError:
+                    if not Path("/proc/self/schedstat").exists():
+                        return None
+                except (OSError, IndexError, ValueError):
+                    continue  # the thread ended meanwhile
+        out[name] = total / 1e9
+    return out
+
+
 def process_tree(pid: int) -> list[int]:
     """``pid`` and its descendants (a server's worker processes)."""
     children: dict[int, list[int]] = {}

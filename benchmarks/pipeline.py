@@ -74,6 +74,7 @@ from http_intake import (
     cpu_seconds,
     free_port,
     postgres_pids,
+    run_queue_seconds,
     service_env,
 )
 from machine import IoStalls, cpu_times
@@ -186,6 +187,7 @@ async def _measure(
     def services_postgres() -> list[int]:
         return [pid for pid in postgres_pids() if pid not in own]
 
+    services = {s: pids[s] for s in SERVICES if s in pids}  # each one process (and threads)
     pids = {**pids, "postgres": services_postgres()}
     # what the start-up wrote is written out first; the stalls' sampler runs at the default
     # priority, as the services
@@ -197,7 +199,9 @@ async def _measure(
             samples.append((t0, await _count(conns)))
             sampling = asyncio.create_task(sample())
             (busy_at, ran_at), client_at = cpu_times(), time.process_time()
+            queued_at, started = run_queue_seconds(services), time.perf_counter()
             load = await openloop.run("127.0.0.1", port, request, rate, seconds, keep=_complaint_id)
+            queued_now, ended = run_queue_seconds(services), time.perf_counter()
             (busy_now, ran_now), client_now = cpu_times(), time.process_time()
     loaded = time.perf_counter()
     sampling.cancel()  # before the drain's own counts: they use the same connections
@@ -286,6 +290,12 @@ async def _measure(
             "all": round((busy_now - busy_at) / (ran_now - ran_at), 3),
             "load_client": round((client_now - client_at) / (ran_now - ran_at), 3),
         },
+        # of the load's time, how long each service waited to run on a CPU when it could run
+        "run_queue_share": {
+            s: round((queued_now[s] - queued_at[s]) / (ended - started), 3) for s in queued_now
+        }
+        if queued_at is not None and queued_now is not None
+        else None,
         "post_p50_ms": round(load.percentile(50) * 1000, 1),
         "post_p99_ms": round(load.percentile(99) * 1000, 1),
         "stages": stages,

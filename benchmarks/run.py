@@ -50,7 +50,8 @@ Stages (``--only`` picks some; all by default):
   shows the work per complaint, not a queue) for ``--stored-seconds`` with each count stored
   in intake's database, against the same with the first count.
 - ``pipeline``: all four services at ``--rate`` complaints/s offered for ``--pipeline-seconds``
-  (``benchmarks/pipeline.py``): POST latency, each stage's completion rate and backlog growth,
+  (``benchmarks/pipeline.py``): POST latency, how busy the cores were and how long each service
+  waited for one while it could have run, each stage's completion rate and backlog growth,
   the drain time, and POST → ``CaseOpened`` on Kafka (p50, p99: from when the client's
   request was due) beside receipt → ``CaseOpened`` (from intake's ``received_at``, taken in
   the transaction that writes the complaint), and that split at ``ComplaintReceived`` on Kafka
@@ -832,6 +833,10 @@ def pipeline_rows(f: dict[str, Any]) -> list[Row]:
             f" (the load's client: {f['cpu_busy_share']['load_client']:.0%})",
             f["cpu_busy_share"]["all"] * 100,
             "%",
+        ),
+        *(
+            Row("pipeline", f"    of the load's time, {name} waited for a CPU", share * 100, "%")
+            for name, share in (f.get("run_queue_share") or {}).items()
         ),
         *(
             Row("pipeline", f"  receipt → CaseOpened on Kafka, {p}", f[key], "ms")
