@@ -214,21 +214,16 @@ def run_queue_seconds(pids: dict[str, list[int]]) -> dict[str, float] | None:
     (its threads' ``run_delay`` in ``/proc/<pid>/task/<tid>/schedstat``); ``None`` where the
     kernel does not keep it.  Two readings around a window give how long a process queued for
     the cores: at a full machine, what makes its latency, as none of it shows as its CPU."""
+    if not Path("/proc/self/schedstat").exists():
+        return None
     out: dict[str, float] = {}
     for name, group in pids.items():
         total = 0
         for pid in group:
-            try:
-                tasks = list(Path(f"/proc/{pid}/task").iterdir())
-            except OSError:
-                continue
-            for task in tasks:
+            for stat in Path(f"/proc/{pid}/task").glob("*/schedstat"):
                 try:
-                    total += int((task / "schedstat").read_text().split()[1])
-                except FileNotFoundError:
-                    if not Path("/proc/self/schedstat").exists():
-                        return None
-                except (OSError, IndexError, ValueError):
+                    total += int(stat.read_text().split()[1])
+                except OSError:
                     continue  # the thread ended meanwhile
         out[name] = total / 1e9
     return out
