@@ -120,10 +120,10 @@ def _body(i: int, run: str) -> bytes:
 
 
 async def _transactions(conn: asyncpg.Connection, dsns: dict[str, str]) -> dict[str, int]:
-    """Committed and rolled back transactions so far in each service's database and in the
-    keyring's, which every service asks for the keys it seals and opens with (a statement run
-    outside a transaction counts as one)."""
-    names = {dsns[s].rsplit("/", 1)[1]: s for s in (*SERVICES, "keyring")}
+    """Committed and rolled back transactions so far in each database of ``dsns`` (the
+    services' and the keyring's, which every service asks for the keys it seals and opens
+    with); a statement run outside a transaction counts as one."""
+    names = {dsn.rsplit("/", 1)[1]: name for name, dsn in dsns.items()}
     rows = await conn.fetch(
         "SELECT datname, xact_commit + xact_rollback AS n FROM pg_stat_database"
         " WHERE datname = ANY($1::text[])",
@@ -437,7 +437,7 @@ def bench(
         # the load meets the steady state, not the start: every check ok
         for s, proc in zip(SERVICES, procs[1:], strict=True):
             _wait_ready(f"http://127.0.0.1:{ports[s]}", proc, all_ok=True)
-        dsns = {s: f"{h.server}/{databases[s]}" for s in (*SERVICES, "keyring")}
+        dsns = {s: f"{h.server}/{db}" for s, db in databases.items()}  # the keyring's too
         preloaded: dict[str, Any] = {}
         if stored:
             t0 = time.monotonic()
