@@ -432,7 +432,9 @@ async def _BATCHED(conn: asyncpg.Connection, event: Event[Any]) -> None:  # prag
 MAX_POLL_RECORDS = 500
 
 # records read at a time before the event loop may run the batch in flight on (its next
-# statement waits for that: the smaller, the sooner the database gets it)
+# statement waits for that: the smaller, the sooner the database gets it).  Reading a whole
+# poll at once (500, and as many sealed values opened at once) consumed no faster on the bench's
+# consume stage: 0.43-0.46x of its baseline against 0.46-0.48x (three alternating pairs).
 READ_CHUNK = 50
 
 # records taken from the Kafka client at a time while a batch runs (it unpacks each as it is
