@@ -7,9 +7,8 @@ would receive, and keeping it costs four system calls (create, write, close, ren
 aiosmtpd's own ``Mailbox`` handler parsed each message, generated it again and stored it
 through ``mailbox.Maildir.add`` (more calls: a stat, a link and an unlink): about 1 ms of CPU a
 message on these machines, which made it the slowest part of the whole pipeline on two
-cores, slower than followup's hand-overs.  It runs on uvloop, as the services do: about 7% less
-CPU a message than on asyncio's own loop (545 against 589 µs, six alternating pairs of 6,400
-messages over 32 connections).
+cores, slower than followup's hand-overs.  It runs on uvloop, as the services do (what that saves:
+``docs/capacity.md``).
 Followup deletes a customer's copies when they are erased (``COMPLAINTS_MAIL_SPOOL``), found by
 their ``Message-ID``.
 
