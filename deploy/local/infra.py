@@ -150,6 +150,13 @@ def kafka_cluster_id(draw: Callable[[], uuid.UUID] = uuid.uuid4) -> str:
     return cluster_id
 
 
+# The local broker lives as long as a run, a test session or a bench: it compiles with the JVM's
+# quick compiler only (C1).  A young broker spends far less CPU compiling so than with C2 as
+# well; a long-lived one, some more running C1's code (docs/capacity.md, "A broker just started
+# costs more").  COMPLAINTS_LOCAL_KAFKA_JVM_OPTS is appended to these options.
+KAFKA_JIT = ("-XX:TieredStopAtLevel=1",)
+
+
 @dataclass
 class Kafka:
     home: Path
@@ -288,6 +295,8 @@ class Kafka:
                 "-Xms256m",
                 "-Xmx512m",
                 "-XX:+UseG1GC",
+                *KAFKA_JIT,
+                *os.environ.get("COMPLAINTS_LOCAL_KAFKA_JVM_OPTS", "").split(),
                 "-Djava.awt.headless=true",
                 "-cp",
                 f"{self.lib}/*",
