@@ -153,7 +153,7 @@ def kafka_cluster_id(draw: Callable[[], uuid.UUID] = uuid.uuid4) -> str:
 # The local broker lives as long as a run, a test session or a bench: it compiles with the JVM's
 # quick compiler only (C1).  A young broker spends far less CPU compiling so than with C2 as
 # well; a long-lived one, some more running C1's code (docs/capacity.md, "A broker just started
-# costs more").  COMPLAINTS_LOCAL_KAFKA_JVM_OPTS is appended to these options.
+# costs more").  ``Kafka.jvm_options`` (COMPLAINTS_LOCAL_KAFKA_JVM_OPTS) come after these.
 KAFKA_JIT = ("-XX:TieredStopAtLevel=1",)
 
 
@@ -162,6 +162,7 @@ class Kafka:
     home: Path
     port: int
     controller_port: int
+    jvm_options: tuple[str, ...] = ()  # after the broker's own: the last of a repeated one wins
 
     @property
     def bootstrap(self) -> str:
@@ -296,7 +297,7 @@ class Kafka:
                 "-Xmx512m",
                 "-XX:+UseG1GC",
                 *KAFKA_JIT,
-                *os.environ.get("COMPLAINTS_LOCAL_KAFKA_JVM_OPTS", "").split(),
+                *self.jvm_options,
                 "-Djava.awt.headless=true",
                 "-cp",
                 f"{self.lib}/*",
@@ -794,6 +795,7 @@ class LocalInfra:
                 local / "kafka",
                 _env_int("COMPLAINTS_LOCAL_KAFKA_PORT", 9092),
                 _env_int("COMPLAINTS_LOCAL_KAFKA_CONTROLLER_PORT", 9093),
+                tuple(os.environ.get("COMPLAINTS_LOCAL_KAFKA_JVM_OPTS", "").split()),
             ),
             Postgres(
                 _postgres_home(local),
