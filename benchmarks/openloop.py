@@ -1,8 +1,10 @@
 """An open-loop HTTP/1.1 load: requests at a fixed rate, whatever the server's pace.
 
-Each request is due at ``start + i / rate``; it goes out on the first free keep-alive
-connection, and its latency counts from when it was due (a slow server is not allowed to
-lower the offered load, so queueing shows in the latency: no coordinated omission).  The
+Each request is due at ``start + i / rate``; it goes out on the keep-alive connection freed
+last (at a low rate the same few stay in use), or on a new one where the server has closed
+that one meanwhile (its keep-alive timeout: the request is not lost to the race with the
+close), and its latency counts from when it was due (a slow server is not allowed to lower
+the offered load, so queueing shows in the latency: no coordinated omission).  The
 client is plain asyncio streams, light enough to leave the cores to the servers.  With
 ``keep``, what it reads from each answer's body (a created resource's id) is kept with the
 request's due time on the wall clock, so that a later effect of the request (an event on
@@ -69,7 +71,8 @@ async def run(
     Returns what came back (requests still waiting 10 s after the end are given up, and counted
     as unanswered or unsent)."""
     out = Outcome()
-    free: asyncio.Queue[tuple[asyncio.StreamReader, asyncio.StreamWriter]] = asyncio.Queue()
+    free: asyncio.LifoQueue[tuple[asyncio.StreamReader, asyncio.StreamWriter]]
+    free = asyncio.LifoQueue()
     for _ in range(connections):
         free.put_nowait(await asyncio.open_connection(host, port))
     pending: set[asyncio.Task[None]] = set()
@@ -77,6 +80,9 @@ async def run(
 
     async def one(i: int, due: float) -> None:
         reader, writer = await free.get()
+        if reader.at_eof():  # closed by the server while it was not in use
+            writer.close()
+            reader, writer = await asyncio.open_connection(host, port)
         sent.add(i)
         try:
             writer.write(request(i))

@@ -70,7 +70,7 @@ class ServiceSettings(BaseSettings):
         " instance ends the leader's session and takes over; readiness reports the stall",
     )
     consumer_fetch_wait_ms: int = Field(
-        25,
+        100,
         ge=0,
         le=500,
         description="how long a consumer's fetch may wait for more records (64 KiB) before the"
