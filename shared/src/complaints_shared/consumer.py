@@ -95,6 +95,7 @@ from complaints_shared.eventstore import Wakeup, unit_of_work
 from complaints_shared.faults import Backoff, is_transient
 from complaints_shared.metrics import ServiceMetrics
 from complaints_shared.privacy import Keyring, open_payloads
+from complaints_shared.settings import CONSUMER_FETCH_WAIT_MS
 from complaints_shared.telemetry import (
     CONSUMER,
     TRACE_EACH_UP_TO,
@@ -282,7 +283,6 @@ GENERATION_CHECK_SECONDS = 5.0  # an idle replica still notices a rebuild this s
 GENERATION_CHANNEL = "complaints_generation"  # NOTIFY'd with a consumer's name when it starts over
 GENERATION_PING_SECONDS = 30.0  # how often watch_generations checks its connection is alive
 IDLE_POLL_MS = 500  # how long a poll waits for records (records arriving end it at once)
-FETCH_WAIT_MS = 100  # see the module's docstring; 0: the broker answers at the first record
 FETCH_MIN_BYTES = 64 * 1024  # a fetch answered at once (about 60 records of these topics)
 IDLE_FETCH_WAIT_MS = 500  # an idle consumer's fetch: answered at its first record, else then
 LAG_REFRESH_SECONDS = 5.0  # see ConsumerRunner.lag_refresh_seconds
@@ -475,7 +475,7 @@ class ConsumerRunner:
     # single.
     stall_timeout: float = 30.0
     idle_poll_ms: int = IDLE_POLL_MS
-    fetch_wait_ms: int = FETCH_WAIT_MS
+    fetch_wait_ms: int = CONSUMER_FETCH_WAIT_MS  # 0: the broker answers at the first record
     # a batch that takes longer (retrying while the database is away, say) has the ends of its
     # partitions asked of the broker this often, so that their lag grows with what arrives
     lag_refresh_seconds: float = LAG_REFRESH_SECONDS

@@ -9,6 +9,9 @@ from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 LOCAL_POSTGRES = "postgresql://postgres@127.0.0.1:55432"
+# a consumer's wait for a fuller fetch, by default (the consumer's module docstring); the
+# consumer's runner takes it too where no settings are given
+CONSUMER_FETCH_WAIT_MS = 100
 
 
 class ServiceSettings(BaseSettings):
@@ -70,7 +73,7 @@ class ServiceSettings(BaseSettings):
         " instance ends the leader's session and takes over; readiness reports the stall",
     )
     consumer_fetch_wait_ms: int = Field(
-        100,
+        CONSUMER_FETCH_WAIT_MS,
         ge=0,
         le=500,
         description="how long a consumer's fetch may wait for more records (64 KiB) before the"
