@@ -9,14 +9,22 @@ from typing import Any
 
 import httpx
 import pytest
-from fastapi import FastAPI
-from opentelemetry.sdk.trace import ReadableSpan, Span, SpanProcessor
+from fastapi import APIRouter, FastAPI
+from opentelemetry import trace
+from opentelemetry._logs import _internal as otel_logs
+from opentelemetry.sdk._logs import LoggerProvider
+from opentelemetry.sdk._logs.export import InMemoryLogRecordExporter, SimpleLogRecordProcessor
+from opentelemetry.sdk.trace import ReadableSpan, Span, SpanProcessor, TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import SpanKind, StatusCode
 from prometheus_client import generate_latest
 
 from complaints_shared.metrics import ServiceMetrics
+from complaints_shared.privacy import new_master_key
 from complaints_shared.problems import install_problem_handlers
+from complaints_shared.service import ServiceSpec, create_app
+from complaints_shared.settings import ServiceSettings
 from complaints_shared.telemetry import ServerSpans, setup_telemetry
 
 TRACE = "0af7651916cd43dd8448eb211c80319c"
@@ -177,3 +185,61 @@ async def test_a_method_http_does_not_know_is_named_as_other(served):
     attributes = dict(span.attributes or {})
     assert attributes["http.request.method"] == "_OTHER"
     assert attributes["http.request.method_original"] == "FROBNICATE"
+
+
+async def test_a_services_app_keeps_fastapis_own_telemetry_off_whatever_provider_is_set(
+    monkeypatch,
+):
+    """FastAPI's native telemetry starts itself once any global OpenTelemetry provider is set
+    (zero-code instrumentation does that, so does ``FASTAPI_OTEL_AUTO_CONFIGURE`` with an OTLP
+    endpoint): spans holding the request's path and query as they came (a survey link's
+    token, a customer's e-mail), three more spans a request, and an unexpected error's text
+    logged.  A service's app leaves its HTTP telemetry to its own span: nothing reaches the
+    global providers, and each request has its one span."""
+    global_spans = InMemorySpanExporter()
+    tracer_provider = TracerProvider()
+    tracer_provider.add_span_processor(SimpleSpanProcessor(global_spans))
+    global_logs = InMemoryLogRecordExporter()
+    logger_provider = LoggerProvider()
+    logger_provider.add_log_record_processor(SimpleLogRecordProcessor(global_logs))
+    monkeypatch.setattr(trace, "_TRACER_PROVIDER", tracer_provider)
+    monkeypatch.setattr(otel_logs, "_LOGGER_PROVIDER", logger_provider)
+
+    router = APIRouter()
+
+    @router.get("/surveys/{token}")
+    async def survey(token: str) -> dict[str, str]:
+        return {"ok": "yes"}
+
+    @router.post("/boom")
+    async def boom() -> None:
+        raise ValueError(f"Key (email)=({EMAIL}) already exists")
+
+    own = InMemorySpanExporter()
+    spec = ServiceSpec(
+        name="test",
+        title="test",
+        description="a service's app",
+        default_port=8000,
+        package="complaints_shared",
+        own_topic=lambda topics: topics.intake,
+        routers=[router],
+    )
+    app = create_app(
+        spec,
+        ServiceSettings(
+            oidc_issuer="https://idp.example/realms/complaints", keyring_master_key=new_master_key()
+        ),
+        telemetry=setup_telemetry("test", own),
+    )
+    transport = httpx.ASGITransport(app=app)
+    async with httpx.AsyncClient(transport=transport, base_url="http://complaints.example") as c:
+        assert (await c.get(f"/surveys/{TOKEN}?customer={EMAIL}")).status_code == 200
+        assert (await c.post("/boom")).status_code == 500
+
+    assert global_spans.get_finished_spans() == ()
+    assert global_logs.get_finished_logs() == ()
+    spans = own.get_finished_spans()
+    assert [s.name for s in spans] == ["GET /surveys/{token}", "POST /boom"]
+    for span in spans:
+        assert TOKEN not in _told(span) and "eva.kovacs" not in _told(span)

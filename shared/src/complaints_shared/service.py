@@ -39,7 +39,12 @@ from complaints_shared.retention import SHARED as SHARED_RETENTION
 from complaints_shared.retention import Prune, run_pruning
 from complaints_shared.schema import migrate, package_migrations, shared_migrations
 from complaints_shared.settings import ServiceSettings
-from complaints_shared.telemetry import ServerSpans, Telemetry, setup_telemetry
+from complaints_shared.telemetry import (
+    FASTAPI_TELEMETRY_OFF,
+    ServerSpans,
+    Telemetry,
+    setup_telemetry,
+)
 from complaints_shared.topics import Topics, ensure_topics
 
 log = logging.getLogger(__name__)
@@ -381,6 +386,7 @@ def create_app(
         version="0.1.0",
         lifespan=lifespan,
         openapi_tags=spec.openapi_tags,
+        telemetry=FASTAPI_TELEMETRY_OFF,
     )
     app.state.access = Access(
         OidcVerifier(settings.oidc_issuer, settings.oidc_audience, settings.oidc_roles_claim),

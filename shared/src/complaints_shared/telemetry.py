@@ -3,7 +3,8 @@
 Each service owns a :class:`Telemetry` (its own tracer provider and service name), so several
 services can run in one process, as the end-to-end tests do.  Spans carry ids, types and
 topics only: no customer personal data.  HTTP spans (:class:`ServerSpans`) show the route
-template instead of the path and the query's names without their values.
+template instead of the path and the query's names without their values; they are a service
+app's only HTTP telemetry (FastAPI's own is kept off: :data:`FASTAPI_TELEMETRY_OFF`).
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from itertools import islice
 from typing import Any
 from urllib.parse import parse_qsl
 
+from fastapi.telemetry import TelemetryConfig
 from opentelemetry import propagate, trace
 from opentelemetry.baggage.propagation import W3CBaggagePropagator
 from opentelemetry.context import Context
@@ -257,6 +259,19 @@ def _redacted_query(scope: Mapping[str, Any]) -> str:
     names = [n for n, _ in parse_qsl(raw.decode("latin-1"), keep_blank_values=True)]
     return "&".join(f"{n}={REDACTED}" for n in names)
 
+
+# FastAPI's own telemetry, off: it turns itself on once any global OpenTelemetry provider is
+# set (zero-code instrumentation does, so does FASTAPI_OTEL_AUTO_CONFIGURE with an OTLP
+# endpoint), and its spans hold a request's path and query as they came (a survey link's
+# token, a customer's e-mail), beside three more spans a request.  A service's HTTP telemetry
+# is its own: ServerSpans, the service's metrics and the problem handlers' log lines.
+FASTAPI_TELEMETRY_OFF: TelemetryConfig = {
+    "tracing": False,
+    "metrics": False,
+    "logs": False,
+    "operation_spans": False,
+    "auto_configure": False,
+}
 
 # request headers that carry a trace context, by their raw names (ASGI lower-cases them)
 _CARRIERS = {b"traceparent": "traceparent", b"tracestate": "tracestate", b"baggage": "baggage"}
