@@ -6,8 +6,9 @@ connections, every request from a distinct customer.  Intake runs alone (its own
 topics under a throw-away prefix, the real identity provider's token): what is measured is
 the service's own cost per submission, not the other services' work on the same cores.
 
-1. Saturation: 32 connections for ``seconds``: requests/s and latency percentiles of each;
-   the ratio is intake's rate over the baseline's.  Also the CPU each server's processes and
+1. Saturation: 32 connections for ``seconds``, in three windows each, the two servers in
+   turn (:func:`bench`): requests/s and latency percentiles of each; the ratio is intake's
+   rate over the baseline's.  Also the CPU each server's processes and
    PostgreSQL's spent per answered request meanwhile: where a rate moves with what else the
    machine does, this moves less, so it is the figure to compare a change by.
 2. Half load: intake at half of its own saturated rate, to read the latency a service at a
@@ -38,7 +39,7 @@ import time
 import urllib.error
 import urllib.request
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -94,6 +95,9 @@ function done(summary, latency, requests)
   io.write(string.format("RESULT %%d %%d %%f %%f %%f %%f\\n", summary.requests, ok,
     summary.duration / 1e6, latency:percentile(50) / 1e3, latency:percentile(99) / 1e3,
     latency.max / 1e3))
+  local q = {}
+  for i = 1, 199 do q[i] = string.format("%%.3f", latency:percentile(i / 2) / 1e3) end
+  io.write("QUANTILES " .. table.concat(q, " ") .. "\\n")
 end
 """
 
@@ -106,13 +110,44 @@ class Load:
     p50_ms: float
     p99_ms: float
     max_ms: float
+    # the latency at every half percent, 0.5 to 99.5 (ms): what windows merge by
+    quantiles: tuple[float, ...] = field(default=(), repr=False)
 
     @property
     def rate(self) -> float:
         return self.ok / self.seconds if self.seconds else 0.0
 
     def as_dict(self) -> dict[str, Any]:
-        return {**asdict(self), "rate": round(self.rate, 1)}
+        figures = {k: v for k, v in asdict(self).items() if k != "quantiles"}
+        return {**figures, "rate": round(self.rate, 1)}
+
+    @staticmethod
+    def merged(loads: list[Load]) -> Load:
+        """Several windows' loads as one: their requests over their time together, and the
+        latency percentiles of their distributions mixed (each window weighing by its answered
+        requests; from each window's percentiles at every half percent)."""
+        points = sorted(
+            (q, load.ok / len(load.quantiles)) for load in loads for q in load.quantiles
+        )
+        total = sum(w for _, w in points)
+
+        def percentile(p: float) -> float:
+            seen = 0.0
+            for value, weight in points:
+                seen += weight
+                if seen >= p * total:
+                    return value
+            return points[-1][0] if points else 0.0
+
+        return Load(
+            requests=sum(load.requests for load in loads),
+            ok=sum(load.ok for load in loads),
+            seconds=sum(load.seconds for load in loads),
+            p50_ms=percentile(0.50),
+            p99_ms=percentile(0.99),
+            max_ms=max(load.max_ms for load in loads),
+            quantiles=(),
+        )
 
 
 def service_env(services_from: Path | None) -> dict[str, str]:
@@ -190,7 +225,9 @@ def wrk(
     if m is None:
         raise RuntimeError(f"wrk printed no result:\n{out}")
     n, ok, secs, p50, p99, mx = m.groups()
-    return Load(int(n), int(ok), float(secs), float(p50), float(p99), float(mx))
+    q = re.search(r"^QUANTILES (.+)$", out, re.M)
+    quantiles = tuple(float(v) for v in q.group(1).split()) if q else ()
+    return Load(int(n), int(ok), float(secs), float(p50), float(p99), float(mx), quantiles)
 
 
 def cpu_seconds(pids: dict[str, list[int]]) -> dict[str, float]:
@@ -271,18 +308,54 @@ def saturate(
     milliseconds per answered request that the server's processes and PostgreSQL's spent
     meanwhile (``cpu_ms``: less sensitive than a rate to what else the machine's cores are
     doing)."""
-    with IoStalls() as stalls:
-        pids = {"server": process_tree(server.pid), "postgres": postgres_pids()}
-        before = cpu_seconds(pids)
-        load = wrk(url, token, seconds, text=text)
-    pids["postgres"] = sorted(set(pids["postgres"]) | set(postgres_pids()))
-    after = cpu_seconds(pids)
-    per = max(load.ok, 1)
-    return {
-        **load.as_dict(),
-        "io_stalls_ms": stalls.figures,
-        "cpu_ms": {n: round((after[n] - before[n]) * 1000 / per, 3) for n in after},
-    }
+    return Saturation(url, token, server, text).windows([seconds])
+
+
+@dataclass
+class Saturation:
+    """One server under :func:`wrk` at 32 connections, in windows of its own (see
+    :func:`saturate`), and its figures over all of them (:meth:`figures`)."""
+
+    url: str
+    token: str
+    server: subprocess.Popen[bytes]
+    text: str = SHORT_DESCRIPTION
+    loads: list[Load] = field(default_factory=list)
+    cpu: dict[str, float] = field(default_factory=lambda: {"server": 0.0, "postgres": 0.0})
+    stalls: list[dict[str, float | None]] = field(default_factory=list)
+
+    def window(self, seconds: float) -> None:
+        with IoStalls() as stalls:
+            pids = {"server": process_tree(self.server.pid), "postgres": postgres_pids()}
+            before = cpu_seconds(pids)
+            self.loads.append(wrk(self.url, self.token, seconds, text=self.text))
+        pids["postgres"] = sorted(set(pids["postgres"]) | set(postgres_pids()))
+        after = cpu_seconds(pids)
+        for name in after:
+            self.cpu[name] += after[name] - before[name]
+        self.stalls.append(stalls.figures)
+
+    def windows(self, seconds: list[float]) -> dict[str, Any]:
+        for s in seconds:
+            self.window(s)
+        return self.figures()
+
+    def figures(self) -> dict[str, Any]:
+        load = self.loads[0] if len(self.loads) == 1 else Load.merged(self.loads)
+        per = max(load.ok, 1)
+        totals = [t for f in self.stalls if (t := f["total"]) is not None]
+        longest = [t for f in self.stalls if (t := f["longest"]) is not None]
+        figures = {
+            **load.as_dict(),
+            "io_stalls_ms": {
+                "total": sum(totals) if totals else None,
+                "longest": max(longest) if longest else None,
+            },
+            "cpu_ms": {n: round(c * 1000 / per, 3) for n, c in self.cpu.items()},
+        }
+        if len(self.loads) > 1:
+            figures["windows"] = [w.as_dict() for w in self.loads]
+        return figures
 
 
 def _wait_ready(
@@ -528,6 +601,9 @@ def _start_intake(
     return proc, f"http://127.0.0.1:{port}", intake_db
 
 
+ROUNDS = 3  # saturation windows of each server, taken in turn
+
+
 def bench(
     h: Harness,
     *,
@@ -536,29 +612,22 @@ def bench(
     workers: int = 1,
     description_chars: int | None = None,
 ) -> dict[str, Any]:
-    """Both servers, one after the other on the same machine, each as ``workers`` processes,
-    each complaint's description ``description_chars`` long (else the short one); returns the
-    figures."""
+    """Both servers at once on the same machine, each as ``workers`` processes, each
+    complaint's description ``description_chars`` long (else the short one); returns the
+    figures.
+
+    At saturation each server takes ``seconds`` in :data:`ROUNDS` windows, the two in turn
+    (each first in every other round), so that a slow moment of the machine weighs on both
+    sides of the ratio: run one after the other, a shared machine's drift between the two
+    halves moved the ratio by a third (0.25x-0.38x in one afternoon's runs of the same code).
+    Each rate is its windows' answered requests over their time together; the percentiles
+    are of their latencies mixed.  The server not under load meanwhile idles (intake's relay
+    and consumers wait on their connections)."""
     suffix = os.urandom(3).hex()
     base_db = h.create_database(f"bench_base_{suffix}")
     text = description(description_chars)
     results: dict[str, Any] = {"workers": workers, "description_chars": len(text)}
-    intake, url, _ = _start_intake(h, f"bench_intake_{suffix}", services_from, workers)
-    try:
-        _wait_ready(url, intake)
-        wrk(url, h.token, 3, text=text)  # warm-up: connections, prepared statements, the JWKS
-        results["intake"] = saturated = saturate(url, h.token, seconds, intake, text)
-        # what the saturation wrote is written out now, not in the middle of the half load
-        with IoStalls() as stalls:
-            half = open_loop(url, h.token, seconds, rate=saturated["rate"] / 2, text=text)
-        results["intake_half_load"] = {
-            **half.as_dict(),
-            "offered": round(saturated["rate"] / 2, 1),
-            "io_stalls_ms": stalls.figures,
-        }
-    finally:
-        _stop(intake)
-        asyncio.run(delete_topics(h.bootstrap, f"bench_intake_{suffix}."))
+    intake, intake_url, _ = _start_intake(h, f"bench_intake_{suffix}", services_from, workers)
     port = free_port()
     baseline = subprocess.Popen(
         [
@@ -573,11 +642,35 @@ def bench(
         ],
         stdin=subprocess.DEVNULL,
     )
+    base_url = f"http://127.0.0.1:{port}"
     try:
-        url = f"http://127.0.0.1:{port}"
-        _wait_ready(url, baseline)
-        wrk(url, "", 3, text=text)
-        results["baseline"] = saturate(url, "", seconds, baseline, text)
+        _wait_ready(intake_url, intake)
+        _wait_ready(base_url, baseline)
+        # warm-up: connections, prepared statements, the JWKS
+        wrk(intake_url, h.token, 3, text=text)
+        wrk(base_url, "", 3, text=text)
+        servers = [
+            ("intake", Saturation(intake_url, h.token, intake, text)),
+            ("baseline", Saturation(base_url, "", baseline, text)),
+        ]
+        window = max(seconds / ROUNDS, 3.0)
+        for r in range(ROUNDS):
+            first = r % len(servers)
+            for _, saturation in servers[first:] + servers[:first]:
+                saturation.window(window)
+        for name, saturation in servers:
+            results[name] = saturation.figures()
+        saturated = results["intake"]
+        # what the saturation wrote is written out now, not in the middle of the half load
+        with IoStalls() as stalls:
+            half = open_loop(intake_url, h.token, seconds, rate=saturated["rate"] / 2, text=text)
+        results["intake_half_load"] = {
+            **half.as_dict(),
+            "offered": round(saturated["rate"] / 2, 1),
+            "io_stalls_ms": stalls.figures,
+        }
     finally:
         _stop(baseline)
+        _stop(intake)
+        asyncio.run(delete_topics(h.bootstrap, f"bench_intake_{suffix}."))
     return results

@@ -36,7 +36,8 @@ Stages (``--only`` picks some; all by default):
   CPU an event (aiokafka's fetch about 6 of them), about as much as its wall time (it reads
   the next batch while the one before waits on the database).
 - ``intake``: ``POST /complaints`` at 32 connections against a minimal FastAPI + one-INSERT
-  app, each with the CPU per answered request of its processes and of PostgreSQL's (steadier
+  app, both running, in three windows each taken in turn (as the rounds above), each with
+  the CPU per answered request of its processes and of PostgreSQL's (steadier
   than the rates on a busy machine), and intake's latency at half its own rate, offered
   open-loop and evenly spaced (``benchmarks/http_intake.py``).  ``--workers N`` runs both
   servers as N processes sharing their port (intake with ``COMPLAINTS_WORKERS=N``, each
