@@ -125,26 +125,30 @@ class Load:
     def merged(loads: list[Load]) -> Load:
         """Several windows' loads as one: their requests over their time together, and the
         latency percentiles of their distributions mixed (each window weighing by its answered
-        requests; from each window's percentiles at every half percent)."""
+        requests; from each window's percentiles at every half percent).  Where no window
+        has those (a wrk whose script printed none), the highest of the windows' own."""
         points = sorted(
-            (q, load.ok / len(load.quantiles)) for load in loads for q in load.quantiles
+            (q, load.ok / len(load.quantiles))
+            for load in loads
+            if load.quantiles
+            for q in load.quantiles
         )
         total = sum(w for _, w in points)
 
-        def percentile(p: float) -> float:
+        def percentile(p: float, own: list[float]) -> float:
             seen = 0.0
             for value, weight in points:
                 seen += weight
                 if seen >= p * total:
                     return value
-            return points[-1][0] if points else 0.0
+            return points[-1][0] if points else max(own)
 
         return Load(
             requests=sum(load.requests for load in loads),
             ok=sum(load.ok for load in loads),
             seconds=sum(load.seconds for load in loads),
-            p50_ms=percentile(0.50),
-            p99_ms=percentile(0.99),
+            p50_ms=percentile(0.50, [load.p50_ms for load in loads]),
+            p99_ms=percentile(0.99, [load.p99_ms for load in loads]),
             max_ms=max(load.max_ms for load in loads),
             quantiles=(),
         )

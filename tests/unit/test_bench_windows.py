@@ -46,3 +46,12 @@ def test_a_window_alone_keeps_what_wrk_said(http_intake):
     figures = http_intake.Load.as_dict(only)
     assert figures["rate"] == 100.0 and figures["p99_ms"] == 198
     assert "quantiles" not in figures  # kept to merge, not written to the bench's JSON
+
+
+def test_windows_without_percentiles_merge_into_the_highest_of_their_own(http_intake):
+    bare = [
+        http_intake.Load(100, 100, 1.0, 20.0, 90.0, 120.0),
+        http_intake.Load(100, 100, 1.0, 30.0, 80.0, 100.0),
+    ]
+    merged = http_intake.Load.merged(bare)
+    assert (merged.rate, merged.p50_ms, merged.p99_ms, merged.max_ms) == (100.0, 30.0, 90.0, 120.0)
