@@ -312,7 +312,9 @@ def saturate(
     milliseconds per answered request that the server's processes and PostgreSQL's spent
     meanwhile (``cpu_ms``: less sensitive than a rate to what else the machine's cores are
     doing)."""
-    return Saturation(url, token, server, text).windows([seconds])
+    saturation = Saturation(url, token, server, text)
+    saturation.window(seconds)
+    return saturation.figures()
 
 
 @dataclass
@@ -338,11 +340,6 @@ class Saturation:
         for name in after:
             self.cpu[name] += after[name] - before[name]
         self.stalls.append(stalls.figures)
-
-    def windows(self, seconds: list[float]) -> dict[str, Any]:
-        for s in seconds:
-            self.window(s)
-        return self.figures()
 
     def figures(self) -> dict[str, Any]:
         load = self.loads[0] if len(self.loads) == 1 else Load.merged(self.loads)
