@@ -27,11 +27,13 @@ Stages (``--only`` picks some; all by default):
 - ``consume``: the inbox consumer (inbox row + projection row per event, the projection row
   queued with :func:`complaints_shared.consumer.write`, one transaction per poll batch, then
   the offset) against raw asyncpg writing the same inbox and projection rows in batches as
-  large as the consumer's polls; and this process's CPU per event while each ran.  N events,
-  at least 30,000, in six rounds, each kind first in turn (as the append stage's); each
-  round's consumer is a new one on a topic of its own, timed once it is assigned its
-  partitions, its records copies of the raw producer's, each a new event.  The consumer's CPU
-  is what bounds it, not the database: with 60,000 events its statements took PostgreSQL
+  large as the consumer's polls (``--consume-batch``: the records a poll takes at most, the
+  consumer's default unless given; a batch's own cost shows as it shrinks); and this
+  process's CPU per event while each ran.  N events, at least 30,000, in six rounds, each
+  kind first in turn (as the append stage's); each round's consumer is a new one on a topic
+  of its own, timed once it is assigned its partitions, its records copies of the raw
+  producer's, each a new event.  The consumer's CPU is what bounds it, not the database:
+  with 60,000 events its statements took PostgreSQL
   about 13 µs an event (statement log), while the consumer took 37-41 µs of this process's
   CPU an event (aiokafka's fetch about 6 of them), about as much as its wall time (it reads
   the next batch while the one before waits on the database).
@@ -262,7 +264,12 @@ async def timed(work: Callable[[], Any]) -> float:
 
 
 async def event_path(
-    n: int, bootstrap: str, server: str, password: str, stages: set[str]
+    n: int,
+    bootstrap: str,
+    server: str,
+    password: str,
+    stages: set[str],
+    consume_batch: int = MAX_POLL_RECORDS,
 ) -> list[Row]:
     db = f"bench_{uuid.uuid4().hex[:8]}"
     admin = await asyncpg.connect(f"{server}/postgres")
@@ -491,7 +498,11 @@ async def event_path(
 
         # 3. consume --------------------------------------------------------------------
         if "consume" in stages:
-            rows.extend(await consume(n, bootstrap, pool, producer, telemetry, keyring, prefix))
+            rows.extend(
+                await consume(
+                    n, bootstrap, pool, producer, telemetry, keyring, prefix, consume_batch
+                )
+            )
     finally:
         await producer.stop()
         await pool.close()
@@ -520,11 +531,13 @@ async def consume(
     telemetry: Any,
     keyring: PostgresKeyring,
     prefix: str,
+    per: int = MAX_POLL_RECORDS,
 ) -> list[Row]:
     """The inbox consumer against raw asyncpg writing the same rows, in rounds (see the
-    module's docstring).  A round's records are copies of the raw producer's (the same sealed
-    payload, complaint and trace context), each a new event with an id of its own: a copy
-    with an id seen before would take the inbox's cheaper path for duplicates."""
+    module's docstring); ``per``: the records a poll takes at most, and so a transaction of
+    each.  A round's records are copies of the raw producer's (the same sealed payload,
+    complaint and trace context), each a new event with an id of its own: a copy with an id
+    seen before would take the inbox's cheaper path for duplicates."""
     source = f"{prefix}raw"
     bare = AIOKafkaConsumer(
         source,
@@ -578,6 +591,7 @@ async def consume(
             metrics,
             dlq_topic=f"{prefix}dlq",
             keyring=keyring,
+            max_poll_records=per,
         )
         task = asyncio.create_task(runner.run())
         try:
@@ -594,8 +608,6 @@ async def consume(
 
     # raw asyncpg: the same inbox and projection rows, as many a transaction as the consumer
     # takes a poll
-    per = MAX_POLL_RECORDS
-
     async def raw_round(i: int) -> tuple[float, float]:
         t0, cpu = time.perf_counter(), time.process_time()
         async with pool.acquire() as conn:
@@ -624,10 +636,11 @@ async def consume(
     return [
         Row(
             "consume",
-            "inbox consumer: read, open, inbox + projection, commit",
+            "inbox consumer: read, open, inbox + projection, commit"
+            + ("" if per == MAX_POLL_RECORDS else f", {per} a poll"),
             total / inbox,
             "events/s",
-            f"raw asyncpg, same rows, {MAX_POLL_RECORDS} a transaction",
+            f"raw asyncpg, same rows, {per} a transaction",
             total / raw_write,
             "≥ 0.5x",
         ),
@@ -1045,6 +1058,12 @@ def main() -> None:
     parser.add_argument(
         "--messages", type=int, default=2000, help="delivery: messages handed over each way"
     )
+    parser.add_argument(
+        "--consume-batch",
+        type=int,
+        default=MAX_POLL_RECORDS,
+        help=f"consume: the records a poll takes at most (default {MAX_POLL_RECORDS})",
+    )
     parser.add_argument("--json", type=Path, help="where to write the figures")
     parser.add_argument(
         "--services-from",
@@ -1056,6 +1075,8 @@ def main() -> None:
     unknown = stages - set(STAGES)
     if unknown:
         parser.error(f"unknown stages {sorted(unknown)}; pick from {', '.join(STAGES)}")
+    if args.consume_batch < 1:
+        parser.error("--consume-batch must be at least 1")
 
     out = args.json or ROOT / ".local" / "bench" / f"{datetime.now(UTC):%Y%m%dT%H%M%SZ}.json"
     logs = out.with_suffix(".logs")  # the output of every process of the platform it starts
@@ -1078,6 +1099,7 @@ def main() -> None:
                         infra.postgres.url,
                         infra.postgres.password(),
                         stages,
+                        args.consume_batch,
                     )
                 )
         server = infra.postgres.url
