@@ -115,3 +115,19 @@ def test_each_text_is_its_log_scaled_counts_at_unit_length_alone_or_in_a_batch()
         assert np.allclose(row, expected / np.linalg.norm(expected), atol=1e-6)
     # a text said twice counts each n-gram twice: log-scaled, so not the same vector as once
     assert not np.allclose(batch[1].toarray(), batch[4].toarray())
+
+
+def test_vectors_are_exactly_the_vectorizers_counts_log_scaled_and_normalised():
+    """The vectorizer's steps, made once (``vectorise``), give its very numbers: what the
+    public way gives (its transform, then ``normalize``), bit for bit, for every text."""
+    from sklearn.preprocessing import normalize
+
+    texts = ["", "   ", "a", *STORIES.values(), "Ég a kenyérpirító!! 12345 — ¿por qué?"]
+    public = similarity._VECTORIZER.transform(texts).tocsr().astype(np.float32)
+    np.log1p(public.data, out=public.data)
+    public = normalize(public, norm="l2", copy=False)
+    ours = vectorise(texts)
+    assert ours.dtype == public.dtype == np.float32
+    assert np.array_equal(ours.indptr, public.indptr)
+    assert np.array_equal(ours.indices, public.indices)
+    assert np.array_equal(ours.data, public.data)

@@ -32,8 +32,9 @@ from dataclasses import dataclass
 
 import numpy as np
 import scipy.sparse as sp
+from sklearn.feature_extraction import FeatureHasher
 from sklearn.feature_extraction.text import HashingVectorizer
-from sklearn.preprocessing import normalize
+from sklearn.utils.sparsefuncs_fast import inplace_csr_row_normalize_l2
 
 from complaints_shared.vocabulary import normalise
 
@@ -56,6 +57,13 @@ _VECTORIZER = HashingVectorizer(
     norm=None,
     preprocessor=normalise,
 )
+# Its two steps, each made once: the vectorizer's own transform makes a new hasher and checks
+# its parameters on every call, and ``normalize`` checks its input: about 0.3 ms of a query's
+# 0.8 for the one text, for the same numbers.
+_NGRAMS = _VECTORIZER.build_analyzer()
+_HASHER = FeatureHasher(
+    n_features=FEATURES, input_type="string", alternate_sign=False, dtype=np.float32
+)
 
 
 @functools.cache
@@ -75,13 +83,15 @@ class Match:
 
 
 def vectorise(texts: list[str]) -> sp.csr_matrix:
-    """Unit-length, log-scaled n-gram counts, one row per text (a text without any: zeros).
+    """Unit-length, log-scaled n-gram counts, one row per text (a text without any: zeros):
+    ``_VECTORIZER``'s counts, as float32, log-scaled and normalised as ``normalize`` would.
 
     Scaled in place on the matrix's own values: a product with a diagonal matrix costs time in
     the number of columns (2**20), about 6 ms even for one text."""
-    m = _VECTORIZER.transform(texts).tocsr().astype(np.float32)
+    m: sp.csr_matrix = _HASHER.transform(_NGRAMS(text) for text in texts)
     np.log1p(m.data, out=m.data)
-    return normalize(m, norm="l2", copy=False)
+    inplace_csr_row_normalize_l2(m)
+    return m
 
 
 class SimilarIndex:
