@@ -62,7 +62,10 @@ _VECTORIZER = HashingVectorizer(
 # 0.8 for the one text, for the same numbers.
 _NGRAMS = _VECTORIZER.build_analyzer()
 _HASHER = FeatureHasher(
-    n_features=FEATURES, input_type="string", alternate_sign=False, dtype=np.float32
+    n_features=_VECTORIZER.n_features,
+    input_type="string",
+    alternate_sign=_VECTORIZER.alternate_sign,
+    dtype=np.float32,
 )
 
 
