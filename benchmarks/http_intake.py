@@ -8,9 +8,9 @@ the service's own cost per submission, not the other services' work on the same 
 
 1. Saturation: 32 connections for ``seconds``, in three windows each, the two servers in
    turn (:func:`bench`): requests/s and latency percentiles of each; the ratio is intake's
-   rate over the baseline's.  Also the CPU each server's processes and
-   PostgreSQL's spent per answered request meanwhile: where a rate moves with what else the
-   machine does, this moves less, so it is the figure to compare a change by.
+   rate over the baseline's.  Also the CPU each server's processes and PostgreSQL's spent
+   per answered request meanwhile: where a rate moves with what else the machine does, this
+   moves less, so it is the figure to compare a change by.
 2. Half load: intake at half of its own saturated rate, to read the latency a service at a
    comfortable load gives.  The requests are offered at that rate evenly spaced, whatever the
    answers' pace (:mod:`openloop`; latency counts from when each was due).  wrk's
@@ -46,7 +46,7 @@ from typing import Any
 
 import asyncpg
 import openloop
-from machine import IoStalls
+from machine import IoStalls, in_turn
 
 from complaints_intake.submissions import _HISTORIES
 from complaints_shared.topics import delete_topics
@@ -656,8 +656,7 @@ def bench(
         ]
         window = max(seconds / ROUNDS, 3.0)
         for r in range(ROUNDS):
-            first = r % len(servers)
-            for _, saturation in servers[first:] + servers[:first]:
+            for _, saturation in in_turn(servers, r):
                 saturation.window(window)
         for name, saturation in servers:
             results[name] = saturation.figures()

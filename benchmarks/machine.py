@@ -50,7 +50,7 @@ import subprocess
 import sys
 import time
 from types import TracebackType
-from typing import Any
+from typing import Any, TypeVar
 
 ROUND_TRIPS = 2000
 IO_PRESSURE = "/proc/pressure/io"  # Linux's pressure stall information (kernel 4.20 on)
@@ -163,6 +163,17 @@ def describe(figures: dict[str, Any]) -> str:
         "wake-up round trip between two processes: "
         f"{two['wall_us']:.1f} µs ({two['cpu_us']:.1f} µs CPU) on two CPUs, {one_text}"
     )
+
+
+T = TypeVar("T")
+
+
+def in_turn(kinds: list[T], r: int) -> list[T]:
+    """``kinds`` in the order of round ``r``: each first in turn.  A stage that compares
+    several kinds of work runs them in rounds, so that what the machine does meanwhile weighs
+    on each alike."""
+    first = r % len(kinds)
+    return kinds[first:] + kinds[:first]
 
 
 def cpu_times() -> tuple[float, float]:

@@ -33,17 +33,17 @@ Stages (``--only`` picks some; all by default):
   kind first in turn (as the append stage's); each round's consumer is a new one on a topic
   of its own, timed once it is assigned its partitions, its records copies of the raw
   producer's, each a new event.  The consumer's CPU is what bounds it, not the database:
-  with 60,000 events its statements took PostgreSQL
-  about 13 µs an event (statement log), while the consumer took 37-41 µs of this process's
-  CPU an event (aiokafka's fetch about 6 of them), about as much as its wall time (it reads
-  the next batch while the one before waits on the database).
+  with 60,000 events its statements took PostgreSQL about 13 µs an event (statement log),
+  while the consumer took 37-41 µs of this process's CPU an event (aiokafka's fetch about 6
+  of them), about as much as its wall time (it reads the next batch while the one before
+  waits on the database).
 - ``intake``: ``POST /complaints`` at 32 connections against a minimal FastAPI + one-INSERT
   app, both running, in three windows each taken in turn (as the rounds above), each with
-  the CPU per answered request of its processes and of PostgreSQL's (steadier
-  than the rates on a busy machine), and intake's latency at half its own rate, offered
-  open-loop and evenly spaced (``benchmarks/http_intake.py``).  ``--workers N`` runs both
-  servers as N processes sharing their port (intake with ``COMPLAINTS_WORKERS=N``, each
-  process a replica); ``--description-chars N`` sends both complaints whose description is N
+  the CPU per answered request of its processes and of PostgreSQL's (steadier than the rates
+  on a busy machine), and intake's latency at half its own rate, offered open-loop and
+  evenly spaced (``benchmarks/http_intake.py``).  ``--workers N`` runs both servers as N
+  processes sharing their port (intake with ``COMPLAINTS_WORKERS=N``, each process a
+  replica); ``--description-chars N`` sends both complaints whose description is N
   characters long (the same story told at length) instead of 88.
 - ``stored`` (not in the default run): intake at saturation with ``--stored`` complaints
   already in its database (default 0, 10k, 100k, 1M): its rate, and the CPU per request of
@@ -117,7 +117,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import asyncpg
 import uvloop
@@ -179,9 +179,8 @@ STAGES = (
 DEFAULT_STAGES = tuple(s for s in STAGES if s != "stored")
 SERVICE_STAGES = {"intake", "stored", "pipeline", "catchup", "rebuild"}  # they run services
 WRITERS = 8
-ROUNDS = 6  # the append and consume stages' rounds (see :func:`in_turn`)
+ROUNDS = 6  # the append and consume stages' rounds (see :func:`machine.in_turn`)
 CONSUME_EVENTS = 30_000  # at least, in all: a round of a few polls would be mostly start-up
-T = TypeVar("T")
 PAYLOAD = ComplaintWithdrawn(reason="Fila de espera " + "x" * 400)
 
 
@@ -247,14 +246,6 @@ def settle(stage: str, waits: dict[str, Any]) -> None:
         if share < QUIET_BUSY or time.monotonic() - t0 >= QUIET_WITHIN:
             break
     waits[stage] = {"waited_seconds": round(time.monotonic() - t0, 1), "busy": round(share, 2)}
-
-
-def in_turn(kinds: list[T], r: int) -> list[T]:
-    """``kinds`` in the order of round ``r``: each first in turn.  The stages that compare
-    several kinds of work run them in :data:`ROUNDS` rounds, so that what the machine does
-    meanwhile weighs on each alike."""
-    first = r % len(kinds)
-    return kinds[first:] + kinds[:first]
 
 
 async def timed(work: Callable[[], Any]) -> float:
@@ -369,7 +360,7 @@ async def event_path(
         try:
             for r in range(ROUNDS):
                 part = slice(r * n // ROUNDS, (r + 1) * n // ROUNDS)
-                for name, work in in_turn(kinds, r):
+                for name, work in machine.in_turn(kinds, r):
                     spent[name] += await timed(lambda work=work, part=part: work(part))
         finally:
             if recorder is not None:
@@ -627,7 +618,7 @@ async def consume(
     took = {"consumer": [0.0, 0.0], "raw": [0.0, 0.0]}
     kinds = [("consumer", consumer_round), ("raw", raw_round)]
     for i in range(ROUNDS):
-        for kind, run_round in in_turn(kinds, i):
+        for kind, run_round in machine.in_turn(kinds, i):
             wall, cpu = await run_round(i)
             took[kind][0] += wall
             took[kind][1] += cpu

@@ -58,8 +58,8 @@ _VECTORIZER = HashingVectorizer(
     preprocessor=normalise,
 )
 # Its two steps, each made once: the vectorizer's own transform makes a new hasher and checks
-# its parameters on every call, and ``normalize`` checks its input: about 0.3 ms of a query's
-# 0.8 for the one text, for the same numbers.
+# its parameters on every call, and ``normalize`` checks its input: about 0.3 ms of the 0.8
+# that vectorising one text took, for the same numbers.
 _NGRAMS = _VECTORIZER.build_analyzer()
 _HASHER = FeatureHasher(
     n_features=_VECTORIZER.n_features,
