@@ -6,6 +6,7 @@ checked on both as well."""
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
@@ -694,8 +695,10 @@ async def test_a_keyring_session_looks_keys_up_by_index_after_the_keyring_grew(d
         async def grow() -> None:
             await keys(801, 20_800)
 
-        # a batch's keys, as many as its customers: a plan for any such list is kept
-        wanted = "ARRAY[" + ", ".join(f"md5('{i}')" for i in range(1, 36)) + "]"
+        # a batch's keys, as many as its customers (those unwrapped before, and new ones): a
+        # plan for any such lists is kept
+        ids = [hashlib.md5(str(i).encode()).hexdigest() for i in range(1, 36)]
+        wanted = f"'{','.join(ids[:20])}', '{','.join(ids[20:])}'"
         plans = {}
         for name, pool in (("plain", plain), ("keyring", keyring)):
             await writer.execute("TRUNCATE data_keys")  # a few hundred customers so far
@@ -804,6 +807,35 @@ async def test_sealing_keys_prepared_for_several_streams_are_each_streams_own(ba
     assert await backend.keyring.sealing_key(erased) is None
     with pytest.raises(UnknownDataSubject):
         await backend.keyring.sealing_key(unknown)
+
+
+@pytest.mark.integration
+async def test_a_batchs_opening_keys_are_one_lookup_known_or_not_and_an_erasure_elsewhere_shows(
+    database: str,
+):
+    """Opening a batch asks the keyring once for every key: those this process unwrapped before
+    (asked only whether they are still there) and new ones alike; a key another process erased
+    meanwhile is absent at once, and an id that is no key's (a comma in it) matches none."""
+    master = load_master_key(new_master_key())
+    pool, other_pool = await migrated_pool(database), await migrated_pool(database)
+    try:
+        ours, theirs = PostgresKeyring(pool, master), PostgresKeyring(other_pool, master)
+        await ours.migrate()
+        keys = [await theirs.register(uuid.uuid4(), f"customer-{i}") for i in range(4)]
+        a, b, c, d = (k.key_id for k in keys)
+        lookups: list[str] = []
+        ours.pool = cast(Any, CountingPool(ours.pool, lookups))
+        assert await ours.keys([a, b]) == {a: keys[0], b: keys[1]}  # unwrapped now
+        await theirs.erase("customer-1")
+        found = await ours.keys([a, b, c, "nope", f"{a},{d}", ""])
+        assert found == {a: keys[0], c: keys[2]}
+        assert await ours.keys([b]) == {}
+        await theirs.erase("customer-0")
+        assert await ours.keys([a, c, d]) == {c: keys[2], d: keys[3]}
+        assert lookups == ["fetch"] * 4  # one statement a batch
+    finally:
+        await pool.close()
+        await other_pool.close()
 
 
 @pytest.mark.integration
