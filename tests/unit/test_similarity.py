@@ -131,3 +131,24 @@ def test_vectors_are_exactly_the_vectorizers_counts_log_scaled_and_normalised():
     assert np.array_equal(ours.indptr, public.indptr)
     assert np.array_equal(ours.indices, public.indices)
     assert np.array_equal(ours.data, public.data)
+
+
+def test_a_querys_posting_lists_are_added_in_one_call_as_the_matrix_product_would():
+    """Columns in any order, empty ones (an n-gram no text has) and neighbours in the matrix
+    among them: the scores are the product of the query's columns with their weights."""
+    rng = np.random.default_rng(11)
+    rows, features = 300, 64
+    dense = rng.random((rows, features), dtype=np.float32)
+    dense[dense < 0.8] = 0.0  # about a fifth of the entries
+    dense[:, [0, 5, 6, 40]] = 0.0  # columns no text has
+    index = SimilarIndex()
+    index._main = similarity.sp.csc_matrix(dense)
+    for cols in ([5, 6, 7, 8], [63, 0, 31, 6, 32, 40, 1], list(range(features)), [40], [0]):
+        picked = np.array(cols, dtype=np.int32)
+        weights = rng.random(len(cols), dtype=np.float32)
+        out = np.zeros(rows, dtype=np.float32)
+        index._add_postings(out, picked, weights)
+        assert out == pytest.approx(dense[:, cols] @ weights, rel=1e-5, abs=1e-6)
+    out = np.ones(rows, dtype=np.float32)
+    index._add_postings(out, np.array([], dtype=np.int32), np.array([], dtype=np.float32))
+    assert (out == 1.0).all()  # added to, never reset: nothing to add, nothing changed

@@ -180,13 +180,25 @@ class SimilarIndex:
         out += theirs
 
     def _add_postings(self, out: np.ndarray, cols: np.ndarray, weights: np.ndarray) -> None:
-        """``out += main[:, cols] @ weights``, each column's posting list where it lies."""
-        main, n = self._main, len(out)
-        ptr, rows, values = main.indptr, main.indices, main.data
-        for col, weight in zip(cols.tolist(), weights.tolist(), strict=True):
-            _add_columns(
-                n, 1, ptr[col : col + 2], rows, values, np.array([weight], np.float32), out
-            )
+        """``out += main[:, cols] @ weights``, each column's posting list where it lies, in one
+        call: the kernel is handed the columns' own ranges of the matrix as the columns of a
+        matrix of its own, the last-stored first, and between each two a range of weight 0
+        that runs backwards (from one column's end to an earlier column's start), so it holds
+        no posting.  With a call per column (each with its slice and its weight made in
+        Python) a query took 10.6-11.3 ms at p50 and 16.1-16.5 at p99 among 100,000 texts,
+        against 9.7-9.9 and 13.0-16.5 so (``benchmarks/similar.py``, alternating)."""
+        if not len(cols):
+            return
+        main = self._main
+        ptr = main.indptr
+        starts = ptr[cols]
+        order = np.argsort(-starts, kind="stable")
+        ranges = np.empty(2 * len(cols), dtype=ptr.dtype)
+        ranges[0::2] = starts[order]
+        ranges[1::2] = ptr[cols[order] + 1]
+        scaled = np.zeros(len(ranges) - 1, dtype=np.float32)
+        scaled[0::2] = weights[order]
+        _add_columns(len(out), len(scaled), ranges, main.indices, main.data, scaled, out)
 
     def rank(
         self, query: str, *, limit: int = 5, threshold: float = 0.05, exclude: str | None = None
