@@ -184,9 +184,9 @@ class SimilarIndex:
         call: the kernel is handed the columns' own ranges of the matrix as the columns of a
         matrix of its own, the last-stored first, and between each two a range of weight 0
         that runs backwards (from one column's end to an earlier column's start), so it holds
-        no posting.  With a call per column (each with its slice and its weight made in
-        Python) a query took 10.6-11.3 ms at p50 and 16.1-16.5 at p99 among 100,000 texts,
-        against 9.7-9.9 and 13.0-16.5 so (``benchmarks/similar.py``, alternating)."""
+        no posting.  A query among 100,000 texts took 9.7-9.9 ms at p50 and 13.0-16.5 at p99
+        so, against 10.6-11.3 and 16.1-16.5 with a call per column, each with its slice and
+        its weight made in Python (``benchmarks/similar.py``, alternating)."""
         if not len(cols):
             return
         main = self._main
