@@ -259,6 +259,42 @@ async def test_records_read_while_a_batch_waits_on_the_database_are_handled_once
     assert decode_headers(dead.headers)["dlq_origin_offset"] == "12"
 
 
+async def test_a_batch_not_read_ahead_reads_its_own_records_before_the_next_polls(
+    infrastructure, pool, producer, topics, topic_prefix, monkeypatch
+):
+    """The first batch after an idle poll was not read ahead: it reads its records first,
+    and the next poll's records are read only then (beside its transaction), not in turns
+    with its own, which held its transaction back by a whole poll's reading."""
+    monkeypatch.setattr(consumer_module, "READ_CHUNK", 1)  # a read gives way after each record
+    name = f"{topic_prefix}g"
+    for n in range(1, 11):
+        await send(producer, topics[0], event(n))
+    metrics = ServiceMetrics()
+    runner = runner_for(
+        infrastructure, pool, producer, topics, {"Counted": record_effect}, metrics, name
+    )
+    runner.max_poll_records = 5
+    steps: list[tuple[str, int]] = []  # ("start"/"end", first offset of the records read)
+    decode = runner._decode
+
+    async def told(records):  # type: ignore[no-untyped-def]
+        if records:
+            steps.append(("start", records[0].offset))
+        try:
+            return await decode(records)
+        finally:
+            if records:
+                steps.append(("end", records[0].offset))
+
+    runner._decode = told  # type: ignore[method-assign]
+    async with Running(runner):
+        await counted(metrics, name, "10 events processed", processed=10)
+    assert await pool.fetchval("SELECT count(*) FROM effects") == 10
+    first_read = steps.index(("end", 0))
+    assert ("start", 5) in steps[first_read:]  # the next poll's, read ahead after the first's
+    assert ("start", 5) not in steps[:first_read]
+
+
 async def waiting(  # type: ignore[no-untyped-def]
     infrastructure, pool, producer, topics, name: str, wait_ms: int
 ) -> tuple[ConsumerRunner, ServiceMetrics, str]:

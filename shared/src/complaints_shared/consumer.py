@@ -38,8 +38,10 @@ about as much more, and ``CaseOpened`` came later.
 While a batch's transaction waits on the database, the records fetched since are read
 (decoded, opened, validated; for a subscription whose handlers append to their events' streams,
 the keys to seal with are looked up for the whole batch): they are the next batch, and their
-reading overlaps the database's work.  A record read ahead that cannot be read is poison when
-its batch runs, as it would be.
+reading overlaps the database's work.  A batch that was not read ahead (the first after an idle
+poll: a burst's first) reads its own records before the next poll's are read, so that its
+transaction starts as soon as they are read.  A record read ahead that cannot be read is
+poison when its batch runs, as it would be.
 
 A subscription may instead hand a batch's new events to one :class:`Batch` handler, in the
 batch's order, so that it can write them set-based (a statement per kind of write, not per
@@ -489,6 +491,8 @@ class ConsumerRunner:
     )
     # the next offset to handle of each partition held, for its lag
     _next_offsets: dict[TopicPartition, int] = field(default_factory=dict)
+    # set once the batch in flight has read its records (see _handle_reading_ahead)
+    _batch_read: asyncio.Event = field(default_factory=asyncio.Event)
 
     def check_generation_soon(self) -> None:
         """A rebuild in this process has just moved the generation on: this replica starts
@@ -744,10 +748,20 @@ class ConsumerRunner:
     ) -> dict[TopicPartition, list[ConsumerRecord]]:
         """Handle ``records``; meanwhile take the records fetched already (as many as a poll,
         :data:`TAKE_CHUNK` at a time) and read them (what the database's work leaves the process
-        free for).  Returns them: the next batch."""
+        free for).  Returns them: the next batch.  A batch not read ahead (the first after an
+        idle poll) reads its own records first: its transaction starts as soon as they are
+        read, and the next poll's reading goes on beside it, instead of both being read in
+        turns while the database waits."""
+        self._batch_read.clear()
         handling = asyncio.ensure_future(self.handle_batch(records))
         refreshing = asyncio.ensure_future(self._refresh_lag(consumer))  # a long batch's lag
         try:
+            if any(id(r) not in self._ahead for r in records):
+                read = asyncio.ensure_future(self._batch_read.wait())
+                try:
+                    await asyncio.wait((read, handling), return_when=asyncio.FIRST_COMPLETED)
+                finally:
+                    read.cancel()
             upcoming: dict[TopicPartition, list[ConsumerRecord]] = {}
             taken, limit = 0, self._poll_records
             while taken < limit:
@@ -975,7 +989,10 @@ class ConsumerRunner:
         is poison."""
         ahead = [self._ahead.pop(id(r), None) for r in records]
         unread = [r for r, a in zip(records, ahead, strict=True) if a is None]
-        decoded = iter(await self._decode(unread))
+        try:
+            decoded = iter(await self._decode(unread))
+        finally:
+            self._batch_read.set()
         read: list[Read | None] = []
         for record, a in zip(records, ahead, strict=True):
             result = next(decoded) if a is None else a[1]
