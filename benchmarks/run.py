@@ -1073,6 +1073,9 @@ def main() -> None:
     logs = out.with_suffix(".logs")  # the output of every process of the platform it starts
     python_before = machine.python_speed()  # before the infrastructure starts, if it must
     infra = LocalInfra.from_env()
+    disk_dir = infra.postgres.home  # where the local database keeps its files
+    disk_dir.mkdir(parents=True, exist_ok=True)
+    disk_before = machine.disk_sync(disk_dir)
     started = infra.up(identity=bool(stages & SERVICE_STAGES))
     os.environ.setdefault("PGPASSFILE", str(infra.postgres.passfile))
     rows: list[Row] = []
@@ -1203,8 +1206,10 @@ def main() -> None:
 
     wake_ups = machine.wake_up_round_trips()  # after the stages: the machine is quiet again
     python_after = machine.python_speed()
+    disk_after = machine.disk_sync(disk_dir)
     print(f"\n{machine.describe(wake_ups)}")
     print(machine.describe_python(python_before, python_after))
+    print(machine.describe_disk(disk_before, disk_after))
     print_table(rows)
     for name, count in logged.items():
         print(f"  {count} lines in {logs / name}")
@@ -1222,6 +1227,7 @@ def main() -> None:
                         "after": python_after["ns_a_turn"],
                     },
                     "wake_up_round_trip": wake_ups,
+                    "disk_sync_ms": {"before": disk_before, "after": disk_after},
                 },
                 "events": args.events,
                 "rows": [r.as_dict() for r in rows],
