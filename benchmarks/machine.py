@@ -150,7 +150,7 @@ def python_speed(rounds: int = 7) -> dict[str, Any]:
 
 def disk_sync(directory: str | os.PathLike[str], n: int = DISK_SYNCS) -> dict[str, float]:
     """ms for an 8 KiB write and ``fdatasync`` of it in ``directory`` (p50 and p99 of ``n``,
-    each write at the start of a file of its own that is removed afterwards)."""
+    each over the start of one temporary file, which is removed afterwards)."""
     block = os.urandom(8192)
     took = []
     fd, path = tempfile.mkstemp(prefix=".disk-sync-", dir=directory)
