@@ -57,6 +57,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterable
 from types import TracebackType
 from typing import Any, TypeVar
 
@@ -148,6 +149,14 @@ def python_speed(rounds: int = 7) -> dict[str, Any]:
     }
 
 
+def percentile(values: Iterable[float], p: float) -> float:
+    """The ``p``-th percentile (0-100) of ``values`` by nearest rank; NaN when there are none."""
+    ordered = sorted(values)
+    if not ordered:
+        return float("nan")
+    return ordered[min(len(ordered) - 1, int(p / 100 * len(ordered)))]
+
+
 def disk_sync(directory: str | os.PathLike[str], n: int = DISK_SYNCS) -> dict[str, float]:
     """ms for an 8 KiB write and ``fdatasync`` of it in ``directory`` (p50 and p99 of ``n``,
     each over the start of one temporary file, which is removed afterwards)."""
@@ -163,9 +172,7 @@ def disk_sync(directory: str | os.PathLike[str], n: int = DISK_SYNCS) -> dict[st
     finally:
         os.close(fd)
         os.unlink(path)
-    took.sort()
-    p50, p99 = took[len(took) // 2], took[len(took) * 99 // 100]
-    return {"p50_ms": round(p50, 3), "p99_ms": round(p99, 3)}
+    return {"p50_ms": round(percentile(took, 50), 3), "p99_ms": round(percentile(took, 99), 3)}
 
 
 def describe_disk(before: dict[str, float], after: dict[str, float]) -> str:

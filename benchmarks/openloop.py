@@ -18,6 +18,8 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from machine import percentile
+
 
 @dataclass
 class Outcome:
@@ -35,10 +37,7 @@ class Outcome:
     due_at: dict[str, float] = field(default_factory=dict)
 
     def percentile(self, p: float) -> float:
-        if not self.latencies:
-            return float("nan")
-        ordered = sorted(self.latencies)
-        return ordered[min(len(ordered) - 1, int(p / 100 * len(ordered)))]
+        return percentile(self.latencies, p)
 
 
 async def _read_response(reader: asyncio.StreamReader) -> tuple[int, bytes]:
